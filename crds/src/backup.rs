@@ -1,0 +1,104 @@
+//! `EtcdBackup`: one snapshot of one cluster, taken on demand or by the schedule.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::BackupDestination;
+
+/// A request for one backup and, once taken, the record of it. Deleting the object does not delete the
+/// archive; retention does that.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "etcd.ouroboros.dev",
+    version = "v1alpha1",
+    kind = "EtcdBackup",
+    namespaced,
+    doc = "One snapshot of an EtcdCluster, streamed by a member's backup sidecar into a verified tar.gz in S3 or on a volume.",
+    status = "EtcdBackupStatus",
+    shortname = "etcdbackup",
+    category = "ouroboros",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterName"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.revision"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size","description":"Compressed size"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("an EtcdBackup's spec cannot change; create a new EtcdBackup"))]
+pub struct EtcdBackupSpec {
+    /// Name of the EtcdCluster in this namespace to back up.
+    #[x_kube(validation = Rule::new("self != ''").message("clusterName must not be empty"))]
+    pub cluster_name: String,
+    /// Where to write the archive. Empty uses the cluster's `spec.backup.destination`, and failing
+    /// that the PVC `<cluster>-backups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
+}
+
+/// The record of a backup. Written by the operator and the sidecar that took it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBackupStatus {
+    /// Where the backup is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    /// Why it is in this phase, in words (the failure for `Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The archive, as `s3://bucket/key` or `file:///<claim>/<path>`. Set only once it is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Bytes of the snapshot as etcd sent it (database plus its sha256 trailer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_size: Option<i64>,
+    /// Bytes of the stored tar.gz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_size: Option<i64>,
+    /// The compressed size, readable (`12.5MiB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// sha256 of the snapshot, hex; the same digest etcd appended to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// etcd revision captured in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// etcd version of the member the snapshot came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_version: Option<String>,
+    /// Name of the member (pod) the snapshot came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// When the snapshot started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the backup reached `Succeeded` or `Failed` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Set on backups the schedule created, so retention can tell them from on-demand ones.
+    #[serde(default)]
+    pub scheduled: bool,
+}
+
+/// Lifecycle of a backup. `Succeeded` and `Failed` are terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum BackupPhase {
+    /// Accepted; waiting for a healthy member or for another backup of the cluster to finish.
+    Pending,
+    /// A sidecar is streaming the snapshot to storage.
+    Running,
+    /// The archive is stored and verified.
+    Succeeded,
+    /// No usable archive exists; `reason` says why.
+    Failed,
+}
+
+impl BackupPhase {
+    /// Whether the backup will never change phase again.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            BackupPhase::Pending | BackupPhase::Running => false,
+            BackupPhase::Succeeded | BackupPhase::Failed => true,
+        }
+    }
+}

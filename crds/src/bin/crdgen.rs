@@ -1,0 +1,42 @@
+//! Writes the CRD YAML of every Ouroboros resource into a directory (default: `crds/` next to this
+//! crate's manifest), or with `--check` exits non-zero when the files there differ from the types.
+
+use std::{path::PathBuf, process::ExitCode};
+
+fn main() -> ExitCode {
+    let mut check = false;
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--check" => check = true,
+            other => dir = PathBuf::from(other),
+        }
+    }
+    let mut stale = Vec::new();
+    for (file, crd) in ouroboros_crds::crd::all() {
+        let yaml = match ouroboros_crds::crd::to_yaml(&crd) {
+            Ok(y) => y,
+            Err(e) => {
+                eprintln!("crdgen: cannot serialise {file}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let path = dir.join(file);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else if let Err(e) = std::fs::write(&path, yaml) {
+            eprintln!("crdgen: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        } else {
+            println!("wrote {}", path.display());
+        }
+    }
+    if stale.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("crdgen: stale CRD files (run `make crds`): {}", stale.join(", "));
+        ExitCode::FAILURE
+    }
+}

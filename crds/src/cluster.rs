@@ -1,0 +1,362 @@
+//! `EtcdCluster`: the desired etcd cluster and what the operator observed of it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, ResourceRequirements, Toleration},
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{BackupDestination, BackupReference};
+
+/// The etcd version new clusters get when `spec.version` is omitted.
+pub const DEFAULT_ETCD_VERSION: &str = "3.6.16";
+
+/// An etcd cluster run by the operator: one Pod per member, grown one learner at a time.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "etcd.ouroboros.dev",
+    version = "v1alpha1",
+    kind = "EtcdCluster",
+    namespaced,
+    doc = "An etcd cluster run by the Ouroboros operator: a seed member grown one learner at a time to spec.size, kept healthy, upgraded, backed up and restored.",
+    status = "EtcdClusterStatus",
+    shortname = "etcd",
+    category = "ouroboros",
+    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.size","description":"Desired number of members"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyMembers","description":"Members that are healthy voters"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.currentVersion","description":"Lowest etcd version running"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdClusterSpec {
+    /// Number of voting members. The operator starts one seed member and adds the rest one at a time,
+    /// each first as a learner. Odd sizes tolerate the same failures as the next even size with less
+    /// write latency: 3 tolerates 1 failure, 5 tolerates 2.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 9").message("size must be between 1 and 9"))]
+    pub size: i32,
+
+    /// etcd version, `3.MINOR.PATCH`. Changing it upgrades one member at a time, followers first and
+    /// the leader last. Downgrades and skipping a minor version are refused with a condition.
+    #[serde(default = "default_version")]
+    #[schemars(regex(pattern = r"^3\.[0-9]+\.[0-9]+$"))]
+    pub version: String,
+
+    /// Image repository of the etcd image; the tag is `v<version>`. Empty uses the operator's
+    /// `--etcd-image-repository` (default `localhost/ouroboros/etcd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+
+    /// Where members keep their data. Immutable after creation: moving data between volume kinds is
+    /// a restore, not an edit.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable after creation; back up and restore into a new cluster instead"))]
+    pub storage: StorageSpec,
+
+    /// Scheduling and resources of member pods.
+    #[serde(default)]
+    pub pod: PodPolicy,
+
+    /// TLS for peer and client traffic. Without it, members talk plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// Scheduled backups. Without it, only on-demand `EtcdBackup` objects take backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupPolicy>,
+
+    /// What the operator does when a majority of members is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoverySpec>,
+
+    /// Self-hosted mode: join a temporary boot etcd (as bootkube runs) and take over from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("selfHosted is immutable after creation"))]
+    pub self_hosted: Option<SelfHostedSpec>,
+
+    /// Stop all changes to this cluster. Status is still reported.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_version() -> String {
+    DEFAULT_ETCD_VERSION.to_owned()
+}
+
+/// Member data volumes. Set exactly one of `emptyDir` or `persistentVolumeClaim`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.emptyDir) != has(self.persistentVolumeClaim)").message("set exactly one of emptyDir or persistentVolumeClaim"))]
+pub struct StorageSpec {
+    /// Data lives as long as the pod. A member whose pod is deleted is replaced by a fresh member that
+    /// copies the data from the others; losing a majority at once loses the data (restore a backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirStorage>,
+    /// One PersistentVolumeClaim per member, kept until the member has left the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimStorage>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self { empty_dir: Some(EmptyDirStorage::default()), persistent_volume_claim: None }
+    }
+}
+
+/// An emptyDir data volume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDirStorage {
+    /// `Memory` puts the data on tmpfs: fast, and lost when the node reboots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<StorageMedium>,
+    /// Upper bound on the volume's size, for example `4Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Quantity>,
+}
+
+/// Backing medium of an emptyDir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum StorageMedium {
+    /// tmpfs.
+    Memory,
+}
+
+/// A PersistentVolumeClaim per member.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaimStorage {
+    /// StorageClass of the claims. Empty uses the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Requested size of each claim, for example `8Gi`. etcd's default quota is 2 GiB; leave room for
+    /// the WAL and snapshots.
+    pub size: Quantity,
+}
+
+/// Scheduling and resources of member pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodPolicy {
+    /// Resources of the etcd container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels a member pod's node must have, for example to pin members to control-plane nodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of member pods, for example for the control-plane taint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of member pods. When set it replaces the operator's anti-affinity entirely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How strongly members are spread across nodes when `affinity` is not set.
+    #[serde(default)]
+    pub anti_affinity: AntiAffinityMode,
+    /// PriorityClass of member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Extra labels on member pods. The operator's own labels win on conflict.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on member pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Pod anti-affinity between members of one cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum AntiAffinityMode {
+    /// Spread members across nodes when possible (the default).
+    #[default]
+    Preferred,
+    /// Never put two members on one node; members stay Pending when nodes run out.
+    Required,
+    /// No anti-affinity (single-node test clusters).
+    None,
+}
+
+/// TLS Secrets, each of type `kubernetes.io/tls` with `tls.crt`, `tls.key` and `ca.crt`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Certificate members present to each other; it must be valid for every member's peer DNS name
+    /// (`*.<cluster>.<namespace>.svc`) and is also used as a client certificate between peers.
+    pub peer_secret: String,
+    /// Certificate members serve to clients; valid for the member names and the client Service.
+    pub server_secret: String,
+    /// Client certificate the operator and the backup sidecars use to talk to members.
+    pub operator_client_secret: String,
+}
+
+/// Scheduled backups and their retention.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicy {
+    /// Cron schedule in the five-field form (`minute hour day-of-month month day-of-week`), in UTC, for
+    /// example `0 */6 * * *`. A schedule the operator cannot parse sets `BackupHealthy=False` with the
+    /// reason.
+    #[x_kube(validation = Rule::new("self.split(' ').filter(f, f != '').size() == 5").message("schedule must have five fields: minute hour day-of-month month day-of-week"))]
+    pub schedule: String,
+    /// Where archives go. Empty uses a directory on the PVC `<cluster>-backups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
+    /// Which stored backups to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionPolicy>,
+    /// gzip level, 1 (fastest, the default) to 9 (smallest).
+    #[serde(default = "default_compression_level")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 9").message("compressionLevel must be between 1 and 9"))]
+    pub compression_level: i32,
+}
+
+fn default_compression_level() -> i32 {
+    1
+}
+
+/// Which backups to keep. The newest successful backup is never deleted, whatever the policy says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicy {
+    /// Keep at most this many successful backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("maxCount must be at least 1"))]
+    pub max_count: Option<i32>,
+    /// Delete backups older than this, as a duration such as `72h`, `7d` or `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub max_age: Option<String>,
+}
+
+/// Quorum-loss handling.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverySpec {
+    /// `Manual` (the default) sets `QuorumLost` and waits for an `EtcdRestore`. `Automatic` restores
+    /// from the newest verified backup and records the data-loss window.
+    #[serde(default)]
+    pub policy: RecoveryPolicy,
+}
+
+/// What to do when quorum is lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum RecoveryPolicy {
+    /// Report and wait for a human.
+    #[default]
+    Manual,
+    /// Restore from the newest verified backup without asking.
+    Automatic,
+}
+
+/// Joining a temporary boot etcd and taking over from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfHostedSpec {
+    /// Client URL of the boot etcd member, for example `https://10.0.0.10:12379`. The operator joins
+    /// its first member to this cluster and removes the boot member once it is safe.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("bootMemberClientEndpoint must be an http:// or https:// URL"))]
+    pub boot_member_client_endpoint: String,
+    /// Secret (`tls.crt`, `tls.key`, `ca.crt`) for talking to the boot member over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_member_client_tls_secret: Option<String>,
+    /// Host directory for member data, used instead of `storage` so a member survives a reboot of its
+    /// node without the API server. Each member gets a subdirectory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_data_dir: Option<String>,
+}
+
+/// What the operator observed, written only by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdClusterStatus {
+    /// Coarse lifecycle state; the conditions say why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClusterPhase>,
+    /// `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of members in the etcd membership, learners included.
+    #[serde(default)]
+    pub size: i32,
+    /// Members that are healthy voters.
+    #[serde(default)]
+    pub ready_members: i32,
+    /// Every member, as etcd and Kubernetes report it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// etcd's cluster ID, hex. It changes only when the cluster is restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Lowest etcd version any member runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<String>,
+    /// Client URLs of the members, for clients that do not use the Service (self-hosted API servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_endpoints: Vec<String>,
+    /// `Available`, `Progressing`, `Degraded`, `BackupHealthy`, `QuorumLost`, `BootMemberRemoved`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The newest backup that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<BackupReference>,
+    /// When the last scheduled backup was started (RFC 3339); used to catch up missed schedules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_backup_time: Option<String>,
+    /// The backup this cluster was last restored from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<BackupReference>,
+}
+
+/// Coarse lifecycle state of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum ClusterPhase {
+    /// The seed member is starting.
+    Creating,
+    /// Healthy, at the desired size and version.
+    Running,
+    /// Adding, promoting, removing or replacing a member.
+    Scaling,
+    /// Rolling members to a new version.
+    Upgrading,
+    /// Quorum holds but something is wrong; see the `Degraded` condition.
+    Degraded,
+    /// A majority of members is lost; no membership change is made.
+    QuorumLost,
+    /// Being rebuilt from a backup by an `EtcdRestore`.
+    Restoring,
+    /// `spec.paused` is set.
+    Paused,
+}
+
+/// One member as etcd and Kubernetes report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member name, which is also its pod's name.
+    pub name: String,
+    /// etcd member ID, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// URL peers reach it on.
+    #[serde(rename = "peerURL", default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
+    /// URL clients reach it on.
+    #[serde(rename = "clientURL", default, skip_serializing_if = "Option::is_none")]
+    pub client_url: Option<String>,
+    /// A learner receives the log but does not vote.
+    #[serde(default)]
+    pub is_learner: bool,
+    /// The current raft leader.
+    #[serde(default)]
+    pub is_leader: bool,
+    /// etcd version the member reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The member answered a status request in time and reports no errors.
+    #[serde(default)]
+    pub healthy: bool,
+}

@@ -1,0 +1,94 @@
+//! Types shared by more than one resource: where backups live, and the condition vocabulary.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where backup archives are stored. Exactly one of `s3` or `volume` must be set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.s3) != has(self.volume)").message("set exactly one of s3 or volume"))]
+pub struct BackupDestination {
+    /// S3 or an S3-compatible object store (MinIO, Ceph RGW, ...), written with multipart uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+    /// A directory on a PersistentVolumeClaim mounted by the backup sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeDestination>,
+}
+
+/// An S3 bucket and key prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// Bucket name. The bucket must already exist; the operator never creates buckets.
+    #[x_kube(validation = Rule::new("self.size() >= 3 && self.size() <= 63").message("bucket names are 3 to 63 characters"))]
+    pub bucket: String,
+    /// Key prefix under which this cluster's archives are written, for example `prod/etcd-main/`.
+    /// The operator appends the cluster's namespace and name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// Endpoint URL for S3-compatible stores, for example `http://minio.storage:9000`. Empty means AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("endpoint must be an http:// or https:// URL"))]
+    pub endpoint: Option<String>,
+    /// Region of the bucket. S3-compatible stores usually accept any value.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Address the bucket as `endpoint/bucket/key` instead of `bucket.endpoint/key`. Most S3-compatible
+    /// stores (MinIO included) need this.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Name of a Secret in the cluster's namespace with keys `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (optionally `AWS_SESSION_TOKEN`). When unset, the default AWS credential
+    /// chain of the sidecar's pod is used (web identity, instance profile, environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+/// A directory on a PersistentVolumeClaim. Every member pod of the cluster mounts the claim, so on a
+/// multi-node cluster it must support ReadWriteMany (or all members must share a node).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeDestination {
+    /// Name of the PersistentVolumeClaim in the cluster's namespace.
+    #[x_kube(validation = Rule::new("self != ''").message("claimName must not be empty"))]
+    pub claim_name: String,
+    /// Directory inside the volume, relative to its root. Created when missing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')").message("path must be relative and must not contain '..'"))]
+    pub path: String,
+}
+
+/// Points at one stored backup: what `status.lastSuccessfulBackup` and restores refer to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupReference {
+    /// Name of the EtcdBackup object that produced the archive.
+    pub name: String,
+    /// Where the archive is, as a URL: `s3://bucket/key` or `file:///<claim>/<path>`.
+    pub location: String,
+    /// The etcd revision captured in the snapshot.
+    pub revision: i64,
+    /// When the backup completed (RFC 3339).
+    pub completion_time: String,
+}
+
+/// Condition types the operator sets. Each is documented in `docs/api.md`.
+pub mod condition_types {
+    /// A quorum of members is healthy and the cluster serves requests.
+    pub const AVAILABLE: &str = "Available";
+    /// The operator is changing the cluster: creating, scaling, replacing, upgrading or restoring.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something needs attention: an unhealthy member, an invalid spec, a refused change.
+    pub const DEGRADED: &str = "Degraded";
+    /// Scheduled backups are succeeding and recent enough.
+    pub const BACKUP_HEALTHY: &str = "BackupHealthy";
+    /// A majority of members is gone; the operator changes nothing until told what to do.
+    pub const QUORUM_LOST: &str = "QuorumLost";
+    /// The temporary boot member of a self-hosted cluster has been removed.
+    pub const BOOT_MEMBER_REMOVED: &str = "BootMemberRemoved";
+}

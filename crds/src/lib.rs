@@ -1,0 +1,25 @@
+//! The Ouroboros API, `etcd.ouroboros.dev/v1alpha1`: the custom resources users write and the operator
+//! and backup sidecar read. Every field's `///` doc becomes its description in the generated CRD, which
+//! is committed under `crds/` and checked for drift by a test.
+
+pub mod backup;
+pub mod cluster;
+pub mod common;
+pub mod crd;
+pub mod restore;
+pub mod version;
+
+pub use backup::{BackupPhase, EtcdBackup, EtcdBackupSpec, EtcdBackupStatus};
+pub use cluster::{
+    AntiAffinityMode, BackupPolicy, ClusterPhase, EmptyDirStorage, EtcdCluster, EtcdClusterSpec,
+    EtcdClusterStatus, MemberStatus, PersistentVolumeClaimStorage, PodPolicy, RecoveryPolicy,
+    RecoverySpec, RetentionPolicy, SelfHostedSpec, StorageMedium, StorageSpec, TlsSpec,
+};
+pub use common::{BackupDestination, BackupReference, S3Destination, VolumeDestination, condition_types};
+pub use restore::{EtcdRestore, EtcdRestoreSpec, EtcdRestoreStatus, RestorePhase, RestoreSource};
+pub use version::{EtcdVersion, VersionError};
+
+/// The API group of every Ouroboros resource.
+pub const API_GROUP: &str = "etcd.ouroboros.dev";
+/// The only served and stored version so far.
+pub const API_VERSION: &str = "v1alpha1";

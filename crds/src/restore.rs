@@ -1,0 +1,124 @@
+//! `EtcdRestore`: rebuild a cluster from a stored backup.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::{cluster::EtcdClusterSpec, common::BackupDestination};
+
+/// Rebuilds `clusterName` from a backup. The archive is downloaded and verified before the existing
+/// cluster is touched; the old members' volumes are kept until the restored cluster is Available.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "etcd.ouroboros.dev",
+    version = "v1alpha1",
+    kind = "EtcdRestore",
+    namespaced,
+    doc = "Rebuilds an EtcdCluster from a verified backup without touching the old data until the archive is checked.",
+    status = "EtcdRestoreStatus",
+    shortname = "etcdrestore",
+    category = "ouroboros",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterName"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.source"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("an EtcdRestore's spec cannot change; create a new EtcdRestore"))]
+pub struct EtcdRestoreSpec {
+    /// Name of the EtcdCluster in this namespace to restore into.
+    #[x_kube(validation = Rule::new("self != ''").message("clusterName must not be empty"))]
+    pub cluster_name: String,
+    /// Which backup to restore.
+    pub source: RestoreSource,
+    /// Spec of the cluster to create when `clusterName` does not exist yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "cluster_template_schema")]
+    pub cluster_template: Option<Box<EtcdClusterSpec>>,
+}
+
+// The template is an EtcdClusterSpec, but its transition rules (`oldSelf`) make no sense inside a
+// restore, so the schema is left open and the operator validates it against the EtcdCluster CRD when
+// it creates the cluster.
+fn cluster_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "An EtcdCluster spec (see the EtcdCluster CRD).",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// A backup to restore. Set exactly one of `backupName`, `object`, `latest`; `notAfter` and
+/// `maxRevision` narrow `latest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.backupName) ? 1 : 0) + (has(self.object) ? 1 : 0) + (has(self.latest) && self.latest ? 1 : 0) == 1").message("set exactly one of backupName, object or latest"))]
+#[x_kube(validation = Rule::new("!(has(self.notAfter) || has(self.maxRevision)) || (has(self.latest) && self.latest)").message("notAfter and maxRevision only apply with latest: true"))]
+pub struct RestoreSource {
+    /// Name of a Succeeded EtcdBackup in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_name: Option<String>,
+    /// An archive named by its store and key, for backups whose EtcdBackup object is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<BackupObject>,
+    /// The newest Succeeded backup of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<bool>,
+    /// With `latest`: the newest backup completed at or before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// With `latest`: the newest backup whose revision is at or below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_revision: Option<i64>,
+}
+
+/// One archive in a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupObject {
+    /// The store.
+    pub destination: BackupDestination,
+    /// The archive's key (S3) or path (volume), as the backup's `status.location` shows it after the
+    /// bucket or claim.
+    pub key: String,
+}
+
+/// Progress of a restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdRestoreStatus {
+    /// Where the restore is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RestorePhase>,
+    /// Why it is in this phase, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The archive chosen, as a location URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Revision of the restored snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_revision: Option<i64>,
+    /// When the restore started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When it reached `Succeeded` or `Failed` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+}
+
+/// Lifecycle of a restore. `Succeeded` and `Failed` are terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum RestorePhase {
+    /// Accepted, not started.
+    Pending,
+    /// Downloading the archive and checking its manifest and sha256. The old cluster is untouched.
+    Verifying,
+    /// Stopping old members and restoring the seed member from the snapshot.
+    Restoring,
+    /// Growing the restored cluster to its size.
+    Growing,
+    /// The restored cluster is Available.
+    Succeeded,
+    /// The restore stopped; `reason` says why and whether the old cluster was touched.
+    Failed,
+}
