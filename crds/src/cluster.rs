@@ -102,7 +102,10 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self { empty_dir: Some(EmptyDirStorage::default()), persistent_volume_claim: None }
+        Self {
+            empty_dir: Some(EmptyDirStorage::default()),
+            persistent_volume_claim: None,
+        }
     }
 }
 

@@ -43,7 +43,11 @@ impl FromStr for EtcdVersion {
         if v.major != 3 || !v.pre.is_empty() || !v.build.is_empty() {
             return Err(VersionError::Syntax(s.to_owned()));
         }
-        Ok(Self { major: v.major, minor: v.minor, patch: v.patch })
+        Ok(Self {
+            major: v.major,
+            minor: v.minor,
+            patch: v.patch,
+        })
     }
 }
 
@@ -66,7 +70,14 @@ mod tests {
 
     #[test]
     fn parses_plain_and_v_prefixed() {
-        assert_eq!("3.6.16".parse::<EtcdVersion>().unwrap(), EtcdVersion { major: 3, minor: 6, patch: 16 });
+        assert_eq!(
+            "3.6.16".parse::<EtcdVersion>().unwrap(),
+            EtcdVersion {
+                major: 3,
+                minor: 6,
+                patch: 16
+            }
+        );
         assert_eq!("v3.5.35".parse::<EtcdVersion>().unwrap().minor, 5);
     }
 

@@ -24,7 +24,8 @@ fn every_schema_property_has_a_description() {
             for (name, prop) in props {
                 let p = format!("{path}.{name}");
                 // apiVersion/kind/metadata are Kubernetes' own.
-                let inherited = ["apiVersion", "kind", "metadata"].contains(&name.as_str()) && path.is_empty();
+                let inherited =
+                    ["apiVersion", "kind", "metadata"].contains(&name.as_str()) && path.is_empty();
                 // Types embedded from k8s-openapi carry their upstream docs at their own root.
                 if prop.get("description").is_none() && !inherited {
                     missing.push(p.clone());
@@ -42,5 +43,8 @@ fn every_schema_property_has_a_description() {
         let schema = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         walk(file, schema, &mut missing);
     }
-    assert!(missing.is_empty(), "properties without a description: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "properties without a description: {missing:#?}"
+    );
 }

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl from the published
-# k8s.io/kubernetes module. k/k's go.mod replaces its staging modules with local paths, so `go install`
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl from the
+# published k8s.io/kubernetes module. k/k's go.mod replaces its staging modules with local paths, so `go install`
 # refuses it; a wrapper module replaces each with its published tag instead.
 source "$(dirname "$0")/lib.sh"
 V=$K8S_VERSION; M=0.${V#1.}; MINOR=$(echo "$V" | cut -d. -f2)
 W="$OUROBOROS_CACHE/k8s/$V"; BIN="$W/bin"
 P=k8s.io/kubernetes/cmd
-CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 
 built() {
   for c in "${CMDS[@]}"; do [ -x "$BIN/$c" ] || return 1; done

@@ -1,1 +1,13 @@
+//! The Ouroboros etcd operator as a library: the binary in `main.rs` only wires these together, so
+//! every piece can be tested on its own.
 
+pub mod cli;
+pub mod context;
+pub mod controllers;
+pub mod crds_ready;
+pub mod http;
+pub mod metrics;
+pub mod telemetry;
+
+/// The one field manager every server-side apply of the operator uses.
+pub const FIELD_MANAGER: &str = "ouroboros-operator";

@@ -1,1 +1,79 @@
-fn main(){}
+//! `etcd-operator`: connects to Kubernetes (in-cluster or KUBECONFIG), waits for its CRDs, runs the
+//! controllers and the health/metrics server, and stops cleanly on SIGTERM or Ctrl-C.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::FutureExt;
+use ouroboros_operator::{
+    cli::Args,
+    context::{Context, OperatorConfig},
+    controllers, crds_ready, http,
+    metrics::Metrics,
+    telemetry,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting etcd-operator");
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(http::Readiness::new(controllers::WATCH_COUNT));
+    let shutdown = shutdown_signal().shared();
+
+    let server = tokio::spawn(http::serve(
+        args.http_addr,
+        http::router(readiness.clone(), metrics.clone()),
+        shutdown.clone(),
+    ));
+
+    tokio::select! {
+        res = crds_ready::wait_for_crds(client.clone(), Duration::from_secs(args.crd_wait_seconds)) => res?,
+        () = shutdown.clone() => return Ok(()),
+    }
+    readiness.crds_established();
+
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics,
+        OperatorConfig::from(&args),
+        std::env::var("POD_NAME").ok(),
+    ));
+    let namespace = Some(args.watch_namespace.clone()).filter(|n| !n.is_empty());
+    controllers::run_all(ctx, readiness, namespace, shutdown).await;
+    server
+        .await
+        .context("joining the HTTP server")?
+        .context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,533 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes on this machine, from upstream components built by e2e/scripts/:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler as host processes; containerd + runc +
+# the bridge CNI plugin + kubelet + kube-proxy running real pods; CoreDNS for pod DNS; MinIO for S3.
+#
+#   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc
+#
+# Everything it creates lives under $OUROBOROS_STATE (default /var/lib/ouroboros-e2e), the bridge
+# `ouro0`, the kubelet's /kubepods cgroups and iptables chains, and `down` removes all of it.
+# Nothing leaves the machine: the pod and service ranges are routed onto the bridge only, and pods
+# cannot be forwarded out of any other interface.
+source "$(dirname "$0")/scripts/lib.sh"
+
+STATE="${OUROBOROS_STATE:-/var/lib/ouroboros-e2e}"
+RUN="$STATE/run"; LOGS="$STATE/logs"; PKI="$STATE/pki"; CONF="$STATE/conf"
+BRIDGE=ouro0
+NODE_IP=10.244.0.1
+POD_CIDR=10.244.0.0/24
+SERVICE_CIDR=10.96.0.0/24
+DNS_IP=$NODE_IP
+NODE_NAME=node1
+API_PORT=6443
+API_URL="https://$NODE_IP:$API_PORT"
+# The control plane's own etcd. Off the default ports so self-hosted members on the host network can
+# use 2379/2380 without clashing.
+CP_ETCD_CLIENT=http://127.0.0.1:22379
+CP_ETCD_PEER=http://127.0.0.1:22380
+MINIO_ADDR="$NODE_IP:9000"
+MINIO_USER=ouroboros
+MINIO_PASSWORD=ouroboros-secret
+MINIO_BUCKET=etcd-backups
+PV_COUNT=${OUROBOROS_PV_COUNT:-40}
+
+K8S_BIN="$OUROBOROS_CACHE/k8s/$K8S_VERSION/bin"
+ETCD_BIN="$OUROBOROS_CACHE/etcd/$ETCD_VERSION/bin"
+COREDNS="$OUROBOROS_CACHE/tools/coredns/v$COREDNS_VERSION/coredns"
+MINIO="$OUROBOROS_CACHE/tools/minio/$MINIO_VERSION/minio"
+CONTAINERD_SOCK="$RUN/containerd/containerd.sock"
+KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
+KUBECTL=("$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN")
+
+# --- processes --------------------------------------------------------------------------------------
+
+# start NAME CMD...: runs CMD detached, logging to $LOGS/NAME.log, unless it is already running.
+start() {
+  local name=$1; shift
+  if running "$name"; then return; fi
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/$name.pid"
+}
+
+running() {
+  local pidfile="$RUN/$1.pid"
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+stop() {
+  local name=$1 pidfile="$RUN/$1.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+# wait_for DESC SECONDS CMD...: polls CMD every half second; fails with DESC and the logs' tails.
+wait_for() {
+  local desc=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "timed out after ${secs}s waiting for $desc"
+      for f in "$LOGS"/*.log; do echo "--- $f" >&2; tail -n 15 "$f" >&2; done
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# --- host set-up --------------------------------------------------------------------------------------
+
+host_prereqs() {
+  local missing=()
+  for b in containerd runc ctr iptables ip openssl curl; do command -v "$b" >/dev/null || missing+=("$b"); done
+  [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages for: ${missing[*]}"
+    "$REPO_ROOT/e2e/scripts/install-debs.sh"
+  fi
+  for f in "$K8S_BIN/kube-apiserver" "$K8S_BIN/kube-proxy" "$ETCD_BIN/etcd" "$COREDNS" "$MINIO"; do
+    [ -x "$f" ] || { log "missing $f: run e2e/scripts/build-all.sh"; exit 1; }
+  done
+}
+
+network_up() {
+  modprobe br_netfilter 2>/dev/null || true
+  modprobe overlay 2>/dev/null || true
+  sysctl -qw net.ipv4.ip_forward=1
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || log "warning: bridge-nf-call-iptables unavailable"
+  sysctl -qw fs.inotify.max_user_instances=8192 fs.inotify.max_user_watches=524288
+  # The kubelet would set these itself; setting them first keeps its start quiet.
+  sysctl -qw vm.overcommit_memory=1 kernel.panic=10 kernel.panic_on_oops=1 2>/dev/null || true
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+  fi
+  ip addr replace "$NODE_IP/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  # Service IPs that kube-proxy has not (yet) translated must not take the default route off the machine.
+  ip route replace "$SERVICE_CIDR" dev "$BRIDGE"
+  # Pods may talk to each other and to the host, never through another interface.
+  iptables -C FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP 2>/dev/null \
+    || iptables -I FORWARD 1 -i "$BRIDGE" ! -o "$BRIDGE" -j DROP
+  iptables -C FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null \
+    || iptables -I FORWARD 1 -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
+}
+
+# --- certificates ---------------------------------------------------------------------------------------
+
+# cert NAME CN ORG [SANS]: a key and a certificate signed by the cluster CA.
+cert() {
+  local name=$1 cn=$2 org=$3 sans=${4:-}
+  [ -f "$PKI/$name.crt" ] && return
+  local subj="/CN=$cn"; [ -n "$org" ] && subj="/O=$org$subj"
+  local ext="$PKI/$name.ext"
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=serverAuth,clientAuth"
+    [ -n "$sans" ] && echo "subjectAltName=$sans"
+  } > "$ext"
+  openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 365 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$ext"
+}
+
+pki() {
+  mkdir -p "$PKI"
+  if [ ! -f "$PKI/ca.crt" ]; then
+    openssl genrsa -out "$PKI/ca.key" 2048 2>/dev/null
+    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=ouroboros-e2e-ca" -days 3650 -out "$PKI/ca.crt" 2>/dev/null
+  fi
+  cert apiserver kube-apiserver "" \
+    "IP:$NODE_IP,IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
+  cert admin kubernetes-admin system:masters
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+  cert controller-manager system:kube-controller-manager ""
+  cert scheduler system:kube-scheduler ""
+  cert kubelet-client "system:node:$NODE_NAME" system:nodes
+  cert kubelet-serving "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
+  cert kube-proxy system:kube-proxy ""
+  cert coredns system:coredns ""
+  [ -f "$PKI/sa.key" ] || { openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null; openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null; }
+}
+
+kubeconfig_for() {
+  local name=$1 out=$2
+  cat > "$out" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ouroboros-e2e
+  cluster: {server: "$API_URL", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: $name
+  user: {client-certificate: "$PKI/$name.crt", client-key: "$PKI/$name.key"}
+contexts:
+- name: ouroboros-e2e
+  context: {cluster: ouroboros-e2e, user: $name}
+current-context: ouroboros-e2e
+EOF
+}
+
+# --- control plane ------------------------------------------------------------------------------------------
+
+control_plane_up() {
+  start cp-etcd "$ETCD_BIN/etcd" --name cp --data-dir "$STATE/cp-etcd" \
+    --listen-client-urls "$CP_ETCD_CLIENT" --advertise-client-urls "$CP_ETCD_CLIENT" \
+    --listen-peer-urls "$CP_ETCD_PEER" --initial-advertise-peer-urls "$CP_ETCD_PEER" \
+    --initial-cluster "cp=$CP_ETCD_PEER" --listen-metrics-urls http://127.0.0.1:22381 \
+    --quota-backend-bytes 4294967296
+  wait_for "control-plane etcd" 30 curl -sf http://127.0.0.1:22379/health
+
+  start kube-apiserver "$K8S_BIN/kube-apiserver" \
+    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$API_PORT" \
+    --etcd-servers "$CP_ETCD_CLIENT" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --allow-privileged=true \
+    --client-ca-file "$PKI/ca.crt" --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --profiling=false --v=1
+  wait_for "kube-apiserver /readyz" 90 "${KUBECTL[@]}" get --raw /readyz
+
+  start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig "$CONF/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$CONF/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$CONF/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --root-ca-file "$PKI/ca.crt" --service-account-private-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false \
+    --v=1
+  start kube-scheduler "$K8S_BIN/kube-scheduler" \
+    --kubeconfig "$CONF/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$CONF/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$CONF/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --leader-elect=false --v=1
+}
+
+# --- node ---------------------------------------------------------------------------------------------------
+
+node_config() {
+  mkdir -p "$CONF/cni" "$STATE/containerd" "$RUN/containerd"
+  cat > "$CONF/cni/10-ouroboros.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "ouroboros",
+  "plugins": [
+    {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "rangeStart": "10.244.0.10",
+              "rangeEnd": "10.244.0.250", "gateway": "$NODE_IP"}]],
+              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$STATE/cni-ipam"}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+  cat > "$CONF/containerd.toml" <<EOF
+version = 2
+root = "$STATE/containerd"
+state = "$RUN/containerd/state"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/ouroboros/pause:3.10"
+  # This machine withholds CAP_SYS_RESOURCE, so no process may lower oom_score_adj; the kubelet asks
+  # for -998 (sandboxes) and -997 (Guaranteed pods) and runc init would die. Clamp to containerd's own.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$CONF/cni"
+EOF
+  # An empty resolv.conf: pods get cluster DNS and nothing of the host's search path or resolvers.
+  : > "$CONF/resolv.conf"
+  cat > "$CONF/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+staticPodPath: $STATE/manifests
+failSwapOn: false
+# See restrict_oom_score_adj in the containerd config: negative scores cannot be set here.
+oomScoreAdj: 0
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+clusterDNS: [$DNS_IP]
+clusterDomain: cluster.local
+resolvConf: $CONF/resolv.conf
+address: $NODE_IP
+healthzBindAddress: 127.0.0.1
+tlsCertFile: $PKI/kubelet-serving.crt
+tlsPrivateKeyFile: $PKI/kubelet-serving.key
+authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: $PKI/ca.crt}}
+authorization: {mode: Webhook}
+serializeImagePulls: false
+maxPods: 60
+EOF
+  cat > "$CONF/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clusterCIDR: $POD_CIDR
+hostnameOverride: $NODE_NAME
+bindAddress: $NODE_IP
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+clientConnection: {kubeconfig: $CONF/kube-proxy.kubeconfig}
+conntrack: {maxPerCore: 0}
+EOF
+  cat > "$CONF/Corefile" <<EOF
+cluster.local:53 in-addr.arpa:53 {
+    bind $DNS_IP
+    errors
+    kubernetes cluster.local in-addr.arpa {
+        kubeconfig $CONF/coredns.kubeconfig ouroboros-e2e
+        pods verified
+        fallthrough in-addr.arpa
+    }
+    cache 2
+}
+.:53 {
+    bind $DNS_IP
+    # No upstream resolvers here: names outside the cluster do not exist.
+    template ANY ANY {
+        rcode NXDOMAIN
+    }
+}
+EOF
+  mkdir -p "$STATE/manifests"
+}
+
+node_up() {
+  start containerd containerd --config "$CONF/containerd.toml"
+  wait_for containerd 30 ctr -a "$CONTAINERD_SOCK" version
+  "$REPO_ROOT/e2e/scripts/images.sh" import "$CONTAINERD_SOCK"
+  start kubelet "$K8S_BIN/kubelet" --config "$CONF/kubelet.yaml" --kubeconfig "$CONF/kubelet.kubeconfig" \
+    --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" --root-dir "$STATE/kubelet" \
+    --cert-dir "$STATE/kubelet-pki" --v=1
+  start kube-proxy "$K8S_BIN/kube-proxy" --config "$CONF/kube-proxy.yaml"
+  wait_for "node $NODE_NAME Ready" 90 node_ready
+}
+
+node_ready() {
+  [ "$("${KUBECTL[@]}" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+# --- add-ons: RBAC for our own components, DNS, storage, S3 ----------------------------------------------------
+
+addons_up() {
+  "${KUBECTL[@]}" apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "ouroboros-e2e:coredns"}
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "ouroboros-e2e:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "ouroboros-e2e:coredns"}
+subjects: [{kind: User, name: "system:coredns"}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "ouroboros-e2e:kube-proxy"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:node-proxier"}
+subjects: [{kind: User, name: "system:kube-proxy"}]
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF
+  start coredns "$COREDNS" -conf "$CONF/Corefile"
+  local i
+  for i in $(seq -w 1 "$PV_COUNT"); do
+    mkdir -p "$STATE/pv/pv$i"
+  done
+  {
+    for i in $(seq -w 1 "$PV_COUNT"); do
+      cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: local-pv$i, labels: {ouroboros.dev/e2e: "true"}}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce, ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: local
+  local: {path: "$STATE/pv/pv$i"}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}]
+EOF
+    done
+  } | "${KUBECTL[@]}" apply -f - >/dev/null
+  minio_up
+}
+
+minio_up() {
+  mkdir -p "$STATE/minio"
+  MINIO_ROOT_USER=$MINIO_USER MINIO_ROOT_PASSWORD=$MINIO_PASSWORD MINIO_BROWSER=off \
+    MINIO_UPDATE=off MINIO_CI_CD=1 start minio "$MINIO" server "$STATE/minio" --address "$MINIO_ADDR" --quiet
+  wait_for "MinIO" 60 curl -sf "http://$MINIO_ADDR/minio/health/ready"
+  # PUT on an existing bucket answers 409, which is fine: the bucket is there.
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" \
+    --user "$MINIO_USER:$MINIO_PASSWORD" "http://$MINIO_ADDR/$MINIO_BUCKET")
+  case $code in 200|409) ;; *) log "creating bucket $MINIO_BUCKET failed with HTTP $code"; return 1 ;; esac
+}
+
+# Released local PVs cannot be bound again; wipe them and make them Available for the next test.
+pv_gc() {
+  local pv path
+  for pv in $("${KUBECTL[@]}" get pv -l ouroboros.dev/e2e=true \
+      -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}'); do
+    path=$("${KUBECTL[@]}" get pv "$pv" -o jsonpath='{.spec.local.path}')
+    case $path in "$STATE"/pv/*) find "$path" -mindepth 1 -delete ;; *) continue ;; esac
+    "${KUBECTL[@]}" patch pv "$pv" --type json -p '[{"op":"remove","path":"/spec/claimRef"}]' >/dev/null
+  done
+}
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+cmd_up() {
+  local t0=$SECONDS
+  mkdir -p "$RUN" "$LOGS" "$CONF"
+  timed host-prereqs host_prereqs
+  timed network network_up
+  timed pki pki
+  kubeconfig_for admin "$KUBECONFIG_ADMIN"
+  kubeconfig_for controller-manager "$CONF/controller-manager.kubeconfig"
+  kubeconfig_for scheduler "$CONF/scheduler.kubeconfig"
+  kubeconfig_for kubelet-client "$CONF/kubelet.kubeconfig"
+  kubeconfig_for kube-proxy "$CONF/kube-proxy.kubeconfig"
+  kubeconfig_for coredns "$CONF/coredns.kubeconfig"
+  node_config
+  timed control-plane control_plane_up
+  timed node node_up
+  log "node $NODE_NAME Ready $((SECONDS - t0))s after up started"
+  timed addons addons_up
+  log "cluster up in $((SECONDS - t0))s; export KUBECONFIG=$KUBECONFIG_ADMIN"
+}
+
+cmd_down() {
+  local t0=$SECONDS
+  if running kube-apiserver && running kubelet; then
+    # Let the kubelet tear pods down properly (CNI DEL, volume unmounts) while it still can.
+    "${KUBECTL[@]}" delete pods --all -A --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
+    local deadline=$((SECONDS + 30))
+    while [ $SECONDS -lt $deadline ] && [ -n "$(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null)" ]; do sleep 1; done
+  fi
+  for p in kube-proxy kubelet coredns minio kube-scheduler kube-controller-manager kube-apiserver cp-etcd; do stop "$p"; done
+  if running containerd; then
+    local t
+    for t in $(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+    done
+    stop containerd
+  fi
+  # Shims outlive containerd on purpose; ours are the ones using our socket's namespace root.
+  pkill -KILL -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
+  sleep 0.5
+  # Unmount everything under the state dir, deepest first.
+  if [ -d "$STATE" ]; then
+    awk -v s="$STATE" '$2 ~ "^"s {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  fi
+  awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/mounts | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -f /run/netns/cni-* 2>/dev/null || true
+  # Pod cgroups (cgroupfs driver): remove leaf-first in every v1 hierarchy.
+  local h
+  for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
+    [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
+  # kube-proxy's and the CNI plugins' iptables state.
+  local table chain
+  for table in filter nat mangle; do
+    iptables -t "$table" -S 2>/dev/null | awk '/^-A / && / -j (KUBE-|CNI-)/' | sed 's/^-A/-D/' | while read -r rule; do
+      eval iptables -t "$table" "$rule" 2>/dev/null || true
+    done
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+      iptables -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+      iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+  iptables -D FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP 2>/dev/null || true
+  iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null || true
+  ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
+  ip link del "$BRIDGE" 2>/dev/null || true
+  # Host veths of pods vanish with their netns; any left are ours by name prefix.
+  ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^veth' | while read -r v; do
+    ip link del "$v" 2>/dev/null || true
+  done
+  # Keep built images' content store and PKI for a fast next `up`; drop cluster data.
+  rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATE/manifests" "$RUN"
+  log "down in $((SECONDS - t0))s"
+}
+
+cmd_status() {
+  local p ok=0
+  for p in cp-etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns minio; do
+    if running "$p"; then echo "$p: running (pid $(cat "$RUN/$p.pid"))"; else echo "$p: stopped"; ok=1; fi
+  done
+  if [ $ok -eq 0 ]; then "${KUBECTL[@]}" get nodes -o wide; fi
+  return $ok
+}
+
+cmd_env() {
+  cat <<EOF
+export KUBECONFIG=$KUBECONFIG_ADMIN
+export OUROBOROS_STATE=$STATE
+export OUROBOROS_K8S_BIN=$K8S_BIN
+export OUROBOROS_ETCD_BIN=$ETCD_BIN
+export OUROBOROS_ETCD_OLD_BIN=$OUROBOROS_CACHE/etcd/$ETCD_OLD_VERSION/bin
+export OUROBOROS_ETCD_VERSION=$ETCD_VERSION
+export OUROBOROS_ETCD_OLD_VERSION=$ETCD_OLD_VERSION
+export OUROBOROS_S3_ENDPOINT=http://$MINIO_ADDR
+export OUROBOROS_S3_BUCKET=$MINIO_BUCKET
+export AWS_ACCESS_KEY_ID=$MINIO_USER
+export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD
+export PATH=$K8S_BIN:\$PATH
+EOF
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
+  env) cmd_env ;;
+  pv-gc) pv_gc ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc" >&2; exit 2 ;;
+esac

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Container images, built offline into OCI archives and imported into the cluster's containerd under
+# the names deploy/ and the operator use:
+#   localhost/ouroboros/pause:3.10                  the pod sandbox (catatonit in pause mode)
+#   localhost/ouroboros/etcd:v<version>             etcd, etcdctl, etcdutl and a busybox shell
+#   localhost/ouroboros/etcd-operator:<crate ver>   the operator
+#   localhost/ouroboros/etcd-backup-sidecar:<ver>   the backup sidecar
+#
+#   images.sh build            builds pause and etcd images (and the Rust ones when built in release)
+#   images.sh import SOCKET    builds what is missing and imports everything into containerd
+source "$(dirname "$0")/lib.sh"
+OUT="$OUROBOROS_CACHE/images"
+MK="$SCRIPTS_DIR/mkimage.py"
+APP_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -1)
+RELEASE_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+mkdir -p "$OUT"
+
+BUSYBOX_APPLETS=(sh ls cat cp mv rm mkdir rmdir ln echo sleep test "[" env ps kill wget nslookup hostname df du find grep sed head tail wc tar gzip gunzip sha256sum date id true false)
+
+busybox_entries() {
+  echo "/bin/busybox:/bin/busybox"
+  for a in "${BUSYBOX_APPLETS[@]}"; do echo "bin/$a@busybox"; done
+  echo "tmp/"
+}
+
+# Shared libraries a dynamically linked binary needs, as SRC:DEST entries at the same paths.
+lib_entries() {
+  ldd "$1" | awk '/=> \// {print $3} /^\s*\/lib/ {print $1}' | sort -u | while read -r lib; do
+    echo "$(readlink -f "$lib"):$lib"
+  done
+}
+
+# newer_than ARCHIVE INPUT...: true when the archive is missing or older than any input.
+stale() {
+  local out=$1; shift
+  [ -f "$out" ] || return 0
+  local f; for f in "$@"; do [ "$f" -nt "$out" ] && return 0; done
+  return 1
+}
+
+build_pause() {
+  local out="$OUT/pause-3.10.tar"
+  stale "$out" /usr/bin/catatonit "$MK" || return 0
+  python3 "$MK" "$out" localhost/ouroboros/pause:3.10 '["/pause","-P"]' /usr/bin/catatonit:/pause
+}
+
+build_etcd() {
+  local v=$1 bin="$OUROBOROS_CACHE/etcd/$1/bin" out="$OUT/etcd-v$1.tar"
+  [ -x "$bin/etcd" ] || { log "etcd $v not built; skipping its image"; return 0; }
+  stale "$out" "$bin/etcd" "$MK" || return 0
+  mapfile -t bb < <(busybox_entries)
+  python3 "$MK" "$out" "localhost/ouroboros/etcd:v$v" '["/usr/local/bin/etcd"]' \
+    "$bin/etcd:/usr/local/bin/etcd" "$bin/etcdctl:/usr/local/bin/etcdctl" "$bin/etcdutl:/usr/local/bin/etcdutl" \
+    "${bb[@]}" "var/lib/etcd/"
+}
+
+build_rust() {
+  local name=$1 bin="$RELEASE_DIR/$1" out="$OUT/$1-$APP_VERSION.tar"
+  [ -x "$bin" ] || { log "$bin not built (cargo build --release); skipping its image"; return 0; }
+  stale "$out" "$bin" "$MK" || return 0
+  mapfile -t libs < <(lib_entries "$bin")
+  mapfile -t bb < <(busybox_entries)
+  python3 "$MK" "$out" "localhost/ouroboros/$name:$APP_VERSION" "[\"/usr/local/bin/$name\"]" \
+    "$bin:/usr/local/bin/$name" "${libs[@]}" "${bb[@]}"
+}
+
+build_all() {
+  build_pause
+  build_etcd "$ETCD_VERSION"
+  build_etcd "$ETCD_OLD_VERSION"
+  build_rust etcd-operator
+  build_rust etcd-backup-sidecar
+}
+
+import_all() {
+  local sock=$1 f
+  build_all
+  for f in "$OUT"/*.tar; do
+    # Importing an unchanged archive is cheap, but skip it when containerd already has that digest.
+    ctr -a "$sock" -n k8s.io images import "$f" >/dev/null
+  done
+  log "images in containerd: $(ctr -a "$sock" -n k8s.io images ls -q | grep -c '^localhost/ouroboros/')"
+}
+
+case "${1:-}" in
+  build) timed images-build build_all ;;
+  import) timed images-import import_all "${2:?containerd socket}" ;;
+  *) echo "usage: $0 build | import SOCKET" >&2; exit 2 ;;
+esac

@@ -1,0 +1,71 @@
+//! State shared by every reconcile: the client, event recorder, metrics and configuration.
+
+use std::sync::Arc;
+
+use kube::{
+    Client,
+    runtime::events::{Recorder, Reporter},
+};
+
+use crate::{cli::Args, metrics::Metrics};
+
+/// Operator configuration that reconciles read.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Default repository of etcd images.
+    pub etcd_image_repository: String,
+    /// Image of the backup sidecar.
+    pub backup_sidecar_image: String,
+}
+
+impl From<&Args> for OperatorConfig {
+    fn from(a: &Args) -> Self {
+        Self {
+            etcd_image_repository: a.etcd_image_repository.clone(),
+            backup_sidecar_image: a.backup_sidecar_image.clone(),
+        }
+    }
+}
+
+/// Everything a reconcile needs besides the object itself.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events on the objects we manage.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Configuration.
+    pub config: OperatorConfig,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Builds the shared context; `instance` distinguishes replicas in Events (the pod name).
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        config: OperatorConfig,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: crate::FIELD_MANAGER.to_owned(),
+            instance,
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            recorder,
+            metrics,
+            config,
+        }
+    }
+}

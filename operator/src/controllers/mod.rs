@@ -1,0 +1,139 @@
+//! The three controllers: EtcdCluster, EtcdBackup, EtcdRestore. Each runs its own watch; `run_all`
+//! drives them together until shutdown and reports when each watch has synced.
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{Controller, controller::Action, watcher},
+};
+use ouroboros_crds::{EtcdBackup, EtcdCluster, EtcdRestore};
+use serde::de::DeserializeOwned;
+
+use crate::{context::Context, http::Readiness};
+
+pub mod backup;
+pub mod cluster;
+pub mod restore;
+
+/// Number of watches `/readyz` waits for.
+pub const WATCH_COUNT: usize = 3;
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run_all(
+    ctx: Arc<Context>,
+    readiness: Arc<Readiness>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let api = |ns: &Option<String>| -> (Api<EtcdCluster>, Api<EtcdBackup>, Api<EtcdRestore>) {
+        match ns {
+            Some(ns) => (
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+            ),
+            None => (
+                Api::all(ctx.client.clone()),
+                Api::all(ctx.client.clone()),
+                Api::all(ctx.client.clone()),
+            ),
+        }
+    };
+    let (clusters, backups, restores) = api(&namespace);
+    tokio::join!(
+        drive(
+            "etcdcluster",
+            clusters,
+            ctx.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+            cluster::reconcile
+        ),
+        drive(
+            "etcdbackup",
+            backups,
+            ctx.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+            backup::reconcile
+        ),
+        drive(
+            "etcdrestore",
+            restores,
+            ctx.clone(),
+            readiness.clone(),
+            shutdown,
+            restore::reconcile
+        ),
+    );
+}
+
+/// One controller loop with shared error policy and result reporting.
+async fn drive<K, F, Fut, E>(
+    name: &'static str,
+    api: Api<K>,
+    ctx: Arc<Context>,
+    readiness: Arc<Readiness>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    reconcile: F,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, E>> + Send + 'static,
+    E: std::error::Error + ReportedError + Send + Sync + 'static,
+{
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            tracing::info!(controller = name, "watch synced");
+            readiness.watch_synced();
+        }
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconcile,
+            move |obj: Arc<K>, err: &E, ctx: Arc<Context>| error_policy(name, obj, err, ctx),
+            ctx,
+        )
+        .for_each(move |res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(controller = name, object = %obj, "reconciled"),
+                Err(e) => tracing::warn!(controller = name, error = %e, "reconcile failed"),
+            }
+        })
+        .map(|()| tracing::info!(controller = name, "stopped"))
+        .await;
+}
+
+/// Errors that can say whether retrying may help, and name themselves for metrics.
+pub trait ReportedError {
+    /// A short, fixed name of the failed action (a metric label).
+    fn metric_label(&self) -> &'static str;
+    /// Whether the same input will keep failing; such errors wait for a change instead of retrying.
+    fn is_permanent(&self) -> bool;
+}
+
+fn error_policy<K: Resource, E: std::error::Error + ReportedError>(
+    name: &'static str,
+    obj: Arc<K>,
+    err: &E,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::FailureLabels {
+            controller: name,
+            error: err.metric_label(),
+        })
+        .inc();
+    tracing::warn!(controller = name, object = %obj.name_any(), error = %err, "reconcile error");
+    if err.is_permanent() {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(10))
+    }
+}

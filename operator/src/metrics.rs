@@ -1,0 +1,156 @@
+//! Prometheus metrics of the operator, served as text on `/metrics`.
+
+use std::time::Instant;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of per-controller metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `etcdcluster`, `etcdbackup` or `etcdrestore`.
+    pub controller: &'static str,
+}
+
+/// Labels of reconcile failures; `error` is a fixed, low-cardinality name of the failed action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Which controller failed.
+    pub controller: &'static str,
+    /// What failed.
+    pub error: &'static str,
+}
+
+/// Labels of the member gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    /// `namespace/name` of the cluster.
+    pub cluster: String,
+    /// `healthy`, `unhealthy` or `learner`.
+    pub state: &'static str,
+}
+
+/// Every metric the operator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles run, by controller.
+    pub reconciles: Family<ControllerLabels, Counter>,
+    /// Reconciles that failed, by controller and failed action.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Reconcile duration in seconds, by controller.
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// Members of each cluster by state.
+    pub members: Family<MemberLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ouroboros");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        let members = Family::<MemberLabels, Gauge>::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that returned an error",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Members of each cluster by state",
+            members.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            reconcile_duration,
+            members,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a reconcile now and records its duration when the returned guard drops.
+    pub fn start_reconcile(&self, controller: &'static str) -> ReconcileTimer<'_> {
+        self.reconciles
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
+        ReconcileTimer {
+            metrics: self,
+            controller,
+            start: Instant::now(),
+        }
+    }
+}
+
+/// Records a reconcile's duration on drop, so early returns are measured too.
+#[derive(Debug)]
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    controller: &'static str,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&ControllerLabels {
+                controller: self.controller,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconcile_shows_up_in_the_exposition() {
+        let m = Metrics::default();
+        drop(m.start_reconcile("etcdcluster"));
+        m.failures
+            .get_or_create(&FailureLabels {
+                controller: "etcdcluster",
+                error: "list_members",
+            })
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains(r#"ouroboros_reconciles_total{controller="etcdcluster"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"ouroboros_reconcile_failures_total{controller="etcdcluster",error="list_members"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ouroboros_reconcile_duration_seconds_count{controller=\"etcdcluster\"} 1"),
+            "{text}"
+        );
+    }
+}

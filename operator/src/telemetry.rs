@@ -1,0 +1,16 @@
+//! Logging set-up: `RUST_LOG`-style filtering, text or JSON lines.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::cli::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,tower=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(false)).init(),
+        LogFormat::Text => registry.with(fmt::layer()).init(),
+    }
+}
