@@ -422,6 +422,12 @@ pv_gc() {
 
 cmd_up() {
   local t0=$SECONDS
+  # Processes die with the session that started them; their leftovers (mounts, shims, netns, a
+  # half-written containerd state) are not worth trusting, so a dead control plane means a clean start.
+  if [ -d "$RUN" ] && ! running kube-apiserver; then
+    log "found state from a stopped cluster; cleaning it up first"
+    cmd_down
+  fi
   mkdir -p "$RUN" "$LOGS" "$CONF"
   timed host-prereqs host_prereqs
   timed network network_up

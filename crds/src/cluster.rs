@@ -202,7 +202,8 @@ pub struct BackupPolicy {
     /// Cron schedule in the five-field form (`minute hour day-of-month month day-of-week`), in UTC, for
     /// example `0 */6 * * *`. A schedule the operator cannot parse sets `BackupHealthy=False` with the
     /// reason.
-    #[x_kube(validation = Rule::new("self.split(' ').filter(f, f != '').size() == 5").message("schedule must have five fields: minute hour day-of-month month day-of-week"))]
+    #[x_kube(validation = Rule::new("self.matches('^ *[^ ]+( +[^ ]+){4} *$')").message("schedule must have five fields: minute hour day-of-month month day-of-week"))]
+    #[schemars(length(max = 128))]
     pub schedule: String,
     /// Where archives go. Empty uses a directory on the PVC `<cluster>-backups`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,3 +21,88 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Err
         serde_yaml::to_string(crd)?
     ))
 }
+
+/// `docs/api.md`: every field of every resource with its type and description, generated from the
+/// same schemas as the CRDs so the reference cannot drift from the types.
+pub fn api_reference_markdown() -> String {
+    let mut out = String::from(
+        "# API reference: etcd.ouroboros.dev/v1alpha1\n\n\
+         Generated from the CRD schemas by `cargo run -p ouroboros-crds --bin crdgen`; do not edit.\n\
+         `kubectl explain etcdcluster.spec` shows the same text.\n",
+    );
+    for (_, crd) in all() {
+        let json = serde_json::to_value(&crd).unwrap_or_default();
+        let kind = json["spec"]["names"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let short = json["spec"]["names"]["shortNames"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let schema = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        out.push_str(&format!("\n## {kind} (short name `{short}`)\n\n"));
+        if let Some(d) = schema["properties"]["spec"]["description"].as_str() {
+            out.push_str(&one_line(d));
+            out.push_str("\n\n");
+        }
+        for part in ["spec", "status"] {
+            out.push_str(&format!(
+                "### {kind}.{part}\n\n| Field | Type | Description |\n|---|---|---|\n"
+            ));
+            let mut rows = Vec::new();
+            fields(part, &schema["properties"][part], 0, &mut rows);
+            for (path, ty, desc) in rows {
+                out.push_str(&format!("| `{path}` | {ty} | {} |\n", desc.replace('|', "\\|")));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+// Types embedded from Kubernetes are documented upstream; one line with their own description is
+// enough, and their inner fields would swamp the table.
+const MAX_DEPTH: usize = 4;
+
+fn fields(path: &str, schema: &serde_json::Value, depth: usize, rows: &mut Vec<(String, String, String)>) {
+    let Some(props) = schema["properties"].as_object() else {
+        return;
+    };
+    for (name, prop) in props {
+        let p = format!("{path}.{name}");
+        let mut ty = prop["type"].as_str().unwrap_or("object").to_owned();
+        if ty == "array" {
+            ty = format!("[]{}", prop["items"]["type"].as_str().unwrap_or("object"));
+        }
+        if let Some(values) = prop["enum"].as_array() {
+            let v: Vec<_> = values.iter().filter_map(|v| v.as_str()).collect();
+            ty = format!("enum: {}", v.join(", "));
+        }
+        let mut desc = one_line(prop["description"].as_str().unwrap_or_default());
+        if let Some(d) = prop.get("default") {
+            desc.push_str(&format!(" Default: `{d}`."));
+        }
+        if let Some(rules) = prop["x-kubernetes-validations"].as_array() {
+            for r in rules {
+                if let Some(m) = r["message"].as_str() {
+                    desc.push_str(&format!(" Rule: {m}."));
+                }
+            }
+        }
+        rows.push((p.clone(), ty, desc));
+        let embedded_k8s_type = prop["properties"].get("apiVersion").is_some() || depth >= MAX_DEPTH;
+        if !embedded_k8s_type && !is_k8s_type(name) {
+            fields(&p, prop, depth + 1, rows);
+            fields(&format!("{p}[]"), &prop["items"], depth + 1, rows);
+        }
+    }
+}
+
+fn is_k8s_type(field: &str) -> bool {
+    ["resources", "affinity", "tolerations", "conditions", "sizeLimit"].contains(&field)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -48,3 +48,14 @@ fn every_schema_property_has_a_description() {
         "properties without a description: {missing:#?}"
     );
 }
+
+#[test]
+fn committed_api_reference_matches_the_types() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    pretty_assertions::assert_eq!(
+        committed,
+        ouroboros_crds::crd::api_reference_markdown(),
+        "docs/api.md is stale: run `make crds` and commit the result"
+    );
+}

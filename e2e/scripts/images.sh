@@ -25,7 +25,8 @@ busybox_entries() {
 
 # Shared libraries a dynamically linked binary needs, as SRC:DEST entries at the same paths.
 lib_entries() {
-  ldd "$1" | awk '/=> \// {print $3} /^\s*\/lib/ {print $1}' | sort -u | while read -r lib; do
+  # mawk has no \s: match the loader line by its leading tab instead.
+  ldd "$1" | awk '/=> \// {print $3} /^[ \t]*\// {print $1}' | sort -u | while read -r lib; do
     echo "$(readlink -f "$lib"):$lib"
   done
 }
@@ -57,7 +58,7 @@ build_etcd() {
 build_rust() {
   local name=$1 bin="$RELEASE_DIR/$1" out="$OUT/$1-$APP_VERSION.tar"
   [ -x "$bin" ] || { log "$bin not built (cargo build --release); skipping its image"; return 0; }
-  stale "$out" "$bin" "$MK" || return 0
+  stale "$out" "$bin" "$MK" "$SCRIPTS_DIR/images.sh" || return 0
   mapfile -t libs < <(lib_entries "$bin")
   mapfile -t bb < <(busybox_entries)
   python3 "$MK" "$out" "localhost/ouroboros/$name:$APP_VERSION" "[\"/usr/local/bin/$name\"]" \

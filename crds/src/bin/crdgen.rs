@@ -1,5 +1,5 @@
 //! Writes the CRD YAML of every Ouroboros resource into a directory (default: `crds/` next to this
-//! crate's manifest), or with `--check` exits non-zero when the files there differ from the types.
+//! crate's manifest) and the API reference into `docs/api.md`, or with `--check` exits non-zero when the files there differ from the types.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -32,6 +32,19 @@ fn main() -> ExitCode {
         } else {
             println!("wrote {}", path.display());
         }
+    }
+    // The API reference sits in docs/ at the repository root, generated from the same schemas.
+    let reference = dir.join("../docs/api.md");
+    let markdown = ouroboros_crds::crd::api_reference_markdown();
+    if check {
+        if std::fs::read_to_string(&reference).ok().as_deref() != Some(markdown.as_str()) {
+            stale.push(reference.display().to_string());
+        }
+    } else if let Err(e) = std::fs::write(&reference, markdown) {
+        eprintln!("crdgen: cannot write {}: {e}", reference.display());
+        return ExitCode::FAILURE;
+    } else {
+        println!("wrote {}", reference.display());
     }
     if stale.is_empty() {
         ExitCode::SUCCESS

@@ -87,9 +87,19 @@ async fn drive<K, F, Fut, E>(
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            tracing::info!(controller = name, "watch synced");
-            readiness.watch_synced();
+        // The store's readiness is a oneshot receiver that keeps only the last waker, and the
+        // controller itself waits on it too, so a single long wait here may never be woken. Polling
+        // again every 200 ms re-registers and sees the value once the controller has stored it.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(controller = name, "watch synced");
+                    readiness.watch_synced();
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
     });
     controller

@@ -1,0 +1,86 @@
+//! The API server, with the committed CRDs, accepts the samples and refuses bad input with messages a
+//! user can act on: `kubectl apply --dry-run=server` exactly as a user would run it.
+
+use anyhow::ensure;
+use ouroboros_e2e::{TestNamespace, client, kubectl, repo_root};
+
+fn path(rel: &str) -> String {
+    repo_root().join(rel).display().to_string()
+}
+
+#[test]
+fn deploy_and_samples_pass_server_dry_run() -> anyhow::Result<()> {
+    let out = kubectl(&["apply", "--dry-run=server", "-k", &path("deploy")])?;
+    ensure!(out.success, "deploy/ refused: {}", out.stderr);
+    for sample in ["etcdcluster.yaml", "etcdbackup.yaml", "etcdrestore.yaml"] {
+        let out = kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &path(&format!("deploy/samples/{sample}")),
+        ])?;
+        ensure!(out.success, "sample {sample} refused: {}", out.stderr);
+    }
+    Ok(())
+}
+
+#[test]
+fn invalid_samples_are_refused_with_readable_messages() -> anyhow::Result<()> {
+    let cases = [
+        ("size-zero.yaml", "size must be between 1 and 9"),
+        ("unknown-field.yaml", r#"unknown field "spec.replicas""#),
+        ("bad-version.yaml", "spec.version"),
+        ("backup-two-destinations.yaml", "set exactly one of s3 or volume"),
+    ];
+    for (file, expected) in cases {
+        let out = kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &path(&format!("deploy/samples/invalid/{file}")),
+        ])?;
+        ensure!(!out.success, "{file} was accepted but must be refused");
+        ensure!(
+            out.stderr.contains(expected),
+            "{file}: expected {expected:?} in the error, got: {}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+fn apply_in(ns: &str, file: &str) -> anyhow::Result<ouroboros_e2e::Output> {
+    let yaml =
+        std::fs::read_to_string(path(file))?.replace("namespace: default", &format!("namespace: {ns}"));
+    let tmp = std::env::temp_dir().join(format!("{ns}-{}", file.replace('/', "_")));
+    std::fs::write(&tmp, yaml)?;
+    kubectl(&["apply", "-f", &tmp.display().to_string()])
+}
+
+#[tokio::test]
+async fn storage_cannot_change_after_creation() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "immutable")
+        .await?
+        .run(|_, ns| async move {
+            let created = apply_in(&ns, "deploy/samples/etcdcluster.yaml")?;
+            ensure!(created.success, "creating the sample failed: {}", created.stderr);
+            let changed = apply_in(&ns, "deploy/samples/invalid/storage-change.yaml")?;
+            ensure!(!changed.success, "changing storage was accepted");
+            ensure!(
+                changed.stderr.contains("storage is immutable after creation"),
+                "unexpected message: {}",
+                changed.stderr
+            );
+            // Other fields stay editable.
+            let yaml = std::fs::read_to_string(path("deploy/samples/etcdcluster.yaml"))?
+                .replace("namespace: default", &format!("namespace: {ns}"))
+                .replace("size: 3", "size: 5");
+            let tmp = std::env::temp_dir().join(format!("{ns}-resize.yaml"));
+            std::fs::write(&tmp, yaml)?;
+            let resized = kubectl(&["apply", "-f", &tmp.display().to_string()])?;
+            ensure!(resized.success, "changing size was refused: {}", resized.stderr);
+            Ok(())
+        })
+        .await
+}
