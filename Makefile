@@ -12,7 +12,7 @@ K8S_VERSION := $(shell sed -n 's/^K8S_VERSION=//p' e2e/scripts/versions.env)
 KUBECTL := $(OUROBOROS_CACHE)/k8s/$(K8S_VERSION)/bin/kubectl --kubeconfig $(shell e2e/cluster.sh kubeconfig)
 T := e2e/scripts/timed.sh
 
-.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e undeploy clean-cache
+.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e lifecycle undeploy clean-cache
 
 help:
 	@echo "make demo    - build everything, start the local cluster, deploy the operator, create an EtcdCluster"
@@ -58,7 +58,11 @@ undeploy:
 e2e: deploy
 	@$(T) e2e-tests bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e -- --test-threads=1'
 
-test: lint unit e2e
+## lifecycle: `down` leaves nothing behind and `up` comes back (runs last: it restarts the cluster).
+lifecycle: e2e
+	@$(T) cluster-lifecycle e2e/scripts/check-lifecycle.sh
+
+test: lint unit e2e lifecycle
 	@echo "make test: all tiers passed"
 
 demo: deploy

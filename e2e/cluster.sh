@@ -494,7 +494,7 @@ cmd_down() {
   ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
   # Host veths of pods vanish with their netns; any left are ours by name prefix.
-  ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^veth' | while read -r v; do
+  ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | { grep '^veth' || true; } | while read -r v; do
     ip link del "$v" 2>/dev/null || true
   done
   # Keep built images' content store and PKI for a fast next `up`; drop cluster data.
