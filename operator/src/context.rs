@@ -7,7 +7,11 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 
-use crate::{cli::Args, metrics::Metrics};
+use crate::{
+    cli::Args,
+    etcd::{EtcdClients, EtcdOps},
+    metrics::Metrics,
+};
 
 /// Operator configuration that reconciles read.
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Configuration.
     pub config: OperatorConfig,
+    /// etcd access, with cached connections.
+    pub etcd: Arc<dyn EtcdOps>,
 }
 
 impl std::fmt::Debug for Context {
@@ -66,6 +72,7 @@ impl Context {
             recorder,
             metrics,
             config,
+            etcd: EtcdClients::new(),
         }
     }
 }

@@ -5,6 +5,8 @@ pub mod cli;
 pub mod context;
 pub mod controllers;
 pub mod crds_ready;
+pub mod etcd;
+pub mod failpoints;
 pub mod http;
 pub mod metrics;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{Controller, controller::Action, watcher},
@@ -42,6 +43,19 @@ pub async fn run_all(
         }
     };
     let (clusters, backups, restores) = api(&namespace);
+    let (pods, pvcs): (Api<Pod>, Api<PersistentVolumeClaim>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(ctx.client.clone(), ns),
+            Api::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    // Only our pods and claims: the label keeps the cache small in a busy cluster.
+    let ours = watcher::Config::default().labels(cluster::resources::LABEL_CLUSTER);
+    let all = || watcher::Config::default().any_semantic();
+    let clusters = Controller::new(clusters, all())
+        .owns(pods, ours.clone())
+        .owns(pvcs, ours);
     tokio::join!(
         drive(
             "etcdcluster",
@@ -53,7 +67,7 @@ pub async fn run_all(
         ),
         drive(
             "etcdbackup",
-            backups,
+            Controller::new(backups, all()),
             ctx.clone(),
             readiness.clone(),
             shutdown.clone(),
@@ -61,7 +75,7 @@ pub async fn run_all(
         ),
         drive(
             "etcdrestore",
-            restores,
+            Controller::new(restores, all()),
             ctx.clone(),
             readiness.clone(),
             shutdown,
@@ -73,7 +87,7 @@ pub async fn run_all(
 /// One controller loop with shared error policy and result reporting.
 async fn drive<K, F, Fut, E>(
     name: &'static str,
-    api: Api<K>,
+    controller: Controller<K>,
     ctx: Arc<Context>,
     readiness: Arc<Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -84,7 +98,6 @@ async fn drive<K, F, Fut, E>(
     Fut: std::future::Future<Output = Result<Action, E>> + Send + 'static,
     E: std::error::Error + ReportedError + Send + Sync + 'static,
 {
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
     tokio::spawn(async move {
         // The store's readiness is a oneshot receiver that keeps only the last waker, and the

@@ -1,0 +1,333 @@
+//! Apply: carries out the one step decided, by server-side apply with the operator's field manager,
+//! and says what it did in an Event. Each step is written so that stopping anywhere inside it leaves a
+//! state the decision recognises and finishes (see the failpoints).
+
+use k8s_openapi::api::{
+    core::v1::{PersistentVolumeClaim, Pod, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::events::{Event, EventType},
+};
+use ouroboros_crds::{EtcdCluster, EtcdVersion};
+
+use super::{
+    decide::{RemoveReason, Step},
+    observe::{Observation, member_name},
+    resources::{self, Images, InitialClusterState},
+};
+use crate::{context::Context, etcd::EtcdError, failpoints};
+
+/// Why applying a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A Kubernetes write failed.
+    #[error("{action} {kind} {name}: {source}")]
+    Kube {
+        /// What was attempted.
+        action: &'static str,
+        /// Object kind.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// An etcd call failed.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The leader to move leadership from has no reachable endpoint.
+    #[error("leader {0} has no pod IP to send move-leader to")]
+    NoLeaderEndpoint(String),
+}
+
+fn ssa() -> PatchParams {
+    PatchParams::apply(crate::FIELD_MANAGER).force()
+}
+
+async fn apply<K>(api: &Api<K>, obj: &K, kind: &'static str) -> Result<(), ApplyError>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &ssa(), &Patch::Apply(obj))
+        .await
+        .map(drop)
+        .map_err(|source| ApplyError::Kube {
+            action: "applying",
+            kind,
+            name,
+            source,
+        })
+}
+
+/// Objects every cluster has whatever its members: the Services and the PodDisruptionBudget.
+pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Result<(), ApplyError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    apply(&services, &resources::headless_service(cluster), "Service").await?;
+    apply(&services, &resources::client_service(cluster), "Service").await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    apply(
+        &pdbs,
+        &resources::pod_disruption_budget(cluster),
+        "PodDisruptionBudget",
+    )
+    .await
+}
+
+fn images(ctx: &Context) -> Images {
+    Images {
+        etcd_repository: ctx.config.etcd_image_repository.clone(),
+        sidecar: ctx.config.backup_sidecar_image.clone(),
+    }
+}
+
+async fn start_member(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    name: &str,
+    version: EtcdVersion,
+    state: InitialClusterState,
+    initial_members: &[String],
+) -> Result<(), ApplyError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    if let Some(pvc) = resources::member_pvc(cluster, name) {
+        apply(
+            &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
+            &pvc,
+            "PersistentVolumeClaim",
+        )
+        .await?;
+    }
+    let pod = resources::member_pod(cluster, &images(ctx), name, version, state, initial_members);
+    apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await
+}
+
+/// Deletes a member's pod and its PVC; "already gone" is success.
+async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) = pods.delete(name, &DeleteParams::default()).await
+        && !gone(&e)
+    {
+        return Err(ApplyError::Kube {
+            action: "deleting",
+            kind: "Pod",
+            name: name.to_owned(),
+            source: e,
+        });
+    }
+    if cluster.spec.storage.persistent_volume_claim.is_some() {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let pvc = resources::pvc_name(name);
+        if let Err(e) = pvcs.delete(&pvc, &DeleteParams::default()).await
+            && !gone(&e)
+        {
+            return Err(ApplyError::Kube {
+                action: "deleting",
+                kind: "PersistentVolumeClaim",
+                name: pvc,
+                source: e,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn event(ctx: &Context, cluster: &EtcdCluster, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "publishing an Event failed");
+    }
+}
+
+/// Carries out `step`.
+pub async fn apply_step(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    obs: &Observation,
+    step: &Step,
+) -> Result<(), ApplyError> {
+    let endpoints = obs.endpoint_list();
+    match step {
+        Step::Paused | Step::Converged | Step::WaitForMembers { .. } | Step::WaitForLearner { .. } => Ok(()),
+        Step::NoQuorum {
+            healthy_voters,
+            voters,
+        } => {
+            event(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "QuorumLost",
+                format!(
+                    "{healthy_voters} of {voters} voting members answer; membership changes are suspended"
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Step::CreateSeed { name, version } => {
+            start_member(
+                ctx,
+                cluster,
+                name,
+                *version,
+                InitialClusterState::New,
+                std::slice::from_ref(name),
+            )
+            .await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "SeedCreated",
+                format!("started seed member {name} on etcd {version}"),
+            )
+            .await;
+            Ok(())
+        }
+        Step::AddLearner {
+            name,
+            version,
+            for_upgrade,
+        } => {
+            let peer = resources::peer_url(cluster, name);
+            let (id, members) = ctx.etcd.add_learner(&endpoints, &peer).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "LearnerAdded",
+                format!(
+                    "added learner {name} ({id:x}) on etcd {version}{}",
+                    if *for_upgrade {
+                        " to upgrade the cluster"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .await;
+            failpoints::hit("after-member-add");
+            let names: Vec<String> = members.iter().filter_map(member_name).collect();
+            start_member(
+                ctx,
+                cluster,
+                name,
+                *version,
+                InitialClusterState::Existing,
+                &names,
+            )
+            .await
+        }
+        Step::CreateMemberPod { name, version } => {
+            let names: Vec<String> = obs
+                .observed
+                .membership
+                .iter()
+                .flat_map(|m| m.members.iter().map(|m| m.name.clone()))
+                .collect();
+            start_member(
+                ctx,
+                cluster,
+                name,
+                *version,
+                InitialClusterState::Existing,
+                &names,
+            )
+            .await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "MemberPodCreated",
+                format!("started the pod of added member {name}"),
+            )
+            .await;
+            Ok(())
+        }
+        Step::PromoteLearner { id, name } => match ctx.etcd.promote(&endpoints, *id).await {
+            Ok(()) => {
+                failpoints::hit("after-promote");
+                event(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    "LearnerPromoted",
+                    format!("promoted {name} to voting member"),
+                )
+                .await;
+                Ok(())
+            }
+            // etcd has the last word on whether the learner is in sync; not yet is not an error.
+            Err(e) if e.is_learner_not_ready() => Ok(()),
+            Err(e) => Err(e.into()),
+        },
+        Step::RemoveMember { id, name, reason } => {
+            ctx.etcd.remove(&endpoints, *id).await?;
+            let (type_, why) = match reason {
+                RemoveReason::ScaleDown => (EventType::Normal, "the cluster is larger than spec.size"),
+                RemoveReason::Upgrade => (
+                    EventType::Normal,
+                    "it runs the old version and its replacement has joined",
+                ),
+                RemoveReason::PodGone => (EventType::Warning, "its pod is gone"),
+                RemoveReason::PodTerminated => (EventType::Warning, "its pod terminated"),
+                RemoveReason::CrashLooping => (EventType::Warning, "it keeps crashing"),
+                RemoveReason::VolumeLost => (EventType::Warning, "its data volume was lost"),
+                RemoveReason::LearnerTimedOut => {
+                    (EventType::Warning, "as a learner it did not catch up in time")
+                }
+            };
+            event(
+                ctx,
+                cluster,
+                type_,
+                "MemberRemoved",
+                format!("removed member {name} ({id:x}): {why}"),
+            )
+            .await;
+            failpoints::hit("after-member-remove");
+            delete_member_objects(ctx, cluster, name).await
+        }
+        Step::DeleteOrphanPod { name } => {
+            delete_member_objects(ctx, cluster, name).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "OrphanPodDeleted",
+                format!("deleted pod {name}, which is not a member"),
+            )
+            .await;
+            Ok(())
+        }
+        Step::MoveLeader { from, to_id, to } => {
+            let ep = obs
+                .endpoint_of(from)
+                .ok_or_else(|| ApplyError::NoLeaderEndpoint(from.clone()))?;
+            ctx.etcd.move_leader(ep, *to_id).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "LeaderMoved",
+                format!("moved leadership from {from} to {to}"),
+            )
+            .await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! The membership decision: from what was observed of one cluster to the single next step. Pure: no
+//! I/O, no clock, no randomness, so every case is a unit test.
+//!
+//! Rules, safest first:
+//! - change nothing while paused, and nothing without quorum;
+//! - clean up half-finished steps first (a pod whose member was removed, a member added whose pod was
+//!   never created), since they are what a crash between two steps leaves;
+//! - remove dead voters before anything else (each one removed lowers the quorum needed), but only
+//!   while the remaining healthy voters keep quorum;
+//! - one learner at a time; promote it only once it has caught up, and give up on it after a deadline
+//!   that grows with the database size;
+//! - grow by adding a learner; shrink by removing a follower (the leader only after moving leadership);
+//! - upgrade by surge: add a member on the new version, then remove one on the old version, followers
+//!   first and the leader last. Downgrades and minor skips are refused; running members stay as they are.
+
+use std::time::Duration;
+
+use ouroboros_crds::EtcdVersion;
+
+/// A learner whose applied index is at least this fraction of the leader's is considered caught up
+/// (etcd's own promotion check uses the same 90 %).
+pub const LEARNER_READY_FRACTION: f64 = 0.9;
+/// Container restarts after which a crash-looping member is replaced rather than waited for.
+pub const CRASH_LOOP_RESTARTS: i32 = 5;
+/// Base time a learner gets to catch up before it is removed and tried again.
+pub const LEARNER_BASE_DEADLINE: Duration = Duration::from_secs(120);
+/// Extra catch-up time per GiB of database.
+pub const LEARNER_DEADLINE_PER_GIB: Duration = Duration::from_secs(60);
+
+/// What the spec asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// Voting members wanted.
+    pub size: usize,
+    /// etcd version wanted.
+    pub version: EtcdVersion,
+    /// `spec.paused`.
+    pub paused: bool,
+}
+
+/// Lifecycle of one member's pod, as Kubernetes reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Scheduled or creating containers.
+    Starting,
+    /// Containers run but the pod is not Ready.
+    Running,
+    /// Ready.
+    Ready,
+    /// Phase Succeeded or Failed: it will never run again.
+    Terminated,
+    /// Restarted at least [`CRASH_LOOP_RESTARTS`] times and not running now.
+    CrashLooping,
+    /// Being deleted.
+    Deleting,
+}
+
+/// One member pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    /// Pod (and member) name.
+    pub name: String,
+    /// etcd version its image runs.
+    pub version: EtcdVersion,
+    /// Its state.
+    pub state: PodState,
+    /// Time since the pod was created.
+    pub age: Duration,
+    /// Its data volume (PVC) is gone or being deleted.
+    pub volume_lost: bool,
+}
+
+/// What one member answered to a status request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberHealth {
+    /// Raft index the member has applied.
+    pub applied_index: u64,
+    /// The member reported errors (alarms, corruption).
+    pub has_errors: bool,
+}
+
+/// One member in etcd's membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    /// etcd member ID.
+    pub id: u64,
+    /// Name, taken from its peer URL (`http://<name>.<cluster>...`), so it is known even before the
+    /// member has started.
+    pub name: String,
+    /// Learner (non-voting).
+    pub is_learner: bool,
+    /// The member has started at least once (etcd knows its name and client URLs).
+    pub started: bool,
+    /// Its status answer, when it gave one.
+    pub health: Option<MemberHealth>,
+}
+
+/// etcd's view of the cluster, when some member answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// Raft leader's member ID, if there is one.
+    pub leader: Option<u64>,
+    /// Every member, learners included.
+    pub members: Vec<MemberView>,
+    /// Database size in bytes (from the leader), for the learner deadline.
+    pub db_size_bytes: u64,
+}
+
+/// Everything the decision looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// Cluster name; member names are `<cluster>-<ordinal>`.
+    pub cluster: String,
+    /// The spec.
+    pub desired: Desired,
+    /// The cluster has had an etcd cluster ID before (status says so): an empty world now means
+    /// disaster, not a new cluster.
+    pub bootstrapped: bool,
+    /// Member pods.
+    pub pods: Vec<PodView>,
+    /// etcd's membership, or `None` when no member answered a member list.
+    pub membership: Option<Membership>,
+}
+
+/// Why a member is being removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// Its pod is gone.
+    PodGone,
+    /// Its pod terminated and will not run again.
+    PodTerminated,
+    /// It keeps crashing.
+    CrashLooping,
+    /// Its data volume was lost.
+    VolumeLost,
+    /// The cluster is larger than `spec.size`.
+    ScaleDown,
+    /// It runs an older version and a member on the new version has joined.
+    Upgrade,
+    /// A learner did not catch up in time.
+    LearnerTimedOut,
+}
+
+impl RemoveReason {
+    /// Whether the member is being replaced because it failed.
+    pub fn is_failure(self) -> bool {
+        match self {
+            RemoveReason::PodGone
+            | RemoveReason::PodTerminated
+            | RemoveReason::CrashLooping
+            | RemoveReason::VolumeLost
+            | RemoveReason::LearnerTimedOut => true,
+            RemoveReason::ScaleDown | RemoveReason::Upgrade => false,
+        }
+    }
+}
+
+/// The one thing to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `spec.paused`: change nothing.
+    Paused,
+    /// Start the first member with `--initial-cluster-state=new`.
+    CreateSeed {
+        /// Member name.
+        name: String,
+        /// Its version.
+        version: EtcdVersion,
+    },
+    /// Pods exist but no member answers yet; they are starting.
+    WaitForMembers {
+        /// What is awaited, for the condition message.
+        reason: String,
+    },
+    /// No quorum: change nothing and report.
+    NoQuorum {
+        /// Voters that answered.
+        healthy_voters: usize,
+        /// Voting members.
+        voters: usize,
+    },
+    /// A pod whose member is not in the membership (removed, or never added): delete it and its data.
+    DeleteOrphanPod {
+        /// Pod name.
+        name: String,
+    },
+    /// A member in the membership that has never started and has no pod (the operator stopped right
+    /// after adding it): create its pod so it joins.
+    CreateMemberPod {
+        /// Member name.
+        name: String,
+        /// Its version.
+        version: EtcdVersion,
+    },
+    /// Remove a member from the membership, then its pod and data.
+    RemoveMember {
+        /// Member ID.
+        id: u64,
+        /// Member name.
+        name: String,
+        /// Why.
+        reason: RemoveReason,
+    },
+    /// Promote a caught-up learner to voter.
+    PromoteLearner {
+        /// Member ID.
+        id: u64,
+        /// Member name.
+        name: String,
+    },
+    /// A learner is catching up.
+    WaitForLearner {
+        /// Member name.
+        name: String,
+    },
+    /// Add a learner and start its pod.
+    AddLearner {
+        /// New member name.
+        name: String,
+        /// Its version.
+        version: EtcdVersion,
+        /// Whether this is the surge member of an upgrade (for messages).
+        for_upgrade: bool,
+    },
+    /// Move leadership away from a member about to be removed.
+    MoveLeader {
+        /// Current leader.
+        from: String,
+        /// New leader's ID.
+        to_id: u64,
+        /// New leader's name.
+        to: String,
+    },
+    /// Nothing to do.
+    Converged,
+}
+
+impl Step {
+    /// Whether the step changes the cluster (for the Progressing condition).
+    pub fn is_change(&self) -> bool {
+        match self {
+            Step::Paused | Step::NoQuorum { .. } | Step::Converged => false,
+            Step::CreateSeed { .. }
+            | Step::WaitForMembers { .. }
+            | Step::DeleteOrphanPod { .. }
+            | Step::CreateMemberPod { .. }
+            | Step::RemoveMember { .. }
+            | Step::PromoteLearner { .. }
+            | Step::WaitForLearner { .. }
+            | Step::AddLearner { .. }
+            | Step::MoveLeader { .. } => true,
+        }
+    }
+}
+
+/// The version new members get, or why `spec.version` is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionPlan {
+    /// Members should run this version.
+    Target(EtcdVersion),
+    /// `spec.version` is refused; new members keep the running version.
+    Refused {
+        /// Version new members get instead.
+        keep: EtcdVersion,
+        /// Why, for the condition.
+        reason: String,
+    },
+}
+
+impl VersionPlan {
+    /// The version new members get.
+    pub fn version(&self) -> EtcdVersion {
+        match self {
+            VersionPlan::Target(v) | VersionPlan::Refused { keep: v, .. } => *v,
+        }
+    }
+}
+
+/// The decision: one step, and a version refusal to report if there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do now.
+    pub step: Step,
+    /// What is wrong with `spec.version`, if anything.
+    pub version_refusal: Option<String>,
+}
+
+/// Which version new members should run, given the versions running now.
+pub fn version_plan(desired: EtcdVersion, running: &[EtcdVersion]) -> VersionPlan {
+    let Some(&oldest) = running.iter().min() else {
+        return VersionPlan::Target(desired);
+    };
+    let newest = running.iter().max().copied().unwrap_or(oldest);
+    if desired < newest {
+        return VersionPlan::Refused {
+            keep: newest,
+            reason: format!(
+                "downgrade from {newest} to {desired} is not supported; members keep running {newest}"
+            ),
+        };
+    }
+    if desired.major != oldest.major || desired.minor > oldest.minor + 1 {
+        return VersionPlan::Refused {
+            keep: newest,
+            reason: format!(
+                "upgrade from {oldest} to {desired} skips a minor version; upgrade to {}.{}.x first",
+                oldest.major,
+                oldest.minor + 1
+            ),
+        };
+    }
+    VersionPlan::Target(desired)
+}
+
+/// Member `<cluster>-<ordinal>`'s ordinal, if the name has that shape.
+pub fn ordinal(cluster: &str, name: &str) -> Option<u32> {
+    name.strip_prefix(cluster)?.strip_prefix('-')?.parse().ok()
+}
+
+/// A name no pod or member uses: one past the highest ordinal seen.
+pub fn next_member_name(o: &Observed) -> String {
+    let members = o
+        .membership
+        .iter()
+        .flat_map(|m| m.members.iter().map(|m| m.name.as_str()));
+    let highest = o
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(members)
+        .filter_map(|n| ordinal(&o.cluster, n))
+        .max();
+    format!("{}-{}", o.cluster, highest.map_or(0, |h| h + 1))
+}
+
+/// How long a learner may take to catch up.
+pub fn learner_deadline(db_size_bytes: u64) -> Duration {
+    let gib = db_size_bytes.div_ceil(1 << 30) as u32;
+    LEARNER_BASE_DEADLINE + LEARNER_DEADLINE_PER_GIB * gib
+}
+
+/// The next step for the cluster.
+pub fn next_step(o: &Observed) -> Decision {
+    let running: Vec<EtcdVersion> = o
+        .pods
+        .iter()
+        .filter(|p| p.state != PodState::Deleting)
+        .map(|p| p.version)
+        .collect();
+    let plan = version_plan(o.desired.version, &running);
+    let version_refusal = match &plan {
+        VersionPlan::Refused { reason, .. } => Some(reason.clone()),
+        VersionPlan::Target(_) => None,
+    };
+    let step = if o.desired.paused {
+        Step::Paused
+    } else {
+        membership_step(o, plan.version())
+    };
+    Decision {
+        step,
+        version_refusal,
+    }
+}
+
+fn pod<'a>(o: &'a Observed, name: &str) -> Option<&'a PodView> {
+    o.pods.iter().find(|p| p.name == name)
+}
+
+/// Why a started member counts as dead, if it does.
+fn dead_reason(o: &Observed, m: &MemberView) -> Option<RemoveReason> {
+    match pod(o, &m.name) {
+        None => Some(RemoveReason::PodGone),
+        Some(p) if p.volume_lost => Some(RemoveReason::VolumeLost),
+        Some(p) => match p.state {
+            PodState::Terminated => Some(RemoveReason::PodTerminated),
+            PodState::CrashLooping => Some(RemoveReason::CrashLooping),
+            PodState::Deleting => Some(RemoveReason::PodGone),
+            PodState::Starting | PodState::Running | PodState::Ready => None,
+        },
+    }
+}
+
+fn is_healthy(m: &MemberView) -> bool {
+    m.health.as_ref().is_some_and(|h| !h.has_errors)
+}
+
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
+    let Some(ms) = &o.membership else {
+        return no_membership_step(o, version);
+    };
+
+    // Half-finished steps first. A pod without a member: its member was removed (or never added).
+    if let Some(p) = o
+        .pods
+        .iter()
+        .find(|p| p.state != PodState::Deleting && !ms.members.iter().any(|m| m.name == p.name))
+    {
+        return Step::DeleteOrphanPod { name: p.name.clone() };
+    }
+    // A member added but never started, with no pod: the operator stopped between the two.
+    if let Some(m) = ms
+        .members
+        .iter()
+        .find(|m| !m.started && pod(o, &m.name).is_none())
+    {
+        return Step::CreateMemberPod {
+            name: m.name.clone(),
+            version,
+        };
+    }
+
+    let voters: Vec<&MemberView> = ms.members.iter().filter(|m| !m.is_learner).collect();
+    let healthy_voters = voters.iter().filter(|m| is_healthy(m)).count();
+    if healthy_voters < quorum(voters.len()) {
+        return Step::NoQuorum {
+            healthy_voters,
+            voters: voters.len(),
+        };
+    }
+
+    // Dead voters: removing one keeps quorum if the healthy ones still make a majority afterwards.
+    for m in &voters {
+        if let Some(reason) = dead_reason(o, m).filter(|_| m.started) {
+            if healthy_voters >= quorum(voters.len() - 1) {
+                return Step::RemoveMember {
+                    id: m.id,
+                    name: m.name.clone(),
+                    reason,
+                };
+            }
+            return Step::NoQuorum {
+                healthy_voters,
+                voters: voters.len(),
+            };
+        }
+    }
+
+    // One learner at a time: promote, wait, or give up on it.
+    if let Some(l) = ms.members.iter().find(|m| m.is_learner) {
+        return learner_step(o, ms, l);
+    }
+
+    // Every voter must be healthy before the membership grows, shrinks or rolls.
+    if healthy_voters < voters.len() {
+        let sick: Vec<&str> = voters
+            .iter()
+            .filter(|m| !is_healthy(m))
+            .map(|m| m.name.as_str())
+            .collect();
+        return Step::WaitForMembers {
+            reason: format!("waiting for {} to become healthy", sick.join(", ")),
+        };
+    }
+
+    let size = o.desired.size;
+    let outdated = |m: &&&MemberView| pod(o, &m.name).is_some_and(|p| p.version != version);
+    if voters.len() < size {
+        return Step::AddLearner {
+            name: next_member_name(o),
+            version,
+            for_upgrade: false,
+        };
+    }
+    if voters.len() > size {
+        // Prefer removing members on an old version (the tail of an upgrade), then the newest.
+        let reason = if voters.iter().any(|m| outdated(&m)) {
+            RemoveReason::Upgrade
+        } else {
+            RemoveReason::ScaleDown
+        };
+        return remove_one(o, ms, &voters, reason, version);
+    }
+    if voters.iter().any(|m| outdated(&m)) {
+        return Step::AddLearner {
+            name: next_member_name(o),
+            version,
+            for_upgrade: true,
+        };
+    }
+    Step::Converged
+}
+
+/// Pods exist (or not) but no member answered a member list.
+fn no_membership_step(o: &Observed, version: EtcdVersion) -> Step {
+    let live: Vec<&PodView> = o.pods.iter().filter(|p| p.state != PodState::Deleting).collect();
+    if live.is_empty() {
+        if o.bootstrapped {
+            // Every member is gone: starting a fresh seed would silently replace the data with an empty
+            // cluster. That is a restore, and a human (or the recovery policy) decides it.
+            return Step::NoQuorum {
+                healthy_voters: 0,
+                voters: 0,
+            };
+        }
+        return Step::CreateSeed {
+            name: next_member_name(o),
+            version,
+        };
+    }
+    let starting = live
+        .iter()
+        .any(|p| matches!(p.state, PodState::Starting | PodState::Running));
+    if !o.bootstrapped || starting {
+        return Step::WaitForMembers {
+            reason: "waiting for the first member to answer".into(),
+        };
+    }
+    Step::NoQuorum {
+        healthy_voters: 0,
+        voters: live.len(),
+    }
+}
+
+fn learner_step(o: &Observed, ms: &Membership, l: &MemberView) -> Step {
+    // A learner does not vote, so removing a broken one never costs quorum.
+    if let Some(reason) = dead_reason(o, l).filter(|_| l.started) {
+        return Step::RemoveMember {
+            id: l.id,
+            name: l.name.clone(),
+            reason,
+        };
+    }
+    let leader_applied = ms
+        .leader
+        .and_then(|id| ms.members.iter().find(|m| m.id == id))
+        .and_then(|m| m.health.as_ref())
+        .map(|h| h.applied_index);
+    let caught_up = match (l.health.as_ref(), leader_applied) {
+        (Some(h), Some(leader)) => {
+            !h.has_errors && (h.applied_index as f64) >= (leader as f64) * LEARNER_READY_FRACTION
+        }
+        _ => false,
+    };
+    if caught_up {
+        return Step::PromoteLearner {
+            id: l.id,
+            name: l.name.clone(),
+        };
+    }
+    let age = pod(o, &l.name).map(|p| p.age).unwrap_or_default();
+    if age > learner_deadline(ms.db_size_bytes) {
+        return Step::RemoveMember {
+            id: l.id,
+            name: l.name.clone(),
+            reason: RemoveReason::LearnerTimedOut,
+        };
+    }
+    Step::WaitForLearner { name: l.name.clone() }
+}
+
+/// Removes one voter, never the leader directly: leadership moves first.
+fn remove_one(
+    o: &Observed,
+    ms: &Membership,
+    voters: &[&MemberView],
+    reason: RemoveReason,
+    version: EtcdVersion,
+) -> Step {
+    let rank = |m: &MemberView| {
+        let on_old_version = pod(o, &m.name).is_some_and(|p| p.version != version);
+        // Old version first, then the highest ordinal (the newest member).
+        (on_old_version, ordinal(&o.cluster, &m.name).unwrap_or(0))
+    };
+    let Some(victim) = voters.iter().max_by_key(|m| rank(m)) else {
+        return Step::Converged;
+    };
+    if ms.leader == Some(victim.id) {
+        // Hand leadership to a member that stays: on the target version, highest ordinal last to go.
+        let successor = voters
+            .iter()
+            .filter(|m| m.id != victim.id)
+            .min_by_key(|m| rank(m));
+        if let Some(s) = successor {
+            return Step::MoveLeader {
+                from: victim.name.clone(),
+                to_id: s.id,
+                to: s.name.clone(),
+            };
+        }
+    }
+    Step::RemoveMember {
+        id: victim.id,
+        name: victim.name.clone(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,563 @@
+use super::*;
+
+const V35: &str = "3.5.35";
+const V36: &str = "3.6.16";
+
+fn v(s: &str) -> EtcdVersion {
+    s.parse().unwrap()
+}
+
+/// A cluster `c` wanting `size` members of `version`, with nothing observed yet.
+fn world(size: usize, version: &str) -> Observed {
+    Observed {
+        cluster: "c".into(),
+        desired: Desired {
+            size,
+            version: v(version),
+            paused: false,
+        },
+        bootstrapped: false,
+        pods: vec![],
+        membership: None,
+    }
+}
+
+impl Observed {
+    /// A healthy ready voter `c-<n>` on `version`, leader when `leader`.
+    fn voter(mut self, n: u32, version: &str) -> Self {
+        self.add(n, version, false, true);
+        self
+    }
+    fn learner(mut self, n: u32, applied: u64) -> Self {
+        let v = self.desired.version.to_string();
+        self.add(n, &v, true, true);
+        let m = self.membership.as_mut().unwrap().members.last_mut().unwrap();
+        m.health.as_mut().unwrap().applied_index = applied;
+        self
+    }
+    fn add(&mut self, n: u32, version: &str, is_learner: bool, started: bool) {
+        let name = format!("c-{n}");
+        self.bootstrapped = true;
+        self.pods.push(PodView {
+            name: name.clone(),
+            version: v(version),
+            state: PodState::Ready,
+            age: Duration::from_secs(60),
+            volume_lost: false,
+        });
+        let ms = self.membership.get_or_insert(Membership {
+            leader: None,
+            members: vec![],
+            db_size_bytes: 1 << 20,
+        });
+        ms.members.push(MemberView {
+            id: 100 + u64::from(n),
+            name,
+            is_learner,
+            started,
+            health: Some(MemberHealth {
+                applied_index: 1000,
+                has_errors: false,
+            }),
+        });
+        if ms.leader.is_none() && !is_learner {
+            ms.leader = Some(100 + u64::from(n));
+        }
+    }
+    fn leader(mut self, n: u32) -> Self {
+        self.membership.as_mut().unwrap().leader = Some(100 + u64::from(n));
+        self
+    }
+    fn pod_state(mut self, n: u32, state: PodState) -> Self {
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == format!("c-{n}"))
+            .unwrap()
+            .state = state;
+        self
+    }
+    fn pod_age(mut self, n: u32, age: Duration) -> Self {
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == format!("c-{n}"))
+            .unwrap()
+            .age = age;
+        self
+    }
+    fn without_pod(mut self, n: u32) -> Self {
+        self.pods.retain(|p| p.name != format!("c-{n}"));
+        self
+    }
+    fn unhealthy(mut self, n: u32) -> Self {
+        let ms = self.membership.as_mut().unwrap();
+        ms.members
+            .iter_mut()
+            .find(|m| m.name == format!("c-{n}"))
+            .unwrap()
+            .health = None;
+        self
+    }
+    fn volume_lost(mut self, n: u32) -> Self {
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == format!("c-{n}"))
+            .unwrap()
+            .volume_lost = true;
+        self
+    }
+    fn without_member(mut self, n: u32) -> Self {
+        self.membership
+            .as_mut()
+            .unwrap()
+            .members
+            .retain(|m| m.name != format!("c-{n}"));
+        self
+    }
+    fn unstarted_member(mut self, n: u32) -> Self {
+        let v = self.desired.version.to_string();
+        self.add(n, &v, true, false);
+        let ms = self.membership.as_mut().unwrap();
+        ms.members.last_mut().unwrap().health = None;
+        self.pods.retain(|p| p.name != format!("c-{n}"));
+        self
+    }
+    fn paused(mut self) -> Self {
+        self.desired.paused = true;
+        self
+    }
+}
+
+fn step(o: &Observed) -> Step {
+    next_step(o).step
+}
+
+#[test]
+fn empty_world_creates_a_seed() {
+    assert_eq!(
+        step(&world(3, V36)),
+        Step::CreateSeed {
+            name: "c-0".into(),
+            version: v(V36)
+        }
+    );
+}
+
+#[test]
+fn paused_changes_nothing_even_when_empty() {
+    assert_eq!(step(&world(3, V36).paused()), Step::Paused);
+    assert_eq!(step(&world(3, V36).voter(0, V36).paused()), Step::Paused);
+}
+
+#[test]
+fn a_starting_seed_is_awaited() {
+    let mut o = world(3, V36);
+    o.pods.push(PodView {
+        name: "c-0".into(),
+        version: v(V36),
+        state: PodState::Starting,
+        age: Duration::from_secs(3),
+        volume_lost: false,
+    });
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }));
+}
+
+#[test]
+fn a_bootstrapped_cluster_with_no_pods_is_never_reseeded() {
+    let mut o = world(3, V36);
+    o.bootstrapped = true;
+    assert_eq!(
+        step(&o),
+        Step::NoQuorum {
+            healthy_voters: 0,
+            voters: 0
+        }
+    );
+}
+
+#[test]
+fn grows_one_learner_at_a_time_with_the_next_ordinal() {
+    let o = world(3, V36).voter(0, V36);
+    assert_eq!(
+        step(&o),
+        Step::AddLearner {
+            name: "c-1".into(),
+            version: v(V36),
+            for_upgrade: false
+        }
+    );
+    let o = world(3, V36).voter(0, V36).voter(4, V36);
+    assert_eq!(
+        step(&o),
+        Step::AddLearner {
+            name: "c-5".into(),
+            version: v(V36),
+            for_upgrade: false
+        }
+    );
+}
+
+#[test]
+fn promotes_a_caught_up_learner() {
+    let o = world(3, V36).voter(0, V36).learner(1, 950);
+    assert_eq!(
+        step(&o),
+        Step::PromoteLearner {
+            id: 101,
+            name: "c-1".into()
+        }
+    );
+}
+
+#[test]
+fn waits_for_a_learner_behind_the_leader() {
+    let o = world(3, V36).voter(0, V36).learner(1, 10);
+    assert_eq!(step(&o), Step::WaitForLearner { name: "c-1".into() });
+}
+
+#[test]
+fn gives_up_on_a_learner_past_its_deadline() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .learner(1, 10)
+        .pod_age(1, Duration::from_secs(3600));
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 101,
+            name: "c-1".into(),
+            reason: RemoveReason::LearnerTimedOut
+        }
+    );
+}
+
+#[test]
+fn learner_deadline_grows_with_database_size() {
+    assert_eq!(
+        learner_deadline(1 << 20),
+        LEARNER_BASE_DEADLINE + LEARNER_DEADLINE_PER_GIB
+    );
+    assert_eq!(
+        learner_deadline(8 << 30),
+        LEARNER_BASE_DEADLINE + LEARNER_DEADLINE_PER_GIB * 8
+    );
+}
+
+#[test]
+fn converged_at_size() {
+    let o = world(3, V36).voter(0, V36).voter(1, V36).voter(2, V36);
+    assert_eq!(step(&o), Step::Converged);
+}
+
+#[test]
+fn scale_down_removes_the_newest_follower() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .voter(3, V36)
+        .voter(4, V36);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 104,
+            name: "c-4".into(),
+            reason: RemoveReason::ScaleDown
+        }
+    );
+}
+
+#[test]
+fn scale_down_moves_leadership_before_removing_the_leader() {
+    let o = world(1, V36).voter(0, V36).voter(1, V36).leader(1);
+    assert_eq!(
+        step(&o),
+        Step::MoveLeader {
+            from: "c-1".into(),
+            to_id: 100,
+            to: "c-0".into()
+        }
+    );
+}
+
+#[test]
+fn a_dead_voter_is_removed_while_quorum_holds() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .without_pod(1)
+        .unhealthy(1);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 101,
+            name: "c-1".into(),
+            reason: RemoveReason::PodGone
+        }
+    );
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .pod_state(2, PodState::Terminated)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::PodTerminated
+        }
+    );
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .pod_state(2, PodState::CrashLooping)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::CrashLooping
+        }
+    );
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .volume_lost(2);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::VolumeLost
+        }
+    );
+}
+
+#[test]
+fn after_removing_a_dead_member_a_replacement_is_added() {
+    let o = world(3, V36).voter(0, V36).voter(2, V36);
+    assert_eq!(
+        step(&o),
+        Step::AddLearner {
+            name: "c-3".into(),
+            version: v(V36),
+            for_upgrade: false
+        }
+    );
+}
+
+#[test]
+fn no_membership_change_without_quorum() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .without_pod(1)
+        .unhealthy(1)
+        .without_pod(2)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::NoQuorum {
+            healthy_voters: 1,
+            voters: 3
+        }
+    );
+}
+
+#[test]
+fn removing_a_dead_member_must_leave_a_healthy_majority() {
+    // 2 voters, one dead: removing it would need the other to be a majority of 1, which it is; but
+    // with 4 voters, 2 dead and 2 healthy, quorum (3) is already lost.
+    let o = world(2, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .without_pod(1)
+        .unhealthy(1);
+    assert_eq!(
+        step(&o),
+        Step::NoQuorum {
+            healthy_voters: 1,
+            voters: 2
+        }
+    );
+    let o = world(4, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .voter(3, V36)
+        .without_pod(3)
+        .unhealthy(3);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 103,
+            name: "c-3".into(),
+            reason: RemoveReason::PodGone
+        }
+    );
+}
+
+#[test]
+fn a_member_restarting_in_its_pod_is_waited_for_not_replaced() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .pod_state(2, PodState::Running)
+        .unhealthy(2);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }));
+}
+
+#[test]
+fn crash_after_member_remove_deletes_the_orphan_pod() {
+    let o = world(2, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .without_member(2);
+    assert_eq!(step(&o), Step::DeleteOrphanPod { name: "c-2".into() });
+}
+
+#[test]
+fn crash_after_member_add_creates_the_missing_pod() {
+    let o = world(3, V36).voter(0, V36).unstarted_member(1);
+    assert_eq!(
+        step(&o),
+        Step::CreateMemberPod {
+            name: "c-1".into(),
+            version: v(V36)
+        }
+    );
+}
+
+#[test]
+fn a_dead_learner_is_removed_without_quorum_concerns() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .learner(1, 10)
+        .pod_state(1, PodState::Terminated);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 101,
+            name: "c-1".into(),
+            reason: RemoveReason::PodTerminated
+        }
+    );
+}
+
+#[test]
+fn upgrade_surges_a_new_member_then_removes_old_followers_first_leader_last() {
+    let o = world(3, V36).voter(0, V35).voter(1, V35).voter(2, V35);
+    assert_eq!(
+        step(&o),
+        Step::AddLearner {
+            name: "c-3".into(),
+            version: v(V36),
+            for_upgrade: true
+        }
+    );
+    // After the promotion there are 4 voters: remove an old follower, the newest first.
+    let o = world(3, V36)
+        .voter(0, V35)
+        .voter(1, V35)
+        .voter(2, V35)
+        .voter(3, V36);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::Upgrade
+        }
+    );
+    // Only the old leader is left on the old version: leadership moves to a new member first.
+    let o = world(3, V36)
+        .voter(0, V35)
+        .voter(3, V36)
+        .voter(4, V36)
+        .voter(5, V36)
+        .leader(0);
+    assert_eq!(
+        step(&o),
+        Step::MoveLeader {
+            from: "c-0".into(),
+            to_id: 103,
+            to: "c-3".into()
+        }
+    );
+    let o = world(3, V36)
+        .voter(0, V35)
+        .voter(3, V36)
+        .voter(4, V36)
+        .voter(5, V36)
+        .leader(3);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 100,
+            name: "c-0".into(),
+            reason: RemoveReason::Upgrade
+        }
+    );
+}
+
+#[test]
+fn upgrade_waits_while_any_member_is_unhealthy() {
+    let o = world(3, V36)
+        .voter(0, V35)
+        .voter(1, V35)
+        .voter(2, V35)
+        .pod_state(1, PodState::Running)
+        .unhealthy(1);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }));
+}
+
+#[test]
+fn downgrade_is_refused_and_running_members_stay() {
+    let o = world(3, V35).voter(0, V36).voter(1, V36).voter(2, V36);
+    let d = next_step(&o);
+    assert_eq!(d.step, Step::Converged);
+    assert!(
+        d.version_refusal
+            .unwrap()
+            .contains("downgrade from 3.6.16 to 3.5.35")
+    );
+}
+
+#[test]
+fn minor_skip_is_refused() {
+    let plan = version_plan(v("3.7.0"), &[v("3.5.35")]);
+    assert!(matches!(plan, VersionPlan::Refused { keep, .. } if keep == v("3.5.35")));
+    assert_eq!(
+        version_plan(v("3.6.0"), &[v("3.5.35")]),
+        VersionPlan::Target(v("3.6.0"))
+    );
+    assert_eq!(version_plan(v("3.6.16"), &[]), VersionPlan::Target(v("3.6.16")));
+}
+
+#[test]
+fn scaling_during_a_refused_version_uses_the_running_version() {
+    let o = world(3, V35).voter(0, V36);
+    assert_eq!(
+        step(&o),
+        Step::AddLearner {
+            name: "c-1".into(),
+            version: v(V36),
+            for_upgrade: false
+        }
+    );
+}
+
+#[test]
+fn ordinals_parse_only_our_names() {
+    assert_eq!(ordinal("c", "c-12"), Some(12));
+    assert_eq!(ordinal("c", "cc-1"), None);
+    assert_eq!(ordinal("c", "c-x"), None);
+}

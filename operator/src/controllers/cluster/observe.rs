@@ -1,0 +1,325 @@
+//! Observe: everything the decision needs, read once per reconcile. Kubernetes gives the pods and
+//! their volumes; etcd gives the membership (through any member that answers) and each member's status
+//! (asked of that member alone).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::{Api, ResourceExt, api::ListParams};
+use ouroboros_crds::{EtcdCluster, EtcdVersion};
+
+use super::{
+    decide::{
+        CRASH_LOOP_RESTARTS, Desired, MemberHealth, MemberView, Membership, Observed, PodState, PodView,
+    },
+    resources::{self, CLIENT_PORT, LABEL_VERSION},
+};
+use crate::etcd::{EtcdError, EtcdOps, Status};
+
+/// What was observed, with the raw details status reports on.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The input of the decision.
+    pub observed: Observed,
+    /// etcd cluster ID, when a member answered.
+    pub cluster_id: Option<u64>,
+    /// Each member's status answer, by member ID.
+    pub statuses: Vec<(u64, Status)>,
+    /// Client endpoints (pod IPs) of the member pods, by member name.
+    pub endpoints: Vec<(String, String)>,
+    /// Why the membership could not be read, when it could not.
+    pub membership_error: Option<String>,
+}
+
+impl Observation {
+    /// Client endpoints of every member pod that has an IP.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        self.endpoints.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// The client endpoint of one member.
+    pub fn endpoint_of(&self, member: &str) -> Option<&str> {
+        self.endpoints
+            .iter()
+            .find(|(n, _)| n == member)
+            .map(|(_, e)| e.as_str())
+    }
+}
+
+/// Why observing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// Listing pods or PVCs failed.
+    #[error("listing {what} of cluster {cluster}: {source}")]
+    List {
+        /// Pods or PVCs.
+        what: &'static str,
+        /// Cluster name.
+        cluster: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// `spec.version` does not parse (the schema should have refused it).
+    #[error("spec.version {0:?} is not an etcd version")]
+    Version(String),
+}
+
+/// Reads pods, PVCs and etcd's view of `cluster`.
+pub async fn observe(
+    client: &kube::Client,
+    etcd: &dyn EtcdOps,
+    cluster: &EtcdCluster,
+    now: jiff::Timestamp,
+) -> Result<Observation, ObserveError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let lp = ListParams::default().labels(&resources::cluster_selector(cluster));
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&lp)
+        .await
+        .map_err(|source| ObserveError::List {
+            what: "pods",
+            cluster: name.clone(),
+            source,
+        })?;
+    let uses_pvc = cluster.spec.storage.persistent_volume_claim.is_some();
+    let pvcs = if uses_pvc {
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .map_err(|source| ObserveError::List {
+                what: "PVCs",
+                cluster: name.clone(),
+                source,
+            })?
+            .items
+    } else {
+        Vec::new()
+    };
+    let desired_version: EtcdVersion = cluster
+        .spec
+        .version
+        .parse()
+        .map_err(|_| ObserveError::Version(cluster.spec.version.clone()))?;
+
+    let mut pod_views = Vec::new();
+    let mut endpoints = Vec::new();
+    for p in &pods.items {
+        let member = p.name_any();
+        let Some(version) = p.labels().get(LABEL_VERSION).and_then(|v| v.parse().ok()) else {
+            continue;
+        };
+        let volume_lost = uses_pvc
+            && !pvcs.iter().any(|c| {
+                c.name_any() == resources::pvc_name(&member) && c.metadata.deletion_timestamp.is_none()
+            });
+        if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            endpoints.push((member.clone(), format!("http://{ip}:{CLIENT_PORT}")));
+        }
+        pod_views.push(PodView {
+            name: member,
+            version,
+            state: pod_state(p),
+            age: age(p, now),
+            volume_lost,
+        });
+    }
+
+    let endpoint_list: Vec<String> = endpoints.iter().map(|(_, e)| e.clone()).collect();
+    let (membership, cluster_id, statuses, membership_error) = if endpoint_list.is_empty() {
+        (None, None, Vec::new(), None)
+    } else {
+        match etcd.member_list(&endpoint_list).await {
+            Ok(list) => {
+                let statuses = statuses(etcd, &list.members, &endpoints).await;
+                (
+                    Some(membership(&list.members, &statuses)),
+                    Some(list.cluster_id),
+                    statuses,
+                    None,
+                )
+            }
+            Err(e) => (None, None, Vec::new(), Some(e.to_string())),
+        }
+    };
+    let observed = Observed {
+        cluster: name,
+        desired: Desired {
+            size: usize::try_from(cluster.spec.size).unwrap_or(0),
+            version: desired_version,
+            paused: cluster.spec.paused,
+        },
+        bootstrapped: cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
+        pods: pod_views,
+        membership,
+    };
+    Ok(Observation {
+        observed,
+        cluster_id,
+        statuses,
+        endpoints,
+        membership_error,
+    })
+}
+
+/// Asks every member with a pod for its status, concurrently; members that do not answer are absent.
+async fn statuses(
+    etcd: &dyn EtcdOps,
+    members: &[crate::etcd::Member],
+    endpoints: &[(String, String)],
+) -> Vec<(u64, Status)> {
+    let asks = members.iter().filter_map(|m| {
+        let name = member_name(m)?;
+        let ep = endpoints.iter().find(|(n, _)| *n == name)?.1.clone();
+        Some(async move { (m.id, etcd.status(&ep).await) })
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(id, r): (u64, Result<Status, EtcdError>)| match r {
+            Ok(s) => Some((id, s)),
+            Err(e) => {
+                tracing::debug!(member = id, error = %e, "member did not answer status");
+                None
+            }
+        })
+        .collect()
+}
+
+/// A member's name: etcd's own once started, else the one in its peer URL.
+pub fn member_name(m: &crate::etcd::Member) -> Option<String> {
+    if !m.name.is_empty() {
+        return Some(m.name.clone());
+    }
+    m.peer_urls
+        .first()
+        .and_then(|u| resources::member_name_from_peer_url(u))
+}
+
+fn membership(members: &[crate::etcd::Member], statuses: &[(u64, Status)]) -> Membership {
+    let status_of = |id| statuses.iter().find(|(i, _)| *i == id).map(|(_, s)| s);
+    let leader = statuses.iter().map(|(_, s)| s.leader).find(|l| *l != 0);
+    let db_size_bytes = leader
+        .and_then(status_of)
+        .map(|s| u64::try_from(s.db_size).unwrap_or(0))
+        .unwrap_or(0);
+    Membership {
+        leader,
+        db_size_bytes,
+        members: members
+            .iter()
+            .filter_map(|m| {
+                Some(MemberView {
+                    id: m.id,
+                    name: member_name(m)?,
+                    is_learner: m.is_learner,
+                    started: !m.name.is_empty(),
+                    health: status_of(m.id).map(|s| MemberHealth {
+                        applied_index: s.raft_applied_index,
+                        has_errors: !s.errors.is_empty(),
+                    }),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn age(p: &Pod, now: jiff::Timestamp) -> Duration {
+    p.metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| now.duration_since(t.0).try_into().ok())
+        .unwrap_or_default()
+}
+
+/// The pod's lifecycle as the decision sees it.
+pub fn pod_state(p: &Pod) -> PodState {
+    if p.metadata.deletion_timestamp.is_some() {
+        return PodState::Deleting;
+    }
+    let status = p.status.clone().unwrap_or_default();
+    match status.phase.as_deref() {
+        Some("Succeeded") | Some("Failed") => return PodState::Terminated,
+        Some("Running") | Some("Pending") | Some("Unknown") | None | Some(_) => {}
+    }
+    let etcd = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "etcd");
+    if let Some(c) = &etcd {
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some();
+        if c.restart_count >= CRASH_LOOP_RESTARTS && waiting {
+            return PodState::CrashLooping;
+        }
+    }
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if ready {
+        PodState::Ready
+    } else if etcd.is_some_and(|c| c.state.and_then(|s| s.running).is_some()) {
+        PodState::Running
+    } else {
+        PodState::Starting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn pod_states() {
+        assert_eq!(
+            pod_state(&pod("metadata: {name: a}\nstatus: {phase: Pending}")),
+            PodState::Starting
+        );
+        assert_eq!(
+            pod_state(&pod("metadata: {name: a}\nstatus: {phase: Failed}")),
+            PodState::Terminated
+        );
+        assert_eq!(
+            pod_state(&pod("metadata: {name: a}\nstatus: {phase: Succeeded}")),
+            PodState::Terminated
+        );
+        assert_eq!(
+            pod_state(&pod(
+                "metadata: {name: a, deletionTimestamp: '2026-01-01T00:00:00Z'}\nstatus: {phase: Running}"
+            )),
+            PodState::Deleting
+        );
+        let ready = "metadata: {name: a}\nstatus: {phase: Running, conditions: [{type: Ready, status: 'True'}], containerStatuses: [{name: etcd, ready: true, restartCount: 0, image: x, imageID: x, state: {running: {}}}]}";
+        assert_eq!(pod_state(&pod(ready)), PodState::Ready);
+        let running = "metadata: {name: a}\nstatus: {phase: Running, containerStatuses: [{name: etcd, ready: false, restartCount: 1, image: x, imageID: x, state: {running: {}}}]}";
+        assert_eq!(pod_state(&pod(running)), PodState::Running);
+        let looping = "metadata: {name: a}\nstatus: {phase: Running, containerStatuses: [{name: etcd, ready: false, restartCount: 7, image: x, imageID: x, state: {waiting: {reason: CrashLoopBackOff}}}]}";
+        assert_eq!(pod_state(&pod(looping)), PodState::CrashLooping);
+    }
+
+    #[test]
+    fn member_names_come_from_etcd_or_the_peer_url() {
+        let started = crate::etcd::Member {
+            id: 1,
+            name: "c-0".into(),
+            peer_urls: vec!["http://c-0.c.ns.svc:2380".into()],
+            client_urls: vec![],
+            is_learner: false,
+        };
+        assert_eq!(member_name(&started).as_deref(), Some("c-0"));
+        let unstarted = crate::etcd::Member {
+            name: String::new(),
+            id: 2,
+            peer_urls: vec!["http://c-3.c.ns.svc:2380".into()],
+            ..started
+        };
+        assert_eq!(member_name(&unstarted).as_deref(), Some("c-3"));
+    }
+}

@@ -1,0 +1,511 @@
+//! Builders of the Kubernetes objects a cluster owns: pure functions from the cluster (and a member
+//! name) to objects, applied by server-side apply.
+//!
+//! Names: the headless Service is `<cluster>` and gives each member `<member>.<cluster>.<ns>.svc`; the
+//! client Service is `<cluster>-client`; member pods are `<cluster>-<ordinal>` with PVC `<member>-data`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{PersistentVolumeClaim, Pod, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{Resource, ResourceExt};
+use ouroboros_crds::{AntiAffinityMode, EtcdCluster, EtcdVersion};
+use serde_json::json;
+
+/// etcd's client port.
+pub const CLIENT_PORT: u16 = 2379;
+/// etcd's peer port.
+pub const PEER_PORT: u16 = 2380;
+/// etcd's metrics and health port.
+pub const METRICS_PORT: u16 = 2381;
+/// The backup sidecar's port.
+pub const SIDECAR_PORT: u16 = 8090;
+/// Where the data volume is mounted; etcd's data dir is `data/` inside it.
+pub const DATA_MOUNT: &str = "/var/lib/etcd";
+
+/// Label with the cluster name, on every owned object.
+pub const LABEL_CLUSTER: &str = "etcd.ouroboros.dev/cluster";
+/// Label with the member name, on pods and PVCs.
+pub const LABEL_MEMBER: &str = "etcd.ouroboros.dev/member";
+/// Label with the etcd version a member pod runs.
+pub const LABEL_VERSION: &str = "etcd.ouroboros.dev/version";
+
+/// How a member pod starts etcd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialClusterState {
+    /// The seed: a brand-new one-member cluster.
+    New,
+    /// Joining the existing cluster as the learner just added.
+    Existing,
+}
+
+impl InitialClusterState {
+    fn flag(self) -> &'static str {
+        match self {
+            InitialClusterState::New => "new",
+            InitialClusterState::Existing => "existing",
+        }
+    }
+}
+
+/// Images and defaults from the operator's configuration.
+#[derive(Clone, Debug)]
+pub struct Images {
+    /// Default etcd repository (`<repo>:v<version>`).
+    pub etcd_repository: String,
+    /// The backup sidecar image.
+    pub sidecar: String,
+}
+
+/// The member's DNS name: `<member>.<cluster>.<ns>.svc`.
+pub fn member_host(cluster: &EtcdCluster, member: &str) -> String {
+    format!(
+        "{member}.{}.{}.svc",
+        cluster.name_any(),
+        cluster.namespace().unwrap_or_default()
+    )
+}
+
+/// The member's peer URL.
+pub fn peer_url(cluster: &EtcdCluster, member: &str) -> String {
+    format!("http://{}:{PEER_PORT}", member_host(cluster, member))
+}
+
+/// The member's client URL (what etcd advertises; the operator itself dials pod IPs).
+pub fn client_url(cluster: &EtcdCluster, member: &str) -> String {
+    format!("http://{}:{CLIENT_PORT}", member_host(cluster, member))
+}
+
+/// The member name a peer URL was built from (its first DNS label), if it has our shape.
+pub fn member_name_from_peer_url(url: &str) -> Option<String> {
+    let host = url.split("://").nth(1)?.split([':', '/']).next()?;
+    let name = host.split('.').next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The PVC of a member.
+pub fn pvc_name(member: &str) -> String {
+    format!("{member}-data")
+}
+
+/// The client Service's name.
+pub fn client_service_name(cluster: &EtcdCluster) -> String {
+    format!("{}-client", cluster.name_any())
+}
+
+/// Labels every object of the cluster carries (and selects on).
+pub fn cluster_labels(cluster: &EtcdCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "etcd".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), cluster.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            crate::FIELD_MANAGER.to_owned(),
+        ),
+        (LABEL_CLUSTER.to_owned(), cluster.name_any()),
+    ])
+}
+
+/// A label selector string for the cluster's objects.
+pub fn cluster_selector(cluster: &EtcdCluster) -> String {
+    format!("{LABEL_CLUSTER}={}", cluster.name_any())
+}
+
+fn owner(cluster: &EtcdCluster) -> OwnerReference {
+    // An object fetched from the API always has a uid; an empty one would be refused by the server.
+    cluster.controller_owner_ref(&()).unwrap_or_default()
+}
+
+fn selector_labels(cluster: &EtcdCluster) -> serde_json::Value {
+    json!({ LABEL_CLUSTER: cluster.name_any() })
+}
+
+/// The headless Service that gives members stable DNS names. Not-ready addresses are published
+/// because a member must resolve its peers before it can become ready.
+pub fn headless_service(cluster: &EtcdCluster) -> Service {
+    from_json(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": cluster.name_any(), "namespace": cluster.namespace(),
+                     "labels": cluster_labels(cluster), "ownerReferences": [owner(cluster)]},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector_labels(cluster),
+            "ports": [{"name": "client", "port": CLIENT_PORT}, {"name": "peer", "port": PEER_PORT}]
+        }
+    }))
+}
+
+/// The Service clients use: ready members only.
+pub fn client_service(cluster: &EtcdCluster) -> Service {
+    from_json(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": client_service_name(cluster), "namespace": cluster.namespace(),
+                     "labels": cluster_labels(cluster), "ownerReferences": [owner(cluster)]},
+        "spec": {
+            "selector": selector_labels(cluster),
+            "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": CLIENT_PORT}]
+        }
+    }))
+}
+
+/// A PodDisruptionBudget that keeps a quorum of the desired size running during voluntary
+/// disruptions (drains).
+pub fn pod_disruption_budget(cluster: &EtcdCluster) -> PodDisruptionBudget {
+    let size = cluster.spec.size.max(1);
+    let quorum = size / 2 + 1;
+    from_json(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": cluster.name_any(), "namespace": cluster.namespace(),
+                     "labels": cluster_labels(cluster), "ownerReferences": [owner(cluster)]},
+        "spec": {"minAvailable": quorum, "selector": {"matchLabels": selector_labels(cluster)}}
+    }))
+}
+
+/// The data PVC of a member, when storage asks for one.
+pub fn member_pvc(cluster: &EtcdCluster, member: &str) -> Option<PersistentVolumeClaim> {
+    let pvc = cluster.spec.storage.persistent_volume_claim.as_ref()?;
+    let mut labels = cluster_labels(cluster);
+    labels.insert(LABEL_MEMBER.to_owned(), member.to_owned());
+    Some(from_json(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": pvc_name(member), "namespace": cluster.namespace(),
+                     "labels": labels, "ownerReferences": [owner(cluster)]},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": pvc.storage_class_name,
+            "resources": {"requests": {"storage": pvc.size}}
+        }
+    })))
+}
+
+/// The image of an etcd version for this cluster.
+pub fn etcd_image(cluster: &EtcdCluster, images: &Images, version: EtcdVersion) -> String {
+    let repo = cluster
+        .spec
+        .repository
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&images.etcd_repository);
+    format!("{repo}:v{version}")
+}
+
+/// The `--initial-cluster` value: `name=peerURL` for every member given.
+pub fn initial_cluster(cluster: &EtcdCluster, members: &[String]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{m}={}", peer_url(cluster, m)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A member pod. `initial_members` are the names in `--initial-cluster` (the member itself included).
+pub fn member_pod(
+    cluster: &EtcdCluster,
+    images: &Images,
+    member: &str,
+    version: EtcdVersion,
+    state: InitialClusterState,
+    initial_members: &[String],
+) -> Pod {
+    let spec = &cluster.spec;
+    let mut labels = spec.pod.labels.clone();
+    labels.extend(cluster_labels(cluster));
+    labels.insert(LABEL_MEMBER.to_owned(), member.to_owned());
+    labels.insert(LABEL_VERSION.to_owned(), version.to_string());
+    let token = format!(
+        "{}-{}",
+        cluster.name_any(),
+        cluster
+            .uid()
+            .unwrap_or_default()
+            .split('-')
+            .next()
+            .unwrap_or_default()
+    );
+    let args = vec![
+        format!("--name={member}"),
+        format!("--data-dir={DATA_MOUNT}/data"),
+        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
+        format!("--advertise-client-urls={}", client_url(cluster, member)),
+        format!("--initial-advertise-peer-urls={}", peer_url(cluster, member)),
+        format!("--initial-cluster={}", initial_cluster(cluster, initial_members)),
+        format!("--initial-cluster-state={}", state.flag()),
+        format!("--initial-cluster-token={token}"),
+        // Learners are added one at a time and promoted by the operator; etcd's own check is kept.
+        "--strict-reconfig-check=true".to_owned(),
+    ];
+    let data_volume = match &spec.storage.persistent_volume_claim {
+        Some(_) => json!({"name": "data", "persistentVolumeClaim": {"claimName": pvc_name(member)}}),
+        None => {
+            let e = spec.storage.empty_dir.clone().unwrap_or_default();
+            json!({"name": "data", "emptyDir": {"medium": e.medium.map(|_| "Memory"), "sizeLimit": e.size_limit}})
+        }
+    };
+    let affinity = spec
+        .pod
+        .affinity
+        .clone()
+        .map(|a| json!(a))
+        .or_else(|| anti_affinity(cluster));
+    from_json(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": member, "namespace": cluster.namespace(),
+            "labels": labels, "annotations": spec.pod.annotations,
+            "ownerReferences": [owner(cluster)]
+        },
+        "spec": {
+            "hostname": member,
+            "subdomain": cluster.name_any(),
+            "restartPolicy": "Always",
+            "enableServiceLinks": false,
+            "terminationGracePeriodSeconds": 30,
+            "nodeSelector": spec.pod.node_selector,
+            "tolerations": spec.pod.tolerations,
+            "affinity": affinity,
+            "priorityClassName": spec.pod.priority_class_name,
+            "containers": [
+                {
+                    "name": "etcd",
+                    "image": etcd_image(cluster, images, version),
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/usr/local/bin/etcd"],
+                    "args": args,
+                    "ports": [
+                        {"name": "client", "containerPort": CLIENT_PORT},
+                        {"name": "peer", "containerPort": PEER_PORT},
+                        {"name": "metrics", "containerPort": METRICS_PORT}
+                    ],
+                    // Serializable health needs no quorum, so a learner or a partitioned member
+                    // still reports its own state.
+                    "readinessProbe": {"httpGet": {"path": "/health?serializable=true", "port": METRICS_PORT},
+                                       "periodSeconds": 2, "failureThreshold": 3},
+                    "livenessProbe": {"httpGet": {"path": "/livez", "port": METRICS_PORT},
+                                      "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
+                    "resources": spec.pod.resources,
+                    "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}]
+                },
+                {
+                    "name": "backup-sidecar",
+                    "image": images.sidecar,
+                    "imagePullPolicy": "IfNotPresent",
+                    "args": [format!("--listen=0.0.0.0:{SIDECAR_PORT}")],
+                    "ports": [{"name": "sidecar", "containerPort": SIDECAR_PORT}],
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
+                    "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT, "readOnly": true}]
+                }
+            ],
+            "volumes": [data_volume]
+        }
+    }))
+}
+
+fn anti_affinity(cluster: &EtcdCluster) -> Option<serde_json::Value> {
+    let term = json!({"labelSelector": {"matchLabels": selector_labels(cluster)}, "topologyKey": "kubernetes.io/hostname"});
+    match cluster.spec.pod.anti_affinity {
+        AntiAffinityMode::None => None,
+        AntiAffinityMode::Required => {
+            Some(json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}))
+        }
+        AntiAffinityMode::Preferred => Some(json!({"podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]
+        }})),
+    }
+}
+
+/// Converts builder JSON into a typed object. The JSON is ours and always matches the type, so a
+/// failure is a programming error caught by the builder tests.
+fn from_json<T: serde::de::DeserializeOwned + Default>(v: serde_json::Value) -> T {
+    match serde_json::from_value(strip_nulls(v)) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "builder produced an invalid object");
+            T::default()
+        }
+    }
+}
+
+/// Drops `null`s so optional fields are omitted rather than sent as null. Empty maps stay: `emptyDir: {}`
+/// is how a volume says which kind it is.
+fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .filter(|(_, v)| !v.is_null())
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(yaml: &str) -> EtcdCluster {
+        let mut c: EtcdCluster = serde_yaml::from_str(yaml).unwrap();
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.uid = Some("1234abcd-0000".into());
+        c
+    }
+
+    fn images() -> Images {
+        Images {
+            etcd_repository: "localhost/ouroboros/etcd".into(),
+            sidecar: "sidecar:1".into(),
+        }
+    }
+
+    const MINIMAL: &str =
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3}\n";
+
+    #[test]
+    fn names_and_urls() {
+        let c = cluster(MINIMAL);
+        assert_eq!(peer_url(&c, "c-1"), "http://c-1.c.ns.svc:2380");
+        assert_eq!(
+            member_name_from_peer_url("http://c-1.c.ns.svc:2380").as_deref(),
+            Some("c-1")
+        );
+        assert_eq!(
+            member_name_from_peer_url("https://10.0.0.1:2380").as_deref(),
+            Some("10")
+        );
+        assert_eq!(member_name_from_peer_url("nonsense"), None);
+        assert_eq!(
+            initial_cluster(&c, &["c-0".into(), "c-1".into()]),
+            "c-0=http://c-0.c.ns.svc:2380,c-1=http://c-1.c.ns.svc:2380"
+        );
+    }
+
+    #[test]
+    fn seed_pod_starts_a_new_cluster_with_emptydir_and_sidecar() {
+        let c = cluster(MINIMAL);
+        let v = "3.6.16".parse().unwrap();
+        let p = member_pod(&c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]);
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("c-0"));
+        assert_eq!(spec.subdomain.as_deref(), Some("c"));
+        let etcd = &spec.containers[0];
+        assert_eq!(etcd.image.as_deref(), Some("localhost/ouroboros/etcd:v3.6.16"));
+        let args = etcd.args.clone().unwrap();
+        assert!(
+            args.contains(&"--initial-cluster-state=new".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--initial-cluster=c-0=http://c-0.c.ns.svc:2380".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--initial-cluster-token=c-1234abcd".to_owned()),
+            "{args:?}"
+        );
+        assert_eq!(spec.containers[1].name, "backup-sidecar");
+        assert!(spec.volumes.unwrap()[0].empty_dir.is_some());
+        let labels = p.metadata.labels.unwrap();
+        assert_eq!(labels[LABEL_VERSION], "3.6.16");
+        assert_eq!(labels[LABEL_MEMBER], "c-0");
+        let owner = &p.metadata.owner_references.unwrap()[0];
+        assert_eq!(owner.kind, "EtcdCluster");
+        assert_eq!(owner.controller, Some(true));
+        // Preferred anti-affinity is the default.
+        assert!(
+            spec.affinity
+                .unwrap()
+                .pod_anti_affinity
+                .unwrap()
+                .preferred_during_scheduling_ignored_during_execution
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn pvc_storage_gives_each_member_a_claim() {
+        let c = cluster(
+            &format!(
+                "{MINIMAL}  storage: {{persistentVolumeClaim: {{size: 2Gi, storageClassName: fast}}}}\n"
+            )
+            .replace("spec: {size: 3}\n", "spec:\n  size: 3\n"),
+        );
+        let pvc = member_pvc(&c, "c-2").unwrap();
+        assert_eq!(pvc.metadata.name.as_deref(), Some("c-2-data"));
+        let spec = pvc.spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        let v = "3.6.16".parse().unwrap();
+        let p = member_pod(
+            &c,
+            &images(),
+            "c-2",
+            v,
+            InitialClusterState::Existing,
+            &["c-0".into(), "c-2".into()],
+        );
+        let vol = &p.spec.unwrap().volumes.unwrap()[0];
+        assert_eq!(
+            vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "c-2-data"
+        );
+        assert!(member_pvc(&cluster(MINIMAL), "c-0").is_none());
+    }
+
+    #[test]
+    fn pdb_keeps_quorum() {
+        let c = cluster(MINIMAL);
+        let pdb = pod_disruption_budget(&c);
+        assert_eq!(
+            pdb.spec.unwrap().min_available,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
+        );
+    }
+
+    #[test]
+    fn repository_override_and_required_anti_affinity() {
+        let c = cluster(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, repository: my.registry/etcd, pod: {antiAffinity: Required}}\n",
+        );
+        assert_eq!(
+            etcd_image(&c, &images(), "3.5.35".parse().unwrap()),
+            "my.registry/etcd:v3.5.35"
+        );
+        let p = member_pod(
+            &c,
+            &images(),
+            "c-0",
+            "3.5.35".parse().unwrap(),
+            InitialClusterState::New,
+            &["c-0".into()],
+        );
+        assert!(
+            p.spec
+                .unwrap()
+                .affinity
+                .unwrap()
+                .pod_anti_affinity
+                .unwrap()
+                .required_during_scheduling_ignored_during_execution
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn services_select_the_cluster() {
+        let c = cluster(MINIMAL);
+        let h = headless_service(&c).spec.unwrap();
+        assert_eq!(h.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(h.publish_not_ready_addresses, Some(true));
+        let s = client_service(&c);
+        assert_eq!(s.metadata.name.as_deref(), Some("c-client"));
+        assert_eq!(s.spec.unwrap().selector.unwrap()[LABEL_CLUSTER], "c");
+    }
+}

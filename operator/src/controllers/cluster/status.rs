@@ -1,0 +1,245 @@
+//! Status: what `kubectl get etcd` and `kubectl describe etcd` show, computed purely from the
+//! observation and the decision. Conditions keep their `lastTransitionTime` while their status stays.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use ouroboros_crds::{
+    ClusterPhase, EtcdClusterStatus, MemberStatus, cluster::EtcdCluster, condition_types as ct,
+};
+
+use super::{
+    decide::{Decision, Step},
+    observe::Observation,
+    resources,
+};
+
+/// The new status of `cluster`.
+pub fn compute(
+    cluster: &EtcdCluster,
+    obs: &Observation,
+    decision: &Decision,
+    now: jiff::Timestamp,
+) -> EtcdClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let o = &obs.observed;
+    let members: Vec<MemberStatus> = o
+        .membership
+        .iter()
+        .flat_map(|ms| ms.members.iter().map(move |m| (ms, m)))
+        .map(|(ms, m)| {
+            let status = obs.statuses.iter().find(|(id, _)| *id == m.id).map(|(_, s)| s);
+            MemberStatus {
+                name: m.name.clone(),
+                id: Some(format!("{:x}", m.id)),
+                peer_url: Some(resources::peer_url(cluster, &m.name)),
+                client_url: Some(resources::client_url(cluster, &m.name)),
+                is_learner: m.is_learner,
+                is_leader: ms.leader == Some(m.id),
+                version: status.map(|s| s.version.clone()),
+                healthy: m.health.as_ref().is_some_and(|h| !h.has_errors),
+            }
+        })
+        .collect();
+    let voters = members.iter().filter(|m| !m.is_learner).count();
+    let ready = members.iter().filter(|m| !m.is_learner && m.healthy).count();
+    let quorum = voters / 2 + 1;
+    let available = voters > 0 && ready >= quorum;
+    let versions: Vec<ouroboros_crds::EtcdVersion> = o.pods.iter().map(|p| p.version).collect();
+
+    let phase = phase(decision, available, ready, o.desired.size);
+    let mut conditions = previous.conditions.clone();
+    let mut set = |type_: &str, status: bool, reason: &str, message: String| {
+        set_condition(&mut conditions, type_, status, reason, message, generation, now);
+    };
+    set(
+        ct::AVAILABLE,
+        available,
+        if available {
+            "QuorumHealthy"
+        } else {
+            "QuorumUnavailable"
+        },
+        format!("{ready}/{voters} voting members healthy (quorum {quorum})"),
+    );
+    let (progressing, reason, message) = progress(&decision.step);
+    set(ct::PROGRESSING, progressing, reason, message);
+    let sick: Vec<&str> = members
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(|m| m.name.as_str())
+        .collect();
+    let (degraded, reason, message) = if let Some(refusal) = &decision.version_refusal {
+        (true, "VersionChangeRefused", refusal.clone())
+    } else if !sick.is_empty() {
+        (
+            true,
+            "MembersUnhealthy",
+            format!("unhealthy members: {}", sick.join(", ")),
+        )
+    } else if let Some(e) = obs.membership_error.as_ref().filter(|_| !available) {
+        (true, "EtcdUnreachable", format!("no member answered: {e}"))
+    } else {
+        (false, "AllMembersHealthy", "every member is healthy".to_owned())
+    };
+    set(ct::DEGRADED, degraded, reason, message);
+    let quorum_lost = matches!(decision.step, Step::NoQuorum { .. });
+    set(
+        ct::QUORUM_LOST,
+        quorum_lost,
+        if quorum_lost {
+            "MajorityUnavailable"
+        } else {
+            "QuorumHeld"
+        },
+        match &decision.step {
+            Step::NoQuorum {
+                healthy_voters,
+                voters,
+            } => format!(
+                "{healthy_voters} of {voters} voting members answer; no membership change is made without quorum. \
+                 If the members will not come back, restore from a backup with an EtcdRestore (see docs/runbooks.md)"
+            ),
+            _ => "a majority of voting members answers".to_owned(),
+        },
+    );
+
+    EtcdClusterStatus {
+        phase: Some(phase),
+        observed_generation: generation,
+        size: i32::try_from(members.len()).unwrap_or(i32::MAX),
+        ready_members: i32::try_from(ready).unwrap_or(i32::MAX),
+        client_endpoints: members.iter().filter_map(|m| m.client_url.clone()).collect(),
+        members,
+        cluster_id: obs.cluster_id.map(|id| format!("{id:x}")).or(previous.cluster_id),
+        current_version: versions
+            .iter()
+            .min()
+            .map(ToString::to_string)
+            .or(previous.current_version),
+        conditions,
+        ..previous
+    }
+}
+
+fn phase(decision: &Decision, available: bool, ready: usize, size: usize) -> ClusterPhase {
+    match &decision.step {
+        Step::Paused => ClusterPhase::Paused,
+        Step::NoQuorum { .. } => ClusterPhase::QuorumLost,
+        Step::CreateSeed { .. } => ClusterPhase::Creating,
+        Step::WaitForMembers { .. } if !available => ClusterPhase::Creating,
+        Step::AddLearner {
+            for_upgrade: true, ..
+        } => ClusterPhase::Upgrading,
+        Step::RemoveMember {
+            reason: super::decide::RemoveReason::Upgrade,
+            ..
+        } => ClusterPhase::Upgrading,
+        Step::WaitForMembers { .. }
+        | Step::DeleteOrphanPod { .. }
+        | Step::CreateMemberPod { .. }
+        | Step::RemoveMember { .. }
+        | Step::PromoteLearner { .. }
+        | Step::WaitForLearner { .. }
+        | Step::AddLearner { .. }
+        | Step::MoveLeader { .. } => ClusterPhase::Scaling,
+        Step::Converged if decision.version_refusal.is_some() || ready < size => ClusterPhase::Degraded,
+        Step::Converged => ClusterPhase::Running,
+    }
+}
+
+fn progress(step: &Step) -> (bool, &'static str, String) {
+    match step {
+        Step::Paused => (false, "Paused", "spec.paused is set; no change is made".into()),
+        Step::Converged => (false, "Converged", "the cluster matches the spec".into()),
+        Step::NoQuorum { .. } => (false, "QuorumLost", "no change is made without quorum".into()),
+        Step::CreateSeed { name, version } => (
+            true,
+            "CreatingSeed",
+            format!("starting seed member {name} on {version}"),
+        ),
+        Step::WaitForMembers { reason } => (true, "WaitingForMembers", reason.clone()),
+        Step::DeleteOrphanPod { name } => (
+            true,
+            "DeletingOrphanPod",
+            format!("deleting pod {name}, which is not a member"),
+        ),
+        Step::CreateMemberPod { name, .. } => (
+            true,
+            "StartingMember",
+            format!("starting pod of added member {name}"),
+        ),
+        Step::RemoveMember { name, reason, .. } => (
+            true,
+            "RemovingMember",
+            format!("removing member {name}: {reason:?}"),
+        ),
+        Step::PromoteLearner { name, .. } => (true, "PromotingLearner", format!("promoting learner {name}")),
+        Step::WaitForLearner { name } => (
+            true,
+            "LearnerCatchingUp",
+            format!("learner {name} is catching up with the leader"),
+        ),
+        Step::AddLearner {
+            name,
+            version,
+            for_upgrade,
+        } => (
+            true,
+            if *for_upgrade { "Upgrading" } else { "AddingMember" },
+            format!("adding learner {name} on {version}"),
+        ),
+        Step::MoveLeader { from, to, .. } => (
+            true,
+            "MovingLeader",
+            format!("moving leadership from {from} to {to}"),
+        ),
+    }
+}
+
+/// Sets one condition, keeping `lastTransitionTime` when the status does not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let transition = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: transition,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_only_moves_when_status_changes() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: jiff::Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let mut cs = Vec::new();
+        set_condition(&mut cs, "Available", false, "A", "m".into(), Some(1), t0);
+        set_condition(&mut cs, "Available", false, "B", "m2".into(), Some(2), t1);
+        assert_eq!(cs.len(), 1);
+        assert_eq!(cs[0].last_transition_time.0, t0);
+        assert_eq!(cs[0].reason, "B");
+        assert_eq!(cs[0].observed_generation, Some(2));
+        set_condition(&mut cs, "Available", true, "C", "m3".into(), Some(2), t1);
+        assert_eq!(cs[0].last_transition_time.0, t1);
+    }
+}

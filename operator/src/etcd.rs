@@ -1,0 +1,305 @@
+//! Talking to etcd members. The operator reaches each member by its pod IP and keeps one client per
+//! endpoint: etcd-client balances over every endpoint it is given, while status, move-leader and
+//! per-member health must reach exactly one member.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use futures::future::BoxFuture;
+use tokio::sync::Mutex;
+
+/// How long one etcd request may take before the member counts as not answering.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why an etcd call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No connection could be made.
+    #[error("connecting to etcd at {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// The request failed.
+    #[error("etcd {action} at {endpoint}: {source}")]
+    Request {
+        /// What was asked.
+        action: &'static str,
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// The request did not finish in time.
+    #[error("etcd {action} at {endpoint} timed out after {REQUEST_TIMEOUT:?}")]
+    Timeout {
+        /// What was asked.
+        action: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// No endpoint answered.
+    #[error("no etcd endpoint answered {action} (tried {tried})")]
+    NoEndpoint {
+        /// What was asked.
+        action: &'static str,
+        /// How many endpoints were tried.
+        tried: usize,
+    },
+}
+
+impl EtcdError {
+    /// etcd refused a promotion because the learner is not in sync yet.
+    pub fn is_learner_not_ready(&self) -> bool {
+        matches!(self, EtcdError::Request { source: etcd_client::Error::GRpcStatus(s), .. }
+            if s.message().contains("not in sync") || s.message().contains("not ready"))
+    }
+}
+
+/// One member as the membership lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Member ID.
+    pub id: u64,
+    /// Name; empty until the member has started.
+    pub name: String,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Client URLs; empty until started.
+    pub client_urls: Vec<String>,
+    /// Learner.
+    pub is_learner: bool,
+}
+
+/// The membership and the cluster it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberList {
+    /// Cluster ID.
+    pub cluster_id: u64,
+    /// Members.
+    pub members: Vec<Member>,
+}
+
+/// One member's status answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This member's ID.
+    pub member_id: u64,
+    /// The leader it knows (0 when none).
+    pub leader: u64,
+    /// Raft index applied.
+    pub raft_applied_index: u64,
+    /// Database size in bytes.
+    pub db_size: i64,
+    /// etcd version.
+    pub version: String,
+    /// Errors it reports (alarms).
+    pub errors: Vec<String>,
+    /// Learner.
+    pub is_learner: bool,
+}
+
+/// The etcd operations the operator performs; behind a trait so the controller can be exercised
+/// without a cluster.
+pub trait EtcdOps: Send + Sync {
+    /// Lists members through the first endpoint that answers.
+    fn member_list<'a>(&'a self, endpoints: &'a [String]) -> BoxFuture<'a, Result<MemberList, EtcdError>>;
+    /// Status of the member at `endpoint`.
+    fn status<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<Status, EtcdError>>;
+    /// Adds a learner; returns the new member's ID and the membership including it.
+    fn add_learner<'a>(
+        &'a self,
+        endpoints: &'a [String],
+        peer_url: &'a str,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Member>), EtcdError>>;
+    /// Promotes a learner.
+    fn promote<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
+    /// Removes a member.
+    fn remove<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
+    /// Asks the leader at `leader_endpoint` to hand leadership to `to`.
+    fn move_leader<'a>(&'a self, leader_endpoint: &'a str, to: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
+}
+
+/// etcd-client connections, one per endpoint, made on first use and dropped when they fail.
+#[derive(Default)]
+pub struct EtcdClients {
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl std::fmt::Debug for EtcdClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdClients").finish_non_exhaustive()
+    }
+}
+
+impl EtcdClients {
+    /// A new, empty cache.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    async fn client(&self, endpoint: &str) -> Result<Client, EtcdError> {
+        if let Some(c) = self.clients.lock().await.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = Client::connect([endpoint], Some(opts))
+            .await
+            .map_err(|source| EtcdError::Connect {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?;
+        self.clients
+            .lock()
+            .await
+            .insert(endpoint.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    async fn forget(&self, endpoint: &str) {
+        self.clients.lock().await.remove(endpoint);
+    }
+
+    /// Runs `f` against one endpoint with a deadline; a failed connection is dropped from the cache.
+    async fn call<T, F, Fut>(&self, action: &'static str, endpoint: &str, f: F) -> Result<T, EtcdError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let client = self.client(endpoint).await?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, f(client)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => {
+                if matches!(source, etcd_client::Error::TransportError(_)) {
+                    self.forget(endpoint).await;
+                }
+                Err(EtcdError::Request {
+                    action,
+                    endpoint: endpoint.to_owned(),
+                    source,
+                })
+            }
+            Err(_) => {
+                self.forget(endpoint).await;
+                Err(EtcdError::Timeout {
+                    action,
+                    endpoint: endpoint.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Tries each endpoint in turn until one succeeds; returns the last error otherwise.
+    async fn first<T, F, Fut>(&self, action: &'static str, endpoints: &[String], f: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for ep in endpoints {
+            match self.call(action, ep, &f).await {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(EtcdError::NoEndpoint { action, tried: 0 }))
+    }
+}
+
+fn members(ms: &[etcd_client::Member]) -> Vec<Member> {
+    ms.iter()
+        .map(|m| Member {
+            id: m.id(),
+            name: m.name().to_owned(),
+            peer_urls: m.peer_urls().to_vec(),
+            client_urls: m.client_urls().to_vec(),
+            is_learner: m.is_learner(),
+        })
+        .collect()
+}
+
+impl EtcdOps for EtcdClients {
+    fn member_list<'a>(&'a self, endpoints: &'a [String]) -> BoxFuture<'a, Result<MemberList, EtcdError>> {
+        Box::pin(async move {
+            self.first("member list", endpoints, |mut c| async move {
+                let r = c.member_list().await?;
+                Ok(MemberList {
+                    cluster_id: r.header().map(|h| h.cluster_id()).unwrap_or_default(),
+                    members: members(r.members()),
+                })
+            })
+            .await
+        })
+    }
+
+    fn status<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<Status, EtcdError>> {
+        Box::pin(async move {
+            self.call("status", endpoint, |mut c| async move {
+                let r = c.status().await?;
+                Ok(Status {
+                    member_id: r.header().map(|h| h.member_id()).unwrap_or_default(),
+                    leader: r.leader(),
+                    raft_applied_index: r.raft_applied_index(),
+                    db_size: r.db_size(),
+                    version: r.version().to_owned(),
+                    errors: r.errors().to_vec(),
+                    is_learner: r.is_learner(),
+                })
+            })
+            .await
+        })
+    }
+
+    fn add_learner<'a>(
+        &'a self,
+        endpoints: &'a [String],
+        peer_url: &'a str,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Member>), EtcdError>> {
+        Box::pin(async move {
+            self.first("member add", endpoints, |mut c| async move {
+                let r = c
+                    .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
+                    .await?;
+                Ok((
+                    r.member().map(|m| m.id()).unwrap_or_default(),
+                    members(r.member_list()),
+                ))
+            })
+            .await
+        })
+    }
+
+    fn promote<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
+        Box::pin(async move {
+            self.first("member promote", endpoints, |mut c| async move {
+                c.member_promote(id).await.map(drop)
+            })
+            .await
+        })
+    }
+
+    fn remove<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
+        Box::pin(async move {
+            self.first("member remove", endpoints, |mut c| async move {
+                c.member_remove(id).await.map(drop)
+            })
+            .await
+        })
+    }
+
+    fn move_leader<'a>(&'a self, leader_endpoint: &'a str, to: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
+        Box::pin(async move {
+            self.call("move leader", leader_endpoint, |mut c| async move {
+                c.move_leader(to).await.map(drop)
+            })
+            .await
+        })
+    }
+}
