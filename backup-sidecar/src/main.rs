@@ -26,7 +26,18 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.listen, "backup sidecar idle: serving /healthz only");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            // The kubelet stops containers with SIGTERM; without this the pod waits out its grace period.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         })
         .await?;
     Ok(())

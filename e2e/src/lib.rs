@@ -175,3 +175,185 @@ pub fn etcd_image() -> String {
         .unwrap_or_else(|_| ouroboros_crds::cluster::DEFAULT_ETCD_VERSION.into());
     format!("localhost/ouroboros/etcd:v{v}")
 }
+
+pub mod etcd_cluster {
+    //! Creating EtcdClusters and waiting on their status.
+
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::{Api, Client, api::PostParams};
+    use ouroboros_crds::{EtcdCluster, EtcdClusterStatus};
+
+    /// Creates the cluster described by `yaml` (an EtcdCluster manifest) in `ns`.
+    pub async fn create(client: &Client, ns: &str, yaml: &str) -> anyhow::Result<EtcdCluster> {
+        let mut c: EtcdCluster = serde_yaml::from_str(yaml).context("parsing the EtcdCluster manifest")?;
+        c.metadata.namespace = Some(ns.to_owned());
+        Ok(Api::<EtcdCluster>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &c)
+            .await?)
+    }
+
+    /// Waits until the cluster's status satisfies `pred`; returns that status.
+    pub async fn wait(
+        client: &Client,
+        ns: &str,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&EtcdCluster, &EtcdClusterStatus) -> bool,
+    ) -> anyhow::Result<EtcdClusterStatus> {
+        let api: Api<EtcdCluster> = Api::namespaced(client.clone(), ns);
+        super::wait_for(what, timeout, || {
+            let api = api.clone();
+            let pred = &pred;
+            async move {
+                let c = api.get(name).await?;
+                let status = c.status.clone().unwrap_or_default();
+                Ok(pred(&c, &status).then_some(status))
+            }
+        })
+        .await
+    }
+
+    /// Running, with `size` healthy voters and nothing else, all on `version`.
+    pub fn converged(size: usize, version: &str) -> impl Fn(&EtcdCluster, &EtcdClusterStatus) -> bool {
+        let version = version.to_owned();
+        move |c, s| {
+            s.phase == Some(ouroboros_crds::ClusterPhase::Running)
+                && s.observed_generation == c.metadata.generation
+                && s.members.len() == size
+                && s.members
+                    .iter()
+                    .all(|m| m.healthy && !m.is_learner && m.version.as_deref() == Some(version.as_str()))
+        }
+    }
+
+    /// The client Service's ClusterIP endpoint (kube-proxy makes it reachable from the host).
+    pub async fn client_endpoint(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+        let svc = Api::<Service>::namespaced(client.clone(), ns)
+            .get(&format!("{name}-client"))
+            .await?;
+        let ip = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("client Service has no ClusterIP")?;
+        Ok(format!("http://{ip}:2379"))
+    }
+}
+
+pub mod writer {
+    //! A client that writes sequential keys the whole time a test disrupts the cluster, and afterwards
+    //! checks that every write etcd acknowledged is still there.
+
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        },
+        time::Duration,
+    };
+
+    use anyhow::{Context as _, ensure};
+    use etcd_client::{Client, ConnectOptions, GetOptions};
+
+    /// A running writer.
+    #[derive(Debug)]
+    pub struct Writer {
+        stop: Arc<AtomicBool>,
+        acked: Arc<AtomicU64>,
+        failed: Arc<AtomicU64>,
+        task: tokio::task::JoinHandle<()>,
+        endpoint: String,
+        prefix: String,
+    }
+
+    async fn connect(endpoint: &str) -> anyhow::Result<Client> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        Ok(Client::connect([endpoint], Some(opts)).await?)
+    }
+
+    impl Writer {
+        /// Starts writing `<prefix>/<seq>` keys to `endpoint`, one at a time, retrying a key until it
+        /// is acknowledged.
+        pub async fn start(endpoint: &str, prefix: &str) -> anyhow::Result<Self> {
+            let stop = Arc::new(AtomicBool::new(false));
+            let acked = Arc::new(AtomicU64::new(0));
+            let failed = Arc::new(AtomicU64::new(0));
+            let (s, a, f, ep, p) = (
+                stop.clone(),
+                acked.clone(),
+                failed.clone(),
+                endpoint.to_owned(),
+                prefix.to_owned(),
+            );
+            let task = tokio::spawn(async move {
+                let mut client = None;
+                let mut seq = 0u64;
+                while !s.load(Ordering::SeqCst) {
+                    if client.is_none() {
+                        client = connect(&ep).await.ok();
+                    }
+                    let Some(c) = client.as_mut() else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    match c.put(format!("{p}/{seq:08}"), format!("value-{seq}"), None).await {
+                        Ok(_) => {
+                            seq += 1;
+                            a.store(seq, Ordering::SeqCst);
+                        }
+                        Err(_) => {
+                            f.fetch_add(1, Ordering::SeqCst);
+                            client = None;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            Ok(Self {
+                stop,
+                acked,
+                failed,
+                task,
+                endpoint: endpoint.to_owned(),
+                prefix: prefix.to_owned(),
+            })
+        }
+
+        /// Writes acknowledged so far.
+        pub fn acked(&self) -> u64 {
+            self.acked.load(Ordering::SeqCst)
+        }
+
+        /// Stops writing and checks that every acknowledged key reads back with its value.
+        pub async fn stop_and_verify(self) -> anyhow::Result<(u64, u64)> {
+            self.stop.store(true, Ordering::SeqCst);
+            self.task.await?;
+            let acked = self.acked.load(Ordering::SeqCst);
+            let failed = self.failed.load(Ordering::SeqCst);
+            ensure!(acked > 0, "the writer never got a write acknowledged");
+            let mut c = connect(&self.endpoint).await.context("connecting to verify")?;
+            let resp = c
+                .get(format!("{}/", self.prefix), Some(GetOptions::new().with_prefix()))
+                .await
+                .context("reading the written keys")?;
+            let mut found = std::collections::HashMap::new();
+            for kv in resp.kvs() {
+                found.insert(kv.key_str()?.to_owned(), kv.value_str()?.to_owned());
+            }
+            for seq in 0..acked {
+                let key = format!("{}/{seq:08}", self.prefix);
+                ensure!(
+                    found.get(&key).map(String::as_str) == Some(format!("value-{seq}").as_str()),
+                    "acknowledged write {key} is missing or wrong after the disruption ({acked} acked)"
+                );
+            }
+            Ok((acked, failed))
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! state the decision recognises and finishes (see the failpoints).
 
 use k8s_openapi::api::{
-    core::v1::{PersistentVolumeClaim, Pod, Service},
+    core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
@@ -139,13 +139,30 @@ async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str)
     Ok(())
 }
 
-async fn event(ctx: &Context, cluster: &EtcdCluster, type_: EventType, reason: &str, note: String) {
+/// Publishes an Event on the cluster. The member's pod is the related object: the recorder folds
+/// Events with the same reason and related object into one series, and without it every member's
+/// "LearnerAdded" would show the first member's message.
+async fn event(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    type_: EventType,
+    reason: &str,
+    member: Option<&str>,
+    note: String,
+) {
+    let secondary = member.map(|m| ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(m.to_owned()),
+        namespace: cluster.namespace(),
+        ..Default::default()
+    });
     let ev = Event {
         type_,
         reason: reason.to_owned(),
         note: Some(note),
         action: reason.to_owned(),
-        secondary: None,
+        secondary,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing an Event failed");
@@ -171,6 +188,7 @@ pub async fn apply_step(
                 cluster,
                 EventType::Warning,
                 "QuorumLost",
+                None,
                 format!(
                     "{healthy_voters} of {voters} voting members answer; membership changes are suspended"
                 ),
@@ -193,6 +211,7 @@ pub async fn apply_step(
                 cluster,
                 EventType::Normal,
                 "SeedCreated",
+                Some(name),
                 format!("started seed member {name} on etcd {version}"),
             )
             .await;
@@ -210,6 +229,7 @@ pub async fn apply_step(
                 cluster,
                 EventType::Normal,
                 "LearnerAdded",
+                Some(name),
                 format!(
                     "added learner {name} ({id:x}) on etcd {version}{}",
                     if *for_upgrade {
@@ -253,6 +273,7 @@ pub async fn apply_step(
                 cluster,
                 EventType::Normal,
                 "MemberPodCreated",
+                Some(name),
                 format!("started the pod of added member {name}"),
             )
             .await;
@@ -266,6 +287,7 @@ pub async fn apply_step(
                     cluster,
                     EventType::Normal,
                     "LearnerPromoted",
+                    Some(name),
                     format!("promoted {name} to voting member"),
                 )
                 .await;
@@ -296,6 +318,7 @@ pub async fn apply_step(
                 cluster,
                 type_,
                 "MemberRemoved",
+                Some(name),
                 format!("removed member {name} ({id:x}): {why}"),
             )
             .await;
@@ -309,6 +332,7 @@ pub async fn apply_step(
                 cluster,
                 EventType::Normal,
                 "OrphanPodDeleted",
+                Some(name),
                 format!("deleted pod {name}, which is not a member"),
             )
             .await;
@@ -324,6 +348,7 @@ pub async fn apply_step(
                 cluster,
                 EventType::Normal,
                 "LeaderMoved",
+                Some(from),
                 format!("moved leadership from {from} to {to}"),
             )
             .await;
