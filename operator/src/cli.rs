@@ -32,6 +32,15 @@ pub struct Args {
     #[arg(long, env = "OUROBOROS_BACKUP_SIDECAR_IMAGE", default_value = concat!("localhost/ouroboros/etcd-backup-sidecar:", env!("CARGO_PKG_VERSION")))]
     pub backup_sidecar_image: String,
 
+    /// Run controllers only while holding a Lease, so several replicas are safe. Off only for running
+    /// one operator by hand.
+    #[arg(long, env = "OUROBOROS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ouroboros-system")]
+    pub lease_namespace: String,
+
     /// Seconds to wait for the CRDs to be established before giving up at start.
     #[arg(long, env = "OUROBOROS_CRD_WAIT_SECONDS", default_value_t = 120)]
     pub crd_wait_seconds: u64,

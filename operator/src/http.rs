@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Readiness {
     crds_established: AtomicBool,
+    standby: AtomicBool,
     watches_synced: AtomicUsize,
     watches_expected: usize,
 }
@@ -26,6 +27,7 @@ impl Readiness {
     pub fn new(watches_expected: usize) -> Self {
         Self {
             crds_established: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
             watches_synced: AtomicUsize::new(0),
             watches_expected,
         }
@@ -34,6 +36,12 @@ impl Readiness {
     /// Records that every CRD the operator serves is established.
     pub fn crds_established(&self) {
         self.crds_established.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks this replica as waiting for leadership: ready to take over, so ready, though it runs no
+    /// watches yet.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
     }
 
     /// Records that one more watch has delivered its initial list.
@@ -47,7 +55,7 @@ impl Readiness {
             return Err("CRDs not established yet".into());
         }
         let synced = self.watches_synced.load(Ordering::SeqCst);
-        if synced < self.watches_expected {
+        if synced < self.watches_expected && !self.standby.load(Ordering::SeqCst) {
             return Err(format!("{synced} of {} watches synced", self.watches_expected));
         }
         Ok(())
@@ -109,6 +117,9 @@ mod tests {
         assert_eq!(r.check(), Err("CRDs not established yet".into()));
         r.crds_established();
         assert_eq!(r.check(), Err("0 of 2 watches synced".into()));
+        r.set_standby(true);
+        assert_eq!(r.check(), Ok(()), "a standby replica is ready to take over");
+        r.set_standby(false);
         r.watch_synced();
         r.watch_synced();
         assert_eq!(r.check(), Ok(()));

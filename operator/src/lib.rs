@@ -8,6 +8,7 @@ pub mod crds_ready;
 pub mod etcd;
 pub mod failpoints;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 

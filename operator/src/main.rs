@@ -9,7 +9,7 @@ use futures::FutureExt;
 use ouroboros_operator::{
     cli::Args,
     context::{Context, OperatorConfig},
-    controllers, crds_ready, http,
+    controllers, crds_ready, http, leader,
     metrics::Metrics,
     telemetry,
 };
@@ -46,7 +46,28 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("POD_NAME").ok(),
     ));
     let namespace = Some(args.watch_namespace.clone()).filter(|n| !n.is_empty());
-    controllers::run_all(ctx, readiness, namespace, shutdown).await;
+    if args.leader_election {
+        let identity =
+            std::env::var("POD_NAME").unwrap_or_else(|_| format!("etcd-operator-{}", std::process::id()));
+        let leadership = tokio::select! {
+            res = leader::wait_for_leadership(ctx.client.clone(), &args.lease_namespace, &identity, &readiness) => Some(res?),
+            () = shutdown.clone() => None,
+        };
+        if let Some(mut leadership) = leadership {
+            ctx.metrics.leader.set(1);
+            tokio::select! {
+                () = controllers::run_all(ctx, readiness, namespace, shutdown.clone()) => leadership.release().await,
+                () = leadership.lost() => {
+                    // Another replica may already be acting; stop at once rather than race it.
+                    tracing::error!("leadership lost: exiting so that only the new leader acts");
+                    std::process::exit(1);
+                }
+            }
+        }
+    } else {
+        ctx.metrics.leader.set(1);
+        controllers::run_all(ctx, readiness, namespace, shutdown).await;
+    }
     server
         .await
         .context("joining the HTTP server")?

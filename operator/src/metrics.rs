@@ -45,6 +45,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// Members of each cluster by state.
     pub members: Family<MemberLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease (or runs without election), else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -72,12 +74,19 @@ impl Default for Metrics {
             "Members of each cluster by state",
             members.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the acting leader",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             reconcile_duration,
             members,
+            leader,
         }
     }
 }
