@@ -25,6 +25,8 @@ deps:
 
 ## build: the workspace's binaries in release (the images are made from them).
 build: deps
+	@$(T) cargo-build-failpoints bash -c 'cargo build --release --locked -p ouroboros-operator --features failpoints && \
+	  cp $(CARGO_TARGET_DIR)/release/etcd-operator $(CARGO_TARGET_DIR)/release/etcd-operator-failpoints'
 	@$(T) cargo-build cargo build --release --workspace --bins --locked
 
 crds:

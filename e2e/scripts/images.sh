@@ -3,7 +3,7 @@
 # the names deploy/ and the operator use:
 #   localhost/ouroboros/pause:3.10                  the pod sandbox (catatonit in pause mode)
 #   localhost/ouroboros/etcd:v<version>             etcd, etcdctl, etcdutl and a busybox shell
-#   localhost/ouroboros/etcd-operator:<crate ver>   the operator
+#   localhost/ouroboros/etcd-operator:<crate ver>   the operator (and :<ver>-failpoints for tests)
 #   localhost/ouroboros/etcd-backup-sidecar:<ver>   the backup sidecar
 #
 #   images.sh build            builds pause and etcd images (and the Rust ones when built in release)
@@ -55,13 +55,15 @@ build_etcd() {
     "${bb[@]}" "var/lib/etcd/"
 }
 
+# build_rust NAME [VARIANT]: the image of target/release/NAME[-VARIANT], tagged VERSION[-VARIANT].
 build_rust() {
-  local name=$1 bin="$RELEASE_DIR/$1" out="$OUT/$1-$APP_VERSION.tar"
+  local name=$1 variant=${2:+-$2}
+  local bin="$RELEASE_DIR/$name$variant" out="$OUT/$name-$APP_VERSION$variant.tar"
   [ -x "$bin" ] || { log "$bin not built (cargo build --release); skipping its image"; return 0; }
   stale "$out" "$bin" "$MK" "$SCRIPTS_DIR/images.sh" || return 0
   mapfile -t libs < <(lib_entries "$bin")
   mapfile -t bb < <(busybox_entries)
-  python3 "$MK" "$out" "localhost/ouroboros/$name:$APP_VERSION" "[\"/usr/local/bin/$name\"]" \
+  python3 "$MK" "$out" "localhost/ouroboros/$name:$APP_VERSION$variant" "[\"/usr/local/bin/$name\"]" \
     "$bin:/usr/local/bin/$name" "${libs[@]}" "${bb[@]}"
 }
 
@@ -70,6 +72,8 @@ build_all() {
   build_etcd "$ETCD_VERSION"
   build_etcd "$ETCD_OLD_VERSION"
   build_rust etcd-operator
+  # Compiled with the `failpoints` feature, for the restart-proof e2e only; never deployed by deploy/.
+  build_rust etcd-operator failpoints
   build_rust etcd-backup-sidecar
 }
 
