@@ -58,6 +58,7 @@ undeploy:
 
 ## e2e: Rust tests against the running local cluster with the operator deployed.
 e2e: deploy
+	@$(T) pv-gc e2e/cluster.sh pv-gc
 	@$(T) e2e-tests bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e -- --test-threads=1'
 
 ## lifecycle: `down` leaves nothing behind and `up` comes back (runs last: it restarts the cluster).

@@ -7,19 +7,31 @@ NS=ouroboros-demo
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 sed "s/namespace: default/namespace: $NS/" "$REPO_ROOT/deploy/samples/etcdcluster.yaml" | kubectl apply -f -
 
-echo
-echo "== nodes"; kubectl get nodes -o wide
-echo; echo "== the operator"; kubectl -n ouroboros-system get deploy,pods -o wide
-echo; echo "== EtcdClusters"; kubectl -n "$NS" get etcdclusters
-echo; echo "== what the operator logged about it"
-sleep 2
-kubectl -n ouroboros-system logs deploy/etcd-operator --tail=200 | grep -E "EtcdCluster|watch synced|CRD established" | tail -8
+echo; echo "== waiting for the cluster to grow from its seed to 3 members (seed, then one learner at a time)"
+kubectl -n "$NS" wait etcd/example --for=jsonpath='{.status.phase}'=Running --timeout=180s
+kubectl -n "$NS" wait etcd/example --for=jsonpath='{.status.readyMembers}'=3 --timeout=180s
+
+echo; echo "== nodes"; kubectl get nodes -o wide
+echo; echo "== the operator (two replicas, one holds the Lease)"
+kubectl -n ouroboros-system get deploy,pods -o wide
+echo "leader: $(kubectl -n ouroboros-system get lease ouroboros-etcd-operator -o jsonpath='{.spec.holderIdentity}')"
+echo; echo "== the EtcdCluster"; kubectl -n "$NS" get etcdclusters,pods,pvc,svc,pdb
+echo; echo "== its members and conditions"
+kubectl -n "$NS" get etcd example -o jsonpath='{range .status.members[*]}{.name}  id={.id}  leader={.isLeader}  learner={.isLearner}  healthy={.healthy}  version={.version}{"\n"}{end}'
+kubectl -n "$NS" get etcd example -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+echo; echo "== what etcd itself says"
+ip=$(kubectl -n "$NS" get pod example-0 -o jsonpath='{.status.podIP}')
+"$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" member list -w table
+"$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" put demo-key "hello from the demo" >/dev/null
+echo "read back: $("$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" get demo-key --print-value-only)"
+echo; echo "== Events"; kubectl -n "$NS" get events --field-selector involvedObject.kind=EtcdCluster --sort-by=.lastTimestamp | tail -8
 cat <<MSG
 
-The operator is deployed and watching; it does not manage members yet (the lifecycle issue is open),
-so the EtcdCluster above has no status. Try:
+Try:
   source <(e2e/cluster.sh env)
-  kubectl explain etcdcluster.spec
+  kubectl -n $NS patch etcd example --type merge -p '{"spec":{"size":5}}'   # grow to 5, one learner at a time
+  kubectl -n $NS delete pod example-1                                     # watch it be replaced
   kubectl apply --dry-run=server -f deploy/samples/invalid/size-zero.yaml   # refused by the schema
-  make cluster-down                                                        # remove everything
+  make cluster-down                                                         # remove everything
+Backups and restores are not implemented yet; EtcdBackup objects are accepted but not acted on.
 MSG
