@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
@@ -60,6 +60,56 @@ impl EtcdError {
     }
 }
 
+/// The operator's client certificate for a TLS cluster (from `spec.tls.operatorClientSecret`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ClientTls {
+    /// CA that signed the members' server certificates (`ca.crt`).
+    pub ca: Vec<u8>,
+    /// Client certificate (`tls.crt`).
+    pub cert: Vec<u8>,
+    /// Client key (`tls.key`).
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never log key material.
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+/// How to reach one member: its URL (by pod IP), and for TLS the name its certificate carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// `http(s)://<pod IP>:2379`.
+    pub url: String,
+    /// For TLS: the DNS name to verify the server certificate against.
+    pub tls: Option<(String, Arc<ClientTls>)>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Endpoint {
+    /// A plain-HTTP endpoint.
+    pub fn plain(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tls: None,
+        }
+    }
+
+    fn cache_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.tls.hash(&mut h);
+        format!("{}#{:x}", self.url, h.finish())
+    }
+}
+
 /// One member as the membership lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -107,21 +157,25 @@ pub struct Status {
 /// without a cluster.
 pub trait EtcdOps: Send + Sync {
     /// Lists members through the first endpoint that answers.
-    fn member_list<'a>(&'a self, endpoints: &'a [String]) -> BoxFuture<'a, Result<MemberList, EtcdError>>;
+    fn member_list<'a>(&'a self, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<MemberList, EtcdError>>;
     /// Status of the member at `endpoint`.
-    fn status<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<Status, EtcdError>>;
+    fn status<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<Status, EtcdError>>;
     /// Adds a learner; returns the new member's ID and the membership including it.
     fn add_learner<'a>(
         &'a self,
-        endpoints: &'a [String],
+        endpoints: &'a [Endpoint],
         peer_url: &'a str,
     ) -> BoxFuture<'a, Result<(u64, Vec<Member>), EtcdError>>;
     /// Promotes a learner.
-    fn promote<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
+    fn promote<'a>(&'a self, endpoints: &'a [Endpoint], id: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
     /// Removes a member.
-    fn remove<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
+    fn remove<'a>(&'a self, endpoints: &'a [Endpoint], id: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
     /// Asks the leader at `leader_endpoint` to hand leadership to `to`.
-    fn move_leader<'a>(&'a self, leader_endpoint: &'a str, to: u64) -> BoxFuture<'a, Result<(), EtcdError>>;
+    fn move_leader<'a>(
+        &'a self,
+        leader_endpoint: &'a Endpoint,
+        to: u64,
+    ) -> BoxFuture<'a, Result<(), EtcdError>>;
 }
 
 /// etcd-client connections, one per endpoint, made on first use and dropped when they fail.
@@ -142,33 +196,40 @@ impl EtcdClients {
         Arc::new(Self::default())
     }
 
-    async fn client(&self, endpoint: &str) -> Result<Client, EtcdError> {
-        if let Some(c) = self.clients.lock().await.get(endpoint) {
+    async fn client(&self, endpoint: &Endpoint) -> Result<Client, EtcdError> {
+        let key = endpoint.cache_key();
+        if let Some(c) = self.clients.lock().await.get(&key) {
             return Ok(c.clone());
         }
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect([endpoint], Some(opts))
+        if let Some((domain, tls)) = &endpoint.tls {
+            // Members are dialled by pod IP; their certificates name them by DNS, so verify that name.
+            opts = opts.with_tls(
+                TlsOptions::new()
+                    .domain_name(domain.clone())
+                    .ca_certificate(Certificate::from_pem(&tls.ca))
+                    .identity(Identity::from_pem(&tls.cert, &tls.key)),
+            );
+        }
+        let client = Client::connect([endpoint.url.as_str()], Some(opts))
             .await
             .map_err(|source| EtcdError::Connect {
-                endpoint: endpoint.to_owned(),
+                endpoint: endpoint.url.clone(),
                 source,
             })?;
-        self.clients
-            .lock()
-            .await
-            .insert(endpoint.to_owned(), client.clone());
+        self.clients.lock().await.insert(key, client.clone());
         Ok(client)
     }
 
-    async fn forget(&self, endpoint: &str) {
-        self.clients.lock().await.remove(endpoint);
+    async fn forget(&self, endpoint: &Endpoint) {
+        self.clients.lock().await.remove(&endpoint.cache_key());
     }
 
     /// Runs `f` against one endpoint with a deadline; a failed connection is dropped from the cache.
-    async fn call<T, F, Fut>(&self, action: &'static str, endpoint: &str, f: F) -> Result<T, EtcdError>
+    async fn call<T, F, Fut>(&self, action: &'static str, endpoint: &Endpoint, f: F) -> Result<T, EtcdError>
     where
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -182,7 +243,7 @@ impl EtcdClients {
                 }
                 Err(EtcdError::Request {
                     action,
-                    endpoint: endpoint.to_owned(),
+                    endpoint: endpoint.url.clone(),
                     source,
                 })
             }
@@ -190,14 +251,19 @@ impl EtcdClients {
                 self.forget(endpoint).await;
                 Err(EtcdError::Timeout {
                     action,
-                    endpoint: endpoint.to_owned(),
+                    endpoint: endpoint.url.clone(),
                 })
             }
         }
     }
 
     /// Tries each endpoint in turn until one succeeds; returns the last error otherwise.
-    async fn first<T, F, Fut>(&self, action: &'static str, endpoints: &[String], f: F) -> Result<T, EtcdError>
+    async fn first<T, F, Fut>(
+        &self,
+        action: &'static str,
+        endpoints: &[Endpoint],
+        f: F,
+    ) -> Result<T, EtcdError>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -226,7 +292,7 @@ fn members(ms: &[etcd_client::Member]) -> Vec<Member> {
 }
 
 impl EtcdOps for EtcdClients {
-    fn member_list<'a>(&'a self, endpoints: &'a [String]) -> BoxFuture<'a, Result<MemberList, EtcdError>> {
+    fn member_list<'a>(&'a self, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<MemberList, EtcdError>> {
         Box::pin(async move {
             self.first("member list", endpoints, |mut c| async move {
                 let r = c.member_list().await?;
@@ -239,7 +305,7 @@ impl EtcdOps for EtcdClients {
         })
     }
 
-    fn status<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<Status, EtcdError>> {
+    fn status<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<Status, EtcdError>> {
         Box::pin(async move {
             self.call("status", endpoint, |mut c| async move {
                 let r = c.status().await?;
@@ -259,7 +325,7 @@ impl EtcdOps for EtcdClients {
 
     fn add_learner<'a>(
         &'a self,
-        endpoints: &'a [String],
+        endpoints: &'a [Endpoint],
         peer_url: &'a str,
     ) -> BoxFuture<'a, Result<(u64, Vec<Member>), EtcdError>> {
         Box::pin(async move {
@@ -276,7 +342,7 @@ impl EtcdOps for EtcdClients {
         })
     }
 
-    fn promote<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
+    fn promote<'a>(&'a self, endpoints: &'a [Endpoint], id: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
         Box::pin(async move {
             self.first("member promote", endpoints, |mut c| async move {
                 c.member_promote(id).await.map(drop)
@@ -285,7 +351,7 @@ impl EtcdOps for EtcdClients {
         })
     }
 
-    fn remove<'a>(&'a self, endpoints: &'a [String], id: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
+    fn remove<'a>(&'a self, endpoints: &'a [Endpoint], id: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
         Box::pin(async move {
             self.first("member remove", endpoints, |mut c| async move {
                 c.member_remove(id).await.map(drop)
@@ -294,7 +360,11 @@ impl EtcdOps for EtcdClients {
         })
     }
 
-    fn move_leader<'a>(&'a self, leader_endpoint: &'a str, to: u64) -> BoxFuture<'a, Result<(), EtcdError>> {
+    fn move_leader<'a>(
+        &'a self,
+        leader_endpoint: &'a Endpoint,
+        to: u64,
+    ) -> BoxFuture<'a, Result<(), EtcdError>> {
         Box::pin(async move {
             self.call("move leader", leader_endpoint, |mut c| async move {
                 c.move_leader(to).await.map(drop)

@@ -65,7 +65,16 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     if !cluster.spec.paused {
         apply::ensure_cluster_objects(&ctx, &cluster).await?;
     }
-    let obs = observe::observe(&ctx.client, ctx.etcd.as_ref(), &cluster, now).await?;
+    let obs = match observe::observe(&ctx.client, ctx.etcd.as_ref(), &cluster, now).await {
+        Ok(obs) => obs,
+        // Nothing can be started without the certificates; say exactly what is missing and retry,
+        // since creating the Secret is the fix and does not change the EtcdCluster.
+        Err(observe::ObserveError::TlsSecret(problem)) => {
+            report_blocked(&ctx, &cluster, "TLSSecretInvalid", &problem, now).await?;
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let decision = decide::next_step(&obs.observed);
     tracing::info!(cluster = %name, namespace = %cluster.namespace().unwrap_or_default(), step = ?decision.step, "reconcile");
 
@@ -91,6 +100,68 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     })?;
     applied?;
     Ok(requeue_after(&decision.step))
+}
+
+/// Records that the cluster cannot progress until the user fixes something outside the spec.
+async fn report_blocked(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    reason: &str,
+    problem: &str,
+    now: jiff::Timestamp,
+) -> Result<(), Error> {
+    let mut status = cluster.status.clone().unwrap_or_default();
+    let first_time = !status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ct::DEGRADED && c.reason == reason && c.message == problem);
+    let generation = cluster.metadata.generation;
+    status::set_condition(
+        &mut status.conditions,
+        ct::DEGRADED,
+        true,
+        reason,
+        problem.to_owned(),
+        generation,
+        now,
+    );
+    status::set_condition(
+        &mut status.conditions,
+        ct::PROGRESSING,
+        false,
+        "Blocked",
+        problem.to_owned(),
+        generation,
+        now,
+    );
+    status.observed_generation = generation;
+    let name = cluster.name_any();
+    let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": EtcdCluster::api_version(&()),
+        "kind": EtcdCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::PatchStatus { name, source })?;
+    if first_time {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(problem.to_owned()),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+    }
+    Ok(())
 }
 
 /// How soon to look again: quickly while something is moving, slowly once converged.

@@ -2,9 +2,9 @@
 //! their volumes; etcd gives the membership (through any member that answers) and each member's status
 //! (asked of that member alone).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::{Api, ResourceExt, api::ListParams};
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
@@ -14,7 +14,7 @@ use super::{
     },
     resources::{self, CLIENT_PORT, LABEL_VERSION},
 };
-use crate::etcd::{EtcdError, EtcdOps, Status};
+use crate::etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status};
 
 /// What was observed, with the raw details status reports on.
 #[derive(Debug, Clone)]
@@ -26,23 +26,20 @@ pub struct Observation {
     /// Each member's status answer, by member ID.
     pub statuses: Vec<(u64, Status)>,
     /// Client endpoints (pod IPs) of the member pods, by member name.
-    pub endpoints: Vec<(String, String)>,
+    pub endpoints: Vec<(String, Endpoint)>,
     /// Why the membership could not be read, when it could not.
     pub membership_error: Option<String>,
 }
 
 impl Observation {
     /// Client endpoints of every member pod that has an IP.
-    pub fn endpoint_list(&self) -> Vec<String> {
+    pub fn endpoint_list(&self) -> Vec<Endpoint> {
         self.endpoints.iter().map(|(_, e)| e.clone()).collect()
     }
 
     /// The client endpoint of one member.
-    pub fn endpoint_of(&self, member: &str) -> Option<&str> {
-        self.endpoints
-            .iter()
-            .find(|(n, _)| n == member)
-            .map(|(_, e)| e.as_str())
+    pub fn endpoint_of(&self, member: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|(n, _)| n == member).map(|(_, e)| e)
     }
 }
 
@@ -63,6 +60,54 @@ pub enum ObserveError {
     /// `spec.version` does not parse (the schema should have refused it).
     #[error("spec.version {0:?} is not an etcd version")]
     Version(String),
+    /// A TLS Secret named in `spec.tls` is missing or incomplete.
+    #[error("{0}")]
+    TlsSecret(String),
+}
+
+/// Reads the Secrets named in `spec.tls`: checks the member Secrets exist with their keys, and returns
+/// the operator's client certificate. `Ok(None)` without TLS.
+pub async fn tls_material(
+    client: &kube::Client,
+    cluster: &EtcdCluster,
+) -> Result<Option<Arc<ClientTls>>, ObserveError> {
+    let Some(tls) = &cluster.spec.tls else {
+        return Ok(None);
+    };
+    let ns = cluster.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut operator = None;
+    for (field, name) in [
+        ("peerSecret", &tls.peer_secret),
+        ("serverSecret", &tls.server_secret),
+        ("operatorClientSecret", &tls.operator_client_secret),
+    ] {
+        let missing = |what: &str| {
+            ObserveError::TlsSecret(format!(
+                "spec.tls.{field}: Secret {ns}/{name} {what}; create a kubernetes.io/tls Secret with ca.crt, tls.crt and tls.key"
+            ))
+        };
+        let secret = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| ObserveError::TlsSecret(format!("reading Secret {ns}/{name}: {e}")))?
+            .ok_or_else(|| missing("does not exist"))?;
+        let data = secret.data.unwrap_or_default();
+        let key = |k: &str| {
+            data.get(k)
+                .map(|b| b.0.clone())
+                .ok_or_else(|| missing(&format!("has no {k}")))
+        };
+        let material = ClientTls {
+            ca: key("ca.crt")?,
+            cert: key("tls.crt")?,
+            key: key("tls.key")?,
+        };
+        if field == "operatorClientSecret" {
+            operator = Some(Arc::new(material));
+        }
+    }
+    Ok(operator)
 }
 
 /// Reads pods, PVCs and etcd's view of `cluster`.
@@ -97,6 +142,7 @@ pub async fn observe(
     } else {
         Vec::new()
     };
+    let tls = tls_material(client, cluster).await?;
     let desired_version: EtcdVersion = cluster
         .spec
         .version
@@ -115,7 +161,14 @@ pub async fn observe(
                 c.name_any() == resources::pvc_name(&member) && c.metadata.deletion_timestamp.is_none()
             });
         if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
-            endpoints.push((member.clone(), format!("http://{ip}:{CLIENT_PORT}")));
+            let endpoint = match &tls {
+                Some(t) => Endpoint {
+                    url: format!("https://{ip}:{CLIENT_PORT}"),
+                    tls: Some((resources::member_host(cluster, &member), t.clone())),
+                },
+                None => Endpoint::plain(format!("http://{ip}:{CLIENT_PORT}")),
+            };
+            endpoints.push((member.clone(), endpoint));
         }
         pod_views.push(PodView {
             name: member,
@@ -126,7 +179,7 @@ pub async fn observe(
         });
     }
 
-    let endpoint_list: Vec<String> = endpoints.iter().map(|(_, e)| e.clone()).collect();
+    let endpoint_list: Vec<Endpoint> = endpoints.iter().map(|(_, e)| e.clone()).collect();
     let (membership, cluster_id, statuses, membership_error) = if endpoint_list.is_empty() {
         (None, None, Vec::new(), None)
     } else {
@@ -167,7 +220,7 @@ pub async fn observe(
 async fn statuses(
     etcd: &dyn EtcdOps,
     members: &[crate::etcd::Member],
-    endpoints: &[(String, String)],
+    endpoints: &[(String, Endpoint)],
 ) -> Vec<(u64, Status)> {
     let asks = members.iter().filter_map(|m| {
         let name = member_name(m)?;

@@ -71,15 +71,35 @@ pub fn member_host(cluster: &EtcdCluster, member: &str) -> String {
     )
 }
 
+/// `https` with `spec.tls`, else `http`.
+pub fn scheme(cluster: &EtcdCluster) -> &'static str {
+    if cluster.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The member's peer URL.
 pub fn peer_url(cluster: &EtcdCluster, member: &str) -> String {
-    format!("http://{}:{PEER_PORT}", member_host(cluster, member))
+    format!(
+        "{}://{}:{PEER_PORT}",
+        scheme(cluster),
+        member_host(cluster, member)
+    )
 }
 
 /// The member's client URL (what etcd advertises; the operator itself dials pod IPs).
 pub fn client_url(cluster: &EtcdCluster, member: &str) -> String {
-    format!("http://{}:{CLIENT_PORT}", member_host(cluster, member))
+    format!(
+        "{}://{}:{CLIENT_PORT}",
+        scheme(cluster),
+        member_host(cluster, member)
+    )
 }
+
+/// Where the peer and server certificates are mounted in member pods.
+pub const TLS_MOUNT: &str = "/etc/etcd/tls";
 
 /// The member name a peer URL was built from (its first DNS label), if it has our shape.
 pub fn member_name_from_peer_url(url: &str) -> Option<String> {
@@ -228,11 +248,12 @@ pub fn member_pod(
             .next()
             .unwrap_or_default()
     );
-    let args = vec![
+    let sch = scheme(cluster);
+    let mut args = vec![
         format!("--name={member}"),
         format!("--data-dir={DATA_MOUNT}/data"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--listen-peer-urls={sch}://0.0.0.0:{PEER_PORT}"),
+        format!("--listen-client-urls={sch}://0.0.0.0:{CLIENT_PORT}"),
         format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
         format!("--advertise-client-urls={}", client_url(cluster, member)),
         format!("--initial-advertise-peer-urls={}", peer_url(cluster, member)),
@@ -242,6 +263,27 @@ pub fn member_pod(
         // Learners are added one at a time and promoted by the operator; etcd's own check is kept.
         "--strict-reconfig-check=true".to_owned(),
     ];
+    let mut volumes = Vec::new();
+    let mut etcd_mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT})];
+    if let Some(tls) = &spec.tls {
+        // Metrics and health stay plain HTTP on their own port, so probes need no certificates.
+        args.extend([
+            format!("--peer-cert-file={TLS_MOUNT}/peer/tls.crt"),
+            format!("--peer-key-file={TLS_MOUNT}/peer/tls.key"),
+            format!("--peer-trusted-ca-file={TLS_MOUNT}/peer/ca.crt"),
+            "--peer-client-cert-auth=true".to_owned(),
+            format!("--cert-file={TLS_MOUNT}/server/tls.crt"),
+            format!("--key-file={TLS_MOUNT}/server/tls.key"),
+            format!("--trusted-ca-file={TLS_MOUNT}/server/ca.crt"),
+            "--client-cert-auth=true".to_owned(),
+        ]);
+        for (volume, secret) in [("peer-tls", &tls.peer_secret), ("server-tls", &tls.server_secret)] {
+            volumes.push(json!({"name": volume, "secret": {"secretName": secret, "defaultMode": 0o400}}));
+            let dir = volume.trim_end_matches("-tls");
+            etcd_mounts
+                .push(json!({"name": volume, "mountPath": format!("{TLS_MOUNT}/{dir}"), "readOnly": true}));
+        }
+    }
     let data_volume = match &spec.storage.persistent_volume_claim {
         Some(_) => json!({"name": "data", "persistentVolumeClaim": {"claimName": pvc_name(member)}}),
         None => {
@@ -291,7 +333,7 @@ pub fn member_pod(
                     "livenessProbe": {"httpGet": {"path": "/livez", "port": METRICS_PORT},
                                       "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
                     "resources": spec.pod.resources,
-                    "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}]
+                    "volumeMounts": etcd_mounts
                 },
                 {
                     "name": "backup-sidecar",
@@ -303,7 +345,7 @@ pub fn member_pod(
                     "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT, "readOnly": true}]
                 }
             ],
-            "volumes": [data_volume]
+            "volumes": std::iter::once(data_volume).chain(volumes).collect::<Vec<_>>()
         }
     }))
 }
@@ -495,6 +537,49 @@ mod tests {
                 .unwrap()
                 .required_during_scheduling_ignored_during_execution
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn tls_members_use_https_and_mount_their_certificates() {
+        let c = cluster(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, tls: {peerSecret: p, serverSecret: s, operatorClientSecret: o}}\n",
+        );
+        assert_eq!(peer_url(&c, "c-0"), "https://c-0.c.ns.svc:2380");
+        let p = member_pod(
+            &c,
+            &images(),
+            "c-0",
+            "3.6.16".parse().unwrap(),
+            InitialClusterState::New,
+            &["c-0".into()],
+        );
+        let spec = p.spec.unwrap();
+        let args = spec.containers[0].args.clone().unwrap();
+        for flag in [
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--listen-metrics-urls=http://0.0.0.0:2381",
+            "--client-cert-auth=true",
+            "--peer-client-cert-auth=true",
+            "--initial-cluster=c-0=https://c-0.c.ns.svc:2380",
+        ] {
+            assert!(args.contains(&flag.to_owned()), "{flag} missing from {args:?}");
+        }
+        let volumes = spec.volumes.unwrap();
+        let secret = |n: &str| {
+            volumes
+                .iter()
+                .find(|v| v.name == n)
+                .and_then(|v| v.secret.clone())
+                .and_then(|s| s.secret_name)
+        };
+        assert_eq!(secret("peer-tls").as_deref(), Some("p"));
+        assert_eq!(secret("server-tls").as_deref(), Some("s"));
+        // The operator's own client certificate is never mounted into members.
+        assert!(
+            volumes
+                .iter()
+                .all(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) != Some("o"))
         );
     }
 

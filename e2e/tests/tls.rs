@@ -1,0 +1,168 @@
+//! TLS between members and from the operator: peer and client traffic over https with client
+//! certificates required, and a missing Secret reported as a condition that names it.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{Api, api::PostParams};
+use ouroboros_crds::condition_types;
+use ouroboros_e2e::{
+    TestNamespace, client,
+    etcd_cluster::{self, converged},
+    kubectl,
+};
+
+fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl").current_dir(dir).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A CA and three certificates: peer and server (valid for every member name) and the operator's client.
+fn make_certs(dir: &Path, cluster: &str, ns: &str) -> anyhow::Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=e2e-etcd-ca",
+            "-days",
+            "2",
+        ],
+    )?;
+    let sans = format!(
+        "subjectAltName=DNS:*.{cluster}.{ns}.svc,DNS:*.{cluster}.{ns}.svc.cluster.local,DNS:{cluster}-client.{ns}.svc,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+    );
+    std::fs::write(dir.join("member.ext"), sans)?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    for (name, cn, ext) in [
+        ("peer", "etcd-peer", "member.ext"),
+        ("server", "etcd-server", "member.ext"),
+        ("client", "ouroboros-operator", "client.ext"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn tls_secret(dir: &Path, name: &str, cert: &str) -> anyhow::Result<Secret> {
+    let read = |f: &str| -> anyhow::Result<ByteString> { Ok(ByteString(std::fs::read(dir.join(f))?)) };
+    Ok(Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("ca.crt", read("ca.crt")?),
+                ("tls.crt", read(&format!("{cert}.crt"))?),
+                ("tls.key", read(&format!("{cert}.key"))?),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        ),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "tls").await?.run(|c, ns| async move {
+        let dir = std::env::temp_dir().join(format!("ouroboros-{ns}"));
+        std::fs::create_dir_all(&dir)?;
+        make_certs(&dir, "tls", &ns)?;
+        let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
+        secrets.create(&PostParams::default(), &tls_secret(&dir, "etcd-peer", "peer")?).await?;
+        secrets.create(&PostParams::default(), &tls_secret(&dir, "etcd-server", "server")?).await?;
+        let t = Duration::from_secs(180);
+        etcd_cluster::create(
+            &c,
+            &ns,
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: tls}\n\
+             spec: {size: 3, pod: {antiAffinity: None}, tls: {peerSecret: etcd-peer, serverSecret: etcd-server, operatorClientSecret: etcd-operator-client}}\n",
+        )
+        .await?;
+        // The operator's client Secret does not exist yet: the condition says which and how to fix it.
+        let status = etcd_cluster::wait(&c, &ns, "tls", "a condition naming the missing Secret", t, |_, s| {
+            s.conditions.iter().any(|c| c.type_ == condition_types::DEGRADED && c.reason == "TLSSecretInvalid")
+        })
+        .await?;
+        let msg = &status.conditions.iter().find(|c| c.reason == "TLSSecretInvalid").context("condition")?.message;
+        ensure!(msg.contains("spec.tls.operatorClientSecret") && msg.contains("etcd-operator-client"), "message: {msg}");
+
+        secrets.create(&PostParams::default(), &tls_secret(&dir, "etcd-operator-client", "client")?).await?;
+        let status = etcd_cluster::wait(&c, &ns, "tls", "3 TLS members", t, converged(3, "3.6.16")).await?;
+        ensure!(
+            status.members.iter().all(|m| m.peer_url.as_deref().is_some_and(|u| u.starts_with("https://"))),
+            "peer URLs are not https: {:?}",
+            status.members
+        );
+
+        // From inside a member: https with a client certificate works for every member...
+        let member = &status.members[0].name;
+        let tls_flags = "--cacert /etc/etcd/tls/server/ca.crt --cert /etc/etcd/tls/server/tls.crt --key /etc/etcd/tls/server/tls.key";
+        let health = kubectl(&["-n", &ns, "exec", member, "-c", "etcd", "--", "sh", "-c",
+            &format!("etcdctl --endpoints https://{member}.tls.{ns}.svc:2379 {tls_flags} endpoint health --cluster")])?;
+        ensure!(health.success, "https health failed: {}{}", health.stdout, health.stderr);
+        ensure!(health.stdout.matches("is healthy").count() == 3, "not every member is healthy over https: {}", health.stdout);
+        // ...while plain http and https without a client certificate are refused.
+        let plain = kubectl(&["-n", &ns, "exec", member, "-c", "etcd", "--", "sh", "-c",
+            &format!("etcdctl --endpoints http://{member}.tls.{ns}.svc:2379 --dial-timeout=3s --command-timeout=5s endpoint health")])?;
+        ensure!(!plain.success, "plain http was served: {}", plain.stdout);
+        let anonymous = kubectl(&["-n", &ns, "exec", member, "-c", "etcd", "--", "sh", "-c",
+            &format!("etcdctl --endpoints https://{member}.tls.{ns}.svc:2379 --cacert /etc/etcd/tls/server/ca.crt --dial-timeout=3s --command-timeout=5s endpoint health")])?;
+        ensure!(!anonymous.success, "https without a client certificate was served: {}", anonymous.stdout);
+        Ok(())
+    })
+    .await
+}
