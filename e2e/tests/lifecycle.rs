@@ -246,3 +246,111 @@ async fn downgrade_is_refused_with_a_condition_and_members_stay() -> anyhow::Res
         })
         .await
 }
+
+#[tokio::test]
+async fn paused_clusters_are_left_alone_until_unpaused() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "paused").await?.run(|c, ns| async move {
+        etcd_cluster::create(
+            &c,
+            &ns,
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: p}\nspec: {size: 1, paused: true, pod: {antiAffinity: None}}\n",
+        )
+        .await?;
+        etcd_cluster::wait(&c, &ns, "p", "phase Paused", T, |_, s| s.phase == Some(ouroboros_crds::ClusterPhase::Paused)).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let pods = Api::<Pod>::namespaced(c.clone(), &ns).list(&ListParams::default()).await?;
+        ensure!(pods.items.is_empty(), "a paused cluster got pods: {:?}", pods.items.iter().map(|p| &p.metadata.name).collect::<Vec<_>>());
+        patch_spec(&c, &ns, "p", serde_json::json!({"paused": false})).await?;
+        etcd_cluster::wait(&c, &ns, "p", "the unpaused cluster", T, converged(1, NEW)).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn losing_a_majority_sets_quorum_lost_and_changes_nothing() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "quorum")
+        .await?
+        .run(|c, ns| async move {
+            etcd_cluster::create(&c, &ns, &manifest("q", 3, NEW)).await?;
+            let status = etcd_cluster::wait(&c, &ns, "q", "3 members", T, converged(3, NEW)).await?;
+            let ids: Vec<String> = status.members.iter().filter_map(|m| m.id.clone()).collect();
+            // Two of three members lose their pods (and, with emptyDir, their data) at once.
+            let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+            let victims: Vec<String> = status.members.iter().take(2).map(|m| m.name.clone()).collect();
+            for v in &victims {
+                pods.delete(
+                    v,
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            let status = etcd_cluster::wait(&c, &ns, "q", "QuorumLost", T, |_, s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == condition_types::QUORUM_LOST && c.status == "True")
+            })
+            .await?;
+            ensure!(
+                status.phase == Some(ouroboros_crds::ClusterPhase::QuorumLost),
+                "phase {:?}",
+                status.phase
+            );
+            let msg = &status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == condition_types::QUORUM_LOST)
+                .context("condition")?
+                .message;
+            ensure!(
+                msg.contains("EtcdRestore"),
+                "the condition does not say what to do: {msg}"
+            );
+            // For a while, nothing is changed: no new pod, and the membership (as etcd's survivor knows
+            // it) keeps the same three IDs.
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let live: Vec<String> = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            ensure!(
+                live.len() == 1 && !victims.contains(&live[0]),
+                "pods changed without quorum: {live:?}"
+            );
+            let survivor = &live[0];
+            let out = kubectl(&[
+                "-n",
+                &ns,
+                "exec",
+                survivor,
+                "-c",
+                "etcd",
+                "--",
+                "etcdctl",
+                "member",
+                "list",
+                "--consistency=s",
+                "-w",
+                "simple",
+            ])?;
+            ensure!(out.success, "member list on the survivor failed: {}", out.stderr);
+            for id in &ids {
+                ensure!(
+                    out.stdout.contains(id.as_str()),
+                    "member {id} was removed without quorum: {}",
+                    out.stdout
+                );
+            }
+            Ok(())
+        })
+        .await
+}
