@@ -36,9 +36,9 @@ lint: deps
 	@$(T) fmt cargo fmt --all --check
 	@$(T) clippy cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
-## unit: every test that needs no cluster (pure logic, CRD drift, request shapes, real etcd/MinIO processes).
+## unit: every test that needs no cluster (pure logic, CRD drift, HTTP endpoints, real etcd processes).
 unit: deps
-	@$(T) unit-tests cargo test --release --workspace --locked --exclude ouroboros-e2e
+	@$(T) unit-tests bash -c 'source <(e2e/cluster.sh env) && cargo test --release --workspace --locked --exclude ouroboros-e2e'
 
 images: build
 	@$(T) images e2e/scripts/images.sh build
