@@ -1,0 +1,258 @@
+//! One backup, end to end: etcd's snapshot stream → trailer check and revision scan → tar → parallel
+//! gzip → store, all overlapping, with bounded channels between the stages so memory does not grow
+//! with the database. Any failure aborts the upload; the manifest is written only after the archive is
+//! complete, so nothing incomplete ever looks like a backup.
+
+use etcd_client::Client;
+use tokio::sync::mpsc;
+
+use crate::{
+    archive::{FORMAT_VERSION, Manifest, ParallelGzWriter, TarStream},
+    bbolt::{RevisionError, RevisionScanner},
+    store::{Store, StoreError},
+    verify::{TRAILER, TrailerVerifier, VerifyError},
+};
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The EtcdBackup's name; part of the object names.
+    pub name: String,
+    /// The EtcdCluster's name.
+    pub cluster_name: String,
+    /// The member (pod) the snapshot comes from.
+    pub member: String,
+    /// gzip level 1–9.
+    pub compression_level: u32,
+    /// Compression threads.
+    pub workers: usize,
+}
+
+/// A stored backup.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The manifest written beside the archive.
+    pub manifest: Manifest,
+    /// The archive's location URL.
+    pub location: String,
+    /// The manifest's name in the store.
+    pub manifest_name: String,
+}
+
+/// Why a backup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The member did not answer.
+    #[error("etcd status from the member: {0}")]
+    Status(#[source] etcd_client::Error),
+    /// The snapshot stream failed (the member died or was cut off mid-stream).
+    #[error("etcd snapshot stream after {bytes} bytes: {source}")]
+    Stream {
+        /// Bytes received before the failure.
+        bytes: u64,
+        /// Cause.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// The snapshot was empty.
+    #[error("etcd sent an empty snapshot")]
+    Empty,
+    /// The trailer did not match.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The revision could not be read from the snapshot.
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
+    /// Compressing or archiving failed.
+    #[error("archiving: {0}")]
+    Archive(#[source] std::io::Error),
+    /// Storing failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Feeds a `Write` into a channel, for the compressor thread.
+struct ChannelWriter(mpsc::Sender<Vec<u8>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(buf.to_vec())
+            .map_err(|_| std::io::Error::other("the uploader stopped"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum ToCompressor {
+    Start(u64),
+    Data(Vec<u8>),
+    Finish(Vec<u8>),
+}
+
+/// The compressor thread: tar and gzip everything it is sent until `Finish`.
+fn compress(
+    mut rx: mpsc::Receiver<ToCompressor>,
+    out: mpsc::Sender<Vec<u8>>,
+    level: u32,
+    workers: usize,
+) -> std::io::Result<()> {
+    let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
+    let Some(ToCompressor::Start(size)) = rx.blocking_recv() else {
+        return Err(std::io::Error::other(
+            "backup aborted before the snapshot started",
+        ));
+    };
+    let mut tar = TarStream::start(
+        ParallelGzWriter::new(ChannelWriter(out), level, workers),
+        size,
+        mtime,
+    )?;
+    loop {
+        match rx.blocking_recv() {
+            Some(ToCompressor::Data(d)) => tar.snapshot_bytes(&d)?,
+            Some(ToCompressor::Finish(manifest)) => {
+                tar.finish(&manifest, mtime)?.finish()?;
+                return Ok(());
+            }
+            Some(ToCompressor::Start(_)) | None => return Err(std::io::Error::other("backup aborted")),
+        }
+    }
+}
+
+fn stamp(t: jiff::Timestamp) -> String {
+    t.strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// The manifest's object name: sorts by time, then by zero-padded revision.
+pub fn manifest_name(start: jiff::Timestamp, revision: u64, backup: &str) -> String {
+    format!("{}-r{revision:020}-{backup}.manifest.json", stamp(start))
+}
+
+/// Takes a backup from `etcd` (a client to exactly one member) into `store`.
+pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outcome, PipelineError> {
+    let start = jiff::Timestamp::now();
+    let status = etcd.status().await.map_err(PipelineError::Status)?;
+    let cluster_id = status
+        .header()
+        .map(|h| format!("{:x}", h.cluster_id()))
+        .unwrap_or_default();
+    let etcd_version = status.version().to_owned();
+    let archive_name = format!("{}-{}.tar.gz", stamp(start), req.name);
+    let mut upload = store.begin(&archive_name).await?;
+
+    let (to_compressor, from_feeder) = mpsc::channel::<ToCompressor>(64);
+    let (to_uploader, mut from_compressor) = mpsc::channel::<Vec<u8>>(4);
+    let (level, workers) = (req.compression_level, req.workers);
+    let compressor = tokio::task::spawn_blocking(move || compress(from_feeder, to_uploader, level, workers));
+
+    let feeder = async move {
+        let mut stream = etcd
+            .snapshot()
+            .await
+            .map_err(|source| PipelineError::Stream { bytes: 0, source })?;
+        let mut verifier = TrailerVerifier::new();
+        let mut scanner = RevisionScanner::new();
+        let mut started = false;
+        loop {
+            let msg = stream.message().await.map_err(|source| PipelineError::Stream {
+                bytes: verifier.total(),
+                source,
+            })?;
+            let Some(msg) = msg else { break };
+            let blob = msg.blob().to_vec();
+            if !started {
+                // The first message tells the database size: everything sent plus what remains.
+                let size = msg.remaining_bytes() + blob.len() as u64 + TRAILER as u64;
+                started = true;
+                if to_compressor.send(ToCompressor::Start(size)).await.is_err() {
+                    break;
+                }
+            }
+            verifier.update(&blob);
+            scanner.feed(&blob);
+            if to_compressor.send(ToCompressor::Data(blob)).await.is_err() {
+                break;
+            }
+        }
+        if !started {
+            return Err(PipelineError::Empty);
+        }
+        let raw_size = verifier.total();
+        let sha256 = verifier.finish()?;
+        let revision = scanner.revision()?;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            cluster_name: req.cluster_name.clone(),
+            cluster_id,
+            member: req.member.clone(),
+            etcd_version,
+            revision,
+            sha256,
+            raw_size,
+            compressed_size: None,
+            archive: None,
+            start_time: start.to_string(),
+            end_time: jiff::Timestamp::now().to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| PipelineError::Archive(e.into()))?;
+        // A closed channel here means the compressor failed; its own error is reported below.
+        let _ = to_compressor.send(ToCompressor::Finish(json)).await;
+        Ok::<_, PipelineError>(manifest)
+    };
+    let uploader = async {
+        let mut size = 0u64;
+        while let Some(block) = from_compressor.recv().await {
+            size += block.len() as u64;
+            upload.write(&block).await?;
+        }
+        Ok::<_, StoreError>(size)
+    };
+    let (fed, uploaded) = tokio::join!(feeder, uploader);
+    let compressed = compressor
+        .await
+        .map_err(|e| PipelineError::Archive(std::io::Error::other(e)));
+    let manifest = match (fed, uploaded, compressed) {
+        (Ok(m), Ok(size), Ok(Ok(()))) => Manifest {
+            compressed_size: Some(size),
+            ..m
+        },
+        (fed, uploaded, compressed) => {
+            upload.abort().await;
+            // The first real cause, in pipeline order.
+            fed?;
+            compressed?.map_err(PipelineError::Archive)?;
+            uploaded?;
+            return Err(PipelineError::Archive(std::io::Error::other("backup stopped")));
+        }
+    };
+    upload.complete().await?;
+    let manifest = Manifest {
+        archive: Some(archive_name.clone()),
+        ..manifest
+    };
+    let name = manifest_name(start, manifest.revision, &req.name);
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| PipelineError::Archive(e.into()))?;
+    store.put_small(&name, json).await?;
+    Ok(Outcome {
+        location: store.location(&archive_name),
+        manifest,
+        manifest_name: name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_names_sort_by_time_then_revision() {
+        let t: jiff::Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let a = manifest_name(t, 9, "b");
+        let b = manifest_name(t, 10, "b");
+        assert!(a < b, "{a} !< {b}");
+        assert_eq!(a, "20261121T100000Z-r00000000000000000009-b.manifest.json");
+    }
+}

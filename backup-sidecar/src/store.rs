@@ -1,0 +1,376 @@
+//! Where archives go: a directory (on a PVC) or an S3 bucket. An archive is uploaded as it is produced
+//! (S3: multipart, 8 MiB parts; directory: a temporary file renamed when complete), and the manifest is
+//! written last: a backup exists only once its manifest does. A failed upload is aborted, so nothing
+//! left behind can be taken for a complete backup.
+
+use std::path::PathBuf;
+
+use aws_sdk_s3::{
+    Client,
+    config::{BehaviorVersion, Credentials, Region},
+    primitives::ByteStream,
+    types::{CompletedMultipartUpload, CompletedPart},
+};
+use tokio::io::AsyncWriteExt;
+
+/// Bytes per S3 part (S3 requires at least 5 MiB for every part but the last).
+pub const PART_SIZE: usize = 8 << 20;
+
+/// Why storing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An S3 request failed.
+    #[error("S3 {action} s3://{bucket}/{key}: {message}")]
+    S3 {
+        /// What was attempted.
+        action: &'static str,
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The error, with the service's code when there is one.
+        message: String,
+    },
+}
+
+/// S3 connection settings.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix (ends with `/` or is empty).
+    pub prefix: String,
+    /// Endpoint for S3-compatible stores.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Path-style addressing.
+    pub force_path_style: bool,
+    /// Static credentials; `None` uses the default AWS chain.
+    pub credentials: Option<(String, String, Option<String>)>,
+}
+
+/// A destination.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// A directory.
+    Dir(PathBuf),
+    /// An S3 bucket.
+    S3 {
+        /// Client.
+        client: Client,
+        /// Settings.
+        config: S3Config,
+    },
+}
+
+fn s3_error<E: std::fmt::Display>(action: &'static str, bucket: &str, key: &str, e: E) -> StoreError {
+    StoreError::S3 {
+        action,
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn sdk_error<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    action: &'static str,
+    bucket: &str,
+    key: &str,
+    e: aws_sdk_s3::error::SdkError<E>,
+) -> StoreError {
+    // The service's code and message say what to fix ("NoSuchBucket", "InvalidAccessKeyId", ...);
+    // dispatch and timeout errors carry their own cause.
+    let message = match e.as_service_error() {
+        Some(se) => format!("{}: {}", se.code().unwrap_or("error"), se.message().unwrap_or("")),
+        None => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+    };
+    s3_error(action, bucket, key, message)
+}
+
+impl Store {
+    /// An S3 store; without static credentials the default AWS chain is used.
+    pub async fn s3(config: S3Config) -> Self {
+        let mut b = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(if config.region.is_empty() {
+                "us-east-1".to_owned()
+            } else {
+                config.region.clone()
+            }))
+            .force_path_style(config.force_path_style);
+        if let Some(ep) = &config.endpoint {
+            b = b.endpoint_url(ep.clone());
+        }
+        match &config.credentials {
+            Some((key, secret, token)) => {
+                b = b.credentials_provider(Credentials::new(
+                    key,
+                    secret,
+                    token.clone(),
+                    None,
+                    "ouroboros-secret",
+                ));
+            }
+            None => {
+                let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .load()
+                    .await;
+                if let Some(p) = shared.credentials_provider() {
+                    b = b.credentials_provider(p);
+                }
+            }
+        }
+        Store::S3 {
+            client: Client::from_conf(b.build()),
+            config,
+        }
+    }
+
+    /// Where `name` is, as a location URL for status (`s3://bucket/key` or `file://path`).
+    pub fn location(&self, name: &str) -> String {
+        match self {
+            Store::Dir(d) => format!("file://{}", d.join(name).display()),
+            Store::S3 { config, .. } => format!("s3://{}/{}{name}", config.bucket, config.prefix),
+        }
+    }
+
+    /// Starts writing the archive `name`.
+    pub async fn begin(&self, name: &str) -> Result<Upload, StoreError> {
+        match self {
+            Store::Dir(dir) => {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|source| StoreError::Io {
+                        action: "creating",
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                let tmp = dir.join(format!(".{name}.partial"));
+                let file = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(|source| StoreError::Io {
+                        action: "creating",
+                        path: tmp.display().to_string(),
+                        source,
+                    })?;
+                Ok(Upload::Dir {
+                    file,
+                    tmp,
+                    dest: dir.join(name),
+                })
+            }
+            Store::S3 { client, config } => {
+                let key = format!("{}{name}", config.prefix);
+                let out = client
+                    .create_multipart_upload()
+                    .bucket(&config.bucket)
+                    .key(&key)
+                    .content_type("application/gzip")
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("create multipart upload", &config.bucket, &key, e))?;
+                let upload_id = out.upload_id().unwrap_or_default().to_owned();
+                Ok(Upload::S3 {
+                    client: client.clone(),
+                    bucket: config.bucket.clone(),
+                    key,
+                    upload_id,
+                    parts: Vec::new(),
+                    buf: Vec::with_capacity(PART_SIZE),
+                })
+            }
+        }
+    }
+
+    /// Writes a small object (the manifest) in one request.
+    pub async fn put_small(&self, name: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Store::Dir(dir) => {
+                let tmp = dir.join(format!(".{name}.partial"));
+                let dest = dir.join(name);
+                let io = |action, path: &PathBuf| {
+                    let path = path.display().to_string();
+                    move |source| StoreError::Io { action, path, source }
+                };
+                let mut f = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(io("creating", &tmp))?;
+                f.write_all(&body).await.map_err(io("writing", &tmp))?;
+                f.sync_all().await.map_err(io("syncing", &tmp))?;
+                tokio::fs::rename(&tmp, &dest).await.map_err(io("renaming", &tmp))
+            }
+            Store::S3 { client, config } => {
+                let key = format!("{}{name}", config.prefix);
+                client
+                    .put_object()
+                    .bucket(&config.bucket)
+                    .key(&key)
+                    .content_type("application/json")
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| sdk_error("put", &config.bucket, &key, e))
+            }
+        }
+    }
+}
+
+/// An archive being written.
+#[derive(Debug)]
+pub enum Upload {
+    /// To a temporary file.
+    Dir {
+        /// Open temporary file.
+        file: tokio::fs::File,
+        /// Its path.
+        tmp: PathBuf,
+        /// Final path.
+        dest: PathBuf,
+    },
+    /// A multipart upload.
+    S3 {
+        /// Client.
+        client: Client,
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload ID.
+        upload_id: String,
+        /// Parts done.
+        parts: Vec<CompletedPart>,
+        /// Bytes not yet sent.
+        buf: Vec<u8>,
+    },
+}
+
+impl Upload {
+    async fn send_part(&mut self) -> Result<(), StoreError> {
+        let Upload::S3 {
+            client,
+            bucket,
+            key,
+            upload_id,
+            parts,
+            buf,
+        } = self
+        else {
+            return Ok(());
+        };
+        let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
+        let body = std::mem::replace(buf, Vec::with_capacity(PART_SIZE));
+        let out = client
+            .upload_part()
+            .bucket(bucket.as_str())
+            .key(key.as_str())
+            .upload_id(upload_id.as_str())
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| sdk_error("upload part", bucket, key, e))?;
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Appends archive bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Upload::Dir { file, tmp, .. } => file.write_all(data).await.map_err(|source| StoreError::Io {
+                action: "writing",
+                path: tmp.display().to_string(),
+                source,
+            }),
+            Upload::S3 { buf, .. } => {
+                buf.extend_from_slice(data);
+                if buf.len() >= PART_SIZE {
+                    self.send_part().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the archive visible under its final name.
+    pub async fn complete(mut self) -> Result<(), StoreError> {
+        if let Upload::S3 { buf, parts, .. } = &self
+            && (!buf.is_empty() || parts.is_empty())
+        {
+            self.send_part().await?;
+        }
+        match self {
+            Upload::Dir { file, tmp, dest } => {
+                let io = |action: &'static str, p: &PathBuf| {
+                    let path = p.display().to_string();
+                    move |source| StoreError::Io { action, path, source }
+                };
+                file.sync_all().await.map_err(io("syncing", &tmp))?;
+                drop(file);
+                tokio::fs::rename(&tmp, &dest).await.map_err(io("renaming", &tmp))
+            }
+            Upload::S3 {
+                client,
+                bucket,
+                key,
+                upload_id,
+                parts,
+                ..
+            } => client
+                .complete_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| sdk_error("complete multipart upload", &bucket, &key, e)),
+        }
+    }
+
+    /// Throws the partial archive away.
+    pub async fn abort(self) {
+        match self {
+            Upload::Dir { file, tmp, .. } => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            Upload::S3 {
+                client,
+                bucket,
+                key,
+                upload_id,
+                ..
+            } => {
+                if let Err(e) = client
+                    .abort_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await
+                {
+                    tracing::warn!(%bucket, %key, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "aborting the multipart upload failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The whole sidecar pipeline against real etcd and MinIO processes: the archive restores with plain
+//! `etcdutl snapshot restore` to exactly the keys written, and failures leave nothing behind that could
+//! pass for a backup.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{collections::BTreeMap, io::Read, process::Command};
+
+use aws_sdk_s3::Client as S3;
+use common::*;
+use ouroboros_backup_sidecar::{
+    archive::{MANIFEST_ENTRY, Manifest, SNAPSHOT_ENTRY},
+    pipeline::{self, PipelineError, Request},
+    store::{S3Config, Store},
+};
+
+fn request(name: &str) -> Request {
+    Request {
+        name: name.into(),
+        cluster_name: "test".into(),
+        member: "m0".into(),
+        compression_level: 1,
+        workers: 2,
+    }
+}
+
+async fn fill(c: &mut etcd_client::Client) -> BTreeMap<String, Vec<u8>> {
+    let mut written = BTreeMap::new();
+    for i in 0..3000u32 {
+        let key = format!("/registry/things/{:05}", i % 1200);
+        let value = if i % 50 == 0 {
+            vec![(i % 251) as u8; 30_000]
+        } else {
+            format!("{{\"n\":{i}}}").into_bytes()
+        };
+        c.put(key.clone(), value.clone(), None).await.unwrap();
+        written.insert(key, value);
+    }
+    c.delete("/registry/things/00007", None).await.unwrap();
+    written.remove("/registry/things/00007");
+    written
+}
+
+fn s3_config(minio: &Proc, bucket: &str, user: &str) -> S3Config {
+    S3Config {
+        bucket: bucket.into(),
+        prefix: "ns/cluster/".into(),
+        endpoint: Some(minio.endpoint.clone()),
+        region: "us-east-1".into(),
+        force_path_style: true,
+        credentials: Some((user.into(), MINIO_PASSWORD.into(), None)),
+    }
+}
+
+async fn raw_client(minio: &Proc) -> S3 {
+    match Store::s3(s3_config(minio, "x", MINIO_USER)).await {
+        Store::S3 { client, .. } => client,
+        Store::Dir(_) => unreachable!(),
+    }
+}
+
+/// Restores `snapshot` with etcdutl, starts etcd on it and reads every key back.
+async fn restore_and_read(snapshot: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let dir = temp_dir("restore");
+    let file = dir.join("snapshot.db");
+    std::fs::write(&file, snapshot).unwrap();
+    let data = dir.join("data");
+    let peer = free_port();
+    let out = Command::new(etcd_bin("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(&file)
+        .args(["--data-dir"])
+        .arg(&data)
+        .args([
+            "--name",
+            "restored",
+            "--initial-cluster",
+            &format!("restored=http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdutl snapshot restore refused the archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etcd = start_etcd_on("restored", data);
+    let mut c = connect(&etcd.endpoint).await;
+    let resp = c
+        .get("/registry/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_owned(), kv.value().to_vec()))
+        .collect()
+}
+
+fn untar(archive: &[u8]) -> (Vec<u8>, Manifest) {
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(archive));
+    let (mut snap, mut manifest) = (Vec::new(), Vec::new());
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        match e.path().unwrap().to_string_lossy().as_ref() {
+            SNAPSHOT_ENTRY => e.read_to_end(&mut snap).unwrap(),
+            MANIFEST_ENTRY => e.read_to_end(&mut manifest).unwrap(),
+            other => panic!("unexpected entry {other}"),
+        };
+    }
+    (snap, serde_json::from_slice(&manifest).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_to_minio_restores_to_exactly_the_written_keys() {
+    let etcd = start_etcd("src");
+    let mut c = connect(&etcd.endpoint).await;
+    let written = fill(&mut c).await;
+    let last_revision = c.get("x", None).await.unwrap().header().unwrap().revision() as u64;
+
+    let minio = start_minio().await;
+    let s3 = raw_client(&minio).await;
+    s3.create_bucket().bucket("backups").send().await.unwrap();
+    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let outcome = pipeline::run(&mut c, &store, &request("b1")).await.unwrap();
+    assert_eq!(
+        outcome.manifest.revision, last_revision,
+        "the manifest's revision is the snapshot's own"
+    );
+    assert!(
+        outcome.location.starts_with("s3://backups/ns/cluster/"),
+        "{}",
+        outcome.location
+    );
+
+    // Exactly two objects: the archive and, last, its manifest.
+    let listed = s3
+        .list_objects_v2()
+        .bucket("backups")
+        .prefix("ns/cluster/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let manifest_key = format!("ns/cluster/{}", outcome.manifest_name);
+    assert!(keys.contains(&manifest_key), "{keys:?}");
+    let archive_key = format!("ns/cluster/{}", outcome.manifest.archive.clone().unwrap());
+    let body = s3
+        .get_object()
+        .bucket("backups")
+        .key(&archive_key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(body.len() as u64, outcome.manifest.compressed_size.unwrap());
+    let (snapshot, inner) = untar(&body);
+    assert_eq!(snapshot.len() as u64, inner.raw_size);
+    assert_eq!(inner.sha256, outcome.manifest.sha256);
+    assert_eq!(inner.revision, outcome.manifest.revision);
+
+    let restored = restore_and_read(&snapshot).await;
+    assert_eq!(restored.len(), written.len(), "key count after restore");
+    assert!(restored == written, "restored keys differ from the written ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_to_a_directory_is_readable_with_plain_tar() {
+    let etcd = start_etcd("dir");
+    let mut c = connect(&etcd.endpoint).await;
+    let written = fill(&mut c).await;
+    let dir = temp_dir("store");
+    let outcome = pipeline::run(&mut c, &Store::Dir(dir.clone()), &request("d1"))
+        .await
+        .unwrap();
+    let archive = dir.join(outcome.manifest.archive.clone().unwrap());
+    assert!(dir.join(&outcome.manifest_name).exists(), "manifest missing");
+    let out_dir = temp_dir("untar");
+    let st = Command::new("tar")
+        .arg("xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&out_dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar xzf failed on the archive");
+    let snapshot = std::fs::read(out_dir.join(SNAPSHOT_ENTRY)).unwrap();
+    assert_eq!(restore_and_read(&snapshot).await, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_and_missing_buckets_fail_clearly_and_leave_nothing() {
+    let etcd = start_etcd("bad");
+    let mut c = connect(&etcd.endpoint).await;
+    fill(&mut c).await;
+    let minio = start_minio().await;
+    let s3 = raw_client(&minio).await;
+    s3.create_bucket().bucket("backups").send().await.unwrap();
+
+    let wrong = Store::s3(s3_config(&minio, "backups", "nobody")).await;
+    let err = pipeline::run(&mut c, &wrong, &request("w1")).await.unwrap_err();
+    assert!(matches!(err, PipelineError::Store(_)), "{err}");
+    assert!(
+        err.to_string().contains("InvalidAccessKeyId"),
+        "unclear error: {err}"
+    );
+
+    let missing = Store::s3(s3_config(&minio, "no-such-bucket", MINIO_USER)).await;
+    let err = pipeline::run(&mut c, &missing, &request("m1")).await.unwrap_err();
+    assert!(err.to_string().contains("NoSuchBucket"), "unclear error: {err}");
+
+    let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
+    assert!(
+        listed.contents().is_empty(),
+        "a failed backup left objects: {:?}",
+        listed.contents()
+    );
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket("backups")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "a failed backup left a multipart upload"
+    );
+}
