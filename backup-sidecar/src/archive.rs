@@ -12,7 +12,7 @@ use std::{
 };
 
 use flate2::{Compression, write::GzEncoder};
-use serde::{Deserialize, Serialize};
+pub use ouroboros_crds::sidecar::Manifest;
 
 /// Name of the snapshot inside the archive.
 pub const SNAPSHOT_ENTRY: &str = "snapshot.db";
@@ -22,38 +22,6 @@ pub const MANIFEST_ENTRY: &str = "manifest.json";
 pub const FORMAT_VERSION: u32 = 1;
 /// Uncompressed bytes per gzip member.
 pub const CHUNK: usize = 4 << 20;
-
-/// What a backup contains, written into the archive and (with the compressed size) beside it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    /// Manifest format version.
-    pub format_version: u32,
-    /// EtcdCluster name.
-    pub cluster_name: String,
-    /// etcd cluster ID, hex.
-    pub cluster_id: String,
-    /// Member the snapshot came from.
-    pub member: String,
-    /// etcd version of that member.
-    pub etcd_version: String,
-    /// The snapshot's own revision, read from its bytes.
-    pub revision: u64,
-    /// sha256 of the database, hex (etcd's trailer).
-    pub sha256: String,
-    /// Bytes of the snapshot entry (database plus trailer).
-    pub raw_size: u64,
-    /// Bytes of the stored archive; absent inside the archive itself, which cannot know it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compressed_size: Option<u64>,
-    /// Archive object key or path, relative to the destination; absent inside the archive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive: Option<String>,
-    /// When the snapshot started (RFC 3339).
-    pub start_time: String,
-    /// When the archive was complete (RFC 3339).
-    pub end_time: String,
-}
 
 /// Compresses written bytes in [`CHUNK`]s on `workers` threads, writing the gzip members to `inner`
 /// in order. At most `2 × workers` chunks are in flight.

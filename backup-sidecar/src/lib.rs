@@ -2,6 +2,7 @@
 //! own revision as the bytes stream past. The archive writer, the stores and the HTTP API that the
 //! operator calls are the rest of the backup issue.
 
+pub mod api;
 pub mod archive;
 pub mod bbolt;
 pub mod pipeline;

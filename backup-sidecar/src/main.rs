@@ -1,10 +1,10 @@
-//! `etcd-backup-sidecar`: runs beside each etcd member. Until the backup pipeline lands it only
-//! serves `/healthz`, so member pods already carry it and the operator can rely on its address.
+//! `etcd-backup-sidecar`: runs beside each etcd member and takes backups of it when the operator asks
+//! (see `api`): snapshot → verified tar.gz → S3 or a directory, manifest last.
 
 use std::net::SocketAddr;
 
-use axum::{Router, routing::get};
 use clap::Parser;
+use ouroboros_backup_sidecar::api::{Api, router};
 
 /// The backup sidecar of an Ouroboros etcd member.
 #[derive(Debug, Parser)]
@@ -13,18 +13,30 @@ struct Args {
     /// Address of the sidecar's HTTP API.
     #[arg(long, env = "OUROBOROS_SIDECAR_ADDR", default_value = "0.0.0.0:8090")]
     listen: SocketAddr,
+    /// Client URL of the member this sidecar backs up.
+    #[arg(
+        long,
+        env = "OUROBOROS_ETCD_ENDPOINT",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_endpoint: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Both rustls providers are compiled into the workspace; pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .init();
-    let app = Router::new().route("/healthz", get(|| async { "ok" }));
+    let api = Api {
+        etcd_endpoint: args.etcd_endpoint.clone(),
+        jobs: Default::default(),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(addr = %args.listen, "backup sidecar idle: serving /healthz only");
-    axum::serve(listener, app)
+    tracing::info!(addr = %args.listen, etcd = %args.etcd_endpoint, "backup sidecar serving");
+    axum::serve(listener, router(api))
         .with_graceful_shutdown(async {
             // The kubelet stops containers with SIGTERM; without this the pod waits out its grace period.
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

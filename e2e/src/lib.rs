@@ -15,6 +15,8 @@ use kube::{
 
 /// A client for the cluster under test.
 pub async fn client() -> anyhow::Result<Client> {
+    // Both rustls providers are compiled into the workspace; pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::try_default()
         .await
         .context("KUBECONFIG must point at the e2e cluster (source <(e2e/cluster.sh env))")

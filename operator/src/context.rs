@@ -44,6 +44,8 @@ pub struct Context {
     pub config: OperatorConfig,
     /// etcd access, with cached connections.
     pub etcd: Arc<dyn EtcdOps>,
+    /// Member sidecars.
+    pub sidecar: crate::sidecar::SidecarClient,
 }
 
 impl std::fmt::Debug for Context {
@@ -73,6 +75,7 @@ impl Context {
             metrics,
             config,
             etcd: EtcdClients::new(),
+            sidecar: Default::default(),
         }
     }
 }

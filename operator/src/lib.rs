@@ -10,6 +10,7 @@ pub mod failpoints;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod sidecar;
 pub mod telemetry;
 
 /// The one field manager every server-side apply of the operator uses.

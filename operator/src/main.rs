@@ -18,6 +18,9 @@ use ouroboros_operator::{
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    // kube pulls in rustls with ring, aws-sdk-s3 (in the same workspace) with aws-lc-rs; with both
+    // compiled in, rustls cannot choose, so choose once here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting etcd-operator");
 
     let client = kube::Client::try_default()

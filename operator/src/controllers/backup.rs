@@ -1,34 +1,449 @@
-//! The EtcdBackup controller. It observes and logs only, until its lifecycle is implemented.
+//! The EtcdBackup controller: picks a healthy member (a follower when there is one), asks its sidecar
+//! to take the backup, and polls it; the reconcile never waits on the upload. One backup per cluster
+//! runs at a time. Succeeded and Failed are terminal.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use kube::{ResourceExt, runtime::controller::Action};
-use ouroboros_crds::EtcdBackup;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use ouroboros_crds::{
+    BackupDestination, BackupPhase, BackupReference, EtcdBackup, EtcdBackupStatus, EtcdCluster,
+    sidecar::{Job, JobDestination, JobState},
+};
 
 use super::ReportedError;
-use crate::context::Context;
+use crate::{context::Context, controllers::cluster::resources::SIDECAR_PORT, sidecar::SidecarError};
 
-/// Why a EtcdBackup reconcile failed.
+/// How long a backup may run before it is declared failed.
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Field manager for the cluster's `lastSuccessfulBackup`, separate from the cluster controller's.
+const BACKUP_STATUS_MANAGER: &str = "ouroboros-operator-backups";
+
+/// Why an EtcdBackup reconcile failed (transiently: it is retried).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {}
+pub enum Error {
+    /// A Kubernetes call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was attempted.
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+}
 
 impl ReportedError for Error {
     fn metric_label(&self) -> &'static str {
-        match *self {}
+        match self {
+            Error::Kube { .. } => "kubernetes",
+        }
     }
     fn is_permanent(&self) -> bool {
-        match *self {}
+        match self {
+            Error::Kube { .. } => false,
+        }
     }
 }
 
-/// Logs what was observed; changes nothing.
-pub async fn reconcile(obj: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// One pass for one EtcdBackup.
+pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile("etcdbackup");
-    tracing::info!(
-        namespace = %obj.namespace().unwrap_or_default(),
-        name = %obj.name_any(),
-        generation = obj.metadata.generation.unwrap_or_default(),
-        "observed EtcdBackup"
-    );
+    match b.status.as_ref().and_then(|s| s.phase) {
+        Some(p) if p.is_terminal() => Ok(Action::await_change()),
+        Some(BackupPhase::Running) => poll(&b, &ctx).await,
+        Some(BackupPhase::Pending) | Some(_) | None => start(&b, &ctx).await,
+    }
+}
+
+async fn write_status(ctx: &Context, b: &EtcdBackup, status: &EtcdBackupStatus) -> Result<(), Error> {
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": EtcdBackup::api_version(&()), "kind": EtcdBackup::kind(&()), "status": status,
+    });
+    api.patch_status(
+        &b.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(kube_err("writing EtcdBackup status"))
+}
+
+async fn event(ctx: &Context, b: &EtcdBackup, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &b.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an Event failed");
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+async fn pending(ctx: &Context, b: &EtcdBackup, reason: String, retry: u64) -> Result<Action, Error> {
+    let current = b.status.clone().unwrap_or_default();
+    if current.phase != Some(BackupPhase::Pending) || current.reason.as_deref() != Some(reason.as_str()) {
+        let status = EtcdBackupStatus {
+            phase: Some(BackupPhase::Pending),
+            reason: Some(reason),
+            ..current
+        };
+        write_status(ctx, b, &status).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(retry)))
+}
+
+async fn fail(ctx: &Context, b: &EtcdBackup, reason: String) -> Result<Action, Error> {
+    let current = b.status.clone().unwrap_or_default();
+    let status = EtcdBackupStatus {
+        phase: Some(BackupPhase::Failed),
+        reason: Some(reason.clone()),
+        location: None,
+        completion_time: Some(now()),
+        ..current
+    };
+    write_status(ctx, b, &status).await?;
+    event(ctx, b, EventType::Warning, "BackupFailed", reason).await;
     Ok(Action::await_change())
+}
+
+/// The S3 destination with the credentials from its Secret, or why there is none.
+async fn resolve(
+    ctx: &Context,
+    b: &EtcdBackup,
+    cluster: &EtcdCluster,
+) -> Result<Result<JobDestination, String>, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let dest = b
+        .spec
+        .destination
+        .clone()
+        .or_else(|| cluster.spec.backup.as_ref().and_then(|p| p.destination.clone()));
+    let s3 = match dest {
+        Some(BackupDestination { s3: Some(s3), .. }) => s3,
+        Some(BackupDestination { volume: Some(_), .. }) => {
+            return Ok(Err(
+                "volume destinations are not implemented yet; use an s3 destination".into(),
+            ));
+        }
+        _ => {
+            return Ok(Err(format!(
+                "no destination: set spec.destination, or spec.backup.destination on EtcdCluster {}",
+                cluster.name_any()
+            )));
+        }
+    };
+    let credentials = match &s3.credentials_secret {
+        None => None,
+        Some(name) => {
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(name)
+                .await
+                .map_err(kube_err("reading the credentials Secret"))?;
+            let Some(secret) = secret else {
+                return Ok(Err(format!("credentials Secret {ns}/{name} does not exist")));
+            };
+            let data = secret.data.unwrap_or_default();
+            let key = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+            match (key("AWS_ACCESS_KEY_ID"), key("AWS_SECRET_ACCESS_KEY")) {
+                (Some(id), Some(secret)) => Some((id, secret, key("AWS_SESSION_TOKEN"))),
+                _ => {
+                    return Ok(Err(format!(
+                        "credentials Secret {ns}/{name} must have AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    )));
+                }
+            }
+        }
+    };
+    let mut prefix = s3.prefix.clone();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    prefix.push_str(&format!("{ns}/{}/", cluster.name_any()));
+    Ok(Ok(JobDestination::S3 {
+        bucket: s3.bucket,
+        prefix,
+        endpoint: s3.endpoint,
+        region: s3.region,
+        force_path_style: s3.force_path_style,
+        credentials,
+    }))
+}
+
+async fn pod_addr(ctx: &Context, ns: &str, member: &str) -> Result<Option<String>, Error> {
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .get_opt(member)
+        .await
+        .map_err(kube_err("reading the member pod"))?;
+    Ok(pod
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .and_then(|p| p.status.and_then(|s| s.pod_ip))
+        .map(|ip| format!("{ip}:{SIDECAR_PORT}")))
+}
+
+async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let cluster_name = &b.spec.cluster_name;
+    let cluster = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    let Some(cluster) = cluster else {
+        return pending(
+            ctx,
+            b,
+            format!("EtcdCluster {ns}/{cluster_name} does not exist"),
+            15,
+        )
+        .await;
+    };
+    if cluster.spec.tls.is_some() {
+        return fail(
+            ctx,
+            b,
+            "backups of TLS clusters are not implemented yet (the sidecar has no client certificate)".into(),
+        )
+        .await;
+    }
+    let destination = match resolve(ctx, b, &cluster).await? {
+        Ok(d) => d,
+        Err(why) => return fail(ctx, b, why).await,
+    };
+    // One backup per cluster at a time.
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    if let Some(other) = backups.items.iter().find(|o| {
+        o.uid() != b.uid()
+            && o.spec.cluster_name == *cluster_name
+            && o.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Running)
+    }) {
+        return pending(
+            ctx,
+            b,
+            format!(
+                "waiting for EtcdBackup {} of the same cluster to finish",
+                other.name_any()
+            ),
+            5,
+        )
+        .await;
+    }
+    // A healthy voter, a follower when there is one: the leader has enough to do.
+    let mut candidates: Vec<_> = cluster
+        .status
+        .as_ref()
+        .map(|s| {
+            s.members
+                .iter()
+                .filter(|m| m.healthy && !m.is_learner)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort_by_key(|m| m.is_leader);
+    let Some(member) = candidates.first() else {
+        return pending(
+            ctx,
+            b,
+            format!("no healthy member of {cluster_name} to back up from"),
+            10,
+        )
+        .await;
+    };
+    let Some(addr) = pod_addr(ctx, &ns, &member.name).await? else {
+        return pending(ctx, b, format!("member {} has no pod IP yet", member.name), 5).await;
+    };
+    let job = Job {
+        id: b.uid().unwrap_or_default(),
+        name: b.name_any(),
+        cluster_name: cluster_name.clone(),
+        member: member.name.clone(),
+        destination,
+        compression_level: cluster
+            .spec
+            .backup
+            .as_ref()
+            .map_or(1, |p| u32::try_from(p.compression_level).unwrap_or(1)),
+    };
+    match ctx.sidecar.start(&addr, &job).await {
+        Ok(()) => {
+            let status = EtcdBackupStatus {
+                phase: Some(BackupPhase::Running),
+                reason: Some(format!("streaming a snapshot of {}", member.name)),
+                member: Some(member.name.clone()),
+                start_time: Some(now()),
+                ..b.status.clone().unwrap_or_default()
+            };
+            write_status(ctx, b, &status).await?;
+            event(
+                ctx,
+                b,
+                EventType::Normal,
+                "BackupStarted",
+                format!("backing up from member {}", member.name),
+            )
+            .await;
+            Ok(Action::requeue(Duration::from_secs(2)))
+        }
+        Err(e @ (SidecarError::Busy(_) | SidecarError::Unreachable(..))) => {
+            pending(ctx, b, e.to_string(), 5).await
+        }
+        Err(e) => fail(ctx, b, e.to_string()).await,
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", units[u])
+    }
+}
+
+async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let current = b.status.clone().unwrap_or_default();
+    let member = current.member.clone().unwrap_or_default();
+    let started = current
+        .start_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let overdue = started.is_some_and(|t| {
+        jiff::Timestamp::now().duration_since(t)
+            > jiff::SignedDuration::try_from(BACKUP_TIMEOUT).unwrap_or_default()
+    });
+    let Some(addr) = pod_addr(ctx, &ns, &member).await? else {
+        return fail(
+            ctx,
+            b,
+            format!("member pod {member} went away during the backup; nothing was committed"),
+        )
+        .await;
+    };
+    match ctx.sidecar.state(&addr, &b.uid().unwrap_or_default()).await {
+        Ok(JobState::Running) if overdue => {
+            fail(
+                ctx,
+                b,
+                format!("timed out after {} minutes", BACKUP_TIMEOUT.as_secs() / 60),
+            )
+            .await
+        }
+        Ok(JobState::Running) => Ok(Action::requeue(Duration::from_secs(2))),
+        Ok(JobState::Failed { reason }) => fail(ctx, b, reason).await,
+        Ok(JobState::Succeeded { manifest, location }) => {
+            let completion = now();
+            let status = EtcdBackupStatus {
+                phase: Some(BackupPhase::Succeeded),
+                reason: Some("stored and verified".into()),
+                location: Some(location.clone()),
+                raw_size: i64::try_from(manifest.raw_size).ok(),
+                compressed_size: manifest.compressed_size.and_then(|s| i64::try_from(s).ok()),
+                size: manifest.compressed_size.map(human),
+                sha256: Some(manifest.sha256.clone()),
+                revision: i64::try_from(manifest.revision).ok(),
+                etcd_version: Some(manifest.etcd_version.clone()),
+                completion_time: Some(completion.clone()),
+                ..current
+            };
+            write_status(ctx, b, &status).await?;
+            record_on_cluster(ctx, b, &location, manifest.revision, &completion).await?;
+            event(
+                ctx,
+                b,
+                EventType::Normal,
+                "BackupSucceeded",
+                format!(
+                    "revision {} stored at {location} ({})",
+                    manifest.revision,
+                    manifest.compressed_size.map(human).unwrap_or_default()
+                ),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(SidecarError::UnknownJob(_)) => {
+            fail(
+                ctx,
+                b,
+                format!("the sidecar on {member} restarted during the backup; nothing was committed"),
+            )
+            .await
+        }
+        Err(e) if overdue => fail(ctx, b, e.to_string()).await,
+        Err(_) => Ok(Action::requeue(Duration::from_secs(5))),
+    }
+}
+
+/// Sets the cluster's `lastSuccessfulBackup` when this backup is newer than the one recorded.
+async fn record_on_cluster(
+    ctx: &Context,
+    b: &EtcdBackup,
+    location: &str,
+    revision: u64,
+    completion: &str,
+) -> Result<(), Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cluster) = api
+        .get_opt(&b.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?
+    else {
+        return Ok(());
+    };
+    let newer = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.last_successful_backup.as_ref())
+        .is_none_or(|last| i64::try_from(revision).unwrap_or(0) >= last.revision);
+    if !newer {
+        return Ok(());
+    }
+    let reference = BackupReference {
+        name: b.name_any(),
+        location: location.to_owned(),
+        revision: i64::try_from(revision).unwrap_or(0),
+        completion_time: completion.to_owned(),
+    };
+    let patch = serde_json::json!({
+        "apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()),
+        "status": {"lastSuccessfulBackup": reference},
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(BACKUP_STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(kube_err("recording the backup on the EtcdCluster"))
 }

@@ -117,6 +117,9 @@ pub fn compute(
             .map(ToString::to_string)
             .or(previous.current_version),
         conditions,
+        // Written by the backup controller under its own field manager; leaving it out here keeps
+        // this apply from ever removing it.
+        last_successful_backup: None,
         ..previous
     }
 }

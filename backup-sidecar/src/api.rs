@@ -1,0 +1,126 @@
+//! The sidecar's HTTP API, called by the operator:
+//!
+//! - `POST /v1/backups` with a [`Job`] starts a backup of this member in the background (202), or
+//!   answers 409 while another one runs;
+//! - `GET /v1/backups/{id}` reports it: [`JobState`]; 404 means this sidecar never saw the job (it
+//!   restarted), so the backup is lost and its upload was never committed.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use tokio::sync::Mutex;
+
+pub use ouroboros_crds::sidecar::{Job, JobDestination, JobState};
+
+use crate::{
+    pipeline::{self, Request},
+    store::{S3Config, Store},
+};
+
+/// The sidecar's state.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Client URL of this member (`http://127.0.0.1:2379`).
+    pub etcd_endpoint: String,
+    /// Jobs by ID.
+    pub jobs: Arc<Mutex<HashMap<String, JobState>>>,
+}
+
+/// The routes.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/backups", post(start))
+        .route("/v1/backups/{id}", get(state))
+        .with_state(api)
+}
+
+async fn state(State(api): State<Api>, Path(id): Path<String>) -> impl IntoResponse {
+    match api.jobs.lock().await.get(&id) {
+        Some(s) => (StatusCode::OK, Json(serde_json::to_value(s).unwrap_or_default())),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no such backup on this sidecar"})),
+        ),
+    }
+}
+
+async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoResponse {
+    {
+        let mut jobs = api.jobs.lock().await;
+        if let Some(existing) = jobs.get(&job.id) {
+            // Idempotent: the operator may repeat a request after a restart of its own.
+            return (
+                StatusCode::ACCEPTED,
+                Json(serde_json::to_value(existing).unwrap_or_default()),
+            );
+        }
+        if jobs.values().any(|s| matches!(s, JobState::Running)) {
+            return (
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({"error": "another backup is running"})),
+            );
+        }
+        jobs.insert(job.id.clone(), JobState::Running);
+    }
+    let id = job.id.clone();
+    tokio::spawn(async move {
+        let result = run(&api.etcd_endpoint, &job).await;
+        let state = match result {
+            Ok(outcome) => JobState::Succeeded {
+                manifest: Box::new(outcome.manifest),
+                location: outcome.location,
+            },
+            Err(reason) => JobState::Failed { reason },
+        };
+        tracing::info!(backup = %job.name, state = ?state, "backup finished");
+        api.jobs.lock().await.insert(job.id.clone(), state);
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"id": id, "phase": "Running"})),
+    )
+}
+
+async fn run(endpoint: &str, job: &Job) -> Result<pipeline::Outcome, String> {
+    let store = match &job.destination {
+        JobDestination::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            force_path_style,
+            credentials,
+        } => {
+            Store::s3(S3Config {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+                endpoint: endpoint.clone(),
+                region: region.clone(),
+                force_path_style: *force_path_style,
+                credentials: credentials.clone(),
+            })
+            .await
+        }
+        JobDestination::Dir { path } => Store::Dir(path.into()),
+    };
+    let mut client = etcd_client::Client::connect([endpoint], None)
+        .await
+        .map_err(|e| format!("connecting to the local member at {endpoint}: {e}"))?;
+    let req = Request {
+        name: job.name.clone(),
+        cluster_name: job.cluster_name.clone(),
+        member: job.member.clone(),
+        compression_level: job.compression_level,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
+    };
+    pipeline::run(&mut client, &store, &req)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,100 @@
+//! The wire protocol between the operator and the backup sidecar, and the backup manifest format.
+//! Shared here so both sides compile against one definition.
+
+use serde::{Deserialize, Serialize};
+
+/// What a backup contains, written into the archive and (with the compressed size) beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format_version: u32,
+    /// EtcdCluster name.
+    pub cluster_name: String,
+    /// etcd cluster ID, hex.
+    pub cluster_id: String,
+    /// Member the snapshot came from.
+    pub member: String,
+    /// etcd version of that member.
+    pub etcd_version: String,
+    /// The snapshot's own revision, read from its bytes.
+    pub revision: u64,
+    /// sha256 of the database, hex (etcd's trailer).
+    pub sha256: String,
+    /// Bytes of the snapshot entry (database plus trailer).
+    pub raw_size: u64,
+    /// Bytes of the stored archive; absent inside the archive itself, which cannot know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_size: Option<u64>,
+    /// Archive object key or path, relative to the destination; absent inside the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// When the snapshot started (RFC 3339).
+    pub start_time: String,
+    /// When the archive was complete (RFC 3339).
+    pub end_time: String,
+}
+
+/// Where a job writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum JobDestination {
+    /// An S3 bucket.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix (ends with `/` or is empty).
+        prefix: String,
+        /// Endpoint for S3-compatible stores.
+        endpoint: Option<String>,
+        /// Region.
+        region: String,
+        /// Path-style addressing.
+        force_path_style: bool,
+        /// Static credentials (access key, secret, session token); none uses the default chain.
+        credentials: Option<(String, String, Option<String>)>,
+    },
+    /// A directory in the sidecar's filesystem (a mounted PVC).
+    Dir {
+        /// The directory.
+        path: String,
+    },
+}
+
+/// A backup the operator asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    /// Unique ID (the EtcdBackup's UID).
+    pub id: String,
+    /// The EtcdBackup's name.
+    pub name: String,
+    /// The EtcdCluster's name.
+    pub cluster_name: String,
+    /// This member's name.
+    pub member: String,
+    /// Destination.
+    pub destination: JobDestination,
+    /// gzip level 1–9.
+    pub compression_level: u32,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "phase")]
+pub enum JobState {
+    /// Streaming.
+    Running,
+    /// Stored and verified.
+    Succeeded {
+        /// The manifest.
+        manifest: Box<Manifest>,
+        /// The archive's location.
+        location: String,
+    },
+    /// Failed; nothing was committed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}

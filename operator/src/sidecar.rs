@@ -1,0 +1,98 @@
+//! Talking to a member's backup sidecar over its pod IP (see `ouroboros_crds::sidecar` for the wire
+//! format). Requests are short; the backup itself runs in the sidecar and is polled.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use ouroboros_crds::sidecar::{Job, JobState};
+
+/// How long one request to a sidecar may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a sidecar request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// No answer (pod gone, container restarting, network).
+    #[error("sidecar at {0} did not answer: {1}")]
+    Unreachable(String, String),
+    /// Another backup is running there.
+    #[error("sidecar at {0} is busy with another backup")]
+    Busy(String),
+    /// The sidecar does not know the job: it restarted since the job started.
+    #[error("sidecar at {0} does not know this backup (it restarted)")]
+    UnknownJob(String),
+    /// An answer we did not expect.
+    #[error("sidecar at {0} answered {1}: {2}")]
+    Unexpected(String, u16, String),
+}
+
+/// A client for sidecars.
+#[derive(Clone, Debug)]
+pub struct SidecarClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for SidecarClient {
+    fn default() -> Self {
+        Self {
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl SidecarClient {
+    async fn call(&self, req: http::Request<Full<Bytes>>, addr: &str) -> Result<(u16, Bytes), SidecarError> {
+        let unreachable = |e: String| SidecarError::Unreachable(addr.to_owned(), e);
+        let resp = tokio::time::timeout(TIMEOUT, self.http.request(req))
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| unreachable("timed out reading the answer".into()))?
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// Starts `job` on the sidecar at `addr` (`ip:port`). Repeating a started job is harmless.
+    pub async fn start(&self, addr: &str, job: &Job) -> Result<(), SidecarError> {
+        let body = serde_json::to_vec(job).unwrap_or_default();
+        let req = http::Request::post(format!("http://{addr}/v1/backups"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 0, e.to_string()))?;
+        match self.call(req, addr).await? {
+            (202, _) => Ok(()),
+            (409, _) => Err(SidecarError::Busy(addr.to_owned())),
+            (s, b) => Err(SidecarError::Unexpected(
+                addr.to_owned(),
+                s,
+                String::from_utf8_lossy(&b).into_owned(),
+            )),
+        }
+    }
+
+    /// The state of job `id` on the sidecar at `addr`.
+    pub async fn state(&self, addr: &str, id: &str) -> Result<JobState, SidecarError> {
+        let req = http::Request::get(format!("http://{addr}/v1/backups/{id}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 0, e.to_string()))?;
+        match self.call(req, addr).await? {
+            (200, b) => serde_json::from_slice(&b)
+                .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 200, format!("bad state: {e}"))),
+            (404, _) => Err(SidecarError::UnknownJob(addr.to_owned())),
+            (s, b) => Err(SidecarError::Unexpected(
+                addr.to_owned(),
+                s,
+                String::from_utf8_lossy(&b).into_owned(),
+            )),
+        }
+    }
+}
