@@ -25,6 +25,24 @@ ip=$(kubectl -n "$NS" get pod example-0 -o jsonpath='{.status.podIP}')
 "$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" put demo-key "hello from the demo" >/dev/null
 echo "read back: $("$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" get demo-key --print-value-only)"
 echo; echo "== Events"; kubectl -n "$NS" get events --field-selector involvedObject.kind=EtcdCluster --sort-by=.lastTimestamp | tail -8
+
+echo; echo "== an on-demand backup to the local MinIO"
+kubectl -n "$NS" create secret generic minio-credentials --from-literal=AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+  --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+backup="demo-$(date +%s)"
+cat <<YAML | kubectl apply -f -
+apiVersion: etcd.ouroboros.dev/v1alpha1
+kind: EtcdBackup
+metadata: {name: $backup, namespace: $NS}
+spec:
+  clusterName: example
+  destination:
+    s3: {bucket: $OUROBOROS_S3_BUCKET, prefix: demo/, endpoint: "$OUROBOROS_S3_ENDPOINT", forcePathStyle: true, credentialsSecret: minio-credentials}
+YAML
+kubectl -n "$NS" wait "etcdbackup/$backup" --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s
+kubectl -n "$NS" get etcdbackups
+kubectl -n "$NS" get "etcdbackup/$backup" -o jsonpath='location={.status.location}{"\n"}member={.status.member} revision={.status.revision} sha256={.status.sha256}{"\n"}'
+echo "lastSuccessfulBackup: $(kubectl -n "$NS" get etcd example -o jsonpath='{.status.lastSuccessfulBackup.name} at revision {.status.lastSuccessfulBackup.revision}')"
 cat <<MSG
 
 Try:
@@ -33,5 +51,5 @@ Try:
   kubectl -n $NS delete pod example-1                                     # watch it be replaced
   kubectl apply --dry-run=server -f deploy/samples/invalid/size-zero.yaml   # refused by the schema
   make cluster-down                                                         # remove everything
-Backups and restores are not implemented yet; EtcdBackup objects are accepted but not acted on.
+Scheduled backups, retention and restores are not implemented yet.
 MSG

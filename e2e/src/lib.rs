@@ -339,11 +339,34 @@ pub mod writer {
             let acked = self.acked.load(Ordering::SeqCst);
             let failed = self.failed.load(Ordering::SeqCst);
             ensure!(acked > 0, "the writer never got a write acknowledged");
-            let mut c = connect(&self.endpoint).await.context("connecting to verify")?;
-            let resp = c
-                .get(format!("{}/", self.prefix), Some(GetOptions::new().with_prefix()))
-                .await
-                .context("reading the written keys")?;
+            // Right after a membership change the Service may still route a new connection to a
+            // member that was just removed; such a read fails and is retried, it never reads stale data.
+            let mut last_err = None;
+            let mut resp = None;
+            for _ in 0..30 {
+                match connect(&self.endpoint).await {
+                    Ok(mut c) => match c
+                        .get(format!("{}/", self.prefix), Some(GetOptions::new().with_prefix()))
+                        .await
+                    {
+                        Ok(r) => {
+                            resp = Some(r);
+                            break;
+                        }
+                        Err(e) => last_err = Some(anyhow::Error::from(e)),
+                    },
+                    Err(e) => last_err = Some(e),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let resp = match resp {
+                Some(r) => r,
+                None => {
+                    return Err(last_err
+                        .unwrap_or_else(|| anyhow::anyhow!("no answer"))
+                        .context("reading the written keys"));
+                }
+            };
             let mut found = std::collections::HashMap::new();
             for kv in resp.kvs() {
                 found.insert(kv.key_str()?.to_owned(), kv.value_str()?.to_owned());
