@@ -257,7 +257,7 @@ pub mod writer {
         time::Duration,
     };
 
-    use anyhow::{Context as _, ensure};
+    use anyhow::ensure;
     use etcd_client::{Client, ConnectOptions, GetOptions};
 
     /// A running writer.
