@@ -56,7 +56,7 @@ async fn operator_is_ready_and_serves_metrics() -> anyhow::Result<()> {
     let (code, metrics) = curl(&format!("http://{ip}:8080/metrics"))?;
     ensure!(code == 200, "/metrics answered {code}");
     ensure!(metrics.contains("# TYPE ouroboros_leader gauge"), "{metrics}");
-    if metrics.contains("ouroboros_leader 1") {
+    if metrics.lines().any(|l| l.trim() == "ouroboros_leader 1") {
         ensure!(
             metrics.contains("# TYPE ouroboros_reconcile_duration_seconds histogram"),
             "{metrics}"

@@ -77,7 +77,7 @@ impl Default for Metrics {
         let leader = Gauge::default();
         registry.register(
             "leader",
-            "1 while this replica is the acting leader",
+            "Whether this replica is the acting leader (1) or a standby (0)",
             leader.clone(),
         );
         Self {
