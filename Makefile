@@ -43,8 +43,10 @@ unit: deps
 images: build
 	@$(T) images e2e/scripts/images.sh build
 
+## cluster-up retries once after a clean `down`: the first `up` over the leftovers of a killed session
+## (processes gone, state and shims left) was seen to time out once, and the retry came up in 8 s.
 cluster-up: deps images
-	@$(T) cluster-up e2e/cluster.sh up
+	@$(T) cluster-up bash -c 'e2e/cluster.sh up || { echo "cluster up failed; retrying once after a clean down" >&2; e2e/cluster.sh down; e2e/cluster.sh up; }'
 
 cluster-down:
 	@$(T) cluster-down e2e/cluster.sh down

@@ -471,6 +471,13 @@ cmd_down() {
   fi
   awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/mounts | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -f /run/netns/cni-* 2>/dev/null || true
+  # Pod processes whose shim died (a session that ended under them) keep running, reparented to
+  # init: anything still in a /kubepods cgroup is ours and goes now, or the cgroups cannot be removed.
+  local procs
+  for procs in $(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods -name cgroup.procs 2>/dev/null); do
+    while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done < "$procs"
+  done
+  sleep 0.5
   # Pod cgroups (cgroupfs driver): remove leaf-first in every v1 hierarchy.
   local h
   for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
