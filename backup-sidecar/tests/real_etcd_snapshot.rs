@@ -5,86 +5,13 @@
 // A panic with its message is how this test reports a failure, helpers included.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
 
+use std::{path::Path, process::Command};
+
+use common::{connect, etcd_bin, start_etcd};
 use etcd_client::{Client, CompactionOptions};
 use ouroboros_backup_sidecar::{bbolt::RevisionScanner, verify::TrailerVerifier};
-
-fn etcd_bin(tool: &str) -> PathBuf {
-    let dir = std::env::var("OUROBOROS_ETCD_BIN")
-        .expect("OUROBOROS_ETCD_BIN must name the built etcd binaries (source <(e2e/cluster.sh env))");
-    Path::new(&dir).join(tool)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: PathBuf,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-fn start_etcd(name: &str) -> Etcd {
-    let dir = std::env::temp_dir().join(format!("ouroboros-sidecar-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let child = Command::new(etcd_bin("etcd"))
-        .args(["--name", name, "--data-dir"])
-        .arg(&dir)
-        .args([
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .args(["--initial-cluster", &format!("{name}=http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting etcd");
-    Etcd {
-        child,
-        endpoint,
-        _dir: dir,
-    }
-}
-
-async fn connect(endpoint: &str) -> Client {
-    for _ in 0..100 {
-        if let Ok(mut c) = Client::connect([endpoint], None).await
-            && c.status().await.is_ok()
-        {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("etcd at {endpoint} did not come up");
-}
 
 fn etcdutl_revision(file: &Path) -> u64 {
     let out = Command::new(etcd_bin("etcdutl"))

@@ -82,6 +82,18 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     report_refusal(&ctx, &cluster, decision.version_refusal.as_deref()).await;
     let status = status::compute(&cluster, &obs, &decision, now);
     record_member_metrics(&ctx, &cluster, &status);
+    write_status(&ctx, &cluster, &status).await?;
+    applied?;
+    Ok(requeue_after(&decision.step))
+}
+
+/// Server-side applies the cluster's status with the operator's field manager.
+async fn write_status(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    status: &ouroboros_crds::EtcdClusterStatus,
+) -> Result<(), Error> {
+    let name = cluster.name_any();
     let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": EtcdCluster::api_version(&()),
@@ -94,12 +106,8 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(|source| Error::PatchStatus {
-        name: name.clone(),
-        source,
-    })?;
-    applied?;
-    Ok(requeue_after(&decision.step))
+    .map(drop)
+    .map_err(|source| Error::PatchStatus { name, source })
 }
 
 /// Records that the cluster cannot progress until the user fixes something outside the spec.
@@ -135,20 +143,7 @@ async fn report_blocked(
         now,
     );
     status.observed_generation = generation;
-    let name = cluster.name_any();
-    let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": EtcdCluster::api_version(&()),
-        "kind": EtcdCluster::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::PatchStatus { name, source })?;
+    write_status(ctx, cluster, &status).await?;
     if first_time {
         let ev = Event {
             type_: EventType::Warning,
