@@ -3,7 +3,9 @@
 //! - `POST /v1/backups` with a [`Job`] starts a backup of this member in the background (202), or
 //!   answers 409 while another one runs;
 //! - `GET /v1/backups/{id}` reports it: [`JobState`]; 404 means this sidecar never saw the job (it
-//!   restarted), so the backup is lost and its upload was never committed.
+//!   restarted), so the backup is lost and its upload was never committed;
+//! - `POST /v1/prune` with a [`PruneRequest`] applies retention to a destination and removes what
+//!   interrupted backups left there, answering a [`PruneOutcome`] (409 while a backup runs here).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -14,9 +16,10 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
+use ouroboros_crds::retention::Rules;
 use tokio::sync::Mutex;
 
-pub use ouroboros_crds::sidecar::{Job, JobDestination, JobState};
+pub use ouroboros_crds::sidecar::{Job, JobDestination, JobState, PruneOutcome, PruneRequest};
 
 use crate::{
     pipeline::{self, Request},
@@ -38,6 +41,7 @@ pub fn router(api: Api) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/backups", post(start))
         .route("/v1/backups/{id}", get(state))
+        .route("/v1/prune", post(prune))
         .with_state(api)
 }
 
@@ -88,8 +92,46 @@ async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoRespons
     )
 }
 
-async fn run(endpoint: &str, job: &Job) -> Result<pipeline::Outcome, String> {
-    let store = match &job.destination {
+async fn prune(State(api): State<Api>, Json(req): Json<PruneRequest>) -> impl IntoResponse {
+    if api
+        .jobs
+        .lock()
+        .await
+        .values()
+        .any(|s| matches!(s, JobState::Running))
+    {
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": "a backup is running; retention waits for it"})),
+        );
+    }
+    let rules = Rules {
+        max_count: req.max_count.and_then(|n| usize::try_from(n).ok()),
+        max_age: req.max_age_seconds.map(jiff::SignedDuration::from_secs),
+    };
+    let store = open_store(&req.destination).await;
+    match crate::prune::prune(&store, rules, jiff::Timestamp::now()).await {
+        Ok(out) => {
+            tracing::info!(
+                deleted = out.deleted.len(),
+                kept = out.kept,
+                leftovers = out.leftovers_removed,
+                "retention applied"
+            );
+            (
+                StatusCode::OK,
+                Json(serde_json::to_value(out).unwrap_or_default()),
+            )
+        }
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(serde_json::json!({"error": e.to_string()})),
+        ),
+    }
+}
+
+async fn open_store(destination: &JobDestination) -> Store {
+    match destination {
         JobDestination::S3 {
             bucket,
             prefix,
@@ -109,7 +151,11 @@ async fn run(endpoint: &str, job: &Job) -> Result<pipeline::Outcome, String> {
             .await
         }
         JobDestination::Dir { path } => Store::Dir(path.into()),
-    };
+    }
+}
+
+async fn run(endpoint: &str, job: &Job) -> Result<pipeline::Outcome, String> {
+    let store = open_store(&job.destination).await;
     let mut client = etcd_client::Client::connect([endpoint], None)
         .await
         .map_err(|e| format!("connecting to the local member at {endpoint}: {e}"))?;

@@ -1,10 +1,10 @@
-//! The backup sidecar's pipeline pieces: verifying etcd's snapshot trailer and reading the snapshot's
-//! own revision as the bytes stream past. The archive writer, the stores and the HTTP API that the
-//! operator calls are the rest of the backup issue.
+//! The backup sidecar: the streaming pipeline (snapshot → trailer check and revision scan → tar →
+//! parallel gzip → store), the stores, retention in the store, and the HTTP API the operator calls.
 
 pub mod api;
 pub mod archive;
 pub mod bbolt;
 pub mod pipeline;
+pub mod prune;
 pub mod store;
 pub mod verify;

@@ -4,6 +4,7 @@
 //! complete, so nothing incomplete ever looks like a backup.
 
 use etcd_client::Client;
+use ouroboros_crds::retention::{StoredName, archive_name};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -122,13 +123,14 @@ fn compress(
     }
 }
 
-fn stamp(t: jiff::Timestamp) -> String {
-    t.strftime("%Y%m%dT%H%M%SZ").to_string()
-}
-
 /// The manifest's object name: sorts by time, then by zero-padded revision.
 pub fn manifest_name(start: jiff::Timestamp, revision: u64, backup: &str) -> String {
-    format!("{}-r{revision:020}-{backup}.manifest.json", stamp(start))
+    StoredName {
+        time: start,
+        revision,
+        backup: backup.to_owned(),
+    }
+    .manifest()
 }
 
 /// Takes a backup from `etcd` (a client to exactly one member) into `store`.
@@ -140,7 +142,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
         .map(|h| format!("{:x}", h.cluster_id()))
         .unwrap_or_default();
     let etcd_version = status.version().to_owned();
-    let archive_name = format!("{}-{}.tar.gz", stamp(start), req.name);
+    let archive_name = archive_name(start, &req.name);
     let mut upload = store.begin(&archive_name).await?;
 
     let (to_compressor, from_feeder) = mpsc::channel::<ToCompressor>(64);

@@ -13,6 +13,20 @@ use aws_sdk_s3::{
 };
 use tokio::io::AsyncWriteExt;
 
+const MARKER_SUFFIX: &str = ".uploading";
+
+/// The object that names an open multipart upload of `name`.
+fn upload_marker(name: &str) -> String {
+    format!(".{name}{MARKER_SUFFIX}")
+}
+
+async fn delete_marker(client: &Client, bucket: &str, key: &str) {
+    if let Err(e) = client.delete_object().bucket(bucket).key(key).send().await {
+        // Harmless: the next prune removes it.
+        tracing::warn!(%bucket, %key, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "deleting an upload marker failed");
+    }
+}
+
 /// Bytes per S3 part (S3 requires at least 5 MiB for every part but the last).
 pub const PART_SIZE: usize = 8 << 20;
 
@@ -173,6 +187,10 @@ impl Store {
             }
             Store::S3 { client, config } => {
                 let key = format!("{}{name}", config.prefix);
+                // Some S3-compatible stores (MinIO) list multipart uploads only by exact key, so the
+                // key is written down first: a sidecar killed mid-upload leaves a marker that names
+                // the upload for `remove_incomplete` to abort.
+                self.put_small(&upload_marker(name), Vec::new()).await?;
                 let out = client
                     .create_multipart_upload()
                     .bucket(&config.bucket)
@@ -185,6 +203,7 @@ impl Store {
                 Ok(Upload::S3 {
                     client: client.clone(),
                     bucket: config.bucket.clone(),
+                    marker: format!("{}{}", config.prefix, upload_marker(name)),
                     key,
                     upload_id,
                     parts: Vec::new(),
@@ -228,6 +247,156 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Names of the complete objects in the destination (the directory's files, or the keys under the
+    /// prefix with the prefix removed). Temporary files are left out.
+    pub async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = self.list_all().await?;
+        names.retain(|n| !n.starts_with('.'));
+        Ok(names)
+    }
+
+    /// Like `list`, with the hidden names (partial files, upload markers) too.
+    async fn list_all(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Dir(dir) => {
+                let io = |source| StoreError::Io {
+                    action: "listing",
+                    path: dir.display().to_string(),
+                    source,
+                };
+                let mut out = Vec::new();
+                let mut entries = match tokio::fs::read_dir(dir).await {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(io(e)),
+                };
+                while let Some(e) = entries.next_entry().await.map_err(io)? {
+                    out.push(e.file_name().to_string_lossy().into_owned());
+                }
+                Ok(out)
+            }
+            Store::S3 { client, config } => {
+                let mut out = Vec::new();
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(&config.bucket)
+                    .prefix(&config.prefix)
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| sdk_error("list", &config.bucket, &config.prefix, e))?;
+                    for o in page.contents() {
+                        if let Some(name) = o.key().and_then(|k| k.strip_prefix(config.prefix.as_str())) {
+                            // Only this cluster's own level: a nested "directory" is somebody else's.
+                            if !name.contains('/') {
+                                out.push(name.to_owned());
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Deletes `name`; deleting what is already gone succeeds.
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Dir(dir) => {
+                let path = dir.join(name);
+                match tokio::fs::remove_file(&path).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
+                        action: "deleting",
+                        path: path.display().to_string(),
+                        source: e,
+                    }),
+                    _ => Ok(()),
+                }
+            }
+            Store::S3 { client, config } => {
+                let key = format!("{}{name}", config.prefix);
+                client
+                    .delete_object()
+                    .bucket(&config.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| sdk_error("delete", &config.bucket, &key, e))
+            }
+        }
+    }
+
+    /// Removes what interrupted backups left: incomplete multipart uploads under the prefix, or
+    /// partial files in the directory. Only call this while no backup of the cluster is running.
+    pub async fn remove_incomplete(&self) -> Result<u32, StoreError> {
+        let mut removed = 0;
+        match self {
+            Store::Dir(dir) => {
+                let mut entries = match tokio::fs::read_dir(dir).await {
+                    Ok(e) => e,
+                    Err(_) => return Ok(0),
+                };
+                while let Ok(Some(e)) = entries.next_entry().await {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') && name.ends_with(".partial") {
+                        self.delete(&name).await?;
+                        removed += 1;
+                    }
+                }
+            }
+            Store::S3 { client, config } => {
+                // Every open upload under the prefix (AWS lists them by prefix), and every upload a
+                // marker names (MinIO lists them only by exact key).
+                let markers: Vec<String> = self
+                    .list_all()
+                    .await?
+                    .into_iter()
+                    .filter_map(|n| {
+                        n.strip_prefix('.')?
+                            .strip_suffix(MARKER_SUFFIX)
+                            .map(str::to_owned)
+                    })
+                    .collect();
+                let mut prefixes = vec![config.prefix.clone()];
+                prefixes.extend(markers.iter().map(|n| format!("{}{n}", config.prefix)));
+                let mut seen = std::collections::HashSet::new();
+                for prefix in &prefixes {
+                    let out = client
+                        .list_multipart_uploads()
+                        .bucket(&config.bucket)
+                        .prefix(prefix)
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("list multipart uploads", &config.bucket, prefix, e))?;
+                    for u in out.uploads() {
+                        let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                            continue;
+                        };
+                        if !seen.insert(id.to_owned()) {
+                            continue;
+                        }
+                        client
+                            .abort_multipart_upload()
+                            .bucket(&config.bucket)
+                            .key(key)
+                            .upload_id(id)
+                            .send()
+                            .await
+                            .map_err(|e| sdk_error("abort multipart upload", &config.bucket, key, e))?;
+                        removed += 1;
+                    }
+                }
+                for name in &markers {
+                    self.delete(&upload_marker(name)).await?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
 /// An archive being written.
 #[derive(Debug)]
 pub enum Upload {
@@ -246,6 +415,8 @@ pub enum Upload {
         client: Client,
         /// Bucket.
         bucket: String,
+        /// Key of the marker that names this upload while it is open.
+        marker: String,
         /// Key.
         key: String,
         /// Upload ID.
@@ -266,6 +437,7 @@ impl Upload {
             upload_id,
             parts,
             buf,
+            ..
         } = self
         else {
             return Ok(());
@@ -329,20 +501,24 @@ impl Upload {
             Upload::S3 {
                 client,
                 bucket,
+                marker,
                 key,
                 upload_id,
                 parts,
                 ..
-            } => client
-                .complete_multipart_upload()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                .send()
-                .await
-                .map(drop)
-                .map_err(|e| sdk_error("complete multipart upload", &bucket, &key, e)),
+            } => {
+                client
+                    .complete_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("complete multipart upload", &bucket, &key, e))?;
+                delete_marker(&client, &bucket, &marker).await;
+                Ok(())
+            }
         }
     }
 
@@ -356,10 +532,12 @@ impl Upload {
             Upload::S3 {
                 client,
                 bucket,
+                marker,
                 key,
                 upload_id,
                 ..
             } => {
+                delete_marker(&client, &bucket, &marker).await;
                 if let Err(e) = client
                     .abort_multipart_upload()
                     .bucket(&bucket)

@@ -239,3 +239,99 @@ async fn bad_credentials_and_missing_buckets_fail_clearly_and_leave_nothing() {
         "a failed backup left a multipart upload"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_in_minio_keeps_the_newest_and_clears_interrupted_uploads() {
+    use ouroboros_backup_sidecar::prune::prune;
+    use ouroboros_crds::retention::{Rules, StoredName};
+
+    let etcd = start_etcd("prune");
+    let mut c = connect(&etcd.endpoint).await;
+    let minio = start_minio().await;
+    let s3 = raw_client(&minio).await;
+    s3.create_bucket().bucket("backups").send().await.unwrap();
+    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+
+    let mut outcomes = Vec::new();
+    for i in 0..3 {
+        c.put(format!("k{i}"), "v", None).await.unwrap();
+        outcomes.push(
+            pipeline::run(&mut c, &store, &request(&format!("b{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    // What a sidecar killed mid-upload leaves: an open multipart upload with a part in it, and what one
+    // killed between the archive and its manifest leaves: an archive alone.
+    s3.put_object()
+        .bucket("backups")
+        .key("ns/cluster/.20261121T000000Z-killed.tar.gz.uploading")
+        .body(Vec::new().into())
+        .send()
+        .await
+        .unwrap();
+    let open = s3
+        .create_multipart_upload()
+        .bucket("backups")
+        .key("ns/cluster/20261121T000000Z-killed.tar.gz")
+        .send()
+        .await
+        .unwrap();
+    s3.upload_part()
+        .bucket("backups")
+        .key("ns/cluster/20261121T000000Z-killed.tar.gz")
+        .upload_id(open.upload_id().unwrap())
+        .part_number(1)
+        .body(vec![0u8; 1024].into())
+        .send()
+        .await
+        .unwrap();
+    for key in [
+        "ns/cluster/20261121T000001Z-orphan.tar.gz",
+        "ns/cluster-2/20261121T000002Z-other.tar.gz",
+    ] {
+        s3.put_object()
+            .bucket("backups")
+            .key(key)
+            .body(b"x".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let rules = Rules::new(Some(2), None).unwrap();
+    let out = prune(&store, rules, jiff::Timestamp::now()).await.unwrap();
+    assert_eq!(
+        out.deleted,
+        vec![outcomes[0].location.clone()],
+        "only the oldest goes"
+    );
+    assert_eq!((out.kept, out.leftovers_removed), (2, 2));
+
+    let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
+    let mut keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    keys.sort_unstable();
+    let mut want: Vec<String> = outcomes[1..]
+        .iter()
+        .flat_map(|o| {
+            let name = StoredName::parse(&o.manifest_name).unwrap();
+            [
+                format!("ns/cluster/{}", name.archive()),
+                format!("ns/cluster/{}", o.manifest_name),
+            ]
+        })
+        .chain(["ns/cluster-2/20261121T000002Z-other.tar.gz".to_owned()])
+        .collect();
+    want.sort_unstable();
+    assert_eq!(keys, want.iter().map(String::as_str).collect::<Vec<_>>());
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket("backups")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "the interrupted upload is still open"
+    );
+}

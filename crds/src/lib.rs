@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod common;
 pub mod crd;
 pub mod restore;
+pub mod retention;
 pub mod sidecar;
 pub mod version;
 

@@ -98,3 +98,28 @@ pub enum JobState {
         reason: String,
     },
 }
+
+/// Retention for one destination: the operator asks a sidecar to apply it after a scheduled backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneRequest {
+    /// The destination (the cluster's prefix or directory).
+    pub destination: JobDestination,
+    /// Keep at most this many backups.
+    pub max_count: Option<u32>,
+    /// Delete backups older than this many seconds.
+    pub max_age_seconds: Option<i64>,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneOutcome {
+    /// Backups deleted, as the archive locations their EtcdBackup objects show.
+    pub deleted: Vec<String>,
+    /// Backups kept.
+    pub kept: u32,
+    /// Leftovers of interrupted backups removed: incomplete multipart uploads, partial files, archives
+    /// without a manifest.
+    pub leftovers_removed: u32,
+}

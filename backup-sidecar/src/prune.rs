@@ -1,0 +1,90 @@
+//! Retention in the store. The manifest is deleted before its archive: a backup stops existing the
+//! moment its manifest is gone, so an interrupted prune never leaves something that looks complete.
+
+use ouroboros_crds::{
+    retention::{Rules, StoredName, doomed},
+    sidecar::PruneOutcome,
+};
+
+use crate::store::{Store, StoreError};
+
+/// Applies `rules` to the backups in `store` and removes leftovers of interrupted backups: incomplete
+/// uploads and archives that never got a manifest. Call only while no backup of the cluster runs.
+pub async fn prune(store: &Store, rules: Rules, now: jiff::Timestamp) -> Result<PruneOutcome, StoreError> {
+    let names = store.list().await?;
+    let stored: Vec<StoredName> = names.iter().filter_map(|n| StoredName::parse(n)).collect();
+    let gone = doomed(&stored, |s| (s.time, s.revision), rules, now);
+    let mut out = PruneOutcome::default();
+    for &i in &gone {
+        let s = &stored[i];
+        store.delete(&s.manifest()).await?;
+        store.delete(&s.archive()).await?;
+        out.deleted.push(store.location(&s.archive()));
+    }
+    out.kept = u32::try_from(stored.len() - gone.len()).unwrap_or(u32::MAX);
+    out.leftovers_removed = store.remove_incomplete().await?;
+    // An archive without a manifest is a backup that died between its last byte and its manifest.
+    let complete: std::collections::HashSet<String> = stored.iter().map(StoredName::archive).collect();
+    for name in names
+        .iter()
+        .filter(|n| n.ends_with(".tar.gz") && !complete.contains(*n))
+    {
+        store.delete(name).await?;
+        out.leftovers_removed += 1;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn touch(dir: &std::path::Path, name: &str) {
+        tokio::fs::write(dir.join(name), b"x").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn prunes_a_directory_store() {
+        let tmp = std::env::temp_dir().join(format!("ouroboros-prune-{}", std::process::id()));
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        tokio::fs::create_dir_all(&tmp).await.unwrap();
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let backups: Vec<StoredName> = [
+            ("2026-11-19T00:00:00Z", 10),
+            ("2026-11-20T00:00:00Z", 20),
+            ("2026-11-21T00:00:00Z", 30),
+        ]
+        .iter()
+        .map(|(time, revision)| StoredName {
+            time: t(time),
+            revision: *revision,
+            backup: format!("b{revision}"),
+        })
+        .collect();
+        for b in &backups {
+            touch(&tmp, &b.archive()).await;
+            touch(&tmp, &b.manifest()).await;
+        }
+        touch(&tmp, "20261121T010000Z-orphan.tar.gz").await;
+        touch(&tmp, ".20261121T020000Z-running.tar.gz.partial").await;
+        touch(&tmp, "README").await;
+
+        let store = Store::Dir(tmp.clone());
+        let rules = Rules::new(Some(2), None).unwrap();
+        let out = prune(&store, rules, t("2026-11-21T03:00:00Z")).await.unwrap();
+        assert_eq!(out.deleted, vec![store.location(&backups[0].archive())]);
+        assert_eq!(out.kept, 2);
+        assert_eq!(out.leftovers_removed, 2);
+        let mut left = store.list().await.unwrap();
+        left.sort();
+        let mut want: Vec<String> = backups[1..]
+            .iter()
+            .flat_map(|b| [b.archive(), b.manifest()])
+            .chain(["README".to_owned()])
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+    }
+}
