@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client,
-    runtime::events::{Recorder, Reporter},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 
 use crate::{
@@ -76,6 +77,29 @@ impl Context {
             config,
             etcd: EtcdClients::new(),
             sidecar: Default::default(),
+        }
+    }
+
+    /// Publishes an Event on `regarding` (optionally naming a `related` object, which also keeps
+    /// Events about different members from being folded together). A failure is logged, never
+    /// returned: an Event is a report, and losing one must not fail the reconcile.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        related: Option<ObjectReference>,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: related,
+        };
+        if let Err(e) = self.recorder.publish(&ev, regarding).await {
+            tracing::warn!(error = %e, reason, "publishing an Event failed");
         }
     }
 }

@@ -8,10 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-    },
+    runtime::{controller::Action, events::EventType},
 };
 use ouroboros_crds::{
     BackupDestination, BackupPhase, BackupReference, EtcdBackup, EtcdBackupStatus, EtcdCluster,
@@ -83,16 +80,7 @@ async fn write_status(ctx: &Context, b: &EtcdBackup, status: &EtcdBackupStatus) 
 }
 
 async fn event(ctx: &Context, b: &EtcdBackup, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &b.object_ref(&())).await {
-        tracing::warn!(error = %e, "publishing an Event failed");
-    }
+    ctx.publish(&b.object_ref(&()), type_, reason, note, None).await;
 }
 
 fn now() -> String {

@@ -9,7 +9,7 @@ use k8s_openapi::api::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
-    runtime::events::{Event, EventType},
+    runtime::events::EventType,
 };
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
@@ -157,16 +157,8 @@ async fn event(
         namespace: cluster.namespace(),
         ..Default::default()
     });
-    let ev = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: reason.to_owned(),
-        secondary,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "publishing an Event failed");
-    }
+    ctx.publish(&cluster.object_ref(&()), type_, reason, note, secondary)
+        .await;
 }
 
 /// Carries out `step`.

@@ -5,10 +5,7 @@ use std::{sync::Arc, time::Duration};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-    },
+    runtime::{controller::Action, events::EventType},
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
 
@@ -145,16 +142,14 @@ async fn report_blocked(
     status.observed_generation = generation;
     write_status(ctx, cluster, &status).await?;
     if first_time {
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: reason.to_owned(),
-            note: Some(problem.to_owned()),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing an Event failed");
-        }
+        ctx.publish(
+            &cluster.object_ref(&()),
+            EventType::Warning,
+            reason,
+            problem.to_owned(),
+            None,
+        )
+        .await;
     }
     Ok(())
 }
@@ -188,16 +183,14 @@ async fn report_refusal(ctx: &Context, cluster: &EtcdCluster, refusal: Option<&s
     if already {
         return;
     }
-    let ev = Event {
-        type_: EventType::Warning,
-        reason: "VersionChangeRefused".into(),
-        note: Some(refusal.to_owned()),
-        action: "Upgrade".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
-        tracing::warn!(error = %e, "publishing an Event failed");
-    }
+    ctx.publish(
+        &cluster.object_ref(&()),
+        EventType::Warning,
+        "VersionChangeRefused",
+        refusal.to_owned(),
+        None,
+    )
+    .await;
 }
 
 fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
