@@ -30,7 +30,8 @@ pub struct EtcdBackupSpec {
     #[x_kube(validation = Rule::new("self != ''").message("clusterName must not be empty"))]
     pub cluster_name: String,
     /// Where to write the archive. Empty uses the cluster's `spec.backup.destination`, and failing
-    /// that the PVC `<cluster>-backups`.
+    /// that the PVC `<cluster>-backups` that clusters with PVC storage get. A volume destination must
+    /// be the one the member pods mount (the cluster's), since pods cannot gain a volume later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<BackupDestination>,
 }
@@ -45,7 +46,8 @@ pub struct EtcdBackupStatus {
     /// Why it is in this phase, in words (the failure for `Failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The archive, as `s3://bucket/key` or `file:///<claim>/<path>`. Set only once it is complete.
+    /// The archive, as `s3://bucket/key` or `file:///backups/<claim>/<path>/<namespace>/<cluster>/<file>`
+    /// (the path inside the claim follows `/backups/<claim>/`). Set only once it is complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// Bytes of the snapshot as etcd sent it (database plus its sha256 trailer).
@@ -72,6 +74,10 @@ pub struct EtcdBackupStatus {
     /// When the snapshot started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    /// When a running backup is declared failed (RFC 3339): ten minutes plus five per GiB of the
+    /// member's database when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
     /// When the backup reached `Succeeded` or `Failed` (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<String>,

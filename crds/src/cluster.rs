@@ -205,7 +205,10 @@ pub struct BackupPolicy {
     #[x_kube(validation = Rule::new("self.matches('^ *[^ ]+( +[^ ]+){4} *$')").message("schedule must have five fields: minute hour day-of-month month day-of-week"))]
     #[schemars(length(max = 128))]
     pub schedule: String,
-    /// Where archives go. Empty uses a directory on the PVC `<cluster>-backups`.
+    /// Where archives go. Empty uses a directory on the PVC `<cluster>-backups`, which the operator
+    /// creates (same class and size as a member's data claim) for clusters with PVC storage and keeps
+    /// when the cluster is deleted. Member pods mount a volume destination when they are created, so
+    /// changing it applies to members started afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<BackupDestination>,
     /// Which stored backups to keep.

@@ -69,7 +69,7 @@ pub struct VolumeDestination {
 pub struct BackupReference {
     /// Name of the EtcdBackup object that produced the archive.
     pub name: String,
-    /// Where the archive is, as a URL: `s3://bucket/key` or `file:///<claim>/<path>`.
+    /// Where the archive is, as a URL: `s3://bucket/key` or `file:///backups/<claim>/<path>`.
     pub location: String,
     /// The etcd revision captured in the snapshot.
     pub revision: i64,

@@ -33,6 +33,26 @@ pub struct MemberLabels {
     pub state: &'static str,
 }
 
+/// Labels of backup metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackupLabels {
+    /// `namespace/name` of the cluster.
+    pub cluster: String,
+}
+
+/// Backup metrics, per cluster.
+#[derive(Debug)]
+pub struct BackupMetrics {
+    /// Unix time of the newest successful backup.
+    pub last_success: Family<BackupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Compressed size of the newest successful backup.
+    pub size: Family<BackupLabels, Gauge>,
+    /// Time from start to stored, of successful backups.
+    pub duration: Family<BackupLabels, Histogram, fn() -> Histogram>,
+    /// Backups that failed.
+    pub failures: Family<BackupLabels, Counter>,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +67,8 @@ pub struct Metrics {
     pub members: Family<MemberLabels, Gauge>,
     /// 1 while this replica holds the leader Lease (or runs without election), else 0.
     pub leader: Gauge,
+    /// Backups.
+    pub backups: BackupMetrics,
 }
 
 impl Default for Metrics {
@@ -80,7 +102,36 @@ impl Default for Metrics {
             "Whether this replica is the acting leader (1) or a standby (0)",
             leader.clone(),
         );
+        let backups = BackupMetrics {
+            last_success: Family::default(),
+            size: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0])
+            }),
+            failures: Family::default(),
+        };
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time at which the newest successful backup of each cluster completed",
+            backups.last_success.clone(),
+        );
+        registry.register(
+            "backup_size_bytes",
+            "Compressed size of the newest successful backup of each cluster",
+            backups.size.clone(),
+        );
+        registry.register(
+            "backup_duration_seconds",
+            "Duration of successful backups, from start to stored and verified",
+            backups.duration.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Backups that ended Failed",
+            backups.failures.clone(),
+        );
         Self {
+            backups,
             registry,
             reconciles,
             failures,

@@ -9,10 +9,12 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use ouroboros_crds::sidecar::{Job, JobState};
+use ouroboros_crds::sidecar::{Job, JobState, PruneOutcome, PruneRequest};
 
 /// How long one request to a sidecar may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a prune may take: it lists and deletes objects one by one.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a sidecar request failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +49,17 @@ impl Default for SidecarClient {
 
 impl SidecarClient {
     async fn call(&self, req: http::Request<Full<Bytes>>, addr: &str) -> Result<(u16, Bytes), SidecarError> {
+        self.call_within(TIMEOUT, req, addr).await
+    }
+
+    async fn call_within(
+        &self,
+        timeout: Duration,
+        req: http::Request<Full<Bytes>>,
+        addr: &str,
+    ) -> Result<(u16, Bytes), SidecarError> {
         let unreachable = |e: String| SidecarError::Unreachable(addr.to_owned(), e);
-        let resp = tokio::time::timeout(TIMEOUT, self.http.request(req))
+        let resp = tokio::time::timeout(timeout, self.http.request(req))
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
@@ -88,6 +99,25 @@ impl SidecarClient {
             (200, b) => serde_json::from_slice(&b)
                 .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 200, format!("bad state: {e}"))),
             (404, _) => Err(SidecarError::UnknownJob(addr.to_owned())),
+            (s, b) => Err(SidecarError::Unexpected(
+                addr.to_owned(),
+                s,
+                String::from_utf8_lossy(&b).into_owned(),
+            )),
+        }
+    }
+
+    /// Applies retention in a destination through the sidecar at `addr`.
+    pub async fn prune(&self, addr: &str, req: &PruneRequest) -> Result<PruneOutcome, SidecarError> {
+        let body = serde_json::to_vec(req).unwrap_or_default();
+        let req = http::Request::post(format!("http://{addr}/v1/prune"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 0, e.to_string()))?;
+        match self.call_within(PRUNE_TIMEOUT, req, addr).await? {
+            (200, b) => serde_json::from_slice(&b)
+                .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 200, format!("bad answer: {e}"))),
+            (409, _) => Err(SidecarError::Busy(addr.to_owned())),
             (s, b) => Err(SidecarError::Unexpected(
                 addr.to_owned(),
                 s,

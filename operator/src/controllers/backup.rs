@@ -12,14 +12,33 @@ use kube::{
 };
 use ouroboros_crds::{
     BackupDestination, BackupPhase, BackupReference, EtcdBackup, EtcdBackupStatus, EtcdCluster,
-    sidecar::{Job, JobDestination, JobState},
+    retention::Rules,
+    sidecar::{Job, JobDestination, JobState, PruneRequest},
 };
 
 use super::ReportedError;
-use crate::{context::Context, controllers::cluster::resources::SIDECAR_PORT, sidecar::SidecarError};
+use crate::{
+    context::Context,
+    controllers::cluster::{
+        backups::LABEL_SCHEDULED,
+        resources::{CLIENT_PORT, SIDECAR_PORT, backup_dir, backup_volume},
+    },
+    etcd::Endpoint,
+    metrics::BackupLabels,
+    sidecar::SidecarError,
+};
 
-/// How long a backup may run before it is declared failed.
+/// Used when a running backup has no recorded deadline (it was started by an older operator).
 pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Failed scheduled backups kept as history; older ones are deleted with retention.
+const FAILED_KEPT: usize = 3;
+
+/// How long a backup of a `db_bytes` database may run: ten minutes, plus five per started GiB (a
+/// slow link to the store, not the snapshot, is what takes long).
+pub fn backup_timeout(db_bytes: u64) -> Duration {
+    let gib = db_bytes.div_ceil(1 << 30);
+    Duration::from_secs(600 + 300 * gib)
+}
 /// Field manager for the cluster's `lastSuccessfulBackup`, separate from the cluster controller's.
 const BACKUP_STATUS_MANAGER: &str = "ouroboros-operator-backups";
 
@@ -110,35 +129,55 @@ async fn fail(ctx: &Context, b: &EtcdBackup, reason: String) -> Result<Action, E
         ..current
     };
     write_status(ctx, b, &status).await?;
+    ctx.metrics.backups.failures.get_or_create(&labels(b)).inc();
     event(ctx, b, EventType::Warning, "BackupFailed", reason).await;
     Ok(Action::await_change())
 }
 
-/// The S3 destination with the credentials from its Secret, or why there is none.
+fn labels(b: &EtcdBackup) -> BackupLabels {
+    BackupLabels {
+        cluster: format!("{}/{}", b.namespace().unwrap_or_default(), b.spec.cluster_name),
+    }
+}
+
+/// A destination the sidecar can write to.
+struct Resolved {
+    destination: JobDestination,
+    /// The claim the member pod must mount, for volume destinations.
+    claim: Option<String>,
+}
+
+/// The destination with S3 credentials from their Secret, or why there is none.
 async fn resolve(
     ctx: &Context,
     b: &EtcdBackup,
     cluster: &EtcdCluster,
-) -> Result<Result<JobDestination, String>, Error> {
+) -> Result<Result<Resolved, String>, Error> {
     let ns = b.namespace().unwrap_or_default();
     let dest = b
         .spec
         .destination
         .clone()
         .or_else(|| cluster.spec.backup.as_ref().and_then(|p| p.destination.clone()));
-    let s3 = match dest {
-        Some(BackupDestination { s3: Some(s3), .. }) => s3,
-        Some(BackupDestination { volume: Some(_), .. }) => {
-            return Ok(Err(
-                "volume destinations are not implemented yet; use an s3 destination".into(),
-            ));
-        }
-        _ => {
-            return Ok(Err(format!(
-                "no destination: set spec.destination, or spec.backup.destination on EtcdCluster {}",
-                cluster.name_any()
-            )));
-        }
+    let volume = match &dest {
+        Some(BackupDestination { volume: Some(v), .. }) => Some(v.clone()),
+        Some(_) => None,
+        None => backup_volume(cluster),
+    };
+    if let Some(v) = volume {
+        return Ok(Ok(Resolved {
+            destination: JobDestination::Dir {
+                path: backup_dir(cluster, &v),
+            },
+            claim: Some(v.claim_name),
+        }));
+    }
+    let Some(BackupDestination { s3: Some(s3), .. }) = dest else {
+        return Ok(Err(format!(
+            "no destination: EtcdCluster {} keeps its data on emptyDir, so it has no default backup volume; \
+             set spec.destination here or spec.backup.destination on the cluster",
+            cluster.name_any()
+        )));
     };
     let credentials = match &s3.credentials_secret {
         None => None,
@@ -167,25 +206,54 @@ async fn resolve(
         prefix.push('/');
     }
     prefix.push_str(&format!("{ns}/{}/", cluster.name_any()));
-    Ok(Ok(JobDestination::S3 {
-        bucket: s3.bucket,
-        prefix,
-        endpoint: s3.endpoint,
-        region: s3.region,
-        force_path_style: s3.force_path_style,
-        credentials,
+    Ok(Ok(Resolved {
+        destination: JobDestination::S3 {
+            bucket: s3.bucket,
+            prefix,
+            endpoint: s3.endpoint,
+            region: s3.region,
+            force_path_style: s3.force_path_style,
+            credentials,
+        },
+        claim: None,
     }))
 }
 
-async fn pod_addr(ctx: &Context, ns: &str, member: &str) -> Result<Option<String>, Error> {
+/// A running member pod: its IP and the claims it mounts.
+struct MemberPod {
+    ip: String,
+    claims: Vec<String>,
+}
+
+impl MemberPod {
+    fn sidecar(&self) -> String {
+        format!("{}:{SIDECAR_PORT}", self.ip)
+    }
+}
+
+async fn member_pod(ctx: &Context, ns: &str, member: &str) -> Result<Option<MemberPod>, Error> {
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .get_opt(member)
         .await
         .map_err(kube_err("reading the member pod"))?;
     Ok(pod
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .and_then(|p| p.status.and_then(|s| s.pod_ip))
-        .map(|ip| format!("{ip}:{SIDECAR_PORT}")))
+        .and_then(|p| {
+            let claims = p
+                .spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+                .collect();
+            Some(MemberPod {
+                ip: p.status?.pod_ip?,
+                claims,
+            })
+        }))
+}
+
+async fn pod_addr(ctx: &Context, ns: &str, member: &str) -> Result<Option<String>, Error> {
+    Ok(member_pod(ctx, ns, member).await?.map(|p| p.sidecar()))
 }
 
 async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
@@ -212,7 +280,7 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
-    let destination = match resolve(ctx, b, &cluster).await? {
+    let Resolved { destination, claim } = match resolve(ctx, b, &cluster).await? {
         Ok(d) => d,
         Err(why) => return fail(ctx, b, why).await,
     };
@@ -259,9 +327,31 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     };
-    let Some(addr) = pod_addr(ctx, &ns, &member.name).await? else {
+    let Some(pod) = member_pod(ctx, &ns, &member.name).await? else {
         return pending(ctx, b, format!("member {} has no pod IP yet", member.name), 5).await;
     };
+    if let Some(claim) = claim.filter(|c| !pod.claims.contains(c)) {
+        return fail(
+            ctx,
+            b,
+            format!(
+                "member pod {} does not mount the backup claim {claim}: pods mount the cluster's backup volume \
+                 when they are created, so use that volume or an s3 destination (members started after \
+                 spec.backup.destination changed mount the new one)",
+                member.name
+            ),
+        )
+        .await;
+    }
+    let addr = pod.sidecar();
+    // The database size sets the deadline; a member that does not answer gets the base timeout,
+    // and its sidecar will fail the backup soon enough.
+    let db_size = ctx
+        .etcd
+        .status(&Endpoint::plain(format!("http://{}:{CLIENT_PORT}", pod.ip)))
+        .await
+        .map_or(0, |s| u64::try_from(s.db_size).unwrap_or(0));
+    let timeout = backup_timeout(db_size);
     let job = Job {
         id: b.uid().unwrap_or_default(),
         name: b.name_any(),
@@ -276,11 +366,17 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
     };
     match ctx.sidecar.start(&addr, &job).await {
         Ok(()) => {
+            let started = jiff::Timestamp::now();
+            let deadline = started
+                .checked_add(jiff::SignedDuration::try_from(timeout).unwrap_or_default())
+                .unwrap_or(started);
             let status = EtcdBackupStatus {
                 phase: Some(BackupPhase::Running),
                 reason: Some(format!("streaming a snapshot of {}", member.name)),
                 member: Some(member.name.clone()),
-                start_time: Some(now()),
+                start_time: Some(started.to_string()),
+                deadline: Some(deadline.to_string()),
+                scheduled: b.labels().get(LABEL_SCHEDULED).is_some_and(|v| v == "true"),
                 ..b.status.clone().unwrap_or_default()
             };
             write_status(ctx, b, &status).await?;
@@ -324,10 +420,16 @@ async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         .start_time
         .as_deref()
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let overdue = started.is_some_and(|t| {
-        jiff::Timestamp::now().duration_since(t)
-            > jiff::SignedDuration::try_from(BACKUP_TIMEOUT).unwrap_or_default()
-    });
+    let deadline = current
+        .deadline
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .or_else(|| {
+            started?
+                .checked_add(jiff::SignedDuration::try_from(BACKUP_TIMEOUT).ok()?)
+                .ok()
+        });
+    let overdue = deadline.is_some_and(|d| jiff::Timestamp::now() > d);
     let Some(addr) = pod_addr(ctx, &ns, &member).await? else {
         return fail(
             ctx,
@@ -341,13 +443,19 @@ async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
             fail(
                 ctx,
                 b,
-                format!("timed out after {} minutes", BACKUP_TIMEOUT.as_secs() / 60),
+                format!(
+                    "still running at its deadline {}; nothing was committed",
+                    current.deadline.as_deref().unwrap_or("(none recorded)")
+                ),
             )
             .await
         }
         Ok(JobState::Running) => Ok(Action::requeue(Duration::from_secs(2))),
         Ok(JobState::Failed { reason }) => fail(ctx, b, reason).await,
         Ok(JobState::Succeeded { manifest, location }) => {
+            // Retention runs while this backup still shows Running, so no other backup of the
+            // cluster can start and have its upload taken for a leftover.
+            apply_retention(ctx, b, &addr).await?;
             let completion = now();
             let status = EtcdBackupStatus {
                 phase: Some(BackupPhase::Succeeded),
@@ -364,6 +472,22 @@ async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
             };
             write_status(ctx, b, &status).await?;
             record_on_cluster(ctx, b, &location, manifest.revision, &completion).await?;
+            let m = &ctx.metrics.backups;
+            let done = jiff::Timestamp::now();
+            m.last_success
+                .get_or_create(&labels(b))
+                .set(done.as_millisecond() as f64 / 1000.0);
+            m.size.get_or_create(&labels(b)).set(
+                manifest
+                    .compressed_size
+                    .and_then(|s| i64::try_from(s).ok())
+                    .unwrap_or(0),
+            );
+            if let Some(t) = started {
+                m.duration
+                    .get_or_create(&labels(b))
+                    .observe(done.duration_since(t).as_secs_f64());
+            }
             event(
                 ctx,
                 b,
@@ -434,4 +558,121 @@ async fn record_on_cluster(
     .await
     .map(drop)
     .map_err(kube_err("recording the backup on the EtcdCluster"))
+}
+
+/// Applies the cluster's retention to its backup destination (when this backup went there) and then
+/// to the EtcdBackup objects: those whose archive was deleted, and failed scheduled ones beyond the
+/// newest few. A failure is reported and retried with the next backup; it never fails this one.
+async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &str) -> Result<(), Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let Some(cluster) = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&b.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?
+    else {
+        return Ok(());
+    };
+    let Some(policy) = cluster.spec.backup.as_ref() else {
+        return Ok(());
+    };
+    let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut deleted_locations = Vec::new();
+    if let (Some(retention), None) = (&policy.retention, &b.spec.destination) {
+        let rules = match Rules::new(retention.max_count, retention.max_age.as_deref()) {
+            Ok(r) => r,
+            // The cluster's BackupHealthy condition already says what is wrong.
+            Err(_) => return Ok(()),
+        };
+        let destination = match resolve(ctx, b, &cluster).await? {
+            Ok(r) => r.destination,
+            Err(_) => return Ok(()),
+        };
+        let req = PruneRequest {
+            destination,
+            max_count: rules.max_count.and_then(|n| u32::try_from(n).ok()),
+            max_age_seconds: rules.max_age.map(|a| a.as_secs()),
+        };
+        match ctx.sidecar.prune(addr, &req).await {
+            Ok(out) => {
+                if !out.deleted.is_empty() || out.leftovers_removed > 0 {
+                    ctx.publish(
+                        &cluster.object_ref(&()),
+                        EventType::Normal,
+                        "RetentionApplied",
+                        format!(
+                            "deleted {} backup(s) by retention and {} leftover(s) of interrupted backups; {} kept",
+                            out.deleted.len(),
+                            out.leftovers_removed,
+                            out.kept
+                        ),
+                        None,
+                    )
+                    .await;
+                }
+                deleted_locations = out.deleted;
+            }
+            Err(e) => {
+                ctx.publish(
+                    &cluster.object_ref(&()),
+                    EventType::Warning,
+                    "RetentionFailed",
+                    format!("applying retention through {addr}: {e}"),
+                    None,
+                )
+                .await;
+            }
+        }
+    }
+    let all = backups
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    let mine: Vec<&EtcdBackup> = all
+        .items
+        .iter()
+        .filter(|o| o.spec.cluster_name == b.spec.cluster_name && o.uid() != b.uid())
+        .collect();
+    let mut failed: Vec<&&EtcdBackup> = mine
+        .iter()
+        .filter(|o| {
+            o.labels().get(LABEL_SCHEDULED).is_some_and(|v| v == "true")
+                && o.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Failed)
+        })
+        .collect();
+    failed.sort_by_key(|o| std::cmp::Reverse(o.metadata.creation_timestamp.clone()));
+    let doomed = mine
+        .iter()
+        .filter(|o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.location.as_ref())
+                .is_some_and(|l| deleted_locations.contains(l))
+        })
+        .chain(failed.into_iter().skip(FAILED_KEPT));
+    for o in doomed {
+        match backups.delete(&o.name_any(), &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: "deleting an EtcdBackup by retention",
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_grows_with_the_database() {
+        assert_eq!(backup_timeout(0), Duration::from_secs(600));
+        assert_eq!(backup_timeout(1), Duration::from_secs(900));
+        assert_eq!(backup_timeout(1 << 30), Duration::from_secs(900));
+        assert_eq!(backup_timeout((8 << 30) + 1), Duration::from_secs(600 + 9 * 300));
+    }
 }

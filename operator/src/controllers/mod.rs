@@ -7,7 +7,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
     Api, Resource, ResourceExt,
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{Controller, controller::Action, reflector, watcher},
 };
 use ouroboros_crds::{EtcdBackup, EtcdCluster, EtcdRestore};
 use serde::de::DeserializeOwned;
@@ -53,9 +53,14 @@ pub async fn run_all(
     // Only our pods and claims: the label keeps the cache small in a busy cluster.
     let ours = watcher::Config::default().labels(cluster::resources::LABEL_CLUSTER);
     let all = || watcher::Config::default().any_semantic();
+    // A backup finishing changes its cluster's BackupHealthy condition and may free the schedule.
+    let backup_of_cluster = |b: EtcdBackup| {
+        Some(reflector::ObjectRef::<EtcdCluster>::new(&b.spec.cluster_name).within(&b.namespace()?))
+    };
     let clusters = Controller::new(clusters, all())
         .owns(pods, ours.clone())
-        .owns(pvcs, ours);
+        .owns(pvcs, ours)
+        .watches(backups.clone(), all(), backup_of_cluster);
     tokio::join!(
         drive(
             "etcdcluster",

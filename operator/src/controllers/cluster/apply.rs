@@ -76,7 +76,26 @@ pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Res
         &resources::pod_disruption_budget(cluster),
         "PodDisruptionBudget",
     )
-    .await
+    .await?;
+    if let Some(pvc) = resources::default_backup_pvc(cluster) {
+        // Created once and never changed: a claim's spec is mostly immutable, and the user may have
+        // resized it.
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        if pvcs
+            .get_opt(&pvc.name_any())
+            .await
+            .map_err(|source| ApplyError::Kube {
+                action: "reading",
+                kind: "PersistentVolumeClaim",
+                name: pvc.name_any(),
+                source,
+            })?
+            .is_none()
+        {
+            apply(&pvcs, &pvc, "PersistentVolumeClaim").await?;
+        }
+    }
+    Ok(())
 }
 
 fn images(ctx: &Context) -> Images {

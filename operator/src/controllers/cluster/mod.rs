@@ -12,6 +12,7 @@ use ouroboros_crds::{EtcdCluster, condition_types as ct};
 use crate::{context::Context, controllers::ReportedError, metrics::MemberLabels};
 
 pub mod apply;
+pub mod backups;
 pub mod decide;
 pub mod observe;
 pub mod resources;
@@ -26,6 +27,9 @@ pub enum Error {
     /// Carrying out the step failed.
     #[error("applying: {0}")]
     Apply(#[from] apply::ApplyError),
+    /// Observing or creating scheduled backups failed.
+    #[error("scheduled backups: {0}")]
+    Backups(#[from] backups::BackupsError),
     /// Writing status failed.
     #[error("writing status of {name}: {source}")]
     PatchStatus {
@@ -43,13 +47,14 @@ impl ReportedError for Error {
             Error::Observe(_) => "observe",
             Error::Apply(apply::ApplyError::Etcd(_)) => "apply_etcd",
             Error::Apply(_) => "apply_kubernetes",
+            Error::Backups(_) => "scheduled_backups",
             Error::PatchStatus { .. } => "patch_status",
         }
     }
     fn is_permanent(&self) -> bool {
         match self {
             Error::Observe(observe::ObserveError::Version(_)) => true,
-            Error::Observe(_) | Error::Apply(_) | Error::PatchStatus { .. } => false,
+            Error::Observe(_) | Error::Apply(_) | Error::Backups(_) | Error::PatchStatus { .. } => false,
         }
     }
 }
@@ -77,11 +82,114 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
 
     let applied = apply::apply_step(&ctx, &cluster, &obs, &decision.step).await;
     report_refusal(&ctx, &cluster, decision.version_refusal.as_deref()).await;
-    let status = status::compute(&cluster, &obs, &decision, now);
+    let mut status = status::compute(&cluster, &obs, &decision, now);
+    let wake = schedule_backups(&ctx, &cluster, &mut status, now).await?;
     record_member_metrics(&ctx, &cluster, &status);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
-    Ok(requeue_after(&decision.step))
+    Ok(match wake {
+        Some(at) if at < requeue_secs(&decision.step) => Action::requeue(at),
+        _ => Action::requeue(requeue_secs(&decision.step)),
+    })
+}
+
+/// Runs the backup schedule: creates the due EtcdBackup and puts `BackupHealthy` and the recorded
+/// slot into `status`. Returns how long until the next slot.
+async fn schedule_backups(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    status: &mut ouroboros_crds::EtcdClusterStatus,
+    now: jiff::Timestamp,
+) -> Result<Option<Duration>, Error> {
+    let policy = cluster.spec.backup.as_ref();
+    let summaries = match policy {
+        Some(_) => backups::observe(ctx, cluster).await?,
+        None => Vec::new(),
+    };
+    let recorded = status
+        .last_scheduled_backup_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let created = cluster.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let action = backups::plan(
+        &cluster.name_any(),
+        policy,
+        recorded.unwrap_or(created),
+        recorded.is_some(),
+        &summaries,
+        now,
+    );
+    let generation = cluster.metadata.generation;
+    let mut set_health = |h: &backups::Health| {
+        let truth = match h.status {
+            backups::Truth::True => "True",
+            backups::Truth::False => "False",
+            backups::Truth::Unknown => "Unknown",
+        };
+        status::set_condition_to(
+            &mut status.conditions,
+            ct::BACKUP_HEALTHY,
+            truth,
+            h.reason,
+            h.message.clone(),
+            generation,
+            now,
+        );
+    };
+    match action {
+        backups::Action::Off => {
+            status.conditions.retain(|c| c.type_ != ct::BACKUP_HEALTHY);
+            Ok(None)
+        }
+        backups::Action::Invalid(h) => {
+            let first = !cluster.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == ct::BACKUP_HEALTHY && c.reason == h.reason && c.message == h.message)
+            });
+            set_health(&h);
+            if first {
+                ctx.publish(
+                    &cluster.object_ref(&()),
+                    EventType::Warning,
+                    h.reason,
+                    h.message.clone(),
+                    None,
+                )
+                .await;
+            }
+            Ok(None)
+        }
+        backups::Action::Scheduled {
+            due,
+            skipped_for,
+            last_slot,
+            next,
+            health,
+        } => {
+            if let Some(due) = &due {
+                backups::create(ctx, cluster, due).await?;
+            }
+            if let (Some(slot), Some(blocker)) = (last_slot, &skipped_for)
+                && recorded != Some(slot)
+            {
+                ctx.publish(
+                    &cluster.object_ref(&()),
+                    EventType::Warning,
+                    "BackupSkipped",
+                    format!("skipped the slot at {slot}: scheduled backup {blocker} has not finished"),
+                    None,
+                )
+                .await;
+            }
+            set_health(&health);
+            if let Some(slot) = last_slot {
+                status.last_scheduled_backup_time = Some(slot.to_string());
+            }
+            let until = next.duration_since(now).as_secs().max(0).unsigned_abs() + 1;
+            Ok(Some(Duration::from_secs(until)))
+        }
+    }
 }
 
 /// Server-side applies the cluster's status with the operator's field manager.
@@ -155,7 +263,7 @@ async fn report_blocked(
 }
 
 /// How soon to look again: quickly while something is moving, slowly once converged.
-fn requeue_after(step: &decide::Step) -> Action {
+fn requeue_secs(step: &decide::Step) -> Duration {
     use decide::Step;
     let secs = match step {
         Step::Converged | Step::Paused => 30,
@@ -169,7 +277,7 @@ fn requeue_after(step: &decide::Step) -> Action {
         | Step::AddLearner { .. }
         | Step::MoveLeader { .. } => 1,
     };
-    Action::requeue(Duration::from_secs(secs))
+    Duration::from_secs(secs)
 }
 
 /// A refused version change gets one Warning Event when it first appears, not one per reconcile.

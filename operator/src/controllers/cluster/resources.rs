@@ -14,7 +14,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{Resource, ResourceExt};
-use ouroboros_crds::{AntiAffinityMode, EtcdCluster, EtcdVersion};
+use ouroboros_crds::{AntiAffinityMode, EtcdCluster, EtcdVersion, VolumeDestination};
 use serde_json::json;
 
 /// etcd's client port.
@@ -204,6 +204,66 @@ pub fn member_pvc(cluster: &EtcdCluster, member: &str) -> Option<PersistentVolum
     })))
 }
 
+/// Where the sidecar mounts a backup claim: `/backups/<claim>`.
+pub const BACKUP_MOUNT: &str = "/backups";
+
+/// The default backup claim's name.
+pub fn default_backup_claim(cluster: &EtcdCluster) -> String {
+    format!("{}-backups", cluster.name_any())
+}
+
+/// The volume destination backups of this cluster use when none is named: `spec.backup.destination`
+/// when it is a volume; the default claim `<cluster>-backups` when no destination is configured and
+/// the data is on PVCs (it has the data claims' class and size); otherwise none (S3 is configured, or
+/// the data is on emptyDir, where a default backup volume would be lost with the pod).
+pub fn backup_volume(cluster: &EtcdCluster) -> Option<VolumeDestination> {
+    match cluster.spec.backup.as_ref().and_then(|p| p.destination.as_ref()) {
+        Some(d) => d.volume.clone(),
+        None => cluster
+            .spec
+            .storage
+            .persistent_volume_claim
+            .as_ref()
+            .map(|_| VolumeDestination {
+                claim_name: default_backup_claim(cluster),
+                path: String::new(),
+            }),
+    }
+}
+
+/// The default backup claim, when this cluster uses it. It has no owner: backups outlive the cluster.
+pub fn default_backup_pvc(cluster: &EtcdCluster) -> Option<PersistentVolumeClaim> {
+    let pvc = cluster.spec.storage.persistent_volume_claim.as_ref()?;
+    let claim = backup_volume(cluster)?.claim_name;
+    if claim != default_backup_claim(cluster) {
+        return None;
+    }
+    Some(from_json(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "namespace": cluster.namespace(), "labels": cluster_labels(cluster)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": pvc.storage_class_name,
+            "resources": {"requests": {"storage": pvc.size}}
+        }
+    })))
+}
+
+/// The directory in the sidecar for a volume destination: `/backups/<claim>/<path>/<ns>/<cluster>`.
+pub fn backup_dir(cluster: &EtcdCluster, dest: &VolumeDestination) -> String {
+    let mut dir = format!("{BACKUP_MOUNT}/{}", dest.claim_name);
+    let path = dest.path.trim_matches('/');
+    if !path.is_empty() {
+        dir.push('/');
+        dir.push_str(path);
+    }
+    format!(
+        "{dir}/{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
+
 /// The image of an etcd version for this cluster.
 pub fn etcd_image(cluster: &EtcdCluster, images: &Images, version: EtcdVersion) -> String {
     let repo = cluster
@@ -291,6 +351,12 @@ pub fn member_pod(
             json!({"name": "data", "emptyDir": {"medium": e.medium.map(|_| "Memory"), "sizeLimit": e.size_limit}})
         }
     };
+    let mut sidecar_mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true})];
+    if let Some(dest) = backup_volume(cluster) {
+        volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": dest.claim_name}}));
+        sidecar_mounts
+            .push(json!({"name": "backups", "mountPath": format!("{BACKUP_MOUNT}/{}", dest.claim_name)}));
+    }
     let affinity = spec
         .pod
         .affinity
@@ -342,7 +408,7 @@ pub fn member_pod(
                     "args": [format!("--listen=0.0.0.0:{SIDECAR_PORT}")],
                     "ports": [{"name": "sidecar", "containerPort": SIDECAR_PORT}],
                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
-                    "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT, "readOnly": true}]
+                    "volumeMounts": sidecar_mounts
                 }
             ],
             "volumes": std::iter::once(data_volume).chain(volumes).collect::<Vec<_>>()
@@ -499,6 +565,73 @@ mod tests {
             "c-2-data"
         );
         assert!(member_pvc(&cluster(MINIMAL), "c-0").is_none());
+    }
+
+    fn sidecar_backup_mount(p: &Pod) -> Option<(String, String)> {
+        let spec = p.spec.clone().unwrap();
+        let mount = spec.containers[1]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.name == "backups")?;
+        let claim = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "backups")?
+            .persistent_volume_claim?
+            .claim_name;
+        Some((claim, mount.mount_path))
+    }
+
+    #[test]
+    fn backups_default_to_a_claim_beside_pvc_data_and_to_none_otherwise() {
+        let v = "3.6.16".parse().unwrap();
+        let pod =
+            |c: &EtcdCluster| member_pod(c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]);
+        let pvc_data =
+            "spec:\n  size: 3\n  storage: {persistentVolumeClaim: {size: 2Gi, storageClassName: fast}}\n";
+        let with =
+            |extra: &str| cluster(&MINIMAL.replace("spec: {size: 3}\n", &format!("{pvc_data}{extra}")));
+
+        let c = with("");
+        let claim = default_backup_pvc(&c).unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("c-backups"));
+        assert!(
+            claim.metadata.owner_references.is_none(),
+            "backups must outlive the cluster"
+        );
+        assert_eq!(claim.spec.unwrap().storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            sidecar_backup_mount(&pod(&c)),
+            Some(("c-backups".into(), "/backups/c-backups".into()))
+        );
+        assert_eq!(
+            backup_dir(&c, &backup_volume(&c).unwrap()),
+            "/backups/c-backups/ns/c"
+        );
+
+        let named = with(
+            "  backup: {schedule: '0 * * * *', destination: {volume: {claimName: shared, path: etcd/}}}\n",
+        );
+        assert!(default_backup_pvc(&named).is_none());
+        assert_eq!(
+            sidecar_backup_mount(&pod(&named)),
+            Some(("shared".into(), "/backups/shared".into()))
+        );
+        assert_eq!(
+            backup_dir(&named, &backup_volume(&named).unwrap()),
+            "/backups/shared/etcd/ns/c"
+        );
+
+        let s3 = with("  backup: {schedule: '0 * * * *', destination: {s3: {bucket: bkt}}}\n");
+        assert!(default_backup_pvc(&s3).is_none());
+        assert_eq!(sidecar_backup_mount(&pod(&s3)), None);
+
+        let empty_dir = cluster(MINIMAL);
+        assert!(backup_volume(&empty_dir).is_none());
+        assert_eq!(sidecar_backup_mount(&pod(&empty_dir)), None);
     }
 
     #[test]

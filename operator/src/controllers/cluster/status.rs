@@ -209,7 +209,22 @@ pub fn set_condition(
     generation: Option<i64>,
     now: jiff::Timestamp,
 ) {
-    let status = if status { "True" } else { "False" }.to_owned();
+    let status = if status { "True" } else { "False" };
+    set_condition_to(conditions, type_, status, reason, message, generation, now);
+}
+
+/// Sets one condition to `True`, `False` or `Unknown`, keeping `lastTransitionTime` when the status
+/// does not change.
+pub fn set_condition_to(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    let status = status.to_owned();
     let transition = conditions
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

@@ -1,0 +1,378 @@
+//! Scheduled backups, as part of the cluster's reconcile: observe the cluster's EtcdBackups → decide
+//! (pure: [`plan`]) whether a schedule slot is due and how healthy backups are → create at most one
+//! EtcdBackup → the `BackupHealthy` condition and `lastScheduledBackupTime` go into the status.
+//!
+//! A scheduled EtcdBackup is named after its slot, so creating it is idempotent: an operator that
+//! restarts between creating it and recording the slot finds it already there. Slots missed while the
+//! operator was down are caught up with one backup, not one per slot.
+
+use std::str::FromStr;
+
+use croner::Cron;
+use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, ObjectMeta, PostParams},
+    runtime::events::EventType,
+};
+use ouroboros_crds::{BackupPhase, BackupPolicy, EtcdBackup, EtcdBackupSpec, EtcdCluster, retention::Rules};
+
+use super::resources::LABEL_CLUSTER;
+use crate::context::Context;
+
+/// Label on EtcdBackups the schedule created.
+pub const LABEL_SCHEDULED: &str = "etcd.ouroboros.dev/scheduled";
+/// How many slots are counted when reporting missed ones; beyond this the count says "at least".
+const MAX_COUNTED_SLOTS: u32 = 10_000;
+
+/// Why observing or creating scheduled backups failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct BackupsError {
+    /// What was attempted.
+    pub action: &'static str,
+    /// Cause.
+    #[source]
+    pub source: kube::Error,
+}
+
+/// What the schedule needs to know about one EtcdBackup of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// Object name.
+    pub name: String,
+    /// Created by the schedule.
+    pub scheduled: bool,
+    /// Current phase (none until the backup controller has seen it).
+    pub phase: Option<BackupPhase>,
+    /// When the object was created.
+    pub created: Timestamp,
+    /// When it completed.
+    pub completed: Option<Timestamp>,
+    /// The status reason.
+    pub reason: Option<String>,
+}
+
+/// Tri-state condition status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truth {
+    /// `True`.
+    True,
+    /// `False`.
+    False,
+    /// `Unknown`.
+    Unknown,
+}
+
+/// The `BackupHealthy` condition to set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Status.
+    pub status: Truth,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What to know or fix.
+    pub message: String,
+}
+
+/// A scheduled backup to create now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// Name of the EtcdBackup.
+    pub name: String,
+    /// The slot it serves.
+    pub slot: Timestamp,
+    /// Earlier slots since the last recorded one that get no backup of their own.
+    pub missed: u32,
+}
+
+/// What the schedule decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// No `spec.backup`: nothing scheduled, and no condition.
+    Off,
+    /// The policy cannot be used; only the condition says why.
+    Invalid(Health),
+    /// The schedule runs.
+    Scheduled {
+        /// A backup to create now.
+        due: Option<Due>,
+        /// A slot skipped because the named scheduled backup has not finished.
+        skipped_for: Option<String>,
+        /// The slot to record as `lastScheduledBackupTime`.
+        last_slot: Option<Timestamp>,
+        /// The next slot, to wake up for.
+        next: Timestamp,
+        /// The condition.
+        health: Health,
+    },
+}
+
+/// Parses the schedule, naming the problem for the condition.
+pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
+    Cron::from_str(schedule.trim())
+        .map_err(|e| format!("spec.backup.schedule {schedule:?} is not a valid cron schedule: {e}"))
+}
+
+fn next_slot(cron: &Cron, after: Timestamp) -> Option<Timestamp> {
+    cron.find_next_occurrence(&after.to_zoned(TimeZone::UTC), false)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+/// The scheduled EtcdBackup's name for `slot`.
+pub fn scheduled_name(cluster: &str, slot: Timestamp) -> String {
+    format!("{cluster}-{}", slot.strftime("%Y%m%d-%H%M"))
+}
+
+/// Decides the schedule's action. `anchor` is the last recorded slot, or the cluster's creation when
+/// none was recorded yet; `backups` are every EtcdBackup of the cluster.
+pub fn plan(
+    cluster: &str,
+    policy: Option<&BackupPolicy>,
+    anchor: Timestamp,
+    recorded: bool,
+    backups: &[BackupSummary],
+    now: Timestamp,
+) -> Action {
+    let Some(policy) = policy else { return Action::Off };
+    let invalid = |reason, message| {
+        Action::Invalid(Health {
+            status: Truth::False,
+            reason,
+            message,
+        })
+    };
+    let cron = match parse_schedule(&policy.schedule) {
+        Ok(c) => c,
+        Err(message) => return invalid("InvalidSchedule", message),
+    };
+    if let Some(r) = &policy.retention
+        && let Err(e) = Rules::new(r.max_count, r.max_age.as_deref())
+    {
+        return invalid("InvalidRetention", e.to_string());
+    }
+    let (Some(next), Some(first)) = (next_slot(&cron, now), next_slot(&cron, anchor)) else {
+        return invalid(
+            "InvalidSchedule",
+            format!("spec.backup.schedule {:?} never fires", policy.schedule),
+        );
+    };
+    let interval = next_slot(&cron, next).map_or(SignedDuration::from_hours(24), |n| n.duration_since(next));
+
+    // Every slot in (anchor, now]: the newest gets a backup, the rest were missed.
+    let mut latest = None;
+    let mut count = 0u32;
+    let mut slot = first;
+    while slot <= now && count < MAX_COUNTED_SLOTS {
+        latest = Some(slot);
+        count += 1;
+        match next_slot(&cron, slot) {
+            Some(s) => slot = s,
+            None => break,
+        }
+    }
+    if count == MAX_COUNTED_SLOTS {
+        latest = cron
+            .find_previous_occurrence(&now.to_zoned(TimeZone::UTC), true)
+            .ok()
+            .map(|z| z.timestamp());
+    }
+    let running = backups
+        .iter()
+        .filter(|b| b.scheduled && !b.phase.is_some_and(BackupPhase::is_terminal))
+        .max_by_key(|b| b.created);
+    let (due, skipped_for) = match (latest, running) {
+        (None, _) => (None, None),
+        (Some(_), Some(r)) => (None, Some(r.name.clone())),
+        (Some(slot), None) => (
+            Some(Due {
+                name: scheduled_name(cluster, slot),
+                slot,
+                missed: if recorded { count - 1 } else { 0 },
+            }),
+            None,
+        ),
+    };
+    let health = health(backups, interval, anchor, recorded, due.is_some(), now);
+    Action::Scheduled {
+        due,
+        skipped_for,
+        last_slot: latest,
+        next,
+        health,
+    }
+}
+
+fn health(
+    backups: &[BackupSummary],
+    interval: SignedDuration,
+    anchor: Timestamp,
+    recorded: bool,
+    starting: bool,
+    now: Timestamp,
+) -> Health {
+    let limit = interval * 2;
+    let last_scheduled = backups
+        .iter()
+        .filter(|b| b.scheduled && b.phase.is_some_and(BackupPhase::is_terminal))
+        .max_by_key(|b| b.created);
+    let newest_success = backups
+        .iter()
+        .filter(|b| b.phase == Some(BackupPhase::Succeeded))
+        .filter_map(|b| Some((b.completed?, b)))
+        .max_by_key(|(t, _)| *t);
+    if let Some(b) = last_scheduled.filter(|b| b.phase == Some(BackupPhase::Failed)) {
+        return Health {
+            status: Truth::False,
+            reason: "BackupFailed",
+            message: format!(
+                "the last scheduled backup {} failed: {}",
+                b.name,
+                b.reason.as_deref().unwrap_or("no reason given")
+            ),
+        };
+    }
+    match newest_success {
+        Some((t, b)) if now.duration_since(t) > limit => Health {
+            status: Truth::False,
+            reason: "BackupStale",
+            message: format!(
+                "the newest successful backup {} completed at {t}, more than twice the schedule interval ({}) ago",
+                b.name,
+                short(interval)
+            ),
+        },
+        Some((t, b)) => Health {
+            status: Truth::True,
+            reason: "BackupsSucceeding",
+            message: format!("the newest successful backup {} completed at {t}", b.name),
+        },
+        None if !recorded && now.duration_since(anchor) <= limit => Health {
+            status: Truth::Unknown,
+            reason: "AwaitingFirstBackup",
+            message: "no backup has completed yet".into(),
+        },
+        None if starting
+            || backups
+                .iter()
+                .any(|b| !b.phase.is_some_and(BackupPhase::is_terminal)) =>
+        {
+            Health {
+                status: Truth::Unknown,
+                reason: "AwaitingFirstBackup",
+                message: "the first backup is running".into(),
+            }
+        }
+        None => Health {
+            status: Truth::False,
+            reason: "NoSuccessfulBackup",
+            message: "no backup of this cluster has succeeded".into(),
+        },
+    }
+}
+
+/// `6h`, `1d12h`, `15m`: how intervals are written in the spec.
+fn short(d: SignedDuration) -> String {
+    let mut secs = d.as_secs().max(0);
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    if out.is_empty() { "0s".into() } else { out }
+}
+
+/// Every EtcdBackup of `cluster`.
+pub async fn observe(ctx: &Context, cluster: &EtcdCluster) -> Result<Vec<BackupSummary>, BackupsError> {
+    let name = cluster.name_any();
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| BackupsError {
+            action: "listing EtcdBackups",
+            source,
+        })?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|b| b.spec.cluster_name == name)
+        .map(summary)
+        .collect())
+}
+
+/// The schedule's view of one EtcdBackup.
+pub fn summary(b: &EtcdBackup) -> BackupSummary {
+    let status = b.status.clone().unwrap_or_default();
+    BackupSummary {
+        name: b.name_any(),
+        scheduled: b.labels().get(LABEL_SCHEDULED).is_some_and(|v| v == "true"),
+        phase: status.phase,
+        created: b
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        completed: status.completion_time.and_then(|t| t.parse().ok()),
+        reason: status.reason,
+    }
+}
+
+/// Creates the due backup; an existing one of that name means an earlier pass already did.
+pub async fn create(ctx: &Context, cluster: &EtcdCluster, due: &Due) -> Result<(), BackupsError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let backup = EtcdBackup {
+        metadata: ObjectMeta {
+            name: Some(due.name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(
+                [
+                    (LABEL_CLUSTER.to_owned(), cluster.name_any()),
+                    (LABEL_SCHEDULED.to_owned(), "true".to_owned()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: EtcdBackupSpec {
+            cluster_name: cluster.name_any(),
+            destination: None,
+        },
+        status: None,
+    };
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.create(&PostParams::default(), &backup).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
+        Err(source) => {
+            return Err(BackupsError {
+                action: "creating the scheduled EtcdBackup",
+                source,
+            });
+        }
+    }
+    let note = if due.missed > 0 {
+        format!(
+            "created {} for the slot at {}; {} earlier slot(s) were missed while the operator was away and get this one catch-up backup",
+            due.name, due.slot, due.missed
+        )
+    } else {
+        format!("created {} for the slot at {}", due.name, due.slot)
+    };
+    ctx.publish(
+        &cluster.object_ref(&()),
+        EventType::Normal,
+        "BackupScheduled",
+        note,
+        None,
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "backups_tests.rs"]
+mod tests;
