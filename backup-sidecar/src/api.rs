@@ -31,8 +31,23 @@ use crate::{
 pub struct Api {
     /// Client URL of this member (`http://127.0.0.1:2379`).
     pub etcd_endpoint: String,
+    /// Client certificate for members that require TLS.
+    pub tls: Option<Arc<ClientTls>>,
     /// Jobs by ID.
     pub jobs: Arc<Mutex<HashMap<String, JobState>>>,
+}
+
+/// A client certificate (PEM) and the CA that signed the member's certificate.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// CA bundle.
+    pub ca: Vec<u8>,
+    /// Client certificate.
+    pub cert: Vec<u8>,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// Name to verify the member's certificate against; the endpoint's host when unset.
+    pub server_name: Option<String>,
 }
 
 /// The routes.
@@ -75,7 +90,7 @@ async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoRespons
     }
     let id = job.id.clone();
     tokio::spawn(async move {
-        let result = run(&api.etcd_endpoint, &job).await;
+        let result = run(&api.etcd_endpoint, api.tls.as_deref(), &job).await;
         let state = match result {
             Ok(outcome) => JobState::Succeeded {
                 manifest: Box::new(outcome.manifest),
@@ -154,9 +169,18 @@ async fn open_store(destination: &JobDestination) -> Store {
     }
 }
 
-async fn run(endpoint: &str, job: &Job) -> Result<pipeline::Outcome, String> {
+async fn run(endpoint: &str, tls: Option<&ClientTls>, job: &Job) -> Result<pipeline::Outcome, String> {
     let store = open_store(&job.destination).await;
-    let mut client = etcd_client::Client::connect([endpoint], None)
+    let options = tls.map(|t| {
+        let mut o = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&t.ca))
+            .identity(etcd_client::Identity::from_pem(&t.cert, &t.key));
+        if let Some(name) = &t.server_name {
+            o = o.domain_name(name.clone());
+        }
+        etcd_client::ConnectOptions::new().with_tls(o)
+    });
+    let mut client = etcd_client::Client::connect([endpoint], options)
         .await
         .map_err(|e| format!("connecting to the local member at {endpoint}: {e}"))?;
     let req = Request {

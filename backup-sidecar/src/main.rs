@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use ouroboros_backup_sidecar::api::{Api, router};
+use ouroboros_backup_sidecar::api::{Api, ClientTls, router};
 
 /// The backup sidecar of an Ouroboros etcd member.
 #[derive(Debug, Parser)]
@@ -20,6 +20,13 @@ struct Args {
         default_value = "http://127.0.0.1:2379"
     )]
     etcd_endpoint: String,
+    /// Directory with `tls.crt`, `tls.key` and `ca.crt` of a client certificate, for members that
+    /// require client-certificate TLS.
+    #[arg(long, env = "OUROBOROS_ETCD_TLS_DIR")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Name the member's certificate is checked against (its DNS name), with `--tls-dir`.
+    #[arg(long, env = "OUROBOROS_ETCD_TLS_SERVER_NAME", requires = "tls_dir")]
+    tls_server_name: Option<String>,
 }
 
 #[tokio::main]
@@ -30,8 +37,24 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .init();
+    let tls = match &args.tls_dir {
+        None => None,
+        Some(dir) => {
+            let read = |f: &str| {
+                std::fs::read(dir.join(f))
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.join(f).display()))
+            };
+            Some(ClientTls {
+                ca: read("ca.crt")?,
+                cert: read("tls.crt")?,
+                key: read("tls.key")?,
+                server_name: args.tls_server_name.clone(),
+            })
+        }
+    };
     let api = Api {
         etcd_endpoint: args.etcd_endpoint.clone(),
+        tls: tls.map(std::sync::Arc::new),
         jobs: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

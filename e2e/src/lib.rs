@@ -382,3 +382,115 @@ pub mod writer {
         }
     }
 }
+
+/// Kills one container of a pod with SIGKILL through containerd, as a crash would; the kubelet
+/// restarts it. Works for images without a shell or `kill`.
+pub async fn kill_container(client: &Client, ns: &str, pod: &str, container: &str) -> anyhow::Result<()> {
+    let p = Api::<Pod>::namespaced(client.clone(), ns).get(pod).await?;
+    let id = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == container)
+        .and_then(|c| c.container_id)
+        .with_context(|| format!("container {container} of {ns}/{pod} has no ID yet"))?;
+    let id = id.trim_start_matches("containerd://");
+    let state = std::env::var("OUROBOROS_STATE").unwrap_or_else(|_| "/var/lib/ouroboros-e2e".into());
+    let sock = format!("{state}/run/containerd/containerd.sock");
+    let out = Command::new("ctr")
+        .args(["-a", &sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
+        .output()
+        .context("running ctr")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ctr kill {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Writes about `mib` MiB of incompressible values into the etcd at `endpoint` (1 MiB per key, keys
+/// `/bulk/<n>`), so a backup takes long enough to be interrupted.
+pub async fn fill_etcd(endpoint: &str, mib: usize) -> anyhow::Result<()> {
+    let mut c = etcd_client::Client::connect([endpoint], None).await?;
+    // A cheap xorshift is plenty to defeat gzip.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..mib {
+        let mut v = vec![0u8; 1 << 20];
+        for chunk in v.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        c.put(format!("/bulk/{i:05}"), v, None).await?;
+    }
+    Ok(())
+}
+
+/// The S3 store of the local cluster (MinIO), spoken to with curl's SigV4 support.
+pub mod s3 {
+    use std::process::Command;
+
+    use anyhow::{Context as _, ensure};
+
+    fn env(k: &str) -> anyhow::Result<String> {
+        std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
+    }
+
+    /// The bucket backups go to.
+    pub fn bucket() -> anyhow::Result<String> {
+        env("OUROBOROS_S3_BUCKET")
+    }
+
+    fn curl(path_and_query: &str, extra: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let user = format!("{}:{}", env("AWS_ACCESS_KEY_ID")?, env("AWS_SECRET_ACCESS_KEY")?);
+        let url = format!("{}/{}/{path_and_query}", env("OUROBOROS_S3_ENDPOINT")?, bucket()?);
+        let out = Command::new("curl")
+            .args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &user])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .context("running curl")?;
+        ensure!(out.status.success(), "curl {url} failed");
+        Ok(out.stdout)
+    }
+
+    /// SigV4 signs the query as AWS canonicalizes it, where `/` must be escaped.
+    fn encode(v: &str) -> String {
+        v.replace('/', "%2F")
+    }
+
+    fn tags(xml: &str, tag: &str) -> Vec<String> {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        xml.split(&open)
+            .skip(1)
+            .filter_map(|s| s.split_once(&close).map(|(v, _)| v.to_owned()))
+            .collect()
+    }
+
+    /// Every key under `prefix`, hidden ones (markers) included.
+    pub fn keys(prefix: &str) -> anyhow::Result<Vec<String>> {
+        let xml = curl(
+            &format!("?list-type=2&max-keys=1000&prefix={}", encode(prefix)),
+            &[],
+        )?;
+        let mut keys = tags(&String::from_utf8_lossy(&xml), "Key");
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Open multipart uploads of exactly `key` (MinIO lists them by exact key only).
+    pub fn open_uploads(key: &str) -> anyhow::Result<usize> {
+        // curl signs the query as written, so parameters go in sorted order.
+        let xml = curl(&format!("?prefix={}&uploads=", encode(key)), &[])?;
+        Ok(tags(&String::from_utf8_lossy(&xml), "UploadId").len())
+    }
+
+    /// Downloads `key` to `to`.
+    pub fn download(key: &str, to: &std::path::Path) -> anyhow::Result<()> {
+        let to = to.to_string_lossy().into_owned();
+        curl(key, &["-o", &to]).map(drop)
+    }
+}

@@ -6,11 +6,11 @@ use std::{path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, ensure};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, api::PostParams};
-use ouroboros_crds::condition_types;
+use ouroboros_crds::{BackupPhase, EtcdBackup, condition_types};
 use ouroboros_e2e::{
     TestNamespace, client,
     etcd_cluster::{self, converged},
-    kubectl,
+    kubectl, wait_for,
 };
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -162,6 +162,38 @@ async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Res
         let anonymous = kubectl(&["-n", &ns, "exec", member, "-c", "etcd", "--", "sh", "-c",
             &format!("etcdctl --endpoints https://{member}.tls.{ns}.svc:2379 --cacert /etc/etcd/tls/server/ca.crt --dial-timeout=3s --command-timeout=5s endpoint health")])?;
         ensure!(!anonymous.success, "https without a client certificate was served: {}", anonymous.stdout);
+
+        // A backup of a TLS cluster: the sidecar dials its member with the operator's client certificate.
+        let env = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
+        let creds = Secret {
+            metadata: kube::api::ObjectMeta { name: Some("minio".into()), ..Default::default() },
+            data: Some(
+                [("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")?), ("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY")?)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        secrets.create(&PostParams::default(), &creds).await?;
+        let backup: EtcdBackup = serde_yaml::from_str(&format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: tls-backup}}\n\
+             spec: {{clusterName: tls, destination: {{s3: {{bucket: {}, prefix: e2e-tls/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}}}\n",
+            env("OUROBOROS_S3_BUCKET")?,
+            env("OUROBOROS_S3_ENDPOINT")?
+        ))?;
+        let backups: Api<EtcdBackup> = Api::namespaced(c.clone(), &ns);
+        backups.create(&PostParams::default(), &backup).await?;
+        let s = wait_for("the TLS backup to finish", t, || {
+            let backups = backups.clone();
+            async move {
+                let s = backups.get("tls-backup").await?.status.unwrap_or_default();
+                Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
+            }
+        })
+        .await?;
+        ensure!(s.phase == Some(BackupPhase::Succeeded), "the TLS backup failed: {:?}", s.reason);
+        ensure!(s.sha256.as_ref().is_some_and(|h| h.len() == 64), "{s:?}");
         Ok(())
     })
     .await

@@ -272,14 +272,6 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     };
-    if cluster.spec.tls.is_some() {
-        return fail(
-            ctx,
-            b,
-            "backups of TLS clusters are not implemented yet (the sidecar has no client certificate)".into(),
-        )
-        .await;
-    }
     let Resolved { destination, claim } = match resolve(ctx, b, &cluster).await? {
         Ok(d) => d,
         Err(why) => return fail(ctx, b, why).await,

@@ -184,6 +184,8 @@ pub fn plan(
         .max_by_key(|b| b.created);
     let (due, skipped_for) = match (latest, running) {
         (None, _) => (None, None),
+        // This slot's own backup, seen before the slot was recorded (a stale read of the cluster).
+        (Some(slot), Some(r)) if r.name == scheduled_name(cluster, slot) => (None, None),
         (Some(_), Some(r)) => (None, Some(r.name.clone())),
         (Some(slot), None) => (
             Some(Due {

@@ -332,3 +332,25 @@ fn a_policy_added_to_an_old_cluster_backs_up_at_once_without_alarm() {
     );
     assert_eq!(health.status, Truth::Unknown);
 }
+
+#[test]
+fn the_slots_own_backup_is_not_a_reason_to_skip_it() {
+    // The cluster read may predate the status write that recorded the slot.
+    let own = backup(
+        "main-20261121-1200",
+        true,
+        Some(BackupPhase::Running),
+        "2026-11-21T12:00:00Z",
+        None,
+    );
+    let (due, skipped, last, ..) = scheduled(plan(
+        "main",
+        Some(&policy("0 */6 * * *")),
+        t("2026-11-21T06:00:00Z"),
+        true,
+        &[own],
+        t("2026-11-21T12:00:01Z"),
+    ));
+    assert_eq!((due, skipped), (None, None));
+    assert_eq!(last, Some(t("2026-11-21T12:00:00Z")));
+}

@@ -352,6 +352,20 @@ pub fn member_pod(
         }
     };
     let mut sidecar_mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true})];
+    let mut sidecar_args = vec![format!("--listen=0.0.0.0:{SIDECAR_PORT}")];
+    if let Some(tls) = &spec.tls {
+        // The sidecar dials its own member over loopback as the operator's client, checking the
+        // member's certificate against the member's DNS name.
+        volumes.push(json!({"name": "client-tls", "secret": {"secretName": tls.operator_client_secret, "defaultMode": 0o400}}));
+        sidecar_mounts.push(
+            json!({"name": "client-tls", "mountPath": format!("{TLS_MOUNT}/client"), "readOnly": true}),
+        );
+        sidecar_args.extend([
+            format!("--etcd-endpoint=https://127.0.0.1:{CLIENT_PORT}"),
+            format!("--tls-dir={TLS_MOUNT}/client"),
+            format!("--tls-server-name={}", member_host(cluster, member)),
+        ]);
+    }
     if let Some(dest) = backup_volume(cluster) {
         volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": dest.claim_name}}));
         sidecar_mounts
@@ -405,7 +419,7 @@ pub fn member_pod(
                     "name": "backup-sidecar",
                     "image": images.sidecar,
                     "imagePullPolicy": "IfNotPresent",
-                    "args": [format!("--listen=0.0.0.0:{SIDECAR_PORT}")],
+                    "args": sidecar_args,
                     "ports": [{"name": "sidecar", "containerPort": SIDECAR_PORT}],
                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
                     "volumeMounts": sidecar_mounts

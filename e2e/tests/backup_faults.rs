@@ -1,0 +1,143 @@
+//! Backups interrupted on the real cluster: the sidecar killed mid-upload and the member's etcd killed
+//! mid-stream each fail the EtcdBackup with a reason, never leave a manifest (so nothing passes for a
+//! backup), and the next successful backup clears the open multipart upload they left.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdBackupStatus};
+use ouroboros_e2e::{
+    TestNamespace, client,
+    etcd_cluster::{self, converged},
+    fill_etcd, kill_container, s3, wait_for,
+};
+
+fn env(k: &str) -> anyhow::Result<String> {
+    std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
+}
+
+async fn start_backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let b: EtcdBackup = serde_yaml::from_str(&format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}}}\nspec: {{clusterName: f}}\n"
+    ))?;
+    Api::<EtcdBackup>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &b)
+        .await?;
+    Ok(())
+}
+
+async fn status(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
+    Ok(Api::<EtcdBackup>::namespaced(c.clone(), ns)
+        .get(name)
+        .await?
+        .status
+        .unwrap_or_default())
+}
+
+/// Waits until the backup is Running and its upload has begun (its marker is in the store); returns
+/// the member it runs on.
+async fn uploading(c: &Client, ns: &str, name: &str, prefix: &str) -> anyhow::Result<String> {
+    wait_for(
+        &format!("{name} to be uploading"),
+        Duration::from_secs(120),
+        || async move {
+            let s = status(c, ns, name).await?;
+            ensure!(
+                s.phase != Some(BackupPhase::Succeeded),
+                "{name} finished before it could be interrupted"
+            );
+            let marker = format!("-{name}.tar.gz.uploading");
+            let begun = s3::keys(prefix)?.iter().any(|k| k.ends_with(&marker));
+            Ok((s.phase == Some(BackupPhase::Running) && begun)
+                .then_some(s.member)
+                .flatten())
+        },
+    )
+    .await
+}
+
+async fn finished(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
+    wait_for(
+        &format!("{name} to finish"),
+        Duration::from_secs(300),
+        || async move {
+            let s = status(c, ns, name).await?;
+            Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn interrupted_backups_fail_clearly_and_leave_nothing() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "bfaults").await?.run(|c, ns| async move {
+        let secret = Secret {
+            metadata: ObjectMeta { name: Some("minio".into()), ..Default::default() },
+            data: Some(
+                [("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")?), ("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY")?)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(c.clone(), &ns).create(&PostParams::default(), &secret).await?;
+        // Level 9 over incompressible data keeps the backup running long enough to interrupt it.
+        let yaml = format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: f}}\nspec:\n  size: 3\n  pod: {{antiAffinity: None}}\n  backup:\n    schedule: '0 0 1 1 *'\n    compressionLevel: 9\n    retention: {{maxCount: 10}}\n    destination: {{s3: {{bucket: {}, prefix: e2e-faults/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+            s3::bucket()?,
+            env("OUROBOROS_S3_ENDPOINT")?
+        );
+        etcd_cluster::create(&c, &ns, &yaml).await?;
+        etcd_cluster::wait(&c, &ns, "f", "3 members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
+        fill_etcd(&etcd_cluster::client_endpoint(&c, &ns, "f").await?, 300).await?;
+        let prefix = format!("e2e-faults/{ns}/f/");
+
+        // The sidecar is killed while its multipart upload is open.
+        start_backup(&c, &ns, "killed-sidecar").await?;
+        let member = uploading(&c, &ns, "killed-sidecar", &prefix).await?;
+        kill_container(&c, &ns, &member, "backup-sidecar").await?;
+        let s = finished(&c, &ns, "killed-sidecar").await?;
+        ensure!(s.phase == Some(BackupPhase::Failed), "a backup whose sidecar died succeeded");
+        let reason = s.reason.clone().unwrap_or_default();
+        ensure!(reason.contains("restarted") && reason.contains("nothing was committed"), "reason: {reason}");
+        ensure!(s.location.is_none(), "a failed backup has a location");
+        let keys = s3::keys(&prefix)?;
+        ensure!(!keys.iter().any(|k| k.contains("killed-sidecar") && k.ends_with(".manifest.json")), "a manifest exists: {keys:?}");
+        let open_key = keys
+            .iter()
+            .find(|k| k.ends_with("-killed-sidecar.tar.gz.uploading"))
+            .map(|k| k.replacen(".uploading", "", 1).replacen(&format!("{prefix}."), &prefix, 1))
+            .context("the killed sidecar's upload marker is gone before any cleanup")?;
+        ensure!(s3::open_uploads(&open_key)? == 1, "the killed upload is not open in the store; the test proves nothing");
+
+        // The member's etcd dies while the snapshot streams.
+        etcd_cluster::wait(&c, &ns, "f", "3 healthy members", Duration::from_secs(120), converged(3, "3.6.16")).await?;
+        start_backup(&c, &ns, "member-died").await?;
+        let member = uploading(&c, &ns, "member-died", &prefix).await?;
+        kill_container(&c, &ns, &member, "etcd").await?;
+        let s = finished(&c, &ns, "member-died").await?;
+        ensure!(s.phase == Some(BackupPhase::Failed), "a backup whose member died succeeded");
+        let reason = s.reason.clone().unwrap_or_default();
+        ensure!(reason.to_lowercase().contains("snapshot") || reason.contains("stream"), "reason: {reason}");
+        ensure!(!s3::keys(&prefix)?.iter().any(|k| k.contains("member-died")), "the member-died backup left objects");
+
+        // The next backup succeeds, and retention clears what the killed sidecar left.
+        etcd_cluster::wait(&c, &ns, "f", "3 healthy members", Duration::from_secs(120), converged(3, "3.6.16")).await?;
+        start_backup(&c, &ns, "after").await?;
+        let s = finished(&c, &ns, "after").await?;
+        ensure!(s.phase == Some(BackupPhase::Succeeded), "the backup after the faults failed: {:?}", s.reason);
+        let keys = s3::keys(&prefix)?;
+        ensure!(keys.len() == 2 && keys.iter().all(|k| k.contains("-after")), "store after cleanup: {keys:?}");
+        ensure!(s3::open_uploads(&open_key)? == 0, "the killed sidecar's multipart upload is still open");
+        Ok(())
+    })
+    .await
+}
