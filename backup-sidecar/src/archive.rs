@@ -21,7 +21,7 @@ pub const MANIFEST_ENTRY: &str = "manifest.json";
 /// Version of the manifest format.
 pub const FORMAT_VERSION: u32 = 1;
 /// Uncompressed bytes per gzip member.
-pub const CHUNK: usize = 4 << 20;
+pub const CHUNK: usize = 1 << 20;
 
 /// Compresses written bytes in [`CHUNK`]s on `workers` threads, writing the gzip members to `inner`
 /// in order. At most `2 × workers` chunks are in flight.
@@ -42,7 +42,9 @@ impl<W: Write> std::fmt::Debug for ParallelGzWriter<W> {
 }
 
 fn compress(chunk: Vec<u8>, level: Compression) -> io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(chunk.len() / 2), level);
+    // Room for incompressible input (stored blocks add a few bytes per 64 KiB), so the output never
+    // reallocates: a doubled buffer per chunk in flight is what memory would grow by.
+    let mut enc = GzEncoder::new(Vec::with_capacity(chunk.len() + chunk.len() / 64 + 1024), level);
     enc.write_all(&chunk)?;
     enc.finish()
 }
@@ -73,7 +75,8 @@ impl<W: Write> ParallelGzWriter<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        while self.jobs.len() >= self.workers * 2 {
+        // One chunk queued beyond the running ones keeps every worker busy; more only costs memory.
+        while self.jobs.len() > self.workers {
             self.drain_one()?;
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));

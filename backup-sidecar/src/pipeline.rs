@@ -146,7 +146,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
     let mut upload = store.begin(&archive_name).await?;
 
     let (to_compressor, from_feeder) = mpsc::channel::<ToCompressor>(64);
-    let (to_uploader, mut from_compressor) = mpsc::channel::<Vec<u8>>(4);
+    let (to_uploader, mut from_compressor) = mpsc::channel::<Vec<u8>>(2);
     let (level, workers) = (req.compression_level, req.workers);
     let compressor = tokio::task::spawn_blocking(move || compress(from_feeder, to_uploader, level, workers));
 

@@ -29,6 +29,9 @@ async fn delete_marker(client: &Client, bucket: &str, key: &str) {
 
 /// Bytes per S3 part (S3 requires at least 5 MiB for every part but the last).
 pub const PART_SIZE: usize = 8 << 20;
+/// A part's buffer: a part is sent once it holds `PART_SIZE`, so the largest write (a compressed
+/// chunk) fits beside it without the buffer ever reallocating.
+const PART_BUFFER: usize = PART_SIZE + (2 << 20);
 
 /// Why storing failed.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +210,7 @@ impl Store {
                     key,
                     upload_id,
                     parts: Vec::new(),
-                    buf: Vec::with_capacity(PART_SIZE),
+                    buf: Vec::with_capacity(PART_BUFFER),
                 })
             }
         }
@@ -443,7 +446,7 @@ impl Upload {
             return Ok(());
         };
         let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
-        let body = std::mem::replace(buf, Vec::with_capacity(PART_SIZE));
+        let body = std::mem::replace(buf, Vec::with_capacity(PART_BUFFER));
         let out = client
             .upload_part()
             .bucket(bucket.as_str())

@@ -49,16 +49,20 @@ for mib in $SIZES; do
   OUROBOROS_SIDECAR_ADDR=$SIDECAR "$BIN/etcd-backup-sidecar" --etcd-endpoint "http://127.0.0.1:$ETCD_PORT" >"$WORK/sidecar.log" 2>&1 &
   sc_pid=$!; pids+=("$sc_pid")
   for _ in $(seq 100); do curl -sf "http://$SIDECAR/healthz" >/dev/null && break; sleep 0.1; done
-  job=$(printf '{"id":"bench-%s","name":"bench-%s","clusterName":"bench","member":"bench","compressionLevel":1,"destination":{"s3":{"bucket":"%s","prefix":"bench/","endpoint":"%s","region":"us-east-1","force_path_style":true,"credentials":["%s","%s",null]}}}' \
-    "$mib" "$mib" "$BUCKET" "$OUROBOROS_S3_ENDPOINT" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY")
+  job=$(printf '{"id":"bench-%s","name":"bench-%s","clusterName":"bench","member":"bench","compressionLevel":%s,"destination":{"s3":{"bucket":"%s","prefix":"bench/","endpoint":"%s","region":"us-east-1","force_path_style":true,"credentials":["%s","%s",null]}}}' \
+    "$mib" "$mib" "${LEVEL:-1}" "$BUCKET" "$OUROBOROS_S3_ENDPOINT" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY")
+  # DEST=dir writes to a local directory instead, to tell the store's share of time and memory.
+  if [ "${DEST:-s3}" = dir ]; then
+    job=$(printf '{"id":"bench-%s","name":"bench-%s","clusterName":"bench","member":"bench","compressionLevel":%s,"destination":{"dir":{"path":"%s/out"}}}' "$mib" "$mib" "${LEVEL:-1}" "$WORK")
+  fi
   t0=$(now_ms)
   curl -sf -X POST -H 'content-type: application/json' -d "$job" "http://$SIDECAR/v1/backups" >/dev/null
   while :; do
     st=$(curl -sf "http://$SIDECAR/v1/backups/bench-$mib")
-    case $st in *'"phase":"Running"'*) sleep 0.05 ;; *) break ;; esac
+    case $st in *'"phase":"running"'*) sleep 0.05 ;; *) break ;; esac
   done
   c=$(( $(now_ms) - t0 ))
-  case $st in *'"phase":"Succeeded"'*) ;; *) log "sidecar backup failed: $st"; exit 1 ;; esac
+  case $st in *'"phase":"succeeded"'*) ;; *) log "sidecar backup failed: $st"; exit 1 ;; esac
   hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$sc_pid/status")
   kill "$sc_pid" "$etcd_pid"; wait "$sc_pid" "$etcd_pid" 2>/dev/null || true
   raw=$(stat -c %s "$WORK/a.db")
