@@ -425,7 +425,7 @@ pub fn member_pod(
                     // docs/benchmarks.md).
                     "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}],
                     "ports": [{"name": "sidecar", "containerPort": SIDECAR_PORT}],
-                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
                     "volumeMounts": sidecar_mounts
                 }
             ],
