@@ -193,10 +193,18 @@ async fn a_cluster_with_pvc_storage_backs_up_to_its_default_claim() -> anyhow::R
         .await?;
         etcd_cluster::wait(&c, &ns, "v", "1 member", Duration::from_secs(120), converged(1, "3.6.16")).await?;
         let endpoint = etcd_cluster::client_endpoint(&c, &ns, "v").await?;
-        let mut etcd = etcd_client::Client::connect([endpoint.as_str()], None).await?;
-        for i in 0..50 {
-            etcd.put(format!("/vol/{i}"), "x", None).await?;
-        }
+        // The client Service may not route yet right after the member turned healthy.
+        wait_for("50 writes through the client Service", Duration::from_secs(60), || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut etcd = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+                for i in 0..50 {
+                    etcd.put(format!("/vol/{i}"), "x", None).await?;
+                }
+                Ok(Some(()))
+            }
+        })
+        .await?;
         let b: EtcdBackup = serde_yaml::from_str(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: to-volume}\nspec: {clusterName: v}\n",
         )?;
