@@ -726,11 +726,27 @@ mod tests {
         };
         assert_eq!(secret("peer-tls").as_deref(), Some("p"));
         assert_eq!(secret("server-tls").as_deref(), Some("s"));
-        // The operator's own client certificate is never mounted into members.
+        // The client certificate (spec.tls.operatorClientSecret) is for the backup sidecar alone: the
+        // etcd container never sees it, and the sidecar reads it read-only.
+        assert_eq!(secret("client-tls").as_deref(), Some("o"));
+        let mounts = |i: usize| spec.containers[i].volume_mounts.clone().unwrap_or_default();
         assert!(
-            volumes
-                .iter()
-                .all(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) != Some("o"))
+            mounts(0).iter().all(|m| m.name != "client-tls"),
+            "etcd mounts the client certificate"
+        );
+        let m = mounts(1)
+            .into_iter()
+            .find(|m| m.name == "client-tls")
+            .expect("sidecar lacks it");
+        assert_eq!(m.read_only, Some(true));
+        let sidecar_args = spec.containers[1].args.clone().unwrap_or_default();
+        assert!(
+            sidecar_args.contains(&"--etcd-endpoint=https://127.0.0.1:2379".to_owned()),
+            "{sidecar_args:?}"
+        );
+        assert!(
+            sidecar_args.contains(&"--tls-server-name=c-0.c.ns.svc".to_owned()),
+            "{sidecar_args:?}"
         );
     }
 
