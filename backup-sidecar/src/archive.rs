@@ -23,50 +23,92 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Uncompressed bytes per gzip member.
 pub const CHUNK: usize = 1 << 20;
 
-/// Compresses written bytes in [`CHUNK`]s on `workers` threads, writing the gzip members to `inner`
-/// in order. At most `2 × workers` chunks are in flight.
+/// Compresses written bytes in [`CHUNK`]s on a pool of `workers` threads, writing the gzip members
+/// to `inner` in order. At most `workers + 1` chunks are in flight, and their buffers are reused, so
+/// memory stays at a few MiB whatever the database size.
 pub struct ParallelGzWriter<W: Write> {
     inner: W,
-    level: Compression,
-    workers: usize,
     buf: Vec<u8>,
-    jobs: VecDeque<JoinHandle<io::Result<Vec<u8>>>>,
+    workers: Vec<Worker>,
+    /// Workers holding a chunk, oldest first.
+    in_flight: VecDeque<usize>,
+    next: usize,
+    /// Buffer pairs (input, output) not in use.
+    spare: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct Worker {
+    to: std::sync::mpsc::SyncSender<(Vec<u8>, Vec<u8>)>,
+    from: std::sync::mpsc::Receiver<io::Result<(Vec<u8>, Vec<u8>)>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl<W: Write> std::fmt::Debug for ParallelGzWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParallelGzWriter")
-            .field("workers", &self.workers)
+            .field("workers", &self.workers.len())
             .finish_non_exhaustive()
     }
 }
 
-fn compress(chunk: Vec<u8>, level: Compression) -> io::Result<Vec<u8>> {
-    // Room for incompressible input (stored blocks add a few bytes per 64 KiB), so the output never
-    // reallocates: a doubled buffer per chunk in flight is what memory would grow by.
-    let mut enc = GzEncoder::new(Vec::with_capacity(chunk.len() + chunk.len() / 64 + 1024), level);
-    enc.write_all(&chunk)?;
+/// Compresses `input` into `output` (cleared first) as one gzip member.
+fn compress(input: &[u8], output: Vec<u8>, level: Compression) -> io::Result<Vec<u8>> {
+    let mut output = output;
+    output.clear();
+    let mut enc = GzEncoder::new(output, level);
+    enc.write_all(input)?;
     enc.finish()
+}
+
+fn spawn_worker(level: Compression) -> Worker {
+    let (to, jobs) = std::sync::mpsc::sync_channel::<(Vec<u8>, Vec<u8>)>(1);
+    let (done, from) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::spawn(move || {
+        while let Ok((input, output)) = jobs.recv() {
+            let result = compress(&input, output, level).map(|out| (input, out));
+            if done.send(result).is_err() {
+                return;
+            }
+        }
+    });
+    Worker {
+        to,
+        from,
+        thread: Some(thread),
+    }
+}
+
+fn pair() -> (Vec<u8>, Vec<u8>) {
+    // Room for incompressible input (stored blocks add a few bytes per 64 KiB), so the output never
+    // reallocates.
+    (
+        Vec::with_capacity(CHUNK),
+        Vec::with_capacity(CHUNK + CHUNK / 64 + 1024),
+    )
 }
 
 impl<W: Write> ParallelGzWriter<W> {
     /// A writer compressing at `level` (1–9) on `workers` threads.
     pub fn new(inner: W, level: u32, workers: usize) -> Self {
+        let level = Compression::new(level.clamp(1, 9));
         Self {
             inner,
-            level: Compression::new(level.clamp(1, 9)),
-            workers: workers.max(1),
             buf: Vec::with_capacity(CHUNK),
-            jobs: VecDeque::new(),
+            workers: (0..workers.max(1)).map(|_| spawn_worker(level)).collect(),
+            in_flight: VecDeque::new(),
+            next: 0,
+            spare: Vec::new(),
         }
     }
 
     fn drain_one(&mut self) -> io::Result<()> {
-        if let Some(job) = self.jobs.pop_front() {
-            let out = job
-                .join()
-                .map_err(|_| io::Error::other("a compression thread panicked"))??;
-            self.inner.write_all(&out)?;
+        if let Some(w) = self.in_flight.pop_front() {
+            let (input, output) = self.workers[w]
+                .from
+                .recv()
+                .map_err(|_| io::Error::other("a compression thread stopped"))??;
+            self.inner.write_all(&output)?;
+            self.spare.push((input, output));
         }
         Ok(())
     }
@@ -76,23 +118,43 @@ impl<W: Write> ParallelGzWriter<W> {
             return Ok(());
         }
         // One chunk queued beyond the running ones keeps every worker busy; more only costs memory.
-        while self.jobs.len() > self.workers {
+        while self.in_flight.len() > self.workers.len() {
             self.drain_one()?;
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        let level = self.level;
-        self.jobs
-            .push_back(std::thread::spawn(move || compress(chunk, level)));
+        let (fresh, output) = self.spare.pop().unwrap_or_else(pair);
+        let mut input = std::mem::replace(&mut self.buf, fresh);
+        self.buf.clear();
+        let w = self.next;
+        self.next = (self.next + 1) % self.workers.len();
+        // A worker's queue holds one chunk; waiting for its previous result first keeps order.
+        while self.in_flight.contains(&w) {
+            self.drain_one()?;
+        }
+        if self.workers[w]
+            .to
+            .send((std::mem::take(&mut input), output))
+            .is_err()
+        {
+            return Err(io::Error::other("a compression thread stopped"));
+        }
+        self.in_flight.push_back(w);
         Ok(())
     }
 
     /// Compresses what is left, writes every member, and returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.submit()?;
-        while !self.jobs.is_empty() {
+        while !self.in_flight.is_empty() {
             self.drain_one()?;
         }
         self.inner.flush()?;
+        let workers = std::mem::take(&mut self.workers);
+        for mut w in workers {
+            drop(w.to);
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
         Ok(self.inner)
     }
 }
