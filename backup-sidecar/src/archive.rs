@@ -51,10 +51,33 @@ impl<W: Write> std::fmt::Debug for ParallelGzWriter<W> {
     }
 }
 
-/// Compresses `input` into `output` (cleared first) as one gzip member.
+/// Bytes of a chunk test-compressed to decide whether the chunk is worth compressing.
+const PROBE: usize = 16 << 10;
+
+/// Whether a chunk's head barely compresses (random values, already compressed data): deflating
+/// such bytes costs as much CPU as compressible ones and saves nothing, so they are stored.
+fn looks_incompressible(input: &[u8]) -> bool {
+    let probe = &input[..input.len().min(PROBE)];
+    if probe.len() < PROBE {
+        return false;
+    }
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::with_capacity(PROBE + 64), Compression::fast());
+    match enc.write_all(probe).and_then(|()| enc.finish()) {
+        Ok(out) => out.len() * 100 >= probe.len() * 97,
+        Err(_) => false,
+    }
+}
+
+/// Compresses `input` into `output` (cleared first) as one gzip member; a chunk that does not
+/// compress is stored (deflate's stored blocks, still plain gzip).
 fn compress(input: &[u8], output: Vec<u8>, level: Compression) -> io::Result<Vec<u8>> {
     let mut output = output;
     output.clear();
+    let level = if looks_incompressible(input) {
+        Compression::none()
+    } else {
+        level
+    };
     let mut enc = GzEncoder::new(output, level);
     enc.write_all(input)?;
     enc.finish()
@@ -246,6 +269,38 @@ fn pad<W: Write>(out: &mut W, len: u64) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn random_chunks_are_stored_and_text_is_compressed() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let random: Vec<u8> = (0..CHUNK / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        let text: Vec<u8> = (0..CHUNK / 32)
+            .flat_map(|i| format!("{{\"n\":{:024}}}\n", i).into_bytes())
+            .collect();
+        assert!(looks_incompressible(&random));
+        assert!(!looks_incompressible(&text));
+        let stored = compress(&random, Vec::new(), Compression::fast()).unwrap();
+        assert!(stored.len() > random.len() && stored.len() < random.len() + random.len() / 100);
+        let packed = compress(&text, Vec::new(), Compression::fast()).unwrap();
+        assert!(
+            packed.len() < text.len() / 4,
+            "{} of {}",
+            packed.len(),
+            text.len()
+        );
+        for (member, original) in [(stored, &random), (packed, &text)] {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&member[..]), &mut out).unwrap();
+            assert_eq!(&out, original);
+        }
+    }
+
     use std::io::Read;
 
     use super::*;
