@@ -101,7 +101,9 @@ fn s3_error<E: std::fmt::Display>(action: &'static str, bucket: &str, key: &str,
     }
 }
 
-fn sdk_error<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+pub(crate) fn sdk_error<
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+>(
     action: &'static str,
     bucket: &str,
     key: &str,

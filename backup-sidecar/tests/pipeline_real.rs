@@ -335,3 +335,93 @@ async fn retention_in_minio_keeps_the_newest_and_clears_interrupted_uploads() {
         "the interrupted upload is still open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_verifies_before_anything_is_usable() {
+    use ouroboros_backup_sidecar::fetch::{FetchError, fetch};
+
+    let etcd = start_etcd("fetch");
+    let mut c = connect(&etcd.endpoint).await;
+    let written = fill(&mut c).await;
+    let minio = start_minio().await;
+    let s3 = raw_client(&minio).await;
+    s3.create_bucket().bucket("backups").send().await.unwrap();
+    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let outcome = pipeline::run(&mut c, &store, &request("f1")).await.unwrap();
+    let archive = outcome.manifest.archive.clone().unwrap();
+
+    // The good archive, from MinIO: a verified snapshot that restores to exactly what was written.
+    let out = temp_dir("fetched");
+    let m = fetch(&store, &archive, &out, Some(&outcome.manifest.sha256))
+        .await
+        .unwrap();
+    assert_eq!(m.revision, outcome.manifest.revision);
+    assert_eq!(
+        restore_and_read(&std::fs::read(out.join(SNAPSHOT_ENTRY)).unwrap()).await,
+        written
+    );
+
+    // A recorded digest that differs is refused.
+    let out2 = temp_dir("fetched-wrong-digest");
+    let err = fetch(&store, &archive, &out2, Some(&"0".repeat(64)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Mismatch(_)), "{err}");
+    assert!(
+        !out2.join(SNAPSHOT_ENTRY).exists(),
+        "a refused snapshot was left usable"
+    );
+
+    // A missing object names the store's error.
+    let err = fetch(&store, "no-such.tar.gz", &temp_dir("fetched-missing"), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NoSuchKey"), "{err}");
+
+    // Damaged copies in a directory store: truncated, a flipped byte in the compressed stream, and a
+    // well-formed archive whose snapshot was altered (only etcd's trailer can tell).
+    let dir = temp_dir("damaged");
+    let bytes = {
+        let path = temp_dir("dl").join("a.tar.gz");
+        store.download(&archive, &path).await.unwrap();
+        std::fs::read(&path).unwrap()
+    };
+    std::fs::write(dir.join("truncated.tar.gz"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    std::fs::write(dir.join("flipped.tar.gz"), &flipped).unwrap();
+    let unpacked = temp_dir("unpacked");
+    let (mut snapshot, manifest) = untar(&bytes);
+    let last = snapshot.len() - 100;
+    snapshot[last] ^= 0x01;
+    std::fs::write(unpacked.join(SNAPSHOT_ENTRY), &snapshot).unwrap();
+    std::fs::write(
+        unpacked.join(MANIFEST_ENTRY),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let st = Command::new("tar")
+        .arg("czf")
+        .arg(dir.join("altered.tar.gz"))
+        .arg("-C")
+        .arg(&unpacked)
+        .args([SNAPSHOT_ENTRY, MANIFEST_ENTRY])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let local = Store::Dir(dir.clone());
+    for (name, want) in [
+        ("truncated.tar.gz", "damaged"),
+        ("flipped.tar.gz", "damaged"),
+        ("altered.tar.gz", "sha256 mismatch"),
+    ] {
+        let out = temp_dir("fetched-bad");
+        let err = fetch(&local, name, &out, None).await.unwrap_err();
+        assert!(err.to_string().contains(want), "{name}: {err}");
+        assert!(
+            !out.join(SNAPSHOT_ENTRY).exists(),
+            "{name} left a snapshot behind"
+        );
+    }
+}
