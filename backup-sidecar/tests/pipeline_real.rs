@@ -222,6 +222,18 @@ async fn bad_credentials_and_missing_buckets_fail_clearly_and_leave_nothing() {
     let err = pipeline::run(&mut c, &missing, &request("m1")).await.unwrap_err();
     assert!(err.to_string().contains("NoSuchBucket"), "unclear error: {err}");
 
+    // Nothing listens at the endpoint: the reason says the store could not be reached.
+    let mut unreachable = s3_config(&minio, "backups", MINIO_USER);
+    unreachable.endpoint = Some(format!("http://127.0.0.1:{}", free_port()));
+    let err = pipeline::run(&mut c, &Store::s3(unreachable).await, &request("u1"))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Connection refused") || msg.contains("dispatch failure"),
+        "unclear error: {msg}"
+    );
+
     let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
     assert!(
         listed.contents().is_empty(),
