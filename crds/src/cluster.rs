@@ -29,6 +29,8 @@ pub const DEFAULT_ETCD_VERSION: &str = "3.6.16";
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyMembers","description":"Members that are healthy voters"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.currentVersion","description":"Lowest etcd version running"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"date","jsonPath":".status.lastSuccessfulBackup.completionTime","description":"When the newest successful backup completed"}"#,
+    printcolumn = r#"{"name":"Backups","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"BackupHealthy\")].reason","description":"BackupHealthy reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

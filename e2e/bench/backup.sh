@@ -46,9 +46,10 @@ for mib in $SIZES; do
   put_s3 "$WORK/b.db.gz" "bench/manual-$mib.db.gz"
   b=$(( $(now_ms) - t0 ))
 
-  OUROBOROS_SIDECAR_ADDR=$SIDECAR "$BIN/etcd-backup-sidecar" --etcd-endpoint "http://127.0.0.1:$ETCD_PORT" >"$WORK/sidecar.log" 2>&1 &
+  # SIDECAR_WRAP (for example "valgrind --tool=callgrind") runs the sidecar under a profiler.
+  OUROBOROS_SIDECAR_ADDR=$SIDECAR ${SIDECAR_WRAP:-} "$BIN/etcd-backup-sidecar" --etcd-endpoint "http://127.0.0.1:$ETCD_PORT" >"$WORK/sidecar.log" 2>&1 &
   sc_pid=$!; pids+=("$sc_pid")
-  for _ in $(seq 100); do curl -sf "http://$SIDECAR/healthz" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 600); do curl -sf "http://$SIDECAR/healthz" >/dev/null && break; sleep 0.1; done
   job=$(printf '{"id":"bench-%s","name":"bench-%s","clusterName":"bench","member":"bench","compressionLevel":%s,"destination":{"s3":{"bucket":"%s","prefix":"bench/","endpoint":"%s","region":"us-east-1","force_path_style":true,"credentials":["%s","%s",null]}}}' \
     "$mib" "$mib" "${LEVEL:-1}" "$BUCKET" "$OUROBOROS_S3_ENDPOINT" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY")
   # DEST=dir writes to a local directory instead, to tell the store's share of time and memory.
@@ -64,11 +65,12 @@ for mib in $SIZES; do
   c=$(( $(now_ms) - t0 ))
   case $st in *'"phase":"succeeded"'*) ;; *) log "sidecar backup failed: $st"; exit 1 ;; esac
   hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$sc_pid/status")
+  cpu=$(awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$sc_pid/stat")
   kill "$sc_pid" "$etcd_pid"; wait "$sc_pid" "$etcd_pid" 2>/dev/null || true
   raw=$(stat -c %s "$WORK/a.db")
-  rows+=("| $((raw >> 20)) MiB | $a | $b | $c | $(awk "BEGIN {printf \"%.2f\", $c/$a}") | $(awk "BEGIN {printf \"%.2f\", $c/$b}") | $((hwm / 1024)) MiB |")
+  rows+=("| $((raw >> 20)) MiB | $a | $b | $c | $(awk "BEGIN {printf \"%.2f\", $c/$a}") | $(awk "BEGIN {printf \"%.2f\", $c/$b}") | $((hwm / 1024)) MiB | $cpu s |")
 done
 echo
-echo "| Snapshot | (a) etcdctl snapshot save, ms | (b) save + gzip -1 + upload, ms | sidecar to MinIO, ms | sidecar / (a) | sidecar / (b) | sidecar peak RSS |"
-echo "|---|---|---|---|---|---|---|"
+echo "| Snapshot | (a) etcdctl snapshot save, ms | (b) save + gzip -1 + upload, ms | sidecar to MinIO, ms | sidecar / (a) | sidecar / (b) | sidecar peak RSS | sidecar CPU |"
+echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
