@@ -176,6 +176,54 @@ pub fn unpack_and_verify(
     }
 }
 
+/// Where an archive is, as its location URL says (`s3://bucket/key` or `file:///dir/archive`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An S3 object.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// A file.
+    File {
+        /// Its directory.
+        dir: PathBuf,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return match rest.split_once('/') {
+                Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() && !key.ends_with('/') => {
+                    Ok(Location::S3 {
+                        bucket: bucket.to_owned(),
+                        key: key.to_owned(),
+                    })
+                }
+                _ => Err(format!("{url:?} is not s3://<bucket>/<key>")),
+            };
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            let path = Path::new(path);
+            return match (path.is_absolute(), path.parent(), path.file_name()) {
+                (true, Some(dir), Some(name)) => Ok(Location::File {
+                    dir: dir.to_path_buf(),
+                    name: name.to_string_lossy().into_owned(),
+                }),
+                _ => Err(format!("{url:?} is not file:///<absolute path>")),
+            };
+        }
+        Err(format!("{url:?}: a location starts with s3:// or file://"))
+    }
+}
+
 /// Downloads `name` from `store` and leaves a verified `snapshot.db` and `manifest.json` in `out_dir`.
 pub async fn fetch(
     store: &Store,
@@ -202,4 +250,38 @@ pub async fn fetch(
     };
     let _ = tokio::fs::remove_file(&archive).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn locations_parse_as_status_writes_them() {
+        assert_eq!(
+            "s3://etcd-backups/prod/ns/main/20261121T000000Z-b.tar.gz".parse(),
+            Ok(Location::S3 {
+                bucket: "etcd-backups".into(),
+                key: "prod/ns/main/20261121T000000Z-b.tar.gz".into()
+            })
+        );
+        assert_eq!(
+            "file:///backups/main-backups/ns/main/x.tar.gz".parse(),
+            Ok(Location::File {
+                dir: "/backups/main-backups/ns/main".into(),
+                name: "x.tar.gz".into()
+            })
+        );
+        for bad in [
+            "s3://bucket",
+            "s3:///key",
+            "s3://b/dir/",
+            "file://relative/x",
+            "http://x/y",
+            "",
+        ] {
+            assert!(bad.parse::<Location>().is_err(), "{bad}");
+        }
+    }
 }

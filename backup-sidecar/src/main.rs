@@ -4,12 +4,19 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use ouroboros_backup_sidecar::api::{Api, ClientTls, router};
+use ouroboros_backup_sidecar::{
+    api::{Api, ClientTls, router},
+    fetch::{Location, fetch},
+    store::{S3Config, Store},
+};
 
-/// The backup sidecar of an Ouroboros etcd member.
+/// The backup sidecar of an Ouroboros etcd member. Without a subcommand it serves the operator's
+/// API; `fetch` downloads and verifies one backup for a restore.
 #[derive(Debug, Parser)]
 #[command(name = "etcd-backup-sidecar", version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address of the sidecar's HTTP API.
     #[arg(long, env = "OUROBOROS_SIDECAR_ADDR", default_value = "0.0.0.0:8090")]
     listen: SocketAddr,
@@ -29,6 +36,79 @@ struct Args {
     tls_server_name: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Download an archive, verify it against etcd's trailer, its manifest and `--sha256`, and leave
+    /// `snapshot.db` and `manifest.json` in `--out`. Exits non-zero, with the reason on stderr and in
+    /// the container's termination message, when anything does not check out.
+    Fetch {
+        /// The archive, as an EtcdBackup's `status.location` shows it.
+        #[arg(long)]
+        location: String,
+        /// Directory for the verified files.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// sha256 recorded when the backup was taken.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// S3 endpoint for S3-compatible stores. Credentials come from the AWS environment.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// Path-style S3 addressing.
+        #[arg(long)]
+        force_path_style: bool,
+    },
+}
+
+/// Where Kubernetes reads a container's termination message.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+async fn fetch_command(command: Command) -> anyhow::Result<()> {
+    let Command::Fetch {
+        location,
+        out,
+        sha256,
+        endpoint,
+        region,
+        force_path_style,
+    } = command;
+    let result = async {
+        let (store, name) = match location.parse::<Location>().map_err(anyhow::Error::msg)? {
+            Location::File { dir, name } => (Store::Dir(dir), name),
+            Location::S3 { bucket, key } => (
+                Store::s3(S3Config {
+                    bucket,
+                    prefix: String::new(),
+                    endpoint,
+                    region,
+                    force_path_style,
+                    credentials: None,
+                })
+                .await,
+                key,
+            ),
+        };
+        Ok::<_, anyhow::Error>(fetch(&store, &name, &out, sha256.as_deref()).await?)
+    }
+    .await;
+    match result {
+        Ok(manifest) => {
+            println!("{}", serde_json::to_string(&manifest)?);
+            Ok(())
+        }
+        Err(e) => {
+            let message = format!("{location}: {e:#}");
+            if std::path::Path::new(TERMINATION_LOG).exists() {
+                let _ = std::fs::write(TERMINATION_LOG, &message);
+            }
+            anyhow::bail!(message)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -36,7 +116,11 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
         .init();
+    if let Some(command) = args.command {
+        return fetch_command(command).await;
+    }
     let tls = match &args.tls_dir {
         None => None,
         Some(dir) => {

@@ -437,3 +437,54 @@ async fn fetch_verifies_before_anything_is_usable() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetch_command_takes_a_location_and_says_why_it_refuses() {
+    let etcd = start_etcd("fetchcli");
+    let mut c = connect(&etcd.endpoint).await;
+    fill(&mut c).await;
+    let minio = start_minio().await;
+    let s3 = raw_client(&minio).await;
+    s3.create_bucket().bucket("backups").send().await.unwrap();
+    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let outcome = pipeline::run(&mut c, &store, &request("cli")).await.unwrap();
+    let dir_store = Store::Dir(temp_dir("cli-dir"));
+    let local = pipeline::run(&mut c, &dir_store, &request("cli-local"))
+        .await
+        .unwrap();
+
+    let run = |location: &str, sha: Option<&str>, out: &std::path::Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcd-backup-sidecar"));
+        cmd.args(["fetch", "--location", location, "--out"])
+            .arg(out)
+            .args(["--endpoint", &minio.endpoint, "--force-path-style"])
+            .env("AWS_ACCESS_KEY_ID", MINIO_USER)
+            .env("AWS_SECRET_ACCESS_KEY", MINIO_PASSWORD);
+        if let Some(sha) = sha {
+            cmd.args(["--sha256", sha]);
+        }
+        cmd.output().unwrap()
+    };
+    // From MinIO, by the location status shows, with the recorded digest.
+    let out = temp_dir("cli-s3");
+    let o = run(&outcome.location, Some(&outcome.manifest.sha256), &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed: Manifest = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(printed.revision, outcome.manifest.revision);
+    assert!(out.join(SNAPSHOT_ENTRY).exists());
+    // From a directory.
+    let out = temp_dir("cli-file");
+    let o = run(&local.location, None, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Refusals exit non-zero with the reason.
+    let o = run(&outcome.location, Some(&"f".repeat(64)), &temp_dir("cli-bad"));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("sha256 mismatch"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run("s3://backups", None, &temp_dir("cli-bad2"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("s3://<bucket>/<key>"));
+}
