@@ -95,6 +95,12 @@ pub struct EtcdRestoreStatus {
     /// The archive chosen, as a location URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The EtcdBackup chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_name: Option<String>,
+    /// The new seed member started from the snapshot (chosen once, past every ordinal in use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_member: Option<String>,
     /// Revision of the restored snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_revision: Option<i64>,

@@ -488,6 +488,12 @@ pub mod s3 {
         Ok(tags(&String::from_utf8_lossy(&xml), "UploadId").len())
     }
 
+    /// Uploads the file `from` as `key`, replacing what is there.
+    pub fn upload(key: &str, from: &std::path::Path) -> anyhow::Result<()> {
+        let from = from.to_string_lossy().into_owned();
+        curl(key, &["-T", &from]).map(drop)
+    }
+
     /// Downloads `key` to `to`.
     pub fn download(key: &str, to: &std::path::Path) -> anyhow::Result<()> {
         let to = to.to_string_lossy().into_owned();

@@ -1,34 +1,862 @@
-//! The EtcdRestore controller. It observes and logs only, until its lifecycle is implemented.
+//! The EtcdRestore controller. One step per reconcile, each idempotent, its progress in status:
+//!
+//! 1. **Pending**: pick the backup (by name, or the newest matching `latest`), or fail naming why.
+//! 2. **Verifying**: a Job runs `etcd-backup-sidecar fetch` into a fresh claim: download, unpack,
+//!    check etcd's trailer, the manifest and the recorded sha256. The cluster is not touched; a bad
+//!    archive fails the restore here.
+//! 3. **Restoring**: the cluster is held (annotation), its member pods are deleted (claims are kept),
+//!    and a new seed member starts from the verified snapshot, restored by the etcd image's `etcdutl
+//!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID.
+//! 4. **Growing**: the hold is lifted and the cluster controller grows the seed to `spec.size` as
+//!    usual; once it is Available, the old members' claims and the snapshot claim are deleted.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use kube::{ResourceExt, runtime::controller::Action};
-use ouroboros_crds::EtcdRestore;
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{PersistentVolumeClaim, Pod},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{controller::Action, events::EventType},
+};
+use ouroboros_crds::{
+    BackupPhase, BackupReference, EtcdBackup, EtcdCluster, EtcdRestore, EtcdRestoreStatus, EtcdVersion,
+    RestorePhase,
+};
+use serde_json::json;
 
 use super::ReportedError;
-use crate::context::Context;
+use crate::{
+    context::Context,
+    controllers::cluster::{
+        decide::ordinal,
+        resources::{self, DATA_MOUNT, Images, InitialClusterState, LABEL_CLUSTER},
+    },
+};
 
-/// Why a EtcdRestore reconcile failed.
+/// Annotation on an EtcdCluster while a restore owns it: the cluster controller changes nothing.
+pub const RESTORE_HOLD: &str = "etcd.ouroboros.dev/restore-in-progress";
+/// Revisions added on restore, so every revision after it exceeds any a client saw before (etcd's
+/// documentation suggests this order of magnitude).
+pub const BUMP_REVISION: u64 = 1_000_000_000;
+const MANAGER: &str = "ouroboros-operator-restore";
+
+/// Why an EtcdRestore reconcile failed (transiently: it is retried).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {}
+pub enum Error {
+    /// A Kubernetes call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was attempted.
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+}
 
 impl ReportedError for Error {
     fn metric_label(&self) -> &'static str {
-        match *self {}
+        match self {
+            Error::Kube { .. } => "kubernetes",
+        }
     }
     fn is_permanent(&self) -> bool {
-        match *self {}
+        match self {
+            Error::Kube { .. } => false,
+        }
     }
 }
 
-/// Logs what was observed; changes nothing.
-pub async fn reconcile(obj: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// The backup to restore, as the Verifying Job needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The EtcdBackup's name.
+    pub name: String,
+    /// Its archive location.
+    pub location: String,
+    /// Its recorded sha256.
+    pub sha256: Option<String>,
+    /// Its revision.
+    pub revision: i64,
+    /// Raw snapshot size, to size the snapshot claim.
+    pub raw_size: i64,
+    /// The destination the EtcdBackup named, if it named one (else the cluster's).
+    pub destination: Option<ouroboros_crds::BackupDestination>,
+}
+
+/// Picks the backup the source names among `backups` (pure).
+pub fn choose(restore: &EtcdRestore, backups: &[EtcdBackup]) -> Result<Chosen, String> {
+    let src = &restore.spec.source;
+    let succeeded = |b: &&EtcdBackup| {
+        b.spec.cluster_name == restore.spec.cluster_name
+            && b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Succeeded)
+    };
+    let b = if let Some(name) = &src.backup_name {
+        let b = backups
+            .iter()
+            .find(|b| b.name_any() == *name)
+            .ok_or_else(|| format!("EtcdBackup {name} does not exist"))?;
+        if b.status.as_ref().and_then(|s| s.phase) != Some(BackupPhase::Succeeded) {
+            return Err(format!(
+                "EtcdBackup {name} has not succeeded; only complete backups restore"
+            ));
+        }
+        b
+    } else if src.latest == Some(true) {
+        let not_after = match &src.not_after {
+            Some(t) => Some(
+                t.parse::<jiff::Timestamp>()
+                    .map_err(|e| format!("source.notAfter {t:?} is not an RFC 3339 time: {e}"))?,
+            ),
+            None => None,
+        };
+        backups
+            .iter()
+            .filter(succeeded)
+            .filter(|b| {
+                let s = b.status.as_ref();
+                let completed = s
+                    .and_then(|s| s.completion_time.as_deref())
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                let revision = s.and_then(|s| s.revision).unwrap_or(0);
+                not_after.is_none_or(|n| completed.is_some_and(|c| c <= n))
+                    && src.max_revision.is_none_or(|m| revision <= m)
+            })
+            .max_by_key(|b| {
+                let s = b.status.as_ref();
+                (
+                    s.and_then(|s| s.revision).unwrap_or(0),
+                    s.and_then(|s| s.completion_time.clone()),
+                )
+            })
+            .ok_or_else(|| "no Succeeded EtcdBackup of this cluster matches the source".to_owned())?
+    } else {
+        return Err("restoring from source.object is not supported yet; name the EtcdBackup".into());
+    };
+    let s = b.status.clone().unwrap_or_default();
+    Ok(Chosen {
+        name: b.name_any(),
+        location: s
+            .location
+            .ok_or_else(|| format!("EtcdBackup {} has no location", b.name_any()))?,
+        sha256: s.sha256,
+        revision: s.revision.unwrap_or(0),
+        raw_size: s.raw_size.unwrap_or(0),
+        destination: b.spec.destination.clone(),
+    })
+}
+
+/// One pass for one EtcdRestore.
+pub async fn reconcile(r: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile("etcdrestore");
-    tracing::info!(
-        namespace = %obj.namespace().unwrap_or_default(),
-        name = %obj.name_any(),
-        generation = obj.metadata.generation.unwrap_or_default(),
-        "observed EtcdRestore"
+    let status = r.status.clone().unwrap_or_default();
+    match status.phase {
+        None | Some(RestorePhase::Pending) => pending(&r, &ctx).await,
+        Some(RestorePhase::Verifying) => verifying(&r, &ctx, status).await,
+        Some(RestorePhase::Restoring) => restoring(&r, &ctx, status).await,
+        Some(RestorePhase::Growing) => growing(&r, &ctx, status).await,
+        Some(RestorePhase::Succeeded) | Some(RestorePhase::Failed) => Ok(Action::await_change()),
+    }
+}
+
+async fn write_status(ctx: &Context, r: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<(), Error> {
+    let api: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": EtcdRestore::api_version(&()), "kind": EtcdRestore::kind(&()), "status": status});
+    api.patch_status(
+        &r.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(kube_err("writing EtcdRestore status"))
+}
+
+async fn advance(
+    ctx: &Context,
+    r: &EtcdRestore,
+    status: EtcdRestoreStatus,
+    phase: RestorePhase,
+    reason: String,
+) -> Result<Action, Error> {
+    let terminal = matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed);
+    let status = EtcdRestoreStatus {
+        phase: Some(phase),
+        reason: Some(reason.clone()),
+        completion_time: terminal.then(|| jiff::Timestamp::now().to_string()),
+        ..status
+    };
+    write_status(ctx, r, &status).await?;
+    let type_ = if phase == RestorePhase::Failed {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    ctx.publish(
+        &r.object_ref(&()),
+        type_,
+        &format!("Restore{phase:?}"),
+        reason,
+        None,
+    )
+    .await;
+    Ok(if terminal {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(1))
+    })
+}
+
+fn names(r: &EtcdRestore) -> (String, String) {
+    (
+        format!("{}-snapshot", r.name_any()),
+        format!("{}-fetch", r.name_any()),
+    )
+}
+
+fn owned_by(r: &EtcdRestore) -> serde_json::Value {
+    json!([{"apiVersion": EtcdRestore::api_version(&()), "kind": "EtcdRestore", "name": r.name_any(),
+            "uid": r.uid().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true}])
+}
+
+async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let status = EtcdRestoreStatus {
+        start_time: Some(jiff::Timestamp::now().to_string()),
+        ..r.status.clone().unwrap_or_default()
+    };
+    let cluster = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&r.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    if cluster.is_none() {
+        return advance(
+            ctx,
+            r,
+            status,
+            RestorePhase::Failed,
+            format!(
+                "EtcdCluster {ns}/{} does not exist (creating it from clusterTemplate is not supported yet)",
+                r.spec.cluster_name
+            ),
+        )
+        .await;
+    }
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    match choose(r, &backups.items) {
+        Err(why) => {
+            advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!("{why}; the cluster was not touched"),
+            )
+            .await
+        }
+        Ok(chosen) => {
+            let status = EtcdRestoreStatus {
+                source: Some(chosen.location.clone()),
+                restored_revision: Some(chosen.revision),
+                backup_name: Some(chosen.name.clone()),
+                ..status
+            };
+            let reason = format!(
+                "verifying {} (EtcdBackup {}, revision {}) before touching the cluster",
+                chosen.location, chosen.name, chosen.revision
+            );
+            advance(ctx, r, status, RestorePhase::Verifying, reason).await
+        }
+    }
+}
+
+async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let (claim, job_name) = names(r);
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    let chosen = match choose(r, &backups.items) {
+        Ok(c) => c,
+        Err(why) => {
+            return advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!("{why}; the cluster was not touched"),
+            )
+            .await;
+        }
+    };
+    let Some(cluster) = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&r.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?
+    else {
+        return advance(
+            ctx,
+            r,
+            status,
+            RestorePhase::Failed,
+            "the EtcdCluster was deleted".into(),
+        )
+        .await;
+    };
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(job) = jobs
+        .get_opt(&job_name)
+        .await
+        .map_err(kube_err("reading the fetch Job"))?
+    else {
+        create_fetch(ctx, r, &cluster, &chosen, &claim, &job_name).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    };
+    let st = job.status.unwrap_or_default();
+    if st.succeeded.unwrap_or(0) > 0 {
+        let reason = format!(
+            "{} verified; restoring a new seed member from it",
+            chosen.location
+        );
+        return advance(ctx, r, status, RestorePhase::Restoring, reason).await;
+    }
+    if st.failed.unwrap_or(0) > 0 {
+        let why = fetch_failure(ctx, &ns, &job_name).await;
+        return advance(
+            ctx,
+            r,
+            status,
+            RestorePhase::Failed,
+            format!("the archive did not verify: {why}; the cluster was not touched"),
+        )
+        .await;
+    }
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// The fetch container's termination message (the reason it refused the archive).
+async fn fetch_failure(ctx: &Context, ns: &str, job: &str) -> String {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await;
+    pods.ok()
+        .into_iter()
+        .flat_map(|l| l.items)
+        .filter_map(|p| p.status?.container_statuses)
+        .flatten()
+        .filter_map(|c| c.state?.terminated?.message)
+        .find(|m| !m.trim().is_empty())
+        .map(|m| m.trim().to_owned())
+        .unwrap_or_else(|| format!("Job {job} failed"))
+}
+
+async fn create_fetch(
+    ctx: &Context,
+    r: &EtcdRestore,
+    cluster: &EtcdCluster,
+    chosen: &Chosen,
+    claim: &str,
+    job_name: &str,
+) -> Result<(), Error> {
+    let ns = r.namespace().unwrap_or_default();
+    // Room for the snapshot with some slack; at least 1Gi.
+    let gib = (u64::try_from(chosen.raw_size).unwrap_or(0) * 12 / 10)
+        .div_ceil(1 << 30)
+        .max(1);
+    let class = cluster
+        .spec
+        .storage
+        .persistent_volume_claim
+        .as_ref()
+        .and_then(|p| p.storage_class_name.clone());
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "namespace": ns, "ownerReferences": owned_by(r)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                 "resources": {"requests": {"storage": format!("{gib}Gi")}}}
+    }))
+    .unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    if pvcs
+        .get_opt(claim)
+        .await
+        .map_err(kube_err("reading the snapshot claim"))?
+        .is_none()
+    {
+        pvcs.create(&PostParams::default(), &pvc)
+            .await
+            .map_err(kube_err("creating the snapshot claim"))?;
+    }
+    let mut args = vec![
+        "fetch".to_owned(),
+        format!("--location={}", chosen.location),
+        "--out=/snapshot".to_owned(),
+    ];
+    if let Some(sha) = &chosen.sha256 {
+        args.push(format!("--sha256={sha}"));
+    }
+    let mut env = Vec::new();
+    let mut volumes = vec![json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim}})];
+    let mut mounts = vec![json!({"name": "snapshot", "mountPath": "/snapshot"})];
+    let dest = chosen
+        .destination
+        .clone()
+        .or_else(|| cluster.spec.backup.as_ref().and_then(|p| p.destination.clone()));
+    if let Some(s3) = dest
+        .as_ref()
+        .and_then(|d| d.s3.clone())
+        .filter(|_| chosen.location.starts_with("s3://"))
+    {
+        if let Some(ep) = &s3.endpoint {
+            args.push(format!("--endpoint={ep}"));
+        }
+        args.push(format!("--region={}", s3.region));
+        if s3.force_path_style {
+            args.push("--force-path-style".into());
+        }
+        if let Some(secret) = &s3.credentials_secret {
+            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
+            }
+        }
+    }
+    if let Some(v) = resources::backup_volume(cluster).filter(|_| chosen.location.starts_with("file://")) {
+        volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": true}}));
+        mounts.push(json!({"name": "backups", "mountPath": format!("{}/{}", resources::BACKUP_MOUNT, v.claim_name), "readOnly": true}));
+    }
+    let job: Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": job_name, "namespace": ns, "ownerReferences": owned_by(r)},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "fetch", "image": ctx.config.backup_sidecar_image, "imagePullPolicy": "IfNotPresent",
+                    "args": args, "env": env, "volumeMounts": mounts,
+                    "terminationMessagePolicy": "FallbackToLogsOnError"
+                }],
+                "volumes": volumes
+            }}
+        }
+    }))
+    .unwrap_or_default();
+    Api::<Job>::namespaced(ctx.client.clone(), &ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .map(drop)
+        .or_else(|e| match e {
+            kube::Error::Api(s) if s.code == 409 => Ok(()),
+            e => Err(e),
+        })
+        .map_err(kube_err("creating the fetch Job"))
+}
+
+async fn set_hold(ctx: &Context, ns: &str, cluster: &str, value: Option<&str>) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": {RESTORE_HOLD: value}}});
+    Api::<EtcdCluster>::namespaced(ctx.client.clone(), ns)
+        .patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .map_err(kube_err("annotating the EtcdCluster"))
+}
+
+/// The seed's pod: a new member whose init container restores the verified snapshot into its data
+/// directory (only when that directory is still empty, so a restarted pod does not restore twice).
+pub fn seed_pod(
+    cluster: &EtcdCluster,
+    images: &Images,
+    seed: &str,
+    version: EtcdVersion,
+    claim: &str,
+    token: &str,
+) -> Pod {
+    let mut pod = resources::member_pod(
+        cluster,
+        images,
+        seed,
+        version,
+        InitialClusterState::New,
+        &[seed.to_owned()],
     );
-    Ok(Action::await_change())
+    let peer = resources::peer_url(cluster, seed);
+    let script = format!(
+        "set -e; if [ -d {DATA_MOUNT}/data/member ]; then echo 'data already restored'; exit 0; fi; \
+         rm -rf {DATA_MOUNT}/data; \
+         etcdutl snapshot restore /snapshot/snapshot.db --data-dir {DATA_MOUNT}/data --name {seed} \
+         --initial-cluster {seed}={peer} --initial-advertise-peer-urls {peer} --initial-cluster-token {token} \
+         --bump-revision {BUMP_REVISION} --mark-compacted"
+    );
+    let etcd_image = resources::etcd_image(cluster, images, version);
+    if let Some(spec) = pod.spec.as_mut() {
+        let init: k8s_openapi::api::core::v1::Container = serde_json::from_value(json!({
+            "name": "restore", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT},
+                             {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}]
+        }))
+        .unwrap_or_default();
+        spec.init_containers = Some(vec![init]);
+        let vol: k8s_openapi::api::core::v1::Volume = serde_json::from_value(
+            json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+        )
+        .unwrap_or_default();
+        spec.volumes.get_or_insert_with(Vec::new).push(vol);
+    }
+    pod
+}
+
+async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = &r.spec.cluster_name;
+    let Some(cluster) = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?
+    else {
+        return advance(
+            ctx,
+            r,
+            status,
+            RestorePhase::Failed,
+            "the EtcdCluster was deleted".into(),
+        )
+        .await;
+    };
+    if cluster.annotations().get(RESTORE_HOLD).map(String::as_str) != Some(r.name_any().as_str()) {
+        set_hold(ctx, &ns, name, Some(&r.name_any())).await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let members = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
+        .await
+        .map_err(kube_err("listing member pods"))?;
+    // The seed's name is chosen once, past every ordinal in use by pods or claims (old claims stay).
+    let seed = match &status.seed_member {
+        Some(s) => s.clone(),
+        None => {
+            let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
+                .await
+                .map_err(kube_err("listing claims"))?;
+            let highest = members
+                .items
+                .iter()
+                .map(|p| p.name_any())
+                .chain(
+                    claims
+                        .items
+                        .iter()
+                        .map(|c| c.name_any().trim_end_matches("-data").to_owned()),
+                )
+                .filter_map(|n| ordinal(name, &n))
+                .max();
+            let seed = format!("{name}-{}", highest.map_or(0, |h| h + 1));
+            let status = EtcdRestoreStatus {
+                seed_member: Some(seed),
+                ..status
+            };
+            write_status(ctx, r, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    };
+    let old: Vec<String> = members
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .filter(|n| *n != seed)
+        .collect();
+    if !old.is_empty() {
+        for p in &old {
+            match pods.delete(p, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(Error::Kube {
+                        action: "deleting an old member pod",
+                        source: e,
+                    });
+                }
+            }
+        }
+        ctx.publish(
+            &r.object_ref(&()),
+            EventType::Normal,
+            "OldMembersStopped",
+            format!(
+                "stopped {} (their claims are kept until the restored cluster is Available)",
+                old.join(", ")
+            ),
+            None,
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let (claim, _) = names(r);
+    let Some(seed_pod_now) = pods
+        .get_opt(&seed)
+        .await
+        .map_err(kube_err("reading the seed pod"))?
+    else {
+        let version: EtcdVersion = match cluster.spec.version.parse() {
+            Ok(v) => v,
+            Err(e) => {
+                return advance(ctx, r, status, RestorePhase::Failed, format!("spec.version: {e}")).await;
+            }
+        };
+        if let Some(pvc) = resources::member_pvc(&cluster, &seed) {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            if pvcs
+                .get_opt(&seed_pvc_name(&seed))
+                .await
+                .map_err(kube_err("reading the seed claim"))?
+                .is_none()
+            {
+                pvcs.create(&PostParams::default(), &pvc)
+                    .await
+                    .map_err(kube_err("creating the seed claim"))?;
+            }
+        }
+        let images = Images {
+            etcd_repository: ctx.config.etcd_image_repository.clone(),
+            sidecar: ctx.config.backup_sidecar_image.clone(),
+        };
+        let token = format!(
+            "{name}-restore-{}",
+            r.uid().unwrap_or_default().split('-').next().unwrap_or_default()
+        );
+        let pod = seed_pod(&cluster, &images, &seed, version, &claim, &token);
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: "creating the seed pod",
+                    source: e,
+                });
+            }
+        }
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    };
+    let ready = seed_pod_now
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    set_hold(ctx, &ns, name, None).await?;
+    let reason = format!(
+        "seed {seed} runs the restored data; growing to {} members",
+        cluster.spec.size
+    );
+    advance(ctx, r, status, RestorePhase::Growing, reason).await
+}
+
+fn seed_pvc_name(seed: &str) -> String {
+    resources::pvc_name(seed)
+}
+
+async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = &r.spec.cluster_name;
+    let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cluster) = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?
+    else {
+        return advance(
+            ctx,
+            r,
+            status,
+            RestorePhase::Failed,
+            "the EtcdCluster was deleted".into(),
+        )
+        .await;
+    };
+    let cs = cluster.status.clone().unwrap_or_default();
+    let size = usize::try_from(cluster.spec.size).unwrap_or(0);
+    let done = cs.phase == Some(ouroboros_crds::ClusterPhase::Running)
+        && cs.members.len() == size
+        && cs.members.iter().all(|m| m.healthy && !m.is_learner);
+    if !done {
+        return Ok(Action::requeue(Duration::from_secs(3)));
+    }
+    // The old members' claims, kept until now.
+    let current: Vec<String> = cs.members.iter().map(|m| resources::pvc_name(&m.name)).collect();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let claims = pvcs
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
+        .await
+        .map_err(kube_err("listing claims"))?;
+    for c in claims.items.iter().filter(|c| {
+        let n = c.name_any();
+        n.ends_with("-data") && !current.contains(&n)
+    }) {
+        let _ = pvcs.delete(&c.name_any(), &DeleteParams::default()).await;
+    }
+    let (claim, job) = names(r);
+    let _ = Api::<Job>::namespaced(ctx.client.clone(), &ns)
+        .delete(&job, &DeleteParams::background())
+        .await;
+    let _ = pvcs.delete(&claim, &DeleteParams::default()).await;
+    let reference = BackupReference {
+        name: status.backup_name.clone().unwrap_or_default(),
+        location: status.source.clone().unwrap_or_default(),
+        revision: status.restored_revision.unwrap_or(0),
+        completion_time: jiff::Timestamp::now().to_string(),
+    };
+    let patch = json!({"apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()),
+                       "status": {"restoredFrom": reference}});
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("recording the restore on the EtcdCluster"))?;
+    let reason = format!(
+        "{name} is Available with {size} members, restored from {} at revision {} (revisions bumped by {BUMP_REVISION})",
+        reference.location, reference.revision
+    );
+    advance(ctx, r, status, RestorePhase::Succeeded, reason).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn restore(source: &str) -> EtcdRestore {
+        serde_yaml::from_str(&format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: r, namespace: ns}}\nspec: {{clusterName: main, source: {source}}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn backup(name: &str, cluster: &str, phase: BackupPhase, revision: i64, completed: &str) -> EtcdBackup {
+        let mut b: EtcdBackup = serde_yaml::from_str(&format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterName: {cluster}}}\n"
+        ))
+        .unwrap();
+        b.status = Some(ouroboros_crds::EtcdBackupStatus {
+            phase: Some(phase),
+            location: (phase == BackupPhase::Succeeded).then(|| format!("s3://b/{name}.tar.gz")),
+            sha256: Some("ab".repeat(32)),
+            revision: Some(revision),
+            completion_time: Some(completed.into()),
+            ..Default::default()
+        });
+        b
+    }
+
+    fn all() -> Vec<EtcdBackup> {
+        vec![
+            backup("old", "main", BackupPhase::Succeeded, 100, "2026-11-20T00:00:00Z"),
+            backup(
+                "newer",
+                "main",
+                BackupPhase::Succeeded,
+                500,
+                "2026-11-21T00:00:00Z",
+            ),
+            backup("failed", "main", BackupPhase::Failed, 900, "2026-11-21T06:00:00Z"),
+            backup(
+                "other",
+                "elsewhere",
+                BackupPhase::Succeeded,
+                9000,
+                "2026-11-21T07:00:00Z",
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_named_backup_must_exist_and_have_succeeded() {
+        let c = choose(&restore("{backupName: old}"), &all()).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.revision, c.location.as_str()),
+            ("old", 100, "s3://b/old.tar.gz")
+        );
+        assert!(
+            choose(&restore("{backupName: failed}"), &all())
+                .unwrap_err()
+                .contains("has not succeeded")
+        );
+        assert!(
+            choose(&restore("{backupName: nope}"), &all())
+                .unwrap_err()
+                .contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn latest_takes_the_newest_success_of_this_cluster_within_the_bounds() {
+        assert_eq!(choose(&restore("{latest: true}"), &all()).unwrap().name, "newer");
+        let bounded = restore("{latest: true, notAfter: '2026-11-20T12:00:00Z'}");
+        assert_eq!(choose(&bounded, &all()).unwrap().name, "old");
+        assert_eq!(
+            choose(&restore("{latest: true, maxRevision: 499}"), &all())
+                .unwrap()
+                .name,
+            "old"
+        );
+        assert!(choose(&restore("{latest: true, maxRevision: 1}"), &all()).is_err());
+        assert!(
+            choose(&restore("{latest: true, notAfter: yesterday}"), &all())
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+    }
+
+    #[test]
+    fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
+        let cluster: EtcdCluster = serde_yaml::from_str(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: ns, uid: u}\nspec: {size: 3}\n",
+        )
+        .unwrap();
+        let images = Images {
+            etcd_repository: "etcd".into(),
+            sidecar: "sidecar:1".into(),
+        };
+        let pod = seed_pod(
+            &cluster,
+            &images,
+            "main-3",
+            "3.6.16".parse().unwrap(),
+            "r-snapshot",
+            "main-restore-1",
+        );
+        let spec = pod.spec.unwrap();
+        let init = &spec.init_containers.unwrap()[0];
+        let script = init.command.clone().unwrap().join(" ");
+        for part in [
+            "if [ -d /var/lib/etcd/data/member ]",
+            "etcdutl snapshot restore /snapshot/snapshot.db",
+            "--bump-revision 1000000000 --mark-compacted",
+            "--initial-cluster-token main-restore-1",
+            "--name main-3",
+        ] {
+            assert!(script.contains(part), "{part} missing from {script}");
+        }
+        assert_eq!(init.image.as_deref(), Some("etcd:v3.6.16"));
+        let snapshot = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "snapshot")
+            .unwrap();
+        assert_eq!(snapshot.persistent_volume_claim.unwrap().claim_name, "r-snapshot");
+    }
 }

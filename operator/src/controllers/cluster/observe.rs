@@ -201,7 +201,13 @@ pub async fn observe(
         desired: Desired {
             size: usize::try_from(cluster.spec.size).unwrap_or(0),
             version: desired_version,
-            paused: cluster.spec.paused,
+            // A restore in progress owns the cluster: nothing is changed under it.
+            paused: cluster.spec.paused
+                || cluster
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(crate::controllers::restore::RESTORE_HOLD)),
         },
         bootstrapped: cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         pods: pod_views,

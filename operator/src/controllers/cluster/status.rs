@@ -46,7 +46,12 @@ pub fn compute(
     let available = voters > 0 && ready >= quorum;
     let versions: Vec<ouroboros_crds::EtcdVersion> = o.pods.iter().map(|p| p.version).collect();
 
-    let phase = phase(decision, available, ready, o.desired.size);
+    let held = cluster
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(crate::controllers::restore::RESTORE_HOLD));
+    let phase = phase(decision, available, ready, o.desired.size, held);
     let mut conditions = previous.conditions.clone();
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
         set_condition(&mut conditions, type_, status, reason, message, generation, now);
@@ -120,12 +125,15 @@ pub fn compute(
         // Written by the backup controller under its own field manager; leaving it out here keeps
         // this apply from ever removing it.
         last_successful_backup: None,
+        // Written by the restore controller under its own field manager.
+        restored_from: None,
         ..previous
     }
 }
 
-fn phase(decision: &Decision, available: bool, ready: usize, size: usize) -> ClusterPhase {
+fn phase(decision: &Decision, available: bool, ready: usize, size: usize, held: bool) -> ClusterPhase {
     match &decision.step {
+        Step::Paused if held => ClusterPhase::Restoring,
         Step::Paused => ClusterPhase::Paused,
         Step::NoQuorum { .. } => ClusterPhase::QuorumLost,
         Step::CreateSeed { .. } => ClusterPhase::Creating,
