@@ -43,6 +43,27 @@ kubectl -n "$NS" wait "etcdbackup/$backup" --for=jsonpath='{.status.phase}'=Succ
 kubectl -n "$NS" get etcdbackups
 kubectl -n "$NS" get "etcdbackup/$backup" -o jsonpath='location={.status.location}{"\n"}member={.status.member} revision={.status.revision} sha256={.status.sha256}{"\n"}'
 echo "lastSuccessfulBackup: $(kubectl -n "$NS" get etcd example -o jsonpath='{.status.lastSuccessfulBackup.name} at revision {.status.lastSuccessfulBackup.revision}')"
+
+echo; echo "== a restore: a key written after the backup, then the cluster rebuilt from the backup"
+member_ip() { kubectl -n "$NS" get pod "$(kubectl -n "$NS" get etcd example -o jsonpath='{.status.members[0].name}')" -o jsonpath='{.status.podIP}'; }
+"$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$(member_ip):2379" put demo-after-backup "not in the backup" >/dev/null
+restore="restore-$(date +%s)"
+cat <<YAML | kubectl apply -f -
+apiVersion: etcd.ouroboros.dev/v1alpha1
+kind: EtcdRestore
+metadata: {name: $restore, namespace: $NS}
+spec: {clusterName: example, source: {backupName: $backup}}
+YAML
+kubectl -n "$NS" wait "etcdrestore/$restore" --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s
+kubectl -n "$NS" wait etcd/example --for=jsonpath='{.status.readyMembers}'=3 --timeout=180s
+kubectl -n "$NS" get etcdrestores
+kubectl -n "$NS" get events --field-selector involvedObject.kind=EtcdRestore --sort-by=.lastTimestamp | tail -6
+echo "restoredFrom: $(kubectl -n "$NS" get etcd example -o jsonpath='{.status.restoredFrom.name} at revision {.status.restoredFrom.revision}')"
+ip=$(member_ip)
+"$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" member list -w table
+echo "demo-key (written before the backup): $("$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" get demo-key --print-value-only)"
+echo "demo-after-backup (written after it): '$("$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" get demo-after-backup --print-value-only)' (gone, as it should be)"
+echo "revision now: $("$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "http://$ip:2379" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])') (bumped past every revision seen before)"
 cat <<MSG
 
 Try:
@@ -51,5 +72,6 @@ Try:
   kubectl -n $NS delete pod example-1                                     # watch it be replaced
   kubectl apply --dry-run=server -f deploy/samples/invalid/size-zero.yaml   # refused by the schema
   make cluster-down                                                         # remove everything
-Scheduled backups, retention and restores are not implemented yet.
+  kubectl -n $NS patch etcd example --type merge -p '{"spec":{"backup":{"schedule":"* * * * *","retention":{"maxCount":3}}}}'
+                                                                            # a backup every minute, three kept
 MSG
