@@ -534,9 +534,16 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         )
         .await;
     };
-    if cluster.annotations().get(RESTORE_HOLD).map(String::as_str) != Some(r.name_any().as_str()) {
-        set_hold(ctx, &ns, name, Some(&r.name_any())).await?;
-        return Ok(Action::requeue(Duration::from_secs(1)));
+    match cluster.annotations().get(RESTORE_HOLD) {
+        Some(holder) if *holder != r.name_any() => {
+            let why = format!("EtcdRestore {holder} is restoring this cluster; this one did not touch it");
+            return advance(ctx, r, status, RestorePhase::Failed, why).await;
+        }
+        Some(_) => {}
+        None => {
+            set_hold(ctx, &ns, name, Some(&r.name_any())).await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let members = pods
