@@ -190,6 +190,36 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         })
         .await??;
         ensure!(compacted > last_revision, "compacted at {compacted}, not above the old revision {last_revision}");
+
+        // The cluster is deleted outright; a restore with a template brings it back under its name.
+        Api::<EtcdCluster>::namespaced(c.clone(), &ns).delete("r", &DeleteParams::default()).await?;
+        let clusters: Api<EtcdCluster> = Api::namespaced(c.clone(), &ns);
+        wait_for("the cluster to be gone", Duration::from_secs(120), || {
+            let clusters = clusters.clone();
+            async move { Ok(clusters.get_opt("r").await?.is_none().then_some(())) }
+        })
+        .await?;
+        let r: EtcdRestore = serde_yaml::from_str(&format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: recreate}}\n\
+             spec:\n  clusterName: r\n  source: {{backupName: b1}}\n  clusterTemplate:\n    size: 1\n    backup:\n      schedule: '0 0 1 1 *'\n      destination: {{s3: {{bucket: {}, prefix: e2e-restore/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+            s3::bucket()?,
+            env("OUROBOROS_S3_ENDPOINT")?
+        ))?;
+        let restores: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
+        restores.create(&PostParams::default(), &r).await?;
+        let s = wait_for("the recreating restore", Duration::from_secs(300), || {
+            let restores = restores.clone();
+            async move {
+                let s = restores.get("recreate").await?.status.unwrap_or_default();
+                Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
+            }
+        })
+        .await?;
+        ensure!(s.phase == Some(RestorePhase::Succeeded), "recreating restore failed: {:?}", s.reason);
+        etcd_cluster::wait(&c, &ns, "r", "the recreated member", Duration::from_secs(120), converged(1, "3.6.16")).await?;
+        let mut e = etcd(&c, &ns).await?;
+        let n = e.get("/r/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
+        ensure!(n == 50, "the recreated cluster holds {n} keys, not the 50 backed up");
         Ok(())
     })
     .await

@@ -237,17 +237,63 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
         .await
         .map_err(kube_err("reading the EtcdCluster"))?;
     if cluster.is_none() {
-        return advance(
-            ctx,
-            r,
-            status,
-            RestorePhase::Failed,
+        let Some(template) = &r.spec.cluster_template else {
+            return advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!(
+                    "EtcdCluster {ns}/{} does not exist; create it, or give spec.clusterTemplate",
+                    r.spec.cluster_name
+                ),
+            )
+            .await;
+        };
+        // Created already held, so the cluster controller never starts an empty seed in it.
+        let new = json!({
+            "apiVersion": EtcdCluster::api_version(&()), "kind": "EtcdCluster",
+            "metadata": {"name": r.spec.cluster_name, "namespace": ns,
+                         "annotations": {RESTORE_HOLD: r.name_any()}},
+            "spec": template,
+        });
+        let new: EtcdCluster = match serde_json::from_value(new) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("spec.clusterTemplate is not an EtcdCluster spec: {e}");
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+        };
+        match Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+            .create(&PostParams::default(), &new)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // The API server's validation (schema and CEL) says what is wrong with the template.
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                let why = format!("spec.clusterTemplate was refused: {}", s.message);
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: "creating the EtcdCluster from clusterTemplate",
+                    source: e,
+                });
+            }
+        }
+        ctx.publish(
+            &r.object_ref(&()),
+            EventType::Normal,
+            "ClusterCreated",
             format!(
-                "EtcdCluster {ns}/{} does not exist (creating it from clusterTemplate is not supported yet)",
+                "created EtcdCluster {} from spec.clusterTemplate, held for the restore",
                 r.spec.cluster_name
             ),
+            None,
         )
         .await;
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
