@@ -435,9 +435,7 @@ pub mod s3 {
 
     use anyhow::{Context as _, ensure};
 
-    fn env(k: &str) -> anyhow::Result<String> {
-        std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
-    }
+    use super::env;
 
     /// The bucket backups go to.
     pub fn bucket() -> anyhow::Result<String> {
@@ -499,4 +497,61 @@ pub mod s3 {
         let to = to.to_string_lossy().into_owned();
         curl(key, &["-o", &to]).map(drop)
     }
+}
+
+/// Waits until the EtcdBackup `name` is Succeeded or Failed, and returns its status.
+pub async fn backup_finished(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<ouroboros_crds::EtcdBackupStatus> {
+    let api: Api<ouroboros_crds::EtcdBackup> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("EtcdBackup {name} to finish"), timeout, || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await?.status.unwrap_or_default();
+            Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
+        }
+    })
+    .await
+}
+
+/// Creates the Secret `name` with S3 credentials for the local MinIO: its access key and
+/// `secret_key` (the real one from the environment, or a wrong one to test refusals).
+pub async fn s3_credentials(client: &Client, ns: &str, name: &str, secret_key: &str) -> anyhow::Result<()> {
+    let access = std::env::var("AWS_ACCESS_KEY_ID")
+        .context("AWS_ACCESS_KEY_ID is not set: source <(e2e/cluster.sh env)")?;
+    let s = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            [
+                ("AWS_ACCESS_KEY_ID", access),
+                ("AWS_SECRET_ACCESS_KEY", secret_key.to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), k8s_openapi::ByteString(v.into_bytes())))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await?;
+    Ok(())
+}
+
+/// The Secret `minio` with the local MinIO's real credentials.
+pub async fn minio_secret(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let key = std::env::var("AWS_SECRET_ACCESS_KEY")
+        .context("AWS_SECRET_ACCESS_KEY is not set: source <(e2e/cluster.sh env)")?;
+    s3_credentials(client, ns, "minio", &key).await
+}
+
+/// An environment variable that `e2e/cluster.sh env` sets, or an error saying to source it.
+pub fn env(k: &str) -> anyhow::Result<String> {
+    std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
 }

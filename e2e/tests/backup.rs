@@ -5,42 +5,14 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, Client, api::PostParams};
-use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdCluster};
+use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdCluster};
 use ouroboros_e2e::{
-    TestNamespace, client,
+    TestNamespace, backup_finished, client, env,
     etcd_cluster::{self, converged},
-    etcd_tool, wait_for,
+    etcd_tool, s3_credentials,
     writer::Writer,
 };
-
-fn env(k: &str) -> anyhow::Result<String> {
-    std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
-}
-
-async fn credentials(c: &Client, ns: &str, name: &str, secret_key: &str) -> anyhow::Result<()> {
-    let s = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            [
-                ("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")?),
-                ("AWS_SECRET_ACCESS_KEY", secret_key.to_owned()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-            .collect(),
-        ),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(c.clone(), ns)
-        .create(&PostParams::default(), &s)
-        .await?;
-    Ok(())
-}
 
 async fn backup(c: &Client, ns: &str, name: &str, secret: &str) -> anyhow::Result<()> {
     let yaml = format!(
@@ -54,22 +26,6 @@ async fn backup(c: &Client, ns: &str, name: &str, secret: &str) -> anyhow::Resul
         .create(&PostParams::default(), &b)
         .await?;
     Ok(())
-}
-
-async fn finished(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
-    let api: Api<EtcdBackup> = Api::namespaced(c.clone(), ns);
-    wait_for(
-        &format!("EtcdBackup {name} to finish"),
-        Duration::from_secs(180),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get(name).await?.status.unwrap_or_default();
-                Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
-            }
-        },
-    )
-    .await
 }
 
 #[tokio::test]
@@ -87,9 +43,9 @@ async fn on_demand_backup_lands_verified_in_minio_and_failures_say_why() -> anyh
         tokio::time::sleep(Duration::from_secs(3)).await;
         writer.stop_and_verify().await?;
 
-        credentials(&c, &ns, "minio", &env("AWS_SECRET_ACCESS_KEY")?).await?;
+        s3_credentials(&c, &ns, "minio", &env("AWS_SECRET_ACCESS_KEY")?).await?;
         backup(&c, &ns, "manual-1", "minio").await?;
-        let s = finished(&c, &ns, "manual-1").await?;
+        let s = backup_finished(&c, &ns, "manual-1", Duration::from_secs(180)).await?;
         ensure!(s.phase == Some(BackupPhase::Succeeded), "backup failed: {:?}", s.reason);
         let location = s.location.clone().context("no location")?;
         let bucket = env("OUROBOROS_S3_BUCKET")?;
@@ -129,9 +85,9 @@ async fn on_demand_backup_lands_verified_in_minio_and_failures_say_why() -> anyh
         ensure!(v["revision"].as_i64() == s.revision, "etcdutl says revision {}, status says {:?}", v["revision"], s.revision);
 
         // Wrong secret key: Failed, and the reason names the S3 error.
-        credentials(&c, &ns, "wrong", "not-the-password").await?;
+        s3_credentials(&c, &ns, "wrong", "not-the-password").await?;
         backup(&c, &ns, "wrong-creds", "wrong").await?;
-        let s = finished(&c, &ns, "wrong-creds").await?;
+        let s = backup_finished(&c, &ns, "wrong-creds", Duration::from_secs(180)).await?;
         ensure!(s.phase == Some(BackupPhase::Failed), "wrong credentials succeeded");
         let reason = s.reason.unwrap_or_default();
         ensure!(reason.contains("SignatureDoesNotMatch") || reason.contains("InvalidAccessKeyId"), "reason: {reason}");
@@ -139,7 +95,7 @@ async fn on_demand_backup_lands_verified_in_minio_and_failures_say_why() -> anyh
 
         // A missing Secret: Failed with the Secret's name.
         backup(&c, &ns, "no-secret", "does-not-exist").await?;
-        let s = finished(&c, &ns, "no-secret").await?;
+        let s = backup_finished(&c, &ns, "no-secret", Duration::from_secs(180)).await?;
         ensure!(s.phase == Some(BackupPhase::Failed), "a missing Secret succeeded");
         ensure!(s.reason.unwrap_or_default().contains("does-not-exist"), "the reason does not name the Secret");
         Ok(())

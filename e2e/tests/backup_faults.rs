@@ -6,21 +6,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{
-    Api, Client,
-    api::{ObjectMeta, PostParams},
-};
+use kube::{Api, Client, api::PostParams};
 use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdBackupStatus};
 use ouroboros_e2e::{
-    TestNamespace, client,
+    TestNamespace, backup_finished, client, env,
     etcd_cluster::{self, converged},
-    fill_etcd, kill_container, s3, wait_for,
+    fill_etcd, kill_container, minio_secret, s3, wait_for,
 };
-
-fn env(k: &str) -> anyhow::Result<String> {
-    std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
-}
 
 async fn start_backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
     let b: EtcdBackup = serde_yaml::from_str(&format!(
@@ -62,33 +54,11 @@ async fn uploading(c: &Client, ns: &str, name: &str, prefix: &str) -> anyhow::Re
     .await
 }
 
-async fn finished(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
-    wait_for(
-        &format!("{name} to finish"),
-        Duration::from_secs(300),
-        || async move {
-            let s = status(c, ns, name).await?;
-            Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn interrupted_backups_fail_clearly_and_leave_nothing() -> anyhow::Result<()> {
     let c = client().await?;
     TestNamespace::create(&c, "bfaults").await?.run(|c, ns| async move {
-        let secret = Secret {
-            metadata: ObjectMeta { name: Some("minio".into()), ..Default::default() },
-            data: Some(
-                [("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")?), ("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY")?)]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
-        Api::<Secret>::namespaced(c.clone(), &ns).create(&PostParams::default(), &secret).await?;
+        minio_secret(&c, &ns).await?;
         // Level 9 over incompressible data keeps the backup running long enough to interrupt it.
         let yaml = format!(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: f}}\nspec:\n  size: 3\n  pod: {{antiAffinity: None}}\n  backup:\n    schedule: '0 0 1 1 *'\n    compressionLevel: 9\n    retention: {{maxCount: 10}}\n    destination: {{s3: {{bucket: {}, prefix: e2e-faults/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
@@ -104,7 +74,7 @@ async fn interrupted_backups_fail_clearly_and_leave_nothing() -> anyhow::Result<
         start_backup(&c, &ns, "killed-sidecar").await?;
         let member = uploading(&c, &ns, "killed-sidecar", &prefix).await?;
         kill_container(&c, &ns, &member, "backup-sidecar").await?;
-        let s = finished(&c, &ns, "killed-sidecar").await?;
+        let s = backup_finished(&c, &ns, "killed-sidecar", Duration::from_secs(300)).await?;
         ensure!(s.phase == Some(BackupPhase::Failed), "a backup whose sidecar died succeeded");
         let reason = s.reason.clone().unwrap_or_default();
         ensure!(reason.contains("restarted") && reason.contains("nothing was committed"), "reason: {reason}");
@@ -123,7 +93,7 @@ async fn interrupted_backups_fail_clearly_and_leave_nothing() -> anyhow::Result<
         start_backup(&c, &ns, "member-died").await?;
         let member = uploading(&c, &ns, "member-died", &prefix).await?;
         kill_container(&c, &ns, &member, "etcd").await?;
-        let s = finished(&c, &ns, "member-died").await?;
+        let s = backup_finished(&c, &ns, "member-died", Duration::from_secs(300)).await?;
         ensure!(s.phase == Some(BackupPhase::Failed), "a backup whose member died succeeded");
         let reason = s.reason.clone().unwrap_or_default();
         ensure!(reason.to_lowercase().contains("snapshot") || reason.contains("stream"), "reason: {reason}");
@@ -132,7 +102,7 @@ async fn interrupted_backups_fail_clearly_and_leave_nothing() -> anyhow::Result<
         // The next backup succeeds, and retention clears what the killed sidecar left.
         etcd_cluster::wait(&c, &ns, "f", "3 healthy members", Duration::from_secs(120), converged(3, "3.6.16")).await?;
         start_backup(&c, &ns, "after").await?;
-        let s = finished(&c, &ns, "after").await?;
+        let s = backup_finished(&c, &ns, "after", Duration::from_secs(300)).await?;
         ensure!(s.phase == Some(BackupPhase::Succeeded), "the backup after the faults failed: {:?}", s.reason);
         let keys = s3::keys(&prefix)?;
         ensure!(keys.len() == 2 && keys.iter().all(|k| k.contains("-after")), "store after cleanup: {keys:?}");

@@ -6,47 +6,17 @@
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret},
-};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdCluster};
 use ouroboros_e2e::{
-    TestNamespace, client,
+    TestNamespace, backup_finished, client, env,
     etcd_cluster::{self, converged},
-    kubectl, s3, wait_for,
+    kubectl, minio_secret, s3, wait_for,
 };
-
-fn env(k: &str) -> anyhow::Result<String> {
-    std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
-}
-
-async fn minio_secret(c: &Client, ns: &str) -> anyhow::Result<()> {
-    let s = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("minio".into()),
-            ..Default::default()
-        },
-        data: Some(
-            [
-                ("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")?),
-                ("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY")?),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-            .collect(),
-        ),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(c.clone(), ns)
-        .create(&PostParams::default(), &s)
-        .await?;
-    Ok(())
-}
 
 fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, String)> {
     cluster
@@ -210,14 +180,7 @@ async fn a_cluster_with_pvc_storage_backs_up_to_its_default_claim() -> anyhow::R
         )?;
         let backups: Api<EtcdBackup> = Api::namespaced(c.clone(), &ns);
         backups.create(&PostParams::default(), &b).await?;
-        let s = wait_for("the volume backup to finish", Duration::from_secs(120), || {
-            let backups = backups.clone();
-            async move {
-                let s = backups.get("to-volume").await?.status.unwrap_or_default();
-                Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
-            }
-        })
-        .await?;
+        let s = backup_finished(&c, &ns, "to-volume", Duration::from_secs(120)).await?;
         ensure!(s.phase == Some(BackupPhase::Succeeded), "failed: {:?}", s.reason);
         let location = s.location.clone().unwrap_or_default();
         let inside = location

@@ -7,26 +7,19 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use etcd_client::{GetOptions, WatchOptions};
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{PersistentVolumeClaim, Pod, Secret},
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
 };
 use ouroboros_crds::{
     BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdCluster, EtcdRestore, EtcdRestoreStatus, RestorePhase,
 };
 use ouroboros_e2e::{
-    TestNamespace, client,
+    TestNamespace, backup_finished, client, env,
     etcd_cluster::{self, converged},
-    s3, wait_for,
+    minio_secret, s3, wait_for,
 };
-
-fn env(k: &str) -> anyhow::Result<String> {
-    std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
-}
 
 async fn backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
     let b: EtcdBackup = serde_yaml::from_str(&format!(
@@ -34,14 +27,7 @@ async fn backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupSt
     ))?;
     let api: Api<EtcdBackup> = Api::namespaced(c.clone(), ns);
     api.create(&PostParams::default(), &b).await?;
-    let s = wait_for(&format!("backup {name}"), Duration::from_secs(120), || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await?.status.unwrap_or_default();
-            Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
-        }
-    })
-    .await?;
+    let s = backup_finished(c, ns, name, Duration::from_secs(120)).await?;
     ensure!(
         s.phase == Some(BackupPhase::Succeeded),
         "backup {name} failed: {:?}",
@@ -96,17 +82,7 @@ async fn member_uids(c: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
 async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> anyhow::Result<()> {
     let c = client().await?;
     TestNamespace::create(&c, "restore").await?.run(|c, ns| async move {
-        let secret = Secret {
-            metadata: ObjectMeta { name: Some("minio".into()), ..Default::default() },
-            data: Some(
-                [("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")?), ("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY")?)]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
-        Api::<Secret>::namespaced(c.clone(), &ns).create(&PostParams::default(), &secret).await?;
+        minio_secret(&c, &ns).await?;
         let yaml = format!(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: r}}\nspec:\n  size: 3\n  pod: {{antiAffinity: None}}\n  storage: {{persistentVolumeClaim: {{size: 1Gi}}}}\n  backup:\n    schedule: '0 0 1 1 *'\n    destination: {{s3: {{bucket: {}, prefix: e2e-restore/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
             s3::bucket()?,

@@ -8,9 +8,9 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, api::PostParams};
 use ouroboros_crds::{BackupPhase, EtcdBackup, condition_types};
 use ouroboros_e2e::{
-    TestNamespace, client,
+    TestNamespace, backup_finished, client,
     etcd_cluster::{self, converged},
-    kubectl, wait_for,
+    kubectl, minio_secret,
 };
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -165,17 +165,7 @@ async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Res
 
         // A backup of a TLS cluster: the sidecar dials its member with the operator's client certificate.
         let env = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
-        let creds = Secret {
-            metadata: kube::api::ObjectMeta { name: Some("minio".into()), ..Default::default() },
-            data: Some(
-                [("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")?), ("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY")?)]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
-        secrets.create(&PostParams::default(), &creds).await?;
+        minio_secret(&c, &ns).await?;
         let backup: EtcdBackup = serde_yaml::from_str(&format!(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: tls-backup}}\n\
              spec: {{clusterName: tls, destination: {{s3: {{bucket: {}, prefix: e2e-tls/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}}}\n",
@@ -184,14 +174,7 @@ async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Res
         ))?;
         let backups: Api<EtcdBackup> = Api::namespaced(c.clone(), &ns);
         backups.create(&PostParams::default(), &backup).await?;
-        let s = wait_for("the TLS backup to finish", t, || {
-            let backups = backups.clone();
-            async move {
-                let s = backups.get("tls-backup").await?.status.unwrap_or_default();
-                Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
-            }
-        })
-        .await?;
+        let s = backup_finished(&c, &ns, "tls-backup", t).await?;
         ensure!(s.phase == Some(BackupPhase::Succeeded), "the TLS backup failed: {:?}", s.reason);
         ensure!(s.sha256.as_ref().is_some_and(|h| h.len() == 64), "{s:?}");
         Ok(())
