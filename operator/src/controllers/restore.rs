@@ -346,19 +346,9 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             .await;
         }
     };
-    let Some(cluster) = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&r.spec.cluster_name)
-        .await
-        .map_err(kube_err("reading the EtcdCluster"))?
-    else {
-        return advance(
-            ctx,
-            r,
-            status,
-            RestorePhase::Failed,
-            "the EtcdCluster was deleted".into(),
-        )
-        .await;
+    let cluster = match target(ctx, r, &status).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(job) = jobs
@@ -563,22 +553,37 @@ pub fn seed_pod(
     pod
 }
 
-async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
-    let ns = r.namespace().unwrap_or_default();
-    let name = &r.spec.cluster_name;
-    let Some(cluster) = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(name)
+/// The cluster being restored; when it was deleted mid-restore, the restore is failed and the
+/// returned `Err` is the action to return.
+async fn target(
+    ctx: &Context,
+    r: &EtcdRestore,
+    status: &EtcdRestoreStatus,
+) -> Result<Result<EtcdCluster, Action>, Error> {
+    let found = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default())
+        .get_opt(&r.spec.cluster_name)
         .await
-        .map_err(kube_err("reading the EtcdCluster"))?
-    else {
-        return advance(
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    match found {
+        Some(c) => Ok(Ok(c)),
+        None => advance(
             ctx,
             r,
-            status,
+            status.clone(),
             RestorePhase::Failed,
             "the EtcdCluster was deleted".into(),
         )
-        .await;
+        .await
+        .map(Err),
+    }
+}
+
+async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = &r.spec.cluster_name;
+    let cluster = match target(ctx, r, &status).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
     };
     match cluster.annotations().get(RESTORE_HOLD) {
         Some(holder) if *holder != r.name_any() => {
@@ -728,19 +733,9 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
     let ns = r.namespace().unwrap_or_default();
     let name = &r.spec.cluster_name;
     let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(cluster) = api
-        .get_opt(name)
-        .await
-        .map_err(kube_err("reading the EtcdCluster"))?
-    else {
-        return advance(
-            ctx,
-            r,
-            status,
-            RestorePhase::Failed,
-            "the EtcdCluster was deleted".into(),
-        )
-        .await;
+    let cluster = match target(ctx, r, &status).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
     };
     let cs = cluster.status.clone().unwrap_or_default();
     let size = usize::try_from(cluster.spec.size).unwrap_or(0);
