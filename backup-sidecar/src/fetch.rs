@@ -102,50 +102,14 @@ impl Store {
 }
 
 /// Unpacks and verifies a downloaded archive into `out_dir` (blocking: call from a blocking task).
+/// Nothing named `SNAPSHOT_ENTRY` appears in `out_dir` unless every check passed.
 pub fn unpack_and_verify(
     archive: &Path,
     out_dir: &Path,
     expected_sha256: Option<&str>,
 ) -> Result<Manifest, FetchError> {
-    let file = std::fs::File::open(archive).map_err(io("opening", archive))?;
-    // Archives are concatenated gzip members: a single-member decoder would stop after the first MiB.
-    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)));
     let snapshot_tmp = out_dir.join(format!(".{SNAPSHOT_ENTRY}.partial"));
-    let mut manifest: Option<Manifest> = None;
-    let mut digest: Option<String> = None;
-    let damaged = |e: std::io::Error| FetchError::Damaged(e.to_string());
-    for entry in tar.entries().map_err(damaged)? {
-        let mut entry = entry.map_err(damaged)?;
-        let path: PathBuf = entry.path().map_err(damaged)?.into_owned();
-        match path.to_str() {
-            Some(SNAPSHOT_ENTRY) => {
-                let mut out = std::fs::File::create(&snapshot_tmp).map_err(io("creating", &snapshot_tmp))?;
-                let mut verifier = TrailerVerifier::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = entry.read(&mut buf).map_err(damaged)?;
-                    if n == 0 {
-                        break;
-                    }
-                    verifier.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(io("writing", &snapshot_tmp))?;
-                }
-                out.sync_all().map_err(io("syncing", &snapshot_tmp))?;
-                digest = Some(verifier.finish()?);
-            }
-            Some(MANIFEST_ENTRY) => {
-                let mut s = String::new();
-                entry.read_to_string(&mut s).map_err(damaged)?;
-                manifest = Some(
-                    serde_json::from_str(&s).map_err(|e| FetchError::Damaged(format!("manifest: {e}")))?,
-                );
-            }
-            _ => {}
-        }
-    }
-    let result = (|| {
-        let digest = digest.ok_or(FetchError::Missing(SNAPSHOT_ENTRY))?;
-        let manifest = manifest.ok_or(FetchError::Missing(MANIFEST_ENTRY))?;
+    let result = unpack(archive, &snapshot_tmp).and_then(|(digest, manifest)| {
         if manifest.sha256 != digest {
             return Err(FetchError::Mismatch(format!(
                 "the snapshot hashes to {digest}, its manifest says {}",
@@ -158,22 +122,65 @@ pub fn unpack_and_verify(
             )));
         }
         Ok(manifest)
-    })();
-    match result {
-        Ok(manifest) => {
-            let json =
-                serde_json::to_vec_pretty(&manifest).map_err(|e| FetchError::Damaged(e.to_string()))?;
-            let manifest_path = out_dir.join(MANIFEST_ENTRY);
-            std::fs::write(&manifest_path, json).map_err(io("writing", &manifest_path))?;
-            let snapshot = out_dir.join(SNAPSHOT_ENTRY);
-            std::fs::rename(&snapshot_tmp, &snapshot).map_err(io("renaming", &snapshot_tmp))?;
-            Ok(manifest)
-        }
+    });
+    let manifest = match result {
+        Ok(manifest) => manifest,
         Err(e) => {
             let _ = std::fs::remove_file(&snapshot_tmp);
-            Err(e)
+            return Err(e);
+        }
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| FetchError::Damaged(e.to_string()))?;
+    let manifest_path = out_dir.join(MANIFEST_ENTRY);
+    std::fs::write(&manifest_path, json).map_err(io("writing", &manifest_path))?;
+    let snapshot = out_dir.join(SNAPSHOT_ENTRY);
+    std::fs::rename(&snapshot_tmp, &snapshot).map_err(io("renaming", &snapshot_tmp))?;
+    Ok(manifest)
+}
+
+/// Writes the snapshot entry to `snapshot_tmp` and returns its verified trailer digest and the manifest.
+fn unpack(archive: &Path, snapshot_tmp: &Path) -> Result<(String, Manifest), FetchError> {
+    let file = std::fs::File::open(archive).map_err(io("opening", archive))?;
+    // Archives are concatenated gzip members: a single-member decoder would stop after the first MiB.
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)));
+    let mut manifest: Option<Manifest> = None;
+    let mut digest: Option<String> = None;
+    let damaged = |e: std::io::Error| FetchError::Damaged(e.to_string());
+    for entry in tar.entries().map_err(damaged)? {
+        let mut entry = entry.map_err(damaged)?;
+        let path: PathBuf = entry.path().map_err(damaged)?.into_owned();
+        match path.to_str() {
+            Some(SNAPSHOT_ENTRY) => {
+                let mut out = std::fs::File::create(snapshot_tmp).map_err(io("creating", snapshot_tmp))?;
+                let mut verifier = TrailerVerifier::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = entry.read(&mut buf).map_err(damaged)?;
+                    if n == 0 {
+                        break;
+                    }
+                    verifier.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(io("writing", snapshot_tmp))?;
+                }
+                out.sync_all().map_err(io("syncing", snapshot_tmp))?;
+                digest = Some(verifier.finish()?);
+            }
+            Some(MANIFEST_ENTRY) => {
+                let mut s = String::new();
+                entry.read_to_string(&mut s).map_err(damaged)?;
+                manifest = Some(
+                    serde_json::from_str(&s).map_err(|e| FetchError::Damaged(format!("manifest: {e}")))?,
+                );
+            }
+            _ => {}
         }
     }
+    // tar stops at its end-of-archive block, before the last gzip member's CRC and size are read:
+    // draining the decoder checks them, so damage anywhere in the file is refused.
+    std::io::copy(&mut tar.into_inner(), &mut std::io::sink()).map_err(damaged)?;
+    let digest = digest.ok_or(FetchError::Missing(SNAPSHOT_ENTRY))?;
+    let manifest = manifest.ok_or(FetchError::Missing(MANIFEST_ENTRY))?;
+    Ok((digest, manifest))
 }
 
 /// Where an archive is, as its location URL says (`s3://bucket/key` or `file:///dir/archive`).

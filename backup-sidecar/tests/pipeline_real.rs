@@ -403,6 +403,11 @@ async fn fetch_verifies_before_anything_is_usable() {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0xff;
     std::fs::write(dir.join("flipped.tar.gz"), &flipped).unwrap();
+    // The last member's CRC: only a reader that drains the stream past tar's end block sees it.
+    let mut tail = bytes.clone();
+    let crc = tail.len() - 6;
+    tail[crc] ^= 0xff;
+    std::fs::write(dir.join("flipped-crc.tar.gz"), &tail).unwrap();
     let unpacked = temp_dir("unpacked");
     let (mut snapshot, manifest) = untar(&bytes);
     let last = snapshot.len() - 100;
@@ -426,10 +431,14 @@ async fn fetch_verifies_before_anything_is_usable() {
     for (name, want) in [
         ("truncated.tar.gz", "damaged"),
         ("flipped.tar.gz", "damaged"),
+        ("flipped-crc.tar.gz", "damaged"),
         ("altered.tar.gz", "sha256 mismatch"),
     ] {
         let out = temp_dir("fetched-bad");
-        let err = fetch(&local, name, &out, None).await.unwrap_err();
+        let err = match fetch(&local, name, &out, None).await {
+            Ok(m) => panic!("{name} was accepted: {m:?}"),
+            Err(e) => e,
+        };
         assert!(err.to_string().contains(want), "{name}: {err}");
         assert!(
             !out.join(SNAPSHOT_ENTRY).exists(),
