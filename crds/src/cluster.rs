@@ -261,20 +261,43 @@ pub enum RecoveryPolicy {
 }
 
 /// Joining a temporary boot etcd and taking over from it.
+///
+/// Self-hosted members run on the host network, so an API server on the host reaches them without
+/// cluster networking or DNS, and keep their data in a host directory, so a member survives a reboot of
+/// its node. The operator places each member on a node itself (a Ready node matching
+/// `spec.pod.nodeSelector`) and gives it its own block of four ports from `basePort` (client, peer,
+/// metrics, backup sidecar), so several members can share a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SelfHostedSpec {
-    /// Client URL of the boot etcd member, for example `https://10.0.0.10:12379`. The operator joins
-    /// its first member to this cluster and removes the boot member once it is safe.
-    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("bootMemberClientEndpoint must be an http:// or https:// URL"))]
+    /// Client URL of the boot etcd member, for example `https://10.0.0.10:12379`. The boot cluster
+    /// must have exactly one member. The operator joins its first member to it as a learner, grows the
+    /// self-hosted members to `spec.size`, and removes the boot member once every self-hosted member is
+    /// a healthy voter and leadership has moved to one of them. Empty starts a fresh self-hosted cluster.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[x_kube(validation = Rule::new("self == '' || self.startsWith('http://') || self.startsWith('https://')").message("bootMemberClientEndpoint must be an http:// or https:// URL"))]
     pub boot_member_client_endpoint: String,
     /// Secret (`tls.crt`, `tls.key`, `ca.crt`) for talking to the boot member over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_member_client_tls_secret: Option<String>,
-    /// Host directory for member data, used instead of `storage` so a member survives a reboot of its
-    /// node without the API server. Each member gets a subdirectory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_data_dir: Option<String>,
+    /// Host directory for member data, used instead of `storage`. Each member gets the subdirectory
+    /// `<namespace>-<member>`, which is deleted when the member is removed.
+    #[serde(default = "default_host_data_dir")]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..')").message("hostDataDir must be an absolute path without '..'"))]
+    pub host_data_dir: String,
+    /// First port of the member port blocks: member slot `n` uses `basePort + 10n` (client),
+    /// `+1` (peer), `+2` (metrics and health) and `+3` (backup sidecar).
+    #[serde(default = "default_base_port")]
+    #[x_kube(validation = Rule::new("self >= 1024 && self <= 65000").message("basePort must be between 1024 and 65000"))]
+    pub base_port: i32,
+}
+
+fn default_host_data_dir() -> String {
+    "/var/lib/ouroboros-etcd".to_owned()
+}
+
+fn default_base_port() -> i32 {
+    2379
 }
 
 /// What the operator observed, written only by the operator.
@@ -339,6 +362,8 @@ pub enum ClusterPhase {
     Restoring,
     /// `spec.paused` is set.
     Paused,
+    /// Self-hosted: growing on the boot etcd and taking over from it.
+    Pivoting,
 }
 
 /// One member as etcd and Kubernetes report it.

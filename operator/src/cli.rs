@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// The Ouroboros etcd operator.
 #[derive(Debug, Clone, Parser)]
@@ -44,6 +44,62 @@ pub struct Args {
     /// Seconds to wait for the CRDs to be established before giving up at start.
     #[arg(long, env = "OUROBOROS_CRD_WAIT_SECONDS", default_value_t = 120)]
     pub crd_wait_seconds: u64,
+
+    /// Without a subcommand the operator runs its controllers.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-shot tasks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// For installers: take the cluster's etcd over from a temporary boot etcd. Waits for the
+    /// EtcdCluster CRD, creates the self-hosted EtcdCluster, waits until the boot member has been
+    /// removed, and prints `--etcd-servers=<self-hosted client URLs>` for the API server. Exit codes:
+    /// 0 done, 3 the CRD never appeared, 4 a different EtcdCluster has the name, 5 the operator
+    /// refused the boot cluster, 6 timed out (progress so far on stderr), 1 anything else.
+    Handover(HandoverArgs),
+}
+
+/// Flags of `etcd-operator handover`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HandoverArgs {
+    /// Client URL of the boot etcd member, as the operator's pods reach it.
+    #[arg(long)]
+    pub boot_endpoint: String,
+    /// Name of the EtcdCluster to create.
+    #[arg(long, default_value = "kube-etcd")]
+    pub name: String,
+    /// Its namespace.
+    #[arg(long, default_value = "kube-system")]
+    pub namespace: String,
+    /// Self-hosted members to grow to before the boot member is removed.
+    #[arg(long, default_value_t = 3)]
+    pub size: i32,
+    /// etcd version of the members (should match the boot etcd's).
+    #[arg(long, default_value = ouroboros_crds::cluster::DEFAULT_ETCD_VERSION)]
+    pub version: String,
+    /// Host directory for member data.
+    #[arg(long)]
+    pub host_data_dir: Option<String>,
+    /// First port of the member port blocks.
+    #[arg(long)]
+    pub base_port: Option<i32>,
+    /// Node labels members must run on, `key=value`; repeatable.
+    #[arg(long = "node-selector", value_parser = parse_label)]
+    pub node_selector: Vec<(String, String)>,
+    /// Tolerate the `node-role.kubernetes.io/control-plane` taint.
+    #[arg(long)]
+    pub tolerate_control_plane: bool,
+    /// Seconds to wait for the CRD and then for the pivot.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_seconds: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 /// How log lines are written.
@@ -64,6 +120,36 @@ mod tests {
         let a = Args::try_parse_from(["etcd-operator"]).expect("defaults parse");
         assert_eq!(a.log_format, LogFormat::Text);
         assert_eq!(a.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn handover_takes_its_own_flags() {
+        let a = Args::try_parse_from([
+            "etcd-operator",
+            "handover",
+            "--boot-endpoint",
+            "http://10.0.0.1:12379",
+            "--node-selector",
+            "role=cp",
+        ])
+        .expect("parses");
+        let Some(Command::Handover(h)) = a.command else {
+            panic!("no handover");
+        };
+        assert_eq!(h.name, "kube-etcd");
+        assert_eq!(h.node_selector, vec![("role".to_owned(), "cp".to_owned())]);
+        assert!(Args::try_parse_from(["etcd-operator", "handover"]).is_err());
+        assert!(
+            Args::try_parse_from([
+                "etcd-operator",
+                "handover",
+                "--boot-endpoint",
+                "x",
+                "--node-selector",
+                "nolabel"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

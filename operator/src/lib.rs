@@ -7,6 +7,7 @@ pub mod controllers;
 pub mod crds_ready;
 pub mod etcd;
 pub mod failpoints;
+pub mod handover;
 pub mod http;
 pub mod leader;
 pub mod metrics;

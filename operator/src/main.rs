@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::FutureExt;
 use ouroboros_operator::{
-    cli::Args,
+    cli::{Args, Command},
     context::{Context, OperatorConfig},
-    controllers, crds_ready, http, leader,
+    controllers, crds_ready, handover, http, leader,
     metrics::Metrics,
     telemetry,
 };
@@ -26,6 +26,21 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
+    if let Some(Command::Handover(h)) = &args.command {
+        match handover::run(client, h).await {
+            Ok(endpoints) => {
+                eprintln!(
+                    "the boot member has been removed; point the API server at the self-hosted members:"
+                );
+                println!("--etcd-servers={}", endpoints.join(","));
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("handover failed: {e}");
+                std::process::exit(e.exit_code());
+            }
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(http::Readiness::new(controllers::WATCH_COUNT));
     let shutdown = shutdown_signal().shared();

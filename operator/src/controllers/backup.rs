@@ -21,7 +21,7 @@ use crate::{
     context::Context,
     controllers::cluster::{
         backups::LABEL_SCHEDULED,
-        resources::{CLIENT_PORT, SIDECAR_PORT, backup_dir, backup_volume},
+        resources::{Ports, backup_dir, backup_volume, ports_of},
     },
     etcd::Endpoint,
     metrics::BackupLabels,
@@ -222,12 +222,13 @@ async fn resolve(
 /// A running member pod: its IP and the claims it mounts.
 struct MemberPod {
     ip: String,
+    ports: Ports,
     claims: Vec<String>,
 }
 
 impl MemberPod {
     fn sidecar(&self) -> String {
-        format!("{}:{SIDECAR_PORT}", self.ip)
+        format!("{}:{}", self.ip, self.ports.sidecar)
     }
 }
 
@@ -246,6 +247,7 @@ async fn member_pod(ctx: &Context, ns: &str, member: &str) -> Result<Option<Memb
                 .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
                 .collect();
             Some(MemberPod {
+                ports: ports_of(&p),
                 ip: p.status?.pod_ip?,
                 claims,
             })
@@ -340,7 +342,10 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
     // and its sidecar will fail the backup soon enough.
     let db_size = ctx
         .etcd
-        .status(&Endpoint::plain(format!("http://{}:{CLIENT_PORT}", pod.ip)))
+        .status(&Endpoint::plain(format!(
+            "http://{}:{}",
+            pod.ip, pod.ports.client
+        )))
         .await
         .map_or(0, |s| u64::try_from(s.db_size).unwrap_or(0));
     let timeout = backup_timeout(db_size);

@@ -3,12 +3,12 @@
 //! state the decision recognises and finishes (see the failpoints).
 
 use k8s_openapi::api::{
-    core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Service},
+    core::v1::{Node, ObjectReference, PersistentVolumeClaim, Pod, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::events::EventType,
 };
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
@@ -16,7 +16,8 @@ use ouroboros_crds::{EtcdCluster, EtcdVersion};
 use super::{
     decide::{RemoveReason, Step},
     observe::{Observation, member_name},
-    resources::{self, Images, InitialClusterState},
+    placement,
+    resources::{self, Images, InitialClusterState, Placement},
 };
 use crate::{context::Context, etcd::EtcdError, failpoints};
 
@@ -42,6 +43,25 @@ pub enum ApplyError {
     /// The leader to move leadership from has no reachable endpoint.
     #[error("leader {0} has no pod IP to send move-leader to")]
     NoLeaderEndpoint(String),
+    /// Listing what a placement is chosen from failed.
+    #[error("listing {what} to place member {member}: {source}")]
+    ListForPlacement {
+        /// Nodes or pods.
+        what: &'static str,
+        /// The member being placed.
+        member: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// No node can take a self-hosted member.
+    #[error("placing self-hosted member {member}: {reason}")]
+    NoPlacement {
+        /// The member being placed.
+        member: String,
+        /// Why no node fits.
+        reason: String,
+    },
 }
 
 fn ssa() -> PatchParams {
@@ -126,6 +146,110 @@ async fn start_member(
     apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await
 }
 
+/// Chooses the node and ports of a new self-hosted member.
+async fn place(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    obs: &Observation,
+    member: &str,
+) -> Result<Placement, ApplyError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let list_err = |what| {
+        move |source| ApplyError::ListForPlacement {
+            what,
+            member: member.to_owned(),
+            source,
+        }
+    };
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(list_err("nodes"))?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&resources::cluster_selector(cluster)))
+        .await
+        .map_err(list_err("pods"))?;
+    let peer_ports: Vec<u16> = obs
+        .members
+        .iter()
+        .filter_map(|m| m.peer_urls.first())
+        .filter_map(|u| {
+            u.rsplit_once(':')
+                .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+        })
+        .collect();
+    placement::choose(cluster, &nodes.items, &pods.items, &peer_ports).map_err(|reason| {
+        ApplyError::NoPlacement {
+            member: member.to_owned(),
+            reason,
+        }
+    })
+}
+
+/// Starts a self-hosted member. Its pod is created before the member is added: the pod is the record
+/// of the member's node and ports (etcd only knows its URL). A crash between the two leaves a pod
+/// without a member, which the next reconcile deletes; a member added whose pod is then lost before
+/// it starts is removed.
+async fn start_self_hosted_member(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    obs: &Observation,
+    name: &str,
+    version: EtcdVersion,
+    state: InitialClusterState,
+) -> Result<Option<u64>, ApplyError> {
+    let placement = place(ctx, cluster, obs, name).await?;
+    let peer_url = placement.peer_url(cluster);
+    let mut initial: Vec<String> = match state {
+        InitialClusterState::New => Vec::new(),
+        InitialClusterState::Existing => obs
+            .observed
+            .membership
+            .iter()
+            .flat_map(|ms| ms.members.iter())
+            .filter_map(|m| {
+                let listed = obs.members.iter().find(|l| l.id == m.id)?;
+                Some(format!("{}={}", m.name, listed.peer_urls.first()?))
+            })
+            .collect(),
+    };
+    initial.push(format!("{name}={peer_url}"));
+    let pod = resources::self_hosted_member_pod(
+        cluster,
+        &images(ctx),
+        name,
+        version,
+        state,
+        &initial.join(","),
+        &placement,
+    );
+    let ns = cluster.namespace().unwrap_or_default();
+    apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await?;
+    failpoints::hit("after-self-hosted-pod");
+    let id = match state {
+        InitialClusterState::New => None,
+        InitialClusterState::Existing => Some(ctx.etcd.add_learner(&obs.endpoint_list(), &peer_url).await?.0),
+    };
+    event(
+        ctx,
+        cluster,
+        EventType::Normal,
+        if id.is_some() {
+            "LearnerAdded"
+        } else {
+            "SeedCreated"
+        },
+        Some(name),
+        format!(
+            "started self-hosted member {name}{} on node {} ({peer_url}), etcd {version}",
+            id.map(|id| format!(" ({id:x}) as a learner")).unwrap_or_default(),
+            placement.node
+        ),
+    )
+    .await;
+    Ok(id)
+}
+
 /// Deletes a member's pod and its PVC; "already gone" is success.
 async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
@@ -202,6 +326,52 @@ pub async fn apply_step(
                 None,
                 format!(
                     "{healthy_voters} of {voters} voting members answer; membership changes are suspended"
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Step::CreateSeed { name, version } if cluster.spec.self_hosted.is_some() => {
+            start_self_hosted_member(ctx, cluster, obs, name, *version, InitialClusterState::New)
+                .await
+                .map(drop)
+        }
+        Step::AddLearner { name, version, .. } if cluster.spec.self_hosted.is_some() => {
+            start_self_hosted_member(ctx, cluster, obs, name, *version, InitialClusterState::Existing)
+                .await
+                .map(drop)
+        }
+        Step::WaitForBoot { .. } => Ok(()),
+        Step::BootInvalid { reason } => {
+            event(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "BootClusterInvalid",
+                None,
+                reason.clone(),
+            )
+            .await;
+            Ok(())
+        }
+        Step::RemoveBootMember { id, name } => {
+            // Through our members only: the boot member is the one leaving.
+            let ours: Vec<_> = obs
+                .endpoints
+                .iter()
+                .filter(|(n, _)| n != name)
+                .map(|(_, e)| e.clone())
+                .collect();
+            ctx.etcd.remove(&ours, *id).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "BootMemberRemoved",
+                None,
+                format!(
+                    "removed the boot member {name} ({id:x}); the cluster runs on its self-hosted members: {}",
+                    ours.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(",")
                 ),
             )
             .await;

@@ -120,6 +120,22 @@ pub struct Observed {
     pub pods: Vec<PodView>,
     /// etcd's membership, or `None` when no member answered a member list.
     pub membership: Option<Membership>,
+    /// Self-hosted: a member's pod is created before the member is added (it is what records the
+    /// member's node and ports), so a member that never started and has no pod lost its pod and is
+    /// removed, not given a new one.
+    pub pods_first: bool,
+    /// The pivot from a boot etcd, while the boot member has not been seen removed.
+    pub boot: Option<BootView>,
+}
+
+/// The boot member of a self-hosted pivot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootView {
+    /// Its member ID, when the membership lists it. `None` once it has been removed (or before any
+    /// member answered).
+    pub id: Option<u64>,
+    /// Its client URL, for messages.
+    pub endpoint: String,
 }
 
 /// Why a member is being removed.
@@ -231,6 +247,24 @@ pub enum Step {
         /// New leader's name.
         to: String,
     },
+    /// Self-hosted pivot: the boot member does not answer and nothing of ours runs yet.
+    WaitForBoot {
+        /// Why, for the condition.
+        reason: String,
+    },
+    /// Self-hosted pivot: the boot cluster is not what a pivot can start from. Nothing is changed.
+    BootInvalid {
+        /// What is wrong and what to do, for the condition.
+        reason: String,
+    },
+    /// Self-hosted pivot: every self-hosted member is a healthy voter and the leader is one of them;
+    /// remove the boot member.
+    RemoveBootMember {
+        /// Boot member ID.
+        id: u64,
+        /// Its name.
+        name: String,
+    },
     /// Nothing to do.
     Converged,
 }
@@ -239,8 +273,10 @@ impl Step {
     /// Whether the step changes the cluster (for the Progressing condition).
     pub fn is_change(&self) -> bool {
         match self {
-            Step::Paused | Step::NoQuorum { .. } | Step::Converged => false,
+            Step::Paused | Step::NoQuorum { .. } | Step::BootInvalid { .. } | Step::Converged => false,
             Step::CreateSeed { .. }
+            | Step::WaitForBoot { .. }
+            | Step::RemoveBootMember { .. }
             | Step::WaitForMembers { .. }
             | Step::DeleteOrphanPod { .. }
             | Step::CreateMemberPod { .. }
@@ -402,16 +438,50 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
     {
         return Step::DeleteOrphanPod { name: p.name.clone() };
     }
-    // A member added but never started, with no pod: the operator stopped between the two.
+    // A member added but never started, with no pod: the operator stopped between the two, or (pods
+    // first) the pod was deleted before the member started.
     if let Some(m) = ms
         .members
         .iter()
         .find(|m| !m.started && pod(o, &m.name).is_none())
     {
+        if o.pods_first {
+            return Step::RemoveMember {
+                id: m.id,
+                name: m.name.clone(),
+                reason: RemoveReason::PodGone,
+            };
+        }
         return Step::CreateMemberPod {
             name: m.name.clone(),
             version,
         };
+    }
+
+    let boot_id = o.boot.as_ref().and_then(|b| b.id);
+    if let Some(b) = &o.boot {
+        let strangers: Vec<&str> = ms
+            .members
+            .iter()
+            .filter(|m| Some(m.id) != boot_id && ordinal(&o.cluster, &m.name).is_none())
+            .map(|m| m.name.as_str())
+            .collect();
+        if boot_id.is_none() && !ms.members.iter().any(|m| ordinal(&o.cluster, &m.name).is_some()) {
+            return Step::BootInvalid {
+                reason: format!(
+                    "no member of the boot cluster advertises {} as its client URL",
+                    b.endpoint
+                ),
+            };
+        }
+        if !strangers.is_empty() {
+            return Step::BootInvalid {
+                reason: format!(
+                    "the boot cluster has members other than the boot member ({}); a pivot starts from exactly one member: remove them first",
+                    strangers.join(", ")
+                ),
+            };
+        }
     }
 
     let voters: Vec<&MemberView> = ms.members.iter().filter(|m| !m.is_learner).collect();
@@ -423,8 +493,9 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         };
     }
 
-    // Dead voters: removing one keeps quorum if the healthy ones still make a majority afterwards.
-    for m in &voters {
+    // Dead voters: removing one keeps quorum if the healthy ones still make a majority afterwards. The
+    // boot member has no pod and leaves only by its own rule below.
+    for m in voters.iter().filter(|m| Some(m.id) != boot_id) {
         if let Some(reason) = dead_reason(o, m).filter(|_| m.started) {
             if healthy_voters >= quorum(voters.len() - 1) {
                 return Step::RemoveMember {
@@ -459,12 +530,16 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
 
     let size = o.desired.size;
     let outdated = |m: &&&MemberView| pod(o, &m.name).is_some_and(|p| p.version != version);
+    let voters: Vec<&MemberView> = voters.into_iter().filter(|m| Some(m.id) != boot_id).collect();
     if voters.len() < size {
         return Step::AddLearner {
             name: next_member_name(o),
             version,
             for_upgrade: false,
         };
+    }
+    if let Some(boot) = boot_id.and_then(|id| ms.members.iter().find(|m| m.id == id)) {
+        return boot_removal_step(ms, &voters, boot);
     }
     if voters.len() > size {
         // Prefer removing members on an old version (the tail of an upgrade), then the newest.
@@ -485,9 +560,56 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
     Step::Converged
 }
 
+/// Every self-hosted member is a healthy voter: hand leadership to one of them, then remove the boot
+/// member. The self-hosted voters alone are then the whole quorum, and all of them answer.
+fn boot_removal_step(ms: &Membership, voters: &[&MemberView], boot: &MemberView) -> Step {
+    let leader_applied = ms
+        .leader
+        .and_then(|id| ms.members.iter().find(|m| m.id == id))
+        .and_then(|m| m.health.as_ref())
+        .map_or(0, |h| h.applied_index);
+    let behind: Vec<&str> = voters
+        .iter()
+        .filter(|m| {
+            m.health
+                .as_ref()
+                .is_none_or(|h| (h.applied_index as f64) < (leader_applied as f64) * LEARNER_READY_FRACTION)
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    if !behind.is_empty() {
+        return Step::WaitForMembers {
+            reason: format!(
+                "waiting for {} to catch up before the boot member is removed",
+                behind.join(", ")
+            ),
+        };
+    }
+    match (ms.leader, voters.first()) {
+        (None, _) | (_, None) => Step::WaitForMembers {
+            reason: "waiting for a leader before the boot member is removed".into(),
+        },
+        (Some(leader), Some(successor)) if leader == boot.id => Step::MoveLeader {
+            from: boot.name.clone(),
+            to_id: successor.id,
+            to: successor.name.clone(),
+        },
+        (Some(_), Some(_)) => Step::RemoveBootMember {
+            id: boot.id,
+            name: boot.name.clone(),
+        },
+    }
+}
+
 /// Pods exist (or not) but no member answered a member list.
 fn no_membership_step(o: &Observed, version: EtcdVersion) -> Step {
     let live: Vec<&PodView> = o.pods.iter().filter(|p| p.state != PodState::Deleting).collect();
+    if live.is_empty() && o.boot.is_some() {
+        // Never a fresh seed: that would split from the boot cluster the API server runs on.
+        return Step::WaitForBoot {
+            reason: "the boot member does not answer; the pivot starts when it does".into(),
+        };
+    }
     if live.is_empty() {
         if o.bootstrapped {
             // Every member is gone: starting a fresh seed would silently replace the data with an empty

@@ -19,7 +19,37 @@ fn world(size: usize, version: &str) -> Observed {
         bootstrapped: false,
         pods: vec![],
         membership: None,
+        pods_first: false,
+        boot: None,
     }
+}
+
+const BOOT_ID: u64 = 7;
+
+/// A self-hosted cluster pivoting from the one-member boot cluster `boot` (leader, applied 1000).
+fn pivot(size: usize) -> Observed {
+    let mut o = world(size, V36);
+    o.pods_first = true;
+    o.bootstrapped = true;
+    o.boot = Some(BootView {
+        id: Some(BOOT_ID),
+        endpoint: "http://127.0.0.1:22379".into(),
+    });
+    o.membership = Some(Membership {
+        leader: Some(BOOT_ID),
+        members: vec![MemberView {
+            id: BOOT_ID,
+            name: "boot".into(),
+            is_learner: false,
+            started: true,
+            health: Some(MemberHealth {
+                applied_index: 1000,
+                has_errors: false,
+            }),
+        }],
+        db_size_bytes: 1 << 20,
+    });
+    o
 }
 
 impl Observed {
@@ -63,6 +93,10 @@ impl Observed {
         if ms.leader.is_none() && !is_learner {
             ms.leader = Some(100 + u64::from(n));
         }
+    }
+    fn leader_id(mut self, id: u64) -> Self {
+        self.membership.as_mut().unwrap().leader = Some(id);
+        self
     }
     fn leader(mut self, n: u32) -> Self {
         self.membership.as_mut().unwrap().leader = Some(100 + u64::from(n));
@@ -560,4 +594,160 @@ fn ordinals_parse_only_our_names() {
     assert_eq!(ordinal("c", "c-12"), Some(12));
     assert_eq!(ordinal("c", "cc-1"), None);
     assert_eq!(ordinal("c", "c-x"), None);
+}
+
+// --- self-hosted pivot -------------------------------------------------------------------------------
+
+#[test]
+fn pivot_starts_by_adding_a_learner_to_the_boot_cluster_never_a_fresh_seed() {
+    assert_eq!(
+        next_step(&pivot(3)).step,
+        Step::AddLearner {
+            name: "c-0".into(),
+            version: v(V36),
+            for_upgrade: false
+        }
+    );
+}
+
+#[test]
+fn pivot_waits_for_an_unreachable_boot_member_instead_of_seeding() {
+    let mut o = pivot(3);
+    o.membership = None;
+    o.bootstrapped = false;
+    assert!(matches!(next_step(&o).step, Step::WaitForBoot { .. }));
+}
+
+#[test]
+fn pivot_refuses_a_boot_cluster_with_more_than_one_member() {
+    let mut o = pivot(3);
+    let mut other = o.membership.as_ref().unwrap().members[0].clone();
+    other.id = 8;
+    other.name = "boot-2".into();
+    o.membership.as_mut().unwrap().members.push(other);
+    let Step::BootInvalid { reason } = next_step(&o).step else {
+        panic!("expected BootInvalid");
+    };
+    assert!(reason.contains("boot-2"), "{reason}");
+}
+
+#[test]
+fn pivot_refuses_when_the_endpoint_is_not_the_boot_member() {
+    let mut o = pivot(3);
+    o.boot.as_mut().unwrap().id = None;
+    assert!(matches!(next_step(&o).step, Step::BootInvalid { .. }));
+}
+
+#[test]
+fn pivot_promotes_the_first_learner_when_caught_up_with_the_boot_leader() {
+    let o = pivot(3).learner(0, 950);
+    assert_eq!(
+        next_step(&o).step,
+        Step::PromoteLearner {
+            id: 100,
+            name: "c-0".into()
+        }
+    );
+    let o = pivot(3).learner(0, 10);
+    assert_eq!(next_step(&o).step, Step::WaitForLearner { name: "c-0".into() });
+}
+
+#[test]
+fn pivot_grows_to_size_while_the_boot_member_stays() {
+    let o = pivot(3).voter(0, V36).voter(1, V36).leader_id(BOOT_ID);
+    assert_eq!(
+        next_step(&o).step,
+        Step::AddLearner {
+            name: "c-2".into(),
+            version: v(V36),
+            for_upgrade: false
+        }
+    );
+}
+
+#[test]
+fn the_boot_member_has_no_pod_and_is_never_removed_as_dead() {
+    // Boot plus one voter: counting the boot member as a dead voter would remove it at 2 members.
+    let o = pivot(3).voter(0, V36).leader_id(BOOT_ID);
+    assert!(matches!(next_step(&o).step, Step::AddLearner { .. }));
+}
+
+#[test]
+fn leadership_leaves_the_boot_member_before_it_is_removed() {
+    let o = pivot(3)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .leader_id(BOOT_ID);
+    assert_eq!(
+        next_step(&o).step,
+        Step::MoveLeader {
+            from: "boot".into(),
+            to_id: 100,
+            to: "c-0".into()
+        }
+    );
+}
+
+#[test]
+fn the_boot_member_is_removed_once_every_member_is_a_caught_up_voter_and_leads() {
+    let o = pivot(3).voter(0, V36).voter(1, V36).voter(2, V36).leader(1);
+    assert_eq!(
+        next_step(&o).step,
+        Step::RemoveBootMember {
+            id: BOOT_ID,
+            name: "boot".into()
+        }
+    );
+}
+
+#[test]
+fn the_boot_member_stays_while_a_member_is_unhealthy_or_behind() {
+    let o = pivot(3)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .leader(1)
+        .unhealthy(2);
+    assert!(matches!(next_step(&o).step, Step::WaitForMembers { .. }));
+    let mut o = pivot(3).voter(0, V36).voter(1, V36).voter(2, V36).leader(1);
+    o.membership.as_mut().unwrap().members[3]
+        .health
+        .as_mut()
+        .unwrap()
+        .applied_index = 10;
+    let Step::WaitForMembers { reason } = next_step(&o).step else {
+        panic!("expected a wait");
+    };
+    assert!(reason.contains("c-2") && reason.contains("catch up"), "{reason}");
+}
+
+#[test]
+fn the_boot_member_stays_while_a_learner_is_pending() {
+    let o = pivot(3).voter(0, V36).voter(1, V36).learner(2, 10).leader(1);
+    assert!(matches!(next_step(&o).step, Step::WaitForLearner { .. }));
+}
+
+#[test]
+fn after_the_pivot_a_self_hosted_cluster_is_an_ordinary_one() {
+    let mut o = pivot(3).voter(0, V36).voter(1, V36).voter(2, V36).leader(1);
+    o.membership.as_mut().unwrap().members.retain(|m| m.id != BOOT_ID);
+    o.boot.as_mut().unwrap().id = None;
+    assert_eq!(next_step(&o).step, Step::Converged);
+}
+
+#[test]
+fn pods_first_a_member_whose_pod_vanished_before_it_started_is_removed() {
+    let mut o = world(3, V36).voter(0, V36).unstarted_member(1).without_pod(1);
+    o.pods_first = true;
+    assert_eq!(
+        next_step(&o).step,
+        Step::RemoveMember {
+            id: 101,
+            name: "c-1".into(),
+            reason: RemoveReason::PodGone
+        }
+    );
+    o.pods_first = false;
+    assert!(matches!(next_step(&o).step, Step::CreateMemberPod { .. }));
 }

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod backups;
 pub mod decide;
 pub mod observe;
+pub mod placement;
 pub mod resources;
 pub mod status;
 
@@ -267,7 +268,8 @@ fn requeue_secs(step: &decide::Step) -> Duration {
     use decide::Step;
     let secs = match step {
         Step::Converged | Step::Paused => 30,
-        Step::NoQuorum { .. } => 10,
+        Step::NoQuorum { .. } | Step::BootInvalid { .. } => 10,
+        Step::WaitForBoot { .. } => 5,
         Step::WaitForMembers { .. } | Step::WaitForLearner { .. } => 2,
         Step::CreateSeed { .. }
         | Step::DeleteOrphanPod { .. }
@@ -275,7 +277,8 @@ fn requeue_secs(step: &decide::Step) -> Duration {
         | Step::RemoveMember { .. }
         | Step::PromoteLearner { .. }
         | Step::AddLearner { .. }
-        | Step::MoveLeader { .. } => 1,
+        | Step::MoveLeader { .. }
+        | Step::RemoveBootMember { .. } => 1,
     };
     Duration::from_secs(secs)
 }

@@ -10,9 +10,10 @@ use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
 use super::{
     decide::{
-        CRASH_LOOP_RESTARTS, Desired, MemberHealth, MemberView, Membership, Observed, PodState, PodView,
+        BootView, CRASH_LOOP_RESTARTS, Desired, MemberHealth, MemberView, Membership, Observed, PodState,
+        PodView,
     },
-    resources::{self, CLIENT_PORT, LABEL_VERSION},
+    resources::{self, LABEL_VERSION},
 };
 use crate::etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status};
 
@@ -25,8 +26,11 @@ pub struct Observation {
     pub cluster_id: Option<u64>,
     /// Each member's status answer, by member ID.
     pub statuses: Vec<(u64, Status)>,
-    /// Client endpoints (pod IPs) of the member pods, by member name.
+    /// Client endpoints (pod IPs) of the member pods, by member name; during a self-hosted pivot also
+    /// the boot member's.
     pub endpoints: Vec<(String, Endpoint)>,
+    /// The membership as etcd listed it, with the real URLs.
+    pub members: Vec<crate::etcd::Member>,
     /// Why the membership could not be read, when it could not.
     pub membership_error: Option<String>,
 }
@@ -60,9 +64,80 @@ pub enum ObserveError {
     /// `spec.version` does not parse (the schema should have refused it).
     #[error("spec.version {0:?} is not an etcd version")]
     Version(String),
-    /// A TLS Secret named in `spec.tls` is missing or incomplete.
+    /// A TLS Secret named in `spec.tls` (or the boot member's) is missing or incomplete.
     #[error("{0}")]
     TlsSecret(String),
+}
+
+/// Whether status records that the boot member has been removed: from then on the boot endpoint is
+/// never asked again (a boot etcd left running elsewhere is not this cluster).
+pub fn boot_member_removed(cluster: &EtcdCluster) -> bool {
+    cluster.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == ouroboros_crds::condition_types::BOOT_MEMBER_REMOVED && c.status == "True")
+    })
+}
+
+/// The boot member's endpoint while a pivot may still be under way.
+async fn boot_endpoint(
+    client: &kube::Client,
+    cluster: &EtcdCluster,
+) -> Result<Option<Endpoint>, ObserveError> {
+    let Some(sh) = &cluster.spec.self_hosted else {
+        return Ok(None);
+    };
+    let url = sh.boot_member_client_endpoint.trim_end_matches('/');
+    if url.is_empty() || boot_member_removed(cluster) {
+        return Ok(None);
+    }
+    let Some(secret) = &sh.boot_member_client_tls_secret else {
+        return Ok(Some(Endpoint::plain(url)));
+    };
+    let ns = cluster.namespace().unwrap_or_default();
+    let tls = read_tls_secret(client, &ns, secret, "spec.selfHosted.bootMemberClientTlsSecret").await?;
+    // The boot member is dialled by the URL it was given, so its certificate must name that host.
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(h, _)| Some(h)))
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok(Some(Endpoint {
+        url: url.to_owned(),
+        tls: Some((host, Arc::new(tls))),
+    }))
+}
+
+async fn read_tls_secret(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    field: &str,
+) -> Result<ClientTls, ObserveError> {
+    let missing = |what: &str| {
+        ObserveError::TlsSecret(format!(
+            "{field}: Secret {ns}/{name} {what}; create a kubernetes.io/tls Secret with ca.crt, tls.crt and tls.key"
+        ))
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| ObserveError::TlsSecret(format!("reading Secret {ns}/{name}: {e}")))?
+        .ok_or_else(|| missing("does not exist"))?;
+    let data = secret.data.unwrap_or_default();
+    let key = |k: &str| {
+        data.get(k)
+            .map(|b| b.0.clone())
+            .ok_or_else(|| missing(&format!("has no {k}")))
+    };
+    Ok(ClientTls {
+        ca: key("ca.crt")?,
+        cert: key("tls.crt")?,
+        key: key("tls.key")?,
+    })
 }
 
 /// Reads the Secrets named in `spec.tls`: checks the member Secrets exist with their keys, and returns
@@ -75,34 +150,13 @@ pub async fn tls_material(
         return Ok(None);
     };
     let ns = cluster.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut operator = None;
     for (field, name) in [
         ("peerSecret", &tls.peer_secret),
         ("serverSecret", &tls.server_secret),
         ("operatorClientSecret", &tls.operator_client_secret),
     ] {
-        let missing = |what: &str| {
-            ObserveError::TlsSecret(format!(
-                "spec.tls.{field}: Secret {ns}/{name} {what}; create a kubernetes.io/tls Secret with ca.crt, tls.crt and tls.key"
-            ))
-        };
-        let secret = secrets
-            .get_opt(name)
-            .await
-            .map_err(|e| ObserveError::TlsSecret(format!("reading Secret {ns}/{name}: {e}")))?
-            .ok_or_else(|| missing("does not exist"))?;
-        let data = secret.data.unwrap_or_default();
-        let key = |k: &str| {
-            data.get(k)
-                .map(|b| b.0.clone())
-                .ok_or_else(|| missing(&format!("has no {k}")))
-        };
-        let material = ClientTls {
-            ca: key("ca.crt")?,
-            cert: key("tls.crt")?,
-            key: key("tls.key")?,
-        };
+        let material = read_tls_secret(client, &ns, name, &format!("spec.tls.{field}")).await?;
         if field == "operatorClientSecret" {
             operator = Some(Arc::new(material));
         }
@@ -143,6 +197,8 @@ pub async fn observe(
         Vec::new()
     };
     let tls = tls_material(client, cluster).await?;
+    let boot = boot_endpoint(client, cluster).await?;
+    let self_hosted = cluster.spec.self_hosted.is_some();
     let desired_version: EtcdVersion = cluster
         .spec
         .version
@@ -161,12 +217,22 @@ pub async fn observe(
                 c.name_any() == resources::pvc_name(&member) && c.metadata.deletion_timestamp.is_none()
             });
         if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            let port = resources::ports_of(p).client;
             let endpoint = match &tls {
                 Some(t) => Endpoint {
-                    url: format!("https://{ip}:{CLIENT_PORT}"),
-                    tls: Some((resources::member_host(cluster, &member), t.clone())),
+                    url: format!("https://{ip}:{port}"),
+                    // Self-hosted members advertise their node's address, so their certificates
+                    // name that address.
+                    tls: Some((
+                        if self_hosted {
+                            ip.clone()
+                        } else {
+                            resources::member_host(cluster, &member)
+                        },
+                        t.clone(),
+                    )),
                 },
-                None => Endpoint::plain(format!("http://{ip}:{CLIENT_PORT}")),
+                None => Endpoint::plain(format!("http://{ip}:{port}")),
             };
             endpoints.push((member.clone(), endpoint));
         }
@@ -179,15 +245,34 @@ pub async fn observe(
         });
     }
 
-    let endpoint_list: Vec<Endpoint> = endpoints.iter().map(|(_, e)| e.clone()).collect();
+    // The boot member last: once the pivot is done it is gone, and ours answer first.
+    let endpoint_list: Vec<Endpoint> = endpoints
+        .iter()
+        .map(|(_, e)| e.clone())
+        .chain(boot.clone())
+        .collect();
+    let named = |m: &crate::etcd::Member| member_name_by_pods(m, &pods.items);
+    let mut members = Vec::new();
+    let mut boot_id = None;
     let (membership, cluster_id, statuses, membership_error) = if endpoint_list.is_empty() {
         (None, None, Vec::new(), None)
     } else {
         match etcd.member_list(&endpoint_list).await {
             Ok(list) => {
-                let statuses = statuses(etcd, &list.members, &endpoints).await;
+                if let Some(ep) = &boot {
+                    let b = list
+                        .members
+                        .iter()
+                        .find(|m| m.client_urls.iter().any(|u| u.trim_end_matches('/') == ep.url));
+                    if let Some(b) = b {
+                        boot_id = Some(b.id);
+                        endpoints.push((named(b).unwrap_or_default(), ep.clone()));
+                    }
+                }
+                let statuses = statuses(etcd, &list.members, &endpoints, &named).await;
+                members = list.members.clone();
                 (
-                    Some(membership(&list.members, &statuses)),
+                    Some(membership(&list.members, &statuses, &named)),
                     Some(list.cluster_id),
                     statuses,
                     None,
@@ -212,12 +297,18 @@ pub async fn observe(
         bootstrapped: cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         pods: pod_views,
         membership,
+        pods_first: self_hosted,
+        boot: boot.map(|ep| BootView {
+            id: boot_id,
+            endpoint: ep.url,
+        }),
     };
     Ok(Observation {
         observed,
         cluster_id,
         statuses,
         endpoints,
+        members,
         membership_error,
     })
 }
@@ -227,9 +318,10 @@ async fn statuses(
     etcd: &dyn EtcdOps,
     members: &[crate::etcd::Member],
     endpoints: &[(String, Endpoint)],
+    named: &(dyn Fn(&crate::etcd::Member) -> Option<String> + Sync),
 ) -> Vec<(u64, Status)> {
     let asks = members.iter().filter_map(|m| {
-        let name = member_name(m)?;
+        let name = named(m)?;
         let ep = endpoints.iter().find(|(n, _)| *n == name)?.1.clone();
         Some(async move { (m.id, etcd.status(&ep).await) })
     });
@@ -246,6 +338,37 @@ async fn statuses(
         .collect()
 }
 
+/// A member's name: etcd's own once started, else the pod annotated with its peer URL (self-hosted
+/// URLs carry a node address, not a name), else the one in its peer URL.
+pub fn member_name_by_pods(m: &crate::etcd::Member, pods: &[Pod]) -> Option<String> {
+    if m.name.is_empty()
+        && let Some(url) = m.peer_urls.first()
+    {
+        let annotated = pods.iter().find(|p| {
+            p.annotations()
+                .get(resources::ANNOTATION_PEER_URL)
+                .is_some_and(|a| a == url)
+        });
+        if let Some(p) = annotated {
+            return Some(p.name_any());
+        }
+        if is_ip_url(url) {
+            // Nothing names it: the decision removes a never-started member whose pod is gone.
+            return Some(format!("unnamed-{:x}", m.id));
+        }
+    }
+    member_name(m)
+}
+
+fn is_ip_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url);
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+}
+
 /// A member's name: etcd's own once started, else the one in its peer URL.
 pub fn member_name(m: &crate::etcd::Member) -> Option<String> {
     if !m.name.is_empty() {
@@ -256,7 +379,11 @@ pub fn member_name(m: &crate::etcd::Member) -> Option<String> {
         .and_then(|u| resources::member_name_from_peer_url(u))
 }
 
-fn membership(members: &[crate::etcd::Member], statuses: &[(u64, Status)]) -> Membership {
+fn membership(
+    members: &[crate::etcd::Member],
+    statuses: &[(u64, Status)],
+    named: &(dyn Fn(&crate::etcd::Member) -> Option<String> + Sync),
+) -> Membership {
     let status_of = |id| statuses.iter().find(|(i, _)| *i == id).map(|(_, s)| s);
     let leader = statuses.iter().map(|(_, s)| s.leader).find(|l| *l != 0);
     let db_size_bytes = leader
@@ -271,7 +398,7 @@ fn membership(members: &[crate::etcd::Member], statuses: &[(u64, Status)]) -> Me
             .filter_map(|m| {
                 Some(MemberView {
                     id: m.id,
-                    name: member_name(m)?,
+                    name: named(m)?,
                     is_learner: m.is_learner,
                     started: !m.name.is_empty(),
                     health: status_of(m.id).map(|s| MemberHealth {

@@ -35,6 +35,88 @@ pub const LABEL_MEMBER: &str = "etcd.ouroboros.dev/member";
 /// Label with the etcd version a member pod runs.
 pub const LABEL_VERSION: &str = "etcd.ouroboros.dev/version";
 
+/// On self-hosted member pods: the first port of the member's port block.
+pub const ANNOTATION_PORT_BASE: &str = "etcd.ouroboros.dev/port-base";
+/// On self-hosted member pods: the member's peer URL, which names the member before etcd knows it.
+pub const ANNOTATION_PEER_URL: &str = "etcd.ouroboros.dev/peer-url";
+
+/// The ports one member listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// Client (gRPC and HTTP API).
+    pub client: u16,
+    /// Peer (raft).
+    pub peer: u16,
+    /// Metrics and health, plain HTTP.
+    pub metrics: u16,
+    /// The backup sidecar.
+    pub sidecar: u16,
+}
+
+impl Ports {
+    /// Members on the pod network each have their own IP and use etcd's usual ports.
+    pub const POD_NETWORK: Ports = Ports {
+        client: CLIENT_PORT,
+        peer: PEER_PORT,
+        metrics: METRICS_PORT,
+        sidecar: SIDECAR_PORT,
+    };
+
+    /// The block starting at `base` (self-hosted members share their node's network).
+    pub fn block(base: u16) -> Ports {
+        Ports {
+            client: base,
+            peer: base + 1,
+            metrics: base + 2,
+            sidecar: base + 3,
+        }
+    }
+}
+
+/// Port blocks of self-hosted members are this far apart.
+pub const PORT_SLOT_STRIDE: u16 = 10;
+
+/// The ports a member pod listens on: its annotated block, or the pod-network ports.
+pub fn ports_of(pod: &Pod) -> Ports {
+    pod.annotations()
+        .get(ANNOTATION_PORT_BASE)
+        .and_then(|b| b.parse().ok())
+        .map_or(Ports::POD_NETWORK, Ports::block)
+}
+
+/// Where a self-hosted member runs: the node the operator chose, its address, and the member's ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Node name.
+    pub node: String,
+    /// The node's InternalIP, which the member advertises.
+    pub ip: String,
+    /// The member's port block.
+    pub ports: Ports,
+}
+
+impl Placement {
+    /// `scheme://ip:peer`.
+    pub fn peer_url(&self, cluster: &EtcdCluster) -> String {
+        format!("{}://{}:{}", scheme(cluster), self.ip, self.ports.peer)
+    }
+
+    /// `scheme://ip:client`.
+    pub fn client_url(&self, cluster: &EtcdCluster) -> String {
+        format!("{}://{}:{}", scheme(cluster), self.ip, self.ports.client)
+    }
+}
+
+/// A self-hosted member's data directory on its node.
+pub fn host_data_dir(cluster: &EtcdCluster, member: &str) -> Option<String> {
+    let sh = cluster.spec.self_hosted.as_ref()?;
+    Some(format!(
+        "{}/{}-{member}",
+        sh.host_data_dir.trim_end_matches('/'),
+        cluster.namespace().unwrap_or_default()
+    ))
+}
+
 /// How a member pod starts etcd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitialClusterState {
@@ -156,7 +238,9 @@ pub fn headless_service(cluster: &EtcdCluster) -> Service {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
             "selector": selector_labels(cluster),
-            "ports": [{"name": "client", "port": CLIENT_PORT}, {"name": "peer", "port": PEER_PORT}]
+            // Named target ports: self-hosted members listen on their own port blocks.
+            "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client"},
+                      {"name": "peer", "port": PEER_PORT, "targetPort": "peer"}]
         }
     }))
 }
@@ -169,7 +253,7 @@ pub fn client_service(cluster: &EtcdCluster) -> Service {
                      "labels": cluster_labels(cluster), "ownerReferences": [owner(cluster)]},
         "spec": {
             "selector": selector_labels(cluster),
-            "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": CLIENT_PORT}]
+            "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client"}]
         }
     }))
 }
@@ -293,7 +377,59 @@ pub fn member_pod(
     state: InitialClusterState,
     initial_members: &[String],
 ) -> Pod {
+    build_member_pod(
+        cluster,
+        images,
+        member,
+        version,
+        state,
+        &initial_cluster(cluster, initial_members),
+        None,
+    )
+}
+
+/// A self-hosted member pod: on the host network of the node in `placement`, with its data in a host
+/// directory. `initial_cluster` is the whole `--initial-cluster` value (the boot member's URL is not
+/// one of ours).
+pub fn self_hosted_member_pod(
+    cluster: &EtcdCluster,
+    images: &Images,
+    member: &str,
+    version: EtcdVersion,
+    state: InitialClusterState,
+    initial_cluster: &str,
+    placement: &Placement,
+) -> Pod {
+    build_member_pod(
+        cluster,
+        images,
+        member,
+        version,
+        state,
+        initial_cluster,
+        Some(placement),
+    )
+}
+
+fn build_member_pod(
+    cluster: &EtcdCluster,
+    images: &Images,
+    member: &str,
+    version: EtcdVersion,
+    state: InitialClusterState,
+    initial_cluster: &str,
+    placement: Option<&Placement>,
+) -> Pod {
     let spec = &cluster.spec;
+    let ports = placement.map_or(Ports::POD_NETWORK, |p| p.ports);
+    let (peer_url, client_url, tls_name) = match placement {
+        Some(p) => (p.peer_url(cluster), p.client_url(cluster), p.ip.clone()),
+        None => (
+            peer_url(cluster, member),
+            client_url(cluster, member),
+            member_host(cluster, member),
+        ),
+    };
     let mut labels = spec.pod.labels.clone();
     labels.extend(cluster_labels(cluster));
     labels.insert(LABEL_MEMBER.to_owned(), member.to_owned());
@@ -312,12 +448,12 @@ pub fn member_pod(
     let mut args = vec![
         format!("--name={member}"),
         format!("--data-dir={DATA_MOUNT}/data"),
-        format!("--listen-peer-urls={sch}://0.0.0.0:{PEER_PORT}"),
-        format!("--listen-client-urls={sch}://0.0.0.0:{CLIENT_PORT}"),
-        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
-        format!("--advertise-client-urls={}", client_url(cluster, member)),
-        format!("--initial-advertise-peer-urls={}", peer_url(cluster, member)),
-        format!("--initial-cluster={}", initial_cluster(cluster, initial_members)),
+        format!("--listen-peer-urls={sch}://0.0.0.0:{}", ports.peer),
+        format!("--listen-client-urls={sch}://0.0.0.0:{}", ports.client),
+        format!("--listen-metrics-urls=http://0.0.0.0:{}", ports.metrics),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster={initial_cluster}"),
         format!("--initial-cluster-state={}", state.flag()),
         format!("--initial-cluster-token={token}"),
         // Learners are added one at a time and promoted by the operator; etcd's own check is kept.
@@ -344,15 +480,22 @@ pub fn member_pod(
                 .push(json!({"name": volume, "mountPath": format!("{TLS_MOUNT}/{dir}"), "readOnly": true}));
         }
     }
-    let data_volume = match &spec.storage.persistent_volume_claim {
-        Some(_) => json!({"name": "data", "persistentVolumeClaim": {"claimName": pvc_name(member)}}),
-        None => {
+    let data_volume = match (
+        host_data_dir(cluster, member),
+        &spec.storage.persistent_volume_claim,
+    ) {
+        (Some(dir), _) => json!({"name": "data", "hostPath": {"path": dir, "type": "DirectoryOrCreate"}}),
+        (None, Some(_)) => json!({"name": "data", "persistentVolumeClaim": {"claimName": pvc_name(member)}}),
+        (None, None) => {
             let e = spec.storage.empty_dir.clone().unwrap_or_default();
             json!({"name": "data", "emptyDir": {"medium": e.medium.map(|_| "Memory"), "sizeLimit": e.size_limit}})
         }
     };
     let mut sidecar_mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true})];
-    let mut sidecar_args = vec![format!("--listen=0.0.0.0:{SIDECAR_PORT}")];
+    let mut sidecar_args = vec![
+        format!("--listen=0.0.0.0:{}", ports.sidecar),
+        format!("--etcd-endpoint={sch}://127.0.0.1:{}", ports.client),
+    ];
     if let Some(tls) = &spec.tls {
         // The sidecar dials its own member over loopback as the operator's client, checking the
         // member's certificate against the member's DNS name.
@@ -361,9 +504,8 @@ pub fn member_pod(
             json!({"name": "client-tls", "mountPath": format!("{TLS_MOUNT}/client"), "readOnly": true}),
         );
         sidecar_args.extend([
-            format!("--etcd-endpoint=https://127.0.0.1:{CLIENT_PORT}"),
             format!("--tls-dir={TLS_MOUNT}/client"),
-            format!("--tls-server-name={}", member_host(cluster, member)),
+            format!("--tls-server-name={tls_name}"),
         ]);
     }
     if let Some(dest) = backup_volume(cluster) {
@@ -377,22 +519,36 @@ pub fn member_pod(
         .clone()
         .map(|a| json!(a))
         .or_else(|| anti_affinity(cluster));
-    from_json(json!({
+    let mut annotations = spec.pod.annotations.clone();
+    let mut pod_spec = json!({
+        "hostname": member,
+        "subdomain": cluster.name_any(),
+        "affinity": affinity,
+    });
+    if let Some(p) = placement {
+        annotations.insert(ANNOTATION_PORT_BASE.to_owned(), p.ports.client.to_string());
+        annotations.insert(ANNOTATION_PEER_URL.to_owned(), peer_url.clone());
+        // The operator has placed the member: its URL carries the node's address, and its data stays
+        // on that node. The host network lets an API server on the host reach it without cluster DNS.
+        pod_spec = json!({
+            "nodeName": p.node,
+            "hostNetwork": true,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+        });
+    }
+    let mut pod: serde_json::Value = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": member, "namespace": cluster.namespace(),
-            "labels": labels, "annotations": spec.pod.annotations,
+            "labels": labels, "annotations": annotations,
             "ownerReferences": [owner(cluster)]
         },
         "spec": {
-            "hostname": member,
-            "subdomain": cluster.name_any(),
             "restartPolicy": "Always",
             "enableServiceLinks": false,
             "terminationGracePeriodSeconds": 30,
             "nodeSelector": spec.pod.node_selector,
             "tolerations": spec.pod.tolerations,
-            "affinity": affinity,
             "priorityClassName": spec.pod.priority_class_name,
             "containers": [
                 {
@@ -402,15 +558,15 @@ pub fn member_pod(
                     "command": ["/usr/local/bin/etcd"],
                     "args": args,
                     "ports": [
-                        {"name": "client", "containerPort": CLIENT_PORT},
-                        {"name": "peer", "containerPort": PEER_PORT},
-                        {"name": "metrics", "containerPort": METRICS_PORT}
+                        {"name": "client", "containerPort": ports.client},
+                        {"name": "peer", "containerPort": ports.peer},
+                        {"name": "metrics", "containerPort": ports.metrics}
                     ],
                     // Serializable health needs no quorum, so a learner or a partitioned member
                     // still reports its own state.
-                    "readinessProbe": {"httpGet": {"path": "/health?serializable=true", "port": METRICS_PORT},
+                    "readinessProbe": {"httpGet": {"path": "/health?serializable=true", "port": ports.metrics},
                                        "periodSeconds": 2, "failureThreshold": 3},
-                    "livenessProbe": {"httpGet": {"path": "/livez", "port": METRICS_PORT},
+                    "livenessProbe": {"httpGet": {"path": "/livez", "port": ports.metrics},
                                       "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
                     "resources": spec.pod.resources,
                     "volumeMounts": etcd_mounts
@@ -424,14 +580,18 @@ pub fn member_pod(
                     // chunks; two arenas hold the sidecar's peak memory down (measured: see
                     // docs/benchmarks.md).
                     "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}],
-                    "ports": [{"name": "sidecar", "containerPort": SIDECAR_PORT}],
+                    "ports": [{"name": "sidecar", "containerPort": ports.sidecar}],
                     "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
                     "volumeMounts": sidecar_mounts
                 }
             ],
             "volumes": std::iter::once(data_volume).chain(volumes).collect::<Vec<_>>()
         }
-    }))
+    });
+    if let (Some(spec), Some(extra)) = (pod["spec"].as_object_mut(), pod_spec.as_object()) {
+        spec.extend(extra.clone());
+    }
+    from_json(pod)
 }
 
 fn anti_affinity(cluster: &EtcdCluster) -> Option<serde_json::Value> {
@@ -512,6 +672,79 @@ mod tests {
             initial_cluster(&c, &["c-0".into(), "c-1".into()]),
             "c-0=http://c-0.c.ns.svc:2380,c-1=http://c-1.c.ns.svc:2380"
         );
+    }
+
+    #[test]
+    fn self_hosted_pods_run_on_their_node_network_with_their_own_ports_and_host_data() {
+        let c = cluster(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://127.0.0.1:22379', hostDataDir: /var/lib/x/}}\n",
+        );
+        let placement = Placement {
+            node: "node1".into(),
+            ip: "10.0.0.1".into(),
+            ports: Ports::block(2389),
+        };
+        let v = "3.6.16".parse().unwrap();
+        let p = self_hosted_member_pod(
+            &c,
+            &images(),
+            "c-1",
+            v,
+            InitialClusterState::Existing,
+            "boot=http://127.0.0.1:22380,c-1=http://10.0.0.1:2390",
+            &placement,
+        );
+        assert_eq!(ports_of(&p), Ports::block(2389));
+        assert_eq!(p.annotations()[ANNOTATION_PEER_URL], "http://10.0.0.1:2390");
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node1"));
+        assert_eq!(spec.host_network, Some(true));
+        assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+        // Placed by the operator: no scheduler hints that could contradict nodeName.
+        assert!(spec.affinity.is_none() && spec.hostname.is_none());
+        let args = spec.containers[0].args.clone().unwrap();
+        for want in [
+            "--listen-client-urls=http://0.0.0.0:2389",
+            "--listen-peer-urls=http://0.0.0.0:2390",
+            "--listen-metrics-urls=http://0.0.0.0:2391",
+            "--advertise-client-urls=http://10.0.0.1:2389",
+            "--initial-advertise-peer-urls=http://10.0.0.1:2390",
+            "--initial-cluster=boot=http://127.0.0.1:22380,c-1=http://10.0.0.1:2390",
+            "--initial-cluster-state=existing",
+        ] {
+            assert!(args.contains(&want.to_owned()), "{want} not in {args:?}");
+        }
+        let probe = spec.containers[0]
+            .readiness_probe
+            .clone()
+            .unwrap()
+            .http_get
+            .unwrap();
+        assert_eq!(
+            probe.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2391)
+        );
+        let sidecar = spec.containers[1].args.clone().unwrap();
+        assert!(
+            sidecar.contains(&"--listen=0.0.0.0:2392".to_owned()),
+            "{sidecar:?}"
+        );
+        assert!(
+            sidecar.contains(&"--etcd-endpoint=http://127.0.0.1:2389".to_owned()),
+            "{sidecar:?}"
+        );
+        let data = spec.volumes.unwrap()[0].host_path.clone().unwrap();
+        assert_eq!(data.path, "/var/lib/x/ns-c-1");
+        // Pods on the pod network keep the usual ports.
+        let ordinary = member_pod(
+            &cluster(MINIMAL),
+            &images(),
+            "c-0",
+            v,
+            InitialClusterState::New,
+            &["c-0".into()],
+        );
+        assert_eq!(ports_of(&ordinary), Ports::POD_NETWORK);
     }
 
     #[test]

@@ -28,11 +28,16 @@ pub fn compute(
         .flat_map(|ms| ms.members.iter().map(move |m| (ms, m)))
         .map(|(ms, m)| {
             let status = obs.statuses.iter().find(|(id, _)| *id == m.id).map(|(_, s)| s);
+            // etcd's own URLs: self-hosted members and the boot member advertise addresses, not names.
+            let listed = obs.members.iter().find(|l| l.id == m.id);
+            let first = |urls: Option<&Vec<String>>| urls.and_then(|u| u.first().cloned());
             MemberStatus {
                 name: m.name.clone(),
                 id: Some(format!("{:x}", m.id)),
-                peer_url: Some(resources::peer_url(cluster, &m.name)),
-                client_url: Some(resources::client_url(cluster, &m.name)),
+                peer_url: first(listed.map(|l| &l.peer_urls))
+                    .or_else(|| Some(resources::peer_url(cluster, &m.name))),
+                client_url: first(listed.map(|l| &l.client_urls))
+                    .or_else(|| Some(resources::client_url(cluster, &m.name))),
                 is_learner: m.is_learner,
                 is_leader: ms.leader == Some(m.id),
                 version: status.map(|s| s.version.clone()),
@@ -51,7 +56,8 @@ pub fn compute(
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(crate::controllers::restore::RESTORE_HOLD));
-    let phase = phase(decision, available, ready, o.desired.size, held);
+    let pivoting = o.boot.as_ref().is_some_and(|b| b.id.is_some());
+    let phase = phase(decision, available, ready, o.desired.size, held, pivoting);
     let mut conditions = previous.conditions.clone();
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
         set_condition(&mut conditions, type_, status, reason, message, generation, now);
@@ -73,7 +79,9 @@ pub fn compute(
         .filter(|m| !m.healthy)
         .map(|m| m.name.as_str())
         .collect();
-    let (degraded, reason, message) = if let Some(refusal) = &decision.version_refusal {
+    let (degraded, reason, message) = if let Step::BootInvalid { reason } = &decision.step {
+        (true, "BootClusterInvalid", reason.clone())
+    } else if let Some(refusal) = &decision.version_refusal {
         (true, "VersionChangeRefused", refusal.clone())
     } else if !sick.is_empty() {
         (
@@ -108,6 +116,10 @@ pub fn compute(
         },
     );
 
+    if let Some((removed, reason, message)) = boot_condition(cluster, obs, decision) {
+        set(ct::BOOT_MEMBER_REMOVED, removed, reason, message);
+    }
+
     EtcdClusterStatus {
         phase: Some(phase),
         observed_generation: generation,
@@ -131,11 +143,73 @@ pub fn compute(
     }
 }
 
-fn phase(decision: &Decision, available: bool, ready: usize, size: usize, held: bool) -> ClusterPhase {
+/// `BootMemberRemoved` for clusters that pivot from a boot member: True once the membership answers
+/// without it and has members of ours (and from then on for good), False while the pivot runs.
+fn boot_condition(
+    cluster: &EtcdCluster,
+    obs: &Observation,
+    decision: &Decision,
+) -> Option<(bool, &'static str, String)> {
+    let sh = cluster.spec.self_hosted.as_ref()?;
+    if sh.boot_member_client_endpoint.is_empty() {
+        return None;
+    }
+    if super::observe::boot_member_removed(cluster) {
+        return Some((
+            true,
+            "BootMemberRemoved",
+            "the boot member has left; the cluster runs on self-hosted members only".into(),
+        ));
+    }
+    let o = &obs.observed;
+    let ours = |m: &&super::decide::MemberView| super::decide::ordinal(&o.cluster, &m.name).is_some();
+    let boot = o.boot.as_ref()?;
+    Some(match (&o.membership, boot.id) {
+        (Some(ms), None) if ms.members.iter().any(|m| ours(&m)) => (
+            true,
+            "BootMemberRemoved",
+            "the boot member has left; the cluster runs on self-hosted members only".into(),
+        ),
+        _ => {
+            let voters = o
+                .membership
+                .iter()
+                .flat_map(|ms| ms.members.iter())
+                .filter(|m| ours(m) && !m.is_learner)
+                .count();
+            let (reason, message) = match &decision.step {
+                Step::BootInvalid { reason } => ("BootClusterInvalid", reason.clone()),
+                Step::WaitForBoot { reason } => {
+                    ("BootMemberUnreachable", format!("{reason} ({})", boot.endpoint))
+                }
+                _ => (
+                    "Pivoting",
+                    format!(
+                        "the boot member ({}) is still a member; {voters} of {} self-hosted members are voters",
+                        boot.endpoint, o.desired.size
+                    ),
+                ),
+            };
+            (false, reason, message)
+        }
+    })
+}
+
+fn phase(
+    decision: &Decision,
+    available: bool,
+    ready: usize,
+    size: usize,
+    held: bool,
+    pivoting: bool,
+) -> ClusterPhase {
     match &decision.step {
         Step::Paused if held => ClusterPhase::Restoring,
         Step::Paused => ClusterPhase::Paused,
         Step::NoQuorum { .. } => ClusterPhase::QuorumLost,
+        Step::BootInvalid { .. } => ClusterPhase::Degraded,
+        Step::WaitForBoot { .. } | Step::RemoveBootMember { .. } => ClusterPhase::Pivoting,
+        _ if pivoting => ClusterPhase::Pivoting,
         Step::CreateSeed { .. } => ClusterPhase::Creating,
         Step::WaitForMembers { .. } if !available => ClusterPhase::Creating,
         Step::AddLearner {
@@ -163,6 +237,13 @@ fn progress(step: &Step) -> (bool, &'static str, String) {
         Step::Paused => (false, "Paused", "spec.paused is set; no change is made".into()),
         Step::Converged => (false, "Converged", "the cluster matches the spec".into()),
         Step::NoQuorum { .. } => (false, "QuorumLost", "no change is made without quorum".into()),
+        Step::WaitForBoot { reason } => (true, "WaitingForBootMember", reason.clone()),
+        Step::BootInvalid { reason } => (false, "BootClusterInvalid", reason.clone()),
+        Step::RemoveBootMember { name, .. } => (
+            true,
+            "RemovingBootMember",
+            format!("removing the boot member {name}"),
+        ),
         Step::CreateSeed { name, version } => (
             true,
             "CreatingSeed",
