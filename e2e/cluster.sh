@@ -22,9 +22,20 @@ NODE_NAME=node1
 API_PORT=6443
 API_URL="https://$NODE_IP:$API_PORT"
 # The control plane's own etcd. Off the default ports so self-hosted members on the host network can
-# use 2379/2380 without clashing.
+# use 2379/2380 without clashing. It is also the "boot" etcd of the self-hosted e2e, so it advertises
+# the node address (as bootkube's boot etcd advertised a service IP): the operator's pod and the
+# self-hosted members on the host network must reach it.
 CP_ETCD_CLIENT=http://127.0.0.1:22379
-CP_ETCD_PEER=http://127.0.0.1:22380
+CP_ETCD_PEER=http://$NODE_IP:22380
+BOOT_ETCD_CLIENT=http://$NODE_IP:22379
+# The self-hosted etcd's client Service gets this ClusterIP (bootkube used the 15th service address).
+# The API server lists it after the boot etcd from the start, so it keeps serving when the boot member
+# is removed, before it is restarted on the members' own URLs. Until that Service exists nothing
+# answers there, and etcd's client simply does not use that address.
+SELF_HOSTED_ETCD_VIP=10.96.0.15
+# After a self-hosted handover the API server's --etcd-servers are recorded here, and `up` uses them.
+ETCD_SERVERS_FILE="$STATE/etcd-servers"
+SELF_HOSTED_DATA="$STATE/self-hosted"
 MINIO_ADDR="$NODE_IP:9000"
 MINIO_USER=ouroboros
 MINIO_PASSWORD=ouroboros-secret
@@ -178,16 +189,29 @@ EOF
 # --- control plane ------------------------------------------------------------------------------------------
 
 control_plane_up() {
+  if [ -f "$ETCD_SERVERS_FILE" ]; then
+    log "the API server runs on self-hosted etcd: $(cat "$ETCD_SERVERS_FILE")"
+  else
+    boot_etcd_up
+  fi
+  apiserver_up
+}
+
+boot_etcd_up() {
   start cp-etcd "$ETCD_BIN/etcd" --name cp --data-dir "$STATE/cp-etcd" \
-    --listen-client-urls "$CP_ETCD_CLIENT" --advertise-client-urls "$CP_ETCD_CLIENT" \
+    --listen-client-urls "$CP_ETCD_CLIENT,$BOOT_ETCD_CLIENT" --advertise-client-urls "$BOOT_ETCD_CLIENT" \
     --listen-peer-urls "$CP_ETCD_PEER" --initial-advertise-peer-urls "$CP_ETCD_PEER" \
     --initial-cluster "cp=$CP_ETCD_PEER" --listen-metrics-urls http://127.0.0.1:22381 \
     --quota-backend-bytes 4294967296
   wait_for "control-plane etcd" 30 curl -sf http://127.0.0.1:22379/health
+}
 
+apiserver_up() {
+  local etcd_servers=$CP_ETCD_CLIENT,http://$SELF_HOSTED_ETCD_VIP:2379
+  [ -f "$ETCD_SERVERS_FILE" ] && etcd_servers=$(cat "$ETCD_SERVERS_FILE")
   start kube-apiserver "$K8S_BIN/kube-apiserver" \
     --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$API_PORT" \
-    --etcd-servers "$CP_ETCD_CLIENT" \
+    --etcd-servers "$etcd_servers" \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --allow-privileged=true \
@@ -199,6 +223,10 @@ control_plane_up() {
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --profiling=false --v=1
   wait_for "kube-apiserver /readyz" 90 "${KUBECTL[@]}" get --raw /readyz
+  controllers_up
+}
+
+controllers_up() {
 
   start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --kubeconfig "$CONF/controller-manager.kubeconfig" \
@@ -505,13 +533,17 @@ cmd_down() {
     ip link del "$v" 2>/dev/null || true
   done
   # Keep built images' content store and PKI for a fast next `up`; drop cluster data.
-  rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATE/manifests" "$RUN"
+  rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATE/manifests" "$RUN" \
+    "$ETCD_SERVERS_FILE" "$SELF_HOSTED_DATA"
   log "down in $((SECONDS - t0))s"
 }
 
 cmd_status() {
   local p ok=0
-  for p in cp-etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns minio; do
+  local procs=(cp-etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns minio)
+  # After a handover the boot etcd is gone for good.
+  [ -f "$ETCD_SERVERS_FILE" ] && procs=("${procs[@]:1}")
+  for p in "${procs[@]}"; do
     if running "$p"; then echo "$p: running (pid $(cat "$RUN/$p.pid"))"; else echo "$p: stopped"; ok=1; fi
   done
   if [ $ok -eq 0 ]; then "${KUBECTL[@]}" get nodes -o wide; fi
@@ -530,18 +562,33 @@ export OUROBOROS_ETCD_OLD_VERSION=$ETCD_OLD_VERSION
 export OUROBOROS_MINIO_BIN=$MINIO
 export OUROBOROS_S3_ENDPOINT=http://$MINIO_ADDR
 export OUROBOROS_S3_BUCKET=$MINIO_BUCKET
+export OUROBOROS_BOOT_ETCD=$BOOT_ETCD_CLIENT
+export OUROBOROS_SELF_HOSTED_ETCD_VIP=$SELF_HOSTED_ETCD_VIP
+export OUROBOROS_SELF_HOSTED_DATA=$SELF_HOSTED_DATA
 export AWS_ACCESS_KEY_ID=$MINIO_USER
 export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD
 export PATH=$K8S_BIN:\$PATH
 EOF
 }
 
+# use-etcd URLS: the last step of a self-hosted handover, as an installer does it: stop the boot etcd
+# and restart the API server on the self-hosted members' client URLs (comma-separated).
+cmd_use_etcd() {
+  local urls=${1:?usage: $0 use-etcd URL[,URL...]}
+  stop cp-etcd
+  echo "$urls" > "$ETCD_SERVERS_FILE"
+  stop kube-apiserver
+  apiserver_up
+  log "kube-apiserver now runs on $urls"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  use-etcd) cmd_use_etcd "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
   env) cmd_env ;;
   pv-gc) pv_gc ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc|use-etcd URLS" >&2; exit 2 ;;
 esac

@@ -290,6 +290,12 @@ pub struct SelfHostedSpec {
     #[serde(default = "default_base_port")]
     #[x_kube(validation = Rule::new("self >= 1024 && self <= 65000").message("basePort must be between 1024 and 65000"))]
     pub base_port: i32,
+    /// ClusterIP of the client Service `<cluster>-client`, chosen in advance (bootkube used the 15th
+    /// address of the service range). An API server started with
+    /// `--etcd-servers=<boot URL>,http://<this IP>:2379` keeps serving when the boot member is removed:
+    /// the Service routes only to voting members. Set at creation; a Service's ClusterIP cannot change.
+    #[serde(rename = "clientServiceIP", default, skip_serializing_if = "Option::is_none")]
+    pub client_service_ip: Option<String>,
 }
 
 fn default_host_data_dir() -> String {

@@ -85,6 +85,9 @@ pub struct HandoverArgs {
     /// First port of the member port blocks.
     #[arg(long)]
     pub base_port: Option<i32>,
+    /// ClusterIP for the client Service, when the API server was started with it in `--etcd-servers`.
+    #[arg(long)]
+    pub client_service_ip: Option<String>,
     /// Node labels members must run on, `key=value`; repeatable.
     #[arg(long = "node-selector", value_parser = parse_label)]
     pub node_selector: Vec<(String, String)>,

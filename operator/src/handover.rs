@@ -98,6 +98,9 @@ pub fn desired_cluster(args: &HandoverArgs) -> EtcdCluster {
     if let Some(port) = args.base_port {
         self_hosted["basePort"] = port.into();
     }
+    if let Some(ip) = &args.client_service_ip {
+        self_hosted["clientServiceIP"] = ip.clone().into();
+    }
     let mut pod = serde_json::json!({
         "nodeSelector": args.node_selector.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         // Members are placed by the operator; anti-affinity does not apply to them.
@@ -162,19 +165,18 @@ pub async fn run(client: Client, args: &HandoverArgs) -> Result<Vec<String>, Han
     }
     let mut last = String::new();
     loop {
-        let c = api
-            .get(&args.name)
-            .await
-            .map_err(kube("reading the EtcdCluster"))?;
-        match progress(&c) {
-            Progress::Done(endpoints) => return Ok(endpoints),
-            Progress::Refused(why) => return Err(HandoverError::Refused(why)),
-            Progress::Waiting(state) => {
-                if state != last {
-                    eprintln!("{state}");
-                    last = state;
-                }
-            }
+        // The API server may blink while its etcd changes under it; that is waited out like the rest.
+        let state = match api.get(&args.name).await {
+            Ok(c) => match progress(&c) {
+                Progress::Done(endpoints) => return Ok(endpoints),
+                Progress::Refused(why) => return Err(HandoverError::Refused(why)),
+                Progress::Waiting(state) => state,
+            },
+            Err(e) => format!("reading the EtcdCluster: {e}"),
+        };
+        if state != last {
+            eprintln!("{state}");
+            last = state;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(HandoverError::TimedOut {

@@ -250,6 +250,39 @@ async fn start_self_hosted_member(
     Ok(id)
 }
 
+/// Sets the voter label of each member pod to what the membership says, so the client Service sends
+/// clients to voting members only. A pod whose member is not listed is left as it is.
+pub async fn sync_voter_labels(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    obs: &Observation,
+) -> Result<(), ApplyError> {
+    let Some(ms) = &obs.observed.membership else {
+        return Ok(());
+    };
+    let ns = cluster.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for p in &obs.observed.pods {
+        let Some(m) = ms.members.iter().find(|m| m.name == p.name) else {
+            continue;
+        };
+        let want = (!m.is_learner).to_string();
+        if p.voter_label.as_deref() == Some(want.as_str()) {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"labels": {resources::LABEL_VOTER: want}}});
+        pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| ApplyError::Kube {
+                action: "labelling",
+                kind: "Pod",
+                name: p.name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 /// Deletes a member's pod and its PVC; "already gone" is success.
 async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();

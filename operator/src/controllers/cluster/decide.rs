@@ -68,6 +68,8 @@ pub struct PodView {
     pub age: Duration,
     /// Its data volume (PVC) is gone or being deleted.
     pub volume_lost: bool,
+    /// Its `etcd.ouroboros.dev/voter` label, which only the label sync reads.
+    pub voter_label: Option<String>,
 }
 
 /// What one member answered to a status request.
@@ -516,10 +518,14 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         return learner_step(o, ms, l);
     }
 
-    // Every voter must be healthy before the membership grows, shrinks or rolls.
-    if healthy_voters < voters.len() {
+    // Every voter must be healthy before the membership grows, shrinks or rolls. Once the self-hosted
+    // members are complete, the boot member's health no longer matters: it is the next to go.
+    let ours_complete = voters.iter().filter(|m| Some(m.id) != boot_id).count() >= o.desired.size;
+    let must_be_healthy = |m: &&&MemberView| !(ours_complete && Some(m.id) == boot_id);
+    if voters.iter().filter(must_be_healthy).any(|m| !is_healthy(m)) {
         let sick: Vec<&str> = voters
             .iter()
+            .filter(must_be_healthy)
             .filter(|m| !is_healthy(m))
             .map(|m| m.name.as_str())
             .collect();

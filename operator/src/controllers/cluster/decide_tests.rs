@@ -74,6 +74,7 @@ impl Observed {
             state: PodState::Ready,
             age: Duration::from_secs(60),
             volume_lost: false,
+            voter_label: None,
         });
         let ms = self.membership.get_or_insert(Membership {
             leader: None,
@@ -191,6 +192,7 @@ fn a_starting_seed_is_awaited() {
         state: PodState::Starting,
         age: Duration::from_secs(3),
         volume_lost: false,
+        voter_label: None,
     });
     assert!(matches!(step(&o), Step::WaitForMembers { .. }));
 }
@@ -750,4 +752,22 @@ fn pods_first_a_member_whose_pod_vanished_before_it_started_is_removed() {
     );
     o.pods_first = false;
     assert!(matches!(next_step(&o).step, Step::CreateMemberPod { .. }));
+}
+
+#[test]
+fn a_dead_boot_member_is_removed_once_the_self_hosted_members_are_complete() {
+    let o = pivot(3).voter(0, V36).voter(1, V36).voter(2, V36).leader(1);
+    let mut o = o;
+    o.membership.as_mut().unwrap().members[0].health = None;
+    assert_eq!(
+        next_step(&o).step,
+        Step::RemoveBootMember {
+            id: BOOT_ID,
+            name: "boot".into()
+        }
+    );
+    // Before that, a silent boot member stops the growth.
+    let mut o = pivot(3).voter(0, V36).voter(1, V36).leader(1);
+    o.membership.as_mut().unwrap().members[0].health = None;
+    assert!(!matches!(next_step(&o).step, Step::AddLearner { .. }));
 }

@@ -82,6 +82,9 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     tracing::info!(cluster = %name, namespace = %cluster.namespace().unwrap_or_default(), step = ?decision.step, "reconcile");
 
     let applied = apply::apply_step(&ctx, &cluster, &obs, &decision.step).await;
+    if !obs.observed.desired.paused {
+        apply::sync_voter_labels(&ctx, &cluster, &obs).await?;
+    }
     report_refusal(&ctx, &cluster, decision.version_refusal.as_deref()).await;
     let mut status = status::compute(&cluster, &obs, &decision, now);
     let wake = schedule_backups(&ctx, &cluster, &mut status, now).await?;

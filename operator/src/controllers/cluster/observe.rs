@@ -242,6 +242,7 @@ pub async fn observe(
             state: pod_state(p),
             age: age(p, now),
             volume_lost,
+            voter_label: p.labels().get(resources::LABEL_VOTER).cloned(),
         });
     }
 

@@ -34,6 +34,9 @@ pub const LABEL_CLUSTER: &str = "etcd.ouroboros.dev/cluster";
 pub const LABEL_MEMBER: &str = "etcd.ouroboros.dev/member";
 /// Label with the etcd version a member pod runs.
 pub const LABEL_VERSION: &str = "etcd.ouroboros.dev/version";
+/// Label `"true"` on pods whose member votes. The client Service selects on it: a learner refuses
+/// most client requests, so clients (an API server above all) must not be sent to one.
+pub const LABEL_VOTER: &str = "etcd.ouroboros.dev/voter";
 
 /// On self-hosted member pods: the first port of the member's port block.
 pub const ANNOTATION_PORT_BASE: &str = "etcd.ouroboros.dev/port-base";
@@ -245,14 +248,22 @@ pub fn headless_service(cluster: &EtcdCluster) -> Service {
     }))
 }
 
-/// The Service clients use: ready members only.
+/// The Service clients use: ready voting members only.
 pub fn client_service(cluster: &EtcdCluster) -> Service {
+    let mut selector = selector_labels(cluster);
+    selector[LABEL_VOTER] = "true".into();
+    let cluster_ip = cluster
+        .spec
+        .self_hosted
+        .as_ref()
+        .and_then(|s| s.client_service_ip.clone());
     from_json(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": client_service_name(cluster), "namespace": cluster.namespace(),
                      "labels": cluster_labels(cluster), "ownerReferences": [owner(cluster)]},
         "spec": {
-            "selector": selector_labels(cluster),
+            "clusterIP": cluster_ip,
+            "selector": selector,
             "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client"}]
         }
     }))
@@ -434,6 +445,11 @@ fn build_member_pod(
     labels.extend(cluster_labels(cluster));
     labels.insert(LABEL_MEMBER.to_owned(), member.to_owned());
     labels.insert(LABEL_VERSION.to_owned(), version.to_string());
+    // A seed votes from its first start; a joining member is a learner until promoted.
+    labels.insert(
+        LABEL_VOTER.to_owned(),
+        (state == InitialClusterState::New).to_string(),
+    );
     let token = format!(
         "{}-{}",
         cluster.name_any(),

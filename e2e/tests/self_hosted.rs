@@ -1,0 +1,229 @@
+//! Kuberception: the local cluster's own API server moves onto etcd that the cluster manages.
+//!
+//! The cluster starts as `e2e/cluster.sh` builds it: kube-apiserver on a temporary etcd process (the
+//! "boot" etcd, as bootkube ran one). The operator is deployed from `deploy/`; `etcd-operator handover`
+//! creates the self-hosted EtcdCluster and waits until the boot member has been removed; the boot etcd
+//! is stopped and the API server restarted on the printed endpoints. Then everything made before the
+//! handover must still be there, and the API server must keep serving while a member is replaced.
+//!
+//! Ignored by default because it changes the cluster for good: `make test` runs it in its own stage
+//! after the other e2e tests, and the lifecycle stage then rebuilds the cluster from scratch.
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, PostParams},
+};
+use ouroboros_crds::{EtcdCluster, condition_types as ct};
+use ouroboros_e2e::{client, env, etcd_cluster as cluster, repo_root, wait_for};
+
+const NS: &str = "kube-system";
+const NAME: &str = "kube-etcd";
+
+fn config_map(name: &str, value: &str) -> anyhow::Result<ConfigMap> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {"written": value}
+    }))?)
+}
+
+fn operator_binary() -> std::path::PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), Into::into);
+    target.join("release/etcd-operator")
+}
+
+/// Creates and reads ConfigMaps until told to stop; counts what succeeded and what failed.
+fn keep_using_the_api(client: Client) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, Vec<String>)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let task = tokio::spawn(async move {
+        let api: Api<ConfigMap> = Api::namespaced(client, "default");
+        let (ok, mut failures) = (AtomicU64::new(0), Vec::new());
+        let mut n = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            n += 1;
+            let name = format!("kuberception-during-{n}");
+            let result = async {
+                api.create(&PostParams::default(), &config_map(&name, "during")?)
+                    .await?;
+                let back = api.get(&name).await?;
+                ensure!(
+                    back.data.unwrap_or_default()["written"] == "during",
+                    "read back something else"
+                );
+                api.delete(&name, &DeleteParams::default()).await?;
+                anyhow::Ok(())
+            };
+            match tokio::time::timeout(Duration::from_secs(10), result).await {
+                Ok(Ok(())) => {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => failures.push(format!("{name}: {e:#}")),
+                Err(_) => failures.push(format!("{name}: no answer within 10s")),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (ok.into_inner(), failures)
+    });
+    (stop, task)
+}
+
+#[tokio::test]
+#[ignore = "moves the cluster's own etcd for good; run by `make test` in its own stage"]
+async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<()> {
+    let client = client().await?;
+    let before = Api::<ConfigMap>::namespaced(client.clone(), "default");
+    before
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-before", "before the handover")?,
+        )
+        .await?;
+
+    // The installer's step: hand over, and get the endpoints for the API server.
+    let t0 = std::time::Instant::now();
+    let out = Command::new(operator_binary())
+        .args(["handover", "--boot-endpoint", &env("OUROBOROS_BOOT_ETCD")?])
+        .args(["--name", NAME, "--namespace", NS, "--size", "3"])
+        .args(["--host-data-dir", &env("OUROBOROS_SELF_HOSTED_DATA")?])
+        .args(["--client-service-ip", &env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?])
+        .args(["--timeout-seconds", "600"])
+        .output()
+        .context("running etcd-operator handover")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "handover failed ({}): {stderr}", out.status);
+    let stdout = String::from_utf8(out.stdout)?;
+    let servers = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("--etcd-servers="))
+        .with_context(|| format!("no --etcd-servers line in {stdout:?}"))?
+        .to_owned();
+    eprintln!("handover done in {:?}: {servers}", t0.elapsed());
+    let urls: Vec<&str> = servers.split(',').collect();
+    ensure!(urls.len() == 3, "expected 3 endpoints, got {urls:?}");
+    ensure!(
+        !urls.contains(&env("OUROBOROS_BOOT_ETCD")?.as_str()),
+        "the boot member is still listed: {urls:?}"
+    );
+
+    // etcd agrees: three voters, none of them the boot member.
+    let mut etcd = etcd_client::Client::connect(&urls, None).await?;
+    let members = etcd.member_list().await?;
+    let names: Vec<&str> = members.members().iter().map(|m| m.name()).collect();
+    ensure!(names.len() == 3, "members: {names:?}");
+    ensure!(
+        names.iter().all(|n| n.starts_with("kube-etcd-")),
+        "a member that is not self-hosted remains: {names:?}"
+    );
+    ensure!(
+        members.members().iter().all(|m| !m.is_learner()),
+        "a learner remains"
+    );
+    let cluster_api: Api<EtcdCluster> = Api::namespaced(client.clone(), NS);
+    let status = cluster_api.get(NAME).await?.status.unwrap_or_default();
+    let removed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ct::BOOT_MEMBER_REMOVED);
+    ensure!(
+        removed.is_some_and(|c| c.status == "True"),
+        "BootMemberRemoved: {removed:?}"
+    );
+
+    // The installer stops the boot etcd and restarts the API server on the self-hosted members.
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .args(["use-etcd", &servers])
+        .status()?;
+    ensure!(st.success(), "cluster.sh use-etcd failed");
+    let client = ouroboros_e2e::client().await?;
+
+    // Everything made before the handover is still there.
+    let before = Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .get("kuberception-before")
+        .await?;
+    ensure!(before.data.unwrap_or_default()["written"] == "before the handover");
+    Api::<Deployment>::namespaced(client.clone(), "ouroboros-system")
+        .get("etcd-operator")
+        .await
+        .context("the operator's Deployment")?;
+    let own = Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .get(NAME)
+        .await?;
+    ensure!(own.spec.self_hosted.is_some(), "the EtcdCluster lost its spec");
+    // The operator keeps managing the etcd that stores it.
+    cluster::wait(
+        &client,
+        NS,
+        NAME,
+        "kube-etcd converged after the restart",
+        Duration::from_secs(120),
+        cluster::converged(3, &env("OUROBOROS_ETCD_VERSION")?),
+    )
+    .await?;
+
+    // One member is killed and replaced while the API server serves.
+    let victim = {
+        let s = cluster_api.get(NAME).await?.status.unwrap_or_default();
+        s.members
+            .iter()
+            .find(|m| !m.is_leader)
+            .map(|m| m.name.clone())
+            .context("no follower")?
+    };
+    let (stop, using) = keep_using_the_api(client.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), NS)
+        .delete(&victim, &DeleteParams::default().grace_period(0))
+        .await?;
+    eprintln!("deleted self-hosted member {victim}");
+    let version = env("OUROBOROS_ETCD_VERSION")?;
+    let converged = cluster::converged(3, &version);
+    cluster::wait(
+        &client,
+        NS,
+        NAME,
+        "a replacement member",
+        Duration::from_secs(180),
+        |c, s| converged(c, s) && s.members.iter().all(|m| m.name != victim),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = using.await?;
+    eprintln!(
+        "{ok} create/read/delete rounds while {victim} was replaced; {} failed",
+        failures.len()
+    );
+    ensure!(ok >= 10, "too few rounds to mean anything: {ok}");
+    ensure!(
+        failures.is_empty(),
+        "the API server failed requests: {failures:#?}"
+    );
+    wait_for(
+        "a ConfigMap written after the replacement",
+        Duration::from_secs(10),
+        || {
+            let api = Api::<ConfigMap>::namespaced(client.clone(), "default");
+            async move {
+                api.create(
+                    &PostParams::default(),
+                    &config_map("kuberception-after", "after")?,
+                )
+                .await?;
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
+}
