@@ -12,7 +12,7 @@ K8S_VERSION := $(shell sed -n 's/^K8S_VERSION=//p' e2e/scripts/versions.env)
 KUBECTL := $(OUROBOROS_CACHE)/k8s/$(K8S_VERSION)/bin/kubectl --kubeconfig $(shell e2e/cluster.sh kubeconfig)
 T := e2e/scripts/timed.sh
 
-.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e lifecycle undeploy clean-cache
+.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle undeploy clean-cache
 
 help:
 	@echo "make demo    - build everything, start the local cluster, deploy the operator, create an EtcdCluster"
@@ -63,11 +63,16 @@ e2e: deploy
 	@$(T) pv-gc e2e/cluster.sh pv-gc
 	@$(T) e2e-tests bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e -- --test-threads=1'
 
+## self-hosted: kuberception, the cluster's own API server moved onto etcd the operator manages. It
+## changes the cluster for good, so it runs after every other e2e test and before lifecycle rebuilds it.
+self-hosted: e2e
+	@$(T) e2e-self-hosted bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test self_hosted -- --ignored --test-threads=1'
+
 ## lifecycle: `down` leaves nothing behind and `up` comes back (runs last: it restarts the cluster).
-lifecycle: e2e
+lifecycle: self-hosted
 	@$(T) cluster-lifecycle e2e/scripts/check-lifecycle.sh
 
-test: lint unit e2e lifecycle
+test: lint unit e2e self-hosted lifecycle
 	@echo "make test: all tiers passed"
 
 demo: deploy

@@ -110,10 +110,15 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
         .with_context(|| format!("no --etcd-servers line in {stdout:?}"))?
         .to_owned();
     eprintln!("handover done in {:?}: {servers}", t0.elapsed());
-    let urls: Vec<&str> = servers.split(',').collect();
-    ensure!(urls.len() == 3, "expected 3 endpoints, got {urls:?}");
+    // With a client Service IP the API server is sent there (voting members only).
+    let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
+    ensure!(servers == vip, "expected --etcd-servers={vip}, got {servers}");
+    let cluster_api: Api<EtcdCluster> = Api::namespaced(client.clone(), NS);
+    let status = cluster_api.get(NAME).await?.status.unwrap_or_default();
+    let urls = status.client_endpoints.clone();
+    ensure!(urls.len() == 3, "expected 3 member URLs, got {urls:?}");
     ensure!(
-        !urls.contains(&env("OUROBOROS_BOOT_ETCD")?.as_str()),
+        !urls.contains(&env("OUROBOROS_BOOT_ETCD")?),
         "the boot member is still listed: {urls:?}"
     );
 
@@ -130,8 +135,6 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
         members.members().iter().all(|m| !m.is_learner()),
         "a learner remains"
     );
-    let cluster_api: Api<EtcdCluster> = Api::namespaced(client.clone(), NS);
-    let status = cluster_api.get(NAME).await?.status.unwrap_or_default();
     let removed = status
         .conditions
         .iter()

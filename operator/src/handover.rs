@@ -78,7 +78,26 @@ pub fn progress(cluster: &EtcdCluster) -> Progress {
     let available = cond(ct::AVAILABLE).is_some_and(|c| c.status == "True");
     let all_ready = status.ready_members == cluster.spec.size && status.size == cluster.spec.size;
     if removed && available && all_ready && !status.client_endpoints.is_empty() {
-        return Progress::Done(status.client_endpoints.clone());
+        // The client Service reaches voting members only; a member's own URL can belong to a
+        // learner for a few seconds when a replacement takes a dead member's port block, and a
+        // learner refuses an API server's requests.
+        let vip = cluster
+            .spec
+            .self_hosted
+            .as_ref()
+            .and_then(|s| s.client_service_ip.as_ref())
+            .map(|ip| {
+                format!(
+                    "{}://{ip}:{}",
+                    if cluster.spec.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    2379
+                )
+            });
+        return Progress::Done(vip.map_or_else(|| status.client_endpoints.clone(), |v| vec![v]));
     }
     let boot = cond(ct::BOOT_MEMBER_REMOVED)
         .map(|c| format!("{}: {}", c.reason, c.message))
@@ -244,6 +263,17 @@ mod tests {
             panic!("not waiting");
         };
         assert!(w.contains("Pivoting: still there"), "{w}");
+    }
+
+    #[test]
+    fn with_a_client_service_ip_the_api_server_is_pointed_at_the_service() {
+        let removed = "{size: 3, readyMembers: 3, clientEndpoints: ['http://10.0.0.1:2379'], conditions: [{type: BootMemberRemoved, status: 'True', reason: BootMemberRemoved, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}, {type: Available, status: 'True', reason: QuorumHealthy, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
+        let mut c = with_status(removed);
+        c.spec.self_hosted.as_mut().unwrap().client_service_ip = Some("10.96.0.15".into());
+        assert_eq!(
+            progress(&c),
+            Progress::Done(vec!["http://10.96.0.15:2379".into()])
+        );
     }
 
     #[test]

@@ -198,7 +198,23 @@ async fn start_self_hosted_member(
     version: EtcdVersion,
     state: InitialClusterState,
 ) -> Result<Option<u64>, ApplyError> {
-    let placement = place(ctx, cluster, obs, name).await?;
+    let ns = cluster.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = pods
+        .get_opt(name)
+        .await
+        .map_err(|source| ApplyError::Kube {
+            action: "reading",
+            kind: "Pod",
+            name: name.to_owned(),
+            source,
+        })?
+        .filter(|p| p.metadata.deletion_timestamp.is_none());
+    // A join etcd refused earlier is retried with the pod made for it, wherever it was placed.
+    let placement = match existing.as_ref().and_then(placement_of) {
+        Some(p) => p,
+        None => place(ctx, cluster, obs, name).await?,
+    };
     let peer_url = placement.peer_url(cluster);
     let mut initial: Vec<String> = match state {
         InitialClusterState::New => Vec::new(),
@@ -223,8 +239,15 @@ async fn start_self_hosted_member(
         &initial.join(","),
         &placement,
     );
-    let ns = cluster.namespace().unwrap_or_default();
-    apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await?;
+    match &existing {
+        // Its flags no longer match the membership (a member came or went since): start afresh.
+        Some(old) if initial_cluster_arg(old) != initial_cluster_arg(&pod) => {
+            delete_member_objects(ctx, cluster, name).await?;
+            return Ok(None);
+        }
+        Some(_) => {}
+        None => apply(&pods, &pod, "Pod").await?,
+    }
     failpoints::hit("after-self-hosted-pod");
     let id = match state {
         InitialClusterState::New => None,
@@ -281,6 +304,29 @@ pub async fn sync_voter_labels(
             })?;
     }
     Ok(())
+}
+
+/// Where an existing self-hosted member pod was placed, from its node and annotations.
+fn placement_of(pod: &Pod) -> Option<Placement> {
+    let node = pod.spec.as_ref()?.node_name.clone()?;
+    let peer = pod.annotations().get(resources::ANNOTATION_PEER_URL)?;
+    let host = peer.split("://").nth(1)?.rsplit_once(':')?.0.to_owned();
+    Some(Placement {
+        node,
+        ip: host,
+        ports: resources::ports_of(pod),
+    })
+}
+
+fn initial_cluster_arg(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()?
+        .args
+        .as_ref()?
+        .iter()
+        .find_map(|a| a.strip_prefix("--initial-cluster=").map(str::to_owned))
 }
 
 /// Deletes a member's pod and its PVC; "already gone" is success.

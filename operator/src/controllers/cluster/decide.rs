@@ -24,6 +24,10 @@ pub const LEARNER_READY_FRACTION: f64 = 0.9;
 pub const CRASH_LOOP_RESTARTS: i32 = 5;
 /// Base time a learner gets to catch up before it is removed and tried again.
 pub const LEARNER_BASE_DEADLINE: Duration = Duration::from_secs(120);
+/// Pods first: how long a pod created for a member that could not yet be added (etcd refused the add,
+/// say, because a just-promoted member had not been connected long enough) waits to be added before it
+/// counts as an orphan.
+pub const JOIN_GRACE: Duration = Duration::from_secs(60);
 /// Extra catch-up time per GiB of database.
 pub const LEARNER_DEADLINE_PER_GIB: Duration = Duration::from_secs(60);
 
@@ -432,12 +436,14 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         return no_membership_step(o, version);
     };
 
-    // Half-finished steps first. A pod without a member: its member was removed (or never added).
-    if let Some(p) = o
-        .pods
-        .iter()
-        .find(|p| p.state != PodState::Deleting && !ms.members.iter().any(|m| m.name == p.name))
-    {
+    // Half-finished steps first. A pod without a member: its member was removed (or never added). Pods
+    // first, a young one is a join to retry, not an orphan.
+    let joining = joining_pod(o, ms);
+    if let Some(p) = o.pods.iter().find(|p| {
+        p.state != PodState::Deleting
+            && !ms.members.iter().any(|m| m.name == p.name)
+            && joining.is_none_or(|j| j.name != p.name)
+    }) {
         return Step::DeleteOrphanPod { name: p.name.clone() };
     }
     // A member added but never started, with no pod: the operator stopped between the two, or (pods
@@ -539,7 +545,7 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
     let voters: Vec<&MemberView> = voters.into_iter().filter(|m| Some(m.id) != boot_id).collect();
     if voters.len() < size {
         return Step::AddLearner {
-            name: next_member_name(o),
+            name: joining.map_or_else(|| next_member_name(o), |p| p.name.clone()),
             version,
             for_upgrade: false,
         };
@@ -564,6 +570,21 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         };
     }
     Step::Converged
+}
+
+/// Pods first: the newest pod without a member that is still within [`JOIN_GRACE`], if any.
+fn joining_pod<'a>(o: &'a Observed, ms: &Membership) -> Option<&'a PodView> {
+    if !o.pods_first {
+        return None;
+    }
+    o.pods
+        .iter()
+        .filter(|p| {
+            !matches!(p.state, PodState::Deleting | PodState::Terminated)
+                && p.age < JOIN_GRACE
+                && !ms.members.iter().any(|m| m.name == p.name)
+        })
+        .max_by_key(|p| ordinal(&o.cluster, &p.name))
 }
 
 /// Every self-hosted member is a healthy voter: hand leadership to one of them, then remove the boot

@@ -771,3 +771,33 @@ fn a_dead_boot_member_is_removed_once_the_self_hosted_members_are_complete() {
     o.membership.as_mut().unwrap().members[0].health = None;
     assert!(!matches!(next_step(&o).step, Step::AddLearner { .. }));
 }
+
+#[test]
+fn pods_first_a_refused_join_is_retried_with_the_same_pod_then_given_up() {
+    // kube-etcd-2's pod exists but etcd refused to add it: the add is retried for that pod.
+    let mut o = pivot(3).voter(0, V36).voter(1, V36).leader(1).without_member(2);
+    o.pods.push(PodView {
+        name: "c-2".into(),
+        version: v(V36),
+        state: PodState::Running,
+        age: Duration::from_secs(5),
+        volume_lost: false,
+        voter_label: None,
+    });
+    assert_eq!(
+        next_step(&o).step,
+        Step::AddLearner {
+            name: "c-2".into(),
+            version: v(V36),
+            for_upgrade: false
+        }
+    );
+    // Past the grace it is an orphan.
+    o.pods.last_mut().unwrap().age = JOIN_GRACE + Duration::from_secs(1);
+    assert_eq!(next_step(&o).step, Step::DeleteOrphanPod { name: "c-2".into() });
+    // Without pods first, an orphan is deleted at once.
+    o.pods.last_mut().unwrap().age = Duration::from_secs(5);
+    o.pods_first = false;
+    o.boot = None;
+    assert_eq!(next_step(&o).step, Step::DeleteOrphanPod { name: "c-2".into() });
+}
