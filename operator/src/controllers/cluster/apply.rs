@@ -246,7 +246,10 @@ async fn start_self_hosted_member(
             return Ok(None);
         }
         Some(_) => {}
-        None => apply(&pods, &pod, "Pod").await?,
+        None => {
+            record_ordinal(ctx, cluster, name).await?;
+            apply(&pods, &pod, "Pod").await?;
+        }
     }
     failpoints::hit("after-self-hosted-pod");
     let id = match state {
@@ -304,6 +307,39 @@ pub async fn sync_voter_labels(
             })?;
     }
     Ok(())
+}
+
+/// Records on the cluster, before the member's pod exists, that its ordinal is taken: its data
+/// directory on the node outlives it, and a later member of the same name would find that data.
+async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+    let Some(ordinal) = super::decide::ordinal(&cluster.name_any(), name) else {
+        return Ok(());
+    };
+    let recorded: u32 = cluster
+        .annotations()
+        .get(resources::ANNOTATION_NEXT_ORDINAL)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if recorded > ordinal {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        resources::ANNOTATION_NEXT_ORDINAL: (ordinal + 1).to_string()
+    }}});
+    Api::<EtcdCluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(drop)
+        .map_err(|source| ApplyError::Kube {
+            action: "recording the next ordinal on",
+            kind: "EtcdCluster",
+            name: cluster.name_any(),
+            source,
+        })
 }
 
 /// Where an existing self-hosted member pod was placed, from its node and annotations.

@@ -132,6 +132,10 @@ pub struct Observed {
     pub pods_first: bool,
     /// The pivot from a boot etcd, while the boot member has not been seen removed.
     pub boot: Option<BootView>,
+    /// No new member gets an ordinal below this (recorded on the cluster before a self-hosted member
+    /// is created): a self-hosted member's data stays on its node under its name, so a name is never
+    /// used twice.
+    pub ordinal_floor: u32,
 }
 
 /// The boot member of a self-hosted pivot.
@@ -372,7 +376,8 @@ pub fn next_member_name(o: &Observed) -> String {
         .chain(members)
         .filter_map(|n| ordinal(&o.cluster, n))
         .max();
-    format!("{}-{}", o.cluster, highest.map_or(0, |h| h + 1))
+    let next = highest.map_or(0, |h| h + 1).max(o.ordinal_floor);
+    format!("{}-{next}", o.cluster)
 }
 
 /// How long a learner may take to catch up.

@@ -21,6 +21,7 @@ fn world(size: usize, version: &str) -> Observed {
         membership: None,
         pods_first: false,
         boot: None,
+        ordinal_floor: 0,
     }
 }
 
@@ -800,4 +801,13 @@ fn pods_first_a_refused_join_is_retried_with_the_same_pod_then_given_up() {
     o.pods_first = false;
     o.boot = None;
     assert_eq!(next_step(&o).step, Step::DeleteOrphanPod { name: "c-2".into() });
+}
+
+#[test]
+fn a_removed_members_name_is_never_given_to_its_replacement_when_recorded() {
+    // c-2 was removed; without the record the next name would be c-2 again.
+    let mut o = world(3, V36).voter(0, V36).voter(1, V36);
+    assert!(matches!(next_step(&o).step, Step::AddLearner { ref name, .. } if name == "c-2"));
+    o.ordinal_floor = 3;
+    assert!(matches!(next_step(&o).step, Step::AddLearner { ref name, .. } if name == "c-3"));
 }

@@ -299,6 +299,11 @@ pub async fn observe(
         pods: pod_views,
         membership,
         pods_first: self_hosted,
+        ordinal_floor: cluster
+            .annotations()
+            .get(resources::ANNOTATION_NEXT_ORDINAL)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
         boot: boot.map(|ep| BootView {
             id: boot_id,
             endpoint: ep.url,

@@ -43,6 +43,9 @@ pub const ANNOTATION_PORT_BASE: &str = "etcd.ouroboros.dev/port-base";
 /// On self-hosted member pods: the member's peer URL, which names the member before etcd knows it.
 pub const ANNOTATION_PEER_URL: &str = "etcd.ouroboros.dev/peer-url";
 
+/// On self-hosted clusters: the lowest ordinal a new member may get, written before each member pod.
+pub const ANNOTATION_NEXT_ORDINAL: &str = "etcd.ouroboros.dev/next-ordinal";
+
 /// The ports one member listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ports {
