@@ -281,7 +281,8 @@ pub struct SelfHostedSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_member_client_tls_secret: Option<String>,
     /// Host directory for member data, used instead of `storage`. Each member gets the subdirectory
-    /// `<namespace>-<member>`, which is deleted when the member is removed.
+    /// `<namespace>-<member>`. It stays on the node when the member is removed (member names are never
+    /// reused, so it is never mistaken for a new member's); delete it by hand to reclaim the space.
     #[serde(default = "default_host_data_dir")]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..')").message("hostDataDir must be an absolute path without '..'"))]
     pub host_data_dir: String,
