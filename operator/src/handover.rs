@@ -229,6 +229,9 @@ mod tests {
         }
     }
 
+    /// Status once the pivot is over: the boot member gone, three members ready.
+    const REMOVED: &str = "{size: 3, readyMembers: 3, clientEndpoints: ['http://10.0.0.1:2379', 'http://10.0.0.1:2389', 'http://10.0.0.1:2399'], conditions: [{type: BootMemberRemoved, status: 'True', reason: BootMemberRemoved, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}, {type: Available, status: 'True', reason: QuorumHealthy, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
+
     fn with_status(yaml: &str) -> EtcdCluster {
         let mut c = desired_cluster(&args());
         c.status = Some(serde_yaml::from_str(yaml).unwrap());
@@ -247,16 +250,15 @@ mod tests {
 
     #[test]
     fn done_only_when_the_boot_member_is_gone_and_every_member_is_ready() {
-        let removed = "{size: 3, readyMembers: 3, clientEndpoints: ['http://10.0.0.1:2379', 'http://10.0.0.1:2389', 'http://10.0.0.1:2399'], conditions: [{type: BootMemberRemoved, status: 'True', reason: BootMemberRemoved, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}, {type: Available, status: 'True', reason: QuorumHealthy, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
         assert_eq!(
-            progress(&with_status(removed)),
+            progress(&with_status(REMOVED)),
             Progress::Done(vec![
                 "http://10.0.0.1:2379".into(),
                 "http://10.0.0.1:2389".into(),
                 "http://10.0.0.1:2399".into()
             ])
         );
-        let one_down = removed.replace("readyMembers: 3", "readyMembers: 2");
+        let one_down = REMOVED.replace("readyMembers: 3", "readyMembers: 2");
         assert!(matches!(progress(&with_status(&one_down)), Progress::Waiting(_)));
         let pivoting = "{size: 4, readyMembers: 4, conditions: [{type: BootMemberRemoved, status: 'False', reason: Pivoting, message: still there, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
         let Progress::Waiting(w) = progress(&with_status(pivoting)) else {
@@ -267,8 +269,7 @@ mod tests {
 
     #[test]
     fn with_a_client_service_ip_the_api_server_is_pointed_at_the_service() {
-        let removed = "{size: 3, readyMembers: 3, clientEndpoints: ['http://10.0.0.1:2379'], conditions: [{type: BootMemberRemoved, status: 'True', reason: BootMemberRemoved, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}, {type: Available, status: 'True', reason: QuorumHealthy, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
-        let mut c = with_status(removed);
+        let mut c = with_status(REMOVED);
         c.spec.self_hosted.as_mut().unwrap().client_service_ip = Some("10.96.0.15".into());
         assert_eq!(
             progress(&c),

@@ -153,32 +153,21 @@ async fn place(
     obs: &Observation,
     member: &str,
 ) -> Result<Placement, ApplyError> {
-    let ns = cluster.namespace().unwrap_or_default();
-    let list_err = |what| {
-        move |source| ApplyError::ListForPlacement {
-            what,
-            member: member.to_owned(),
-            source,
-        }
-    };
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(list_err("nodes"))?;
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&resources::cluster_selector(cluster)))
-        .await
-        .map_err(list_err("pods"))?;
+        .map_err(|source| ApplyError::ListForPlacement {
+            what: "nodes",
+            member: member.to_owned(),
+            source,
+        })?;
     let peer_ports: Vec<u16> = obs
         .members
         .iter()
         .filter_map(|m| m.peer_urls.first())
-        .filter_map(|u| {
-            u.rsplit_once(':')
-                .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
-        })
+        .filter_map(|u| resources::url_host_port(u)?.1)
         .collect();
-    placement::choose(cluster, &nodes.items, &pods.items, &peer_ports).map_err(|reason| {
+    placement::choose(cluster, &nodes.items, &obs.pods, &peer_ports).map_err(|reason| {
         ApplyError::NoPlacement {
             member: member.to_owned(),
             reason,
@@ -200,18 +189,12 @@ async fn start_self_hosted_member(
 ) -> Result<Option<u64>, ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = pods
-        .get_opt(name)
-        .await
-        .map_err(|source| ApplyError::Kube {
-            action: "reading",
-            kind: "Pod",
-            name: name.to_owned(),
-            source,
-        })?
-        .filter(|p| p.metadata.deletion_timestamp.is_none());
+    let existing = obs
+        .pods
+        .iter()
+        .find(|p| p.name_any() == name && p.metadata.deletion_timestamp.is_none());
     // A join etcd refused earlier is retried with the pod made for it, wherever it was placed.
-    let placement = match existing.as_ref().and_then(placement_of) {
+    let placement = match existing.and_then(placement_of) {
         Some(p) => p,
         None => place(ctx, cluster, obs, name).await?,
     };
@@ -239,7 +222,7 @@ async fn start_self_hosted_member(
         &initial.join(","),
         &placement,
     );
-    match &existing {
+    match existing {
         // Its flags no longer match the membership (a member came or went since): start afresh.
         Some(old) if initial_cluster_arg(old) != initial_cluster_arg(&pod) => {
             delete_member_objects(ctx, cluster, name).await?;
@@ -247,7 +230,7 @@ async fn start_self_hosted_member(
         }
         Some(_) => {}
         None => {
-            record_ordinal(ctx, cluster, name).await?;
+            record_ordinal(ctx, cluster, obs.observed.ordinal_floor, name).await?;
             apply(&pods, &pod, "Pod").await?;
         }
     }
@@ -311,15 +294,15 @@ pub async fn sync_voter_labels(
 
 /// Records on the cluster, before the member's pod exists, that its ordinal is taken: its data
 /// directory on the node outlives it, and a later member of the same name would find that data.
-async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+async fn record_ordinal(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    recorded: u32,
+    name: &str,
+) -> Result<(), ApplyError> {
     let Some(ordinal) = super::decide::ordinal(&cluster.name_any(), name) else {
         return Ok(());
     };
-    let recorded: u32 = cluster
-        .annotations()
-        .get(resources::ANNOTATION_NEXT_ORDINAL)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
     if recorded > ordinal {
         return Ok(());
     }
@@ -346,10 +329,10 @@ async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Res
 fn placement_of(pod: &Pod) -> Option<Placement> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
     let peer = pod.annotations().get(resources::ANNOTATION_PEER_URL)?;
-    let host = peer.split("://").nth(1)?.rsplit_once(':')?.0.to_owned();
+    let (host, _) = resources::url_host_port(peer)?;
     Some(Placement {
         node,
-        ip: host,
+        ip: host.to_owned(),
         ports: resources::ports_of(pod),
     })
 }

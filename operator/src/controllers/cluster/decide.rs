@@ -595,11 +595,7 @@ fn joining_pod<'a>(o: &'a Observed, ms: &Membership) -> Option<&'a PodView> {
 /// Every self-hosted member is a healthy voter: hand leadership to one of them, then remove the boot
 /// member. The self-hosted voters alone are then the whole quorum, and all of them answer.
 fn boot_removal_step(ms: &Membership, voters: &[&MemberView], boot: &MemberView) -> Step {
-    let leader_applied = ms
-        .leader
-        .and_then(|id| ms.members.iter().find(|m| m.id == id))
-        .and_then(|m| m.health.as_ref())
-        .map_or(0, |h| h.applied_index);
+    let leader_applied = leader_applied(ms).unwrap_or(0);
     let behind: Vec<&str> = voters
         .iter()
         .filter(|m| {
@@ -670,6 +666,14 @@ fn no_membership_step(o: &Observed, version: EtcdVersion) -> Step {
     }
 }
 
+/// The raft index the leader has applied, when there is a leader and it answered.
+fn leader_applied(ms: &Membership) -> Option<u64> {
+    ms.leader
+        .and_then(|id| ms.members.iter().find(|m| m.id == id))
+        .and_then(|m| m.health.as_ref())
+        .map(|h| h.applied_index)
+}
+
 fn learner_step(o: &Observed, ms: &Membership, l: &MemberView) -> Step {
     // A learner does not vote, so removing a broken one never costs quorum.
     if let Some(reason) = dead_reason(o, l).filter(|_| l.started) {
@@ -679,12 +683,7 @@ fn learner_step(o: &Observed, ms: &Membership, l: &MemberView) -> Step {
             reason,
         };
     }
-    let leader_applied = ms
-        .leader
-        .and_then(|id| ms.members.iter().find(|m| m.id == id))
-        .and_then(|m| m.health.as_ref())
-        .map(|h| h.applied_index);
-    let caught_up = match (l.health.as_ref(), leader_applied) {
+    let caught_up = match (l.health.as_ref(), leader_applied(ms)) {
         (Some(h), Some(leader)) => {
             !h.has_errors && (h.applied_index as f64) >= (leader as f64) * LEARNER_READY_FRACTION
         }

@@ -31,6 +31,8 @@ pub struct Observation {
     pub endpoints: Vec<(String, Endpoint)>,
     /// The membership as etcd listed it, with the real URLs.
     pub members: Vec<crate::etcd::Member>,
+    /// The cluster's pods as listed, for what the views leave out (self-hosted placement).
+    pub pods: Vec<Pod>,
     /// Why the membership could not be read, when it could not.
     pub membership_error: Option<String>,
 }
@@ -97,14 +99,7 @@ async fn boot_endpoint(
     let ns = cluster.namespace().unwrap_or_default();
     let tls = read_tls_secret(client, &ns, secret, "spec.selfHosted.bootMemberClientTlsSecret").await?;
     // The boot member is dialled by the URL it was given, so its certificate must name that host.
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(h, _)| Some(h)))
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = resources::url_host_port(url).map_or("", |(h, _)| h).to_owned();
     Ok(Some(Endpoint {
         url: url.to_owned(),
         tls: Some((host, Arc::new(tls))),
@@ -315,6 +310,7 @@ pub async fn observe(
         statuses,
         endpoints,
         members,
+        pods: pods.items,
         membership_error,
     })
 }
@@ -367,12 +363,7 @@ pub fn member_name_by_pods(m: &crate::etcd::Member, pods: &[Pod]) -> Option<Stri
 }
 
 fn is_ip_url(url: &str) -> bool {
-    let host = url.split("://").nth(1).unwrap_or(url);
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok()
+    resources::url_host_port(url).is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_ok())
 }
 
 /// A member's name: etcd's own once started, else the one in its peer URL.

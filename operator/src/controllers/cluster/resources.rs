@@ -196,6 +196,18 @@ pub fn member_name_from_peer_url(url: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
+/// The host (an IPv6 literal without its brackets) and the port of a URL such as
+/// `http://10.0.0.1:2380`; `None` without a scheme.
+pub fn url_host_port(url: &str) -> Option<(&str, Option<u16>)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()),
+        _ => (authority, None),
+    };
+    Some((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
 /// The PVC of a member.
 pub fn pvc_name(member: &str) -> String {
     format!("{member}-data")
@@ -673,6 +685,20 @@ mod tests {
 
     const MINIMAL: &str =
         "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3}\n";
+
+    #[test]
+    fn url_hosts_and_ports() {
+        assert_eq!(
+            url_host_port("http://10.0.0.1:2380"),
+            Some(("10.0.0.1", Some(2380)))
+        );
+        assert_eq!(
+            url_host_port("https://[fd00::1]:2379/"),
+            Some(("fd00::1", Some(2379)))
+        );
+        assert_eq!(url_host_port("http://c-0.c.ns.svc"), Some(("c-0.c.ns.svc", None)));
+        assert_eq!(url_host_port("10.0.0.1:2380"), None);
+    }
 
     #[test]
     fn names_and_urls() {

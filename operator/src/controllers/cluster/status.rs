@@ -154,45 +154,38 @@ fn boot_condition(
     if sh.boot_member_client_endpoint.is_empty() {
         return None;
     }
-    if super::observe::boot_member_removed(cluster) {
+    let o = &obs.observed;
+    let ours = |m: &&super::decide::MemberView| super::decide::ordinal(&o.cluster, &m.name).is_some();
+    let seen_gone = o.boot.as_ref().is_some_and(|b| b.id.is_none())
+        && o.membership
+            .as_ref()
+            .is_some_and(|ms| ms.members.iter().any(|m| ours(&m)));
+    if seen_gone || super::observe::boot_member_removed(cluster) {
         return Some((
             true,
             "BootMemberRemoved",
             "the boot member has left; the cluster runs on self-hosted members only".into(),
         ));
     }
-    let o = &obs.observed;
-    let ours = |m: &&super::decide::MemberView| super::decide::ordinal(&o.cluster, &m.name).is_some();
     let boot = o.boot.as_ref()?;
-    Some(match (&o.membership, boot.id) {
-        (Some(ms), None) if ms.members.iter().any(|m| ours(&m)) => (
-            true,
-            "BootMemberRemoved",
-            "the boot member has left; the cluster runs on self-hosted members only".into(),
+    let voters = o
+        .membership
+        .iter()
+        .flat_map(|ms| ms.members.iter())
+        .filter(|m| ours(m) && !m.is_learner)
+        .count();
+    let (reason, message) = match &decision.step {
+        Step::BootInvalid { reason } => ("BootClusterInvalid", reason.clone()),
+        Step::WaitForBoot { reason } => ("BootMemberUnreachable", format!("{reason} ({})", boot.endpoint)),
+        _ => (
+            "Pivoting",
+            format!(
+                "the boot member ({}) is still a member; {voters} of {} self-hosted members are voters",
+                boot.endpoint, o.desired.size
+            ),
         ),
-        _ => {
-            let voters = o
-                .membership
-                .iter()
-                .flat_map(|ms| ms.members.iter())
-                .filter(|m| ours(m) && !m.is_learner)
-                .count();
-            let (reason, message) = match &decision.step {
-                Step::BootInvalid { reason } => ("BootClusterInvalid", reason.clone()),
-                Step::WaitForBoot { reason } => {
-                    ("BootMemberUnreachable", format!("{reason} ({})", boot.endpoint))
-                }
-                _ => (
-                    "Pivoting",
-                    format!(
-                        "the boot member ({}) is still a member; {voters} of {} self-hosted members are voters",
-                        boot.endpoint, o.desired.size
-                    ),
-                ),
-            };
-            (false, reason, message)
-        }
-    })
+    };
+    Some((false, reason, message))
 }
 
 fn phase(
