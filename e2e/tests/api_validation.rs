@@ -12,7 +12,12 @@ fn path(rel: &str) -> String {
 fn deploy_and_samples_pass_server_dry_run() -> anyhow::Result<()> {
     let out = kubectl(&["apply", "--dry-run=server", "-k", &path("deploy")])?;
     ensure!(out.success, "deploy/ refused: {}", out.stderr);
-    for sample in ["etcdcluster.yaml", "etcdbackup.yaml", "etcdrestore.yaml"] {
+    for sample in [
+        "etcdcluster.yaml",
+        "etcdcluster-self-hosted.yaml",
+        "etcdbackup.yaml",
+        "etcdrestore.yaml",
+    ] {
         let out = kubectl(&[
             "apply",
             "--dry-run=server",
@@ -31,6 +36,10 @@ fn invalid_samples_are_refused_with_readable_messages() -> anyhow::Result<()> {
         ("unknown-field.yaml", r#"unknown field "spec.replicas""#),
         ("bad-version.yaml", "spec.version"),
         ("backup-two-destinations.yaml", "set exactly one of s3 or volume"),
+        (
+            "self-hosted-relative-dir.yaml",
+            "hostDataDir must be an absolute path without '..'",
+        ),
     ];
     for (file, expected) in cases {
         let out = kubectl(&[
