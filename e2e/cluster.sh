@@ -73,6 +73,8 @@ stop() {
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
+    # SIGKILL is asynchronous: a restart before the kernel reaps the process finds its port still bound.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   rm -f "$pidfile"
 }
@@ -82,6 +84,11 @@ wait_for() {
   local desc=$1 secs=$2; shift 2
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
+    if [ -n "${WAIT_PROC:-}" ] && ! running "$WAIT_PROC"; then
+      log "$WAIT_PROC exited while waiting for $desc; its log ends:"
+      tail -n 15 "$LOGS/$WAIT_PROC.log" >&2
+      return 1
+    fi
     if [ $SECONDS -ge $deadline ]; then
       log "timed out after ${secs}s waiting for $desc"
       for f in "$LOGS"/*.log; do echo "--- $f" >&2; tail -n 15 "$f" >&2; done
@@ -222,7 +229,7 @@ apiserver_up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --profiling=false --v=1
-  wait_for "kube-apiserver /readyz" 90 "${KUBECTL[@]}" get --raw /readyz
+  WAIT_PROC=kube-apiserver wait_for "kube-apiserver /readyz" 90 "${KUBECTL[@]}" get --raw /readyz
   controllers_up
 }
 
@@ -478,7 +485,8 @@ cmd_down() {
   local t0=$SECONDS
   if running kube-apiserver && running kubelet; then
     # Let the kubelet tear pods down properly (CNI DEL, volume unmounts) while it still can.
-    "${KUBECTL[@]}" delete pods --all -A --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
+    # Bounded: after a self-hosted handover the API server stores its data in the pods being deleted.
+    timeout 30 "${KUBECTL[@]}" delete pods --all -A --grace-period=0 --force --wait=false --request-timeout=20s >/dev/null 2>&1 || true
     local deadline=$((SECONDS + 30))
     while [ $SECONDS -lt $deadline ] && [ -n "$(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null)" ]; do sleep 1; done
   fi
@@ -575,9 +583,10 @@ EOF
 # and restart the API server on the self-hosted members' client URLs (comma-separated).
 cmd_use_etcd() {
   local urls=${1:?usage: $0 use-etcd URL[,URL...]}
+  # The API server first: with the boot etcd gone it would hang in its graceful shutdown.
+  stop kube-apiserver
   stop cp-etcd
   echo "$urls" > "$ETCD_SERVERS_FILE"
-  stop kube-apiserver
   apiserver_up
   log "kube-apiserver now runs on $urls"
 }

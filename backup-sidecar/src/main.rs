@@ -96,7 +96,12 @@ async fn fetch_command(command: Command) -> anyhow::Result<()> {
     .await;
     match result {
         Ok(manifest) => {
-            println!("{}", serde_json::to_string(&manifest)?);
+            let json = serde_json::to_string(&manifest)?;
+            // The restore reads the revision from the termination message when no EtcdBackup names it.
+            if std::path::Path::new(TERMINATION_LOG).exists() {
+                let _ = std::fs::write(TERMINATION_LOG, &json);
+            }
+            println!("{json}");
             Ok(())
         }
         Err(e) => {

@@ -248,6 +248,11 @@ pub struct RecoverySpec {
     /// from the newest verified backup and records the data-loss window.
     #[serde(default)]
     pub policy: RecoveryPolicy,
+    /// With `Automatic`: how long quorum must stay lost before the restore starts, as a duration such
+    /// as `5m` (the default) or `1h`. Members that come back within it (a node reboot) lose nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub grace_period: Option<String>,
 }
 
 /// What to do when quorum is lost.
@@ -348,6 +353,46 @@ pub struct EtcdClusterStatus {
     /// The backup this cluster was last restored from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<BackupReference>,
+    /// The newest revision a member reported, recorded at most once a minute (the start of a
+    /// data-loss window should quorum be lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_revision: Option<i64>,
+    /// When `lastSeenRevision` was recorded (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_revision_time: Option<String>,
+    /// The last restore `spec.recovery.policy: Automatic` started, and the data it could not bring back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_recovery: Option<AutomaticRecovery>,
+}
+
+/// An automatic restore after a loss of quorum, and its data-loss window: everything written after
+/// `backupRevision` is gone, which is at least `lastSeenRevision - backupRevision` revisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutomaticRecovery {
+    /// The EtcdRestore started (in the cluster's namespace).
+    pub restore_name: String,
+    /// When quorum was lost: the `QuorumLost` condition's transition (RFC 3339).
+    pub quorum_lost_time: String,
+    /// When the restore was started (RFC 3339).
+    pub start_time: String,
+    /// The EtcdBackup restored: the newest that succeeded.
+    pub backup_name: String,
+    /// Its revision: the end of the restored history.
+    pub backup_revision: i64,
+    /// When it completed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_time: Option<String>,
+    /// The newest revision seen before the loss, if any was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_revision: Option<i64>,
+    /// When it was seen (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_time: Option<String>,
+    /// `lastSeenRevision - backupRevision`: revisions written after the backup, lost (a lower bound,
+    /// since writes after the last record are not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions_lost: Option<i64>,
 }
 
 /// Coarse lifecycle state of a cluster.

@@ -13,9 +13,9 @@ pub mod version;
 
 pub use backup::{BackupPhase, EtcdBackup, EtcdBackupSpec, EtcdBackupStatus};
 pub use cluster::{
-    AntiAffinityMode, BackupPolicy, ClusterPhase, EmptyDirStorage, EtcdCluster, EtcdClusterSpec,
-    EtcdClusterStatus, MemberStatus, PersistentVolumeClaimStorage, PodPolicy, RecoveryPolicy, RecoverySpec,
-    RetentionPolicy, SelfHostedSpec, StorageMedium, StorageSpec, TlsSpec,
+    AntiAffinityMode, AutomaticRecovery, BackupPolicy, ClusterPhase, EmptyDirStorage, EtcdCluster,
+    EtcdClusterSpec, EtcdClusterStatus, MemberStatus, PersistentVolumeClaimStorage, PodPolicy,
+    RecoveryPolicy, RecoverySpec, RetentionPolicy, SelfHostedSpec, StorageMedium, StorageSpec, TlsSpec,
 };
 pub use common::{BackupDestination, BackupReference, S3Destination, VolumeDestination, condition_types};
 pub use restore::{EtcdRestore, EtcdRestoreSpec, EtcdRestoreStatus, RestorePhase, RestoreSource};

@@ -136,9 +136,12 @@ fn rand_u32() -> u32 {
     (t.subsec_nanos() ^ (std::process::id() << 16)).wrapping_mul(2_654_435_761)
 }
 
-/// The repository root (for deploy/ and samples).
+/// The repository root (for deploy/ and samples). Cargo's run-time `CARGO_MANIFEST_DIR` comes first:
+/// a test binary reused from a shared target directory may have been built in another checkout.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
 
 /// Output of a finished command.

@@ -107,3 +107,88 @@ async fn operator_killed_between_membership_steps_converges() -> anyhow::Result<
     set_operator("", None).context("restoring the operator")?;
     result
 }
+
+/// Every step of a restore survives an operator crash right after it: the hold, deleting the old
+/// pods, creating the seed pod, lifting the hold, and deleting the old claims. The restore still
+/// succeeds with exactly the backed-up keys and one seed.
+const RESTORE_FAILPOINTS: &str = "restore-after-fetch-job,restore-after-hold,restore-after-old-pods-deleted,\
+                                  restore-after-seed-pod,restore-after-hold-lifted,restore-after-old-claims-deleted";
+
+#[tokio::test]
+async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Result<()> {
+    use etcd_client::GetOptions;
+    use kube::api::PostParams;
+    use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdRestore, RestorePhase};
+    use ouroboros_e2e::{backup_finished, wait_for};
+
+    let c = client().await?;
+    set_operator("-failpoints", Some(RESTORE_FAILPOINTS))?;
+    let before = operator_restarts(&c).await?;
+    let result = TestNamespace::create(&c, "fp-restore")
+        .await?
+        .run(|c, ns| async move {
+            let t = Duration::from_secs(300);
+            etcd_cluster::create(
+                &c,
+                &ns,
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: fr}\nspec: {size: 2, pod: {antiAffinity: None}, storage: {persistentVolumeClaim: {size: 1Gi}}}\n",
+            )
+            .await?;
+            etcd_cluster::wait(&c, &ns, "fr", "2 members", t, converged(2, "3.6.16")).await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "fr").await?;
+            let mut e = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+            for i in 0..20 {
+                e.put(format!("/fr/{i:02}"), "kept", None).await?;
+            }
+            let b: EtcdBackup = serde_yaml::from_str(
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: b}\nspec: {clusterName: fr}\n",
+            )?;
+            Api::<EtcdBackup>::namespaced(c.clone(), &ns).create(&PostParams::default(), &b).await?;
+            let s = backup_finished(&c, &ns, "b", Duration::from_secs(120)).await?;
+            ensure!(s.phase == Some(BackupPhase::Succeeded), "backup failed: {:?}", s.reason);
+            for i in 20..30 {
+                e.put(format!("/fr/{i:02}"), "after the backup", None).await?;
+            }
+            drop(e);
+
+            let r: EtcdRestore = serde_yaml::from_str(
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {name: r}\nspec: {clusterName: fr, source: {backupName: b}}\n",
+            )?;
+            let restores: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
+            restores.create(&PostParams::default(), &r).await?;
+            let s = wait_for("the restore, through the crashes", Duration::from_secs(600), || {
+                let restores = restores.clone();
+                async move {
+                    let s = restores.get("r").await?.status.unwrap_or_default();
+                    Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
+                }
+            })
+            .await?;
+            ensure!(s.phase == Some(RestorePhase::Succeeded), "restore failed: {:?}", s.reason);
+            let st = etcd_cluster::wait(&c, &ns, "fr", "2 restored members", t, converged(2, "3.6.16")).await?;
+            // One seed: the restored members are the seed and one learner grown from it, both new.
+            let names: Vec<&str> = st.members.iter().map(|m| m.name.as_str()).collect();
+            ensure!(!names.contains(&"fr-0") && !names.contains(&"fr-1"), "old members survived: {names:?}");
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "fr").await?;
+            let mut e = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+            let n = e.get("/fr/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
+            ensure!(n == 20, "restored {n} keys, want the 20 backed up");
+            let cl = Api::<EtcdCluster>::namespaced(c.clone(), &ns).get("fr").await?;
+            ensure!(
+                !cl.metadata.annotations.unwrap_or_default().contains_key("etcd.ouroboros.dev/restore-in-progress"),
+                "the cluster was left held"
+            );
+            let claims = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(c.clone(), &ns)
+                .list(&ListParams::default())
+                .await?;
+            let left: Vec<String> = claims.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+            ensure!(left.len() == 2, "claims left after the restore: {left:?}");
+            let restarts = operator_restarts(&c).await? - before;
+            eprintln!("restore through {restarts} operator restarts");
+            ensure!(restarts >= 3, "only {restarts} operator restarts: the restore failpoints did not fire");
+            Ok(())
+        })
+        .await;
+    set_operator("", None).context("restoring the operator")?;
+    result
+}

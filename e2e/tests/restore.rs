@@ -167,8 +167,11 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         .await??;
         ensure!(compacted > last_revision, "compacted at {compacted}, not above the old revision {last_revision}");
 
-        // The cluster is deleted outright; a restore with a template brings it back under its name.
+        // The cluster is deleted outright, and its EtcdBackup objects with it; a restore that names the
+        // archive in its store, with a template, brings it back under its name.
         Api::<EtcdCluster>::namespaced(c.clone(), &ns).delete("r", &DeleteParams::default()).await?;
+        let b1_key = b1.location.clone().unwrap().trim_start_matches(&format!("s3://{}/", s3::bucket()?)).to_owned();
+        Api::<EtcdBackup>::namespaced(c.clone(), &ns).delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
         let clusters: Api<EtcdCluster> = Api::namespaced(c.clone(), &ns);
         wait_for("the cluster to be gone", Duration::from_secs(120), || {
             let clusters = clusters.clone();
@@ -177,7 +180,10 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         .await?;
         let r: EtcdRestore = serde_yaml::from_str(&format!(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: recreate}}\n\
-             spec:\n  clusterName: r\n  source: {{backupName: b1}}\n  clusterTemplate:\n    size: 1\n    backup:\n      schedule: '0 0 1 1 *'\n      destination: {{s3: {{bucket: {}, prefix: e2e-restore/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+             spec:\n  clusterName: r\n  source: {{object: {{destination: {{s3: {{bucket: {}, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}, key: '{}'}}}}\n  clusterTemplate:\n    size: 1\n    backup:\n      schedule: '0 0 1 1 *'\n      destination: {{s3: {{bucket: {}, prefix: e2e-restore/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+            s3::bucket()?,
+            env("OUROBOROS_S3_ENDPOINT")?,
+            b1_key,
             s3::bucket()?,
             env("OUROBOROS_S3_ENDPOINT")?
         ))?;
@@ -192,10 +198,89 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         })
         .await?;
         ensure!(s.phase == Some(RestorePhase::Succeeded), "recreating restore failed: {:?}", s.reason);
+        // No EtcdBackup described the archive: the revision came from its verified manifest.
+        ensure!(s.restored_revision == b1.revision, "restored revision {:?}, the archive's is {:?}", s.restored_revision, b1.revision);
         etcd_cluster::wait(&c, &ns, "r", "the recreated member", Duration::from_secs(120), converged(1, "3.6.16")).await?;
         let mut e = etcd(&c, &ns).await?;
         let n = e.get("/r/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
         ensure!(n == 50, "the recreated cluster holds {n} keys, not the 50 backed up");
+        Ok(())
+    })
+    .await
+}
+
+/// `spec.recovery.policy: Automatic`: every member is lost (emptyDir data goes with the pods); after
+/// the grace period the operator restores the newest backup by itself and records what was lost.
+#[tokio::test]
+async fn automatic_recovery_restores_the_newest_backup_after_the_grace_period() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "autorecover").await?.run(|c, ns| async move {
+        minio_secret(&c, &ns).await?;
+        let yaml = format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: r}}\nspec:\n  size: 3\n  pod: {{antiAffinity: None}}\n  recovery: {{policy: Automatic, gracePeriod: 20s}}\n  backup:\n    schedule: '0 0 1 1 *'\n    destination: {{s3: {{bucket: {}, prefix: e2e-autorecover/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+            s3::bucket()?,
+            env("OUROBOROS_S3_ENDPOINT")?
+        );
+        etcd_cluster::create(&c, &ns, &yaml).await?;
+        etcd_cluster::wait(&c, &ns, "r", "3 members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
+        let mut e = etcd(&c, &ns).await?;
+        for i in 0..30 {
+            e.put(format!("/a/{i:03}"), format!("v{i}"), None).await?;
+        }
+        let b = backup(&c, &ns, "b").await?;
+        let backed_up = b.revision.unwrap_or(0);
+        for i in 30..50 {
+            e.put(format!("/a/{i:03}"), "after the backup", None).await?;
+        }
+        // The operator records the newest revision at most once a minute; wait for one past the backup.
+        let seen = etcd_cluster::wait(&c, &ns, "r", "a revision past the backup recorded", Duration::from_secs(150), move |_, s| {
+            s.last_seen_revision.is_some_and(|r| r > backed_up)
+        })
+        .await?
+        .last_seen_revision
+        .unwrap_or(0);
+
+        // Every member goes at once, data and all.
+        let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+        let lost_at = std::time::Instant::now();
+        pods.delete_collection(&DeleteParams::default().grace_period(0), &ListParams::default().labels("etcd.ouroboros.dev/cluster=r"))
+            .await?;
+        let st = etcd_cluster::wait(&c, &ns, "r", "an automatic restore", Duration::from_secs(120), |_, s| {
+            s.automatic_recovery.is_some()
+        })
+        .await?;
+        let record = st.automatic_recovery.clone().context("no record")?;
+        let waited = lost_at.elapsed();
+        ensure!(waited >= Duration::from_secs(20), "the restore started {waited:?} after the loss, inside the grace period");
+        ensure!(record.backup_name == "b" && record.backup_revision == backed_up, "restored from: {record:?}");
+        ensure!(record.last_seen_revision == Some(seen), "last seen: {record:?}, status said {seen}");
+        ensure!(record.revisions_lost == Some(seen - backed_up), "revisions lost: {record:?}");
+
+        let restores: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
+        let name = record.restore_name.clone();
+        let s = wait_for("the automatic restore to finish", Duration::from_secs(360), || {
+            let restores = restores.clone();
+            let name = name.clone();
+            async move {
+                let s = restores.get(&name).await?.status.unwrap_or_default();
+                Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
+            }
+        })
+        .await?;
+        ensure!(s.phase == Some(RestorePhase::Succeeded), "automatic restore failed: {:?}", s.reason);
+        let st = etcd_cluster::wait(&c, &ns, "r", "3 restored members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
+        ensure!(st.restored_from.as_ref().is_some_and(|r| r.name == "b"), "restoredFrom: {:?}", st.restored_from);
+        let quorum = st.conditions.iter().find(|c| c.type_ == "QuorumLost").context("no QuorumLost condition")?;
+        ensure!(quorum.status == "False", "QuorumLost still {}: {}", quorum.status, quorum.message);
+
+        let mut e = etcd(&c, &ns).await?;
+        let got = e.get("/a/", Some(GetOptions::new().with_prefix())).await?;
+        let keys: Vec<String> = got.kvs().iter().map(|kv| kv.key_str().unwrap_or_default().to_owned()).collect();
+        let want: Vec<String> = (0..30).map(|i| format!("/a/{i:03}")).collect();
+        ensure!(keys == want, "restored {} keys, want the 30 backed up", keys.len());
+        // Exactly one restore answered the loss.
+        let all = restores.list(&ListParams::default()).await?;
+        ensure!(all.items.len() == 1, "{} EtcdRestores were created", all.items.len());
         Ok(())
     })
     .await

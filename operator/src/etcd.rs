@@ -151,6 +151,8 @@ pub struct Status {
     pub errors: Vec<String>,
     /// Learner.
     pub is_learner: bool,
+    /// The store's revision as this member has applied it.
+    pub revision: i64,
 }
 
 /// The etcd operations the operator performs; behind a trait so the controller can be exercised
@@ -317,6 +319,7 @@ impl EtcdOps for EtcdClients {
                     version: r.version().to_owned(),
                     errors: r.errors().to_vec(),
                     is_learner: r.is_learner(),
+                    revision: r.header().map(|h| h.revision()).unwrap_or_default(),
                 })
             })
             .await

@@ -5,7 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 fn main() -> ExitCode {
     let mut check = false;
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Cargo's run-time value first: the binary may have been built in another checkout.
+    let mut dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check" => check = true,

@@ -23,7 +23,7 @@ use kube::{
 };
 use ouroboros_crds::{
     BackupPhase, BackupReference, EtcdBackup, EtcdCluster, EtcdRestore, EtcdRestoreStatus, EtcdVersion,
-    RestorePhase,
+    RestorePhase, restore::BackupObject,
 };
 use serde_json::json;
 
@@ -34,6 +34,7 @@ use crate::{
         decide::ordinal,
         resources::{self, DATA_MOUNT, Images, InitialClusterState, LABEL_CLUSTER},
     },
+    failpoints,
 };
 
 /// Annotation on an EtcdCluster while a restore owns it: the cluster controller changes nothing.
@@ -83,22 +84,97 @@ pub struct Chosen {
     pub location: String,
     /// Its recorded sha256.
     pub sha256: Option<String>,
-    /// Its revision.
-    pub revision: i64,
-    /// Raw snapshot size, to size the snapshot claim.
+    /// Its revision (unknown for `source.object` until the archive is read).
+    pub revision: Option<i64>,
+    /// When it completed (RFC 3339), when known.
+    pub completed: Option<String>,
+    /// Raw snapshot size, to size the snapshot claim (0 when unknown).
     pub raw_size: i64,
-    /// The destination the EtcdBackup named, if it named one (else the cluster's).
+    /// The destination the EtcdBackup (or `source.object`) named, if any (else the cluster's).
     pub destination: Option<ouroboros_crds::BackupDestination>,
+}
+
+impl Chosen {
+    fn describe(&self) -> String {
+        match self.revision {
+            Some(r) => format!("{} ({}, revision {r})", self.location, self.name),
+            None => format!("{} ({})", self.location, self.name),
+        }
+    }
+}
+
+/// The archive `source.object` names, as a location URL the fetch understands.
+pub fn object_location(o: &BackupObject) -> Result<String, String> {
+    let key = o.key.trim_start_matches('/');
+    if key.is_empty() || key.split('/').any(|p| p == "..") {
+        return Err(format!(
+            "source.object.key {:?} must name an archive, without '..'",
+            o.key
+        ));
+    }
+    match (&o.destination.s3, &o.destination.volume) {
+        (Some(s3), None) => Ok(format!("s3://{}/{key}", s3.bucket)),
+        (None, Some(v)) => Ok(format!(
+            "file://{}/{}/{key}",
+            resources::BACKUP_MOUNT,
+            v.claim_name
+        )),
+        _ => Err("source.object.destination must set exactly one of s3 or volume".into()),
+    }
+}
+
+/// The newest Succeeded backup of `cluster` (what `latest: true` and automatic recovery restore).
+pub fn choose_latest(cluster: &str, backups: &[EtcdBackup]) -> Result<Chosen, String> {
+    newest(cluster, backups, None, None).map(chosen)
+}
+
+fn newest<'a>(
+    cluster: &str,
+    backups: &'a [EtcdBackup],
+    not_after: Option<jiff::Timestamp>,
+    max_revision: Option<i64>,
+) -> Result<&'a EtcdBackup, String> {
+    backups
+        .iter()
+        .filter(|b| {
+            let s = b.status.as_ref();
+            let completed = s
+                .and_then(|s| s.completion_time.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let revision = s.and_then(|s| s.revision).unwrap_or(0);
+            b.spec.cluster_name == cluster
+                && s.and_then(|s| s.phase) == Some(BackupPhase::Succeeded)
+                && s.is_some_and(|s| s.location.is_some())
+                && not_after.is_none_or(|n| completed.is_some_and(|c| c <= n))
+                && max_revision.is_none_or(|m| revision <= m)
+        })
+        .max_by_key(|b| {
+            let s = b.status.as_ref();
+            (
+                s.and_then(|s| s.revision).unwrap_or(0),
+                s.and_then(|s| s.completion_time.clone()),
+            )
+        })
+        .ok_or_else(|| format!("no Succeeded EtcdBackup of {cluster} matches the source"))
+}
+
+fn chosen(b: &EtcdBackup) -> Chosen {
+    let s = b.status.clone().unwrap_or_default();
+    Chosen {
+        name: b.name_any(),
+        location: s.location.unwrap_or_default(),
+        sha256: s.sha256,
+        revision: s.revision,
+        completed: s.completion_time,
+        raw_size: s.raw_size.unwrap_or(0),
+        destination: b.spec.destination.clone(),
+    }
 }
 
 /// Picks the backup the source names among `backups` (pure).
 pub fn choose(restore: &EtcdRestore, backups: &[EtcdBackup]) -> Result<Chosen, String> {
     let src = &restore.spec.source;
-    let succeeded = |b: &&EtcdBackup| {
-        b.spec.cluster_name == restore.spec.cluster_name
-            && b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Succeeded)
-    };
-    let b = if let Some(name) = &src.backup_name {
+    if let Some(name) = &src.backup_name {
         let b = backups
             .iter()
             .find(|b| b.name_any() == *name)
@@ -108,8 +184,12 @@ pub fn choose(restore: &EtcdRestore, backups: &[EtcdBackup]) -> Result<Chosen, S
                 "EtcdBackup {name} has not succeeded; only complete backups restore"
             ));
         }
-        b
-    } else if src.latest == Some(true) {
+        if b.status.as_ref().and_then(|s| s.location.as_ref()).is_none() {
+            return Err(format!("EtcdBackup {name} has no location"));
+        }
+        return Ok(chosen(b));
+    }
+    if src.latest == Some(true) {
         let not_after = match &src.not_after {
             Some(t) => Some(
                 t.parse::<jiff::Timestamp>()
@@ -117,39 +197,19 @@ pub fn choose(restore: &EtcdRestore, backups: &[EtcdBackup]) -> Result<Chosen, S
             ),
             None => None,
         };
-        backups
-            .iter()
-            .filter(succeeded)
-            .filter(|b| {
-                let s = b.status.as_ref();
-                let completed = s
-                    .and_then(|s| s.completion_time.as_deref())
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                let revision = s.and_then(|s| s.revision).unwrap_or(0);
-                not_after.is_none_or(|n| completed.is_some_and(|c| c <= n))
-                    && src.max_revision.is_none_or(|m| revision <= m)
-            })
-            .max_by_key(|b| {
-                let s = b.status.as_ref();
-                (
-                    s.and_then(|s| s.revision).unwrap_or(0),
-                    s.and_then(|s| s.completion_time.clone()),
-                )
-            })
-            .ok_or_else(|| "no Succeeded EtcdBackup of this cluster matches the source".to_owned())?
-    } else {
-        return Err("restoring from source.object is not supported yet; name the EtcdBackup".into());
+        return newest(&restore.spec.cluster_name, backups, not_after, src.max_revision).map(chosen);
+    }
+    let Some(object) = &src.object else {
+        return Err("the source names no backup: set backupName, object or latest".into());
     };
-    let s = b.status.clone().unwrap_or_default();
     Ok(Chosen {
-        name: b.name_any(),
-        location: s
-            .location
-            .ok_or_else(|| format!("EtcdBackup {} has no location", b.name_any()))?,
-        sha256: s.sha256,
-        revision: s.revision.unwrap_or(0),
-        raw_size: s.raw_size.unwrap_or(0),
-        destination: b.spec.destination.clone(),
+        name: "source.object".into(),
+        location: object_location(object)?,
+        sha256: None,
+        revision: None,
+        completed: None,
+        raw_size: 0,
+        destination: Some(object.destination.clone()),
     })
 }
 
@@ -212,6 +272,10 @@ async fn advance(
     } else {
         Action::requeue(Duration::from_secs(1))
     })
+}
+
+fn src_is_backup(r: &EtcdRestore) -> bool {
+    r.spec.source.object.is_none()
 }
 
 fn names(r: &EtcdRestore) -> (String, String) {
@@ -295,6 +359,12 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
         .await;
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    if cluster.as_ref().is_some_and(|c| c.spec.self_hosted.is_some()) {
+        let why = "restoring a self-hosted cluster in place is not supported: its members run on the host \
+                   network and the API server stores its data in them; follow the self-hosted runbook \
+                   (docs/self-hosted.md), which restores with a temporary API server; the cluster was not touched";
+        return advance(ctx, r, status, RestorePhase::Failed, why.into()).await;
+    }
     let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await
@@ -313,14 +383,11 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
         Ok(chosen) => {
             let status = EtcdRestoreStatus {
                 source: Some(chosen.location.clone()),
-                restored_revision: Some(chosen.revision),
-                backup_name: Some(chosen.name.clone()),
+                restored_revision: chosen.revision,
+                backup_name: (src_is_backup(r)).then(|| chosen.name.clone()),
                 ..status
             };
-            let reason = format!(
-                "verifying {} (EtcdBackup {}, revision {}) before touching the cluster",
-                chosen.location, chosen.name, chosen.revision
-            );
+            let reason = format!("verifying {} before touching the cluster", chosen.describe());
             advance(ctx, r, status, RestorePhase::Verifying, reason).await
         }
     }
@@ -357,10 +424,22 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         .map_err(kube_err("reading the fetch Job"))?
     else {
         create_fetch(ctx, r, &cluster, &chosen, &claim, &job_name).await?;
+        failpoints::hit("restore-after-fetch-job");
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
     let st = job.status.unwrap_or_default();
     if st.succeeded.unwrap_or(0) > 0 {
+        // The fetch leaves the verified manifest as its termination message: the revision of an
+        // archive no EtcdBackup describes.
+        let manifest = fetch_message(ctx, &ns, &job_name)
+            .await
+            .and_then(|m| serde_json::from_str::<ouroboros_crds::sidecar::Manifest>(&m).ok());
+        let status = EtcdRestoreStatus {
+            restored_revision: status
+                .restored_revision
+                .or_else(|| manifest.and_then(|m| i64::try_from(m.revision).ok())),
+            ..status
+        };
         let reason = format!(
             "{} verified; restoring a new seed member from it",
             chosen.location
@@ -368,7 +447,9 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         return advance(ctx, r, status, RestorePhase::Restoring, reason).await;
     }
     if st.failed.unwrap_or(0) > 0 {
-        let why = fetch_failure(ctx, &ns, &job_name).await;
+        let why = fetch_message(ctx, &ns, &job_name)
+            .await
+            .unwrap_or_else(|| format!("Job {job_name} failed"));
         return advance(
             ctx,
             r,
@@ -381,8 +462,8 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
     Ok(Action::requeue(Duration::from_secs(2)))
 }
 
-/// The fetch container's termination message (the reason it refused the archive).
-async fn fetch_failure(ctx: &Context, ns: &str, job: &str) -> String {
+/// The fetch container's termination message: the verified manifest, or why it refused the archive.
+async fn fetch_message(ctx: &Context, ns: &str, job: &str) -> Option<String> {
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default().labels(&format!("job-name={job}")))
         .await;
@@ -394,7 +475,6 @@ async fn fetch_failure(ctx: &Context, ns: &str, job: &str) -> String {
         .filter_map(|c| c.state?.terminated?.message)
         .find(|m| !m.trim().is_empty())
         .map(|m| m.trim().to_owned())
-        .unwrap_or_else(|| format!("Job {job} failed"))
 }
 
 async fn create_fetch(
@@ -406,21 +486,25 @@ async fn create_fetch(
     job_name: &str,
 ) -> Result<(), Error> {
     let ns = r.namespace().unwrap_or_default();
-    // Room for the snapshot with some slack; at least 1Gi.
-    let gib = (u64::try_from(chosen.raw_size).unwrap_or(0) * 12 / 10)
-        .div_ceil(1 << 30)
-        .max(1);
-    let class = cluster
-        .spec
-        .storage
-        .persistent_volume_claim
-        .as_ref()
-        .and_then(|p| p.storage_class_name.clone());
+    // Room for the snapshot with some slack, at least 1Gi; when its size is unknown (source.object),
+    // as much as a member's claim, which no snapshot of a member can outgrow.
+    let member_claim = cluster.spec.storage.persistent_volume_claim.as_ref();
+    let size = match (chosen.raw_size, member_claim) {
+        (0, Some(p)) => p.size.0.clone(),
+        (0, None) => "8Gi".to_owned(),
+        (raw, _) => {
+            let gib = (u64::try_from(raw).unwrap_or(0) * 12 / 10)
+                .div_ceil(1 << 30)
+                .max(1);
+            format!("{gib}Gi")
+        }
+    };
+    let class = member_claim.and_then(|p| p.storage_class_name.clone());
     let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": claim, "namespace": ns, "ownerReferences": owned_by(r)},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
-                 "resources": {"requests": {"storage": format!("{gib}Gi")}}}
+                 "resources": {"requests": {"storage": size}}}
     }))
     .unwrap_or_default();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -467,7 +551,11 @@ async fn create_fetch(
             }
         }
     }
-    if let Some(v) = resources::backup_volume(cluster).filter(|_| chosen.location.starts_with("file://")) {
+    let volume = dest
+        .as_ref()
+        .and_then(|d| d.volume.clone())
+        .or_else(|| resources::backup_volume(cluster));
+    if let Some(v) = volume.filter(|_| chosen.location.starts_with("file://")) {
         volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": true}}));
         mounts.push(json!({"name": "backups", "mountPath": format!("{}/{}", resources::BACKUP_MOUNT, v.claim_name), "readOnly": true}));
     }
@@ -593,6 +681,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         Some(_) => {}
         None => {
             set_hold(ctx, &ns, name, Some(&r.name_any())).await?;
+            failpoints::hit("restore-after-hold");
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
     }
@@ -649,6 +738,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 }
             }
         }
+        failpoints::hit("restore-after-old-pods-deleted");
         ctx.publish(
             &r.object_ref(&()),
             EventType::Normal,
@@ -706,6 +796,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 });
             }
         }
+        failpoints::hit("restore-after-seed-pod");
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
     let ready = seed_pod_now
@@ -717,7 +808,8 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
     if !ready {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    set_hold(ctx, &ns, name, None).await?;
+    // Growing is recorded before the hold is lifted (by `growing`): a restart in between must not come
+    // back here, where pods other than the seed count as old members, once the cluster grows again.
     let reason = format!(
         "seed {seed} runs the restored data; growing to {} members",
         cluster.spec.size
@@ -737,6 +829,11 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
         Ok(c) => c,
         Err(action) => return Ok(action),
     };
+    if cluster.annotations().get(RESTORE_HOLD) == Some(&r.name_any()) {
+        set_hold(ctx, &ns, name, None).await?;
+        failpoints::hit("restore-after-hold-lifted");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     let cs = cluster.status.clone().unwrap_or_default();
     let size = usize::try_from(cluster.spec.size).unwrap_or(0);
     let done = cs.phase == Some(ouroboros_crds::ClusterPhase::Running)
@@ -758,6 +855,7 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
     }) {
         let _ = pvcs.delete(&c.name_any(), &DeleteParams::default()).await;
     }
+    failpoints::hit("restore-after-old-claims-deleted");
     let (claim, job) = names(r);
     let _ = Api::<Job>::namespaced(ctx.client.clone(), &ns)
         .delete(&job, &DeleteParams::background())
@@ -835,7 +933,7 @@ mod tests {
         let c = choose(&restore("{backupName: old}"), &all()).unwrap();
         assert_eq!(
             (c.name.as_str(), c.revision, c.location.as_str()),
-            ("old", 100, "s3://b/old.tar.gz")
+            ("old", Some(100), "s3://b/old.tar.gz")
         );
         assert!(
             choose(&restore("{backupName: failed}"), &all())
@@ -866,6 +964,43 @@ mod tests {
                 .unwrap_err()
                 .contains("RFC 3339")
         );
+    }
+
+    #[test]
+    fn an_object_source_names_the_archive_in_its_store() {
+        let s3 = choose(
+            &restore("{object: {destination: {s3: {bucket: bk, prefix: p/}}, key: p/ns/main/x.tar.gz}}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s3.location, "s3://bk/p/ns/main/x.tar.gz");
+        assert_eq!((s3.revision, s3.sha256), (None, None));
+        assert!(
+            s3.destination.unwrap().s3.is_some(),
+            "credentials come from the object's store"
+        );
+        let vol = choose(
+            &restore("{object: {destination: {volume: {claimName: keep}}, key: /ns/main/x.tar.gz}}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(vol.location, "file:///backups/keep/ns/main/x.tar.gz");
+        for bad in [
+            "{object: {destination: {volume: {claimName: keep}}, key: ../../etc/passwd}}",
+            "{object: {destination: {volume: {claimName: keep}}, key: ''}}",
+            "{object: {destination: {}, key: x.tar.gz}}",
+        ] {
+            assert!(choose(&restore(bad), &[]).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn latest_skips_successes_without_a_location() {
+        let mut backups = all();
+        backups[1].status.as_mut().unwrap().location = None;
+        assert_eq!(choose(&restore("{latest: true}"), &backups).unwrap().name, "old");
+        assert_eq!(choose_latest("main", &all()).unwrap().name, "newer");
+        assert!(choose_latest("nothing", &all()).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod backups;
 pub mod decide;
 pub mod observe;
 pub mod placement;
+pub mod recovery;
 pub mod resources;
 pub mod status;
 
@@ -31,6 +32,15 @@ pub enum Error {
     /// Observing or creating scheduled backups failed.
     #[error("scheduled backups: {0}")]
     Backups(#[from] backups::BackupsError),
+    /// Reading backups and restores, or starting the automatic restore, failed.
+    #[error("automatic recovery: {action}: {source}")]
+    Recovery {
+        /// What was attempted.
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
     /// Writing status failed.
     #[error("writing status of {name}: {source}")]
     PatchStatus {
@@ -49,13 +59,18 @@ impl ReportedError for Error {
             Error::Apply(apply::ApplyError::Etcd(_)) => "apply_etcd",
             Error::Apply(_) => "apply_kubernetes",
             Error::Backups(_) => "scheduled_backups",
+            Error::Recovery { .. } => "automatic_recovery",
             Error::PatchStatus { .. } => "patch_status",
         }
     }
     fn is_permanent(&self) -> bool {
         match self {
             Error::Observe(observe::ObserveError::Version(_)) => true,
-            Error::Observe(_) | Error::Apply(_) | Error::Backups(_) | Error::PatchStatus { .. } => false,
+            Error::Observe(_)
+            | Error::Apply(_)
+            | Error::Backups(_)
+            | Error::Recovery { .. }
+            | Error::PatchStatus { .. } => false,
         }
     }
 }
@@ -88,13 +103,120 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     report_refusal(&ctx, &cluster, decision.version_refusal.as_deref()).await;
     let mut status = status::compute(&cluster, &obs, &decision, now);
     let wake = schedule_backups(&ctx, &cluster, &mut status, now).await?;
+    let recovery_wake = recover(&ctx, &cluster, &mut status, now).await?;
     record_member_metrics(&ctx, &cluster, &status);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
-    Ok(match wake {
-        Some(at) if at < requeue_secs(&decision.step) => Action::requeue(at),
-        _ => Action::requeue(requeue_secs(&decision.step)),
-    })
+    let requeue = [wake, recovery_wake]
+        .into_iter()
+        .flatten()
+        .fold(requeue_secs(&decision.step), Duration::min);
+    Ok(Action::requeue(requeue))
+}
+
+/// `spec.recovery.policy: Automatic`: once quorum has been lost for the grace period, starts one
+/// EtcdRestore from the newest backup and records the data-loss window; says on the `QuorumLost`
+/// condition what it will do or why it cannot. Returns when to look again.
+async fn recover(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    status: &mut ouroboros_crds::EtcdClusterStatus,
+    now: jiff::Timestamp,
+) -> Result<Option<Duration>, Error> {
+    use ouroboros_crds::{EtcdBackup, EtcdRestore, RecoveryPolicy};
+    let automatic = cluster.spec.recovery.as_ref().map(|r| r.policy) == Some(RecoveryPolicy::Automatic);
+    let lost = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ct::QUORUM_LOST && c.status == "True")
+        .map(|c| c.last_transition_time.0);
+    if !automatic || lost.is_none() {
+        return Ok(None);
+    }
+    let ns = cluster.namespace().unwrap_or_default();
+    let err = |action| move |source| Error::Recovery { action, source };
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .map_err(err("listing EtcdBackups"))?;
+    let restores: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = restores
+        .list(&Default::default())
+        .await
+        .map_err(err("listing EtcdRestores"))?;
+    let decision = recovery::decide(&recovery::Input {
+        cluster,
+        quorum_lost_since: lost,
+        backups: &backups.items,
+        restores: &existing.items,
+        now,
+    });
+    let (note, wake) = match decision {
+        recovery::Recovery::NotNeeded => return Ok(None),
+        recovery::Recovery::Unsupported { why } => {
+            (format!("Automatic recovery does not apply: {why}"), None)
+        }
+        recovery::Recovery::RestoreRunning { restore } => (
+            format!("EtcdRestore {restore} is restoring this cluster; automatic recovery waits for it"),
+            None,
+        ),
+        recovery::Recovery::AlreadyStarted { restore } => (
+            format!(
+                "Automatic recovery started EtcdRestore {restore} for this loss and does not start another;                  if it failed, its status says why and a new EtcdRestore is up to you"
+            ),
+            None,
+        ),
+        recovery::Recovery::Waiting { at } => (
+            format!("Automatic recovery restores from the newest backup at {at} unless quorum returns first"),
+            Some(Duration::from_secs(
+                at.duration_since(now).as_secs().max(0).unsigned_abs() + 1,
+            )),
+        ),
+        recovery::Recovery::NoBackup { why } => (format!("Automatic recovery cannot start: {why}"), None),
+        recovery::Recovery::Start { restore, record, .. } => {
+            let body = serde_json::json!({
+                "apiVersion": EtcdRestore::api_version(&()), "kind": "EtcdRestore",
+                "metadata": {
+                    "name": restore, "namespace": ns,
+                    "labels": {resources::LABEL_CLUSTER: cluster.name_any()},
+                    "ownerReferences": [{"apiVersion": EtcdCluster::api_version(&()), "kind": "EtcdCluster",
+                        "name": cluster.name_any(), "uid": cluster.uid().unwrap_or_default()}],
+                },
+                "spec": {"clusterName": cluster.name_any(), "source": {"backupName": record.backup_name}},
+            });
+            let object: EtcdRestore = serde_json::from_value(body).map_err(|e| Error::Recovery {
+                action: "building the EtcdRestore",
+                source: kube::Error::SerdeError(e),
+            })?;
+            match restores.create(&Default::default(), &object).await {
+                Ok(_) => {}
+                // Created on an earlier pass that did not get to record it.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(err("creating the EtcdRestore")(e)),
+            }
+            let window = recovery::window(&record);
+            ctx.publish(
+                &cluster.object_ref(&()),
+                EventType::Warning,
+                "AutomaticRecoveryStarted",
+                format!(
+                    "quorum lost since {}: EtcdRestore {restore} is {window}",
+                    record.quorum_lost_time
+                ),
+                None,
+            )
+            .await;
+            status.automatic_recovery = Some(*record);
+            (
+                format!("Automatic recovery started EtcdRestore {restore}: {window}"),
+                None,
+            )
+        }
+    };
+    if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == ct::QUORUM_LOST) {
+        c.message = format!("{}. {note}", c.message.trim_end_matches('.'));
+    }
+    Ok(wake)
 }
 
 /// Runs the backup schedule: creates the due EtcdBackup and puts `BackupHealthy` and the recorded

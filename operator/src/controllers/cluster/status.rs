@@ -51,11 +51,12 @@ pub fn compute(
     let available = voters > 0 && ready >= quorum;
     let versions: Vec<ouroboros_crds::EtcdVersion> = o.pods.iter().map(|p| p.version).collect();
 
-    let held = cluster
+    let holder = cluster
         .metadata
         .annotations
         .as_ref()
-        .is_some_and(|a| a.contains_key(crate::controllers::restore::RESTORE_HOLD));
+        .and_then(|a| a.get(crate::controllers::restore::RESTORE_HOLD));
+    let held = holder.is_some();
     let pivoting = o.boot.as_ref().is_some_and(|b| b.id.is_some());
     let phase = phase(decision, available, ready, o.desired.size, held, pivoting);
     let mut conditions = previous.conditions.clone();
@@ -72,7 +73,16 @@ pub fn compute(
         },
         format!("{ready}/{voters} voting members healthy (quorum {quorum})"),
     );
-    let (progressing, reason, message) = progress(&decision.step);
+    let (progressing, reason, message) = match holder {
+        Some(restore) => (
+            true,
+            "Restoring",
+            format!(
+                "EtcdRestore {restore} is rebuilding this cluster; nothing else changes until it lifts its hold"
+            ),
+        ),
+        None => progress(&decision.step),
+    };
     set(ct::PROGRESSING, progressing, reason, message);
     let sick: Vec<&str> = members
         .iter()
@@ -112,6 +122,7 @@ pub fn compute(
                 "{healthy_voters} of {voters} voting members answer; no membership change is made without quorum. \
                  If the members will not come back, restore from a backup with an EtcdRestore (see docs/runbooks.md)"
             ),
+            _ if held => "the cluster is being restored from a backup".to_owned(),
             _ => "a majority of voting members answers".to_owned(),
         },
     );
@@ -120,8 +131,25 @@ pub fn compute(
         set(ct::BOOT_MEMBER_REMOVED, removed, reason, message);
     }
 
+    let reported = obs
+        .statuses
+        .iter()
+        .map(|(_, s)| s.revision)
+        .max()
+        .filter(|r| *r > 0);
+    let (last_seen_revision, last_seen_revision_time) = super::recovery::record_seen(
+        (
+            previous.last_seen_revision,
+            previous.last_seen_revision_time.as_deref(),
+        ),
+        reported,
+        now,
+    );
+
     EtcdClusterStatus {
         phase: Some(phase),
+        last_seen_revision,
+        last_seen_revision_time,
         observed_generation: generation,
         size: i32::try_from(members.len()).unwrap_or(i32::MAX),
         ready_members: i32::try_from(ready).unwrap_or(i32::MAX),

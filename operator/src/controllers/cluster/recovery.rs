@@ -1,0 +1,200 @@
+//! Automatic recovery from quorum loss (`spec.recovery.policy: Automatic`), decided purely from the
+//! cluster, the time its `QuorumLost` condition turned True, its backups and its restores.
+//!
+//! The answer to one loss is one `EtcdRestore`, named after the moment quorum was lost, so a crash
+//! between creating it and recording it cannot start a second one, and a restore that fails is not
+//! retried with another backup behind the user's back: the condition says so and a human decides.
+
+use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use ouroboros_crds::{
+    AutomaticRecovery, EtcdBackup, EtcdCluster, EtcdRestore, RecoveryPolicy, RestorePhase,
+    retention::parse_age,
+};
+
+use crate::controllers::restore;
+
+/// How long quorum must stay lost before `Automatic` restores, when `gracePeriod` is not set.
+pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_mins(5);
+
+/// What automatic recovery does on this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Quorum holds, or the policy is `Manual`.
+    NotNeeded,
+    /// Restoring a self-hosted cluster in place is not something the operator can do: the API server
+    /// it would report to runs on the lost etcd.
+    Unsupported {
+        /// Why, in words.
+        why: String,
+    },
+    /// A restore of this cluster is already running (started by a user or by an earlier loss).
+    RestoreRunning {
+        /// Its name.
+        restore: String,
+    },
+    /// This loss was answered already; the restore's own status says how it went.
+    AlreadyStarted {
+        /// The restore started for it.
+        restore: String,
+    },
+    /// Quorum is lost, but not yet for the grace period.
+    Waiting {
+        /// When the restore starts unless quorum returns first.
+        at: Timestamp,
+    },
+    /// There is nothing to restore from.
+    NoBackup {
+        /// Why, in words.
+        why: String,
+    },
+    /// Start this restore.
+    Start {
+        /// Name of the EtcdRestore to create.
+        restore: String,
+        /// What goes on the cluster's status, naming the backup it restores.
+        record: Box<AutomaticRecovery>,
+    },
+}
+
+/// What the decision looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// The cluster, with the status it had before this pass (for what was recorded).
+    pub cluster: &'a EtcdCluster,
+    /// When `QuorumLost` turned True, when it is True now.
+    pub quorum_lost_since: Option<Timestamp>,
+    /// EtcdBackups in the cluster's namespace.
+    pub backups: &'a [EtcdBackup],
+    /// EtcdRestores in the cluster's namespace.
+    pub restores: &'a [EtcdRestore],
+    /// The clock.
+    pub now: Timestamp,
+}
+
+/// The grace period of `cluster` (the schema only admits durations the parser reads).
+pub fn grace(cluster: &EtcdCluster) -> SignedDuration {
+    cluster
+        .spec
+        .recovery
+        .as_ref()
+        .and_then(|r| r.grace_period.as_deref())
+        .and_then(parse_age)
+        .unwrap_or(DEFAULT_GRACE)
+}
+
+/// The restore that answers a loss of quorum at `since`: one name per loss.
+pub fn restore_name(cluster: &str, since: Timestamp) -> String {
+    format!("{cluster}-recovery-{}", since.as_second())
+}
+
+/// Decides what automatic recovery does now.
+pub fn decide(i: &Input) -> Recovery {
+    let c = i.cluster;
+    let automatic = c.spec.recovery.as_ref().map(|r| r.policy) == Some(RecoveryPolicy::Automatic);
+    let Some(since) = i.quorum_lost_since.filter(|_| automatic) else {
+        return Recovery::NotNeeded;
+    };
+    if c.spec.self_hosted.is_some() {
+        return Recovery::Unsupported {
+            why: "a self-hosted cluster is restored with a temporary API server (docs/self-hosted.md), not in place"
+                .into(),
+        };
+    }
+    let name = restore_name(&c.name_any(), since);
+    let recorded = c.status.as_ref().and_then(|s| s.automatic_recovery.as_ref());
+    if recorded.is_some_and(|r| r.restore_name == name) || i.restores.iter().any(|r| r.name_any() == name) {
+        return Recovery::AlreadyStarted { restore: name };
+    }
+    if let Some(holder) = c.annotations().get(restore::RESTORE_HOLD) {
+        return Recovery::RestoreRunning {
+            restore: holder.clone(),
+        };
+    }
+    if let Some(running) = i.restores.iter().find(|r| {
+        r.spec.cluster_name == c.name_any()
+            && !matches!(
+                r.status.as_ref().and_then(|s| s.phase),
+                Some(RestorePhase::Succeeded | RestorePhase::Failed)
+            )
+    }) {
+        return Recovery::RestoreRunning {
+            restore: running.name_any(),
+        };
+    }
+    let at = since.saturating_add(grace(c)).unwrap_or(since);
+    if i.now < at {
+        return Recovery::Waiting { at };
+    }
+    let backup = match restore::choose_latest(&c.name_any(), i.backups) {
+        Ok(b) => b,
+        Err(why) => return Recovery::NoBackup { why },
+    };
+    let status = c.status.clone().unwrap_or_default();
+    let revisions_lost = status
+        .last_seen_revision
+        .map(|seen| seen.saturating_sub(backup.revision.unwrap_or(0)).max(0));
+    let record = AutomaticRecovery {
+        restore_name: name.clone(),
+        quorum_lost_time: since.to_string(),
+        start_time: i.now.to_string(),
+        backup_name: backup.name.clone(),
+        backup_revision: backup.revision.unwrap_or(0),
+        backup_time: backup.completed.clone(),
+        last_seen_revision: status.last_seen_revision,
+        last_seen_time: status.last_seen_revision_time.clone(),
+        revisions_lost,
+    };
+    Recovery::Start {
+        restore: name,
+        record: Box::new(record),
+    }
+}
+
+/// The data-loss window of `r`, in words, for Events and the condition.
+pub fn window(r: &AutomaticRecovery) -> String {
+    let backup = format!(
+        "backup {} (revision {}{})",
+        r.backup_name,
+        r.backup_revision,
+        r.backup_time
+            .as_deref()
+            .map(|t| format!(", {t}"))
+            .unwrap_or_default()
+    );
+    match (r.last_seen_revision, r.revisions_lost) {
+        (Some(seen), Some(lost)) => format!(
+            "restoring {backup}; the newest revision seen before the loss was {seen}{}: at least {lost} revisions written after the backup are lost",
+            r.last_seen_time
+                .as_deref()
+                .map(|t| format!(" (at {t})"))
+                .unwrap_or_default()
+        ),
+        _ => format!(
+            "restoring {backup}; no revision was seen before the loss, so how much is lost is unknown"
+        ),
+    }
+}
+
+/// How often the newest revision seen is recorded: status writes wake the controller, so recording
+/// every change would reconcile as often as clients write.
+pub const SEEN_EVERY: SignedDuration = SignedDuration::from_secs(60);
+
+/// The newest revision seen and when, given what was recorded and what members report now.
+pub fn record_seen(
+    recorded: (Option<i64>, Option<&str>),
+    reported: Option<i64>,
+    now: Timestamp,
+) -> (Option<i64>, Option<String>) {
+    let (rev, time) = recorded;
+    let at = time.and_then(|t| t.parse::<Timestamp>().ok());
+    let due = at.is_none_or(|at| now.duration_since(at) >= SEEN_EVERY);
+    match reported {
+        Some(r) if rev.is_none_or(|old| r > old) && due => (Some(r), Some(now.to_string())),
+        _ => (rev, time.map(str::to_owned)),
+    }
+}
+
+#[cfg(test)]
+#[path = "recovery_tests.rs"]
+mod tests;

@@ -1,0 +1,223 @@
+#![allow(clippy::unwrap_used)]
+use ouroboros_crds::{BackupPhase, EtcdBackupStatus, EtcdClusterStatus, EtcdRestoreStatus};
+
+use super::*;
+
+const LOST: &str = "2026-11-22T10:00:00Z";
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn cluster(recovery: &str) -> EtcdCluster {
+    let mut c: EtcdCluster = serde_yaml::from_str(&format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: main, namespace: ns}}\nspec: {{size: 3{recovery}}}\n"
+    ))
+    .unwrap();
+    c.status = Some(EtcdClusterStatus {
+        last_seen_revision: Some(900),
+        last_seen_revision_time: Some("2026-11-22T09:59:30Z".into()),
+        ..Default::default()
+    });
+    c
+}
+
+fn automatic() -> EtcdCluster {
+    cluster(", recovery: {policy: Automatic, gracePeriod: 2m}")
+}
+
+fn backup(name: &str, revision: i64, completed: &str) -> EtcdBackup {
+    let mut b: EtcdBackup = serde_yaml::from_str(&format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterName: main}}\n"
+    ))
+    .unwrap();
+    b.status = Some(EtcdBackupStatus {
+        phase: Some(BackupPhase::Succeeded),
+        location: Some(format!("s3://b/{name}.tar.gz")),
+        sha256: Some("ab".repeat(32)),
+        revision: Some(revision),
+        completion_time: Some(completed.into()),
+        ..Default::default()
+    });
+    b
+}
+
+fn restore(name: &str, cluster: &str, phase: Option<RestorePhase>) -> EtcdRestore {
+    let mut r: EtcdRestore = serde_yaml::from_str(&format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterName: {cluster}, source: {{latest: true}}}}\n"
+    ))
+    .unwrap();
+    r.status = Some(EtcdRestoreStatus {
+        phase,
+        ..Default::default()
+    });
+    r
+}
+
+fn decide_at(c: &EtcdCluster, now: &str, backups: &[EtcdBackup], restores: &[EtcdRestore]) -> Recovery {
+    decide(&Input {
+        cluster: c,
+        quorum_lost_since: Some(t(LOST)),
+        backups,
+        restores,
+        now: t(now),
+    })
+}
+
+#[test]
+fn manual_or_healthy_clusters_are_left_alone() {
+    let backups = [backup("b", 500, "2026-11-22T09:00:00Z")];
+    let late = "2026-11-22T11:00:00Z";
+    assert_eq!(decide_at(&cluster(""), late, &backups, &[]), Recovery::NotNeeded);
+    assert_eq!(
+        decide_at(&cluster(", recovery: {policy: Manual}"), late, &backups, &[]),
+        Recovery::NotNeeded
+    );
+    let healthy = decide(&Input {
+        cluster: &automatic(),
+        quorum_lost_since: None,
+        backups: &backups,
+        restores: &[],
+        now: t(late),
+    });
+    assert_eq!(healthy, Recovery::NotNeeded);
+}
+
+#[test]
+fn nothing_happens_within_the_grace_period() {
+    let backups = [backup("b", 500, "2026-11-22T09:00:00Z")];
+    assert_eq!(
+        decide_at(&automatic(), "2026-11-22T10:01:59Z", &backups, &[]),
+        Recovery::Waiting {
+            at: t("2026-11-22T10:02:00Z")
+        }
+    );
+    // Without gracePeriod, five minutes.
+    let default = cluster(", recovery: {policy: Automatic}");
+    assert_eq!(
+        decide_at(&default, "2026-11-22T10:02:00Z", &backups, &[]),
+        Recovery::Waiting {
+            at: t("2026-11-22T10:05:00Z")
+        }
+    );
+}
+
+#[test]
+fn after_the_grace_period_the_newest_backup_is_restored_and_the_loss_recorded() {
+    let backups = [
+        backup("old", 300, "2026-11-22T08:00:00Z"),
+        backup("new", 500, "2026-11-22T09:00:00Z"),
+    ];
+    let Recovery::Start { restore, record } = decide_at(&automatic(), "2026-11-22T10:02:00Z", &backups, &[])
+    else {
+        panic!("no restore started");
+    };
+    assert_eq!(restore, format!("main-recovery-{}", t(LOST).as_second()));
+    assert_eq!(record.backup_name, "new");
+    assert_eq!(record.restore_name, restore);
+    assert_eq!(record.quorum_lost_time, t(LOST).to_string());
+    assert_eq!(record.backup_revision, 500);
+    assert_eq!(record.backup_time.as_deref(), Some("2026-11-22T09:00:00Z"));
+    assert_eq!(record.last_seen_revision, Some(900));
+    assert_eq!(record.revisions_lost, Some(400));
+    let words = window(&record);
+    assert!(
+        words.contains("at least 400 revisions") && words.contains("new"),
+        "{words}"
+    );
+}
+
+#[test]
+fn one_loss_gets_one_restore_even_when_it_fails() {
+    let backups = [backup("b", 500, "2026-11-22T09:00:00Z")];
+    let name = restore_name("main", t(LOST));
+    let failed = [restore(&name, "main", Some(RestorePhase::Failed))];
+    assert_eq!(
+        decide_at(&automatic(), "2026-11-22T11:00:00Z", &backups, &failed),
+        Recovery::AlreadyStarted {
+            restore: name.clone()
+        }
+    );
+    // Recorded on the cluster but the restore object deleted: still not started again.
+    let mut c = automatic();
+    c.status.as_mut().unwrap().automatic_recovery = Some(AutomaticRecovery {
+        restore_name: name.clone(),
+        ..Default::default()
+    });
+    assert_eq!(
+        decide_at(&c, "2026-11-22T11:00:00Z", &backups, &[]),
+        Recovery::AlreadyStarted { restore: name }
+    );
+}
+
+#[test]
+fn a_running_restore_of_the_cluster_is_not_raced() {
+    let backups = [backup("b", 500, "2026-11-22T09:00:00Z")];
+    let running = [
+        restore("by-hand", "main", Some(RestorePhase::Verifying)),
+        restore("other", "elsewhere", None),
+    ];
+    assert_eq!(
+        decide_at(&automatic(), "2026-11-22T11:00:00Z", &backups, &running),
+        Recovery::RestoreRunning {
+            restore: "by-hand".into()
+        }
+    );
+    let finished = [restore("by-hand", "main", Some(RestorePhase::Failed))];
+    assert!(matches!(
+        decide_at(&automatic(), "2026-11-22T11:00:00Z", &backups, &finished),
+        Recovery::Start { .. }
+    ));
+}
+
+#[test]
+fn without_a_backup_it_says_so() {
+    let mut failed = backup("b", 500, "2026-11-22T09:00:00Z");
+    failed.status.as_mut().unwrap().phase = Some(BackupPhase::Failed);
+    let got = decide_at(&automatic(), "2026-11-22T11:00:00Z", &[failed], &[]);
+    assert!(
+        matches!(&got, Recovery::NoBackup { why } if why.contains("no Succeeded EtcdBackup")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn self_hosted_clusters_are_not_restored_in_place() {
+    let c = cluster(", recovery: {policy: Automatic}, selfHosted: {bootMemberClientEndpoint: ''}");
+    let got = decide_at(
+        &c,
+        "2026-11-22T11:00:00Z",
+        &[backup("b", 500, "2026-11-22T09:00:00Z")],
+        &[],
+    );
+    assert!(matches!(got, Recovery::Unsupported { .. }), "{got:?}");
+}
+
+#[test]
+fn the_newest_revision_is_recorded_at_most_once_a_minute() {
+    let now = t("2026-11-22T10:00:00Z");
+    assert_eq!(
+        record_seen((None, None), Some(10), now),
+        (Some(10), Some(now.to_string()))
+    );
+    let recorded = "2026-11-22T09:59:30Z";
+    assert_eq!(
+        record_seen((Some(10), Some(recorded)), Some(20), now),
+        (Some(10), Some(recorded.to_owned())),
+        "30 s after the last record"
+    );
+    let later = t("2026-11-22T10:00:30Z");
+    assert_eq!(
+        record_seen((Some(10), Some(recorded)), Some(20), later),
+        (Some(20), Some(later.to_string()))
+    );
+    // A lower report (a member behind) or none (quorum lost) keeps what was seen.
+    assert_eq!(
+        record_seen((Some(10), Some(recorded)), Some(5), later),
+        (Some(10), Some(recorded.to_owned()))
+    );
+    assert_eq!(
+        record_seen((Some(10), Some(recorded)), None, later),
+        (Some(10), Some(recorded.to_owned()))
+    );
+}
