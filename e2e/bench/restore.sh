@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Restore benchmark (issue: disaster recovery), in one run on the local cluster with the operator
+# deployed (make deploy):
+#   1. an EtcdCluster is filled to MIB (default 1024) MiB and backed up to MinIO by an EtcdBackup;
+#   2. by hand, on this host, the steps a user would take: download the archive (curl, SigV4), unpack
+#      it, `etcdutl snapshot restore`, start one etcd member and wait until it answers;
+#   3. the operator: the cluster is deleted and an EtcdRestore with a 3-member template restores the
+#      same backup; timed from its creation to the seed answering (phase Growing) and to Succeeded
+#      (an Available cluster of 3 voters).
+# Prints a Markdown table for docs/benchmarks.md.
+source "$(dirname "$0")/../scripts/lib.sh"
+source <("$REPO_ROOT/e2e/cluster.sh" env)
+MIB=${MIB:-1024}
+NS=bench-restore
+BIN=${CARGO_TARGET_DIR:-/var/cache/ouroboros/cargo-target}/release
+WORK=$(mktemp -d /var/tmp/ouroboros-bench-restore.XXXXXX)
+K=(kubectl -n "$NS")
+now_ms() { date +%s%3N; }
+etcd_pid=
+cleanup() {
+  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$WORK"
+  kubectl delete ns "$NS" --wait=false >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+wait_jsonpath() { # KIND/NAME JSONPATH WANT SECONDS
+  local deadline=$((SECONDS + $4))
+  until [ "$("${K[@]}" get "$1" -o jsonpath="$2" 2>/dev/null)" = "$3" ]; do
+    [ $SECONDS -lt $deadline ] || { log "timed out waiting for $1 $2=$3"; "${K[@]}" get "$1" -o yaml >&2; exit 1; }
+    sleep 0.2
+  done
+}
+
+kubectl delete ns "$NS" --wait=true >/dev/null 2>&1 || true
+kubectl create ns "$NS" >/dev/null
+"${K[@]}" create secret generic minio --from-literal=AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+  --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" >/dev/null
+spec() { # SIZE
+  cat <<EOF
+size: $1
+pod: {antiAffinity: None}
+storage: {persistentVolumeClaim: {size: 4Gi}}
+backup:
+  schedule: '0 0 1 1 *'
+  destination: {s3: {bucket: $OUROBOROS_S3_BUCKET, prefix: bench-restore/, endpoint: '$OUROBOROS_S3_ENDPOINT', forcePathStyle: true, credentialsSecret: minio}}
+EOF
+}
+{ printf 'apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: rb}\nspec:\n'; spec 1 | sed 's/^/  /'; } |
+  "${K[@]}" apply -f - >/dev/null
+wait_jsonpath etcd/rb '{.status.phase}' Running 180
+ip=$("${K[@]}" get svc rb-client -o jsonpath='{.spec.clusterIP}')
+log "filling rb with $MIB MiB"
+"$BIN/etcd-fill" "http://$ip:2379" "$MIB"
+printf 'apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: b}\nspec: {clusterName: rb}\n' | "${K[@]}" apply -f - >/dev/null
+wait_jsonpath etcdbackup/b '{.status.phase}' Succeeded 600
+location=$("${K[@]}" get etcdbackup b -o jsonpath='{.status.location}')
+raw=$("${K[@]}" get etcdbackup b -o jsonpath='{.status.rawSize}')
+log "backup: $location ($((raw >> 20)) MiB raw)"
+
+# --- by hand ---------------------------------------------------------------------------------------
+key=${location#s3://}
+t0=$(now_ms)
+curl -sf --aws-sigv4 aws:amz:us-east-1:s3 --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+  -o "$WORK/archive.tar.gz" "$OUROBOROS_S3_ENDPOINT/$key"
+t_download=$(now_ms)
+tar -xzf "$WORK/archive.tar.gz" -C "$WORK" snapshot.db
+t_unpack=$(now_ms)
+"$OUROBOROS_ETCD_BIN/etcdutl" snapshot restore "$WORK/snapshot.db" --data-dir "$WORK/data" --name manual \
+  --initial-cluster manual=http://127.0.0.1:42380 --initial-advertise-peer-urls http://127.0.0.1:42380 \
+  --bump-revision 1000000000 --mark-compacted >/dev/null 2>&1
+t_restore=$(now_ms)
+"$OUROBOROS_ETCD_BIN/etcd" --name manual --data-dir "$WORK/data" \
+  --listen-client-urls http://127.0.0.1:42379 --advertise-client-urls http://127.0.0.1:42379 \
+  --listen-peer-urls http://127.0.0.1:42380 --log-level error >"$WORK/etcd.log" 2>&1 &
+etcd_pid=$!
+until "$OUROBOROS_ETCD_BIN/etcdctl" --endpoints 127.0.0.1:42379 endpoint health >/dev/null 2>&1; do sleep 0.05; done
+t_manual=$(now_ms)
+kill "$etcd_pid"; wait "$etcd_pid" 2>/dev/null || true; etcd_pid=
+rm -rf "$WORK/data" "$WORK/snapshot.db" "$WORK/archive.tar.gz"
+manual=$((t_manual - t0))
+log "by hand: ${manual} ms (download $((t_download - t0)), unpack $((t_unpack - t_download)), etcdutl $((t_restore - t_unpack)), start $((t_manual - t_restore)))"
+
+# --- the operator ------------------------------------------------------------------------------------
+"${K[@]}" delete etcd rb --wait=true >/dev/null
+"${K[@]}" delete pvc --all --wait=true >/dev/null
+{ printf 'apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {name: r}\nspec:\n  clusterName: rb\n  source: {backupName: b}\n  clusterTemplate:\n'; spec 3 | sed 's/^/    /'; } > "$WORK/restore.yaml"
+t0=$(now_ms)
+"${K[@]}" apply -f "$WORK/restore.yaml" >/dev/null
+wait_jsonpath etcdrestore/r '{.status.phase}' Restoring 900
+t_verified=$(now_ms)
+wait_jsonpath etcdrestore/r '{.status.phase}' Growing 900
+t_seed=$(now_ms)
+wait_jsonpath etcdrestore/r '{.status.phase}' Succeeded 1800
+t_done=$(now_ms)
+seed=$((t_seed - t0)); done_=$((t_done - t0))
+log "operator: verified $((t_verified - t0)) ms, seed answering ${seed} ms, 3 voters ${done_} ms"
+
+ratio() { awk "BEGIN {printf \"%.2f\", $1/$2}"; }
+echo
+echo "| Snapshot | by hand: download + unpack + etcdutl + start 1 member | EtcdRestore: archive verified | seed member answering | 3-member cluster Available | seed / by hand | Available / by hand |"
+echo "|---|---|---|---|---|---|---|"
+echo "| $((raw >> 20)) MiB | ${manual} ms | $((t_verified - t0)) ms | ${seed} ms | ${done_} ms | $(ratio "$seed" "$manual") | $(ratio "$done_" "$manual") |"
