@@ -520,6 +520,25 @@ pub async fn backup_finished(
     .await
 }
 
+/// Waits until the EtcdRestore `name` is Succeeded or Failed, and returns its status.
+pub async fn restore_finished(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<ouroboros_crds::EtcdRestoreStatus> {
+    use ouroboros_crds::RestorePhase;
+    let api: Api<ouroboros_crds::EtcdRestore> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("EtcdRestore {name} to finish"), timeout, || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await?.status.unwrap_or_default();
+            Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
+        }
+    })
+    .await
+}
+
 /// Creates the Secret `name` with S3 credentials for the local MinIO: its access key and
 /// `secret_key` (the real one from the environment, or a wrong one to test refusals).
 pub async fn s3_credentials(client: &Client, ns: &str, name: &str, secret_key: &str) -> anyhow::Result<()> {

@@ -119,7 +119,7 @@ async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Resul
     use etcd_client::GetOptions;
     use kube::api::PostParams;
     use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdRestore, RestorePhase};
-    use ouroboros_e2e::{backup_finished, wait_for};
+    use ouroboros_e2e::{backup_finished, restore_finished};
 
     let c = client().await?;
     set_operator("-failpoints", Some(RESTORE_FAILPOINTS))?;
@@ -156,14 +156,7 @@ async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Resul
             )?;
             let restores: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
             restores.create(&PostParams::default(), &r).await?;
-            let s = wait_for("the restore, through the crashes", Duration::from_secs(600), || {
-                let restores = restores.clone();
-                async move {
-                    let s = restores.get("r").await?.status.unwrap_or_default();
-                    Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
-                }
-            })
-            .await?;
+            let s = restore_finished(&c, &ns, "r", Duration::from_secs(600)).await?;
             ensure!(s.phase == Some(RestorePhase::Succeeded), "restore failed: {:?}", s.reason);
             let st = etcd_cluster::wait(&c, &ns, "fr", "2 restored members", t, converged(2, "3.6.16")).await?;
             // One seed: the restored members are the seed and one learner grown from it, both new.

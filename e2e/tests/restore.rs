@@ -18,7 +18,7 @@ use ouroboros_crds::{
 use ouroboros_e2e::{
     TestNamespace, backup_finished, client, env,
     etcd_cluster::{self, converged},
-    minio_secret, s3, wait_for,
+    minio_secret, restore_finished, s3, wait_for,
 };
 
 async fn backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
@@ -42,18 +42,7 @@ async fn restore(c: &Client, ns: &str, name: &str, backup: &str) -> anyhow::Resu
     ))?;
     let api: Api<EtcdRestore> = Api::namespaced(c.clone(), ns);
     api.create(&PostParams::default(), &r).await?;
-    wait_for(
-        &format!("restore {name} to finish"),
-        Duration::from_secs(360),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get(name).await?.status.unwrap_or_default();
-                Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
-            }
-        },
-    )
-    .await
+    restore_finished(c, ns, name, Duration::from_secs(360)).await
 }
 
 async fn etcd(c: &Client, ns: &str) -> anyhow::Result<etcd_client::Client> {
@@ -189,14 +178,7 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         ))?;
         let restores: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
         restores.create(&PostParams::default(), &r).await?;
-        let s = wait_for("the recreating restore", Duration::from_secs(300), || {
-            let restores = restores.clone();
-            async move {
-                let s = restores.get("recreate").await?.status.unwrap_or_default();
-                Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
-            }
-        })
-        .await?;
+        let s = restore_finished(&c, &ns, "recreate", Duration::from_secs(300)).await?;
         ensure!(s.phase == Some(RestorePhase::Succeeded), "recreating restore failed: {:?}", s.reason);
         // No EtcdBackup described the archive: the revision came from its verified manifest.
         ensure!(s.restored_revision == b1.revision, "restored revision {:?}, the archive's is {:?}", s.restored_revision, b1.revision);
@@ -257,16 +239,7 @@ async fn automatic_recovery_restores_the_newest_backup_after_the_grace_period() 
         ensure!(record.revisions_lost == Some(seen - backed_up), "revisions lost: {record:?}");
 
         let restores: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
-        let name = record.restore_name.clone();
-        let s = wait_for("the automatic restore to finish", Duration::from_secs(360), || {
-            let restores = restores.clone();
-            let name = name.clone();
-            async move {
-                let s = restores.get(&name).await?.status.unwrap_or_default();
-                Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
-            }
-        })
-        .await?;
+        let s = restore_finished(&c, &ns, &record.restore_name, Duration::from_secs(360)).await?;
         ensure!(s.phase == Some(RestorePhase::Succeeded), "automatic restore failed: {:?}", s.reason);
         let st = etcd_cluster::wait(&c, &ns, "r", "3 restored members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
         ensure!(st.restored_from.as_ref().is_some_and(|r| r.name == "b"), "restoredFrom: {:?}", st.restored_from);

@@ -122,7 +122,12 @@ pub fn decide(i: &Input) -> Recovery {
             restore: running.name_any(),
         };
     }
-    let at = since.saturating_add(grace(c)).unwrap_or(since);
+    // Condition times are whole seconds, so the loss happened within the second after `since`:
+    // counting from the end of that second never starts the restore inside the grace period.
+    let at = Timestamp::from_second(since.as_second().saturating_add(1))
+        .unwrap_or(since)
+        .saturating_add(grace(c))
+        .unwrap_or(since);
     if i.now < at {
         return Recovery::Waiting { at };
     }

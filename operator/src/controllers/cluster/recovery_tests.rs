@@ -86,10 +86,11 @@ fn manual_or_healthy_clusters_are_left_alone() {
 #[test]
 fn nothing_happens_within_the_grace_period() {
     let backups = [backup("b", 500, "2026-11-22T09:00:00Z")];
+    // The condition says 10:00:00, so quorum was lost before 10:00:01: two minutes from then.
     assert_eq!(
-        decide_at(&automatic(), "2026-11-22T10:01:59Z", &backups, &[]),
+        decide_at(&automatic(), "2026-11-22T10:02:00.5Z", &backups, &[]),
         Recovery::Waiting {
-            at: t("2026-11-22T10:02:00Z")
+            at: t("2026-11-22T10:02:01Z")
         }
     );
     // Without gracePeriod, five minutes.
@@ -97,7 +98,7 @@ fn nothing_happens_within_the_grace_period() {
     assert_eq!(
         decide_at(&default, "2026-11-22T10:02:00Z", &backups, &[]),
         Recovery::Waiting {
-            at: t("2026-11-22T10:05:00Z")
+            at: t("2026-11-22T10:05:01Z")
         }
     );
 }
@@ -108,7 +109,7 @@ fn after_the_grace_period_the_newest_backup_is_restored_and_the_loss_recorded() 
         backup("old", 300, "2026-11-22T08:00:00Z"),
         backup("new", 500, "2026-11-22T09:00:00Z"),
     ];
-    let Recovery::Start { restore, record } = decide_at(&automatic(), "2026-11-22T10:02:00Z", &backups, &[])
+    let Recovery::Start { restore, record } = decide_at(&automatic(), "2026-11-22T10:02:01Z", &backups, &[])
     else {
         panic!("no restore started");
     };
