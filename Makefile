@@ -6,7 +6,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 export OUROBOROS_CACHE ?= /var/cache/ouroboros
-export CARGO_TARGET_DIR ?= $(OUROBOROS_CACHE)/cargo-target
+# One target dir per checkout: Cargo decides freshness by mtimes, so two checkouts sharing one would
+# each take the other's newer artifacts for their own (seen: a clean clone's build made a later edit
+# in another checkout look already built). The key is the checkout's path, so clones at the same path
+# keep their cache.
+CHECKOUT_KEY := $(shell printf '%s' '$(CURDIR)' | sha256sum | cut -c1-12)
+export CARGO_TARGET_DIR ?= $(OUROBOROS_CACHE)/cargo-target/$(CHECKOUT_KEY)
 export CARGO_TERM_COLOR ?= never
 K8S_VERSION := $(shell sed -n 's/^K8S_VERSION=//p' e2e/scripts/versions.env)
 KUBECTL := $(OUROBOROS_CACHE)/k8s/$(K8S_VERSION)/bin/kubectl --kubeconfig $(shell e2e/cluster.sh kubeconfig)

@@ -9,7 +9,7 @@
 source "$(dirname "$0")/../scripts/lib.sh"
 source <("$REPO_ROOT/e2e/cluster.sh" env)
 SIZES=${SIZES:-"256 1024"}
-BIN=${CARGO_TARGET_DIR:-/var/cache/ouroboros/cargo-target}/release
+BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d /var/tmp/ouroboros-bench-backup.XXXXXX)
 ETCD_PORT=32379 SIDECAR=127.0.0.1:18090
 BUCKET=$OUROBOROS_S3_BUCKET

@@ -12,7 +12,7 @@ source "$(dirname "$0")/../scripts/lib.sh"
 source <("$REPO_ROOT/e2e/cluster.sh" env)
 MIB=${MIB:-1024}
 NS=bench-restore
-BIN=${CARGO_TARGET_DIR:-/var/cache/ouroboros/cargo-target}/release
+BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d /var/tmp/ouroboros-bench-restore.XXXXXX)
 K=(kubectl -n "$NS")
 now_ms() { date +%s%3N; }

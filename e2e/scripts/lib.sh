@@ -7,6 +7,9 @@ source "$SCRIPTS_DIR/versions.env"
 # Everything built or downloaded lives outside the work tree so clean clones reuse it.
 OUROBOROS_CACHE="${OUROBOROS_CACHE:-/var/cache/ouroboros}"
 export GOMODCACHE="$OUROBOROS_CACHE/go/mod" GOCACHE="$OUROBOROS_CACHE/go/build"
+# The same per-checkout Cargo target dir as the Makefile's (see there for why).
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$OUROBOROS_CACHE/cargo-target/$(printf '%s' "$(cd "$REPO_ROOT" && pwd -P)" | sha256sum | cut -c1-12)}"
+export CARGO_TARGET_DIR
 # Fail fast instead of fetching a newer toolchain, and let `go get` edit the wrapper modules.
 export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=mod"
 mkdir -p "$OUROBOROS_CACHE"
