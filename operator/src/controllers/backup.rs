@@ -16,7 +16,7 @@ use ouroboros_crds::{
     sidecar::{Job, JobDestination, JobState, PruneRequest},
 };
 
-use super::ReportedError;
+use super::kube_err;
 use crate::{
     context::Context,
     controllers::cluster::{
@@ -42,36 +42,8 @@ pub fn backup_timeout(db_bytes: u64) -> Duration {
 /// Field manager for the cluster's `lastSuccessfulBackup`, separate from the cluster controller's.
 const BACKUP_STATUS_MANAGER: &str = "ouroboros-operator-backups";
 
-/// Why an EtcdBackup reconcile failed (transiently: it is retried).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A Kubernetes call failed.
-    #[error("{action}: {source}")]
-    Kube {
-        /// What was attempted.
-        action: &'static str,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl ReportedError for Error {
-    fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube { .. } => "kubernetes",
-        }
-    }
-    fn is_permanent(&self) -> bool {
-        match self {
-            Error::Kube { .. } => false,
-        }
-    }
-}
-
-fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Kube { action, source }
-}
+/// Why an EtcdBackup reconcile failed: a Kubernetes call, retried with backoff.
+pub type Error = super::KubeCallError;
 
 /// One pass for one EtcdBackup.
 pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -651,7 +623,7 @@ async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &str) -> Result<()
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
-                return Err(Error::Kube {
+                return Err(Error {
                     action: "deleting an EtcdBackup by retention",
                     source: e,
                 });

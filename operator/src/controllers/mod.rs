@@ -137,6 +137,32 @@ async fn drive<K, F, Fut, E>(
         .await;
 }
 
+/// A Kubernetes call of the backup or restore controller failed. Both only call Kubernetes, and such a
+/// failure is transient: the reconcile is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct KubeCallError {
+    /// What was attempted.
+    pub action: &'static str,
+    /// Cause.
+    #[source]
+    pub source: kube::Error,
+}
+
+impl ReportedError for KubeCallError {
+    fn metric_label(&self) -> &'static str {
+        "kubernetes"
+    }
+    fn is_permanent(&self) -> bool {
+        false
+    }
+}
+
+/// Wraps a failed Kubernetes call with what it was for.
+pub fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> KubeCallError {
+    move |source| KubeCallError { action, source }
+}
+
 /// Errors that can say whether retrying may help, and name themselves for metrics.
 pub trait ReportedError {
     /// A short, fixed name of the failed action (a metric label).

@@ -27,7 +27,7 @@ use ouroboros_crds::{
 };
 use serde_json::json;
 
-use super::ReportedError;
+use super::kube_err;
 use crate::{
     context::Context,
     controllers::cluster::{
@@ -44,36 +44,8 @@ pub const RESTORE_HOLD: &str = "etcd.ouroboros.dev/restore-in-progress";
 pub const BUMP_REVISION: u64 = 1_000_000_000;
 const MANAGER: &str = "ouroboros-operator-restore";
 
-/// Why an EtcdRestore reconcile failed (transiently: it is retried).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A Kubernetes call failed.
-    #[error("{action}: {source}")]
-    Kube {
-        /// What was attempted.
-        action: &'static str,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl ReportedError for Error {
-    fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube { .. } => "kubernetes",
-        }
-    }
-    fn is_permanent(&self) -> bool {
-        match self {
-            Error::Kube { .. } => false,
-        }
-    }
-}
-
-fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Kube { action, source }
-}
+/// Why an EtcdRestore reconcile failed: a Kubernetes call, retried with backoff.
+pub type Error = super::KubeCallError;
 
 /// The backup to restore, as the Verifying Job needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +312,7 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
                 return advance(ctx, r, status, RestorePhase::Failed, why).await;
             }
             Err(e) => {
-                return Err(Error::Kube {
+                return Err(Error {
                     action: "creating the EtcdCluster from clusterTemplate",
                     source: e,
                 });
@@ -731,7 +703,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    return Err(Error::Kube {
+                    return Err(Error {
                         action: "deleting an old member pod",
                         source: e,
                     });
@@ -790,7 +762,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => {
-                return Err(Error::Kube {
+                return Err(Error {
                     action: "creating the seed pod",
                     source: e,
                 });
