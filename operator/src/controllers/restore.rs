@@ -43,6 +43,11 @@ pub const RESTORE_HOLD: &str = "etcd.ouroboros.dev/restore-in-progress";
 /// documentation suggests this order of magnitude).
 pub const BUMP_REVISION: u64 = 1_000_000_000;
 const MANAGER: &str = "ouroboros-operator-restore";
+/// How often a restore looks at what it waits for (the fetch Job, the seed pod): restores are rare,
+/// someone is waiting for this one, and every poll costs one GET.
+const POLL: Duration = Duration::from_millis(500);
+/// The pause after a step whose result the restore controller does not watch (the cluster's hold).
+const STEP: Duration = Duration::from_millis(100);
 
 /// Why an EtcdRestore reconcile failed: a Kubernetes call, retried with backoff.
 pub type Error = super::KubeCallError;
@@ -397,7 +402,7 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
     else {
         create_fetch(ctx, r, &cluster, &chosen, &claim, &job_name).await?;
         failpoints::hit("restore-after-fetch-job");
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok(Action::requeue(POLL));
     };
     let st = job.status.unwrap_or_default();
     if st.succeeded.unwrap_or(0) > 0 {
@@ -431,7 +436,7 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         )
         .await;
     }
-    Ok(Action::requeue(Duration::from_secs(2)))
+    Ok(Action::requeue(POLL))
 }
 
 /// The fetch container's termination message: the verified manifest, or why it refused the archive.
@@ -654,7 +659,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         None => {
             set_hold(ctx, &ns, name, Some(&r.name_any())).await?;
             failpoints::hit("restore-after-hold");
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            return Ok(Action::requeue(STEP));
         }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -722,7 +727,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             None,
         )
         .await;
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok(Action::requeue(POLL));
     }
     let (claim, _) = names(r);
     let Some(seed_pod_now) = pods
@@ -769,7 +774,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             }
         }
         failpoints::hit("restore-after-seed-pod");
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok(Action::requeue(POLL));
     };
     let ready = seed_pod_now
         .status
@@ -778,7 +783,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
     if !ready {
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok(Action::requeue(POLL));
     }
     // Growing is recorded before the hold is lifted (by `growing`): a restart in between must not come
     // back here, where pods other than the seed count as old members, once the cluster grows again.
@@ -804,7 +809,7 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
     if cluster.annotations().get(RESTORE_HOLD) == Some(&r.name_any()) {
         set_hold(ctx, &ns, name, None).await?;
         failpoints::hit("restore-after-hold-lifted");
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok(Action::requeue(STEP));
     }
     let cs = cluster.status.clone().unwrap_or_default();
     let size = usize::try_from(cluster.spec.size).unwrap_or(0);
