@@ -520,6 +520,28 @@ pub async fn backup_finished(
     .await
 }
 
+/// Takes the EtcdBackup `name` of `cluster` on demand and requires it to succeed within two minutes.
+pub async fn backup_succeeded(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    name: &str,
+) -> anyhow::Result<ouroboros_crds::EtcdBackupStatus> {
+    let b: ouroboros_crds::EtcdBackup = serde_yaml::from_str(&format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}}}\nspec: {{clusterName: {cluster}}}\n"
+    ))?;
+    Api::<ouroboros_crds::EtcdBackup>::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &b)
+        .await?;
+    let s = backup_finished(client, ns, name, Duration::from_secs(120)).await?;
+    anyhow::ensure!(
+        s.phase == Some(ouroboros_crds::BackupPhase::Succeeded),
+        "backup {name} failed: {:?}",
+        s.reason
+    );
+    Ok(s)
+}
+
 /// Waits until the EtcdRestore `name` is Succeeded or Failed, and returns its status.
 pub async fn restore_finished(
     client: &Client,

@@ -63,13 +63,23 @@ async fn operator_restarts(c: &kube::Client) -> anyhow::Result<i32> {
         .sum())
 }
 
+/// Runs `test` in a fresh namespace with the operator built with failpoints and `failpoints` armed,
+/// then puts the production operator back whatever happened.
+async fn with_failpoints<F, Fut>(failpoints: &str, prefix: &str, test: F) -> anyhow::Result<()>
+where
+    F: FnOnce(kube::Client, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let c = client().await?;
+    set_operator("-failpoints", Some(failpoints))?;
+    let result = TestNamespace::create(&c, prefix).await?.run(test).await;
+    set_operator("", None).context("restoring the operator")?;
+    result
+}
+
 #[tokio::test]
 async fn operator_killed_between_membership_steps_converges() -> anyhow::Result<()> {
-    let c = client().await?;
-    set_operator("-failpoints", Some(FAILPOINTS))?;
-    let result = TestNamespace::create(&c, "failpoints")
-        .await?
-        .run(|c, ns| async move {
+    with_failpoints(FAILPOINTS, "failpoints", |c, ns| async move {
             let t = Duration::from_secs(300);
             etcd_cluster::create(
                 &c,
@@ -101,11 +111,8 @@ async fn operator_killed_between_membership_steps_converges() -> anyhow::Result<
             ensure!(restarts >= 1, "no operator container restarted: the failpoints never fired");
             eprintln!("operator restarts while converging: {restarts}");
             Ok(())
-        })
-        .await;
-    // Put the production operator back whatever happened.
-    set_operator("", None).context("restoring the operator")?;
-    result
+    })
+    .await
 }
 
 /// Every step of a restore survives an operator crash right after it: the hold, deleting the old
@@ -118,15 +125,11 @@ const RESTORE_FAILPOINTS: &str = "restore-after-fetch-job,restore-after-hold,res
 async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Result<()> {
     use etcd_client::GetOptions;
     use kube::api::PostParams;
-    use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdRestore, RestorePhase};
-    use ouroboros_e2e::{backup_finished, restore_finished};
+    use ouroboros_crds::{EtcdRestore, RestorePhase};
+    use ouroboros_e2e::{backup_succeeded, restore_finished};
 
-    let c = client().await?;
-    set_operator("-failpoints", Some(RESTORE_FAILPOINTS))?;
-    let before = operator_restarts(&c).await?;
-    let result = TestNamespace::create(&c, "fp-restore")
-        .await?
-        .run(|c, ns| async move {
+    with_failpoints(RESTORE_FAILPOINTS, "fp-restore", |c, ns| async move {
+            let before = operator_restarts(&c).await?;
             let t = Duration::from_secs(300);
             etcd_cluster::create(
                 &c,
@@ -140,12 +143,7 @@ async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Resul
             for i in 0..20 {
                 e.put(format!("/fr/{i:02}"), "kept", None).await?;
             }
-            let b: EtcdBackup = serde_yaml::from_str(
-                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: b}\nspec: {clusterName: fr}\n",
-            )?;
-            Api::<EtcdBackup>::namespaced(c.clone(), &ns).create(&PostParams::default(), &b).await?;
-            let s = backup_finished(&c, &ns, "b", Duration::from_secs(120)).await?;
-            ensure!(s.phase == Some(BackupPhase::Succeeded), "backup failed: {:?}", s.reason);
+            backup_succeeded(&c, &ns, "fr", "b").await?;
             for i in 20..30 {
                 e.put(format!("/fr/{i:02}"), "after the backup", None).await?;
             }
@@ -190,8 +188,6 @@ async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Resul
             eprintln!("restore through {restarts} operator restarts");
             ensure!(restarts >= 3, "only {restarts} operator restarts: the restore failpoints did not fire");
             Ok(())
-        })
-        .await;
-    set_operator("", None).context("restoring the operator")?;
-    result
+    })
+    .await
 }

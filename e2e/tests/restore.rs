@@ -13,27 +13,16 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams},
 };
 use ouroboros_crds::{
-    BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdCluster, EtcdRestore, EtcdRestoreStatus, RestorePhase,
+    EtcdBackup, EtcdBackupStatus, EtcdCluster, EtcdRestore, EtcdRestoreStatus, RestorePhase,
 };
 use ouroboros_e2e::{
-    TestNamespace, backup_finished, client, env,
+    TestNamespace, backup_succeeded, client, env,
     etcd_cluster::{self, converged},
     minio_secret, restore_finished, s3, wait_for,
 };
 
 async fn backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
-    let b: EtcdBackup = serde_yaml::from_str(&format!(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}}}\nspec: {{clusterName: r}}\n"
-    ))?;
-    let api: Api<EtcdBackup> = Api::namespaced(c.clone(), ns);
-    api.create(&PostParams::default(), &b).await?;
-    let s = backup_finished(c, ns, name, Duration::from_secs(120)).await?;
-    ensure!(
-        s.phase == Some(BackupPhase::Succeeded),
-        "backup {name} failed: {:?}",
-        s.reason
-    );
-    Ok(s)
+    backup_succeeded(c, ns, "r", name).await
 }
 
 async fn restore(c: &Client, ns: &str, name: &str, backup: &str) -> anyhow::Result<EtcdRestoreStatus> {
