@@ -33,6 +33,8 @@ build: deps
 	@$(T) cargo-build-failpoints bash -c 'cargo build --release --locked -p ouroboros-operator --features failpoints && \
 	  cp $(CARGO_TARGET_DIR)/release/etcd-operator $(CARGO_TARGET_DIR)/release/etcd-operator-failpoints'
 	@$(T) cargo-build cargo build --release --workspace --bins --locked
+	@$(T) cargo-build-member-lock env CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+	  cargo build --release --locked --target x86_64-unknown-linux-gnu -p ouroboros-member-lock
 
 crds:
 	cargo run --release --locked -q -p ouroboros-crds --bin crdgen

@@ -3,7 +3,7 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler as host processes; containerd + runc +
 # the bridge CNI plugin + kubelet + kube-proxy running real pods; CoreDNS for pod DNS; MinIO for S3.
 #
-#   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc
+#   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc | use-etcd URLS | power-cycle
 #
 # Everything it creates lives under $OUROBOROS_STATE (default /var/lib/ouroboros-e2e), the bridge
 # `ouro0`, the kubelet's /kubepods cgroups and iptables chains, and `down` removes all of it.
@@ -229,7 +229,8 @@ apiserver_up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --profiling=false --v=1
-  WAIT_PROC=kube-apiserver wait_for "kube-apiserver /readyz" 90 "${KUBECTL[@]}" get --raw /readyz
+  # Explicit: errexit does not apply where a caller tests this function (power-cycle's retry loop).
+  WAIT_PROC=kube-apiserver wait_for "kube-apiserver /readyz" 90 "${KUBECTL[@]}" get --raw /readyz || return 1
   controllers_up
 }
 
@@ -355,11 +356,15 @@ node_up() {
   start containerd containerd --config "$CONF/containerd.toml"
   wait_for containerd 30 ctr -a "$CONTAINERD_SOCK" version
   "$REPO_ROOT/e2e/scripts/images.sh" import "$CONTAINERD_SOCK"
+  kubelet_start
+  start kube-proxy "$K8S_BIN/kube-proxy" --config "$CONF/kube-proxy.yaml"
+  wait_for "node $NODE_NAME Ready" 90 node_ready
+}
+
+kubelet_start() {
   start kubelet "$K8S_BIN/kubelet" --config "$CONF/kubelet.yaml" --kubeconfig "$CONF/kubelet.kubeconfig" \
     --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" --root-dir "$STATE/kubelet" \
     --cert-dir "$STATE/kubelet-pki" --v=1
-  start kube-proxy "$K8S_BIN/kube-proxy" --config "$CONF/kube-proxy.yaml"
-  wait_for "node $NODE_NAME Ready" 90 node_ready
 }
 
 node_ready() {
@@ -541,7 +546,7 @@ cmd_down() {
     ip link del "$v" 2>/dev/null || true
   done
   # Keep built images' content store and PKI for a fast next `up`; drop cluster data.
-  rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATE/manifests" "$RUN" \
+  rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATE/manifests" "$STATE/checkpoint-secrets" "$RUN" \
     "$ETCD_SERVERS_FILE" "$SELF_HOSTED_DATA"
   log "down in $((SECONDS - t0))s"
 }
@@ -573,6 +578,8 @@ export OUROBOROS_S3_BUCKET=$MINIO_BUCKET
 export OUROBOROS_BOOT_ETCD=$BOOT_ETCD_CLIENT
 export OUROBOROS_SELF_HOSTED_ETCD_VIP=$SELF_HOSTED_ETCD_VIP
 export OUROBOROS_SELF_HOSTED_DATA=$SELF_HOSTED_DATA
+export OUROBOROS_STATIC_POD_DIR=$STATE/manifests
+export OUROBOROS_CHECKPOINT_SECRETS_DIR=$STATE/checkpoint-secrets
 export AWS_ACCESS_KEY_ID=$MINIO_USER
 export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD
 export PATH=$K8S_BIN:\$PATH
@@ -591,13 +598,47 @@ cmd_use_etcd() {
   log "kube-apiserver now runs on $urls"
 }
 
+# power-cycle: a power cut of the (one-node) control plane, short of the host's own network set-up:
+# the kubelet, every container and the control-plane processes die at once (SIGKILL); then they start
+# as a booting node starts them, the kubelet first and then the API server (static pods on a real
+# node). Nothing may ask an API server for help: after a handover its etcd runs in those containers.
+cmd_power_cycle() {
+  local t0=$SECONDS p t pids=()
+  for p in kubelet kube-apiserver kube-controller-manager kube-scheduler; do
+    running "$p" && pids+=("$(cat "$RUN/$p.pid")")
+  done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+  for t in $(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+    ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+  done
+  wait_for "the killed processes to be gone" 30 bash -c "for p in ${pids[*]}; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0"
+  wait_for "every container to stop" 30 bash -c \
+    "! ctr -a '$CONTAINERD_SOCK' -n k8s.io tasks ls 2>/dev/null | awk 'NR > 1 && \$3 == \"RUNNING\"' | grep -q ."
+  for p in kubelet kube-apiserver kube-controller-manager kube-scheduler; do rm -f "$RUN/$p.pid"; done
+  log "power cut: kubelet, control plane and every container killed; starting again"
+  kubelet_start
+  # On a real node the API server is a static pod as well, and the kubelet restarts it until its etcd
+  # answers: kube-apiserver gives up by itself when etcd does not answer within about 20 s.
+  local deadline=$((SECONDS + 240)) tries=1
+  until apiserver_up; do
+    [ $SECONDS -lt $deadline ] || { log "kube-apiserver did not come back in 240s ($tries starts)"; return 1; }
+    stop kube-apiserver
+    tries=$((tries + 1))
+    sleep 2
+  done
+  log "kube-apiserver ready after $tries start(s)"
+  wait_for "node $NODE_NAME Ready" 120 node_ready
+  log "power-cycle: API server ready and node Ready $((SECONDS - t0))s after the cut"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  power-cycle) cmd_power_cycle ;;
   use-etcd) cmd_use_etcd "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
   env) cmd_env ;;
   pv-gc) pv_gc ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc|use-etcd URLS" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc|use-etcd URLS|power-cycle" >&2; exit 2 ;;
 esac

@@ -13,6 +13,7 @@ OUT="$OUROBOROS_CACHE/images"
 MK="$SCRIPTS_DIR/mkimage.py"
 APP_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -1)
 RELEASE_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+MEMBER_LOCK="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/x86_64-unknown-linux-gnu/release/member-lock"
 mkdir -p "$OUT"
 
 BUSYBOX_APPLETS=(sh ls cat cp mv rm mkdir rmdir ln echo sleep test "[" env ps kill wget nslookup hostname df du find grep sed head tail wc tar gzip gunzip sha256sum date id true false)
@@ -55,16 +56,21 @@ build_etcd() {
     "${bb[@]}" "var/lib/etcd/"
 }
 
-# build_rust NAME [VARIANT]: the image of target/release/NAME[-VARIANT], tagged VERSION[-VARIANT].
+# build_rust NAME [VARIANT [SRC:DEST...]]: the image of target/release/NAME[-VARIANT], tagged
+# VERSION[-VARIANT], with any extra files given.
 build_rust() {
   local name=$1 variant=${2:+-$2}
-  local bin="$RELEASE_DIR/$name$variant" out="$OUT/$name-$APP_VERSION$variant.tar"
+  shift $(( $# < 2 ? $# : 2 ))
+  local extra=("$@") bin="$RELEASE_DIR/$name$variant" out="$OUT/$name-$APP_VERSION$variant.tar" e
   [ -x "$bin" ] || { log "$bin not built (cargo build --release); skipping its image"; return 0; }
-  stale "$out" "$bin" "$MK" "$SCRIPTS_DIR/images.sh" || return 0
+  for e in "${extra[@]}"; do
+    [ -x "${e%%:*}" ] || { log "${e%%:*} not built (make build); skipping the $name image"; return 0; }
+  done
+  stale "$out" "$bin" "$MK" "$SCRIPTS_DIR/images.sh" "${extra[@]%%:*}" || return 0
   mapfile -t libs < <(lib_entries "$bin")
   mapfile -t bb < <(busybox_entries)
   python3 "$MK" "$out" "localhost/ouroboros/$name:$APP_VERSION$variant" "[\"/usr/local/bin/$name\"]" \
-    "$bin:/usr/local/bin/$name" "${libs[@]}" "${bb[@]}"
+    "$bin:/usr/local/bin/$name" "${libs[@]}" "${bb[@]}" "${extra[@]}"
 }
 
 build_all() {
@@ -74,7 +80,9 @@ build_all() {
   build_rust etcd-operator
   # Compiled with the `failpoints` feature, for the restart-proof e2e only; never deployed by deploy/.
   build_rust etcd-operator failpoints
-  build_rust etcd-backup-sidecar
+  # member-lock is static: self-hosted members copy it into etcd containers, whose images may have
+  # no libc (see backup-sidecar/member-lock).
+  build_rust etcd-backup-sidecar "" "$MEMBER_LOCK:/usr/local/bin/member-lock"
 }
 
 import_all() {

@@ -5,6 +5,8 @@
 //! creates the self-hosted EtcdCluster and waits until the boot member has been removed; the boot etcd
 //! is stopped and the API server restarted on the printed endpoints. Then everything made before the
 //! handover must still be there, and the API server must keep serving while a member is replaced.
+//! Last, the whole control plane is power-cycled (kubelet, API server and every container killed at
+//! once): the members start again from their static-pod checkpoints, and the API server with them.
 //!
 //! Ignored by default because it changes the cluster for good: `make test` runs it in its own stage
 //! after the other e2e tests, and the lifecycle stage then rebuilds the cluster from scratch.
@@ -90,6 +92,12 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
             &config_map("kuberception-before", "before the handover")?,
         )
         .await?;
+
+    // Self-hosted installs deploy the checkpointer too (deploy/self-hosted).
+    let st = Command::new(repo_root().join("e2e/scripts/deploy.sh"))
+        .arg("self-hosted")
+        .status()?;
+    ensure!(st.success(), "deploy.sh self-hosted failed");
 
     // The installer's step: hand over, and get the endpoints for the API server.
     let t0 = std::time::Instant::now();
@@ -228,5 +236,119 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
             }
         },
     )
-    .await
+    .await?;
+
+    power_cycle_brings_everything_back(&client).await
+}
+
+/// The checkpoint files in the kubelet's static-pod directory, by member name.
+fn checkpoints() -> anyhow::Result<Vec<String>> {
+    let dir = env("OUROBOROS_STATIC_POD_DIR")?;
+    let mut members: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {dir}"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|f| {
+            f.strip_prefix(&format!("ouroboros-checkpoint-{NS}_"))?
+                .strip_suffix(".json")
+                .map(str::to_owned)
+        })
+        .collect();
+    members.sort();
+    Ok(members)
+}
+
+/// The seed scenario: the kubelet, the control plane and every container die at once and start
+/// again. The members come back from their static-pod checkpoints with their data (the same
+/// members, not replacements), and with them the API server and everything it stored.
+async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<()> {
+    let cluster_api: Api<EtcdCluster> = Api::namespaced(client.clone(), NS);
+    let mut members: Vec<String> = cluster_api
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default()
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    members.sort();
+    ensure!(members.len() == 3, "members before the power cut: {members:?}");
+    // One checkpoint per member and none for the member replaced above: the checkpointer follows
+    // the pods both ways.
+    wait_for(
+        "a checkpoint for exactly each member",
+        Duration::from_secs(60),
+        || {
+            let members = members.clone();
+            async move { Ok((checkpoints()? == members).then_some(())) }
+        },
+    )
+    .await?;
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-before-power-cut", "before the power cut")?,
+        )
+        .await?;
+
+    let t0 = std::time::Instant::now();
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .arg("power-cycle")
+        .status()?;
+    ensure!(
+        st.success(),
+        "cluster.sh power-cycle failed: the API server did not come back"
+    );
+    eprintln!("API server ready {:?} after the power cut", t0.elapsed());
+
+    let client = ouroboros_e2e::client().await?;
+    let back = Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .get("kuberception-before-power-cut")
+        .await
+        .context("a ConfigMap written before the power cut")?;
+    ensure!(back.data.unwrap_or_default()["written"] == "before the power cut");
+    // The same three members, with their data: nothing was replaced or restored.
+    let urls = Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default()
+        .client_endpoints;
+    let mut etcd = etcd_client::Client::connect(&urls, None).await?;
+    let mut names: Vec<String> = etcd
+        .member_list()
+        .await?
+        .members()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    names.sort();
+    ensure!(
+        names == members,
+        "members after the power cut: {names:?}, before: {members:?}"
+    );
+    let version = env("OUROBOROS_ETCD_VERSION")?;
+    let converged = cluster::converged(3, &version);
+    cluster::wait(
+        &client,
+        NS,
+        NAME,
+        "kube-etcd converged after the power cycle",
+        Duration::from_secs(300),
+        |c, s| {
+            let mut now: Vec<&str> = s.members.iter().map(|m| m.name.as_str()).collect();
+            now.sort_unstable();
+            converged(c, s) && now == members.iter().map(String::as_str).collect::<Vec<_>>()
+        },
+    )
+    .await?;
+    eprintln!("kube-etcd converged {:?} after the power cut", t0.elapsed());
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-after-power-cut", "after the power cut")?,
+        )
+        .await
+        .context("writing after the power cut")?;
+    Ok(())
 }

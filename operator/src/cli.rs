@@ -59,6 +59,36 @@ pub enum Command {
     /// 0 done, 3 the CRD never appeared, 4 a different EtcdCluster has the name, 5 the operator
     /// refused the boot cluster, 6 timed out (progress so far on stderr), 1 anything else.
     Handover(HandoverArgs),
+    /// Keeps a static-pod copy of each self-hosted member pod of this node in the kubelet's
+    /// static-pod directory, so that the members start again after a power cycle without an API
+    /// server. Runs as a DaemonSet (deploy/self-hosted); needs no CRDs and no leader election.
+    Checkpointer(CheckpointerArgs),
+}
+
+/// Flags of `etcd-operator checkpointer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointerArgs {
+    /// This node's name (from the downward API in the DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The kubelet's static-pod directory (its `staticPodPath`), as mounted in this container.
+    #[arg(
+        long,
+        env = "OUROBOROS_STATIC_POD_DIR",
+        default_value = "/etc/kubernetes/manifests"
+    )]
+    pub static_pod_dir: std::path::PathBuf,
+    /// Host directory for copies of the Secrets members mount (static pods cannot reference
+    /// Secrets). Must be the same path inside this container and on the host.
+    #[arg(
+        long,
+        env = "OUROBOROS_CHECKPOINT_SECRETS_DIR",
+        default_value = "/var/lib/ouroboros/checkpoint-secrets"
+    )]
+    pub secrets_dir: std::path::PathBuf,
+    /// Seconds between passes.
+    #[arg(long, default_value_t = 5)]
+    pub interval_seconds: u64,
 }
 
 /// Flags of `etcd-operator handover`.

@@ -225,7 +225,7 @@ mod tests {
         .unwrap();
         match a.command {
             Some(crate::cli::Command::Handover(h)) => h,
-            None => panic!("no handover"),
+            other => panic!("no handover: {other:?}"),
         }
     }
 

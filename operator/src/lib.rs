@@ -1,6 +1,7 @@
 //! The Ouroboros etcd operator as a library: the binary in `main.rs` only wires these together, so
 //! every piece can be tested on its own.
 
+pub mod checkpointer;
 pub mod cli;
 pub mod context;
 pub mod controllers;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::FutureExt;
 use ouroboros_operator::{
+    checkpointer,
     cli::{Args, Command},
     context::{Context, OperatorConfig},
     controllers, crds_ready, handover, http, leader,
@@ -40,6 +41,16 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(e.exit_code());
             }
         }
+    }
+    if let Some(Command::Checkpointer(c)) = &args.command {
+        let config = checkpointer::Config {
+            node: c.node_name.clone(),
+            static_pod_dir: c.static_pod_dir.clone(),
+            secrets_dir: c.secrets_dir.clone(),
+            interval: Duration::from_secs(c.interval_seconds),
+        };
+        checkpointer::run(client, config, shutdown_signal()).await;
+        return Ok(());
     }
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(http::Readiness::new(controllers::WATCH_COUNT));

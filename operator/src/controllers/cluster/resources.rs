@@ -38,6 +38,16 @@ pub const LABEL_VERSION: &str = "etcd.ouroboros.dev/version";
 /// most client requests, so clients (an API server above all) must not be sent to one.
 pub const LABEL_VOTER: &str = "etcd.ouroboros.dev/voter";
 
+/// Label `"true"` on self-hosted member pods: the checkpointer on their node keeps a static-pod copy
+/// of each, which the kubelet runs without an API server (see `crate::checkpointer`).
+pub const LABEL_CHECKPOINT: &str = "etcd.ouroboros.dev/checkpoint";
+
+/// Where self-hosted members get the `member-lock` binary, copied from the sidecar image.
+pub const MEMBER_LOCK_DIR: &str = "/ouroboros";
+/// In the member's data volume, beside etcd's `data/`: the lock that lets one copy of a self-hosted
+/// member (API pod or static-pod checkpoint) run etcd at a time.
+pub const MEMBER_LOCK_FILE: &str = "/var/lib/etcd/member.lock";
+
 /// On self-hosted member pods: the first port of the member's port block.
 pub const ANNOTATION_PORT_BASE: &str = "etcd.ouroboros.dev/port-base";
 /// On self-hosted member pods: the member's peer URL, which names the member before etcd knows it.
@@ -263,21 +273,27 @@ pub fn headless_service(cluster: &EtcdCluster) -> Service {
     }))
 }
 
-/// The Service clients use: ready voting members only.
+/// The Service clients use: ready voting members only; for self-hosted clusters, every voting
+/// member, ready or not.
+///
+/// Why self-hosted differs: readiness reaches the Service through the kubelet's status updates,
+/// which go through the API server, which stores them in this etcd through this Service. If the
+/// API server restarts while members' readiness flips, the Service can be left with no ready
+/// voter, the API server with no etcd, and nothing able to fix it (seen in the kuberception e2e).
+/// Bootkube's etcd-service tolerated unready endpoints for the same reason. A voter that does not
+/// answer only costs the client a retry.
 pub fn client_service(cluster: &EtcdCluster) -> Service {
     let mut selector = selector_labels(cluster);
     selector[LABEL_VOTER] = "true".into();
-    let cluster_ip = cluster
-        .spec
-        .self_hosted
-        .as_ref()
-        .and_then(|s| s.client_service_ip.clone());
+    let self_hosted = cluster.spec.self_hosted.as_ref();
+    let cluster_ip = self_hosted.and_then(|s| s.client_service_ip.clone());
     from_json(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": client_service_name(cluster), "namespace": cluster.namespace(),
                      "labels": cluster_labels(cluster), "ownerReferences": [owner(cluster)]},
         "spec": {
             "clusterIP": cluster_ip,
+            "publishNotReadyAddresses": self_hosted.is_some(),
             "selector": selector,
             "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client"}]
         }
@@ -556,6 +572,28 @@ fn build_member_pod(
         "subdomain": cluster.name_any(),
         "affinity": affinity,
     });
+    let mut command = vec!["/usr/local/bin/etcd".to_owned()];
+    let mut init_containers = Vec::new();
+    if placement.is_some() {
+        // Two copies of this member may exist on its node (this pod and its static-pod checkpoint);
+        // etcd runs under a lock in the member's host directory so that only one of them runs it.
+        // The lock binary comes from our own image because etcd images may have no shell at all.
+        command = vec![
+            format!("{MEMBER_LOCK_DIR}/member-lock"),
+            MEMBER_LOCK_FILE.to_owned(),
+            "/usr/local/bin/etcd".to_owned(),
+        ];
+        init_containers.push(json!({
+            "name": "member-lock",
+            "image": images.sidecar,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/cp", "/usr/local/bin/member-lock", format!("{MEMBER_LOCK_DIR}/member-lock")],
+            "volumeMounts": [{"name": "member-lock", "mountPath": MEMBER_LOCK_DIR}]
+        }));
+        etcd_mounts.push(json!({"name": "member-lock", "mountPath": MEMBER_LOCK_DIR, "readOnly": true}));
+        volumes.push(json!({"name": "member-lock", "emptyDir": {}}));
+        labels.insert(LABEL_CHECKPOINT.to_owned(), "true".to_owned());
+    }
     if let Some(p) = placement {
         annotations.insert(ANNOTATION_PORT_BASE.to_owned(), p.ports.client.to_string());
         annotations.insert(ANNOTATION_PEER_URL.to_owned(), peer_url.clone());
@@ -581,12 +619,13 @@ fn build_member_pod(
             "nodeSelector": spec.pod.node_selector,
             "tolerations": spec.pod.tolerations,
             "priorityClassName": spec.pod.priority_class_name,
+            "initContainers": (!init_containers.is_empty()).then_some(init_containers),
             "containers": [
                 {
                     "name": "etcd",
                     "image": etcd_image(cluster, images, version),
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["/usr/local/bin/etcd"],
+                    "command": command,
                     "args": args,
                     "ports": [
                         {"name": "client", "containerPort": ports.client},
@@ -741,6 +780,7 @@ mod tests {
         );
         assert_eq!(ports_of(&p), Ports::block(2389));
         assert_eq!(p.annotations()[ANNOTATION_PEER_URL], "http://10.0.0.1:2390");
+        assert_eq!(p.labels()[LABEL_CHECKPOINT], "true");
         let spec = p.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("node1"));
         assert_eq!(spec.host_network, Some(true));
@@ -778,8 +818,25 @@ mod tests {
             sidecar.contains(&"--etcd-endpoint=http://127.0.0.1:2389".to_owned()),
             "{sidecar:?}"
         );
-        let data = spec.volumes.unwrap()[0].host_path.clone().unwrap();
+        // etcd runs under the member lock, from the binary the init container copies in.
+        assert_eq!(
+            spec.containers[0].command.clone().unwrap(),
+            [
+                "/ouroboros/member-lock",
+                "/var/lib/etcd/member.lock",
+                "/usr/local/bin/etcd"
+            ]
+        );
+        let init = &spec.init_containers.clone().unwrap()[0];
+        assert_eq!(init.image.as_deref(), Some(images().sidecar.as_str()));
+        let volumes = spec.volumes.unwrap();
+        let data = volumes[0].host_path.clone().unwrap();
         assert_eq!(data.path, "/var/lib/x/ns-c-1");
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v.name == "member-lock" && v.empty_dir.is_some())
+        );
         // Pods on the pod network keep the usual ports.
         let ordinary = member_pod(
             &cluster(MINIMAL),
@@ -790,6 +847,14 @@ mod tests {
             &["c-0".into()],
         );
         assert_eq!(ports_of(&ordinary), Ports::POD_NETWORK);
+        // Only self-hosted members have a second copy to exclude.
+        let ordinary_spec = ordinary.spec.clone().unwrap();
+        assert!(ordinary_spec.init_containers.is_none());
+        assert_eq!(
+            ordinary_spec.containers[0].command.clone().unwrap(),
+            ["/usr/local/bin/etcd"]
+        );
+        assert!(!ordinary.labels().contains_key(LABEL_CHECKPOINT));
     }
 
     #[test]
@@ -1036,6 +1101,16 @@ mod tests {
         assert_eq!(h.publish_not_ready_addresses, Some(true));
         let s = client_service(&c);
         assert_eq!(s.metadata.name.as_deref(), Some("c-client"));
-        assert_eq!(s.spec.unwrap().selector.unwrap()[LABEL_CLUSTER], "c");
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.selector.unwrap()[LABEL_CLUSTER], "c");
+        // Ordinary clients only reach ready members.
+        assert_eq!(spec.publish_not_ready_addresses, Some(false));
+        let self_hosted = cluster(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://127.0.0.1:22379'}}\n",
+        );
+        // The API server's etcd must not depend on readiness that only the API server can record.
+        let spec = client_service(&self_hosted).spec.unwrap();
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert_eq!(spec.selector.unwrap()[LABEL_VOTER], "true");
     }
 }
