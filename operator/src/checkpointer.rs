@@ -128,6 +128,11 @@ pub fn pod_key(pod: &Pod) -> String {
     format!("{}_{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
+/// The checkpoint's file name in the static-pod directory.
+pub fn file_name(pod: &Pod) -> String {
+    format!("{FILE_PREFIX}{}.json", pod_key(pod))
+}
+
 fn pod_ref(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
@@ -240,7 +245,7 @@ pub fn checkpoint(pod: &Pod, secrets_root: &Path) -> Result<Checkpoint, Checkpoi
         status: None,
     };
     Ok(Checkpoint {
-        file_name: format!("{FILE_PREFIX}{key}.json"),
+        file_name: file_name(pod),
         pod: static_pod,
         secrets,
     })
@@ -292,8 +297,14 @@ pub enum Change {
 }
 
 /// What to change so that the directory's checkpoint files (`present`) become `wanted`. Unchanged
-/// files are not rewritten: the kubelet restarts a static pod whenever its file changes.
-pub fn plan(present: &BTreeMap<String, Vec<u8>>, wanted: &BTreeMap<String, Vec<u8>>) -> Vec<Change> {
+/// files are not rewritten: the kubelet restarts a static pod whenever its file changes. Files in
+/// `keep` belong to pods that still exist but could not be copied this time (a Secret unreadable,
+/// say): they stay as they are, because an old copy of a live member beats none.
+pub fn plan(
+    present: &BTreeMap<String, Vec<u8>>,
+    wanted: &BTreeMap<String, Vec<u8>>,
+    keep: &BTreeSet<String>,
+) -> Vec<Change> {
     let writes = wanted
         .iter()
         .filter(|(file, content)| present.get(*file) != Some(content))
@@ -303,7 +314,7 @@ pub fn plan(present: &BTreeMap<String, Vec<u8>>, wanted: &BTreeMap<String, Vec<u
         });
     let removals = present
         .keys()
-        .filter(|file| !wanted.contains_key(*file))
+        .filter(|file| !wanted.contains_key(*file) && !keep.contains(*file))
         .map(|file| Change::Remove { file: file.clone() });
     writes.chain(removals).collect()
 }
@@ -360,28 +371,22 @@ pub async fn sync(client: &Client, config: &Config) -> Result<Vec<Change>, Check
             source,
         })?;
     let mut wanted = BTreeMap::new();
-    let mut wanted_secret_dirs = BTreeSet::new();
+    let mut keep = BTreeSet::new();
+    let mut secret_dirs = BTreeSet::new();
     for pod in pods.items.iter().filter(|p| wants_checkpoint(p)) {
-        let checkpoint = match checkpoint(pod, &config.secrets_dir) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "not checkpointing this pod");
-                continue;
+        secret_dirs.insert(pod_key(pod));
+        match render(client, pod, &config.secrets_dir).await {
+            Ok((file, content)) => {
+                wanted.insert(file, content);
             }
-        };
-        for copy in &checkpoint.secrets {
-            copy_secret(client, &pod.namespace().unwrap_or_default(), copy).await?;
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot update this pod's checkpoint; keeping the one it has");
+                keep.insert(file_name(pod));
+            }
         }
-        wanted_secret_dirs.insert(pod_key(pod));
-        let content =
-            serde_json::to_vec_pretty(&checkpoint.pod).map_err(|source| CheckpointError::Encode {
-                pod: pod_ref(pod),
-                source,
-            })?;
-        wanted.insert(checkpoint.file_name, content);
     }
     let present = read_checkpoints(&config.static_pod_dir)?;
-    let changes = plan(&present, &wanted);
+    let changes = plan(&present, &wanted, &keep);
     for change in &changes {
         match change {
             Change::Write { file, content } => {
@@ -397,8 +402,25 @@ pub async fn sync(client: &Client, config: &Config) -> Result<Vec<Change>, Check
             }
         }
     }
-    remove_stale_secret_dirs(&config.secrets_dir, &wanted_secret_dirs)?;
+    remove_stale_secret_dirs(&config.secrets_dir, &secret_dirs)?;
     Ok(changes)
+}
+
+/// The checkpoint file of one pod, with the Secrets it needs copied to the host first.
+async fn render(
+    client: &Client,
+    pod: &Pod,
+    secrets_dir: &Path,
+) -> Result<(String, Vec<u8>), CheckpointError> {
+    let checkpoint = checkpoint(pod, secrets_dir)?;
+    for copy in &checkpoint.secrets {
+        copy_secret(client, &pod.namespace().unwrap_or_default(), copy).await?;
+    }
+    let content = serde_json::to_vec_pretty(&checkpoint.pod).map_err(|source| CheckpointError::Encode {
+        pod: pod_ref(pod),
+        source,
+    })?;
+    Ok((checkpoint.file_name, content))
 }
 
 fn read_checkpoints(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, CheckpointError> {

@@ -196,8 +196,9 @@ fn plan_writes_new_and_changed_files_and_removes_the_rest_but_never_rewrites_the
     };
     let present = files(&[("a.json", "1"), ("b.json", "old"), ("gone.json", "x")]);
     let wanted = files(&[("a.json", "1"), ("b.json", "new"), ("c.json", "3")]);
+    let none = BTreeSet::new();
     assert_eq!(
-        plan(&present, &wanted),
+        plan(&present, &wanted, &none),
         [
             Change::Write {
                 file: "b.json".into(),
@@ -212,9 +213,28 @@ fn plan_writes_new_and_changed_files_and_removes_the_rest_but_never_rewrites_the
             },
         ]
     );
-    assert!(plan(&wanted, &wanted).is_empty());
+    assert!(plan(&wanted, &wanted, &none).is_empty());
     // Nothing listed (every member pod gone from this node): every checkpoint goes.
-    assert_eq!(plan(&present, &BTreeMap::new()).len(), 3);
+    assert_eq!(plan(&present, &BTreeMap::new(), &none).len(), 3);
+}
+
+#[test]
+fn a_live_pod_that_cannot_be_copied_now_keeps_its_old_checkpoint() {
+    let present = BTreeMap::from([
+        ("live.json".to_owned(), b"old".to_vec()),
+        ("gone.json".to_owned(), b"x".to_vec()),
+    ]);
+    let keep = BTreeSet::from(["live.json".to_owned()]);
+    assert_eq!(
+        plan(&present, &BTreeMap::new(), &keep),
+        [Change::Remove {
+            file: "gone.json".into()
+        }]
+    );
+    assert_eq!(
+        file_name(&member_pod(SELF_HOSTED)),
+        "ouroboros-checkpoint-kube-system_kube-etcd-0.json"
+    );
 }
 
 #[test]
