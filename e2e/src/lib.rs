@@ -599,3 +599,46 @@ pub async fn minio_secret(client: &Client, ns: &str) -> anyhow::Result<()> {
 pub fn env(k: &str) -> anyhow::Result<String> {
     std::env::var(k).with_context(|| format!("{k} is not set: source <(e2e/cluster.sh env)"))
 }
+
+pub mod certs {
+    //! Test certificates made with the `openssl` command, and Secrets holding them.
+
+    use std::{path::Path, process::Command};
+
+    use anyhow::ensure;
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+
+    /// Runs `openssl ARGS` in `dir`.
+    pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("openssl").current_dir(dir).args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// A `kubernetes.io/tls` Secret `name` with `ca.crt` and `<cert>.crt`/`<cert>.key` from `dir`.
+    pub fn tls_secret(dir: &Path, name: &str, cert: &str) -> anyhow::Result<Secret> {
+        let read = |f: &str| -> anyhow::Result<ByteString> { Ok(ByteString(std::fs::read(dir.join(f))?)) };
+        Ok(Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(
+                [
+                    ("ca.crt", read("ca.crt")?),
+                    ("tls.crt", read(&format!("{cert}.crt"))?),
+                    ("tls.key", read(&format!("{cert}.key"))?),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            ),
+            ..Default::default()
+        })
+    }
+}

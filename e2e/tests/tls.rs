@@ -1,27 +1,19 @@
 //! TLS between members and from the operator: peer and client traffic over https with client
 //! certificates required, and a missing Secret reported as a condition that names it.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::PostParams};
 use ouroboros_crds::{BackupPhase, EtcdBackup, condition_types};
 use ouroboros_e2e::{
-    TestNamespace, backup_finished, client,
+    TestNamespace, backup_finished,
+    certs::{openssl, tls_secret},
+    client,
     etcd_cluster::{self, converged},
     kubectl, minio_secret,
 };
-
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl").current_dir(dir).args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 /// A CA and three certificates: peer and server (valid for every member name) and the operator's client.
 fn make_certs(dir: &Path, cluster: &str, ns: &str) -> anyhow::Result<()> {
@@ -90,28 +82,6 @@ fn make_certs(dir: &Path, cluster: &str, ns: &str) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn tls_secret(dir: &Path, name: &str, cert: &str) -> anyhow::Result<Secret> {
-    let read = |f: &str| -> anyhow::Result<ByteString> { Ok(ByteString(std::fs::read(dir.join(f))?)) };
-    Ok(Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [
-                ("ca.crt", read("ca.crt")?),
-                ("tls.crt", read(&format!("{cert}.crt"))?),
-                ("tls.key", read(&format!("{cert}.key"))?),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        ),
-        ..Default::default()
-    })
 }
 
 #[tokio::test]

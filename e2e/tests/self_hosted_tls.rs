@@ -1,0 +1,341 @@
+//! Self-hosted members with TLS, without touching the cluster's own API server: they pivot from a
+//! TLS boot etcd process on the host (client and peer certificates required everywhere), and a
+//! member's static-pod checkpoint, whose Secrets the checkpointer copied to host files, takes over
+//! running etcd when the member pod's etcd dies.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use ouroboros_crds::{EtcdCluster, condition_types as ct};
+use ouroboros_e2e::{
+    TestNamespace,
+    certs::{openssl, tls_secret},
+    client, env, etcd_cluster, etcd_tool, kill_container, kubectl, repo_root, wait_for,
+};
+
+const NAME: &str = "sh";
+/// Off the ports of the cluster's own boot etcd and of kube-etcd.
+const BOOT_CLIENT_PORT: u16 = 32379;
+const BASE_PORT: u16 = 2479;
+
+/// One CA and one certificate for the node's address, good as server and as client: members are
+/// reached at `https://<node IP>:<port>`, so that is the name every side checks.
+fn make_certs(dir: &Path, ip: &str) -> anyhow::Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=e2e-self-hosted-ca",
+            "-days",
+            "2",
+        ],
+    )?;
+    std::fs::write(
+        dir.join("member.ext"),
+        format!("subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "member.key",
+            "-out",
+            "member.csr",
+            "-subj",
+            "/CN=etcd-member",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "member.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "member.ext",
+            "-out",
+            "member.crt",
+        ],
+    )
+}
+
+/// `etcdctl` over TLS with the test certificate.
+fn etcdctl(dir: &Path, endpoints: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(etcd_tool("etcdctl"))
+        .arg(format!("--endpoints={endpoints}"))
+        .arg(format!("--cacert={}", dir.join("ca.crt").display()))
+        .arg(format!("--cert={}", dir.join("member.crt").display()))
+        .arg(format!("--key={}", dir.join("member.key").display()))
+        .args(["--dial-timeout=3s", "--command-timeout=10s"])
+        .args(args)
+        .output()
+        .context("running etcdctl")?;
+    ensure!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The boot etcd process; killed when the test ends, however it ends.
+struct BootEtcd(Child);
+
+impl Drop for BootEtcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_boot_etcd(dir: &Path, ip: &str) -> anyhow::Result<BootEtcd> {
+    let (client, peer) = (
+        format!("https://{ip}:{BOOT_CLIENT_PORT}"),
+        format!("https://{ip}:{}", BOOT_CLIENT_PORT + 1),
+    );
+    let file = |f: &str| dir.join(f).display().to_string();
+    let child = Command::new(etcd_tool("etcd"))
+        .args(["--name", "boot", "--data-dir", &file("boot")])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("boot={peer}")])
+        .args([
+            "--listen-metrics-urls",
+            &format!("http://{ip}:{}", BOOT_CLIENT_PORT + 2),
+        ])
+        .args([
+            "--cert-file",
+            &file("member.crt"),
+            "--key-file",
+            &file("member.key"),
+        ])
+        .args(["--trusted-ca-file", &file("ca.crt"), "--client-cert-auth"])
+        .args([
+            "--peer-cert-file",
+            &file("member.crt"),
+            "--peer-key-file",
+            &file("member.key"),
+        ])
+        .args([
+            "--peer-trusted-ca-file",
+            &file("ca.crt"),
+            "--peer-client-cert-auth",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("boot.log"))?)
+        .spawn()
+        .context("starting the boot etcd")?;
+    Ok(BootEtcd(child))
+}
+
+fn checkpoint_file(ns: &str, member: &str) -> anyhow::Result<PathBuf> {
+    Ok(PathBuf::from(env("OUROBOROS_STATIC_POD_DIR")?)
+        .join(format!("ouroboros-checkpoint-{ns}_{member}.json")))
+}
+
+#[tokio::test]
+async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over() -> anyhow::Result<()> {
+    let c = client().await?;
+    // Self-hosted installs deploy the checkpointer too.
+    let st = Command::new(repo_root().join("e2e/scripts/deploy.sh"))
+        .arg("self-hosted")
+        .status()?;
+    ensure!(st.success(), "deploy.sh self-hosted failed");
+    TestNamespace::create(&c, "shtls").await?.run(|c, ns| async move {
+        let ip = env("OUROBOROS_NODE_IP")?;
+        let version = env("OUROBOROS_ETCD_VERSION")?;
+        let dir = std::env::temp_dir().join(format!("ouroboros-{ns}"));
+        std::fs::create_dir_all(&dir)?;
+        make_certs(&dir, &ip)?;
+        let _boot = start_boot_etcd(&dir, &ip)?;
+        let boot_url = format!("https://{ip}:{BOOT_CLIENT_PORT}");
+        wait_for("the TLS boot etcd", Duration::from_secs(30), || {
+            let (dir, boot_url) = (dir.clone(), boot_url.clone());
+            async move { Ok(etcdctl(&dir, &boot_url, &["endpoint", "health"]).ok().map(|_| ())) }
+        })
+        .await?;
+        etcdctl(&dir, &boot_url, &["put", "written-to-the-boot-etcd", "before the pivot"])?;
+
+        Api::<Secret>::namespaced(c.clone(), &ns)
+            .create(&PostParams::default(), &tls_secret(&dir, "etcd-tls", "member")?)
+            .await?;
+        let data_dir = env("OUROBOROS_SELF_HOSTED_DATA")?;
+        etcd_cluster::create(
+            &c,
+            &ns,
+            &format!(
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: {NAME}}}\n\
+                 spec: {{size: 3, version: '{version}', \
+                 selfHosted: {{bootMemberClientEndpoint: '{boot_url}', bootMemberClientTlsSecret: etcd-tls, hostDataDir: '{data_dir}', basePort: {BASE_PORT}}}, \
+                 tls: {{peerSecret: etcd-tls, serverSecret: etcd-tls, operatorClientSecret: etcd-tls}}}}\n"
+            ),
+        )
+        .await?;
+        let converged = etcd_cluster::converged(3, &version);
+        let status = etcd_cluster::wait(
+            &c,
+            &ns,
+            NAME,
+            "three TLS voters and the boot member removed",
+            Duration::from_secs(300),
+            |cl, s| {
+                converged(cl, s)
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == ct::BOOT_MEMBER_REMOVED && c.status == "True")
+            },
+        )
+        .await?;
+        let urls = status.client_endpoints.join(",");
+        ensure!(
+            status.client_endpoints.len() == 3
+                && status.client_endpoints.iter().all(|u| u.starts_with("https://")),
+            "client URLs: {urls}"
+        );
+        let members = etcdctl(&dir, &urls, &["member", "list"])?;
+        ensure!(
+            members.lines().count() == 3 && !members.contains("boot"),
+            "members after the pivot: {members}"
+        );
+        let before = etcdctl(&dir, &urls, &["get", "--print-value-only", "written-to-the-boot-etcd"])?;
+        ensure!(before.trim() == "before the pivot", "the boot etcd's data: {before:?}");
+
+        // Every voter has a checkpoint, and its Secrets are on the host for the static pod.
+        let names: Vec<String> = status.members.iter().map(|m| m.name.clone()).collect();
+        let cert = std::fs::read(dir.join("member.crt"))?;
+        let secrets_dir = PathBuf::from(env("OUROBOROS_CHECKPOINT_SECRETS_DIR")?);
+        wait_for("a checkpoint with host copies of its Secrets for each member", Duration::from_secs(60), || {
+            let (names, ns, cert, secrets_dir) = (names.clone(), ns.clone(), cert.clone(), secrets_dir.clone());
+            async move {
+                for m in &names {
+                    let copy = secrets_dir.join(format!("{ns}_{m}")).join("server-tls/tls.crt");
+                    if !checkpoint_file(&ns, m)?.exists() || std::fs::read(copy).ok() != Some(cert.clone()) {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await?;
+
+        // The member pod's etcd dies: the checkpoint, waiting in the lock, runs the member instead,
+        // over TLS from the copied files, and the member pod's restarted etcd waits in its turn.
+        // The seed: it never crash-looped while joining, so the kubelet restarts it without a long
+        // back-off.
+        let victim = names.iter().min().context("no members")?.clone();
+        let node = Api::<Pod>::namespaced(c.clone(), &ns)
+            .get(&victim)
+            .await?
+            .spec
+            .and_then(|s| s.node_name)
+            .context("the member pod has no node")?;
+        kill_container(&c, &ns, &victim, "etcd").await?;
+        let mirror = format!("{victim}-checkpoint-{node}");
+        wait_for("the checkpoint to run the member's etcd", Duration::from_secs(60), || {
+            let (ns, mirror) = (ns.clone(), mirror.clone());
+            async move {
+                let logs = kubectl(&["-n", &ns, "logs", &mirror, "-c", "etcd"])?;
+                Ok(logs.stdout.contains("holding /var/lib/etcd/member.lock").then_some(()))
+            }
+        })
+        .await?;
+        wait_for("three healthy members over TLS", Duration::from_secs(60), || {
+            let (dir, urls) = (dir.clone(), urls.clone());
+            async move {
+                let health = etcdctl(&dir, &urls, &["endpoint", "health", "--cluster"]).unwrap_or_default();
+                Ok((health.matches("is healthy").count() == 3).then_some(()))
+            }
+        })
+        .await?;
+        etcdctl(&dir, &urls, &["put", "written-after-the-takeover", "yes"])?;
+        // Until the kubelet restarts it, `kubectl logs` shows the killed instance.
+        wait_for("the member pod's restarted etcd to wait for the checkpoint", Duration::from_secs(120), || {
+            let (ns, victim) = (ns.clone(), victim.clone());
+            async move {
+                let logs = kubectl(&["-n", &ns, "logs", &victim, "-c", "etcd"])?;
+                Ok(logs.stdout.contains("another copy of this member holds").then_some(()))
+            }
+        })
+        .await?;
+
+        // Deleting the cluster takes the checkpoints with it.
+        Api::<EtcdCluster>::namespaced(c.clone(), &ns)
+            .delete(NAME, &DeleteParams::default())
+            .await?;
+        wait_for("the checkpoints to be removed", Duration::from_secs(120), || {
+            let (names, ns) = (names.clone(), ns.clone());
+            async move {
+                for m in &names {
+                    if checkpoint_file(&ns, m)?.exists() {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await?;
+        // And nothing of it keeps running on the host: the kubelet has dropped the static pods
+        // (their mirror pods are gone) and no member port answers.
+        wait_for("no member left running", Duration::from_secs(120), || {
+            let endpoints = status.client_endpoints.clone();
+            let pods = Api::<Pod>::namespaced(c.clone(), &ns);
+            async move {
+                let mirrors = pods
+                    .list(&ListParams::default().labels("etcd.ouroboros.dev/checkpoint-of"))
+                    .await?;
+                if !mirrors.items.is_empty() {
+                    return Ok(None);
+                }
+                let listening = endpoints.iter().any(|u| {
+                    u.trim_start_matches("https://")
+                        .parse()
+                        .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+                });
+                Ok((!listening).then_some(()))
+            }
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
