@@ -619,6 +619,75 @@ pub mod certs {
         Ok(())
     }
 
+    /// A CA (`ca.crt`, `ca.key`) in `dir`, valid for two days.
+    pub fn make_ca(dir: &Path, cn: &str) -> anyhow::Result<()> {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-days",
+                "2",
+            ],
+        )
+    }
+
+    /// `<name>.crt` and `<name>.key` in `dir`, signed by its CA, with the X.509 extensions in `ext`
+    /// (an openssl extension file's text: subjectAltName, extendedKeyUsage).
+    pub fn make_cert(dir: &Path, name: &str, cn: &str, ext: &str) -> anyhow::Result<()> {
+        let ext_file = format!("{name}.ext");
+        std::fs::write(dir.join(&ext_file), ext)?;
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext_file,
+                "-out",
+                &crt,
+            ],
+        )
+    }
+
     /// A `kubernetes.io/tls` Secret `name` with `ca.crt` and `<cert>.crt`/`<cert>.key` from `dir`.
     pub fn tls_secret(dir: &Path, name: &str, cert: &str) -> anyhow::Result<Secret> {
         let read = |f: &str| -> anyhow::Result<ByteString> { Ok(ByteString(std::fs::read(dir.join(f))?)) };

@@ -18,7 +18,7 @@ use kube::{
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
 use ouroboros_e2e::{
     TestNamespace,
-    certs::{openssl, tls_secret},
+    certs::{make_ca, make_cert, tls_secret},
     client, env, etcd_cluster, etcd_tool, kill_container, kubectl, repo_root, wait_for,
 };
 
@@ -30,62 +30,12 @@ const BASE_PORT: u16 = 2479;
 /// One CA and one certificate for the node's address, good as server and as client: members are
 /// reached at `https://<node IP>:<port>`, so that is the name every side checks.
 fn make_certs(dir: &Path, ip: &str) -> anyhow::Result<()> {
-    openssl(
+    make_ca(dir, "e2e-self-hosted-ca")?;
+    make_cert(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=e2e-self-hosted-ca",
-            "-days",
-            "2",
-        ],
-    )?;
-    std::fs::write(
-        dir.join("member.ext"),
-        format!("subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
-    )?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "member.key",
-            "-out",
-            "member.csr",
-            "-subj",
-            "/CN=etcd-member",
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "member.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "member.ext",
-            "-out",
-            "member.crt",
-        ],
+        "member",
+        "etcd-member",
+        &format!("subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
     )
 }
 

@@ -9,7 +9,7 @@ use kube::{Api, api::PostParams};
 use ouroboros_crds::{BackupPhase, EtcdBackup, condition_types};
 use ouroboros_e2e::{
     TestNamespace, backup_finished,
-    certs::{openssl, tls_secret},
+    certs::{make_ca, make_cert, tls_secret},
     client,
     etcd_cluster::{self, converged},
     kubectl, minio_secret,
@@ -17,71 +17,18 @@ use ouroboros_e2e::{
 
 /// A CA and three certificates: peer and server (valid for every member name) and the operator's client.
 fn make_certs(dir: &Path, cluster: &str, ns: &str) -> anyhow::Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=e2e-etcd-ca",
-            "-days",
-            "2",
-        ],
-    )?;
-    let sans = format!(
+    make_ca(dir, "e2e-etcd-ca")?;
+    let member = format!(
         "subjectAltName=DNS:*.{cluster}.{ns}.svc,DNS:*.{cluster}.{ns}.svc.cluster.local,DNS:{cluster}-client.{ns}.svc,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
     );
-    std::fs::write(dir.join("member.ext"), sans)?;
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
-    for (name, cn, ext) in [
-        ("peer", "etcd-peer", "member.ext"),
-        ("server", "etcd-server", "member.ext"),
-        ("client", "ouroboros-operator", "client.ext"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                ext,
-                "-out",
-                &format!("{name}.crt"),
-            ],
-        )?;
-    }
-    Ok(())
+    make_cert(dir, "peer", "etcd-peer", &member)?;
+    make_cert(dir, "server", "etcd-server", &member)?;
+    make_cert(
+        dir,
+        "client",
+        "ouroboros-operator",
+        "extendedKeyUsage=clientAuth\n",
+    )
 }
 
 #[tokio::test]
