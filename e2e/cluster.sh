@@ -486,6 +486,14 @@ cmd_up() {
   log "cluster up in $((SECONDS - t0))s; export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 
+# SIGKILL to every container of the cluster's containerd.
+kill_all_containers() {
+  local t
+  for t in $(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+    ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+  done
+}
+
 cmd_down() {
   local t0=$SECONDS
   if running kube-apiserver && running kubelet; then
@@ -497,10 +505,7 @@ cmd_down() {
   fi
   for p in kube-proxy kubelet coredns minio kube-scheduler kube-controller-manager kube-apiserver cp-etcd; do stop "$p"; done
   if running containerd; then
-    local t
-    for t in $(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
-      ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
-    done
+    kill_all_containers
     stop containerd
   fi
   # Shims outlive containerd on purpose; ours are the ones using our socket's namespace root.
@@ -604,18 +609,16 @@ cmd_use_etcd() {
 # as a booting node starts them, the kubelet first and then the API server (static pods on a real
 # node). Nothing may ask an API server for help: after a handover its etcd runs in those containers.
 cmd_power_cycle() {
-  local t0=$SECONDS p t pids=()
-  for p in kubelet kube-apiserver kube-controller-manager kube-scheduler; do
+  local t0=$SECONDS p pids=() procs=(kubelet kube-apiserver kube-controller-manager kube-scheduler)
+  for p in "${procs[@]}"; do
     running "$p" && pids+=("$(cat "$RUN/$p.pid")")
   done
   kill -KILL "${pids[@]}" 2>/dev/null || true
-  for t in $(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
-    ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
-  done
+  kill_all_containers
   wait_for "the killed processes to be gone" 30 bash -c "for p in ${pids[*]}; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0"
   wait_for "every container to stop" 30 bash -c \
     "! ctr -a '$CONTAINERD_SOCK' -n k8s.io tasks ls 2>/dev/null | awk 'NR > 1 && \$3 == \"RUNNING\"' | grep -q ."
-  for p in kubelet kube-apiserver kube-controller-manager kube-scheduler; do rm -f "$RUN/$p.pid"; done
+  for p in "${procs[@]}"; do rm -f "$RUN/$p.pid"; done
   log "power cut: kubelet, control plane and every container killed; starting again"
   kubelet_start
   # On a real node the API server is a static pod as well, and the kubelet restarts it until its etcd

@@ -711,3 +711,42 @@ pub mod certs {
         })
     }
 }
+
+pub mod checkpoints {
+    //! The self-hosted members' static-pod checkpoints, as the checkpointer writes them into the
+    //! local cluster's kubelet static-pod directory (`ouroboros-checkpoint-<namespace>_<pod>.json`).
+
+    use std::path::PathBuf;
+
+    use anyhow::Context as _;
+
+    use crate::env;
+
+    /// Deploys `deploy/self-hosted` (the operator and the checkpointer), as self-hosted installs do.
+    pub fn deploy() -> anyhow::Result<()> {
+        let st = std::process::Command::new(crate::repo_root().join("e2e/scripts/deploy.sh"))
+            .arg("self-hosted")
+            .status()?;
+        anyhow::ensure!(st.success(), "deploy.sh self-hosted failed");
+        Ok(())
+    }
+
+    /// The checkpoint file of member pod `member` in `ns`.
+    pub fn file(ns: &str, member: &str) -> anyhow::Result<PathBuf> {
+        Ok(PathBuf::from(env("OUROBOROS_STATIC_POD_DIR")?)
+            .join(format!("ouroboros-checkpoint-{ns}_{member}.json")))
+    }
+
+    /// The member pods of `ns` that have a checkpoint file, sorted.
+    pub fn members(ns: &str) -> anyhow::Result<Vec<String>> {
+        let dir = env("OUROBOROS_STATIC_POD_DIR")?;
+        let prefix = format!("ouroboros-checkpoint-{ns}_");
+        let mut members: Vec<String> = std::fs::read_dir(&dir)
+            .with_context(|| format!("listing {dir}"))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|f| f.strip_prefix(&prefix)?.strip_suffix(".json").map(str::to_owned))
+            .collect();
+        members.sort();
+        Ok(members)
+    }
+}

@@ -27,7 +27,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
-use ouroboros_e2e::{client, env, etcd_cluster as cluster, repo_root, wait_for};
+use ouroboros_e2e::{checkpoints, client, env, etcd_cluster as cluster, repo_root, wait_for};
 
 const NS: &str = "kube-system";
 const NAME: &str = "kube-etcd";
@@ -94,10 +94,7 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
         .await?;
 
     // Self-hosted installs deploy the checkpointer too (deploy/self-hosted).
-    let st = Command::new(repo_root().join("e2e/scripts/deploy.sh"))
-        .arg("self-hosted")
-        .status()?;
-    ensure!(st.success(), "deploy.sh self-hosted failed");
+    checkpoints::deploy()?;
 
     // The installer's step: hand over, and get the endpoints for the API server.
     let t0 = std::time::Instant::now();
@@ -241,22 +238,6 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
     power_cycle_brings_everything_back(&client).await
 }
 
-/// The checkpoint files in the kubelet's static-pod directory, by member name.
-fn checkpoints() -> anyhow::Result<Vec<String>> {
-    let dir = env("OUROBOROS_STATIC_POD_DIR")?;
-    let mut members: Vec<String> = std::fs::read_dir(&dir)
-        .with_context(|| format!("listing {dir}"))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|f| {
-            f.strip_prefix(&format!("ouroboros-checkpoint-{NS}_"))?
-                .strip_suffix(".json")
-                .map(str::to_owned)
-        })
-        .collect();
-    members.sort();
-    Ok(members)
-}
-
 /// The seed scenario: the kubelet, the control plane and every container die at once and start
 /// again. The members come back from their static-pod checkpoints with their data (the same
 /// members, not replacements), and with them the API server and everything it stored.
@@ -280,7 +261,7 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
         Duration::from_secs(60),
         || {
             let members = members.clone();
-            async move { Ok((checkpoints()? == members).then_some(())) }
+            async move { Ok((checkpoints::members(NS)? == members).then_some(())) }
         },
     )
     .await?;

@@ -19,7 +19,7 @@ use ouroboros_crds::{EtcdCluster, condition_types as ct};
 use ouroboros_e2e::{
     TestNamespace,
     certs::{make_ca, make_cert, tls_secret},
-    client, env, etcd_cluster, etcd_tool, kill_container, kubectl, repo_root, wait_for,
+    checkpoints, client, env, etcd_cluster, etcd_tool, kill_container, kubectl, wait_for,
 };
 
 const NAME: &str = "sh";
@@ -118,19 +118,26 @@ fn start_boot_etcd(dir: &Path, ip: &str) -> anyhow::Result<BootEtcd> {
     Ok(BootEtcd(child))
 }
 
-fn checkpoint_file(ns: &str, member: &str) -> anyhow::Result<PathBuf> {
-    Ok(PathBuf::from(env("OUROBOROS_STATIC_POD_DIR")?)
-        .join(format!("ouroboros-checkpoint-{ns}_{member}.json")))
+/// Waits until the current instance of `pod`'s etcd container has logged `text`.
+async fn wait_for_etcd_log(
+    what: &str,
+    ns: &str,
+    pod: &str,
+    text: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_for(what, timeout, || async move {
+        let logs = kubectl(&["-n", ns, "logs", pod, "-c", "etcd"])?;
+        Ok(logs.stdout.contains(text).then_some(()))
+    })
+    .await
 }
 
 #[tokio::test]
 async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over() -> anyhow::Result<()> {
     let c = client().await?;
     // Self-hosted installs deploy the checkpointer too.
-    let st = Command::new(repo_root().join("e2e/scripts/deploy.sh"))
-        .arg("self-hosted")
-        .status()?;
-    ensure!(st.success(), "deploy.sh self-hosted failed");
+    checkpoints::deploy()?;
     TestNamespace::create(&c, "shtls").await?.run(|c, ns| async move {
         let ip = env("OUROBOROS_NODE_IP")?;
         let version = env("OUROBOROS_ETCD_VERSION")?;
@@ -199,7 +206,7 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
             async move {
                 for m in &names {
                     let copy = secrets_dir.join(format!("{ns}_{m}")).join("server-tls/tls.crt");
-                    if !checkpoint_file(&ns, m)?.exists() || std::fs::read(copy).ok() != Some(cert.clone()) {
+                    if !checkpoints::file(&ns, m)?.exists() || std::fs::read(copy).ok() != Some(cert.clone()) {
                         return Ok(None);
                     }
                 }
@@ -221,13 +228,13 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
             .context("the member pod has no node")?;
         kill_container(&c, &ns, &victim, "etcd").await?;
         let mirror = format!("{victim}-checkpoint-{node}");
-        wait_for("the checkpoint to run the member's etcd", Duration::from_secs(60), || {
-            let (ns, mirror) = (ns.clone(), mirror.clone());
-            async move {
-                let logs = kubectl(&["-n", &ns, "logs", &mirror, "-c", "etcd"])?;
-                Ok(logs.stdout.contains("holding /var/lib/etcd/member.lock").then_some(()))
-            }
-        })
+        wait_for_etcd_log(
+            "the checkpoint to run the member's etcd",
+            &ns,
+            &mirror,
+            "holding /var/lib/etcd/member.lock",
+            Duration::from_secs(60),
+        )
         .await?;
         wait_for("three healthy members over TLS", Duration::from_secs(60), || {
             let (dir, urls) = (dir.clone(), urls.clone());
@@ -239,13 +246,13 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
         .await?;
         etcdctl(&dir, &urls, &["put", "written-after-the-takeover", "yes"])?;
         // Until the kubelet restarts it, `kubectl logs` shows the killed instance.
-        wait_for("the member pod's restarted etcd to wait for the checkpoint", Duration::from_secs(120), || {
-            let (ns, victim) = (ns.clone(), victim.clone());
-            async move {
-                let logs = kubectl(&["-n", &ns, "logs", &victim, "-c", "etcd"])?;
-                Ok(logs.stdout.contains("another copy of this member holds").then_some(()))
-            }
-        })
+        wait_for_etcd_log(
+            "the member pod's restarted etcd to wait for the checkpoint",
+            &ns,
+            &victim,
+            "another copy of this member holds",
+            Duration::from_secs(120),
+        )
         .await?;
 
         // Deleting the cluster takes the checkpoints with it.
@@ -256,7 +263,7 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
             let (names, ns) = (names.clone(), ns.clone());
             async move {
                 for m in &names {
-                    if checkpoint_file(&ns, m)?.exists() {
+                    if checkpoints::file(&ns, m)?.exists() {
                         return Ok(None);
                     }
                 }

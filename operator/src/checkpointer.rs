@@ -112,11 +112,9 @@ pub struct SecretCopy {
     pub dir: PathBuf,
 }
 
-/// The static-pod copy of one member pod.
+/// The static-pod copy of one member pod (its file is [`file_name`] of the pod).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
-    /// File name in the static-pod directory.
-    pub file_name: String,
     /// The static pod.
     pub pod: Pod,
     /// Secrets to copy to the host before the file is written.
@@ -245,7 +243,6 @@ pub fn checkpoint(pod: &Pod, secrets_root: &Path) -> Result<Checkpoint, Checkpoi
         status: None,
     };
     Ok(Checkpoint {
-        file_name: file_name(pod),
         pod: static_pod,
         secrets,
     })
@@ -394,11 +391,7 @@ pub async fn sync(client: &Client, config: &Config) -> Result<Vec<Change>, Check
             }
             Change::Remove { file } => {
                 let path = config.static_pod_dir.join(file);
-                std::fs::remove_file(&path).map_err(|source| CheckpointError::File {
-                    action: "removing",
-                    path,
-                    source,
-                })?;
+                std::fs::remove_file(&path).map_err(file_error("removing", &path))?;
             }
         }
     }
@@ -420,14 +413,16 @@ async fn render(
         pod: pod_ref(pod),
         source,
     })?;
-    Ok((checkpoint.file_name, content))
+    Ok((file_name(pod), content))
+}
+
+/// Maps an I/O error on `path` to [`CheckpointError::File`].
+fn file_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CheckpointError {
+    let path = path.to_owned();
+    move |source| CheckpointError::File { action, path, source }
 }
 
 fn read_checkpoints(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, CheckpointError> {
-    let file_error = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| CheckpointError::File { action, path, source }
-    };
     std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
     let mut present = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(file_error("listing", dir))? {
@@ -446,16 +441,8 @@ fn read_checkpoints(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, CheckpointE
 fn write_atomically(dir: &Path, file: &str, content: &[u8]) -> Result<(), CheckpointError> {
     let tmp = dir.join(format!(".{file}.tmp"));
     let path = dir.join(file);
-    std::fs::write(&tmp, content).map_err(|source| CheckpointError::File {
-        action: "writing",
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, &path).map_err(|source| CheckpointError::File {
-        action: "renaming into place",
-        path,
-        source,
-    })
+    std::fs::write(&tmp, content).map_err(file_error("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(file_error("renaming into place", &path))
 }
 
 async fn copy_secret(client: &Client, namespace: &str, copy: &SecretCopy) -> Result<(), CheckpointError> {
@@ -468,10 +455,6 @@ async fn copy_secret(client: &Client, namespace: &str, copy: &SecretCopy) -> Res
             name: copy.secret.clone(),
             source,
         })?;
-    let file_error = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| CheckpointError::File { action, path, source }
-    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -493,22 +476,12 @@ fn remove_stale_secret_dirs(root: &Path, wanted: &BTreeSet<String>) -> Result<()
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(CheckpointError::File {
-                action: "listing",
-                path: root.to_owned(),
-                source,
-            });
-        }
+        Err(e) => return Err(file_error("listing", root)(e)),
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !wanted.contains(&name) {
-            std::fs::remove_dir_all(entry.path()).map_err(|source| CheckpointError::File {
-                action: "removing",
-                path: entry.path(),
-                source,
-            })?;
+            std::fs::remove_dir_all(entry.path()).map_err(file_error("removing", &entry.path()))?;
         }
     }
     Ok(())

@@ -67,7 +67,10 @@ fn volume<'a>(pod: &'a Pod, name: &str) -> Option<&'a Volume> {
 fn a_checkpoint_runs_the_same_etcd_on_the_same_host_data_without_the_api() {
     let pod = member_pod(SELF_HOSTED);
     let c = checkpoint(&pod, Path::new("/var/lib/ouroboros/checkpoint-secrets")).unwrap();
-    assert_eq!(c.file_name, "ouroboros-checkpoint-kube-system_kube-etcd-0.json");
+    assert_eq!(
+        file_name(&pod),
+        "ouroboros-checkpoint-kube-system_kube-etcd-0.json"
+    );
     assert!(c.secrets.is_empty());
     let meta = &c.pod.metadata;
     assert_eq!(meta.name.as_deref(), Some("kube-etcd-0-checkpoint"));
