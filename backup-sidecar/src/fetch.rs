@@ -101,10 +101,10 @@ impl Store {
     }
 }
 
-/// Unpacks and verifies a downloaded archive into `out_dir` (blocking: call from a blocking task).
-/// Nothing named `SNAPSHOT_ENTRY` appears in `out_dir` unless every check passed.
+/// Unpacks and verifies an archive read from `archive` into `out_dir` (blocking: call from a
+/// blocking task). Nothing named `SNAPSHOT_ENTRY` appears in `out_dir` unless every check passed.
 pub fn unpack_and_verify(
-    archive: &Path,
+    archive: impl Read,
     out_dir: &Path,
     expected_sha256: Option<&str>,
 ) -> Result<Manifest, FetchError> {
@@ -138,11 +138,15 @@ pub fn unpack_and_verify(
     Ok(manifest)
 }
 
+/// Bytes handed from the decompressing thread to the hashing and writing one at a time.
+const BLOCK: usize = 1 << 20;
+
 /// Writes the snapshot entry to `snapshot_tmp` and returns its verified trailer digest and the manifest.
-fn unpack(archive: &Path, snapshot_tmp: &Path) -> Result<(String, Manifest), FetchError> {
-    let file = std::fs::File::open(archive).map_err(io("opening", archive))?;
+fn unpack(archive: impl Read, snapshot_tmp: &Path) -> Result<(String, Manifest), FetchError> {
     // Archives are concatenated gzip members: a single-member decoder would stop after the first MiB.
-    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)));
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(
+        std::io::BufReader::with_capacity(BLOCK, archive),
+    ));
     let mut manifest: Option<Manifest> = None;
     let mut digest: Option<String> = None;
     let damaged = |e: std::io::Error| FetchError::Damaged(e.to_string());
@@ -150,21 +154,7 @@ fn unpack(archive: &Path, snapshot_tmp: &Path) -> Result<(String, Manifest), Fet
         let mut entry = entry.map_err(damaged)?;
         let path: PathBuf = entry.path().map_err(damaged)?.into_owned();
         match path.to_str() {
-            Some(SNAPSHOT_ENTRY) => {
-                let mut out = std::fs::File::create(snapshot_tmp).map_err(io("creating", snapshot_tmp))?;
-                let mut verifier = TrailerVerifier::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = entry.read(&mut buf).map_err(damaged)?;
-                    if n == 0 {
-                        break;
-                    }
-                    verifier.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(io("writing", snapshot_tmp))?;
-                }
-                out.sync_all().map_err(io("syncing", snapshot_tmp))?;
-                digest = Some(verifier.finish()?);
-            }
+            Some(SNAPSHOT_ENTRY) => digest = Some(write_verified(&mut entry, snapshot_tmp)?),
             Some(MANIFEST_ENTRY) => {
                 let mut s = String::new();
                 entry.read_to_string(&mut s).map_err(damaged)?;
@@ -181,6 +171,81 @@ fn unpack(archive: &Path, snapshot_tmp: &Path) -> Result<(String, Manifest), Fet
     let digest = digest.ok_or(FetchError::Missing(SNAPSHOT_ENTRY))?;
     let manifest = manifest.ok_or(FetchError::Missing(MANIFEST_ENTRY))?;
     Ok((digest, manifest))
+}
+
+/// Reads as many bytes as fit in `buf` (fewer only at the end).
+fn read_full(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match from.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Copies `from` into a new file at `path` and returns the database's digest once etcd's trailer
+/// matches. Hashing and writing run on a second thread, beside the decompression that `from` does,
+/// with two blocks in flight and their buffers reused.
+fn write_verified(from: &mut impl Read, path: &Path) -> Result<String, FetchError> {
+    let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let (give_back, returned) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<String, FetchError> {
+            let mut out = std::fs::File::create(path).map_err(io("creating", path))?;
+            let mut verifier = TrailerVerifier::new();
+            for block in blocks {
+                verifier.update(&block);
+                out.write_all(&block).map_err(io("writing", path))?;
+                let _ = give_back.try_send(block);
+            }
+            out.sync_all().map_err(io("syncing", path))?;
+            Ok(verifier.finish()?)
+        });
+        let read = loop {
+            let mut block = returned.try_recv().unwrap_or_default();
+            block.resize(BLOCK, 0);
+            match read_full(from, &mut block) {
+                Ok(0) => break Ok(()),
+                Ok(n) => block.truncate(n),
+                Err(e) => break Err(FetchError::Damaged(e.to_string())),
+            }
+            // A closed channel means the writer failed; its error is the one reported.
+            if to_writer.send(block).is_err() {
+                break Ok(());
+            }
+        };
+        drop(to_writer);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(FetchError::Damaged("the writing thread panicked".into())));
+        read.and(written)
+    })
+}
+
+/// A `Read` over the chunks a download sends; a download error reads as an error, never as the end
+/// of the archive, so a cut-off download cannot pass for a short but complete one.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Where an archive is, as its location URL says (`s3://bucket/key` or `file:///dir/archive`).
@@ -232,6 +297,7 @@ impl std::str::FromStr for Location {
 }
 
 /// Downloads `name` from `store` and leaves a verified `snapshot.db` and `manifest.json` in `out_dir`.
+/// The archive is unpacked as it arrives, with no copy of it on disk.
 pub async fn fetch(
     store: &Store,
     name: &str,
@@ -241,28 +307,141 @@ pub async fn fetch(
     tokio::fs::create_dir_all(out_dir)
         .await
         .map_err(io("creating", out_dir))?;
-    let archive = out_dir.join(".archive.tar.gz.partial");
-    let result = match store.download(name, &archive).await {
-        Ok(_) => {
-            let (a, o, e) = (
-                archive.clone(),
-                out_dir.to_path_buf(),
-                expected_sha256.map(str::to_owned),
-            );
-            tokio::task::spawn_blocking(move || unpack_and_verify(&a, &o, e.as_deref()))
-                .await
-                .map_err(|e| FetchError::Damaged(format!("the unpacking task failed: {e}")))?
-        }
-        Err(e) => Err(e),
+    let (out, expected) = (out_dir.to_path_buf(), expected_sha256.map(str::to_owned));
+    let joined = |r: Result<Result<Manifest, FetchError>, tokio::task::JoinError>| {
+        r.map_err(|e| FetchError::Damaged(format!("the unpacking task failed: {e}")))?
     };
-    let _ = tokio::fs::remove_file(&archive).await;
-    result
+    match store {
+        Store::Dir(dir) => {
+            let from = dir.join(name);
+            let file = std::fs::File::open(&from).map_err(|source| {
+                FetchError::Store(StoreError::Io {
+                    action: "opening",
+                    path: from.display().to_string(),
+                    source,
+                })
+            })?;
+            joined(
+                tokio::task::spawn_blocking(move || unpack_and_verify(file, &out, expected.as_deref())).await,
+            )
+        }
+        Store::S3 { client, config } => {
+            let key = format!("{}{name}", config.prefix);
+            let got = client
+                .get_object()
+                .bucket(&config.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| crate::store::sdk_error("get", &config.bucket, &key, e))?;
+            let (chunks, rx) = tokio::sync::mpsc::channel(16);
+            let unpacker = tokio::task::spawn_blocking(move || {
+                let reader = ChunkReader {
+                    chunks: rx,
+                    current: bytes::Bytes::new(),
+                };
+                unpack_and_verify(reader, &out, expected.as_deref())
+            });
+            let mut body: ByteStream = got.body;
+            let downloaded = loop {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => {
+                        // A closed channel means the unpacker stopped; its error is the one reported.
+                        if chunks.send(Ok(chunk)).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => {
+                        let _ = chunks.send(Err(e.to_string())).await;
+                        break Err(FetchError::Store(StoreError::S3 {
+                            action: "get",
+                            bucket: config.bucket.clone(),
+                            key: key.clone(),
+                            message: e.to_string(),
+                        }));
+                    }
+                }
+            };
+            drop(chunks);
+            let unpacked = joined(unpacker.await);
+            downloaded?;
+            unpacked
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A complete archive of a `len`-byte database, as the pipeline writes it.
+    fn archive(len: usize) -> (Vec<u8>, String) {
+        use sha2::{Digest, Sha256};
+        let db: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let digest = hex::encode(Sha256::digest(&db));
+        let mut snapshot = db;
+        snapshot.extend_from_slice(&Sha256::digest(&snapshot));
+        let manifest = Manifest {
+            format_version: crate::archive::FORMAT_VERSION,
+            sha256: digest.clone(),
+            raw_size: snapshot.len() as u64,
+            ..Manifest::default()
+        };
+        let gz = crate::archive::ParallelGzWriter::new(Vec::new(), 1, 2);
+        let mut tar = crate::archive::TarStream::start(gz, snapshot.len() as u64, 0).unwrap();
+        tar.snapshot_bytes(&snapshot).unwrap();
+        let json = serde_json::to_vec(&manifest).unwrap();
+        (tar.finish(&json, 0).unwrap().finish().unwrap(), digest)
+    }
+
+    fn chunks(parts: Vec<Result<bytes::Bytes, String>>) -> ChunkReader {
+        let (tx, rx) = tokio::sync::mpsc::channel(parts.len().max(1));
+        for p in parts {
+            tx.try_send(p).unwrap();
+        }
+        ChunkReader {
+            chunks: rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+
+    fn out_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ouroboros-fetch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_archive_arriving_in_pieces_verifies_and_a_cut_off_download_leaves_nothing() {
+        let (bytes, digest) = archive(3 * (1 << 20) + 4321);
+        let pieces = |upto: usize| {
+            bytes[..upto]
+                .chunks(64 << 10)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>()
+        };
+        let dir = out_dir("whole");
+        let m = unpack_and_verify(chunks(pieces(bytes.len())), &dir, Some(&digest)).unwrap();
+        assert_eq!(m.sha256, digest);
+        assert!(dir.join(SNAPSHOT_ENTRY).exists());
+
+        // The store fails half-way: an error, never a short archive taken for a whole one.
+        let mut cut = pieces(bytes.len() / 2);
+        cut.push(Err("connection reset".into()));
+        let dir = out_dir("cut");
+        let err = unpack_and_verify(chunks(cut), &dir, None).unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "something was left");
+
+        // The stream simply ends early.
+        let dir = out_dir("short");
+        let err = unpack_and_verify(chunks(pieces(bytes.len() - 100)), &dir, None).unwrap_err();
+        assert!(matches!(err, FetchError::Damaged(_)), "{err}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "something was left");
+    }
 
     #[test]
     fn locations_parse_as_status_writes_them() {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a backup contains, written into the archive and (with the compressed size) beside it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     /// Manifest format version.

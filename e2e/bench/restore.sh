@@ -51,6 +51,12 @@ EOF
   "${K[@]}" apply -f - >/dev/null
 wait_jsonpath etcd/rb '{.status.phase}' Running 180
 ip=$("${K[@]}" get svc rb-client -o jsonpath='{.spec.clusterIP}')
+# Running is the operator's view; the Service's endpoints and kube-proxy's rules may follow later.
+deadline=$((SECONDS + 60))
+until "$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "$ip:2379" endpoint health >/dev/null 2>&1; do
+  [ $SECONDS -lt $deadline ] || { log "rb-client ($ip) does not answer"; exit 1; }
+  sleep 0.5
+done
 log "filling rb with $MIB MiB"
 "$BIN/etcd-fill" "http://$ip:2379" "$MIB"
 printf 'apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: b}\nspec: {clusterName: rb}\n' | "${K[@]}" apply -f - >/dev/null
@@ -90,12 +96,37 @@ t0=$(now_ms)
 "${K[@]}" apply -f "$WORK/restore.yaml" >/dev/null
 wait_jsonpath etcdrestore/r '{.status.phase}' Restoring 900
 t_verified=$(now_ms)
+"${K[@]}" get pods -l job-name -o json > "$WORK/fetch-pods.json"
 wait_jsonpath etcdrestore/r '{.status.phase}' Growing 900
 t_seed=$(now_ms)
+"${K[@]}" get pods -l etcd.ouroboros.dev/cluster=rb -o json > "$WORK/seed-pods.json"
 wait_jsonpath etcdrestore/r '{.status.phase}' Succeeded 1800
 t_done=$(now_ms)
 seed=$((t_seed - t0)); done_=$((t_done - t0))
 log "operator: verified $((t_verified - t0)) ms, seed answering ${seed} ms, 3 voters ${done_} ms"
+
+# Where the operator's time went: each pod's own timestamps (seconds, relative to the EtcdRestore's
+# creation), so a change to one step shows up in the step.
+created=$("${K[@]}" get etcdrestore r -o jsonpath='{.metadata.creationTimestamp}')
+python3 - "$created" "$WORK/fetch-pods.json" "$WORK/seed-pods.json" <<'PY' >&2
+import json, sys
+from datetime import datetime
+def t(s): return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+t0 = t(sys.argv[1])
+for f in sys.argv[2:]:
+    for p in json.load(open(f))["items"]:
+        st = p.get("status", {})
+        marks = [("created", p["metadata"]["creationTimestamp"])]
+        marks += [(c["type"], c["lastTransitionTime"]) for c in st.get("conditions", []) if c["status"] == "True"]
+        for kind in ("initContainerStatuses", "containerStatuses"):
+            for c in st.get(kind, []):
+                for state in ("running", "terminated"):
+                    s = c.get("state", {}).get(state) or c.get("lastState", {}).get(state) or {}
+                    if "startedAt" in s: marks.append((c["name"] + " started", s["startedAt"]))
+                    if "finishedAt" in s: marks.append((c["name"] + " finished", s["finishedAt"]))
+        marks.sort(key=lambda m: t(m[1]))
+        print(p["metadata"]["name"] + ": " + ", ".join(f"{n} {t(v) - t0:.0f}s" for n, v in marks))
+PY
 
 ratio() { awk "BEGIN {printf \"%.2f\", $1/$2}"; }
 echo

@@ -404,55 +404,81 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         failpoints::hit("restore-after-fetch-job");
         return Ok(Action::requeue(POLL));
     };
-    let st = job.status.unwrap_or_default();
-    if st.succeeded.unwrap_or(0) > 0 {
-        // The fetch leaves the verified manifest as its termination message: the revision of an
-        // archive no EtcdBackup describes.
-        let manifest = fetch_message(ctx, &ns, &job_name)
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+        .await
+        .map_err(kube_err("listing the fetch Job's pods"))?;
+    match fetch_outcome(&job.status.unwrap_or_default(), &pods.items) {
+        FetchOutcome::Running => Ok(Action::requeue(POLL)),
+        FetchOutcome::Verified(message) => {
+            // The fetch leaves the verified manifest as its termination message: the revision of an
+            // archive no EtcdBackup describes.
+            let manifest =
+                message.and_then(|m| serde_json::from_str::<ouroboros_crds::sidecar::Manifest>(&m).ok());
+            let status = EtcdRestoreStatus {
+                restored_revision: status
+                    .restored_revision
+                    .or_else(|| manifest.and_then(|m| i64::try_from(m.revision).ok())),
+                ..status
+            };
+            let reason = format!(
+                "{} verified; restoring a new seed member from it",
+                chosen.location
+            );
+            advance(ctx, r, status, RestorePhase::Restoring, reason).await
+        }
+        FetchOutcome::Refused(message) => {
+            let why = message.unwrap_or_else(|| format!("Job {job_name} failed"));
+            advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!("the archive did not verify: {why}; the cluster was not touched"),
+            )
             .await
-            .and_then(|m| serde_json::from_str::<ouroboros_crds::sidecar::Manifest>(&m).ok());
-        let status = EtcdRestoreStatus {
-            restored_revision: status
-                .restored_revision
-                .or_else(|| manifest.and_then(|m| i64::try_from(m.revision).ok())),
-            ..status
-        };
-        let reason = format!(
-            "{} verified; restoring a new seed member from it",
-            chosen.location
-        );
-        return advance(ctx, r, status, RestorePhase::Restoring, reason).await;
+        }
     }
-    if st.failed.unwrap_or(0) > 0 {
-        let why = fetch_message(ctx, &ns, &job_name)
-            .await
-            .unwrap_or_else(|| format!("Job {job_name} failed"));
-        return advance(
-            ctx,
-            r,
-            status,
-            RestorePhase::Failed,
-            format!("the archive did not verify: {why}; the cluster was not touched"),
-        )
-        .await;
-    }
-    Ok(Action::requeue(POLL))
 }
 
-/// The fetch container's termination message: the verified manifest, or why it refused the archive.
-async fn fetch_message(ctx: &Context, ns: &str, job: &str) -> Option<String> {
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
-        .await;
-    pods.ok()
-        .into_iter()
-        .flat_map(|l| l.items)
-        .filter_map(|p| p.status?.container_statuses)
-        .flatten()
-        .filter_map(|c| c.state?.terminated?.message)
-        .find(|m| !m.trim().is_empty())
-        .map(|m| m.trim().to_owned())
+/// Where the fetch Job is. The Job's own status lags its pod's by a second or more (the Job
+/// controller batches pod updates), and someone is waiting for this restore, so a fetch container
+/// that has exited decides first; the Job's status covers a pod that is already gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Still downloading and verifying.
+    Running,
+    /// The archive verified; the termination message (the manifest), when there is one.
+    Verified(Option<String>),
+    /// The archive was refused; the termination message says why.
+    Refused(Option<String>),
 }
+
+/// Decides [`FetchOutcome`] from the Job's status and its pods (there is one: `backoffLimit` is 0).
+pub fn fetch_outcome(job: &k8s_openapi::api::batch::v1::JobStatus, pods: &[Pod]) -> FetchOutcome {
+    let exited = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|c| c.name == FETCH_CONTAINER)
+        .find_map(|c| c.state.as_ref()?.terminated.clone());
+    let message = exited
+        .as_ref()
+        .and_then(|t| t.message.as_deref())
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
+    match exited {
+        Some(t) if t.exit_code == 0 => FetchOutcome::Verified(message),
+        Some(_) => FetchOutcome::Refused(message),
+        None if job.succeeded.unwrap_or(0) > 0 => FetchOutcome::Verified(None),
+        None if job.failed.unwrap_or(0) > 0 => FetchOutcome::Refused(None),
+        None => FetchOutcome::Running,
+    }
+}
+
+/// The fetch Job's container.
+const FETCH_CONTAINER: &str = "fetch";
 
 async fn create_fetch(
     ctx: &Context,
@@ -544,7 +570,7 @@ async fn create_fetch(
             "template": {"spec": {
                 "restartPolicy": "Never",
                 "containers": [{
-                    "name": "fetch", "image": ctx.config.backup_sidecar_image, "imagePullPolicy": "IfNotPresent",
+                    "name": FETCH_CONTAINER, "image": ctx.config.backup_sidecar_image, "imagePullPolicy": "IfNotPresent",
                     "args": args, "env": env, "volumeMounts": mounts,
                     "terminationMessagePolicy": "FallbackToLogsOnError"
                 }],
@@ -903,6 +929,48 @@ mod tests {
                 "2026-11-21T07:00:00Z",
             ),
         ]
+    }
+
+    fn fetch_pod(state: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "r-fetch-x"},
+            "status": {"containerStatuses": [{"name": "fetch", "image": "i", "imageID": "", "ready": false,
+                                              "restartCount": 0, "state": state}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_fetch_containers_exit_decides_before_the_job_status_catches_up() {
+        use k8s_openapi::api::batch::v1::JobStatus;
+        let idle = JobStatus::default();
+        let running = fetch_pod(json!({"running": {}}));
+        assert_eq!(fetch_outcome(&idle, &[]), FetchOutcome::Running);
+        assert_eq!(fetch_outcome(&idle, &[running]), FetchOutcome::Running);
+        let ok = fetch_pod(json!({"terminated": {"exitCode": 0, "message": " {\"revision\": 7}\n"}}));
+        assert_eq!(
+            fetch_outcome(&idle, &[ok]),
+            FetchOutcome::Verified(Some(r#"{"revision": 7}"#.into()))
+        );
+        let refused = fetch_pod(json!({"terminated": {"exitCode": 1, "message": "sha256 mismatch"}}));
+        assert_eq!(
+            fetch_outcome(&idle, &[refused]),
+            FetchOutcome::Refused(Some("sha256 mismatch".into()))
+        );
+        // A crash leaves no message; the exit code still refuses.
+        let crashed = fetch_pod(json!({"terminated": {"exitCode": 137, "message": "  "}}));
+        assert_eq!(fetch_outcome(&idle, &[crashed]), FetchOutcome::Refused(None));
+        // The pod is gone (garbage-collected): the Job's status decides.
+        let succeeded = JobStatus {
+            succeeded: Some(1),
+            ..JobStatus::default()
+        };
+        let failed = JobStatus {
+            failed: Some(1),
+            ..JobStatus::default()
+        };
+        assert_eq!(fetch_outcome(&succeeded, &[]), FetchOutcome::Verified(None));
+        assert_eq!(fetch_outcome(&failed, &[]), FetchOutcome::Refused(None));
     }
 
     #[test]
