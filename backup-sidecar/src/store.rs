@@ -213,6 +213,7 @@ impl Store {
                     upload_id,
                     parts: Vec::new(),
                     buf: Vec::with_capacity(PART_BUFFER),
+                    in_flight: None,
                 })
             }
         }
@@ -430,11 +431,39 @@ pub enum Upload {
         parts: Vec<CompletedPart>,
         /// Bytes not yet sent.
         buf: Vec<u8>,
+        /// The part being sent while `buf` fills, so compression does not wait for the store.
+        in_flight: Option<tokio::task::JoinHandle<Result<CompletedPart, StoreError>>>,
     },
 }
 
 impl Upload {
+    /// Waits for the part in flight, if any, and records it.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        let Upload::S3 {
+            parts,
+            in_flight,
+            key,
+            bucket,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        if let Some(task) = in_flight.take() {
+            let part = task.await.map_err(|e| StoreError::S3 {
+                action: "upload part",
+                bucket: bucket.clone(),
+                key: key.clone(),
+                message: format!("the upload task failed: {e}"),
+            })??;
+            parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Starts sending `buf` as the next part, after the previous one is done: one part in flight.
     async fn send_part(&mut self) -> Result<(), StoreError> {
+        self.settle().await?;
         let Upload::S3 {
             client,
             bucket,
@@ -442,6 +471,7 @@ impl Upload {
             upload_id,
             parts,
             buf,
+            in_flight,
             ..
         } = self
         else {
@@ -449,7 +479,7 @@ impl Upload {
         };
         let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
         let body = std::mem::replace(buf, Vec::with_capacity(PART_BUFFER));
-        let out = client
+        let request = client
             .upload_part()
             .bucket(bucket.as_str())
             .key(key.as_str())
@@ -460,16 +490,18 @@ impl Upload {
             // every part (and TLS, where the endpoint uses it), and a second sha256 pass over every
             // byte on a 2-core node costs more than the snapshot itself (docs/benchmarks.md).
             .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| sdk_error("upload part", bucket, key, e))?;
-        parts.push(
-            CompletedPart::builder()
+            .disable_payload_signing();
+        let (bucket, key) = (bucket.clone(), key.clone());
+        *in_flight = Some(tokio::spawn(async move {
+            let out = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("upload part", &bucket, &key, e))?;
+            Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_owned))
-                .build(),
-        );
+                .build())
+        }));
         Ok(())
     }
 
@@ -493,11 +525,17 @@ impl Upload {
 
     /// Makes the archive visible under its final name.
     pub async fn complete(mut self) -> Result<(), StoreError> {
-        if let Upload::S3 { buf, parts, .. } = &self
-            && (!buf.is_empty() || parts.is_empty())
+        if let Upload::S3 {
+            buf,
+            parts,
+            in_flight,
+            ..
+        } = &self
+            && (!buf.is_empty() || (parts.is_empty() && in_flight.is_none()))
         {
             self.send_part().await?;
         }
+        self.settle().await?;
         match self {
             Upload::Dir { file, tmp, dest } => {
                 let io = |action: &'static str, p: &PathBuf| {
@@ -545,8 +583,13 @@ impl Upload {
                 marker,
                 key,
                 upload_id,
+                in_flight,
                 ..
             } => {
+                if let Some(task) = in_flight {
+                    task.abort();
+                    let _ = task.await;
+                }
                 delete_marker(&client, &bucket, &marker).await;
                 if let Err(e) = client
                     .abort_multipart_upload()

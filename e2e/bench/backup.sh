@@ -9,14 +9,23 @@
 source "$(dirname "$0")/../scripts/lib.sh"
 source <("$REPO_ROOT/e2e/cluster.sh" env)
 SIZES=${SIZES:-"256 1024"}
+# The sidecar's malloc settings in member pods (operator/src/controllers/cluster/resources.rs).
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4194304}
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d /var/tmp/ouroboros-bench-backup.XXXXXX)
 ETCD_PORT=32379 SIDECAR=127.0.0.1:18090
 BUCKET=$OUROBOROS_S3_BUCKET
 now_ms() { date +%s%3N; }
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+  s3_delete_prefix bench/ || true
+}
 trap cleanup EXIT
+# A killed benchmark cleans up too: bash runs no EXIT trap on a signal it does not trap.
+trap "exit 130" INT TERM
 
 put_s3() { # FILE KEY
   curl -sf --aws-sigv4 aws:amz:us-east-1:s3 --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \

@@ -18,12 +18,18 @@ K=(kubectl -n "$NS")
 now_ms() { date +%s%3N; }
 etcd_pid=
 cleanup() {
-  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null
-  wait 2>/dev/null
+  # set -e holds in a trap too: a failed kill here would skip the rest.
+  if [ -n "$etcd_pid" ]; then kill "$etcd_pid" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
   rm -rf "$WORK"
-  kubectl delete ns "$NS" --wait=false >/dev/null 2>&1 || true
+  # Its claims' data (local PVs are retained) and the archives are gigabytes each.
+  kubectl delete ns "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
+  "$REPO_ROOT/e2e/cluster.sh" pv-gc || true
+  s3_delete_prefix bench-restore/ || true
 }
 trap cleanup EXIT
+# A killed benchmark cleans up too: bash runs no EXIT trap on a signal it does not trap.
+trap "exit 130" INT TERM
 
 wait_jsonpath() { # KIND/NAME JSONPATH WANT SECONDS
   local deadline=$((SECONDS + $4))
@@ -108,6 +114,18 @@ log "operator: verified $((t_verified - t0)) ms, seed answering ${seed} ms, 3 vo
 # Where the operator's time went: each pod's own timestamps (seconds, relative to the EtcdRestore's
 # creation), so a change to one step shows up in the step.
 created=$("${K[@]}" get etcdrestore r -o jsonpath='{.metadata.creationTimestamp}')
+"${K[@]}" get events.events.k8s.io -o json > "$WORK/events.json"
+python3 - "$created" "$WORK/events.json" <<'PY' >&2
+import json, sys
+from datetime import datetime
+def t(s): return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+t0 = t(sys.argv[1])
+marks = [(t(e["eventTime"]), e["regarding"]["kind"], e["reason"], e.get("note", ""))
+         for e in json.load(open(sys.argv[2]))["items"]
+         if e.get("eventTime") and e["regarding"]["kind"] in ("EtcdCluster", "EtcdRestore")]
+for at, kind, reason, note in sorted(marks):
+    if at >= t0: print(f"{at - t0:6.1f}s {kind} {reason}: {note[:90]}")
+PY
 python3 - "$created" "$WORK/fetch-pods.json" "$WORK/seed-pods.json" <<'PY' >&2
 import json, sys
 from datetime import datetime

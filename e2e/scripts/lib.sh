@@ -33,3 +33,18 @@ with_lock() {
   "$@"
   flock -u "$fd"
 }
+
+# s3_delete_prefix PREFIX: deletes every object under PREFIX in the local MinIO's bucket, so a
+# benchmark's gigabytes do not stay on the node's disk (the kubelet evicts pods below 1 % free).
+# Needs the environment of `e2e/cluster.sh env`.
+s3_delete_prefix() {
+  local url="$OUROBOROS_S3_ENDPOINT/$OUROBOROS_S3_BUCKET" key
+  local auth=(--aws-sigv4 aws:amz:us-east-1:s3 --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
+  for key in $(curl -sf "${auth[@]}" "$url?list-type=2&prefix=${1//\//%2F}" | python3 -c '
+import sys, xml.etree.ElementTree as ET
+ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
+for k in ET.parse(sys.stdin).getroot().findall("s3:Contents/s3:Key", ns):
+    print(k.text)'); do
+    curl -sf -X DELETE "${auth[@]}" "$url/$key" >/dev/null || true
+  done
+}

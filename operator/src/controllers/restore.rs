@@ -277,7 +277,9 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
         .get_opt(&r.spec.cluster_name)
         .await
         .map_err(kube_err("reading the EtcdCluster"))?;
-    if cluster.is_none() {
+    let cluster = if let Some(existing) = cluster {
+        existing
+    } else {
         let Some(template) = &r.spec.cluster_template else {
             return advance(
                 ctx,
@@ -334,9 +336,10 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
             None,
         )
         .await;
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    if cluster.as_ref().is_some_and(|c| c.spec.self_hosted.is_some()) {
+        // Nothing this restore watches changes when the cluster appears: it goes on at once.
+        new
+    };
+    if cluster.spec.self_hosted.is_some() {
         let why = "restoring a self-hosted cluster in place is not supported: its members run on the host \
                    network and the API server stores its data in them; follow the self-hosted runbook \
                    (docs/self-hosted.md), which restores with a temporary API server; the cluster was not touched";

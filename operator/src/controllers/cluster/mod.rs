@@ -395,8 +395,11 @@ fn requeue_secs(step: &decide::Step) -> Duration {
         Step::Converged | Step::Paused => 30,
         Step::NoQuorum { .. } | Step::BootInvalid { .. } => 10,
         Step::WaitForBoot { .. } => 5,
-        Step::WaitForMembers { .. } | Step::WaitForLearner { .. } => 2,
-        Step::CreateSeed { .. }
+        Step::WaitForMembers { .. } => 2,
+        // A caught-up learner is promoted at the next look, and the next member waits for that
+        // promotion: each second of polling slack is paid once per member grown.
+        Step::WaitForLearner { .. }
+        | Step::CreateSeed { .. }
         | Step::DeleteOrphanPod { .. }
         | Step::CreateMemberPod { .. }
         | Step::RemoveMember { .. }

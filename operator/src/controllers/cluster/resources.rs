@@ -649,9 +649,13 @@ fn build_member_pod(
                     "imagePullPolicy": "IfNotPresent",
                     "args": sidecar_args,
                     // glibc gives each compression thread its own malloc arena, which keeps freed
-                    // chunks; two arenas hold the sidecar's peak memory down (measured: see
-                    // docs/benchmarks.md).
-                    "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}],
+                    // chunks, and after the first S3 part buffer is freed it raises its mmap
+                    // threshold so later part buffers come from (and stay in) the heap. Two arenas
+                    // and a fixed 4 MiB threshold (10 MiB part buffers are mapped and unmapped, 1 MiB
+                    // chunks are reused from the heap) hold the sidecar's peak memory down
+                    // (measured: see docs/benchmarks.md; e2e/bench/backup.sh sets the same).
+                    "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"},
+                            {"name": "MALLOC_MMAP_THRESHOLD_", "value": "4194304"}],
                     "ports": [{"name": "sidecar", "containerPort": ports.sidecar}],
                     "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
                     "volumeMounts": sidecar_mounts
