@@ -73,7 +73,7 @@ fn looks_incompressible(input: &[u8]) -> bool {
 fn compress(input: &[u8], output: Vec<u8>, level: Compression) -> io::Result<Vec<u8>> {
     let mut output = output;
     output.clear();
-    let level = if looks_incompressible(input) {
+    let level = if level == Compression::none() || looks_incompressible(input) {
         Compression::none()
     } else {
         level
@@ -111,9 +111,9 @@ fn pair() -> (Vec<u8>, Vec<u8>) {
 }
 
 impl<W: Write> ParallelGzWriter<W> {
-    /// A writer compressing at `level` (1–9) on `workers` threads.
+    /// A writer compressing at `level` (0, stored, to 9) on `workers` threads.
     pub fn new(inner: W, level: u32, workers: usize) -> Self {
-        let level = Compression::new(level.clamp(1, 9));
+        let level = Compression::new(level.min(9));
         Self {
             inner,
             buf: Vec::with_capacity(CHUNK),
@@ -287,6 +287,9 @@ mod tests {
         assert!(!looks_incompressible(&text));
         let stored = compress(&random, Vec::new(), Compression::fast()).unwrap();
         assert!(stored.len() > random.len() && stored.len() < random.len() + random.len() / 100);
+        // Level 0 stores even what would compress.
+        let kept = compress(&text, Vec::new(), Compression::none()).unwrap();
+        assert!(kept.len() > text.len(), "{} of {}", kept.len(), text.len());
         let packed = compress(&text, Vec::new(), Compression::fast()).unwrap();
         assert!(
             packed.len() < text.len() / 4,
@@ -294,7 +297,7 @@ mod tests {
             packed.len(),
             text.len()
         );
-        for (member, original) in [(stored, &random), (packed, &text)] {
+        for (member, original) in [(stored, &random), (kept, &text), (packed, &text)] {
             let mut out = Vec::new();
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&member[..]), &mut out).unwrap();
             assert_eq!(&out, original);

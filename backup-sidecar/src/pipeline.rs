@@ -23,7 +23,7 @@ pub struct Request {
     pub cluster_name: String,
     /// The member (pod) the snapshot comes from.
     pub member: String,
-    /// gzip level 1–9.
+    /// gzip level, 0 (stored) to 9.
     pub compression_level: u32,
     /// Compression threads.
     pub workers: usize,

@@ -216,9 +216,10 @@ pub struct BackupPolicy {
     /// Which stored backups to keep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionPolicy>,
-    /// gzip level, 1 (fastest, the default) to 9 (smallest).
+    /// gzip level, 1 (fastest, the default) to 9 (smallest); 0 stores the snapshot uncompressed (still
+    /// a .tar.gz that `tar xzf` reads), for nodes short of CPU or data that does not compress.
     #[serde(default = "default_compression_level")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 9").message("compressionLevel must be between 1 and 9"))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 9").message("compressionLevel must be between 0 and 9"))]
     pub compression_level: i32,
 }
 

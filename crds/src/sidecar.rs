@@ -75,7 +75,7 @@ pub struct Job {
     pub member: String,
     /// Destination.
     pub destination: JobDestination,
-    /// gzip level 1–9.
+    /// gzip level 0 (stored) to 9.
     pub compression_level: u32,
 }
 
