@@ -10,7 +10,6 @@ use std::{
 };
 
 use aws_sdk_s3::primitives::ByteStream;
-use tokio::io::AsyncWriteExt;
 
 use crate::{
     archive::{MANIFEST_ENTRY, Manifest, SNAPSHOT_ENTRY},
@@ -52,53 +51,6 @@ pub enum FetchError {
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
     let path = path.display().to_string();
     move |source| FetchError::Io { action, path, source }
-}
-
-impl Store {
-    /// Downloads `name` into the local file `to`.
-    pub async fn download(&self, name: &str, to: &Path) -> Result<u64, FetchError> {
-        let mut file = tokio::fs::File::create(to).await.map_err(io("creating", to))?;
-        let mut total = 0u64;
-        match self {
-            Store::Dir(dir) => {
-                let from = dir.join(name);
-                let mut src = tokio::fs::File::open(&from).await.map_err(|source| {
-                    FetchError::Store(StoreError::Io {
-                        action: "opening",
-                        path: from.display().to_string(),
-                        source,
-                    })
-                })?;
-                total = tokio::io::copy(&mut src, &mut file)
-                    .await
-                    .map_err(io("copying to", to))?;
-            }
-            Store::S3 { client, config } => {
-                let key = format!("{}{name}", config.prefix);
-                let out = client
-                    .get_object()
-                    .bucket(&config.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                    .map_err(|e| crate::store::sdk_error("get", &config.bucket, &key, e))?;
-                let mut body: ByteStream = out.body;
-                while let Some(chunk) = body.try_next().await.map_err(|e| {
-                    FetchError::Store(StoreError::S3 {
-                        action: "get",
-                        bucket: config.bucket.clone(),
-                        key: key.clone(),
-                        message: e.to_string(),
-                    })
-                })? {
-                    total += chunk.len() as u64;
-                    file.write_all(&chunk).await.map_err(io("writing", to))?;
-                }
-            }
-        }
-        file.sync_all().await.map_err(io("syncing", to))?;
-        Ok(total)
-    }
 }
 
 /// Unpacks and verifies an archive read from `archive` into `out_dir` (blocking: call from a
@@ -354,12 +306,12 @@ pub async fn fetch(
                     Ok(None) => break Ok(()),
                     Err(e) => {
                         let _ = chunks.send(Err(e.to_string())).await;
-                        break Err(FetchError::Store(StoreError::S3 {
-                            action: "get",
-                            bucket: config.bucket.clone(),
-                            key: key.clone(),
-                            message: e.to_string(),
-                        }));
+                        break Err(FetchError::Store(crate::store::s3_error(
+                            "get",
+                            &config.bucket,
+                            &key,
+                            e,
+                        )));
                     }
                 }
             };

@@ -92,7 +92,12 @@ pub enum Store {
     },
 }
 
-fn s3_error<E: std::fmt::Display>(action: &'static str, bucket: &str, key: &str, e: E) -> StoreError {
+pub(crate) fn s3_error<E: std::fmt::Display>(
+    action: &'static str,
+    bucket: &str,
+    key: &str,
+    e: E,
+) -> StoreError {
     StoreError::S3 {
         action,
         bucket: bucket.to_owned(),
@@ -450,11 +455,8 @@ impl Upload {
             return Ok(());
         };
         if let Some(task) = in_flight.take() {
-            let part = task.await.map_err(|e| StoreError::S3 {
-                action: "upload part",
-                bucket: bucket.clone(),
-                key: key.clone(),
-                message: format!("the upload task failed: {e}"),
+            let part = task.await.map_err(|e| {
+                s3_error("upload part", bucket, key, format!("the upload task failed: {e}"))
             })??;
             parts.push(part);
         }

@@ -393,11 +393,19 @@ async fn fetch_verifies_before_anything_is_usable() {
     // Damaged copies in a directory store: truncated, a flipped byte in the compressed stream, and a
     // well-formed archive whose snapshot was altered (only etcd's trailer can tell).
     let dir = temp_dir("damaged");
-    let bytes = {
-        let path = temp_dir("dl").join("a.tar.gz");
-        store.download(&archive, &path).await.unwrap();
-        std::fs::read(&path).unwrap()
-    };
+    let bytes = s3
+        .get_object()
+        .bucket("backups")
+        .key(format!("ns/cluster/{archive}"))
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec();
     std::fs::write(dir.join("truncated.tar.gz"), &bytes[..bytes.len() / 2]).unwrap();
     let mut flipped = bytes.clone();
     let mid = flipped.len() / 2;
