@@ -43,6 +43,7 @@ for i in 1 2; do
   until out=$("$BIN/etcdctl" --endpoints "$(client 0)" member add "m$i" --learner --peer-urls "$(peer "$i")" 2>/dev/null); do
     sleep 0.1
   done
+  t_added=$(now_ms)
   id=$(printf '%s\n' "$out" | awk '/^Member/ {print $2}')
   cluster="$cluster,m$i=$(peer "$i")"
   start "$i" "$cluster" existing
@@ -50,6 +51,10 @@ for i in 1 2; do
   while :; do
     lead=$(applied 0) mine=$(applied "$i")
     [ -n "$mine" ] && [ "$mine" -ge "$lead" ] && break
+    # etcd 3.6 does not count a received snapshot as applied: on an idle cluster the learner then
+    # refuses its own publish ("too many requests") until it applies one more entry. An alarm list
+    # is a raft entry that changes nothing; the operator proposes the same while it waits.
+    "$BIN/etcdctl" --endpoints "$(client 0)" alarm list >/dev/null 2>&1 || true
     if [ $SECONDS -ge $deadline ]; then
       log "learner m$i did not catch up in 60 s; its log and the leader's:"
       tail -n 20 "$WORK/m$i.log" "$WORK/m0.log" >&2
@@ -61,6 +66,6 @@ for i in 1 2; do
   until "$BIN/etcdctl" --endpoints "$(client 0)" member promote "$id" >/dev/null 2>&1; do sleep 0.05; done
   t1=$(now_ms)
   total=$((total + t1 - t0))
-  log "learner m$i: caught up $((t_caught - t0)) ms after member add, voter $((t1 - t0)) ms"
+  log "learner m$i: added after $((t_added - t0)) ms, caught up after $((t_caught - t0)) ms, voter after $((t1 - t0)) ms"
 done
 log "1 -> 3 voters with $MIB MiB: $total ms"

@@ -4,7 +4,9 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
+use etcd_client::{
+    AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions,
+};
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
@@ -178,6 +180,9 @@ pub trait EtcdOps: Send + Sync {
         leader_endpoint: &'a Endpoint,
         to: u64,
     ) -> BoxFuture<'a, Result<(), EtcdError>>;
+    /// Appends one raft entry that changes nothing (an alarm list goes through raft), so every
+    /// member applies one more entry.
+    fn propose_noop<'a>(&'a self, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<(), EtcdError>>;
 }
 
 /// etcd-client connections, one per endpoint, made on first use and dropped when they fail.
@@ -371,6 +376,15 @@ impl EtcdOps for EtcdClients {
         Box::pin(async move {
             self.call("move leader", leader_endpoint, |mut c| async move {
                 c.move_leader(to).await.map(drop)
+            })
+            .await
+        })
+    }
+
+    fn propose_noop<'a>(&'a self, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<(), EtcdError>> {
+        Box::pin(async move {
+            self.first("alarm list", endpoints, |mut c| async move {
+                c.alarm(AlarmAction::Get, AlarmType::None, None).await.map(drop)
             })
             .await
         })

@@ -19,7 +19,11 @@ use super::{
     placement,
     resources::{self, Images, InitialClusterState, Placement},
 };
-use crate::{context::Context, etcd::EtcdError, failpoints};
+use crate::{
+    context::Context,
+    etcd::{Endpoint, EtcdError},
+    failpoints,
+};
 
 /// Why applying a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -411,7 +415,22 @@ pub async fn apply_step(
 ) -> Result<(), ApplyError> {
     let endpoints = obs.endpoint_list();
     match step {
-        Step::Paused | Step::Converged | Step::WaitForMembers { .. } | Step::WaitForLearner { .. } => Ok(()),
+        Step::Paused | Step::Converged | Step::WaitForMembers { .. } => Ok(()),
+        Step::WaitForLearner { name } => {
+            // etcd 3.6 does not count a snapshot the learner received as applied. On an idle
+            // cluster nothing follows it, and the learner refuses its own publish ("too many
+            // requests") forever; one more entry in the log lets it apply past the snapshot.
+            let others: Vec<Endpoint> = obs
+                .endpoints
+                .iter()
+                .filter(|(member, _)| member != name)
+                .map(|(_, e)| e.clone())
+                .collect();
+            if let Err(error) = ctx.etcd.propose_noop(&others).await {
+                tracing::debug!(%error, learner = %name, "no-op entry for the learner not proposed; trying at the next look");
+            }
+            Ok(())
+        }
         Step::NoQuorum {
             healthy_voters,
             voters,
