@@ -3,7 +3,8 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler as host processes; containerd + runc +
 # the bridge CNI plugin + kubelet + kube-proxy running real pods; CoreDNS for pod DNS; MinIO for S3.
 #
-#   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc | use-etcd URLS | power-cycle
+#   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc | use-etcd URLS | power-cycle |
+#                  power-cut-losing PATH...
 #
 # Everything it creates lives under $OUROBOROS_STATE (default /var/lib/ouroboros-e2e), the bridge
 # `ouro0`, the kubelet's /kubepods cgroups and iptables chains, and `down` removes all of it.
@@ -609,17 +610,8 @@ cmd_use_etcd() {
 # as a booting node starts them, the kubelet first and then the API server (static pods on a real
 # node). Nothing may ask an API server for help: after a handover its etcd runs in those containers.
 cmd_power_cycle() {
-  local t0=$SECONDS p pids=() procs=(kubelet kube-apiserver kube-controller-manager kube-scheduler)
-  for p in "${procs[@]}"; do
-    running "$p" && pids+=("$(cat "$RUN/$p.pid")")
-  done
-  kill -KILL "${pids[@]}" 2>/dev/null || true
-  kill_all_containers
-  wait_for "the killed processes to be gone" 30 bash -c "for p in ${pids[*]}; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0"
-  wait_for "every container to stop" 30 bash -c \
-    "! ctr -a '$CONTAINERD_SOCK' -n k8s.io tasks ls 2>/dev/null | awk 'NR > 1 && \$3 == \"RUNNING\"' | grep -q ."
-  for p in "${procs[@]}"; do rm -f "$RUN/$p.pid"; done
-  log "power cut: kubelet, control plane and every container killed; starting again"
+  local t0=$SECONDS
+  power_cut
   kubelet_start
   # On a real node the API server is a static pod as well, and the kubelet restarts it until its etcd
   # answers: kube-apiserver gives up by itself when etcd does not answer within about 20 s.
@@ -635,9 +627,36 @@ cmd_power_cycle() {
   log "power-cycle: API server ready and node Ready $((SECONDS - t0))s after the cut"
 }
 
+# power-cut-losing PATH...: a power cut in which the given paths are lost for good (members' data
+# directories and their static-pod checkpoints, say); the node boots again with only its kubelet. The
+# API server is left down: with its etcd's quorum gone, bringing it back is the runbook's job.
+cmd_power_cut_losing() {
+  [ $# -gt 0 ] || { echo "usage: $0 power-cut-losing PATH..." >&2; return 2; }
+  power_cut
+  rm -rf "$@"
+  log "lost for good: $*"
+  kubelet_start
+  log "power-cut-losing: the kubelet runs again; the API server stays down"
+}
+
+power_cut() {
+  local p pids=() procs=(kubelet kube-apiserver kube-controller-manager kube-scheduler)
+  for p in "${procs[@]}"; do
+    running "$p" && pids+=("$(cat "$RUN/$p.pid")")
+  done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+  kill_all_containers
+  wait_for "the killed processes to be gone" 30 bash -c "for p in ${pids[*]}; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0"
+  wait_for "every container to stop" 30 bash -c \
+    "! ctr -a '$CONTAINERD_SOCK' -n k8s.io tasks ls 2>/dev/null | awk 'NR > 1 && \$3 == \"RUNNING\"' | grep -q ."
+  for p in "${procs[@]}"; do rm -f "$RUN/$p.pid"; done
+  log "power cut: kubelet, control plane and every container killed"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   power-cycle) cmd_power_cycle ;;
+  power-cut-losing) shift; cmd_power_cut_losing "$@" ;;
   use-etcd) cmd_use_etcd "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;

@@ -737,6 +737,15 @@ pub mod checkpoints {
             .join(format!("ouroboros-checkpoint-{ns}_{member}.json")))
     }
 
+    /// Replaces a checkpoint file as an administrator would: through a hidden temporary file and a
+    /// rename, so the kubelet never reads half a manifest.
+    pub fn replace(path: &std::path::Path, content: &[u8]) -> anyhow::Result<()> {
+        let dir = path.parent().context("a checkpoint path has a directory")?;
+        let tmp = dir.join(".ouroboros-e2e-checkpoint.tmp");
+        std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    }
+
     /// The member pods of `ns` that have a checkpoint file, sorted.
     pub fn members(ns: &str) -> anyhow::Result<Vec<String>> {
         let dir = env("OUROBOROS_STATIC_POD_DIR")?;

@@ -7,6 +7,8 @@
 //! handover must still be there, and the API server must keep serving while a member is replaced.
 //! Last, the whole control plane is power-cycled (kubelet, API server and every container killed at
 //! once): the members start again from their static-pod checkpoints, and the API server with them.
+//! Then a power cut loses two members for good, and the quorum-loss runbook brings the API server
+//! back on the survivor and the cluster back to three voters.
 //!
 //! Ignored by default because it changes the cluster for good: `make test` runs it in its own stage
 //! after the other e2e tests, and the lifecycle stage then rebuilds the cluster from scratch.
@@ -331,5 +333,129 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
         )
         .await
         .context("writing after the power cut")?;
+    quorum_lost_one_member_survives(&client).await
+}
+
+/// docs/self-hosted.md, "Runbook: quorum lost, one member survives", step by step: a power cut in
+/// which two members' data and checkpoints are lost for good leaves the API server without etcd. The
+/// survivor is started alone with `--force-new-cluster` through its checkpoint, the API server is
+/// pointed at it, and the operator grows the cluster back to three voters with every write the
+/// survivor had.
+async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> {
+    let status = Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default();
+    // The leader has every acknowledged write; the runbook starts from the member with the most.
+    let survivor = status
+        .members
+        .iter()
+        .find(|m| m.is_leader)
+        .context("no leader before the quorum loss")?;
+    let survivor_url = survivor
+        .client_url
+        .clone()
+        .context("the survivor has no client URL")?;
+    let survivor = survivor.name.clone();
+    let lost: Vec<String> = status
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .filter(|m| *m != survivor)
+        .collect();
+    ensure!(lost.len() == 2, "members: {:?}", status.members);
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-before-quorum-loss", "before the quorum loss")?,
+        )
+        .await?;
+
+    let data = env("OUROBOROS_SELF_HOSTED_DATA")?;
+    let mut paths = Vec::new();
+    for member in &lost {
+        paths.push(format!("{data}/{NS}-{member}"));
+        paths.push(checkpoints::file(NS, member)?.display().to_string());
+    }
+    let t0 = std::time::Instant::now();
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .arg("power-cut-losing")
+        .args(&paths)
+        .status()?;
+    ensure!(st.success(), "cluster.sh power-cut-losing failed");
+    eprintln!("quorum lost: {lost:?} gone for good, {survivor} survives");
+
+    // Runbook step 1: the survivor's checkpoint runs its etcd alone, rewriting the membership.
+    let checkpoint = checkpoints::file(NS, &survivor)?;
+    let original = std::fs::read(&checkpoint).context("the survivor's checkpoint")?;
+    let mut pod: serde_json::Value = serde_json::from_slice(&original)?;
+    pod["spec"]["containers"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == "etcd"))
+        .and_then(|c| c["args"].as_array_mut())
+        .context("no etcd container with args in the checkpoint")?
+        .push("--force-new-cluster".into());
+    checkpoints::replace(&checkpoint, &serde_json::to_vec_pretty(&pod)?)?;
+    wait_for("the survivor to answer alone", Duration::from_secs(120), || {
+        let url = survivor_url.clone();
+        async move {
+            let mut etcd = etcd_client::Client::connect([url], None).await?;
+            let members = etcd.member_list().await?;
+            Ok((members.members().len() == 1).then_some(()))
+        }
+    })
+    .await?;
+    eprintln!("{survivor} answers alone {:?} after the cut", t0.elapsed());
+
+    // Step 2: the API server on the survivor.
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .args(["use-etcd", &survivor_url])
+        .status()?;
+    ensure!(st.success(), "cluster.sh use-etcd {survivor_url} failed");
+    let client = ouroboros_e2e::client().await?;
+    let back = Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .get("kuberception-before-quorum-loss")
+        .await
+        .context("a ConfigMap written before the quorum loss")?;
+    ensure!(back.data.unwrap_or_default()["written"] == "before the quorum loss");
+    eprintln!(
+        "API server back on {survivor_url} {:?} after the cut",
+        t0.elapsed()
+    );
+
+    // Step 3: the checkpoint as it was; the operator replaces the lost members.
+    checkpoints::replace(&checkpoint, &original)?;
+    let version = env("OUROBOROS_ETCD_VERSION")?;
+    let converged = cluster::converged(3, &version);
+    cluster::wait(
+        &client,
+        NS,
+        NAME,
+        "kube-etcd grown back to three voters around the survivor",
+        Duration::from_secs(420),
+        |c, s| {
+            converged(c, s)
+                && s.members.iter().any(|m| m.name == survivor)
+                && s.members.iter().all(|m| !lost.contains(&m.name))
+        },
+    )
+    .await?;
+    eprintln!("kube-etcd converged {:?} after the cut", t0.elapsed());
+
+    // Step 4: the API server back on the client Service IP (voting members only).
+    let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .args(["use-etcd", &vip])
+        .status()?;
+    ensure!(st.success(), "cluster.sh use-etcd {vip} failed");
+    let client = ouroboros_e2e::client().await?;
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-after-quorum-loss", "after the quorum loss")?,
+        )
+        .await
+        .context("writing after the recovery")?;
     Ok(())
 }
