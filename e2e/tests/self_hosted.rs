@@ -42,6 +42,16 @@ fn config_map(name: &str, value: &str) -> anyhow::Result<ConfigMap> {
     }))?)
 }
 
+/// Restarts the API server on `etcd_servers` (`e2e/cluster.sh use-etcd`, as an installer or an
+/// administrator does it) and returns a client for it.
+async fn api_server_on(etcd_servers: &str) -> anyhow::Result<Client> {
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .args(["use-etcd", etcd_servers])
+        .status()?;
+    ensure!(st.success(), "cluster.sh use-etcd {etcd_servers} failed");
+    ouroboros_e2e::client().await
+}
+
 fn operator_binary() -> std::path::PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), Into::into);
     target.join("release/etcd-operator")
@@ -152,11 +162,7 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
     );
 
     // The installer stops the boot etcd and restarts the API server on the self-hosted members.
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .args(["use-etcd", &servers])
-        .status()?;
-    ensure!(st.success(), "cluster.sh use-etcd failed");
-    let client = ouroboros_e2e::client().await?;
+    let client = api_server_on(&servers).await?;
 
     // Everything made before the handover is still there.
     let before = Api::<ConfigMap>::namespaced(client.clone(), "default")
@@ -409,11 +415,7 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
     eprintln!("{survivor} answers alone {:?} after the cut", t0.elapsed());
 
     // Step 2: the API server on the survivor.
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .args(["use-etcd", &survivor_url])
-        .status()?;
-    ensure!(st.success(), "cluster.sh use-etcd {survivor_url} failed");
-    let client = ouroboros_e2e::client().await?;
+    let client = api_server_on(&survivor_url).await?;
     let back = Api::<ConfigMap>::namespaced(client.clone(), "default")
         .get("kuberception-before-quorum-loss")
         .await
@@ -445,11 +447,7 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
 
     // Step 4: the API server back on the client Service IP (voting members only).
     let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .args(["use-etcd", &vip])
-        .status()?;
-    ensure!(st.success(), "cluster.sh use-etcd {vip} failed");
-    let client = ouroboros_e2e::client().await?;
+    let client = api_server_on(&vip).await?;
     Api::<ConfigMap>::namespaced(client.clone(), "default")
         .create(
             &PostParams::default(),
