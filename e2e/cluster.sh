@@ -4,7 +4,7 @@
 # the bridge CNI plugin + kubelet + kube-proxy running real pods; CoreDNS for pod DNS; MinIO for S3.
 #
 #   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc | use-etcd URLS | power-cycle |
-#                  power-cut-losing PATH...
+#                  power-cut-losing PATH... | boot-etcd-restore SNAPSHOT_DB
 #
 # Everything it creates lives under $OUROBOROS_STATE (default /var/lib/ouroboros-e2e), the bridge
 # `ouro0`, the kubelet's /kubepods cgroups and iptables chains, and `down` removes all of it.
@@ -639,6 +639,26 @@ cmd_power_cut_losing() {
   log "power-cut-losing: the kubelet runs again; the API server stays down"
 }
 
+# boot-etcd-restore SNAPSHOT: after the whole control plane is lost, what an installer does on a new
+# control-plane node: the boot etcd is restored from SNAPSHOT (a verified backup) with its revisions
+# bumped and marked compacted, and a temporary API server, controller manager and scheduler start on it.
+cmd_boot_etcd_restore() {
+  local snapshot=${1:?usage: $0 boot-etcd-restore SNAPSHOT_DB}
+  stop kube-apiserver
+  stop cp-etcd
+  rm -rf "$STATE/cp-etcd"
+  "$ETCD_BIN/etcdutl" snapshot restore "$snapshot" --data-dir "$STATE/cp-etcd" --name cp \
+    --initial-cluster "cp=$CP_ETCD_PEER" --initial-advertise-peer-urls "$CP_ETCD_PEER" \
+    --bump-revision 1000000000 --mark-compacted >"$LOGS/etcdutl-restore.log" 2>&1 ||
+    { cat "$LOGS/etcdutl-restore.log" >&2; return 1; }
+  boot_etcd_up
+  # As at installation: the boot etcd and the client Service IP the handover gives the members, so
+  # the API server keeps its storage when the handover removes the boot member.
+  rm -f "$ETCD_SERVERS_FILE"
+  apiserver_up
+  log "kube-apiserver runs on the boot etcd restored from $snapshot"
+}
+
 power_cut() {
   local p pids=() procs=(kubelet kube-apiserver kube-controller-manager kube-scheduler)
   for p in "${procs[@]}"; do
@@ -657,6 +677,7 @@ case "${1:-}" in
   up) cmd_up ;;
   power-cycle) cmd_power_cycle ;;
   power-cut-losing) shift; cmd_power_cut_losing "$@" ;;
+  boot-etcd-restore) cmd_boot_etcd_restore "${2:-}" ;;
   use-etcd) cmd_use_etcd "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;

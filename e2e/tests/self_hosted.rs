@@ -8,7 +8,9 @@
 //! Last, the whole control plane is power-cycled (kubelet, API server and every container killed at
 //! once): the members start again from their static-pod checkpoints, and the API server with them.
 //! Then a power cut loses two members for good, and the quorum-loss runbook brings the API server
-//! back on the survivor and the cluster back to three voters.
+//! back on the survivor and the cluster back to three voters. Last, a power cut loses everything but
+//! an S3 backup, and the whole-control-plane runbook restores it through a temporary API server and a
+//! second handover.
 //!
 //! Ignored by default because it changes the cluster for good: `make test` runs it in its own stage
 //! after the other e2e tests, and the lifecycle stage then rebuilds the cluster from scratch.
@@ -23,13 +25,20 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Pod, Service},
+};
 use kube::{
     Api, Client,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
-use ouroboros_e2e::{checkpoints, client, env, etcd_cluster as cluster, repo_root, wait_for};
+use ouroboros_e2e::{
+    backup_succeeded, checkpoints, client, env, etcd_cluster as cluster, minio_secret, repo_root, s3,
+    wait_for,
+};
+use serde_json::json;
 
 const NS: &str = "kube-system";
 const NAME: &str = "kube-etcd";
@@ -52,9 +61,30 @@ async fn api_server_on(etcd_servers: &str) -> anyhow::Result<Client> {
     ouroboros_e2e::client().await
 }
 
-fn operator_binary() -> std::path::PathBuf {
+fn release_binary(name: &str) -> std::path::PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), Into::into);
-    target.join("release/etcd-operator")
+    target.join("release").join(name)
+}
+
+/// The installer's step: `etcd-operator handover` from the boot etcd to a self-hosted EtcdCluster of
+/// three; returns the `--etcd-servers` it prints for the API server.
+fn handover() -> anyhow::Result<String> {
+    let out = Command::new(release_binary("etcd-operator"))
+        .args(["handover", "--boot-endpoint", &env("OUROBOROS_BOOT_ETCD")?])
+        .args(["--name", NAME, "--namespace", NS, "--size", "3"])
+        .args(["--host-data-dir", &env("OUROBOROS_SELF_HOSTED_DATA")?])
+        .args(["--client-service-ip", &env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?])
+        .args(["--timeout-seconds", "600"])
+        .output()
+        .context("running etcd-operator handover")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "handover failed ({}): {stderr}", out.status);
+    let stdout = String::from_utf8(out.stdout)?;
+    Ok(stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("--etcd-servers="))
+        .with_context(|| format!("no --etcd-servers line in {stdout:?}"))?
+        .to_owned())
 }
 
 /// Creates and reads ConfigMaps until told to stop; counts what succeeded and what failed.
@@ -110,22 +140,7 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
 
     // The installer's step: hand over, and get the endpoints for the API server.
     let t0 = std::time::Instant::now();
-    let out = Command::new(operator_binary())
-        .args(["handover", "--boot-endpoint", &env("OUROBOROS_BOOT_ETCD")?])
-        .args(["--name", NAME, "--namespace", NS, "--size", "3"])
-        .args(["--host-data-dir", &env("OUROBOROS_SELF_HOSTED_DATA")?])
-        .args(["--client-service-ip", &env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?])
-        .args(["--timeout-seconds", "600"])
-        .output()
-        .context("running etcd-operator handover")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "handover failed ({}): {stderr}", out.status);
-    let stdout = String::from_utf8(out.stdout)?;
-    let servers = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("--etcd-servers="))
-        .with_context(|| format!("no --etcd-servers line in {stdout:?}"))?
-        .to_owned();
+    let servers = handover()?;
     eprintln!("handover done in {:?}: {servers}", t0.elapsed());
     // With a client Service IP the API server is sent there (voting members only).
     let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
@@ -377,6 +392,26 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
             &config_map("kuberception-before-quorum-loss", "before the quorum loss")?,
         )
         .await?;
+    // Acknowledged means a majority has it, not necessarily the survivor (the status's leader can be
+    // a moment old). The runbook starts from the member that has the most; here, one that has this.
+    wait_for(
+        "the survivor to hold the last write",
+        Duration::from_secs(30),
+        || {
+            let url = survivor_url.clone();
+            async move {
+                let mut etcd = etcd_client::Client::connect([url], None).await?;
+                let got = etcd
+                    .get(
+                        "/registry/configmaps/default/kuberception-before-quorum-loss",
+                        Some(etcd_client::GetOptions::new().with_serializable()),
+                    )
+                    .await?;
+                Ok((!got.kvs().is_empty()).then_some(()))
+            }
+        },
+    )
+    .await?;
 
     let data = env("OUROBOROS_SELF_HOSTED_DATA")?;
     let mut paths = Vec::new();
@@ -455,5 +490,175 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
         )
         .await
         .context("writing after the recovery")?;
+    whole_control_plane_lost(&client).await
+}
+
+/// docs/self-hosted.md, "Runbook: whole control plane lost, restore with a temporary API server",
+/// step by step: the cluster backs up to S3, then a power cut loses every member's data and
+/// checkpoint. The newest archive is fetched and verified on the host, restored as the boot etcd
+/// under a temporary API server, the old EtcdCluster is deleted, and a second handover moves the API
+/// server onto new self-hosted members holding exactly the backed-up data.
+async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
+    let configs = |c: &Client| Api::<ConfigMap>::namespaced(c.clone(), "default");
+    // Backups of a self-hosted cluster go to S3, outside the cluster that can be lost.
+    minio_secret(client, NS).await?;
+    let backup = json!({"spec": {"backup": {
+        "schedule": "0 0 1 1 *",
+        "destination": {"s3": {
+            "bucket": s3::bucket()?, "prefix": "e2e-self-hosted/", "endpoint": env("OUROBOROS_S3_ENDPOINT")?,
+            "forcePathStyle": true, "credentialsSecret": "minio",
+        }},
+    }}});
+    Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&backup))
+        .await?;
+    configs(client)
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-in-backup", "in the backup")?,
+        )
+        .await?;
+    let taken = backup_succeeded(client, NS, NAME, "kuberception-last").await?;
+    let location = taken.location.context("the backup has no location")?;
+    let backed_up_revision = taken.revision.context("the backup has no revision")?;
+    configs(client)
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-after-backup", "lost with the control plane")?,
+        )
+        .await?;
+
+    let data = env("OUROBOROS_SELF_HOSTED_DATA")?;
+    let status = Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default();
+    let mut paths = vec![format!("{}/cp-etcd", env("OUROBOROS_STATE")?)];
+    for m in &status.members {
+        paths.push(format!("{data}/{NS}-{}", m.name));
+        paths.push(checkpoints::file(NS, &m.name)?.display().to_string());
+    }
+    let t0 = std::time::Instant::now();
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .arg("power-cut-losing")
+        .args(&paths)
+        .status()?;
+    ensure!(st.success(), "cluster.sh power-cut-losing failed");
+
+    // Step 1: fetch and verify the newest archive on the host.
+    let restore_dir = std::env::temp_dir().join(format!("ouroboros-e2e-cp-restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&restore_dir);
+    let st = Command::new(release_binary("etcd-backup-sidecar"))
+        .args(["fetch", "--location", &location, "--out"])
+        .arg(&restore_dir)
+        .args(["--endpoint", &env("OUROBOROS_S3_ENDPOINT")?, "--force-path-style"])
+        .status()
+        .context("running etcd-backup-sidecar fetch")?;
+    ensure!(st.success(), "fetching {location} failed");
+
+    // Steps 2 and 3: the restored boot etcd under a temporary API server.
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .arg("boot-etcd-restore")
+        .arg(restore_dir.join("snapshot.db"))
+        .status()?;
+    std::fs::remove_dir_all(&restore_dir)?;
+    ensure!(st.success(), "cluster.sh boot-etcd-restore failed");
+    let client = ouroboros_e2e::client().await?;
+    eprintln!(
+        "temporary API server on the restored boot etcd {:?} after the cut",
+        t0.elapsed()
+    );
+    ensure!(
+        configs(&client)
+            .get_opt("kuberception-after-backup")
+            .await?
+            .is_none(),
+        "a ConfigMap written after the backup came back"
+    );
+    configs(&client)
+        .get("kuberception-in-backup")
+        .await
+        .context("a ConfigMap in the backup")?;
+    // The old EtcdCluster's members are gone: delete it, wait until its pods and their checkpoints
+    // are gone too (a checkpoint left would run an old member on a new member's directory), then
+    // clear their directories, since the new cluster names its members from 0 again.
+    Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .delete(NAME, &DeleteParams::default())
+        .await?;
+    wait_for(
+        "the old EtcdCluster, its pods, Services and checkpoints to be gone",
+        Duration::from_secs(180),
+        || {
+            let client = client.clone();
+            async move {
+                let selector = ListParams::default().labels(&format!("etcd.ouroboros.dev/cluster={NAME}"));
+                let pods = Api::<Pod>::namespaced(client.clone(), NS).list(&selector).await?;
+                let services = Api::<Service>::namespaced(client.clone(), NS)
+                    .list(&selector)
+                    .await?;
+                let cluster = Api::<EtcdCluster>::namespaced(client, NS).get_opt(NAME).await?;
+                Ok((cluster.is_none()
+                    && pods.items.is_empty()
+                    && services.items.is_empty()
+                    && checkpoints::members(NS)?.is_empty())
+                .then_some(()))
+            }
+        },
+    )
+    .await?;
+    for entry in std::fs::read_dir(&data)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{NS}-{NAME}-")))
+        {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+
+    // Step 4: hand over as at installation.
+    let servers = handover()?;
+    let client = api_server_on(&servers).await?;
+    eprintln!(
+        "API server back on self-hosted etcd {:?} after the cut",
+        t0.elapsed()
+    );
+    configs(&client)
+        .get("kuberception-in-backup")
+        .await
+        .context("a ConfigMap in the backup, after the handover")?;
+    ensure!(
+        configs(&client)
+            .get_opt("kuberception-after-backup")
+            .await?
+            .is_none(),
+        "a ConfigMap written after the backup is there after the handover"
+    );
+    let urls = Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default()
+        .client_endpoints;
+    let mut etcd = etcd_client::Client::connect(&urls, None).await?;
+    let revision = etcd
+        .get("/registry/configmaps/default/kuberception-in-backup", None)
+        .await?
+        .header()
+        .context("no header")?
+        .revision();
+    ensure!(
+        revision > backed_up_revision + 1_000_000_000,
+        "revision {revision} after the restore is not above the backup's {backed_up_revision} plus the bump"
+    );
+    configs(&client)
+        .create(
+            &PostParams::default(),
+            &config_map("kuberception-after-restore", "after the restore")?,
+        )
+        .await
+        .context("writing after the restore")?;
     Ok(())
 }
