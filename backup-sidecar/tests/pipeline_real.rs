@@ -61,6 +61,22 @@ async fn raw_client(minio: &Proc) -> S3 {
 }
 
 /// Restores `snapshot` with etcdutl, starts etcd on it and reads every key back.
+/// The whole object `key` of the `backups` bucket, read with the raw S3 client.
+async fn object(s3: &S3, key: &str) -> Vec<u8> {
+    s3.get_object()
+        .bucket("backups")
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec()
+}
+
 async fn restore_and_read(snapshot: &[u8]) -> BTreeMap<String, Vec<u8>> {
     let dir = temp_dir("restore");
     let file = dir.join("snapshot.db");
@@ -154,18 +170,7 @@ async fn backup_to_minio_restores_to_exactly_the_written_keys() {
     let manifest_key = format!("ns/cluster/{}", outcome.manifest_name);
     assert!(keys.contains(&manifest_key), "{keys:?}");
     let archive_key = format!("ns/cluster/{}", outcome.manifest.archive.clone().unwrap());
-    let body = s3
-        .get_object()
-        .bucket("backups")
-        .key(&archive_key)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let body = object(&s3, &archive_key).await;
     assert_eq!(body.len() as u64, outcome.manifest.compressed_size.unwrap());
     let (snapshot, inner) = untar(&body);
     assert_eq!(snapshot.len() as u64, inner.raw_size);
@@ -393,19 +398,7 @@ async fn fetch_verifies_before_anything_is_usable() {
     // Damaged copies in a directory store: truncated, a flipped byte in the compressed stream, and a
     // well-formed archive whose snapshot was altered (only etcd's trailer can tell).
     let dir = temp_dir("damaged");
-    let bytes = s3
-        .get_object()
-        .bucket("backups")
-        .key(format!("ns/cluster/{archive}"))
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes()
-        .to_vec();
+    let bytes = object(&s3, &format!("ns/cluster/{archive}")).await;
     std::fs::write(dir.join("truncated.tar.gz"), &bytes[..bytes.len() / 2]).unwrap();
     let mut flipped = bytes.clone();
     let mid = flipped.len() / 2;

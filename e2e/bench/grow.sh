@@ -37,11 +37,7 @@ printf 'apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {n
   "${K[@]}" apply -f - >/dev/null
 wait_running 1 180
 ip=$("${K[@]}" get svc g-client -o jsonpath='{.spec.clusterIP}')
-deadline=$((SECONDS + 60))
-until "$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "$ip:2379" endpoint health >/dev/null 2>&1; do
-  [ $SECONDS -lt $deadline ] || { log "g-client ($ip) does not answer"; exit 1; }
-  sleep 0.5
-done
+wait_etcd_answers "$ip:2379" g-client
 log "filling g with $MIB MiB"
 "$CARGO_TARGET_DIR/release/etcd-fill" "http://$ip:2379" "$MIB"
 t0=$(now_ms)

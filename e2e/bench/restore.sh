@@ -57,12 +57,7 @@ EOF
   "${K[@]}" apply -f - >/dev/null
 wait_jsonpath etcd/rb '{.status.phase}' Running 180
 ip=$("${K[@]}" get svc rb-client -o jsonpath='{.spec.clusterIP}')
-# Running is the operator's view; the Service's endpoints and kube-proxy's rules may follow later.
-deadline=$((SECONDS + 60))
-until "$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "$ip:2379" endpoint health >/dev/null 2>&1; do
-  [ $SECONDS -lt $deadline ] || { log "rb-client ($ip) does not answer"; exit 1; }
-  sleep 0.5
-done
+wait_etcd_answers "$ip:2379" rb-client
 log "filling rb with $MIB MiB"
 "$BIN/etcd-fill" "http://$ip:2379" "$MIB"
 printf 'apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: b}\nspec: {clusterName: rb}\n' | "${K[@]}" apply -f - >/dev/null

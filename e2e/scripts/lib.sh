@@ -48,3 +48,14 @@ for k in ET.parse(sys.stdin).getroot().findall("s3:Contents/s3:Key", ns):
     curl -sf -X DELETE "${auth[@]}" "$url/$key" >/dev/null || true
   done
 }
+
+# wait_etcd_answers HOST:PORT WHAT: waits up to 60 s until etcd answers `endpoint health` there. An
+# EtcdCluster's Running is the operator's view; its Service's endpoints and kube-proxy's rules may
+# follow later. Needs the environment of `e2e/cluster.sh env`.
+wait_etcd_answers() {
+  local deadline=$((SECONDS + 60))
+  until "$OUROBOROS_ETCD_BIN/etcdctl" --endpoints "$1" endpoint health >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { log "$2 ($1) does not answer"; return 1; }
+    sleep 0.5
+  done
+}

@@ -33,7 +33,7 @@ use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use ouroboros_crds::{EtcdCluster, condition_types as ct};
+use ouroboros_crds::{EtcdCluster, EtcdClusterStatus, condition_types as ct};
 use ouroboros_e2e::{
     backup_succeeded, checkpoints, client, env, etcd_cluster as cluster, minio_secret, repo_root, s3,
     wait_for,
@@ -49,6 +49,53 @@ fn config_map(name: &str, value: &str) -> anyhow::Result<ConfigMap> {
         "metadata": {"name": name, "namespace": "default"},
         "data": {"written": value}
     }))?)
+}
+
+/// Writes the ConfigMap `name` in `default`, recording `value` as what was written.
+async fn write(client: &Client, name: &str, value: &str) -> anyhow::Result<()> {
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &config_map(name, value)?)
+        .await
+        .with_context(|| format!("writing ConfigMap {name}"))?;
+    Ok(())
+}
+
+/// What the ConfigMap `name` in `default` says was written, or `None` when it does not exist.
+async fn written(client: &Client, name: &str) -> anyhow::Result<Option<String>> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading ConfigMap {name}"))?;
+    Ok(cm.map(|cm| cm.data.unwrap_or_default().remove("written").unwrap_or_default()))
+}
+
+/// The status of the self-hosted EtcdCluster.
+async fn kube_etcd_status(client: &Client) -> anyhow::Result<EtcdClusterStatus> {
+    Ok(Api::<EtcdCluster>::namespaced(client.clone(), NS)
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default())
+}
+
+/// A power cut that loses `members`' data directories and checkpoints, and `also`, for good
+/// (`e2e/cluster.sh power-cut-losing`); the node boots with only its kubelet.
+fn power_cut_losing<'a>(
+    members: impl IntoIterator<Item = &'a String>,
+    also: &[String],
+) -> anyhow::Result<()> {
+    let data = env("OUROBOROS_SELF_HOSTED_DATA")?;
+    let mut paths = also.to_vec();
+    for member in members {
+        paths.push(format!("{data}/{NS}-{member}"));
+        paths.push(checkpoints::file(NS, member)?.display().to_string());
+    }
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .arg("power-cut-losing")
+        .args(&paths)
+        .status()?;
+    ensure!(st.success(), "cluster.sh power-cut-losing failed");
+    Ok(())
 }
 
 /// Restarts the API server on `etcd_servers` (`e2e/cluster.sh use-etcd`, as an installer or an
@@ -127,13 +174,7 @@ fn keep_using_the_api(client: Client) -> (Arc<AtomicBool>, tokio::task::JoinHand
 #[ignore = "moves the cluster's own etcd for good; run by `make test` in its own stage"]
 async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<()> {
     let client = client().await?;
-    let before = Api::<ConfigMap>::namespaced(client.clone(), "default");
-    before
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-before", "before the handover")?,
-        )
-        .await?;
+    write(&client, "kuberception-before", "before the handover").await?;
 
     // Self-hosted installs deploy the checkpointer too (deploy/self-hosted).
     checkpoints::deploy()?;
@@ -145,8 +186,7 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
     // With a client Service IP the API server is sent there (voting members only).
     let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
     ensure!(servers == vip, "expected --etcd-servers={vip}, got {servers}");
-    let cluster_api: Api<EtcdCluster> = Api::namespaced(client.clone(), NS);
-    let status = cluster_api.get(NAME).await?.status.unwrap_or_default();
+    let status = kube_etcd_status(&client).await?;
     let urls = status.client_endpoints.clone();
     ensure!(urls.len() == 3, "expected 3 member URLs, got {urls:?}");
     ensure!(
@@ -180,10 +220,10 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
     let client = api_server_on(&servers).await?;
 
     // Everything made before the handover is still there.
-    let before = Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .get("kuberception-before")
-        .await?;
-    ensure!(before.data.unwrap_or_default()["written"] == "before the handover");
+    ensure!(
+        written(&client, "kuberception-before").await?.as_deref() == Some("before the handover"),
+        "a ConfigMap written before the handover is not there"
+    );
     Api::<Deployment>::namespaced(client.clone(), "ouroboros-system")
         .get("etcd-operator")
         .await
@@ -205,7 +245,7 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
 
     // One member is killed and replaced while the API server serves.
     let victim = {
-        let s = cluster_api.get(NAME).await?.status.unwrap_or_default();
+        let s = kube_etcd_status(&client).await?;
         s.members
             .iter()
             .find(|m| !m.is_leader)
@@ -245,13 +285,9 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
         "a ConfigMap written after the replacement",
         Duration::from_secs(10),
         || {
-            let api = Api::<ConfigMap>::namespaced(client.clone(), "default");
+            let client = client.clone();
             async move {
-                api.create(
-                    &PostParams::default(),
-                    &config_map("kuberception-after", "after")?,
-                )
-                .await?;
+                write(&client, "kuberception-after", "after").await?;
                 Ok(Some(()))
             }
         },
@@ -265,12 +301,8 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
 /// again. The members come back from their static-pod checkpoints with their data (the same
 /// members, not replacements), and with them the API server and everything it stored.
 async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<()> {
-    let cluster_api: Api<EtcdCluster> = Api::namespaced(client.clone(), NS);
-    let mut members: Vec<String> = cluster_api
-        .get(NAME)
+    let mut members: Vec<String> = kube_etcd_status(client)
         .await?
-        .status
-        .unwrap_or_default()
         .members
         .iter()
         .map(|m| m.name.clone())
@@ -288,12 +320,7 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
         },
     )
     .await?;
-    Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-before-power-cut", "before the power cut")?,
-        )
-        .await?;
+    write(client, "kuberception-before-power-cut", "before the power cut").await?;
 
     let t0 = std::time::Instant::now();
     let st = Command::new(repo_root().join("e2e/cluster.sh"))
@@ -306,18 +333,15 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
     eprintln!("API server ready {:?} after the power cut", t0.elapsed());
 
     let client = ouroboros_e2e::client().await?;
-    let back = Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .get("kuberception-before-power-cut")
-        .await
-        .context("a ConfigMap written before the power cut")?;
-    ensure!(back.data.unwrap_or_default()["written"] == "before the power cut");
+    ensure!(
+        written(&client, "kuberception-before-power-cut")
+            .await?
+            .as_deref()
+            == Some("before the power cut"),
+        "a ConfigMap written before the power cut is not there"
+    );
     // The same three members, with their data: nothing was replaced or restored.
-    let urls = Api::<EtcdCluster>::namespaced(client.clone(), NS)
-        .get(NAME)
-        .await?
-        .status
-        .unwrap_or_default()
-        .client_endpoints;
+    let urls = kube_etcd_status(&client).await?.client_endpoints;
     let mut etcd = etcd_client::Client::connect(&urls, None).await?;
     let mut names: Vec<String> = etcd
         .member_list()
@@ -347,13 +371,7 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
     )
     .await?;
     eprintln!("kube-etcd converged {:?} after the power cut", t0.elapsed());
-    Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-after-power-cut", "after the power cut")?,
-        )
-        .await
-        .context("writing after the power cut")?;
+    write(&client, "kuberception-after-power-cut", "after the power cut").await?;
     quorum_lost_one_member_survives(&client).await
 }
 
@@ -363,11 +381,7 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
 /// pointed at it, and the operator grows the cluster back to three voters with every write the
 /// survivor had.
 async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> {
-    let status = Api::<EtcdCluster>::namespaced(client.clone(), NS)
-        .get(NAME)
-        .await?
-        .status
-        .unwrap_or_default();
+    let status = kube_etcd_status(client).await?;
     // The leader has every acknowledged write; the runbook starts from the member with the most.
     let survivor = status
         .members
@@ -386,12 +400,12 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
         .filter(|m| *m != survivor)
         .collect();
     ensure!(lost.len() == 2, "members: {:?}", status.members);
-    Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-before-quorum-loss", "before the quorum loss")?,
-        )
-        .await?;
+    write(
+        client,
+        "kuberception-before-quorum-loss",
+        "before the quorum loss",
+    )
+    .await?;
     // Acknowledged means a majority has it, not necessarily the survivor (the status's leader can be
     // a moment old). The runbook starts from the member that has the most; here, one that has this.
     wait_for(
@@ -413,18 +427,8 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
     )
     .await?;
 
-    let data = env("OUROBOROS_SELF_HOSTED_DATA")?;
-    let mut paths = Vec::new();
-    for member in &lost {
-        paths.push(format!("{data}/{NS}-{member}"));
-        paths.push(checkpoints::file(NS, member)?.display().to_string());
-    }
     let t0 = std::time::Instant::now();
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .arg("power-cut-losing")
-        .args(&paths)
-        .status()?;
-    ensure!(st.success(), "cluster.sh power-cut-losing failed");
+    power_cut_losing(&lost, &[])?;
     eprintln!("quorum lost: {lost:?} gone for good, {survivor} survives");
 
     // Runbook step 1: the survivor's checkpoint runs its etcd alone, rewriting the membership.
@@ -451,11 +455,13 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
 
     // Step 2: the API server on the survivor.
     let client = api_server_on(&survivor_url).await?;
-    let back = Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .get("kuberception-before-quorum-loss")
-        .await
-        .context("a ConfigMap written before the quorum loss")?;
-    ensure!(back.data.unwrap_or_default()["written"] == "before the quorum loss");
+    ensure!(
+        written(&client, "kuberception-before-quorum-loss")
+            .await?
+            .as_deref()
+            == Some("before the quorum loss"),
+        "a ConfigMap written before the quorum loss is not there"
+    );
     eprintln!(
         "API server back on {survivor_url} {:?} after the cut",
         t0.elapsed()
@@ -483,13 +489,7 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
     // Step 4: the API server back on the client Service IP (voting members only).
     let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
     let client = api_server_on(&vip).await?;
-    Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-after-quorum-loss", "after the quorum loss")?,
-        )
-        .await
-        .context("writing after the recovery")?;
+    write(&client, "kuberception-after-quorum-loss", "after the quorum loss").await?;
     whole_control_plane_lost(&client).await
 }
 
@@ -499,7 +499,6 @@ async fn quorum_lost_one_member_survives(client: &Client) -> anyhow::Result<()> 
 /// under a temporary API server, the old EtcdCluster is deleted, and a second handover moves the API
 /// server onto new self-hosted members holding exactly the backed-up data.
 async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
-    let configs = |c: &Client| Api::<ConfigMap>::namespaced(c.clone(), "default");
     // Backups of a self-hosted cluster go to S3, outside the cluster that can be lost.
     minio_secret(client, NS).await?;
     let backup = json!({"spec": {"backup": {
@@ -512,39 +511,19 @@ async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
     Api::<EtcdCluster>::namespaced(client.clone(), NS)
         .patch(NAME, &PatchParams::default(), &Patch::Merge(&backup))
         .await?;
-    configs(client)
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-in-backup", "in the backup")?,
-        )
-        .await?;
+    write(client, "kuberception-in-backup", "in the backup").await?;
     let taken = backup_succeeded(client, NS, NAME, "kuberception-last").await?;
     let location = taken.location.context("the backup has no location")?;
     let backed_up_revision = taken.revision.context("the backup has no revision")?;
-    configs(client)
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-after-backup", "lost with the control plane")?,
-        )
-        .await?;
+    write(client, "kuberception-after-backup", "lost with the control plane").await?;
 
     let data = env("OUROBOROS_SELF_HOSTED_DATA")?;
-    let status = Api::<EtcdCluster>::namespaced(client.clone(), NS)
-        .get(NAME)
-        .await?
-        .status
-        .unwrap_or_default();
-    let mut paths = vec![format!("{}/cp-etcd", env("OUROBOROS_STATE")?)];
-    for m in &status.members {
-        paths.push(format!("{data}/{NS}-{}", m.name));
-        paths.push(checkpoints::file(NS, &m.name)?.display().to_string());
-    }
+    let status = kube_etcd_status(client).await?;
     let t0 = std::time::Instant::now();
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .arg("power-cut-losing")
-        .args(&paths)
-        .status()?;
-    ensure!(st.success(), "cluster.sh power-cut-losing failed");
+    power_cut_losing(
+        status.members.iter().map(|m| &m.name),
+        &[format!("{}/cp-etcd", env("OUROBOROS_STATE")?)],
+    )?;
 
     // Step 1: fetch and verify the newest archive on the host.
     let restore_dir = std::env::temp_dir().join(format!("ouroboros-e2e-cp-restore-{}", std::process::id()));
@@ -570,16 +549,13 @@ async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
         t0.elapsed()
     );
     ensure!(
-        configs(&client)
-            .get_opt("kuberception-after-backup")
-            .await?
-            .is_none(),
+        written(&client, "kuberception-after-backup").await?.is_none(),
         "a ConfigMap written after the backup came back"
     );
-    configs(&client)
-        .get("kuberception-in-backup")
-        .await
-        .context("a ConfigMap in the backup")?;
+    ensure!(
+        written(&client, "kuberception-in-backup").await?.is_some(),
+        "a ConfigMap in the backup is not there"
+    );
     // The old EtcdCluster's members are gone: delete it, wait until its pods and their checkpoints
     // are gone too (a checkpoint left would run an old member on a new member's directory), then
     // clear their directories, since the new cluster names its members from 0 again.
@@ -625,23 +601,15 @@ async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
         "API server back on self-hosted etcd {:?} after the cut",
         t0.elapsed()
     );
-    configs(&client)
-        .get("kuberception-in-backup")
-        .await
-        .context("a ConfigMap in the backup, after the handover")?;
     ensure!(
-        configs(&client)
-            .get_opt("kuberception-after-backup")
-            .await?
-            .is_none(),
+        written(&client, "kuberception-in-backup").await?.is_some(),
+        "a ConfigMap in the backup is not there after the handover"
+    );
+    ensure!(
+        written(&client, "kuberception-after-backup").await?.is_none(),
         "a ConfigMap written after the backup is there after the handover"
     );
-    let urls = Api::<EtcdCluster>::namespaced(client.clone(), NS)
-        .get(NAME)
-        .await?
-        .status
-        .unwrap_or_default()
-        .client_endpoints;
+    let urls = kube_etcd_status(&client).await?.client_endpoints;
     let mut etcd = etcd_client::Client::connect(&urls, None).await?;
     let revision = etcd
         .get("/registry/configmaps/default/kuberception-in-backup", None)
@@ -653,12 +621,6 @@ async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
         revision > backed_up_revision + 1_000_000_000,
         "revision {revision} after the restore is not above the backup's {backed_up_revision} plus the bump"
     );
-    configs(&client)
-        .create(
-            &PostParams::default(),
-            &config_map("kuberception-after-restore", "after the restore")?,
-        )
-        .await
-        .context("writing after the restore")?;
+    write(&client, "kuberception-after-restore", "after the restore").await?;
     Ok(())
 }

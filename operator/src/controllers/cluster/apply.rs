@@ -19,11 +19,7 @@ use super::{
     placement,
     resources::{self, Images, InitialClusterState, Placement},
 };
-use crate::{
-    context::Context,
-    etcd::{Endpoint, EtcdError},
-    failpoints,
-};
+use crate::{context::Context, etcd::EtcdError, failpoints};
 
 /// Why applying a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -420,13 +416,7 @@ pub async fn apply_step(
             // etcd 3.6 does not count a snapshot the learner received as applied. On an idle
             // cluster nothing follows it, and the learner refuses its own publish ("too many
             // requests") forever; one more entry in the log lets it apply past the snapshot.
-            let others: Vec<Endpoint> = obs
-                .endpoints
-                .iter()
-                .filter(|(member, _)| member != name)
-                .map(|(_, e)| e.clone())
-                .collect();
-            if let Err(error) = ctx.etcd.propose_noop(&others).await {
+            if let Err(error) = ctx.etcd.propose_noop(&obs.endpoints_except(name)).await {
                 tracing::debug!(%error, learner = %name, "no-op entry for the learner not proposed; trying at the next look");
             }
             Ok(())
@@ -473,12 +463,7 @@ pub async fn apply_step(
         }
         Step::RemoveBootMember { id, name } => {
             // Through our members only: the boot member is the one leaving.
-            let ours: Vec<_> = obs
-                .endpoints
-                .iter()
-                .filter(|(n, _)| n != name)
-                .map(|(_, e)| e.clone())
-                .collect();
+            let ours = obs.endpoints_except(name);
             ctx.etcd.remove(&ours, *id).await?;
             event(
                 ctx,

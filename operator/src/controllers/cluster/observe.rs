@@ -43,6 +43,15 @@ impl Observation {
         self.endpoints.iter().map(|(_, e)| e.clone()).collect()
     }
 
+    /// Every member's client endpoint but `member`'s.
+    pub fn endpoints_except(&self, member: &str) -> Vec<Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(|(n, _)| n != member)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
     /// The client endpoint of one member.
     pub fn endpoint_of(&self, member: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|(n, _)| n == member).map(|(_, e)| e)
