@@ -17,7 +17,7 @@ K8S_VERSION := $(shell sed -n 's/^K8S_VERSION=//p' e2e/scripts/versions.env)
 KUBECTL := $(OUROBOROS_CACHE)/k8s/$(K8S_VERSION)/bin/kubectl --kubeconfig $(shell e2e/cluster.sh kubeconfig)
 T := e2e/scripts/timed.sh
 
-.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle undeploy clean-cache
+.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle undeploy clean-cache check-fresh-root
 
 help:
 	@echo "make demo    - build everything, start the local cluster, deploy the operator, create an EtcdCluster"
@@ -84,6 +84,11 @@ test: lint unit e2e self-hosted lifecycle
 
 demo: deploy
 	@$(T) demo e2e/scripts/demo.sh
+
+## check-fresh-root: the install and build steps in a minimal Debian root, holding only the README's
+## prerequisites (docs/local-cluster.md, "A fresh machine"). Not in `test`: its cold Cargo build is long.
+check-fresh-root:
+	@$(T) check-fresh-root e2e/scripts/check-fresh-root.sh build
 
 clean-cache:
 	rm -rf $(OUROBOROS_CACHE)

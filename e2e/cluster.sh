@@ -589,6 +589,9 @@ export OUROBOROS_STATIC_POD_DIR=$STATE/manifests
 export OUROBOROS_CHECKPOINT_SECRETS_DIR=$STATE/checkpoint-secrets
 export AWS_ACCESS_KEY_ID=$MINIO_USER
 export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD
+# No test may reach a cloud metadata address: nothing of ours is there, and off a cloud VM it is
+# traffic leaving the machine. The AWS SDK's IMDS client answers at once instead.
+export AWS_EC2_METADATA_DISABLED=true
 export PATH=$K8S_BIN:\$PATH
 EOF
 }

@@ -125,14 +125,20 @@ pub(crate) fn sdk_error<
 
 impl Store {
     /// An S3 store; without static credentials the default AWS chain is used.
+    ///
+    /// The region is always known (the destination's, `us-east-1` by default), so the default chain
+    /// is loaded with it and never asks the instance metadata service for one. That service is asked
+    /// for credentials only when nothing earlier in the chain (environment, web identity, profile)
+    /// gives them, as the AWS SDK documents.
     pub async fn s3(config: S3Config) -> Self {
+        let region = Region::new(if config.region.is_empty() {
+            "us-east-1".to_owned()
+        } else {
+            config.region.clone()
+        });
         let mut b = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(if config.region.is_empty() {
-                "us-east-1".to_owned()
-            } else {
-                config.region.clone()
-            }))
+            .region(region.clone())
             .force_path_style(config.force_path_style);
         if let Some(ep) = &config.endpoint {
             b = b.endpoint_url(ep.clone());
@@ -149,6 +155,7 @@ impl Store {
             }
             None => {
                 let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(region)
                     .load()
                     .await;
                 if let Some(p) = shared.credentials_provider() {

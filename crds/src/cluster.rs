@@ -34,6 +34,11 @@ pub const DEFAULT_ETCD_VERSION: &str = "3.6.16";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+// Field rules on optional fields only run when the field is on both sides of an update, so adding or
+// removing one is caught here. Members would keep their old scheme while the operator dialled the new
+// one, and read that as lost quorum.
+#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("spec.tls cannot be added to or removed from an existing cluster; back up and restore into a new cluster with the TLS you want"))]
+#[x_kube(validation = Rule::new("has(self.selfHosted) == has(oldSelf.selfHosted)").message("spec.selfHosted cannot be added to or removed from an existing cluster; back up and restore into a new cluster instead"))]
 pub struct EtcdClusterSpec {
     /// Number of voting members. The operator starts one seed member and adds the rest one at a time,
     /// each first as a learner. Odd sizes tolerate the same failures as the next even size with less
@@ -341,7 +346,8 @@ pub struct EtcdClusterStatus {
     /// Client URLs of the members, for clients that do not use the Service (self-hosted API servers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_endpoints: Vec<String>,
-    /// `Available`, `Progressing`, `Degraded`, `BackupHealthy`, `QuorumLost`, `BootMemberRemoved`.
+    /// `Available`, `Progressing`, `Degraded`, `BackupHealthy`, `QuorumLost`, `Alarm` (a member reports
+    /// an etcd alarm: NOSPACE or CORRUPT, named with the remedy), `BootMemberRemoved`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -40,7 +40,10 @@ pub struct S3Destination {
     pub force_path_style: bool,
     /// Name of a Secret in the cluster's namespace with keys `AWS_ACCESS_KEY_ID` and
     /// `AWS_SECRET_ACCESS_KEY` (optionally `AWS_SESSION_TOKEN`). When unset, the default AWS credential
-    /// chain of the sidecar's pod is used (web identity, instance profile, environment).
+    /// chain of the sidecar's pod is used, in the AWS SDK's order: environment, web identity, shared
+    /// profile, and only when none of those gives credentials, the instance metadata service. The
+    /// region is always the destination's own (`region`, `us-east-1` by default), so the metadata
+    /// service is never asked for a region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
 }
@@ -89,6 +92,8 @@ pub mod condition_types {
     pub const BACKUP_HEALTHY: &str = "BackupHealthy";
     /// A majority of members is gone; the operator changes nothing until told what to do.
     pub const QUORUM_LOST: &str = "QuorumLost";
+    /// A member reports an etcd alarm (NOSPACE, CORRUPT); the message names it and what to do.
+    pub const ALARM: &str = "Alarm";
     /// The temporary boot member of a self-hosted cluster has been removed.
     pub const BOOT_MEMBER_REMOVED: &str = "BootMemberRemoved";
 }

@@ -93,3 +93,49 @@ async fn storage_cannot_change_after_creation() -> anyhow::Result<()> {
         })
         .await
 }
+
+/// Adding or removing `spec.tls` or `spec.selfHosted` on an existing cluster is refused by the API
+/// server with the remedy, and the cluster is left as it was.
+#[tokio::test]
+async fn toggling_tls_or_self_hosted_is_refused() -> anyhow::Result<()> {
+    use kube::{
+        Api,
+        api::{Patch, PatchParams},
+    };
+    use ouroboros_crds::EtcdCluster;
+    let c = client().await?;
+    TestNamespace::create(&c, "toggle")
+        .await?
+        .run(|c, ns| async move {
+            // Paused: the test needs the object only, no members.
+            let plain = ouroboros_e2e::etcd_cluster::create(
+                &c,
+                &ns,
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: plain}\nspec: {size: 1, paused: true}\n",
+            )
+            .await?;
+            let api: Api<EtcdCluster> = Api::namespaced(c.clone(), &ns);
+            let cases = [
+                (
+                    serde_json::json!({"spec": {"tls": {"peerSecret": "p", "serverSecret": "s", "operatorClientSecret": "o"}}}),
+                    "spec.tls cannot be added to or removed from an existing cluster",
+                ),
+                (
+                    serde_json::json!({"spec": {"selfHosted": {"bootMemberClientEndpoint": "http://127.0.0.1:2379"}}}),
+                    "spec.selfHosted cannot be added to or removed from an existing cluster",
+                ),
+            ];
+            for (patch, expected) in cases {
+                let err = api
+                    .patch("plain", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .err();
+                let msg = err.map(|e| e.to_string()).unwrap_or_default();
+                ensure!(msg.contains(expected), "patch {patch} was not refused with {expected:?}: {msg:?}");
+            }
+            let now = api.get("plain").await?;
+            ensure!(now.spec == plain.spec, "the refused patches changed the spec");
+            Ok(())
+        })
+        .await
+}

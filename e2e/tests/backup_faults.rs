@@ -111,3 +111,25 @@ async fn interrupted_backups_fail_clearly_and_leave_nothing() -> anyhow::Result<
     })
     .await
 }
+
+/// An EtcdBackup naming a cluster that does not exist fails after a bounded wait, with a reason
+/// naming the field, instead of staying Pending forever.
+#[tokio::test]
+async fn a_backup_of_a_missing_cluster_fails_with_a_reason() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "nocluster")
+        .await?
+        .run(|c, ns| async move {
+            // No cluster `f` in this namespace.
+            start_backup(&c, &ns, "orphan").await?;
+            let s = backup_finished(&c, &ns, "orphan", Duration::from_secs(150)).await?;
+            ensure!(s.phase == Some(BackupPhase::Failed), "phase {:?}", s.phase);
+            let reason = s.reason.unwrap_or_default();
+            ensure!(
+                reason.contains("does not exist") && reason.contains("spec.clusterName"),
+                "reason: {reason}"
+            );
+            Ok(())
+        })
+        .await
+}

@@ -78,6 +78,9 @@ fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// How long a backup waits for the cluster it names to appear before it fails.
+const MISSING_CLUSTER_WAIT: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
 async fn pending(ctx: &Context, b: &EtcdBackup, reason: String, retry: u64) -> Result<Action, Error> {
     let current = b.status.clone().unwrap_or_default();
     if current.phase != Some(BackupPhase::Pending) || current.reason.as_deref() != Some(reason.as_str()) {
@@ -238,6 +241,24 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         .await
         .map_err(kube_err("reading the EtcdCluster"))?;
     let Some(cluster) = cluster else {
+        // A backup made together with its cluster (GitOps applies both at once) may see it a moment
+        // late; one that names a cluster absent for longer names the wrong one.
+        let waited = b
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| jiff::Timestamp::now().duration_since(t.0));
+        if waited.is_some_and(|w| w >= MISSING_CLUSTER_WAIT) {
+            return fail(
+                ctx,
+                b,
+                format!(
+                    "EtcdCluster {ns}/{cluster_name} does not exist (waited {}s); spec.clusterName must name a cluster in this namespace",
+                    MISSING_CLUSTER_WAIT.as_secs()
+                ),
+            )
+            .await;
+        }
         return pending(
             ctx,
             b,

@@ -148,6 +148,27 @@ fn chosen(b: &EtcdBackup) -> Chosen {
     }
 }
 
+/// The backup this restore chose when it started (recorded in its status as `source`), found again
+/// among `backups`: `latest` must not switch archives between polls because a newer backup appeared.
+pub fn recorded_choice(
+    restore: &EtcdRestore,
+    recorded: Option<&str>,
+    backups: &[EtcdBackup],
+) -> Result<Chosen, String> {
+    let Some(location) = recorded else {
+        return choose(restore, backups);
+    };
+    if restore.spec.source.object.is_some() {
+        // The object names its archive itself; nothing is chosen.
+        return choose(restore, backups);
+    }
+    backups
+        .iter()
+        .find(|b| b.status.as_ref().and_then(|s| s.location.as_deref()) == Some(location))
+        .map(chosen)
+        .ok_or_else(|| format!("the EtcdBackup chosen when this restore started ({location}) is gone"))
+}
+
 /// Picks the backup the source names among `backups` (pure).
 pub fn choose(restore: &EtcdRestore, backups: &[EtcdBackup]) -> Result<Chosen, String> {
     let src = &restore.spec.source;
@@ -380,7 +401,7 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         .list(&ListParams::default())
         .await
         .map_err(kube_err("listing EtcdBackups"))?;
-    let chosen = match choose(r, &backups.items) {
+    let chosen = match recorded_choice(r, status.source.as_deref(), &backups.items) {
         Ok(c) => c,
         Err(why) => {
             return advance(
@@ -594,7 +615,23 @@ async fn create_fetch(
 }
 
 async fn set_hold(ctx: &Context, ns: &str, cluster: &str, value: Option<&str>) -> Result<(), Error> {
-    let patch = json!({"metadata": {"annotations": {RESTORE_HOLD: value}}});
+    set_hold_at(ctx, ns, cluster, value, None).await
+}
+
+/// Sets (or lifts) the hold, and when `resource_version` is given only on the cluster as it was read:
+/// a merge patch that carries `metadata.resourceVersion` is refused with 409 Conflict if the object
+/// changed since, so two restores that both saw no hold cannot both take it.
+async fn set_hold_at(
+    ctx: &Context,
+    ns: &str,
+    cluster: &str,
+    value: Option<&str>,
+    resource_version: Option<&str>,
+) -> Result<(), Error> {
+    let patch = match resource_version {
+        Some(rv) => json!({"metadata": {"resourceVersion": rv, "annotations": {RESTORE_HOLD: value}}}),
+        None => json!({"metadata": {"annotations": {RESTORE_HOLD: value}}}),
+    };
     Api::<EtcdCluster>::namespaced(ctx.client.clone(), ns)
         .patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -686,8 +723,42 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         }
         Some(_) => {}
         None => {
-            set_hold(ctx, &ns, name, Some(&r.name_any())).await?;
-            failpoints::hit("restore-after-hold");
+            // A restore that already lifted its hold is still growing the cluster it restored; its
+            // status says Growing before it lifts the hold, so reading the cluster first and the
+            // restores second cannot miss it.
+            let others = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(kube_err("listing EtcdRestores"))?;
+            if let Some(other) = others.items.iter().find(|o| {
+                o.name_any() != r.name_any()
+                    && o.spec.cluster_name == *name
+                    && matches!(
+                        o.status.as_ref().and_then(|s| s.phase),
+                        Some(RestorePhase::Restoring | RestorePhase::Growing)
+                    )
+            }) {
+                let why = format!(
+                    "EtcdRestore {} is restoring this cluster; this one did not touch it",
+                    other.name_any()
+                );
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+            // Atomic: taken only on the cluster as read here. A restore that lost the race sees the
+            // other's hold at its next look and fails naming it.
+            match set_hold_at(
+                ctx,
+                &ns,
+                name,
+                Some(&r.name_any()),
+                cluster.resource_version().as_deref(),
+            )
+            .await
+            {
+                Ok(()) => failpoints::hit("restore-after-hold"),
+                Err(e) if matches!(&e.source, kube::Error::Api(s) if s.code == 409) => {}
+                Err(e) => return Err(e),
+            }
             return Ok(Action::requeue(STEP));
         }
     }
@@ -770,7 +841,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 return advance(ctx, r, status, RestorePhase::Failed, format!("spec.version: {e}")).await;
             }
         };
-        if let Some(pvc) = resources::member_pvc(&cluster, &seed) {
+        if let Some(pvc) = resources::member_pvc(&cluster, &seed, version) {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
             if pvcs
                 .get_opt(&seed_pvc_name(&seed))
@@ -974,6 +1045,31 @@ mod tests {
         };
         assert_eq!(fetch_outcome(&succeeded, &[]), FetchOutcome::Verified(None));
         assert_eq!(fetch_outcome(&failed, &[]), FetchOutcome::Refused(None));
+    }
+
+    #[test]
+    fn a_started_restore_keeps_the_backup_it_recorded() {
+        // `latest` chose "newer"; a newest backup appearing later does not switch the archive.
+        let r = restore("{latest: true}");
+        let first = choose(&r, &all()).unwrap();
+        let mut more = all();
+        more.push(backup(
+            "newest",
+            "main",
+            BackupPhase::Succeeded,
+            9999,
+            "2026-11-23T00:00:00Z",
+        ));
+        assert_eq!(choose(&r, &more).unwrap().name, "newest");
+        assert_eq!(
+            recorded_choice(&r, Some(&first.location), &more).unwrap().name,
+            first.name
+        );
+        // Gone since: the restore fails rather than restore something else.
+        let gone: Vec<EtcdBackup> = more.into_iter().filter(|b| b.name_any() != first.name).collect();
+        assert!(recorded_choice(&r, Some(&first.location), &gone).is_err());
+        // Nothing recorded yet: the source decides.
+        assert_eq!(recorded_choice(&r, None, &all()).unwrap().name, first.name);
     }
 
     #[test]

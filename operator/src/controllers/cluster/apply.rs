@@ -134,7 +134,7 @@ async fn start_member(
     initial_members: &[String],
 ) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
-    if let Some(pvc) = resources::member_pvc(cluster, name) {
+    if let Some(pvc) = resources::member_pvc(cluster, name, version) {
         apply(
             &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
             &pvc,
@@ -348,21 +348,30 @@ fn initial_cluster_arg(pod: &Pod) -> Option<String> {
         .find_map(|a| a.strip_prefix("--initial-cluster=").map(str::to_owned))
 }
 
-/// Deletes a member's pod and its PVC; "already gone" is success.
-async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Deletes a member's pod only, keeping its data claim; "already gone" is success.
+async fn delete_member_pod(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
-    let gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Err(e) = pods.delete(name, &DeleteParams::default()).await
-        && !gone(&e)
-    {
-        return Err(ApplyError::Kube {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Err(e) if !is_not_found(&e) => Err(ApplyError::Kube {
             action: "deleting",
             kind: "Pod",
             name: name.to_owned(),
             source: e,
-        });
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Deletes a member's pod and its PVC; "already gone" is success.
+async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let gone = is_not_found;
+    delete_member_pod(ctx, cluster, name).await?;
     if cluster.spec.storage.persistent_volume_claim.is_some() {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
         let pvc = resources::pvc_name(name);
@@ -424,6 +433,7 @@ pub async fn apply_step(
         Step::NoQuorum {
             healthy_voters,
             voters,
+            ..
         } => {
             event(
                 ctx,
@@ -558,6 +568,52 @@ pub async fn apply_step(
                 "MemberPodCreated",
                 Some(name),
                 format!("started the pod of added member {name}"),
+            )
+            .await;
+            Ok(())
+        }
+        Step::RestartMember { name, version } => {
+            // The member's data is on its claim: etcd starts from it and ignores the initial
+            // membership, so the member comes back with its own ID and every write it had.
+            let names: Vec<String> = match &obs.observed.membership {
+                Some(ms) => ms.members.iter().map(|m| m.name.clone()).collect(),
+                None => obs.observed.known_members.clone(),
+            };
+            start_member(
+                ctx,
+                cluster,
+                name,
+                *version,
+                InitialClusterState::Existing,
+                &names,
+            )
+            .await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "MemberRestarted",
+                Some(name),
+                format!(
+                    "started a new pod for member {name} on its own data (claim {}); it keeps its member ID",
+                    resources::pvc_name(name)
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Step::DeleteTerminatedPod { name } => {
+            delete_member_pod(ctx, cluster, name).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "MemberPodTerminated",
+                Some(name),
+                format!(
+                    "the pod of member {name} terminated; deleted it to restart the member on its data (claim {})",
+                    resources::pvc_name(name)
+                ),
             )
             .await;
             Ok(())

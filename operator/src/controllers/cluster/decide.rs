@@ -3,6 +3,11 @@
 //!
 //! Rules, safest first:
 //! - change nothing while paused, and nothing without quorum;
+//! - never replace a member whose data still exists: a member whose pod is gone but whose claim is
+//!   intact gets a new pod on that claim (same name, member ID and data), with quorum or without it,
+//!   so a node restart or every pod deleted at once ends with the same cluster, not a restore;
+//! - quorum counts voters that answer and whose pod is not going away; an alarm (NOSPACE, CORRUPT) is
+//!   not unreachability, so it never reads as lost quorum, but no membership change starts under it;
 //! - clean up half-finished steps first (a pod whose member was removed, a member added whose pod was
 //!   never created), since they are what a crash between two steps leaves;
 //! - remove dead voters before anything else (each one removed lowers the quorum needed), but only
@@ -81,8 +86,36 @@ pub struct PodView {
 pub struct MemberHealth {
     /// Raft index the member has applied.
     pub applied_index: u64,
+    /// The errors the member reported (etcd lists its active alarms here, `memberID:.. alarm:NOSPACE`).
+    pub errors: Vec<String>,
+}
+
+impl MemberHealth {
     /// The member reported errors (alarms, corruption).
-    pub has_errors: bool,
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}
+
+/// Where members keep their data: it decides whether a member that lost its pod comes back on its own
+/// data or is replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataHome {
+    /// The data lives and dies with the pod (an emptyDir), or (self-hosted) on its node under the
+    /// pods-first rules: a member whose pod is gone has no data left to come back on.
+    Pod,
+    /// Each member has its own claim; these are the claims that exist and are not being deleted.
+    Claims(Vec<ClaimView>),
+}
+
+/// A member's data claim that is still there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimView {
+    /// The member it belongs to.
+    pub member: String,
+    /// The version its member runs (the claim's version label; members never change version, an
+    /// upgrade adds new members), when the claim records it.
+    pub version: Option<EtcdVersion>,
 }
 
 /// One member in etcd's membership.
@@ -136,6 +169,11 @@ pub struct Observed {
     /// is created): a self-hosted member's data stays on its node under its name, so a name is never
     /// used twice.
     pub ordinal_floor: u32,
+    /// Where the members' data lives.
+    pub data: DataHome,
+    /// The members status recorded when a member last answered. When none answers, only these are
+    /// restarted on their claims: a claim left over from before a restore names no current member.
+    pub known_members: Vec<String>,
 }
 
 /// The boot member of a self-hosted pivot.
@@ -200,10 +238,14 @@ pub enum Step {
     },
     /// No quorum: change nothing and report.
     NoQuorum {
-        /// Voters that answered.
+        /// Voters that answered (and whose pods are not going away).
         healthy_voters: usize,
         /// Voting members.
         voters: usize,
+        /// Voters that do not answer now but whose data is still there and whose etcd may answer
+        /// again (a running pod, or an intact claim the member is restarted on). While these could
+        /// make a quorum, automatic recovery must not restore over them.
+        returning: Vec<String>,
     },
     /// A pod whose member is not in the membership (removed, or never added): delete it and its data.
     DeleteOrphanPod {
@@ -217,6 +259,20 @@ pub enum Step {
         name: String,
         /// Its version.
         version: EtcdVersion,
+    },
+    /// A member whose pod is gone but whose data claim is intact: start a new pod for the same member
+    /// on that claim. It keeps its name, member ID and data; no membership change, so no quorum needed.
+    RestartMember {
+        /// Member name.
+        name: String,
+        /// The version it runs.
+        version: EtcdVersion,
+    },
+    /// A member's pod terminated for good (failed, evicted) while its data claim is intact: delete the
+    /// pod only, so the member is restarted on its data next.
+    DeleteTerminatedPod {
+        /// Pod (and member) name.
+        name: String,
     },
     /// Remove a member from the membership, then its pod and data.
     RemoveMember {
@@ -290,11 +346,30 @@ impl Step {
             | Step::WaitForMembers { .. }
             | Step::DeleteOrphanPod { .. }
             | Step::CreateMemberPod { .. }
+            | Step::RestartMember { .. }
+            | Step::DeleteTerminatedPod { .. }
             | Step::RemoveMember { .. }
             | Step::PromoteLearner { .. }
             | Step::WaitForLearner { .. }
             | Step::AddLearner { .. }
             | Step::MoveLeader { .. } => true,
+        }
+    }
+}
+
+impl Step {
+    /// Without quorum: the voters whose data is still there and who, answering again, would give the
+    /// cluster back its quorum. While there are such voters, nothing may restore over them.
+    pub fn quorum_may_return(&self) -> Option<&[String]> {
+        match self {
+            Step::NoQuorum {
+                healthy_voters,
+                voters,
+                returning,
+            } if !returning.is_empty() && healthy_voters + returning.len() >= quorum(*voters) => {
+                Some(returning)
+            }
+            _ => None,
         }
     }
 }
@@ -428,12 +503,78 @@ fn dead_reason(o: &Observed, m: &MemberView) -> Option<RemoveReason> {
     }
 }
 
-fn is_healthy(m: &MemberView) -> bool {
-    m.health.as_ref().is_some_and(|h| !h.has_errors)
+/// The member's claim, when its data lives on one that is still there.
+fn claim<'a>(o: &'a Observed, name: &str) -> Option<&'a ClaimView> {
+    match &o.data {
+        DataHome::Claims(claims) => claims.iter().find(|c| c.member == name),
+        DataHome::Pod => None,
+    }
+}
+
+/// The member's data outlives its pod: it is restarted on it, never replaced for losing its pod.
+fn durable(o: &Observed, name: &str) -> bool {
+    claim(o, name).is_some()
+}
+
+/// The version a member restarted on its data runs: the one its claim records, else the plan's.
+fn restart_version(o: &Observed, name: &str, planned: EtcdVersion) -> EtcdVersion {
+    claim(o, name).and_then(|c| c.version).unwrap_or(planned)
+}
+
+/// The member's pod is going away (being deleted, or terminated for good), or (pods live with their
+/// members) already gone: whatever its etcd answers now, it will not be there to vote.
+fn going_away(o: &Observed, m: &MemberView) -> bool {
+    match pod(o, &m.name) {
+        Some(p) => matches!(p.state, PodState::Deleting | PodState::Terminated),
+        // Self-hosted members (and the boot member) may answer without a pod of ours: a static-pod
+        // checkpoint runs them, so their answer is all there is to go by.
+        None => !o.pods_first,
+    }
+}
+
+/// A voter that counts toward quorum: it answers, and its pod stays. Alarms do not matter here: a
+/// member with an alarm is reachable, and reading an alarm as lost quorum would invite a restore over
+/// intact data.
+fn counts_for_quorum(o: &Observed, m: &MemberView) -> bool {
+    m.health.is_some() && !going_away(o, m)
+}
+
+/// Healthy enough for the membership to change around it: it counts for quorum and has no alarm.
+fn is_healthy(o: &Observed, m: &MemberView) -> bool {
+    counts_for_quorum(o, m) && m.health.as_ref().is_some_and(|h| !h.has_errors())
+}
+
+/// A member that does not count now whose data is still there, so its etcd may answer again: its pod
+/// runs (a container restart keeps even an emptyDir), or its intact claim gets a new pod. A member
+/// that keeps crashing is not counted: etcd may be refusing its data.
+fn may_return(o: &Observed, name: &str) -> bool {
+    match pod(o, name) {
+        Some(p) if p.state == PodState::CrashLooping || p.volume_lost => false,
+        Some(p) if matches!(p.state, PodState::Starting | PodState::Running | PodState::Ready) => true,
+        Some(_) | None => durable(o, name),
+    }
 }
 
 fn quorum(voters: usize) -> usize {
     voters / 2 + 1
+}
+
+/// A started member whose data claim is intact but whose pod is gone or terminated: bring it back on
+/// its data. Needs no quorum (the membership does not change), so it comes before the quorum check.
+fn restart_step(o: &Observed, name: &str, version: EtcdVersion) -> Option<Step> {
+    if !durable(o, name) {
+        return None;
+    }
+    match pod(o, name).map(|p| p.state) {
+        None => Some(Step::RestartMember {
+            name: name.to_owned(),
+            version: restart_version(o, name, version),
+        }),
+        Some(PodState::Terminated) => Some(Step::DeleteTerminatedPod {
+            name: name.to_owned(),
+        }),
+        Some(_) => None,
+    }
 }
 
 fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
@@ -497,30 +638,55 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         }
     }
 
-    let voters: Vec<&MemberView> = ms.members.iter().filter(|m| !m.is_learner).collect();
-    let healthy_voters = voters.iter().filter(|m| is_healthy(m)).count();
-    if healthy_voters < quorum(voters.len()) {
-        return Step::NoQuorum {
-            healthy_voters,
-            voters: voters.len(),
-        };
+    // Members whose data is intact come back on it, quorum or not: it changes no membership.
+    if let Some(step) = ms
+        .members
+        .iter()
+        .filter(|m| m.started && Some(m.id) != boot_id)
+        .find_map(|m| restart_step(o, &m.name, version))
+    {
+        return step;
     }
 
-    // Dead voters: removing one keeps quorum if the healthy ones still make a majority afterwards. The
-    // boot member has no pod and leaves only by its own rule below.
+    let voters: Vec<&MemberView> = ms.members.iter().filter(|m| !m.is_learner).collect();
+    let counted = |m: &MemberView| counts_for_quorum(o, m);
+    let healthy_voters = voters.iter().filter(|m| counted(m)).count();
+    let no_quorum = || Step::NoQuorum {
+        healthy_voters,
+        voters: voters.len(),
+        returning: voters
+            .iter()
+            .filter(|m| !counted(m) && may_return(o, &m.name))
+            .map(|m| m.name.clone())
+            .collect(),
+    };
+    if healthy_voters < quorum(voters.len()) {
+        return no_quorum();
+    }
+
+    // Dead voters: removing one keeps quorum if the voters that count, less the one removed, still
+    // make a majority of the smaller membership. The boot member has no pod and leaves only by its own
+    // rule below.
     for m in voters.iter().filter(|m| Some(m.id) != boot_id) {
         if let Some(reason) = dead_reason(o, m).filter(|_| m.started) {
-            if healthy_voters >= quorum(voters.len() - 1) {
+            if durable(o, &m.name) && reason == RemoveReason::PodGone {
+                // Its pod is being deleted; the member is restarted on its claim once it is gone.
+                return Step::WaitForMembers {
+                    reason: format!(
+                        "the pod of {} is being deleted; the member is restarted on its own data",
+                        m.name
+                    ),
+                };
+            }
+            let remaining = healthy_voters - usize::from(counted(m));
+            if remaining >= quorum(voters.len() - 1) {
                 return Step::RemoveMember {
                     id: m.id,
                     name: m.name.clone(),
                     reason,
                 };
             }
-            return Step::NoQuorum {
-                healthy_voters,
-                voters: voters.len(),
-            };
+            return no_quorum();
         }
     }
 
@@ -533,13 +699,16 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
     // members are complete, the boot member's health no longer matters: it is the next to go.
     let ours_complete = voters.iter().filter(|m| Some(m.id) != boot_id).count() >= o.desired.size;
     let must_be_healthy = |m: &&&MemberView| !(ours_complete && Some(m.id) == boot_id);
-    if voters.iter().filter(must_be_healthy).any(|m| !is_healthy(m)) {
-        let sick: Vec<&str> = voters
-            .iter()
-            .filter(must_be_healthy)
-            .filter(|m| !is_healthy(m))
-            .map(|m| m.name.as_str())
-            .collect();
+    let sick: Vec<String> = voters
+        .iter()
+        .filter(must_be_healthy)
+        .filter(|m| !is_healthy(o, m))
+        .map(|m| match m.health.as_ref().filter(|h| h.has_errors()) {
+            Some(h) => format!("{} (reports {})", m.name, h.errors.join("; ")),
+            None => m.name.clone(),
+        })
+        .collect();
+    if !sick.is_empty() {
         return Step::WaitForMembers {
             reason: format!("waiting for {} to become healthy", sick.join(", ")),
         };
@@ -638,13 +807,40 @@ fn no_membership_step(o: &Observed, version: EtcdVersion) -> Step {
             reason: "the boot member does not answer; the pivot starts when it does".into(),
         };
     }
+    if let (DataHome::Claims(claims), true) = (&o.data, o.bootstrapped) {
+        // No member answers, but claims hold the data: every member comes back on its own (a node
+        // restart, every pod deleted at once). The cluster ID and every write are kept; no restore.
+        let mut claims: Vec<&ClaimView> = claims
+            .iter()
+            .filter(|c| o.known_members.contains(&c.member))
+            .collect();
+        claims.sort_by_key(|c| ordinal(&o.cluster, &c.member));
+        if let Some(step) = claims.iter().find_map(|c| restart_step(o, &c.member, version)) {
+            return step;
+        }
+        let deleting: Vec<&str> = claims
+            .iter()
+            .filter(|c| pod(o, &c.member).is_some_and(|p| p.state == PodState::Deleting))
+            .map(|c| c.member.as_str())
+            .collect();
+        if !deleting.is_empty() {
+            return Step::WaitForMembers {
+                reason: format!(
+                    "the pods of {} are being deleted; each member is restarted on its own data",
+                    deleting.join(", ")
+                ),
+            };
+        }
+    }
     if live.is_empty() {
         if o.bootstrapped {
-            // Every member is gone: starting a fresh seed would silently replace the data with an empty
-            // cluster. That is a restore, and a human (or the recovery policy) decides it.
+            // Every member is gone with its data: starting a fresh seed would silently replace the
+            // data with an empty cluster. That is a restore, and a human (or the recovery policy)
+            // decides it.
             return Step::NoQuorum {
                 healthy_voters: 0,
                 voters: 0,
+                returning: Vec::new(),
             };
         }
         return Step::CreateSeed {
@@ -662,7 +858,14 @@ fn no_membership_step(o: &Observed, version: EtcdVersion) -> Step {
     }
     Step::NoQuorum {
         healthy_voters: 0,
-        voters: live.len(),
+        // The members status last listed, when it did: pods of lost members are gone, so counting
+        // only live pods would make one survivor look like a whole cluster that may come back.
+        voters: o.known_members.len().max(live.len()),
+        returning: live
+            .iter()
+            .filter(|p| may_return(o, &p.name))
+            .map(|p| p.name.clone())
+            .collect(),
     }
 }
 
@@ -675,8 +878,13 @@ fn leader_applied(ms: &Membership) -> Option<u64> {
 }
 
 fn learner_step(o: &Observed, ms: &Membership, l: &MemberView) -> Step {
-    // A learner does not vote, so removing a broken one never costs quorum.
-    if let Some(reason) = dead_reason(o, l).filter(|_| l.started) {
+    // A learner does not vote, so removing a broken one never costs quorum. One whose pod is being
+    // deleted with its claim intact is restarted on that claim once the pod is gone.
+    let dead = dead_reason(o, l).filter(|_| l.started);
+    if dead == Some(RemoveReason::PodGone) && durable(o, &l.name) {
+        return Step::WaitForLearner { name: l.name.clone() };
+    }
+    if let Some(reason) = dead {
         return Step::RemoveMember {
             id: l.id,
             name: l.name.clone(),
@@ -685,7 +893,7 @@ fn learner_step(o: &Observed, ms: &Membership, l: &MemberView) -> Step {
     }
     let caught_up = match (l.health.as_ref(), leader_applied(ms)) {
         (Some(h), Some(leader)) => {
-            !h.has_errors && (h.applied_index as f64) >= (leader as f64) * LEARNER_READY_FRACTION
+            !h.has_errors() && (h.applied_index as f64) >= (leader as f64) * LEARNER_READY_FRACTION
         }
         _ => false,
     };

@@ -22,6 +22,8 @@ fn world(size: usize, version: &str) -> Observed {
         pods_first: false,
         boot: None,
         ordinal_floor: 0,
+        data: DataHome::Pod,
+        known_members: vec![],
     }
 }
 
@@ -45,7 +47,7 @@ fn pivot(size: usize) -> Observed {
             started: true,
             health: Some(MemberHealth {
                 applied_index: 1000,
-                has_errors: false,
+                errors: vec![],
             }),
         }],
         db_size_bytes: 1 << 20,
@@ -89,7 +91,7 @@ impl Observed {
             started,
             health: Some(MemberHealth {
                 applied_index: 1000,
-                has_errors: false,
+                errors: vec![],
             }),
         });
         if ms.leader.is_none() && !is_learner {
@@ -161,6 +163,42 @@ impl Observed {
         self.desired.paused = true;
         self
     }
+    /// Members keep their data on claims; every member observed so far has one, recording `version`.
+    fn on_claims(mut self) -> Self {
+        let claims = self
+            .pods
+            .iter()
+            .map(|p| ClaimView {
+                member: p.name.clone(),
+                version: Some(p.version),
+            })
+            .collect();
+        self.known_members = self.pods.iter().map(|p| p.name.clone()).collect();
+        self.data = DataHome::Claims(claims);
+        self
+    }
+    fn without_claim(mut self, n: u32) -> Self {
+        if let DataHome::Claims(c) = &mut self.data {
+            c.retain(|c| c.member != format!("c-{n}"));
+        }
+        self
+    }
+    /// Member `c-<n>` answers with `errors` (an alarm, say).
+    fn errors(mut self, n: u32, errors: &[&str]) -> Self {
+        let ms = self.membership.as_mut().unwrap();
+        let m = ms
+            .members
+            .iter_mut()
+            .find(|m| m.name == format!("c-{n}"))
+            .unwrap();
+        m.health.as_mut().unwrap().errors = errors.iter().map(|e| (*e).to_owned()).collect();
+        self
+    }
+    /// No member answers a member list (the membership is unknown).
+    fn silent(mut self) -> Self {
+        self.membership = None;
+        self
+    }
 }
 
 fn step(o: &Observed) -> Step {
@@ -206,7 +244,8 @@ fn a_bootstrapped_cluster_with_no_pods_is_never_reseeded() {
         step(&o),
         Step::NoQuorum {
             healthy_voters: 0,
-            voters: 0
+            voters: 0,
+            returning: vec![]
         }
     );
 }
@@ -402,7 +441,8 @@ fn no_membership_change_without_quorum() {
         step(&o),
         Step::NoQuorum {
             healthy_voters: 1,
-            voters: 3
+            voters: 3,
+            returning: vec![]
         }
     );
 }
@@ -420,7 +460,8 @@ fn removing_a_dead_member_must_leave_a_healthy_majority() {
         step(&o),
         Step::NoQuorum {
             healthy_voters: 1,
-            voters: 2
+            voters: 2,
+            returning: vec![]
         }
     );
     let o = world(4, V36)
@@ -810,4 +851,418 @@ fn a_removed_members_name_is_never_given_to_its_replacement_when_recorded() {
     assert!(matches!(next_step(&o).step, Step::AddLearner { ref name, .. } if name == "c-2"));
     o.ordinal_floor = 3;
     assert!(matches!(next_step(&o).step, Step::AddLearner { ref name, .. } if name == "c-3"));
+}
+
+// ---- Members whose data is intact come back on it (issue: never make things worse) ----
+
+#[test]
+fn a_voter_whose_pod_is_gone_is_restarted_on_its_claim_not_replaced() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .without_pod(2)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::RestartMember {
+            name: "c-2".into(),
+            version: v(V36)
+        }
+    );
+}
+
+#[test]
+fn the_restarted_member_runs_the_version_its_claim_records() {
+    // Mid-upgrade: c-0 still runs 3.5 on its claim while the spec asks for 3.6.
+    let o = world(3, V36)
+        .voter(0, V35)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .without_pod(0)
+        .unhealthy(0);
+    assert_eq!(
+        step(&o),
+        Step::RestartMember {
+            name: "c-0".into(),
+            version: v(V35)
+        }
+    );
+}
+
+#[test]
+fn a_voter_without_pod_or_claim_is_replaced_as_before() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .without_claim(2)
+        .without_pod(2)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::PodGone
+        }
+    );
+}
+
+#[test]
+fn a_majority_whose_pods_are_gone_is_restarted_without_quorum() {
+    // Restarting changes no membership, so it needs no quorum.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .without_pod(1)
+        .unhealthy(1)
+        .without_pod(2)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::RestartMember {
+            name: "c-1".into(),
+            version: v(V36)
+        }
+    );
+}
+
+#[test]
+fn every_pod_gone_with_claims_restarts_each_member_in_order() {
+    // Nobody answers: the membership is unknown, the claims and status name the members.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims();
+    let mut o = o.silent();
+    o.pods.clear();
+    assert_eq!(
+        step(&o),
+        Step::RestartMember {
+            name: "c-0".into(),
+            version: v(V36)
+        }
+    );
+    // c-0 and c-1 have new pods starting: c-2 is next.
+    o.pods.push(PodView {
+        name: "c-0".into(),
+        version: v(V36),
+        state: PodState::Starting,
+        age: Duration::from_secs(1),
+        volume_lost: false,
+        voter_label: None,
+    });
+    o.pods.push(PodView {
+        name: "c-1".into(),
+        ..o.pods[0].clone()
+    });
+    assert_eq!(
+        step(&o),
+        Step::RestartMember {
+            name: "c-2".into(),
+            version: v(V36)
+        }
+    );
+    o.pods.push(PodView {
+        name: "c-2".into(),
+        ..o.pods[0].clone()
+    });
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }));
+}
+
+#[test]
+fn pods_still_being_deleted_are_awaited_not_replaced() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .pod_state(0, PodState::Deleting)
+        .pod_state(1, PodState::Deleting)
+        .pod_state(2, PodState::Deleting)
+        .silent();
+    let Step::WaitForMembers { reason } = step(&o) else {
+        panic!("expected a wait, got {:?}", step(&o));
+    };
+    assert!(reason.contains("c-0, c-1, c-2"), "{reason}");
+    // With quorum, a durable member whose pod is being deleted is awaited, never removed.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .pod_state(2, PodState::Deleting);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+}
+
+#[test]
+fn a_terminated_pod_on_an_intact_claim_is_deleted_to_restart_it() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .pod_state(1, PodState::Terminated)
+        .unhealthy(1);
+    assert_eq!(step(&o), Step::DeleteTerminatedPod { name: "c-1".into() });
+}
+
+#[test]
+fn a_claim_of_no_known_member_is_never_started() {
+    // A claim left from before a restore (status does not list its member) is not this cluster.
+    let mut o = world(3, V36).voter(0, V36).on_claims().silent();
+    o.pods.clear();
+    o.known_members.clear();
+    assert_eq!(
+        step(&o),
+        Step::NoQuorum {
+            healthy_voters: 0,
+            voters: 0,
+            returning: vec![]
+        }
+    );
+}
+
+#[test]
+fn a_crash_looping_member_on_a_claim_is_replaced_with_quorum() {
+    // etcd refusing its data is data loss for that member alone.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .pod_state(2, PodState::CrashLooping)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::CrashLooping
+        }
+    );
+}
+
+// ---- Quorum is about reachability only ----
+
+#[test]
+fn alarms_on_every_member_are_not_lost_quorum() {
+    let alarm = ["memberID:100 alarm:NOSPACE "];
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .errors(0, &alarm)
+        .errors(1, &alarm)
+        .errors(2, &alarm);
+    let Step::WaitForMembers { reason } = step(&o) else {
+        panic!("an alarm must not read as lost quorum: {:?}", step(&o));
+    };
+    assert!(reason.contains("NOSPACE"), "the wait names the alarm: {reason}");
+}
+
+#[test]
+fn an_alarm_blocks_growth_but_not_the_restart_of_a_durable_member() {
+    let alarm = ["memberID:100 alarm:NOSPACE "];
+    let o = world(3, V36).voter(0, V36).voter(1, V36).errors(0, &alarm);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .errors(0, &alarm)
+        .without_pod(2)
+        .unhealthy(2);
+    assert!(matches!(step(&o), Step::RestartMember { .. }), "{:?}", step(&o));
+}
+
+#[test]
+fn without_quorum_voters_with_intact_data_are_counted_as_returning() {
+    // Pods running (etcd restarting in them) keep even emptyDir data.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .unhealthy(1)
+        .unhealthy(2);
+    let s = step(&o);
+    assert_eq!(
+        s,
+        Step::NoQuorum {
+            healthy_voters: 1,
+            voters: 3,
+            returning: vec!["c-1".into(), "c-2".into()]
+        }
+    );
+    assert_eq!(
+        s.quorum_may_return(),
+        Some(&["c-1".to_owned(), "c-2".to_owned()][..])
+    );
+    // emptyDir pods gone: their data is gone, nothing returns, recovery may act.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .without_pod(1)
+        .unhealthy(1)
+        .without_pod(2)
+        .unhealthy(2);
+    assert_eq!(step(&o).quorum_may_return(), None);
+    // A crash-looping pod does not count as returning.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .pod_state(1, PodState::CrashLooping)
+        .unhealthy(1)
+        .pod_state(2, PodState::CrashLooping)
+        .unhealthy(2);
+    assert_eq!(step(&o).quorum_may_return(), None);
+}
+
+// ---- A member whose pod is going away does not count toward quorum (issue #26) ----
+
+#[test]
+fn a_voter_whose_pod_is_being_deleted_does_not_count_toward_quorum() {
+    // The e2e case: c-2's pod is gone, c-0's is being deleted but its etcd still answers. Only c-1
+    // will be there: removing c-2 would be a membership change without quorum.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .pod_state(0, PodState::Deleting)
+        .without_pod(2)
+        .unhealthy(2);
+    assert_eq!(
+        step(&o),
+        Step::NoQuorum {
+            healthy_voters: 1,
+            voters: 3,
+            returning: vec![]
+        }
+    );
+}
+
+#[test]
+fn a_deleting_leader_does_not_count_either() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .leader(1)
+        .pod_state(1, PodState::Deleting)
+        .without_pod(2)
+        .unhealthy(2);
+    assert!(
+        matches!(
+            step(&o),
+            Step::NoQuorum {
+                healthy_voters: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        step(&o)
+    );
+}
+
+#[test]
+fn a_terminated_pod_that_still_answers_does_not_count() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .pod_state(0, PodState::Terminated)
+        .without_pod(2)
+        .unhealthy(2);
+    assert!(
+        matches!(
+            step(&o),
+            Step::NoQuorum {
+                healthy_voters: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        step(&o)
+    );
+}
+
+#[test]
+fn the_member_being_removed_may_itself_be_deleting() {
+    // c-2's pod is being deleted (its etcd still answers); c-0 and c-1 stay: 2 of 2 after removal.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .pod_state(2, PodState::Deleting);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::PodGone
+        }
+    );
+}
+
+#[test]
+fn a_deleting_learner_is_removed_without_touching_voters() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .learner(2, 10)
+        .pod_state(2, PodState::Deleting);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::PodGone
+        }
+    );
+    // A voter being deleted while a learner catches up: no quorum for any change with 1 of 2 left.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .learner(2, 10)
+        .pod_state(1, PodState::Deleting);
+    assert!(
+        matches!(
+            step(&o),
+            Step::NoQuorum {
+                healthy_voters: 1,
+                voters: 2,
+                ..
+            }
+        ),
+        "{:?}",
+        step(&o)
+    );
+}
+
+#[test]
+fn one_survivor_of_three_without_claims_cannot_give_quorum_back() {
+    // Nobody answers a member list; one emptyDir pod runs, the other two are gone with their data.
+    let o = world(3, V36).voter(0, V36).voter(1, V36).voter(2, V36);
+    let mut o = o.without_pod(1).without_pod(2).silent();
+    o.known_members = vec!["c-0".into(), "c-1".into(), "c-2".into()];
+    let s = step(&o);
+    assert_eq!(
+        s,
+        Step::NoQuorum {
+            healthy_voters: 0,
+            voters: 3,
+            returning: vec!["c-0".into()]
+        }
+    );
+    assert_eq!(s.quorum_may_return(), None, "recovery must be able to act");
 }

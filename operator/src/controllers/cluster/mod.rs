@@ -103,7 +103,8 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     report_refusal(&ctx, &cluster, decision.version_refusal.as_deref()).await;
     let mut status = status::compute(&cluster, &obs, &decision, now);
     let wake = schedule_backups(&ctx, &cluster, &mut status, now).await?;
-    let recovery_wake = recover(&ctx, &cluster, &mut status, now).await?;
+    let recovery_wake = recover(&ctx, &cluster, &mut status, &decision.step, now).await?;
+    report_alarm(&ctx, &cluster, &status).await;
     record_member_metrics(&ctx, &cluster, &status);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
@@ -121,6 +122,7 @@ async fn recover(
     ctx: &Context,
     cluster: &EtcdCluster,
     status: &mut ouroboros_crds::EtcdClusterStatus,
+    step: &decide::Step,
     now: jiff::Timestamp,
 ) -> Result<Option<Duration>, Error> {
     use ouroboros_crds::{EtcdBackup, EtcdRestore, RecoveryPolicy};
@@ -147,6 +149,7 @@ async fn recover(
     let decision = recovery::decide(&recovery::Input {
         cluster,
         quorum_lost_since: lost,
+        returning: step.quorum_may_return().unwrap_or_default(),
         backups: &backups.items,
         restores: &existing.items,
         now,
@@ -163,6 +166,13 @@ async fn recover(
         recovery::Recovery::AlreadyStarted { restore } => (
             format!(
                 "Automatic recovery started EtcdRestore {restore} for this loss and does not start another;                  if it failed, its status says why and a new EtcdRestore is up to you"
+            ),
+            None,
+        ),
+        recovery::Recovery::DataMayReturn { members } => (
+            format!(
+                "Automatic recovery waits: {} keep their data and would give quorum back by answering again",
+                members.join(", ")
             ),
             None,
         ),
@@ -402,6 +412,8 @@ fn requeue_secs(step: &decide::Step) -> Duration {
         | Step::CreateSeed { .. }
         | Step::DeleteOrphanPod { .. }
         | Step::CreateMemberPod { .. }
+        | Step::RestartMember { .. }
+        | Step::DeleteTerminatedPod { .. }
         | Step::RemoveMember { .. }
         | Step::PromoteLearner { .. }
         | Step::AddLearner { .. }
@@ -409,6 +421,34 @@ fn requeue_secs(step: &decide::Step) -> Duration {
         | Step::RemoveBootMember { .. } => 1,
     };
     Duration::from_secs(secs)
+}
+
+/// An etcd alarm gets one Warning Event when it first appears or changes, not one per reconcile.
+async fn report_alarm(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
+    let raised = |s: &ouroboros_crds::EtcdClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == ct::ALARM && c.status == "True")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let Some((reason, message)) = raised(status) else {
+        return;
+    };
+    let before = cluster.status.as_ref().and_then(raised);
+    if before
+        .as_ref()
+        .is_some_and(|(r, m)| *r == reason && *m == message)
+    {
+        return;
+    }
+    ctx.publish(
+        &cluster.object_ref(&()),
+        EventType::Warning,
+        "EtcdAlarm",
+        message,
+        None,
+    )
+    .await;
 }
 
 /// A refused version change gets one Warning Event when it first appears, not one per reconcile.

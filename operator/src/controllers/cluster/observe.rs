@@ -10,8 +10,8 @@ use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
 use super::{
     decide::{
-        BootView, CRASH_LOOP_RESTARTS, Desired, MemberHealth, MemberView, Membership, Observed, PodState,
-        PodView,
+        BootView, CRASH_LOOP_RESTARTS, ClaimView, DataHome, Desired, MemberHealth, MemberView, Membership,
+        Observed, PodState, PodView,
     },
     resources::{self, LABEL_VERSION},
 };
@@ -286,7 +286,18 @@ pub async fn observe(
             Err(e) => (None, None, Vec::new(), Some(e.to_string())),
         }
     };
+    let data = if uses_pvc && !self_hosted {
+        DataHome::Claims(claim_views(&pvcs))
+    } else {
+        DataHome::Pod
+    };
     let observed = Observed {
+        data,
+        known_members: cluster
+            .status
+            .iter()
+            .flat_map(|s| s.members.iter().map(|m| m.name.clone()))
+            .collect(),
         cluster: name,
         desired: Desired {
             size: usize::try_from(cluster.spec.size).unwrap_or(0),
@@ -322,6 +333,21 @@ pub async fn observe(
         pods: pods.items,
         membership_error,
     })
+}
+
+/// The members' data claims that are still there (not being deleted), with the version they record.
+fn claim_views(pvcs: &[PersistentVolumeClaim]) -> Vec<ClaimView> {
+    pvcs.iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        // A claim that lost its volume holds no data to come back on.
+        .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Lost"))
+        .filter_map(|c| {
+            Some(ClaimView {
+                member: c.labels().get(resources::LABEL_MEMBER)?.clone(),
+                version: c.labels().get(LABEL_VERSION).and_then(|v| v.parse().ok()),
+            })
+        })
+        .collect()
 }
 
 /// Asks every member with a pod for its status, concurrently; members that do not answer are absent.
@@ -409,7 +435,7 @@ fn membership(
                     started: !m.name.is_empty(),
                     health: status_of(m.id).map(|s| MemberHealth {
                         applied_index: s.raft_applied_index,
-                        has_errors: !s.errors.is_empty(),
+                        errors: s.errors.clone(),
                     }),
                 })
             })

@@ -38,6 +38,12 @@ pub enum Recovery {
         /// The restore started for it.
         restore: String,
     },
+    /// Quorum is lost, but voters whose data is intact may answer again and give it back (pods
+    /// restarting, members restarted on their claims): a restore now would throw their data away.
+    DataMayReturn {
+        /// Those voters.
+        members: Vec<String>,
+    },
     /// Quorum is lost, but not yet for the grace period.
     Waiting {
         /// When the restore starts unless quorum returns first.
@@ -64,6 +70,9 @@ pub struct Input<'a> {
     pub cluster: &'a EtcdCluster,
     /// When `QuorumLost` turned True, when it is True now.
     pub quorum_lost_since: Option<Timestamp>,
+    /// Voters whose data is intact and who would give quorum back by answering again (from the
+    /// cluster decision's `NoQuorum`); empty when none would.
+    pub returning: &'a [String],
     /// EtcdBackups in the cluster's namespace.
     pub backups: &'a [EtcdBackup],
     /// EtcdRestores in the cluster's namespace.
@@ -105,6 +114,12 @@ pub fn decide(i: &Input) -> Recovery {
     let recorded = c.status.as_ref().and_then(|s| s.automatic_recovery.as_ref());
     if recorded.is_some_and(|r| r.restore_name == name) || i.restores.iter().any(|r| r.name_any() == name) {
         return Recovery::AlreadyStarted { restore: name };
+    }
+    if !i.returning.is_empty() {
+        // Doubt means wait: data that may come back is never overwritten by an older backup.
+        return Recovery::DataMayReturn {
+            members: i.returning.to_vec(),
+        };
     }
     if let Some(holder) = c.annotations().get(restore::RESTORE_HOLD) {
         return Recovery::RestoreRunning {

@@ -58,6 +58,7 @@ fn decide_at(c: &EtcdCluster, now: &str, backups: &[EtcdBackup], restores: &[Etc
     decide(&Input {
         cluster: c,
         quorum_lost_since: Some(t(LOST)),
+        returning: &[],
         backups,
         restores,
         now: t(now),
@@ -76,6 +77,7 @@ fn manual_or_healthy_clusters_are_left_alone() {
     let healthy = decide(&Input {
         cluster: &automatic(),
         quorum_lost_since: None,
+        returning: &[],
         backups: &backups,
         restores: &[],
         now: t(late),
@@ -220,5 +222,27 @@ fn the_newest_revision_is_recorded_at_most_once_a_minute() {
     assert_eq!(
         record_seen((Some(10), Some(recorded)), None, later),
         (Some(10), Some(recorded.to_owned()))
+    );
+}
+
+#[test]
+fn no_restore_while_voters_with_intact_data_may_give_quorum_back() {
+    // Pods restarting on intact claims, long past the grace period, with a backup at hand: waiting
+    // costs nothing, restoring would throw their writes away.
+    let backups = [backup("b", 500, "2026-11-22T09:00:00Z")];
+    let returning = ["main-1".to_owned(), "main-2".to_owned()];
+    let decision = decide(&Input {
+        cluster: &automatic(),
+        quorum_lost_since: Some(t(LOST)),
+        returning: &returning,
+        backups: &backups,
+        restores: &[],
+        now: t("2026-11-22T12:00:00Z"),
+    });
+    assert_eq!(
+        decision,
+        Recovery::DataMayReturn {
+            members: returning.to_vec()
+        }
     );
 }

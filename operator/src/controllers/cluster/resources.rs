@@ -313,11 +313,18 @@ pub fn pod_disruption_budget(cluster: &EtcdCluster) -> PodDisruptionBudget {
     }))
 }
 
-/// The data PVC of a member, when storage asks for one.
-pub fn member_pvc(cluster: &EtcdCluster, member: &str) -> Option<PersistentVolumeClaim> {
+/// The data PVC of a member, when storage asks for one. It records the member's version: a member
+/// never changes version (upgrades add new members), and a member restarted on its claim after every
+/// pod is gone must run the version its data was written by.
+pub fn member_pvc(
+    cluster: &EtcdCluster,
+    member: &str,
+    version: EtcdVersion,
+) -> Option<PersistentVolumeClaim> {
     let pvc = cluster.spec.storage.persistent_volume_claim.as_ref()?;
     let mut labels = cluster_labels(cluster);
     labels.insert(LABEL_MEMBER.to_owned(), member.to_owned());
+    labels.insert(LABEL_VERSION.to_owned(), version.to_string());
     Some(from_json(json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": pvc_name(member), "namespace": cluster.namespace(),
@@ -329,6 +336,10 @@ pub fn member_pvc(cluster: &EtcdCluster, member: &str) -> Option<PersistentVolum
         }
     })))
 }
+
+/// The members' readiness check: etcd's health with a serializable read (no quorum needed), not
+/// failing on a NOSPACE alarm.
+pub const READINESS_PATH: &str = "/health?serializable=true&exclude=NOSPACE";
 
 /// Where the sidecar mounts a backup claim: `/backups/<claim>`.
 pub const BACKUP_MOUNT: &str = "/backups";
@@ -636,7 +647,10 @@ fn build_member_pod(
                     // still reports its own state. Probed every second: a new or restored member
                     // counts as started only once Ready, and a 2 s period cost a restore up to 2 s;
                     // five failures still give about 5 s before a member leaves its Services.
-                    "readinessProbe": {"httpGet": {"path": "/health?serializable=true", "port": ports.metrics},
+                    // NOSPACE is excluded: under it etcd still serves reads, deletes and compaction,
+                    // the very requests that clear it, and a member that left its Services over it
+                    // would be out of reach of that remedy.
+                    "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": ports.metrics},
                                        "periodSeconds": 1, "failureThreshold": 5},
                     "livenessProbe": {"httpGet": {"path": "/livez", "port": ports.metrics},
                                       "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
@@ -815,6 +829,7 @@ mod tests {
             probe.port,
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2391)
         );
+        assert_eq!(probe.path.as_deref(), Some(READINESS_PATH));
         let sidecar = spec.containers[1].args.clone().unwrap();
         assert!(
             sidecar.contains(&"--listen=0.0.0.0:2392".to_owned()),
@@ -913,11 +928,13 @@ mod tests {
             )
             .replace("spec: {size: 3}\n", "spec:\n  size: 3\n"),
         );
-        let pvc = member_pvc(&c, "c-2").unwrap();
+        let v = "3.6.16".parse().unwrap();
+        let pvc = member_pvc(&c, "c-2", v).unwrap();
         assert_eq!(pvc.metadata.name.as_deref(), Some("c-2-data"));
+        assert_eq!(pvc.labels()[LABEL_MEMBER], "c-2");
+        assert_eq!(pvc.labels()[LABEL_VERSION], "3.6.16");
         let spec = pvc.spec.unwrap();
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
-        let v = "3.6.16".parse().unwrap();
         let p = member_pod(
             &c,
             &images(),
@@ -931,7 +948,7 @@ mod tests {
             vol.persistent_volume_claim.as_ref().unwrap().claim_name,
             "c-2-data"
         );
-        assert!(member_pvc(&cluster(MINIMAL), "c-0").is_none());
+        assert!(member_pvc(&cluster(MINIMAL), "c-0", v).is_none());
     }
 
     fn sidecar_backup_mount(p: &Pod) -> Option<(String, String)> {

@@ -41,22 +41,40 @@ pub fn compute(
                 is_learner: m.is_learner,
                 is_leader: ms.leader == Some(m.id),
                 version: status.map(|s| s.version.clone()),
-                healthy: m.health.as_ref().is_some_and(|h| !h.has_errors),
+                healthy: m.health.as_ref().is_some_and(|h| !h.has_errors()),
             }
         })
         .collect();
-    let voters = members.iter().filter(|m| !m.is_learner).count();
-    let ready = members.iter().filter(|m| !m.is_learner && m.healthy).count();
-    let quorum = voters / 2 + 1;
-    let available = voters > 0 && ready >= quorum;
-    let versions: Vec<ouroboros_crds::EtcdVersion> = o.pods.iter().map(|p| p.version).collect();
-
     let holder = cluster
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(crate::controllers::restore::RESTORE_HOLD));
     let held = holder.is_some();
+    // No member answered: the members known from the last answer stay listed, none of them healthy,
+    // so status still says who the cluster is and who does not answer. Not under a restore's hold:
+    // the restore replaces those members, and the decision restarts only members status lists on
+    // their claims, so an old member must never be listed once a restore has begun.
+    let members = if o.membership.is_none() && !previous.members.is_empty() && !held {
+        previous
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                healthy: false,
+                is_leader: false,
+                version: None,
+                ..m.clone()
+            })
+            .collect()
+    } else {
+        members
+    };
+    let voters = members.iter().filter(|m| !m.is_learner).count();
+    let ready = members.iter().filter(|m| !m.is_learner && m.healthy).count();
+    let quorum = voters / 2 + 1;
+    let available = voters > 0 && ready >= quorum;
+    let versions: Vec<ouroboros_crds::EtcdVersion> = o.pods.iter().map(|p| p.version).collect();
+
     let pivoting = o.boot.as_ref().is_some_and(|b| b.id.is_some());
     let phase = phase(decision, available, ready, o.desired.size, held, pivoting);
     let mut conditions = previous.conditions.clone();
@@ -91,6 +109,16 @@ pub fn compute(
         .collect();
     let (degraded, reason, message) = if let Step::BootInvalid { reason } = &decision.step {
         (true, "BootClusterInvalid", reason.clone())
+    } else if let Step::NoQuorum { .. } = &decision.step {
+        (
+            true,
+            "QuorumLost",
+            if sick.is_empty() {
+                "no voting member answers".to_owned()
+            } else {
+                format!("members that do not answer: {}", sick.join(", "))
+            },
+        )
     } else if let Some(refusal) = &decision.version_refusal {
         (true, "VersionChangeRefused", refusal.clone())
     } else if !sick.is_empty() {
@@ -118,6 +146,16 @@ pub fn compute(
             Step::NoQuorum {
                 healthy_voters,
                 voters,
+                returning,
+            } if !returning.is_empty() => format!(
+                "{healthy_voters} of {voters} voting members answer; no membership change is made without quorum. \
+                 {} still have their data and may answer again; no restore is started while they may",
+                returning.join(", ")
+            ),
+            Step::NoQuorum {
+                healthy_voters,
+                voters,
+                ..
             } => format!(
                 "{healthy_voters} of {voters} voting members answer; no membership change is made without quorum. \
                  If the members will not come back, restore from a backup with an EtcdRestore (see docs/runbooks.md)"
@@ -126,6 +164,16 @@ pub fn compute(
             _ => "a majority of voting members answers".to_owned(),
         },
     );
+
+    match alarm_condition(obs) {
+        Some((reason, message)) => set(ct::ALARM, true, reason, message),
+        None => set(
+            ct::ALARM,
+            false,
+            "NoAlarm",
+            "no member reports an alarm".to_owned(),
+        ),
+    }
 
     if let Some((removed, reason, message)) = boot_condition(cluster, obs, decision) {
         set(ct::BOOT_MEMBER_REMOVED, removed, reason, message);
@@ -169,6 +217,119 @@ pub fn compute(
         restored_from: None,
         ..previous
     }
+}
+
+/// An etcd alarm raised on a member, as etcd reports it in every member's status errors
+/// (`memberID:<decimal id> alarm:<TYPE>`): alarms are replicated, so each member lists all of them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Alarm {
+    /// The member it is raised on.
+    pub member: String,
+    /// `NOSPACE`, `CORRUPT`, or whatever a later etcd adds.
+    pub kind: String,
+}
+
+/// The alarms in status errors, as (member ID, kind); other errors are left out.
+pub fn parse_alarms(errors: &[String]) -> Vec<(Option<u64>, String)> {
+    errors
+        .iter()
+        .filter_map(|e| {
+            let mut id = None;
+            let mut kind = None;
+            for word in e.split_whitespace() {
+                if let Some(v) = word.strip_prefix("memberID:") {
+                    id = v.parse().ok();
+                } else if let Some(v) = word.strip_prefix("alarm:") {
+                    kind = Some(v.to_owned());
+                }
+            }
+            kind.filter(|k| !k.is_empty() && k != "NONE").map(|k| (id, k))
+        })
+        .collect()
+}
+
+/// `Alarm`: reason and message when some member reports an alarm, naming each and what to do.
+fn alarm_condition(obs: &Observation) -> Option<(&'static str, String)> {
+    let ms = obs.observed.membership.as_ref()?;
+    let name_of = |id: u64| {
+        ms.members
+            .iter()
+            .find(|m| m.id == id)
+            .map_or_else(|| format!("{id:x}"), |m| m.name.clone())
+    };
+    let mut alarms: Vec<Alarm> = obs
+        .statuses
+        .iter()
+        .flat_map(|(reporter, status)| {
+            parse_alarms(&status.errors)
+                .into_iter()
+                .map(move |(id, kind)| Alarm {
+                    member: name_of(id.unwrap_or(*reporter)),
+                    kind,
+                })
+        })
+        .collect();
+    alarms.sort();
+    alarms.dedup();
+    let db_size = obs.statuses.iter().map(|(_, s)| s.db_size).max().unwrap_or(0);
+    alarm_message(&alarms, db_size)
+}
+
+/// The words for a set of alarms: the most serious kind gives the reason.
+pub fn alarm_message(alarms: &[Alarm], db_size_bytes: i64) -> Option<(&'static str, String)> {
+    if alarms.is_empty() {
+        return None;
+    }
+    // Callers sort and dedup, so each member is named once per kind.
+    let of = |kind: &str| -> Vec<&str> {
+        alarms
+            .iter()
+            .filter(|a| a.kind == kind)
+            .map(|a| a.member.as_str())
+            .collect()
+    };
+    let mut parts = Vec::new();
+    let corrupt = of("CORRUPT");
+    if !corrupt.is_empty() {
+        parts.push(format!(
+            "CORRUPT on {}: its data differs from the other members'; it is never used as a backup source, \
+             and it should be replaced from the healthy majority (docs/runbooks.md, \"An etcd alarm\")",
+            corrupt.join(", ")
+        ));
+    }
+    let nospace = of("NOSPACE");
+    if !nospace.is_empty() {
+        parts.push(format!(
+            "NOSPACE on {}: the database ({} MiB) reached its quota and etcd now refuses writes; compact, \
+             defragment every member and disarm the alarm (`etcdctl alarm disarm`), or raise \
+             --quota-backend-bytes (docs/runbooks.md, \"An etcd alarm\")",
+            nospace.join(", "),
+            db_size_bytes / (1 << 20)
+        ));
+    }
+    let other: Vec<String> = alarms
+        .iter()
+        .filter(|a| a.kind != "CORRUPT" && a.kind != "NOSPACE")
+        .map(|a| format!("{} on {}", a.kind, a.member))
+        .collect();
+    if !other.is_empty() {
+        parts.push(format!("other alarms: {}", other.join(", ")));
+    }
+    let reason = if !corrupt.is_empty() {
+        "Corrupt"
+    } else if !nospace.is_empty() {
+        "NoSpace"
+    } else {
+        "AlarmRaised"
+    };
+    Some((
+        reason,
+        format!(
+            "{}. An alarm is not lost quorum: the members still answer, no membership change starts \
+             until it is cleared, and automatic recovery does not restore over it",
+            parts.join("; ")
+        ),
+    ))
 }
 
 /// `BootMemberRemoved` for clusters that pivot from a boot member: True once the membership answers
@@ -240,6 +401,7 @@ fn phase(
             reason: super::decide::RemoveReason::Upgrade,
             ..
         } => ClusterPhase::Upgrading,
+        Step::RestartMember { .. } | Step::DeleteTerminatedPod { .. } => ClusterPhase::Degraded,
         Step::WaitForMembers { .. }
         | Step::DeleteOrphanPod { .. }
         | Step::CreateMemberPod { .. }
@@ -280,6 +442,16 @@ fn progress(step: &Step) -> (bool, &'static str, String) {
             true,
             "StartingMember",
             format!("starting pod of added member {name}"),
+        ),
+        Step::RestartMember { name, version } => (
+            true,
+            "RestartingMember",
+            format!("starting a new pod for member {name} on its own data ({version})"),
+        ),
+        Step::DeleteTerminatedPod { name } => (
+            true,
+            "DeletingTerminatedPod",
+            format!("deleting the terminated pod of {name} to restart it on its data"),
         ),
         Step::RemoveMember { name, reason, .. } => (
             true,
@@ -355,6 +527,43 @@ pub fn set_condition_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alarms_are_read_from_etcd_status_errors() {
+        let errors = vec![
+            "memberID:10276657743932975437 alarm:NOSPACE ".to_owned(),
+            "memberID:42 alarm:CORRUPT".to_owned(),
+            "some other error".to_owned(),
+        ];
+        assert_eq!(
+            parse_alarms(&errors),
+            vec![
+                (Some(10276657743932975437), "NOSPACE".to_owned()),
+                (Some(42), "CORRUPT".to_owned())
+            ]
+        );
+        assert!(parse_alarms(&["memberID:1 alarm:NONE".to_owned()]).is_empty());
+    }
+
+    #[test]
+    fn alarm_messages_name_members_and_remedies() {
+        assert_eq!(alarm_message(&[], 0), None);
+        let a = |member: &str, kind: &str| Alarm {
+            member: member.into(),
+            kind: kind.into(),
+        };
+        let (reason, message) = alarm_message(&[a("c-0", "NOSPACE"), a("c-1", "NOSPACE")], 2 << 30).unwrap();
+        assert_eq!(reason, "NoSpace");
+        assert!(message.contains("NOSPACE on c-0, c-1"), "{message}");
+        assert!(
+            message.contains("2048 MiB") && message.contains("alarm disarm"),
+            "{message}"
+        );
+        assert!(message.contains("not lost quorum"), "{message}");
+        let (reason, message) = alarm_message(&[a("c-2", "CORRUPT"), a("c-0", "NOSPACE")], 0).unwrap();
+        assert_eq!(reason, "Corrupt", "the most serious alarm gives the reason");
+        assert!(message.contains("CORRUPT on c-2") && message.contains("never used as a backup source"));
+    }
 
     #[test]
     fn transition_time_only_moves_when_status_changes() {

@@ -1,0 +1,350 @@
+//! Do no harm: members come back on their own data, an alarm is not lost quorum, and automatic
+//! recovery never restores an old backup over data that still exists. Each test keeps a writer of
+//! sequential keys running through the disruption and checks that every acknowledged write is still
+//! there afterwards.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams},
+};
+use ouroboros_crds::{ClusterPhase, EtcdClusterStatus, EtcdRestore, condition_types};
+use ouroboros_e2e::{
+    TestNamespace, backup_succeeded, client,
+    etcd_cluster::{self, converged},
+    kill_container, minio_secret, s3, wait_for,
+    writer::Writer,
+};
+
+const V: &str = "3.6.16";
+const T: Duration = Duration::from_secs(180);
+const SELECTOR: &str = "etcd.ouroboros.dev/cluster=d";
+
+/// A 3-member cluster `d` with automatic recovery after `grace` and S3 backups; on claims when `pvc`.
+fn manifest(pvc: bool, grace: &str) -> anyhow::Result<String> {
+    Ok(format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: d}}\nspec:\n  size: 3\n  \
+         pod: {{antiAffinity: None}}\n{}  recovery: {{policy: Automatic, gracePeriod: {grace}}}\n  backup:\n    \
+         schedule: '0 0 1 1 *'\n    destination: {{s3: {{bucket: {}, prefix: e2e-durability/, endpoint: '{}', \
+         forcePathStyle: true, credentialsSecret: minio}}}}\n",
+        if pvc {
+            "  storage: {persistentVolumeClaim: {size: 1Gi}}\n"
+        } else {
+            ""
+        },
+        s3::bucket()?,
+        ouroboros_e2e::env("OUROBOROS_S3_ENDPOINT")?
+    ))
+}
+
+async fn status(c: &Client, ns: &str) -> anyhow::Result<EtcdClusterStatus> {
+    Ok(Api::<ouroboros_crds::EtcdCluster>::namespaced(c.clone(), ns)
+        .get("d")
+        .await?
+        .status
+        .unwrap_or_default())
+}
+
+fn member_ids(s: &EtcdClusterStatus) -> Vec<String> {
+    let mut ids: Vec<String> = s.members.iter().filter_map(|m| m.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// No EtcdRestore exists in the namespace: nothing restored over the cluster.
+async fn no_restore(c: &Client, ns: &str) -> anyhow::Result<()> {
+    let restores = Api::<EtcdRestore>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    ensure!(
+        restores.items.is_empty(),
+        "an EtcdRestore was created over intact data: {:?}",
+        restores
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+async fn delete_every_pod(c: &Client, ns: &str) -> anyhow::Result<()> {
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels(SELECTOR),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Restarts of a pod's etcd container so far.
+async fn restarts(pods: &Api<Pod>, name: &str) -> anyhow::Result<i32> {
+    Ok(pods
+        .get(name)
+        .await?
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.name == "etcd")
+        .map_or(0, |c| c.restart_count))
+}
+
+async fn events_with_reason(c: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<String>> {
+    Ok(Api::<Event>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.message)
+        .collect())
+}
+
+#[tokio::test]
+async fn every_pod_deleted_at_once_comes_back_on_its_claims_without_a_restore() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "allpods").await?.run(|c, ns| async move {
+        minio_secret(&c, &ns).await?;
+        etcd_cluster::create(&c, &ns, &manifest(true, "20s")?).await?;
+        let before = etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+        // A backup exists, so automatic recovery would have something to restore if it misread this.
+        backup_succeeded(&c, &ns, "d", "b").await?;
+        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+        let writer = Writer::start(&endpoint, "/allpods").await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let lost_at = Instant::now();
+        delete_every_pod(&c, &ns).await?;
+        // Past the grace period too: recovery must never fire while the claims hold the data.
+        let after = etcd_cluster::wait(&c, &ns, "d", "3 members back on their claims", T, converged(3, V)).await?;
+        let back_in = lost_at.elapsed();
+        tokio::time::sleep(Duration::from_secs(25).saturating_sub(back_in)).await;
+        let (acked, failed) = writer.stop_and_verify().await?;
+        println!("every pod deleted at once -> Running after {back_in:?}; {acked} writes acknowledged, {failed} failed attempts, 0 lost");
+
+        ensure!(after.cluster_id == before.cluster_id, "cluster ID {:?} -> {:?}", before.cluster_id, after.cluster_id);
+        ensure!(member_ids(&after) == member_ids(&before), "members {:?} -> {:?}: replaced, not restarted", member_ids(&before), member_ids(&after));
+        no_restore(&c, &ns).await?;
+        ensure!(status(&c, &ns).await?.automatic_recovery.is_none(), "automatic recovery recorded a restore");
+        let restarted = events_with_reason(&c, &ns, "MemberRestarted").await?;
+        ensure!(!restarted.is_empty(), "no MemberRestarted Event");
+        ensure!(events_with_reason(&c, &ns, "MemberRemoved").await?.is_empty(), "a member was removed");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_nospace_alarm_on_every_member_is_not_quorum_loss() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "nospace")
+        .await?
+        .run(|c, ns| async move {
+            minio_secret(&c, &ns).await?;
+            etcd_cluster::create(&c, &ns, &manifest(false, "10s")?).await?;
+            etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+            let mut e = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+            e.put("/before-backup", "1", None).await?;
+            backup_succeeded(&c, &ns, "d", "b").await?;
+            e.put("/after-backup", "kept", None).await?;
+
+            // NOSPACE on every member, through etcd's Maintenance Alarm API.
+            let members = e.member_list().await?;
+            for m in members.members() {
+                e.alarm(
+                    AlarmAction::Activate,
+                    AlarmType::Nospace,
+                    Some(AlarmOptions::new().with_member(m.id())),
+                )
+                .await?;
+            }
+            let raised = etcd_cluster::wait(
+                &c,
+                &ns,
+                "d",
+                "the Alarm condition",
+                Duration::from_secs(60),
+                |_, s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == condition_types::ALARM && c.status == "True")
+                },
+            )
+            .await?;
+            let alarm = raised
+                .conditions
+                .iter()
+                .find(|c| c.type_ == condition_types::ALARM)
+                .context("no Alarm condition")?;
+            ensure!(
+                alarm.reason == "NoSpace" && alarm.message.contains("NOSPACE"),
+                "Alarm condition: {alarm:?}"
+            );
+            ensure!(
+                !events_with_reason(&c, &ns, "EtcdAlarm").await?.is_empty(),
+                "no EtcdAlarm Event"
+            );
+
+            // Three times the grace period: never QuorumLost, never a restore.
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until {
+                let s = status(&c, &ns).await?;
+                let lost = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == condition_types::QUORUM_LOST);
+                ensure!(
+                    lost.is_none_or(|l| l.status == "False"),
+                    "an alarm read as lost quorum: {lost:?}"
+                );
+                ensure!(
+                    s.phase != Some(ClusterPhase::QuorumLost),
+                    "phase QuorumLost under an alarm"
+                );
+                no_restore(&c, &ns).await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            // Members stay in their Services under NOSPACE, so the remedy (and reads) reach them.
+            let got = e.get("/after-backup", None).await?;
+            ensure!(
+                got.kvs().first().map(|kv| kv.value()) == Some(&b"kept"[..]),
+                "the write after the backup is gone"
+            );
+
+            e.alarm(AlarmAction::Deactivate, AlarmType::Nospace, None).await?;
+            for m in members.members() {
+                e.alarm(
+                    AlarmAction::Deactivate,
+                    AlarmType::Nospace,
+                    Some(AlarmOptions::new().with_member(m.id())),
+                )
+                .await?;
+            }
+            etcd_cluster::wait(
+                &c,
+                &ns,
+                "d",
+                "the alarm cleared",
+                Duration::from_secs(60),
+                |_, s| {
+                    s.phase == Some(ClusterPhase::Running)
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.type_ == condition_types::ALARM && c.status == "False")
+                },
+            )
+            .await?;
+            e.put("/after-alarm", "1", None).await?;
+            Ok(())
+        })
+        .await
+}
+
+/// The project's chaos run on a claim-backed cluster under a writer: SIGKILLs of member containers,
+/// the operator's leader pod deleted, one member's claim lost, and every pod at once. Every
+/// acknowledged write must be readable at the end. Prints the figures docs/reliability.md records.
+#[tokio::test]
+async fn chaos_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "chaos")
+        .await?
+        .run(|c, ns| async move {
+            minio_secret(&c, &ns).await?;
+            etcd_cluster::create(&c, &ns, &manifest(true, "20s")?).await?;
+            etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+            let writer = Writer::start(&endpoint, "/chaos").await?;
+            let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+            let started = Instant::now();
+            let mut kills = 0;
+
+            // 1. SIGKILLs: each member's etcd twice, one at a time, the cluster healthy in between.
+            for round in 0..2 {
+                let names: Vec<String> = pods
+                    .list(&ListParams::default().labels(SELECTOR))
+                    .await?
+                    .items
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect();
+                for victim in names {
+                    let before = restarts(&pods, &victim).await?;
+                    kill_container(&c, &ns, &victim, "etcd").await?;
+                    kills += 1;
+                    wait_for(&format!("{victim}'s etcd restarted"), T, || {
+                        let (pods, victim) = (pods.clone(), victim.clone());
+                        async move { Ok((restarts(&pods, &victim).await? > before).then_some(())) }
+                    })
+                    .await?;
+                    etcd_cluster::wait(
+                        &c,
+                        &ns,
+                        "d",
+                        &format!("healthy after kill {round}/{victim}"),
+                        T,
+                        converged(3, V),
+                    )
+                    .await?;
+                }
+            }
+            // 2. The operator's leader pod is deleted; the other replica takes over.
+            let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+                Api::namespaced(c.clone(), "ouroboros-system");
+            let holder = leases
+                .get("ouroboros-etcd-operator")
+                .await?
+                .spec
+                .and_then(|s| s.holder_identity)
+                .context("no operator leader")?;
+            Api::<Pod>::namespaced(c.clone(), "ouroboros-system")
+                .delete(&holder, &DeleteParams::default())
+                .await?;
+            // 3. One member loses its claim (and so its data): it is replaced from the majority.
+            let before_loss = status(&c, &ns).await?;
+            let victim = before_loss
+                .members
+                .iter()
+                .find(|m| !m.is_leader)
+                .context("no follower")?
+                .name
+                .clone();
+            Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
+                .delete(&format!("{victim}-data"), &DeleteParams::default())
+                .await?;
+            pods.delete(&victim, &DeleteParams::default().grace_period(0))
+                .await?;
+            let conv = converged(3, V);
+            etcd_cluster::wait(&c, &ns, "d", "the lost member replaced", T, move |cl, s| {
+                conv(cl, s) && !s.members.iter().any(|m| m.name == victim)
+            })
+            .await?;
+            // 4. Every pod at once.
+            let ids = member_ids(&status(&c, &ns).await?);
+            delete_every_pod(&c, &ns).await?;
+            let after =
+                etcd_cluster::wait(&c, &ns, "d", "3 members after every pod went", T, converged(3, V))
+                    .await?;
+            ensure!(
+                member_ids(&after) == ids,
+                "every pod at once replaced members: {ids:?} -> {:?}",
+                member_ids(&after)
+            );
+
+            let (acked, failed) = writer.stop_and_verify().await?;
+            no_restore(&c, &ns).await?;
+            println!(
+                "chaos: {kills} SIGKILLs, operator leader deleted, 1 claim lost, every pod deleted once; \
+             {acked} writes acknowledged, {failed} failed attempts, 0 lost, {:?}",
+                started.elapsed()
+            );
+            Ok(())
+        })
+        .await
+}
