@@ -69,7 +69,7 @@ cat <<MSG
 Try:
   source <(e2e/cluster.sh env)
   kubectl -n $NS patch etcd example --type merge -p '{"spec":{"size":5}}'   # grow to 5, one learner at a time
-  kubectl -n $NS delete pod example-1                                     # watch it be replaced
+  kubectl -n $NS delete pod example-4                                     # it comes back on its own claim
   kubectl apply --dry-run=server -f deploy/samples/invalid/size-zero.yaml   # refused by the schema
   make cluster-down                                                         # remove everything
   kubectl -n $NS patch etcd example --type merge -p '{"spec":{"backup":{"schedule":"* * * * *","retention":{"maxCount":3}}}}'

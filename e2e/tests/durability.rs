@@ -41,18 +41,19 @@ fn manifest(pvc: bool, grace: &str) -> anyhow::Result<String> {
     ))
 }
 
+/// An alarm request aimed at one member.
+fn for_member(id: u64) -> AlarmOptions {
+    let mut o = AlarmOptions::new();
+    o.with_member(id);
+    o
+}
+
 async fn status(c: &Client, ns: &str) -> anyhow::Result<EtcdClusterStatus> {
     Ok(Api::<ouroboros_crds::EtcdCluster>::namespaced(c.clone(), ns)
         .get("d")
         .await?
         .status
         .unwrap_or_default())
-}
-
-fn member_ids(s: &EtcdClusterStatus) -> Vec<String> {
-    let mut ids: Vec<String> = s.members.iter().filter_map(|m| m.id.clone()).collect();
-    ids.sort();
-    ids
 }
 
 /// No EtcdRestore exists in the namespace: nothing restored over the cluster.
@@ -72,14 +73,57 @@ async fn no_restore(c: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete_every_pod(c: &Client, ns: &str) -> anyhow::Result<()> {
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .delete_collection(
-            &DeleteParams::default().grace_period(0),
-            &ListParams::default().labels(SELECTOR),
-        )
-        .await?;
-    Ok(())
+/// Deletes every member pod at once and waits until each member has a new pod (another UID) that is
+/// Ready: only after that can the status and etcd describe the members after the event.
+async fn delete_every_pod_and_wait(c: &Client, ns: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let before = pods.list(&ListParams::default().labels(SELECTOR)).await?.items;
+    let old: Vec<(String, String)> = before
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect();
+    pods.delete_collection(
+        &DeleteParams::default().grace_period(0),
+        &ListParams::default().labels(SELECTOR),
+    )
+    .await?;
+    wait_for("every member back in a new, Ready pod", T, || {
+        let (pods, old) = (pods.clone(), old.clone());
+        async move {
+            for (name, uid) in &old {
+                let Some(p) = pods.get_opt(name).await? else {
+                    return Ok(None);
+                };
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if p.uid().as_ref() == Some(uid) || !ready {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        }
+    })
+    .await
+}
+
+/// etcd's own view through the client Service: the cluster ID and the sorted member IDs.
+async fn etcd_identity(endpoint: &str) -> anyhow::Result<(u64, Vec<u64>)> {
+    wait_for("etcd to answer a member list", T, || async move {
+        let Ok(mut e) = etcd_client::Client::connect([endpoint], None).await else {
+            return Ok(None);
+        };
+        let Ok(list) = e.member_list().await else {
+            return Ok(None);
+        };
+        let cluster = list.header().map_or(0, |h| h.cluster_id());
+        let mut ids: Vec<u64> = list.members().iter().map(|m| m.id()).collect();
+        ids.sort_unstable();
+        Ok(Some((cluster, ids)))
+    })
+    .await
 }
 
 /// Restarts of a pod's etcd container so far.
@@ -112,24 +156,26 @@ async fn every_pod_deleted_at_once_comes_back_on_its_claims_without_a_restore() 
     TestNamespace::create(&c, "allpods").await?.run(|c, ns| async move {
         minio_secret(&c, &ns).await?;
         etcd_cluster::create(&c, &ns, &manifest(true, "20s")?).await?;
-        let before = etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+        etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
         // A backup exists, so automatic recovery would have something to restore if it misread this.
         backup_succeeded(&c, &ns, "d", "b").await?;
         let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+        let before = etcd_identity(&endpoint).await?;
         let writer = Writer::start(&endpoint, "/allpods").await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
 
         let lost_at = Instant::now();
-        delete_every_pod(&c, &ns).await?;
-        // Past the grace period too: recovery must never fire while the claims hold the data.
-        let after = etcd_cluster::wait(&c, &ns, "d", "3 members back on their claims", T, converged(3, V)).await?;
+        delete_every_pod_and_wait(&c, &ns).await?;
+        etcd_cluster::wait(&c, &ns, "d", "3 members back on their claims", T, converged(3, V)).await?;
         let back_in = lost_at.elapsed();
+        // Past the grace period too: recovery must never fire while the claims hold the data.
         tokio::time::sleep(Duration::from_secs(25).saturating_sub(back_in)).await;
         let (acked, failed) = writer.stop_and_verify().await?;
-        println!("every pod deleted at once -> Running after {back_in:?}; {acked} writes acknowledged, {failed} failed attempts, 0 lost");
+        println!("every pod deleted at once -> every member in a new Ready pod and Running after {back_in:?}; {acked} writes acknowledged, {failed} failed attempts, 0 lost");
 
-        ensure!(after.cluster_id == before.cluster_id, "cluster ID {:?} -> {:?}", before.cluster_id, after.cluster_id);
-        ensure!(member_ids(&after) == member_ids(&before), "members {:?} -> {:?}: replaced, not restarted", member_ids(&before), member_ids(&after));
+        let after = etcd_identity(&endpoint).await?;
+        ensure!(after.0 == before.0, "cluster ID {:x} -> {:x}", before.0, after.0);
+        ensure!(after.1 == before.1, "members {:x?} -> {:x?}: replaced, not restarted", before.1, after.1);
         no_restore(&c, &ns).await?;
         ensure!(status(&c, &ns).await?.automatic_recovery.is_none(), "automatic recovery recorded a restore");
         let restarted = events_with_reason(&c, &ns, "MemberRestarted").await?;
@@ -161,7 +207,7 @@ async fn a_nospace_alarm_on_every_member_is_not_quorum_loss() -> anyhow::Result<
                 e.alarm(
                     AlarmAction::Activate,
                     AlarmType::Nospace,
-                    Some(AlarmOptions::new().with_member(m.id())),
+                    Some(for_member(m.id())),
                 )
                 .await?;
             }
@@ -223,7 +269,7 @@ async fn a_nospace_alarm_on_every_member_is_not_quorum_loss() -> anyhow::Result<
                 e.alarm(
                     AlarmAction::Deactivate,
                     AlarmType::Nospace,
-                    Some(AlarmOptions::new().with_member(m.id())),
+                    Some(for_member(m.id())),
                 )
                 .await?;
             }
@@ -326,15 +372,13 @@ async fn chaos_loses_no_acknowledged_write() -> anyhow::Result<()> {
             })
             .await?;
             // 4. Every pod at once.
-            let ids = member_ids(&status(&c, &ns).await?);
-            delete_every_pod(&c, &ns).await?;
-            let after =
-                etcd_cluster::wait(&c, &ns, "d", "3 members after every pod went", T, converged(3, V))
-                    .await?;
+            let ids = etcd_identity(&endpoint).await?;
+            delete_every_pod_and_wait(&c, &ns).await?;
+            etcd_cluster::wait(&c, &ns, "d", "3 members after every pod went", T, converged(3, V)).await?;
+            let after = etcd_identity(&endpoint).await?;
             ensure!(
-                member_ids(&after) == ids,
-                "every pod at once replaced members: {ids:?} -> {:?}",
-                member_ids(&after)
+                after == ids,
+                "every pod at once replaced members or the cluster: {ids:x?} -> {after:x?}"
             );
 
             let (acked, failed) = writer.stop_and_verify().await?;

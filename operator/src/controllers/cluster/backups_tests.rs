@@ -354,3 +354,13 @@ fn the_slots_own_backup_is_not_a_reason_to_skip_it() {
     assert_eq!((due, skipped), (None, None));
     assert_eq!(last, Some(t("2026-11-21T12:00:00Z")));
 }
+
+#[test]
+fn steps_beyond_a_fields_range_are_refused_naming_the_field() {
+    let e = parse_schedule("*/61 * * * *").unwrap_err();
+    assert!(e.contains("spec.backup.schedule") && e.contains("minute step \"61\""), "{e}");
+    assert!(parse_schedule("0 */25 * * *").unwrap_err().contains("hour step"));
+    assert!(parse_schedule("*/0 * * * *").is_err());
+    assert!(parse_schedule("*/15 * * * *").is_ok());
+    assert!(parse_schedule("0 0 */2 * 1-5").is_ok());
+}
