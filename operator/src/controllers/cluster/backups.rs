@@ -110,7 +110,8 @@ pub enum Action {
 
 /// Parses the schedule, naming the problem for the condition.
 pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
-    let invalid = |why: String| format!("spec.backup.schedule {schedule:?} is not a valid cron schedule: {why}");
+    let invalid =
+        |why: String| format!("spec.backup.schedule {schedule:?} is not a valid cron schedule: {why}");
     check_steps(schedule).map_err(invalid)?;
     Cron::from_str(schedule.trim()).map_err(|e| invalid(e.to_string()))
 }

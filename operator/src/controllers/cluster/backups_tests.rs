@@ -358,7 +358,10 @@ fn the_slots_own_backup_is_not_a_reason_to_skip_it() {
 #[test]
 fn steps_beyond_a_fields_range_are_refused_naming_the_field() {
     let e = parse_schedule("*/61 * * * *").unwrap_err();
-    assert!(e.contains("spec.backup.schedule") && e.contains("minute step \"61\""), "{e}");
+    assert!(
+        e.contains("spec.backup.schedule") && e.contains("minute step \"61\""),
+        "{e}"
+    );
     assert!(parse_schedule("0 */25 * * *").unwrap_err().contains("hour step"));
     assert!(parse_schedule("*/0 * * * *").is_err());
     assert!(parse_schedule("*/15 * * * *").is_ok());
