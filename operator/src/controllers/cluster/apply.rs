@@ -146,6 +146,22 @@ async fn start_member(
     apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await
 }
 
+/// Starts the pod of a member already in the membership (added but never started, or restarted on
+/// its claim), joining the members etcd lists, or when none answers, those status last listed.
+async fn start_existing_member(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    obs: &Observation,
+    name: &str,
+    version: EtcdVersion,
+) -> Result<(), ApplyError> {
+    let names: Vec<String> = match &obs.observed.membership {
+        Some(ms) => ms.members.iter().map(|m| m.name.clone()).collect(),
+        None => obs.observed.known_members.clone(),
+    };
+    start_member(ctx, cluster, name, version, InitialClusterState::Existing, &names).await
+}
+
 /// Chooses the node and ports of a new self-hosted member.
 async fn place(
     ctx: &Context,
@@ -546,21 +562,7 @@ pub async fn apply_step(
             .await
         }
         Step::CreateMemberPod { name, version } => {
-            let names: Vec<String> = obs
-                .observed
-                .membership
-                .iter()
-                .flat_map(|m| m.members.iter().map(|m| m.name.clone()))
-                .collect();
-            start_member(
-                ctx,
-                cluster,
-                name,
-                *version,
-                InitialClusterState::Existing,
-                &names,
-            )
-            .await?;
+            start_existing_member(ctx, cluster, obs, name, *version).await?;
             event(
                 ctx,
                 cluster,
@@ -575,19 +577,7 @@ pub async fn apply_step(
         Step::RestartMember { name, version } => {
             // The member's data is on its claim: etcd starts from it and ignores the initial
             // membership, so the member comes back with its own ID and every write it had.
-            let names: Vec<String> = match &obs.observed.membership {
-                Some(ms) => ms.members.iter().map(|m| m.name.clone()).collect(),
-                None => obs.observed.known_members.clone(),
-            };
-            start_member(
-                ctx,
-                cluster,
-                name,
-                *version,
-                InitialClusterState::Existing,
-                &names,
-            )
-            .await?;
+            start_existing_member(ctx, cluster, obs, name, *version).await?;
             event(
                 ctx,
                 cluster,
