@@ -354,21 +354,22 @@ async fn chaos_loses_no_acknowledged_write() -> anyhow::Result<()> {
                 .await?;
             // 3. One member loses its claim (and so its data): it is replaced from the majority.
             let before_loss = status(&c, &ns).await?;
-            let victim = before_loss
+            let follower = before_loss
                 .members
                 .iter()
                 .find(|m| !m.is_leader)
-                .context("no follower")?
-                .name
-                .clone();
+                .context("no follower")?;
+            let (victim, victim_id) = (follower.name.clone(), follower.id.clone());
             Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
                 .delete(&format!("{victim}-data"), &DeleteParams::default())
                 .await?;
             pods.delete(&victim, &DeleteParams::default().grace_period(0))
                 .await?;
+            // By member ID: once the old pod and claim are gone, the replacement may get the same
+            // name (ordinals are recorded only for self-hosted clusters).
             let conv = converged(3, V);
             etcd_cluster::wait(&c, &ns, "d", "the lost member replaced", T, move |cl, s| {
-                conv(cl, s) && !s.members.iter().any(|m| m.name == victim)
+                conv(cl, s) && !s.members.iter().any(|m| m.id == victim_id)
             })
             .await?;
             // 4. Every pod at once.
