@@ -386,6 +386,19 @@ pub mod writer {
     }
 }
 
+/// How many times `container` of pod `pod` has restarted so far (0 when it has no status yet).
+pub async fn container_restarts(pods: &Api<Pod>, pod: &str, container: &str) -> anyhow::Result<i32> {
+    Ok(pods
+        .get(pod)
+        .await?
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.name == container)
+        .map_or(0, |c| c.restart_count))
+}
+
 /// Kills one container of a pod with SIGKILL through containerd, as a crash would; the kubelet
 /// restarts it. Works for images without a shell or `kill`.
 pub async fn kill_container(client: &Client, ns: &str, pod: &str, container: &str) -> anyhow::Result<()> {

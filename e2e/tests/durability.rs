@@ -14,7 +14,7 @@ use kube::{
 };
 use ouroboros_crds::{ClusterPhase, EtcdClusterStatus, EtcdRestore, condition_types};
 use ouroboros_e2e::{
-    TestNamespace, backup_succeeded, client,
+    TestNamespace, backup_succeeded, client, container_restarts,
     etcd_cluster::{self, converged},
     kill_container, minio_secret, s3, wait_for,
     writer::Writer,
@@ -124,19 +124,6 @@ async fn etcd_identity(endpoint: &str) -> anyhow::Result<(u64, Vec<u64>)> {
         Ok(Some((cluster, ids)))
     })
     .await
-}
-
-/// Restarts of a pod's etcd container so far.
-async fn restarts(pods: &Api<Pod>, name: &str) -> anyhow::Result<i32> {
-    Ok(pods
-        .get(name)
-        .await?
-        .status
-        .and_then(|s| s.container_statuses)
-        .unwrap_or_default()
-        .iter()
-        .find(|c| c.name == "etcd")
-        .map_or(0, |c| c.restart_count))
 }
 
 async fn events_with_reason(c: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<String>> {
@@ -321,12 +308,14 @@ async fn chaos_loses_no_acknowledged_write() -> anyhow::Result<()> {
                     .map(ResourceExt::name_any)
                     .collect();
                 for victim in names {
-                    let before = restarts(&pods, &victim).await?;
+                    let before = container_restarts(&pods, &victim, "etcd").await?;
                     kill_container(&c, &ns, &victim, "etcd").await?;
                     kills += 1;
                     wait_for(&format!("{victim}'s etcd restarted"), T, || {
                         let (pods, victim) = (pods.clone(), victim.clone());
-                        async move { Ok((restarts(&pods, &victim).await? > before).then_some(())) }
+                        async move {
+                            Ok((container_restarts(&pods, &victim, "etcd").await? > before).then_some(()))
+                        }
                     })
                     .await?;
                     etcd_cluster::wait(

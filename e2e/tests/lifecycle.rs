@@ -114,12 +114,7 @@ async fn create_scale_replace_and_restart_keep_every_acknowledged_write() -> any
                 let pods = pods2.clone();
                 let l = l.clone();
                 async move {
-                    let p = pods.get(&l).await?;
-                    let restarts = p
-                        .status
-                        .and_then(|s| s.container_statuses)
-                        .and_then(|cs| cs.into_iter().find(|c| c.name == "etcd"))
-                        .map_or(0, |c| c.restart_count);
+                    let restarts = ouroboros_e2e::container_restarts(&pods, &l, "etcd").await?;
                     Ok((restarts >= 1).then_some(()))
                 }
             })
