@@ -278,11 +278,7 @@ async fn schedule_backups(
             Ok(None)
         }
         backups::Action::Invalid(h) => {
-            let first = !cluster.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == ct::BACKUP_HEALTHY && c.reason == h.reason && c.message == h.message)
-            });
+            let first = !already_reported(cluster, ct::BACKUP_HEALTHY, h.reason, &h.message);
             set_health(&h);
             if first {
                 ctx.publish(
@@ -425,27 +421,21 @@ fn requeue_secs(step: &decide::Step) -> Duration {
 
 /// An etcd alarm gets one Warning Event when it first appears or changes, not one per reconcile.
 async fn report_alarm(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
-    let raised = |s: &ouroboros_crds::EtcdClusterStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == ct::ALARM && c.status == "True")
-            .map(|c| (c.reason.clone(), c.message.clone()))
-    };
-    let Some((reason, message)) = raised(status) else {
+    let Some(alarm) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ct::ALARM && c.status == "True")
+    else {
         return;
     };
-    let before = cluster.status.as_ref().and_then(raised);
-    if before
-        .as_ref()
-        .is_some_and(|(r, m)| *r == reason && *m == message)
-    {
+    if already_reported(cluster, ct::ALARM, &alarm.reason, &alarm.message) {
         return;
     }
     ctx.publish(
         &cluster.object_ref(&()),
         EventType::Warning,
         "EtcdAlarm",
-        message,
+        alarm.message.clone(),
         None,
     )
     .await;
@@ -454,12 +444,7 @@ async fn report_alarm(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_c
 /// A refused version change gets one Warning Event when it first appears, not one per reconcile.
 async fn report_refusal(ctx: &Context, cluster: &EtcdCluster, refusal: Option<&str>) {
     let Some(refusal) = refusal else { return };
-    let already = cluster.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == ct::DEGRADED && c.reason == "VersionChangeRefused" && c.message == refusal)
-    });
-    if already {
+    if already_reported(cluster, ct::DEGRADED, "VersionChangeRefused", refusal) {
         return;
     }
     ctx.publish(
@@ -470,6 +455,16 @@ async fn report_refusal(ctx: &Context, cluster: &EtcdCluster, refusal: Option<&s
         None,
     )
     .await;
+}
+
+/// The status before this pass already carried this condition with this reason and message, so its
+/// Warning Event went out then: Events go out once per change, not once per reconcile.
+fn already_reported(cluster: &EtcdCluster, type_: &str, reason: &str, message: &str) -> bool {
+    cluster.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.reason == reason && c.message == message)
+    })
 }
 
 fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
