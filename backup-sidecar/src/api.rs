@@ -4,6 +4,8 @@
 //!   answers 409 while another one runs;
 //! - `GET /v1/backups/{id}` reports it: [`JobState`]; 404 means this sidecar never saw the job (it
 //!   restarted), so the backup is lost and its upload was never committed;
+//! - `DELETE /v1/backups/{id}` stops a running backup (its cluster was deleted): the upload is
+//!   aborted, nothing is committed, and the job reports `Failed` with the reason (202; 404 if unknown);
 //! - `POST /v1/prune` with a [`PruneRequest`] applies retention to a destination and removes what
 //!   interrupted backups left there, answering a [`PruneOutcome`] (409 while a backup runs here).
 
@@ -22,7 +24,7 @@ use tokio::sync::Mutex;
 pub use ouroboros_crds::sidecar::{Job, JobDestination, JobState, PruneOutcome, PruneRequest};
 
 use crate::{
-    pipeline::{self, Request},
+    pipeline::{self, Cancel, Canceller, Request},
     store::{S3Config, Store},
 };
 
@@ -35,6 +37,42 @@ pub struct Api {
     pub tls: Option<Arc<ClientTls>>,
     /// Jobs by ID.
     pub jobs: Arc<Mutex<HashMap<String, JobState>>>,
+    /// The way to stop each running job, by ID.
+    pub cancels: Arc<Mutex<HashMap<String, Canceller>>>,
+}
+
+impl Api {
+    /// An API for the member at `etcd_endpoint`, with no jobs yet.
+    pub fn new(etcd_endpoint: String, tls: Option<Arc<ClientTls>>) -> Self {
+        Self {
+            etcd_endpoint,
+            tls,
+            jobs: Default::default(),
+            cancels: Default::default(),
+        }
+    }
+
+    /// Stops every running backup with `reason` and waits up to `wait` for their uploads to be
+    /// aborted: a sidecar that is shutting down must not leave a half-written upload behind.
+    pub async fn stop_all(&self, reason: &str, wait: std::time::Duration) {
+        for c in self.cancels.lock().await.values() {
+            c.cancel(reason);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            if !self
+                .jobs
+                .lock()
+                .await
+                .values()
+                .any(|s| matches!(s, JobState::Running))
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tracing::warn!("backups still running at shutdown; their uploads are left for retention to remove");
+    }
 }
 
 /// A client certificate (PEM) and the CA that signed the member's certificate.
@@ -55,7 +93,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/backups", post(start))
-        .route("/v1/backups/{id}", get(state))
+        .route("/v1/backups/{id}", get(state).delete(stop))
         .route("/v1/prune", post(prune))
         .with_state(api)
 }
@@ -68,6 +106,20 @@ async fn state(State(api): State<Api>, Path(id): Path<String>) -> impl IntoRespo
             Json(serde_json::json!({"error": "no such backup on this sidecar"})),
         ),
     }
+}
+
+async fn stop(State(api): State<Api>, Path(id): Path<String>) -> impl IntoResponse {
+    if !api.jobs.lock().await.contains_key(&id) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no such backup on this sidecar"})),
+        );
+    }
+    if let Some(c) = api.cancels.lock().await.get(&id) {
+        c.cancel("the operator stopped this backup");
+    }
+    // A finished job stays as it was; a running one reports Failed once its upload is aborted.
+    (StatusCode::ACCEPTED, Json(serde_json::json!({"id": id})))
 }
 
 async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoResponse {
@@ -89,8 +141,10 @@ async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoRespons
         jobs.insert(job.id.clone(), JobState::Running);
     }
     let id = job.id.clone();
+    let (canceller, cancel) = Cancel::new();
+    api.cancels.lock().await.insert(id.clone(), canceller);
     tokio::spawn(async move {
-        let result = run(&api.etcd_endpoint, api.tls.as_deref(), &job).await;
+        let result = run(&api.etcd_endpoint, api.tls.as_deref(), &job, cancel).await;
         let state = match result {
             Ok(outcome) => JobState::Succeeded {
                 manifest: Box::new(outcome.manifest),
@@ -100,6 +154,7 @@ async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoRespons
         };
         tracing::info!(backup = %job.name, state = ?state, "backup finished");
         api.jobs.lock().await.insert(job.id.clone(), state);
+        api.cancels.lock().await.remove(&job.id);
     });
     (
         StatusCode::ACCEPTED,
@@ -169,7 +224,12 @@ async fn open_store(destination: &JobDestination) -> Store {
     }
 }
 
-async fn run(endpoint: &str, tls: Option<&ClientTls>, job: &Job) -> Result<pipeline::Outcome, String> {
+async fn run(
+    endpoint: &str,
+    tls: Option<&ClientTls>,
+    job: &Job,
+    cancel: Cancel,
+) -> Result<pipeline::Outcome, String> {
     let store = open_store(&job.destination).await;
     let options = tls.map(|t| {
         let mut o = etcd_client::TlsOptions::new()
@@ -186,6 +246,8 @@ async fn run(endpoint: &str, tls: Option<&ClientTls>, job: &Job) -> Result<pipel
     let req = Request {
         name: job.name.clone(),
         cluster_name: job.cluster_name.clone(),
+        cluster_uid: job.cluster_uid.clone(),
+        cancel,
         member: job.member.clone(),
         compression_level: job.compression_level,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),

@@ -141,14 +141,10 @@ async fn main() -> anyhow::Result<()> {
             })
         }
     };
-    let api = Api {
-        etcd_endpoint: args.etcd_endpoint.clone(),
-        tls: tls.map(std::sync::Arc::new),
-        jobs: Default::default(),
-    };
+    let api = Api::new(args.etcd_endpoint.clone(), tls.map(std::sync::Arc::new));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %args.listen, etcd = %args.etcd_endpoint, "backup sidecar serving");
-    axum::serve(listener, router(api))
+    axum::serve(listener, router(api.clone()))
         .with_graceful_shutdown(async {
             // The kubelet stops containers with SIGTERM; without this the pod waits out its grace period.
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -164,5 +160,13 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
+    // The pod is going away (its cluster was deleted, or its member is restarted): a running backup
+    // cannot finish, so its upload is aborted rather than left half-written.
+    api.stop_all("the member's pod is shutting down", SHUTDOWN_WAIT)
+        .await;
     Ok(())
 }
+
+/// How long a stopping sidecar waits for running backups to abort their uploads; well inside the
+/// pod's termination grace period.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(15);

@@ -5,7 +5,7 @@
 
 use etcd_client::Client;
 use ouroboros_crds::retention::{StoredName, archive_name};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     archive::{FORMAT_VERSION, Manifest, ParallelGzWriter, TarStream},
@@ -21,12 +21,58 @@ pub struct Request {
     pub name: String,
     /// The EtcdCluster's name.
     pub cluster_name: String,
+    /// The EtcdCluster's `metadata.uid`, recorded in the manifest.
+    pub cluster_uid: Option<String>,
+    /// Stops the backup (its cluster was deleted, the sidecar is shutting down): the upload is
+    /// aborted and nothing is committed.
+    pub cancel: Cancel,
     /// The member (pod) the snapshot comes from.
     pub member: String,
     /// gzip level, 0 (stored) to 9.
     pub compression_level: u32,
     /// Compression threads.
     pub workers: usize,
+}
+
+/// A way to stop a running backup, with the reason it reports.
+#[derive(Debug, Clone)]
+pub struct Cancel(watch::Receiver<Option<String>>);
+
+/// The sending side of [`Cancel`].
+#[derive(Debug)]
+pub struct Canceller(watch::Sender<Option<String>>);
+
+impl Cancel {
+    /// A cancel and the handle that fires it.
+    pub fn new() -> (Canceller, Cancel) {
+        let (tx, rx) = watch::channel(None);
+        (Canceller(tx), Cancel(rx))
+    }
+
+    /// A backup nobody stops.
+    pub fn never() -> Cancel {
+        Cancel::new().1
+    }
+
+    /// Resolves with the reason once the backup is stopped; never while it is not.
+    async fn fired(&mut self) -> String {
+        loop {
+            if let Some(reason) = self.0.borrow_and_update().clone() {
+                return reason;
+            }
+            if self.0.changed().await.is_err() {
+                // The canceller is gone without firing: nothing can stop this backup any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Canceller {
+    /// Stops the backup, giving `reason`.
+    pub fn cancel(&self, reason: impl Into<String>) {
+        self.0.send_replace(Some(reason.into()));
+    }
 }
 
 /// A stored backup.
@@ -70,6 +116,9 @@ pub enum PipelineError {
     /// Storing failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Stopped on request before it completed.
+    #[error("stopped: {0}; the upload was aborted and nothing was committed")]
+    Cancelled(String),
 }
 
 /// Feeds a `Write` into a channel, for the compressor thread.
@@ -150,6 +199,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
     let (level, workers) = (req.compression_level, req.workers);
     let compressor = tokio::task::spawn_blocking(move || compress(from_feeder, to_uploader, level, workers));
 
+    let mut cancel = req.cancel.clone();
     let feeder = async move {
         let mut stream = etcd
             .snapshot()
@@ -159,10 +209,13 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
         let mut scanner = RevisionScanner::new();
         let mut started = false;
         loop {
-            let msg = stream.message().await.map_err(|source| PipelineError::Stream {
-                bytes: verifier.total(),
-                source,
-            })?;
+            let msg = tokio::select! {
+                msg = stream.message() => msg.map_err(|source| PipelineError::Stream {
+                    bytes: verifier.total(),
+                    source,
+                })?,
+                reason = cancel.fired() => return Err(PipelineError::Cancelled(reason)),
+            };
             let Some(msg) = msg else { break };
             let blob = msg.blob().to_vec();
             if !started {
@@ -189,6 +242,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
             format_version: FORMAT_VERSION,
             cluster_name: req.cluster_name.clone(),
             cluster_id,
+            cluster_uid: req.cluster_uid.clone(),
             member: req.member.clone(),
             etcd_version,
             revision,

@@ -19,6 +19,8 @@ fn request(name: &str) -> Request {
     Request {
         name: name.into(),
         cluster_name: "test".into(),
+        cluster_uid: Some("uid-1".into()),
+        cancel: pipeline::Cancel::never(),
         member: "m0".into(),
         compression_level: 1,
         workers: 2,

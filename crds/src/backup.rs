@@ -68,6 +68,13 @@ pub struct EtcdBackupStatus {
     /// etcd version of the member the snapshot came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_version: Option<String>,
+    /// The EtcdCluster's `metadata.uid` when the backup started. `latest` and automatic recovery only
+    /// consider backups of the cluster's own lineage: this UID, or the one it was restored from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_uid: Option<String>,
+    /// etcd's cluster ID (hex) of the member the snapshot came from, as its manifest records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// Name of the member (pod) the snapshot came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,

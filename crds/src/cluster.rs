@@ -49,7 +49,7 @@ pub struct EtcdClusterSpec {
     /// etcd version, `3.MINOR.PATCH`. Changing it upgrades one member at a time, followers first and
     /// the leader last. Downgrades and skipping a minor version are refused with a condition.
     #[serde(default = "default_version")]
-    #[schemars(regex(pattern = r"^3\.[0-9]+\.[0-9]+$"))]
+    #[schemars(regex(pattern = crate::version::VERSION_PATTERN))]
     pub version: String,
 
     /// Image repository of the etcd image; the tag is `v<version>`. Empty uses the operator's

@@ -30,21 +30,64 @@ pub struct EtcdRestoreSpec {
     pub cluster_name: String,
     /// Which backup to restore.
     pub source: RestoreSource,
-    /// Spec of the cluster to create when `clusterName` does not exist yet.
+    /// Spec of the cluster to create when `clusterName` does not exist yet: an EtcdCluster spec,
+    /// validated as one when the EtcdRestore is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "cluster_template_schema")]
     pub cluster_template: Option<Box<EtcdClusterSpec>>,
 }
 
-// The template is an EtcdClusterSpec, but its transition rules (`oldSelf`) make no sense inside a
-// restore, so the schema is left open and the operator validates it against the EtcdCluster CRD when
-// it creates the cluster.
-fn cluster_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "description": "An EtcdCluster spec (see the EtcdCluster CRD).",
-        "x-kubernetes-preserve-unknown-fields": true,
-    })
+// The template is an EtcdClusterSpec and is validated as one at admission: the same types, patterns
+// and CEL rules, less the transition rules (`oldSelf`), which only mean something on an update of an
+// EtcdCluster. A bad template is refused when the EtcdRestore is created, not when it runs.
+fn cluster_template_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<EtcdClusterSpec>();
+    if let Some(object) = schema.as_object_mut() {
+        for value in object.values_mut() {
+            drop_transition_rules(value);
+        }
+        object.remove("x-kubernetes-validations").map(|mut rules| {
+            drop_transition_rules_in(&mut rules);
+            let kept = rules.as_array().is_some_and(|r| !r.is_empty());
+            if kept {
+                object.insert("x-kubernetes-validations".into(), rules);
+            }
+        });
+        object.insert(
+            "description".into(),
+            "Spec of the cluster to create when `clusterName` does not exist yet: an EtcdCluster spec, \
+             validated as one when the EtcdRestore is created."
+                .into(),
+        );
+    }
+    schema
+}
+
+/// Removes every CEL rule that compares with `oldSelf` from a schema and its subschemas.
+fn drop_transition_rules(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(object) => {
+            if let Some(rules) = object.get_mut("x-kubernetes-validations") {
+                drop_transition_rules_in(rules);
+                if rules.as_array().is_some_and(Vec::is_empty) {
+                    object.remove("x-kubernetes-validations");
+                }
+            }
+            object.values_mut().for_each(drop_transition_rules);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_transition_rules),
+        _ => {}
+    }
+}
+
+fn drop_transition_rules_in(rules: &mut serde_json::Value) {
+    if let Some(list) = rules.as_array_mut() {
+        list.retain(|r| {
+            !r.get("rule")
+                .and_then(|r| r.as_str())
+                .is_some_and(|r| r.contains("oldSelf"))
+        });
+    }
 }
 
 /// A backup to restore. Set exactly one of `backupName`, `object`, `latest`; `notAfter` and

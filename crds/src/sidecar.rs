@@ -13,6 +13,11 @@ pub struct Manifest {
     pub cluster_name: String,
     /// etcd cluster ID, hex.
     pub cluster_id: String,
+    /// The EtcdCluster's `metadata.uid` when the backup was taken: with the name, it tells this
+    /// cluster's backups from those of an older cluster that had the same name. Absent in archives
+    /// made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_uid: Option<String>,
     /// Member the snapshot came from.
     pub member: String,
     /// etcd version of that member.
@@ -71,6 +76,9 @@ pub struct Job {
     pub name: String,
     /// The EtcdCluster's name.
     pub cluster_name: String,
+    /// The EtcdCluster's `metadata.uid`, recorded in the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_uid: Option<String>,
     /// This member's name.
     pub member: String,
     /// Destination.

@@ -31,7 +31,7 @@ impl fmt::Display for VersionError {
 impl std::error::Error for VersionError {}
 
 /// The schema pattern: the same rule as [`EtcdVersion::from_str`], enforced by the API server.
-pub const VERSION_PATTERN: &str = r"^3\.[0-9]+\.[0-9]+$";
+pub const VERSION_PATTERN: &str = r"^3\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$";
 
 impl FromStr for EtcdVersion {
     type Err = VersionError;
@@ -83,7 +83,18 @@ mod tests {
 
     #[test]
     fn rejects_other_shapes() {
-        for bad in ["", "3.6", "latest", "3.6.16-rc.0", "2.3.8", "4.0.0", "3.6.x"] {
+        // "3.06.16": leading zeros are not semver, and the schema pattern refuses them too.
+        for bad in [
+            "",
+            "3.6",
+            "latest",
+            "3.6.16-rc.0",
+            "2.3.8",
+            "4.0.0",
+            "3.6.x",
+            "3.06.16",
+            "3.6.016",
+        ] {
             assert!(bad.parse::<EtcdVersion>().is_err(), "{bad} should be rejected");
         }
     }

@@ -107,6 +107,22 @@ impl SidecarClient {
         }
     }
 
+    /// Stops job `id` on the sidecar at `addr`: its upload is aborted and nothing is committed.
+    pub async fn stop(&self, addr: &str, id: &str) -> Result<(), SidecarError> {
+        let req = http::Request::delete(format!("http://{addr}/v1/backups/{id}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 0, e.to_string()))?;
+        match self.call(req, addr).await? {
+            (202, _) => Ok(()),
+            (404, _) => Err(SidecarError::UnknownJob(addr.to_owned())),
+            (s, b) => Err(SidecarError::Unexpected(
+                addr.to_owned(),
+                s,
+                String::from_utf8_lossy(&b).into_owned(),
+            )),
+        }
+    }
+
     /// Applies retention in a destination through the sidecar at `addr`.
     pub async fn prune(&self, addr: &str, req: &PruneRequest) -> Result<PruneOutcome, SidecarError> {
         let body = serde_json::to_vec(req).unwrap_or_default();

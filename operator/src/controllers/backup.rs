@@ -81,6 +81,24 @@ fn now() -> String {
 /// How long a backup waits for the cluster it names to appear before it fails.
 const MISSING_CLUSTER_WAIT: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
 
+/// Why the cluster this backup was started for is gone, if it is: deleted, being deleted, or replaced
+/// by a new cluster of the same name (`recorded_uid` is the UID the backup recorded when it first saw
+/// its cluster). A backup of a cluster that no longer exists fails instead of waiting for it.
+pub fn cluster_gone(recorded_uid: Option<&str>, cluster: Option<&EtcdCluster>) -> Option<String> {
+    match (recorded_uid, cluster) {
+        (_, Some(c)) if c.metadata.deletion_timestamp.is_some() => {
+            Some(format!("EtcdCluster {} is being deleted", c.name_any()))
+        }
+        (Some(uid), Some(c)) if c.uid().is_some_and(|u| u != uid) => Some(format!(
+            "EtcdCluster {} was deleted and created again (uid {uid} is gone); this backup belonged to the \
+             deleted one: create a new EtcdBackup for the new cluster",
+            c.name_any()
+        )),
+        (Some(_), None) => Some("its EtcdCluster was deleted".to_owned()),
+        (Some(_) | None, Some(_)) | (None, None) => None,
+    }
+}
+
 async fn pending(ctx: &Context, b: &EtcdBackup, reason: String, retry: u64) -> Result<Action, Error> {
     let current = b.status.clone().unwrap_or_default();
     if current.phase != Some(BackupPhase::Pending) || current.reason.as_deref() != Some(reason.as_str()) {
@@ -240,6 +258,10 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         .get_opt(cluster_name)
         .await
         .map_err(kube_err("reading the EtcdCluster"))?;
+    let recorded_uid = b.status.as_ref().and_then(|s| s.cluster_uid.as_deref());
+    if let Some(why) = cluster_gone(recorded_uid, cluster.as_ref()) {
+        return fail(ctx, b, format!("{why}; nothing was backed up")).await;
+    }
     let Some(cluster) = cluster else {
         // A backup made together with its cluster (GitOps applies both at once) may see it a moment
         // late; one that names a cluster absent for longer names the wrong one.
@@ -267,6 +289,11 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     };
+    // Every status this pass writes records the cluster's UID: the backup's lineage, and how a later
+    // pass tells that its cluster was deleted.
+    let mut with_uid = b.clone();
+    with_uid.status.get_or_insert_default().cluster_uid = cluster.uid();
+    let b = &with_uid;
     let Resolved { destination, claim } = match resolve(ctx, b, &cluster).await? {
         Ok(d) => d,
         Err(why) => return fail(ctx, b, why).await,
@@ -346,6 +373,7 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         id: b.uid().unwrap_or_default(),
         name: b.name_any(),
         cluster_name: cluster_name.clone(),
+        cluster_uid: cluster.uid(),
         member: member.name.clone(),
         destination,
         compression_level: cluster
@@ -420,15 +448,34 @@ async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
                 .ok()
         });
     let overdue = deadline.is_some_and(|d| jiff::Timestamp::now() > d);
+    let cluster = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&b.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    let gone = cluster_gone(current.cluster_uid.as_deref(), cluster.as_ref());
     let Some(addr) = pod_addr(ctx, &ns, &member).await? else {
-        return fail(
-            ctx,
-            b,
-            format!("member pod {member} went away during the backup; nothing was committed"),
-        )
-        .await;
+        let why = gone.unwrap_or_else(|| format!("member pod {member} went away"));
+        return fail(ctx, b, format!("{why} during the backup; nothing was committed")).await;
     };
-    match ctx.sidecar.state(&addr, &b.uid().unwrap_or_default()).await {
+    let id = b.uid().unwrap_or_default();
+    match ctx.sidecar.state(&addr, &id).await {
+        Ok(JobState::Running) if gone.is_some() => {
+            // Its cluster is going: the members' pods go with it, and the upload is stopped now rather
+            // than cut off half-written when they do.
+            let aborted = match ctx.sidecar.stop(&addr, &id).await {
+                Ok(()) => "the upload was aborted".to_owned(),
+                Err(e) => {
+                    format!("stopping the upload failed ({e}); the sidecar aborts it when its pod stops")
+                }
+            };
+            let why = gone.unwrap_or_default();
+            fail(
+                ctx,
+                b,
+                format!("{why} during the backup; {aborted}; nothing was committed"),
+            )
+            .await
+        }
         Ok(JobState::Running) if overdue => {
             fail(
                 ctx,
@@ -457,6 +504,7 @@ async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
                 sha256: Some(manifest.sha256.clone()),
                 revision: i64::try_from(manifest.revision).ok(),
                 etcd_version: Some(manifest.etcd_version.clone()),
+                cluster_id: Some(manifest.cluster_id.clone()).filter(|id| !id.is_empty()),
                 completion_time: Some(completion.clone()),
                 ..current
             };
@@ -664,5 +712,41 @@ mod tests {
         assert_eq!(backup_timeout(1), Duration::from_secs(900));
         assert_eq!(backup_timeout(1 << 30), Duration::from_secs(900));
         assert_eq!(backup_timeout((8 << 30) + 1), Duration::from_secs(600 + 9 * 300));
+    }
+
+    fn cluster(uid: &str, deleting: bool) -> EtcdCluster {
+        let mut c: EtcdCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "etcd.ouroboros.dev/v1alpha1", "kind": "EtcdCluster",
+            "metadata": {"name": "main", "namespace": "ns", "uid": uid},
+            "spec": {"size": 1},
+        }))
+        .unwrap();
+        if deleting {
+            c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ));
+        }
+        c
+    }
+
+    #[test]
+    fn a_backup_whose_cluster_is_gone_fails_instead_of_waiting() {
+        let live = cluster("u1", false);
+        // Its own cluster, still there: go on.
+        assert_eq!(cluster_gone(Some("u1"), Some(&live)), None);
+        // Not yet seen (first pass): the cluster it finds becomes its own.
+        assert_eq!(cluster_gone(None, Some(&live)), None);
+        // Never seen and absent: the bounded wait for a late cluster decides, not this.
+        assert_eq!(cluster_gone(None, None), None);
+        // Seen, then deleted.
+        assert!(cluster_gone(Some("u1"), None).unwrap().contains("deleted"));
+        // Being deleted, whether seen or not.
+        for recorded in [Some("u1"), None] {
+            let why = cluster_gone(recorded, Some(&cluster("u1", true))).unwrap();
+            assert!(why.contains("being deleted"), "{why}");
+        }
+        // Deleted and created again under the same name: not this backup's cluster any more.
+        let why = cluster_gone(Some("u1"), Some(&cluster("u2", false))).unwrap();
+        assert!(why.contains("created again") && why.contains("u1"), "{why}");
     }
 }

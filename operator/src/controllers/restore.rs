@@ -100,29 +100,99 @@ pub fn object_location(o: &BackupObject) -> Result<String, String> {
     }
 }
 
-/// The newest Succeeded backup of `cluster` (what `latest: true` and automatic recovery restore).
-pub fn choose_latest(cluster: &str, backups: &[EtcdBackup]) -> Result<Chosen, String> {
-    newest(cluster, backups, None, None).map(chosen)
+/// Which backups of a cluster's name are its own, for `latest` and automatic recovery: a cluster that
+/// was deleted and created again under the same name is a different database, and its old backups
+/// must never be restored over the new one by a rule that only compares revisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lineage {
+    /// Backups recorded with one of these EtcdCluster UIDs: the cluster's own, and the one of the
+    /// cluster its data was restored from (a restore bumps revisions far past the source's, so both
+    /// compare by revision).
+    Uids(Vec<String>),
+    /// The cluster has no history of its own (it was created for this restore and never formed):
+    /// the backups of whichever cluster of that name completed a backup last.
+    NewestOfName,
+}
+
+impl Lineage {
+    /// The lineage a restore into `cluster` draws `latest` from, given every EtcdBackup in its
+    /// namespace: its own, unless it has no history yet (created for this restore, never formed).
+    pub fn of(cluster: &EtcdCluster, backups: &[EtcdBackup]) -> Lineage {
+        let status = cluster.status.as_ref();
+        let fresh = status.is_none_or(|s| s.cluster_id.is_none() && s.restored_from.is_none());
+        if fresh {
+            return Lineage::NewestOfName;
+        }
+        Lineage::own(cluster, backups)
+    }
+
+    /// The cluster's own lineage, never another cluster's: what automatic recovery restores from,
+    /// since it acts without anyone choosing.
+    pub fn own(cluster: &EtcdCluster, backups: &[EtcdBackup]) -> Lineage {
+        let ancestor = cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.restored_from.as_ref())
+            .and_then(|from| {
+                backups
+                    .iter()
+                    .find(|b| b.status.as_ref().and_then(|s| s.location.as_deref()) == Some(&from.location))
+                    .and_then(|b| b.status.as_ref()?.cluster_uid.clone())
+            });
+        Lineage::Uids(cluster.uid().into_iter().chain(ancestor).collect())
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Lineage::Uids(uids) => format!("of its lineage (uid {})", uids.join(" or ")),
+            Lineage::NewestOfName => "of the cluster that was backed up last under this name".into(),
+        }
+    }
+}
+
+/// The newest Succeeded backup of `cluster`'s lineage (what automatic recovery restores).
+pub fn choose_latest(cluster: &str, lineage: &Lineage, backups: &[EtcdBackup]) -> Result<Chosen, String> {
+    newest(cluster, lineage, backups, None, None).map(chosen)
+}
+
+fn succeeded_with_location(b: &EtcdBackup) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| s.phase == Some(BackupPhase::Succeeded) && s.location.is_some())
+}
+
+fn uid_of(b: &EtcdBackup) -> Option<&str> {
+    b.status.as_ref()?.cluster_uid.as_deref()
 }
 
 fn newest<'a>(
     cluster: &str,
+    lineage: &Lineage,
     backups: &'a [EtcdBackup],
     not_after: Option<jiff::Timestamp>,
     max_revision: Option<i64>,
 ) -> Result<&'a EtcdBackup, String> {
-    backups
+    let of_name: Vec<&EtcdBackup> = backups
         .iter()
+        .filter(|b| b.spec.cluster_name == cluster && succeeded_with_location(b))
+        .collect();
+    let last_completed_uid = of_name
+        .iter()
+        .max_by_key(|b| b.status.as_ref().and_then(|s| s.completion_time.clone()))
+        .map(|b| uid_of(b));
+    let ours = |b: &EtcdBackup| match lineage {
+        Lineage::Uids(uids) => uid_of(b).is_some_and(|u| uids.iter().any(|x| x == u)),
+        Lineage::NewestOfName => last_completed_uid == Some(uid_of(b)),
+    };
+    let (mine, others): (Vec<&EtcdBackup>, Vec<&EtcdBackup>) = of_name.into_iter().partition(|b| ours(b));
+    mine.into_iter()
         .filter(|b| {
             let s = b.status.as_ref();
             let completed = s
                 .and_then(|s| s.completion_time.as_deref())
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok());
             let revision = s.and_then(|s| s.revision).unwrap_or(0);
-            b.spec.cluster_name == cluster
-                && s.and_then(|s| s.phase) == Some(BackupPhase::Succeeded)
-                && s.is_some_and(|s| s.location.is_some())
-                && not_after.is_none_or(|n| completed.is_some_and(|c| c <= n))
+            not_after.is_none_or(|n| completed.is_some_and(|c| c <= n))
                 && max_revision.is_none_or(|m| revision <= m)
         })
         .max_by_key(|b| {
@@ -132,7 +202,23 @@ fn newest<'a>(
                 s.and_then(|s| s.completion_time.clone()),
             )
         })
-        .ok_or_else(|| format!("no Succeeded EtcdBackup of {cluster} matches the source"))
+        .ok_or_else(|| {
+            let mut why = format!(
+                "no Succeeded EtcdBackup of {cluster} {} matches the source",
+                lineage.describe()
+            );
+            if !others.is_empty() {
+                let names: Vec<String> = others.iter().take(3).map(|b| b.name_any()).collect();
+                why.push_str(&format!(
+                    "; {} backup(s) of an earlier cluster of that name, or without a recorded lineage, were \
+                     not considered ({}{}): name one in source.backupName to restore it deliberately",
+                    others.len(),
+                    names.join(", "),
+                    if others.len() > 3 { ", ..." } else { "" }
+                ));
+            }
+            why
+        })
 }
 
 fn chosen(b: &EtcdBackup) -> Chosen {
@@ -153,14 +239,15 @@ fn chosen(b: &EtcdBackup) -> Chosen {
 pub fn recorded_choice(
     restore: &EtcdRestore,
     recorded: Option<&str>,
+    lineage: &Lineage,
     backups: &[EtcdBackup],
 ) -> Result<Chosen, String> {
     let Some(location) = recorded else {
-        return choose(restore, backups);
+        return choose(restore, lineage, backups);
     };
     if restore.spec.source.object.is_some() {
         // The object names its archive itself; nothing is chosen.
-        return choose(restore, backups);
+        return choose(restore, lineage, backups);
     }
     backups
         .iter()
@@ -169,8 +256,9 @@ pub fn recorded_choice(
         .ok_or_else(|| format!("the EtcdBackup chosen when this restore started ({location}) is gone"))
 }
 
-/// Picks the backup the source names among `backups` (pure).
-pub fn choose(restore: &EtcdRestore, backups: &[EtcdBackup]) -> Result<Chosen, String> {
+/// Picks the backup the source names among `backups` (pure): `backupName` and `object` exactly as
+/// named, `latest` only within the target cluster's `lineage`.
+pub fn choose(restore: &EtcdRestore, lineage: &Lineage, backups: &[EtcdBackup]) -> Result<Chosen, String> {
     let src = &restore.spec.source;
     if let Some(name) = &src.backup_name {
         let b = backups
@@ -195,7 +283,14 @@ pub fn choose(restore: &EtcdRestore, backups: &[EtcdBackup]) -> Result<Chosen, S
             ),
             None => None,
         };
-        return newest(&restore.spec.cluster_name, backups, not_after, src.max_revision).map(chosen);
+        return newest(
+            &restore.spec.cluster_name,
+            lineage,
+            backups,
+            not_after,
+            src.max_revision,
+        )
+        .map(chosen);
     }
     let Some(object) = &src.object else {
         return Err("the source names no backup: set backupName, object or latest".into());
@@ -370,7 +465,7 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
         .list(&ListParams::default())
         .await
         .map_err(kube_err("listing EtcdBackups"))?;
-    match choose(r, &backups.items) {
+    match choose(r, &Lineage::of(&cluster, &backups.items), &backups.items) {
         Err(why) => {
             advance(
                 ctx,
@@ -401,7 +496,12 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         .list(&ListParams::default())
         .await
         .map_err(kube_err("listing EtcdBackups"))?;
-    let chosen = match recorded_choice(r, status.source.as_deref(), &backups.items) {
+    let cluster = match target(ctx, r, &status).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
+    };
+    let lineage = Lineage::of(&cluster, &backups.items);
+    let chosen = match recorded_choice(r, status.source.as_deref(), &lineage, &backups.items) {
         Ok(c) => c,
         Err(why) => {
             return advance(
@@ -413,10 +513,6 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             )
             .await;
         }
-    };
-    let cluster = match target(ctx, r, &status).await? {
-        Ok(c) => c,
-        Err(action) => return Ok(action),
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(job) = jobs
@@ -725,7 +821,9 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         None => {
             // A restore that already lifted its hold is still growing the cluster it restored; its
             // status says Growing before it lifts the hold, so reading the cluster first and the
-            // restores second cannot miss it.
+            // restores second cannot miss it. Others still in Restoring without a hold are not a
+            // reason to fail: two restores that both failed on seeing each other would leave none
+            // running; the hold below decides which one runs.
             let others = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns)
                 .list(&ListParams::default())
                 .await
@@ -733,10 +831,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             if let Some(other) = others.items.iter().find(|o| {
                 o.name_any() != r.name_any()
                     && o.spec.cluster_name == *name
-                    && matches!(
-                        o.status.as_ref().and_then(|s| s.phase),
-                        Some(RestorePhase::Restoring | RestorePhase::Growing)
-                    )
+                    && o.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Growing)
             }) {
                 let why = format!(
                     "EtcdRestore {} is restoring this cluster; this one did not touch it",
@@ -787,7 +882,19 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 )
                 .filter_map(|n| ordinal(name, &n))
                 .max();
-            let seed = format!("{name}-{}", highest.map_or(0, |h| h + 1));
+            let next = highest
+                .map_or(0, |h| h + 1)
+                .max(resources::ordinal_floor(&cluster));
+            let seed = format!("{name}-{next}");
+            // Recorded before the seed exists, like every member name: names never repeat.
+            Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&resources::ordinal_taken_patch(next)),
+                )
+                .await
+                .map_err(kube_err("recording the seed's ordinal on the EtcdCluster"))?;
             let status = EtcdRestoreStatus {
                 seed_member: Some(seed),
                 ..status
@@ -979,9 +1086,15 @@ mod tests {
             sha256: Some("ab".repeat(32)),
             revision: Some(revision),
             completion_time: Some(completed.into()),
+            cluster_uid: Some("u1".into()),
             ..Default::default()
         });
         b
+    }
+
+    /// The lineage of the cluster every `all()` backup came from.
+    fn mine() -> Lineage {
+        Lineage::Uids(vec!["u1".into()])
     }
 
     fn all() -> Vec<EtcdBackup> {
@@ -1051,7 +1164,7 @@ mod tests {
     fn a_started_restore_keeps_the_backup_it_recorded() {
         // `latest` chose "newer"; a newest backup appearing later does not switch the archive.
         let r = restore("{latest: true}");
-        let first = choose(&r, &all()).unwrap();
+        let first = choose(&r, &mine(), &all()).unwrap();
         let mut more = all();
         more.push(backup(
             "newest",
@@ -1060,32 +1173,37 @@ mod tests {
             9999,
             "2026-11-23T00:00:00Z",
         ));
-        assert_eq!(choose(&r, &more).unwrap().name, "newest");
+        assert_eq!(choose(&r, &mine(), &more).unwrap().name, "newest");
         assert_eq!(
-            recorded_choice(&r, Some(&first.location), &more).unwrap().name,
+            recorded_choice(&r, Some(&first.location), &mine(), &more)
+                .unwrap()
+                .name,
             first.name
         );
         // Gone since: the restore fails rather than restore something else.
         let gone: Vec<EtcdBackup> = more.into_iter().filter(|b| b.name_any() != first.name).collect();
-        assert!(recorded_choice(&r, Some(&first.location), &gone).is_err());
+        assert!(recorded_choice(&r, Some(&first.location), &mine(), &gone).is_err());
         // Nothing recorded yet: the source decides.
-        assert_eq!(recorded_choice(&r, None, &all()).unwrap().name, first.name);
+        assert_eq!(
+            recorded_choice(&r, None, &mine(), &all()).unwrap().name,
+            first.name
+        );
     }
 
     #[test]
     fn a_named_backup_must_exist_and_have_succeeded() {
-        let c = choose(&restore("{backupName: old}"), &all()).unwrap();
+        let c = choose(&restore("{backupName: old}"), &mine(), &all()).unwrap();
         assert_eq!(
             (c.name.as_str(), c.revision, c.location.as_str()),
             ("old", Some(100), "s3://b/old.tar.gz")
         );
         assert!(
-            choose(&restore("{backupName: failed}"), &all())
+            choose(&restore("{backupName: failed}"), &mine(), &all())
                 .unwrap_err()
                 .contains("has not succeeded")
         );
         assert!(
-            choose(&restore("{backupName: nope}"), &all())
+            choose(&restore("{backupName: nope}"), &mine(), &all())
                 .unwrap_err()
                 .contains("does not exist")
         );
@@ -1093,18 +1211,21 @@ mod tests {
 
     #[test]
     fn latest_takes_the_newest_success_of_this_cluster_within_the_bounds() {
-        assert_eq!(choose(&restore("{latest: true}"), &all()).unwrap().name, "newer");
-        let bounded = restore("{latest: true, notAfter: '2026-11-20T12:00:00Z'}");
-        assert_eq!(choose(&bounded, &all()).unwrap().name, "old");
         assert_eq!(
-            choose(&restore("{latest: true, maxRevision: 499}"), &all())
+            choose(&restore("{latest: true}"), &mine(), &all()).unwrap().name,
+            "newer"
+        );
+        let bounded = restore("{latest: true, notAfter: '2026-11-20T12:00:00Z'}");
+        assert_eq!(choose(&bounded, &mine(), &all()).unwrap().name, "old");
+        assert_eq!(
+            choose(&restore("{latest: true, maxRevision: 499}"), &mine(), &all())
                 .unwrap()
                 .name,
             "old"
         );
-        assert!(choose(&restore("{latest: true, maxRevision: 1}"), &all()).is_err());
+        assert!(choose(&restore("{latest: true, maxRevision: 1}"), &mine(), &all()).is_err());
         assert!(
-            choose(&restore("{latest: true, notAfter: yesterday}"), &all())
+            choose(&restore("{latest: true, notAfter: yesterday}"), &mine(), &all())
                 .unwrap_err()
                 .contains("RFC 3339")
         );
@@ -1114,6 +1235,7 @@ mod tests {
     fn an_object_source_names_the_archive_in_its_store() {
         let s3 = choose(
             &restore("{object: {destination: {s3: {bucket: bk, prefix: p/}}, key: p/ns/main/x.tar.gz}}"),
+            &mine(),
             &[],
         )
         .unwrap();
@@ -1125,6 +1247,7 @@ mod tests {
         );
         let vol = choose(
             &restore("{object: {destination: {volume: {claimName: keep}}, key: /ns/main/x.tar.gz}}"),
+            &mine(),
             &[],
         )
         .unwrap();
@@ -1134,7 +1257,7 @@ mod tests {
             "{object: {destination: {volume: {claimName: keep}}, key: ''}}",
             "{object: {destination: {}, key: x.tar.gz}}",
         ] {
-            assert!(choose(&restore(bad), &[]).is_err(), "{bad} was accepted");
+            assert!(choose(&restore(bad), &mine(), &[]).is_err(), "{bad} was accepted");
         }
     }
 
@@ -1142,9 +1265,102 @@ mod tests {
     fn latest_skips_successes_without_a_location() {
         let mut backups = all();
         backups[1].status.as_mut().unwrap().location = None;
-        assert_eq!(choose(&restore("{latest: true}"), &backups).unwrap().name, "old");
-        assert_eq!(choose_latest("main", &all()).unwrap().name, "newer");
-        assert!(choose_latest("nothing", &all()).is_err());
+        assert_eq!(
+            choose(&restore("{latest: true}"), &mine(), &backups)
+                .unwrap()
+                .name,
+            "old"
+        );
+        assert_eq!(choose_latest("main", &mine(), &all()).unwrap().name, "newer");
+        assert!(choose_latest("nothing", &mine(), &all()).is_err());
+    }
+
+    /// A backup of `main` taken from the cluster with `uid`.
+    fn of_uid(name: &str, uid: Option<&str>, revision: i64, completed: &str) -> EtcdBackup {
+        let mut b = backup(name, "main", BackupPhase::Succeeded, revision, completed);
+        b.status.as_mut().unwrap().cluster_uid = uid.map(Into::into);
+        b
+    }
+
+    #[test]
+    fn latest_and_recovery_never_cross_into_an_earlier_cluster_of_the_same_name() {
+        // An earlier `main` (uid u0) reached revision 9999; this one (u1) is at 500.
+        let mut backups = all();
+        backups.push(of_uid("earlier", Some("u0"), 9999, "2026-11-19T00:00:00Z"));
+        backups.push(of_uid("unrecorded", None, 8888, "2026-11-19T06:00:00Z"));
+        assert_eq!(choose_latest("main", &mine(), &backups).unwrap().name, "newer");
+        assert_eq!(
+            choose(&restore("{latest: true}"), &mine(), &backups)
+                .unwrap()
+                .name,
+            "newer"
+        );
+        // Named explicitly, an earlier cluster's backup is restored: the user chose it.
+        assert_eq!(
+            choose(&restore("{backupName: earlier}"), &mine(), &backups)
+                .unwrap()
+                .name,
+            "earlier"
+        );
+        // Only other lineages: refused, naming what was skipped and how to use it anyway.
+        let only_earlier = vec![backups[4].clone(), backups[5].clone()];
+        let why = choose_latest("main", &mine(), &only_earlier).unwrap_err();
+        for part in [
+            "lineage (uid u1)",
+            "2 backup(s)",
+            "earlier",
+            "unrecorded",
+            "backupName",
+        ] {
+            assert!(why.contains(part), "{part:?} missing from: {why}");
+        }
+        // Restored from the earlier cluster: its backups are this cluster's history too.
+        let both = Lineage::Uids(vec!["u1".into(), "u0".into()]);
+        assert_eq!(choose_latest("main", &both, &backups).unwrap().name, "earlier");
+    }
+
+    #[test]
+    fn a_cluster_with_no_history_takes_the_lineage_that_backed_up_last() {
+        // u0 backed up last (though u1 reached a higher revision): u0's newest is restored.
+        let backups = vec![
+            of_uid("u1-high", Some("u1"), 9000, "2026-11-20T00:00:00Z"),
+            of_uid("u0-low", Some("u0"), 10, "2026-11-21T00:00:00Z"),
+            of_uid("u0-lower", Some("u0"), 5, "2026-11-20T12:00:00Z"),
+        ];
+        assert_eq!(
+            choose(&restore("{latest: true}"), &Lineage::NewestOfName, &backups)
+                .unwrap()
+                .name,
+            "u0-low"
+        );
+    }
+
+    #[test]
+    fn the_lineage_of_a_cluster_is_its_uid_and_the_one_it_was_restored_from() {
+        let mut c: EtcdCluster = serde_yaml::from_str(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: ns, uid: u2}\nspec: {size: 1}\n",
+        )
+        .unwrap();
+        let backups = vec![of_uid("earlier", Some("u0"), 9, "2026-11-19T00:00:00Z")];
+        // Created for a restore, never formed: no history of its own...
+        assert_eq!(Lineage::of(&c, &backups), Lineage::NewestOfName);
+        // ...but automatic recovery never takes another cluster's data.
+        assert_eq!(Lineage::own(&c, &backups), Lineage::Uids(vec!["u2".into()]));
+        c.status = Some(ouroboros_crds::EtcdClusterStatus {
+            cluster_id: Some("abc".into()),
+            ..Default::default()
+        });
+        assert_eq!(Lineage::of(&c, &backups), Lineage::Uids(vec!["u2".into()]));
+        c.status.as_mut().unwrap().restored_from = Some(ouroboros_crds::BackupReference {
+            name: "earlier".into(),
+            location: "s3://b/earlier.tar.gz".into(),
+            revision: 9,
+            completion_time: "2026-11-19T00:00:00Z".into(),
+        });
+        assert_eq!(
+            Lineage::of(&c, &backups),
+            Lineage::Uids(vec!["u2".into(), "u0".into()])
+        );
     }
 
     #[test]

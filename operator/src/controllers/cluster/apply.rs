@@ -134,6 +134,7 @@ async fn start_member(
     initial_members: &[String],
 ) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
+    record_ordinal(ctx, cluster, name).await?;
     if let Some(pvc) = resources::member_pvc(cluster, name, version) {
         apply(
             &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
@@ -246,7 +247,7 @@ async fn start_self_hosted_member(
         }
         Some(_) => {}
         None => {
-            record_ordinal(ctx, cluster, obs.observed.ordinal_floor, name).await?;
+            record_ordinal(ctx, cluster, name).await?;
             apply(&pods, &pod, "Pod").await?;
         }
     }
@@ -308,23 +309,19 @@ pub async fn sync_voter_labels(
     Ok(())
 }
 
-/// Records on the cluster, before the member's pod exists, that its ordinal is taken: its data
-/// directory on the node outlives it, and a later member of the same name would find that data.
-async fn record_ordinal(
-    ctx: &Context,
-    cluster: &EtcdCluster,
-    recorded: u32,
-    name: &str,
-) -> Result<(), ApplyError> {
+/// Records on the cluster, before the member's pod or claim exists, that its ordinal is taken: a
+/// member name is never used twice, so a replacement is never mistaken for the member it replaced
+/// (in Events, metrics, runbooks), and a self-hosted member never finds an older member's data
+/// directory on its node.
+async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+    let recorded = resources::ordinal_floor(cluster);
     let Some(ordinal) = super::decide::ordinal(&cluster.name_any(), name) else {
         return Ok(());
     };
     if recorded > ordinal {
         return Ok(());
     }
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        resources::ANNOTATION_NEXT_ORDINAL: (ordinal + 1).to_string()
-    }}});
+    let patch = resources::ordinal_taken_patch(ordinal);
     Api::<EtcdCluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
         .patch(
             &cluster.name_any(),

@@ -79,6 +79,9 @@ pub struct PodView {
     pub volume_lost: bool,
     /// Its `etcd.ouroboros.dev/voter` label, which only the label sync reads.
     pub voter_label: Option<String>,
+    /// Why one of its images cannot be pulled, if one cannot (a version with no image, a wrong
+    /// repository); only the status reads it.
+    pub image_problem: Option<String>,
 }
 
 /// What one member answered to a status request.

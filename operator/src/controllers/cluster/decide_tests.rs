@@ -78,6 +78,7 @@ impl Observed {
             age: Duration::from_secs(60),
             volume_lost: false,
             voter_label: None,
+            image_problem: None,
         });
         let ms = self.membership.get_or_insert(Membership {
             leader: None,
@@ -232,6 +233,7 @@ fn a_starting_seed_is_awaited() {
         age: Duration::from_secs(3),
         volume_lost: false,
         voter_label: None,
+        image_problem: None,
     });
     assert!(matches!(step(&o), Step::WaitForMembers { .. }));
 }
@@ -825,6 +827,7 @@ fn pods_first_a_refused_join_is_retried_with_the_same_pod_then_given_up() {
         age: Duration::from_secs(5),
         volume_lost: false,
         voter_label: None,
+        image_problem: None,
     });
     assert_eq!(
         next_step(&o).step,
@@ -958,6 +961,7 @@ fn every_pod_gone_with_claims_restarts_each_member_in_order() {
         age: Duration::from_secs(1),
         volume_lost: false,
         voter_label: None,
+        image_problem: None,
     });
     o.pods.push(PodView {
         name: "c-1".into(),

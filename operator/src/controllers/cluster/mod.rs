@@ -91,6 +91,16 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
             report_blocked(&ctx, &cluster, "TLSSecretInvalid", &problem, now).await?;
             return Ok(Action::requeue(Duration::from_secs(15)));
         }
+        // An old object may hold a version the schema now refuses (`3.06.16`): name the field and the
+        // fix, and touch nothing until the spec changes.
+        Err(observe::ObserveError::Version(v)) => {
+            let problem = format!(
+                "spec.version {v:?} is not an etcd version of the form 3.6.16 (no leading zeros, no suffix); \
+                 set spec.version to a released version; nothing was changed"
+            );
+            report_blocked(&ctx, &cluster, "VersionInvalid", &problem, now).await?;
+            return Ok(Action::await_change());
+        }
         Err(e) => return Err(e.into()),
     };
     let decision = decide::next_step(&obs.observed);
@@ -100,11 +110,11 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     if !obs.observed.desired.paused {
         apply::sync_voter_labels(&ctx, &cluster, &obs).await?;
     }
-    report_refusal(&ctx, &cluster, decision.version_refusal.as_deref()).await;
     let mut status = status::compute(&cluster, &obs, &decision, now);
     let wake = schedule_backups(&ctx, &cluster, &mut status, now).await?;
     let recovery_wake = recover(&ctx, &cluster, &mut status, &decision.step, now).await?;
     report_alarm(&ctx, &cluster, &status).await;
+    report_degraded(&ctx, &cluster, &status).await;
     record_member_metrics(&ctx, &cluster, &status);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
@@ -441,17 +451,24 @@ async fn report_alarm(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_c
     .await;
 }
 
-/// A refused version change gets one Warning Event when it first appears, not one per reconcile.
-async fn report_refusal(ctx: &Context, cluster: &EtcdCluster, refusal: Option<&str>) {
-    let Some(refusal) = refusal else { return };
-    if already_reported(cluster, ct::DEGRADED, "VersionChangeRefused", refusal) {
+/// `Degraded` reasons a person must act on: each gets one Warning Event when it first appears or
+/// changes, not one per reconcile.
+const DEGRADED_WARNINGS: [&str; 2] = ["VersionChangeRefused", status::IMAGE_PULL_FAILED];
+
+async fn report_degraded(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
+    let Some(c) = status.conditions.iter().find(|c| {
+        c.type_ == ct::DEGRADED && c.status == "True" && DEGRADED_WARNINGS.contains(&c.reason.as_str())
+    }) else {
+        return;
+    };
+    if already_reported(cluster, ct::DEGRADED, &c.reason, &c.message) {
         return;
     }
     ctx.publish(
         &cluster.object_ref(&()),
         EventType::Warning,
-        "VersionChangeRefused",
-        refusal.to_owned(),
+        &c.reason,
+        c.message.clone(),
         None,
     )
     .await;

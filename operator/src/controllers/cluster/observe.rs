@@ -247,6 +247,7 @@ pub async fn observe(
             age: age(p, now),
             volume_lost,
             voter_label: p.labels().get(resources::LABEL_VOTER).cloned(),
+            image_problem: image_problem(p),
         });
     }
 
@@ -314,11 +315,7 @@ pub async fn observe(
         pods: pod_views,
         membership,
         pods_first: self_hosted,
-        ordinal_floor: cluster
-            .annotations()
-            .get(resources::ANNOTATION_NEXT_ORDINAL)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
+        ordinal_floor: resources::ordinal_floor(cluster),
         boot: boot.map(|ep| BootView {
             id: boot_id,
             endpoint: ep.url,
@@ -451,6 +448,31 @@ fn age(p: &Pod, now: jiff::Timestamp) -> Duration {
         .unwrap_or_default()
 }
 
+/// Why one of the pod's containers cannot get its image, in words, if the kubelet says so: a version
+/// whose image does not exist waits forever in `ImagePullBackOff`, which the status must name.
+pub fn image_problem(p: &Pod) -> Option<String> {
+    const PULL_FAILURES: [&str; 4] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+    ];
+    let status = p.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses);
+    containers.flatten().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        // The kubelet alternates ErrImagePull and ImagePullBackOff with changing messages; the words
+        // stay the same so the condition and its Event do not flap (`kubectl describe pod` has the rest).
+        PULL_FAILURES
+            .contains(&reason)
+            .then(|| format!("container {} cannot pull {}", c.name, c.image))
+    })
+}
+
 /// The pod's lifecycle as the decision sees it.
 pub fn pod_state(p: &Pod) -> PodState {
     if p.metadata.deletion_timestamp.is_some() {
@@ -492,6 +514,23 @@ mod tests {
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_pull_failure_is_named_with_its_image() {
+        let pulling = pod(
+            "status: {phase: Pending, containerStatuses: [{name: etcd, image: 'localhost/ouroboros/etcd:v3.9.9', imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: ImagePullBackOff, message: 'Back-off pulling image'}}}]}",
+        );
+        assert_eq!(
+            image_problem(&pulling).as_deref(),
+            Some("container etcd cannot pull localhost/ouroboros/etcd:v3.9.9")
+        );
+        // Waiting for another reason (starting, crash loop) is not a pull failure.
+        let starting = pod(
+            "status: {phase: Pending, containerStatuses: [{name: etcd, image: e, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: ContainerCreating}}}]}",
+        );
+        assert_eq!(image_problem(&starting), None);
+        assert_eq!(image_problem(&pod("status: {phase: Running}")), None);
     }
 
     #[test]

@@ -146,7 +146,8 @@ pub fn decide(i: &Input) -> Recovery {
     if i.now < at {
         return Recovery::Waiting { at };
     }
-    let backup = match restore::choose_latest(&c.name_any(), i.backups) {
+    let backup = match restore::choose_latest(&c.name_any(), &restore::Lineage::own(c, i.backups), i.backups)
+    {
         Ok(b) => b,
         Err(why) => return Recovery::NoBackup { why },
     };

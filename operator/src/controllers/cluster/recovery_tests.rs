@@ -11,7 +11,7 @@ fn t(s: &str) -> Timestamp {
 
 fn cluster(recovery: &str) -> EtcdCluster {
     let mut c: EtcdCluster = serde_yaml::from_str(&format!(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: main, namespace: ns}}\nspec: {{size: 3{recovery}}}\n"
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: main, namespace: ns, uid: u1}}\nspec: {{size: 3{recovery}}}\n"
     ))
     .unwrap();
     c.status = Some(EtcdClusterStatus {
@@ -37,6 +37,7 @@ fn backup(name: &str, revision: i64, completed: &str) -> EtcdBackup {
         sha256: Some("ab".repeat(32)),
         revision: Some(revision),
         completion_time: Some(completed.into()),
+        cluster_uid: Some("u1".into()),
         ..Default::default()
     });
     b
@@ -244,5 +245,28 @@ fn no_restore_while_voters_with_intact_data_may_give_quorum_back() {
         Recovery::DataMayReturn {
             members: returning.to_vec()
         }
+    );
+}
+
+#[test]
+fn an_earlier_cluster_of_the_same_name_is_never_restored_automatically() {
+    // The cluster was deleted and created again: the old one's newer backup is not this one's data.
+    let mut earlier = backup("earlier", 5000, "2026-11-22T09:00:00Z");
+    earlier.status.as_mut().unwrap().cluster_uid = Some("u0".into());
+    let ours = backup("ours", 400, "2026-11-22T08:00:00Z");
+    let r = decide_at(
+        &automatic(),
+        "2026-11-22T10:05:00Z",
+        &[earlier.clone(), ours],
+        &[],
+    );
+    assert!(
+        matches!(&r, Recovery::Start { record, .. } if record.backup_name == "ours"),
+        "{r:?}"
+    );
+    let r = decide_at(&automatic(), "2026-11-22T10:05:00Z", &[earlier], &[]);
+    assert!(
+        matches!(&r, Recovery::NoBackup { why } if why.contains("earlier cluster")),
+        "{r:?}"
     );
 }

@@ -56,6 +56,20 @@ pub const ANNOTATION_PEER_URL: &str = "etcd.ouroboros.dev/peer-url";
 /// On self-hosted clusters: the lowest ordinal a new member may get, written before each member pod.
 pub const ANNOTATION_NEXT_ORDINAL: &str = "etcd.ouroboros.dev/next-ordinal";
 
+/// The lowest ordinal a new member of `cluster` may take: one past every ordinal ever recorded.
+pub fn ordinal_floor(cluster: &EtcdCluster) -> u32 {
+    cluster
+        .annotations()
+        .get(ANNOTATION_NEXT_ORDINAL)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The merge patch that records `ordinal` as taken.
+pub fn ordinal_taken_patch(ordinal: u32) -> serde_json::Value {
+    serde_json::json!({"metadata": {"annotations": {ANNOTATION_NEXT_ORDINAL: (ordinal + 1).to_string()}}})
+}
+
 /// The ports one member listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ports {

@@ -12,6 +12,9 @@ use super::{
     resources,
 };
 
+/// The `Degraded` reason when member pods cannot pull their image.
+pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+
 /// The new status of `cluster`.
 pub fn compute(
     cluster: &EtcdCluster,
@@ -107,8 +110,25 @@ pub fn compute(
         .filter(|m| !m.healthy)
         .map(|m| m.name.as_str())
         .collect();
+    let pull_failures: Vec<String> = o
+        .pods
+        .iter()
+        .filter_map(|p| Some(format!("{}: {}", p.name, p.image_problem.as_ref()?)))
+        .collect();
     let (degraded, reason, message) = if let Step::BootInvalid { reason } = &decision.step {
         (true, "BootClusterInvalid", reason.clone())
+    } else if !pull_failures.is_empty() {
+        // The cause before its effects (members that never start, a quorum never formed).
+        (
+            true,
+            IMAGE_PULL_FAILED,
+            format!(
+                "member pods cannot pull their image: {}. If spec.version {} has no image, set spec.version to \
+                 a version that has one; otherwise check spec.repository and the registry",
+                pull_failures.join("; "),
+                o.desired.version
+            ),
+        )
     } else if let Step::NoQuorum { .. } = &decision.step {
         (
             true,
