@@ -209,12 +209,14 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
         let mut scanner = RevisionScanner::new();
         let mut started = false;
         loop {
+            // Biased: a stop is seen before the next message, however fast the stream is.
             let msg = tokio::select! {
+                biased;
+                reason = cancel.fired() => return Err(PipelineError::Cancelled(reason)),
                 msg = stream.message() => msg.map_err(|source| PipelineError::Stream {
                     bytes: verifier.total(),
                     source,
                 })?,
-                reason = cancel.fired() => return Err(PipelineError::Cancelled(reason)),
             };
             let Some(msg) = msg else { break };
             let blob = msg.blob().to_vec();

@@ -500,3 +500,48 @@ async fn the_fetch_command_takes_a_location_and_says_why_it_refuses() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("s3://<bucket>/<key>"));
 }
+
+/// A stopped backup (its cluster was deleted, its pod is stopping) aborts its upload: the error says
+/// so, and the store holds no object, no marker and no open multipart upload afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_backup_aborts_its_upload_and_leaves_nothing() {
+    let etcd = start_etcd("stopped");
+    let mut c = connect(&etcd.endpoint).await;
+    fill(&mut c).await;
+    let minio = start_minio().await;
+    let s3 = raw_client(&minio).await;
+    s3.create_bucket().bucket("backups").send().await.unwrap();
+    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+
+    let (stop, cancel) = pipeline::Cancel::new();
+    stop.cancel("its EtcdCluster was deleted");
+    let req = Request {
+        cancel,
+        ..request("s1")
+    };
+    let err = pipeline::run(&mut c, &store, &req).await.unwrap_err();
+    assert!(matches!(err, PipelineError::Cancelled(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("its EtcdCluster was deleted") && msg.contains("upload was aborted"),
+        "unclear error: {msg}"
+    );
+    let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
+    assert!(
+        listed.contents().is_empty(),
+        "a stopped backup left objects: {:?}",
+        listed.contents()
+    );
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket("backups")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "a stopped backup left a multipart upload"
+    );
+    // The same client still backs up when nobody stops it.
+    pipeline::run(&mut c, &store, &request("s2")).await.unwrap();
+}

@@ -43,16 +43,11 @@ pub struct EtcdRestoreSpec {
 fn cluster_template_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<EtcdClusterSpec>();
     if let Some(object) = schema.as_object_mut() {
-        for value in object.values_mut() {
-            drop_transition_rules(value);
+        let mut whole = serde_json::Value::Object(std::mem::take(object));
+        drop_transition_rules(&mut whole);
+        if let serde_json::Value::Object(cleaned) = whole {
+            *object = cleaned;
         }
-        object.remove("x-kubernetes-validations").map(|mut rules| {
-            drop_transition_rules_in(&mut rules);
-            let kept = rules.as_array().is_some_and(|r| !r.is_empty());
-            if kept {
-                object.insert("x-kubernetes-validations".into(), rules);
-            }
-        });
         object.insert(
             "description".into(),
             "Spec of the cluster to create when `clusterName` does not exist yet: an EtcdCluster spec, \
@@ -67,26 +62,24 @@ fn cluster_template_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 fn drop_transition_rules(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(object) => {
-            if let Some(rules) = object.get_mut("x-kubernetes-validations") {
-                drop_transition_rules_in(rules);
-                if rules.as_array().is_some_and(Vec::is_empty) {
-                    object.remove("x-kubernetes-validations");
-                }
+            let emptied = object
+                .get_mut("x-kubernetes-validations")
+                .and_then(|r| r.as_array_mut())
+                .is_some_and(|rules| {
+                    rules.retain(|r| {
+                        !r.get("rule")
+                            .and_then(|r| r.as_str())
+                            .is_some_and(|r| r.contains("oldSelf"))
+                    });
+                    rules.is_empty()
+                });
+            if emptied {
+                object.remove("x-kubernetes-validations");
             }
             object.values_mut().for_each(drop_transition_rules);
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(drop_transition_rules),
         _ => {}
-    }
-}
-
-fn drop_transition_rules_in(rules: &mut serde_json::Value) {
-    if let Some(list) = rules.as_array_mut() {
-        list.retain(|r| {
-            !r.get("rule")
-                .and_then(|r| r.as_str())
-                .is_some_and(|r| r.contains("oldSelf"))
-        });
     }
 }
 

@@ -426,10 +426,26 @@ pub async fn kill_container(client: &Client, ns: &str, pod: &str, container: &st
     Ok(())
 }
 
+/// A client of the etcd at `endpoint` once it answers. A cluster's client Service can refuse
+/// connections for a moment after the cluster converged (its endpoints are not yet programmed), most
+/// visibly for a single member: tests connect through this, not at once.
+pub async fn etcd_at(endpoint: &str) -> anyhow::Result<etcd_client::Client> {
+    wait_for(
+        &format!("etcd at {endpoint} to answer"),
+        Duration::from_secs(60),
+        || async move {
+            let mut e = etcd_client::Client::connect([endpoint], None).await?;
+            e.status().await?;
+            Ok(Some(e))
+        },
+    )
+    .await
+}
+
 /// Writes about `mib` MiB of incompressible values into the etcd at `endpoint` (1 MiB per key, keys
 /// `/bulk/<n>`), so a backup takes long enough to be interrupted.
 pub async fn fill_etcd(endpoint: &str, mib: usize) -> anyhow::Result<()> {
-    let mut c = etcd_client::Client::connect([endpoint], None).await?;
+    let mut c = etcd_at(endpoint).await?;
     // A cheap xorshift is plenty to defeat gzip.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..mib {

@@ -1,7 +1,9 @@
 //! The API server, with the committed CRDs, accepts the samples and refuses bad input with messages a
 //! user can act on: `kubectl apply --dry-run=server` exactly as a user would run it.
 
-use anyhow::ensure;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
 use ouroboros_e2e::{TestNamespace, client, kubectl, repo_root};
 
 fn path(rel: &str) -> String {
@@ -35,6 +37,11 @@ fn invalid_samples_are_refused_with_readable_messages() -> anyhow::Result<()> {
         ("size-zero.yaml", "size must be between 1 and 9"),
         ("unknown-field.yaml", r#"unknown field "spec.replicas""#),
         ("bad-version.yaml", "spec.version"),
+        ("version-leading-zero.yaml", "spec.version"),
+        (
+            "restore-bad-template.yaml",
+            "spec.clusterTemplate.size: Invalid value",
+        ),
         ("backup-two-destinations.yaml", "set exactly one of s3 or volume"),
         (
             "self-hosted-relative-dir.yaml",
@@ -135,6 +142,69 @@ async fn toggling_tls_or_self_hosted_is_refused() -> anyhow::Result<()> {
             }
             let now = api.get("plain").await?;
             ensure!(now.spec == plain.spec, "the refused patches changed the spec");
+            Ok(())
+        })
+        .await
+}
+
+/// A version the schema accepts but that has no image (`3.9.9`) is named in the status and in one
+/// Warning Event, instead of members waiting in ImagePullBackOff without a word.
+#[tokio::test]
+async fn a_version_without_an_image_is_named_in_the_status() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Event;
+    use kube::{Api, api::ListParams};
+    let c = client().await?;
+    TestNamespace::create(&c, "noimage")
+        .await?
+        .run(|c, ns| async move {
+            ouroboros_e2e::etcd_cluster::create(
+                &c,
+                &ns,
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: v}\nspec: {size: 1, version: 3.9.9}\n",
+            )
+            .await?;
+            let status = ouroboros_e2e::etcd_cluster::wait(
+                &c,
+                &ns,
+                "v",
+                "Degraded=ImagePullFailed",
+                Duration::from_secs(120),
+                |_, s| s.conditions.iter().any(|c| c.type_ == "Degraded" && c.reason == "ImagePullFailed"),
+            )
+            .await?;
+            let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").context("Degraded")?;
+            ensure!(
+                degraded.status == "True"
+                    && degraded.message.contains("v3.9.9")
+                    && degraded.message.contains("spec.version 3.9.9"),
+                "Degraded does not name the version and image: {}",
+                degraded.message
+            );
+            let warnings = || {
+                let c = c.clone();
+                let ns = ns.clone();
+                async move {
+                    let events = Api::<Event>::namespaced(c, &ns).list(&ListParams::default()).await?;
+                    // One Event object can stand for repeats (its count): sum them.
+                    Ok::<i32, anyhow::Error>(
+                        events
+                            .items
+                            .iter()
+                            .filter(|e| e.reason.as_deref() == Some("ImagePullFailed"))
+                            .filter(|e| e.type_.as_deref() == Some("Warning"))
+                            .map(|e| e.count.unwrap_or(1))
+                            .sum(),
+                    )
+                }
+            };
+            ouroboros_e2e::wait_for("the ImagePullFailed Event", Duration::from_secs(30), || async {
+                Ok((warnings().await? > 0).then_some(()))
+            })
+            .await?;
+            // The kubelet alternates ErrImagePull and ImagePullBackOff meanwhile; the Event must not.
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            let warnings = warnings().await?;
+            ensure!(warnings == 1, "{warnings} ImagePullFailed Events, expected one");
             Ok(())
         })
         .await

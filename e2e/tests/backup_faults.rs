@@ -133,3 +133,49 @@ async fn a_backup_of_a_missing_cluster_fails_with_a_reason() -> anyhow::Result<(
         })
         .await
 }
+
+/// Deleting a cluster while its backup uploads fails the backup with a reason, and the upload is
+/// aborted: no manifest, no marker and no open multipart upload are left in the store.
+#[tokio::test]
+async fn deleting_the_cluster_fails_its_backup_and_aborts_the_upload() -> anyhow::Result<()> {
+    use kube::api::DeleteParams;
+    use ouroboros_crds::EtcdCluster;
+    let c = client().await?;
+    TestNamespace::create(&c, "bdelete").await?.run(|c, ns| async move {
+        minio_secret(&c, &ns).await?;
+        let yaml = format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: f}}\nspec:\n  size: 1\n  backup:\n    schedule: '0 0 1 1 *'\n    compressionLevel: 9\n    destination: {{s3: {{bucket: {}, prefix: e2e-delete/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+            s3::bucket()?,
+            env("OUROBOROS_S3_ENDPOINT")?
+        );
+        etcd_cluster::create(&c, &ns, &yaml).await?;
+        etcd_cluster::wait(&c, &ns, "f", "1 member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
+        fill_etcd(&etcd_cluster::client_endpoint(&c, &ns, "f").await?, 200).await?;
+        let prefix = format!("e2e-delete/{ns}/f/");
+
+        start_backup(&c, &ns, "orphaned").await?;
+        uploading(&c, &ns, "orphaned", &prefix).await?;
+        let open_key = s3::keys(&prefix)?
+            .iter()
+            .find(|k| k.ends_with("-orphaned.tar.gz.uploading"))
+            .map(|k| k.replacen(".uploading", "", 1).replacen(&format!("{prefix}."), &prefix, 1))
+            .context("no upload marker while uploading")?;
+        ensure!(s3::open_uploads(&open_key)? == 1, "the upload is not open in the store; the test proves nothing");
+        Api::<EtcdCluster>::namespaced(c.clone(), &ns).delete("f", &DeleteParams::default()).await?;
+
+        let s = backup_finished(&c, &ns, "orphaned", Duration::from_secs(120)).await?;
+        let reason = s.reason.clone().unwrap_or_default();
+        ensure!(s.phase == Some(BackupPhase::Failed), "the backup of a deleted cluster ended {:?}: {reason}", s.phase);
+        ensure!(reason.contains("deleted") && reason.contains("nothing was committed"), "reason: {reason}");
+        wait_for("the orphaned upload to be aborted", Duration::from_secs(60), || {
+            let (prefix, open_key) = (prefix.clone(), open_key.clone());
+            async move {
+                let keys = s3::keys(&prefix)?;
+                Ok((keys.is_empty() && s3::open_uploads(&open_key)? == 0).then_some(()))
+            }
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}

@@ -16,7 +16,7 @@ use ouroboros_crds::{
     EtcdBackup, EtcdBackupStatus, EtcdCluster, EtcdRestore, EtcdRestoreStatus, RestorePhase,
 };
 use ouroboros_e2e::{
-    TestNamespace, backup_succeeded, client, env,
+    TestNamespace, backup_succeeded, client, env, etcd_at,
     etcd_cluster::{self, converged},
     minio_secret, restore_finished, s3, wait_for,
 };
@@ -35,16 +35,7 @@ async fn restore(c: &Client, ns: &str, name: &str, backup: &str) -> anyhow::Resu
 }
 
 async fn etcd(c: &Client, ns: &str) -> anyhow::Result<etcd_client::Client> {
-    let endpoint = etcd_cluster::client_endpoint(c, ns, "r").await?;
-    wait_for("the client Service to answer", Duration::from_secs(60), || {
-        let endpoint = endpoint.clone();
-        async move {
-            let mut e = etcd_client::Client::connect([endpoint.as_str()], None).await?;
-            e.status().await?;
-            Ok(Some(e))
-        }
-    })
-    .await
+    etcd_at(&etcd_cluster::client_endpoint(c, ns, "r").await?).await
 }
 
 async fn member_uids(c: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
@@ -243,6 +234,99 @@ async fn automatic_recovery_restores_the_newest_backup_after_the_grace_period() 
         // Exactly one restore answered the loss.
         let all = restores.list(&ListParams::default()).await?;
         ensure!(all.items.len() == 1, "{} EtcdRestores were created", all.items.len());
+        Ok(())
+    })
+    .await
+}
+
+/// `latest` follows the cluster's lineage, and two restores created together never both run: a
+/// cluster `l` is backed up at a high revision, deleted and created again under the same name, backed
+/// up at a low revision; two EtcdRestores with `latest: true` are then created back to back. Exactly
+/// one runs, from the new cluster's backup (not the old cluster's higher revision); the other fails
+/// naming it and changes nothing.
+#[tokio::test]
+async fn latest_keeps_to_the_lineage_and_two_restores_never_both_run() -> anyhow::Result<()> {
+    use ouroboros_crds::EtcdBackup;
+    let c = client().await?;
+    TestNamespace::create(&c, "lineage").await?.run(|c, ns| async move {
+        let yaml = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: l}\nspec:\n  size: 1\n  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
+        let connect = |c: Client, ns: String| async move {
+            etcd_at(&etcd_cluster::client_endpoint(&c, &ns, "l").await?).await
+        };
+
+        // The first cluster named `l`: 40 writes, backed up.
+        let first = etcd_cluster::create(&c, &ns, yaml).await?;
+        etcd_cluster::wait(&c, &ns, "l", "1 member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
+        let mut e = connect(c.clone(), ns.clone()).await?;
+        for i in 0..40 {
+            e.put(format!("/gen1/{i:02}"), "x", None).await?;
+        }
+        let gen1 = backup_succeeded(&c, &ns, "l", "gen1").await?;
+        ensure!(
+            gen1.cluster_uid == first.uid() && gen1.cluster_id.is_some(),
+            "gen1 records no lineage: uid {:?}, cluster ID {:?}",
+            gen1.cluster_uid,
+            gen1.cluster_id
+        );
+
+        // Deleted; once its member's claim is gone, a new cluster of the same name.
+        Api::<EtcdCluster>::namespaced(c.clone(), &ns).delete("l", &DeleteParams::default()).await?;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
+        wait_for("the first l's data claim to be gone", Duration::from_secs(120), || {
+            let claims = claims.clone();
+            async move {
+                let left = claims.list(&ListParams::default()).await?.items;
+                Ok((!left.iter().any(|p| p.name_any().ends_with("-data"))).then_some(()))
+            }
+        })
+        .await?;
+        let second = etcd_cluster::create(&c, &ns, yaml).await?;
+        etcd_cluster::wait(&c, &ns, "l", "1 member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
+        let mut e = connect(c.clone(), ns.clone()).await?;
+        e.put("/gen2/only", "x", None).await?;
+        let gen2 = backup_succeeded(&c, &ns, "l", "gen2").await?;
+        ensure!(
+            gen2.revision.unwrap_or(0) < gen1.revision.unwrap_or(0),
+            "the test needs the old cluster's backup at the higher revision: gen1 {:?}, gen2 {:?}",
+            gen1.revision,
+            gen2.revision
+        );
+        ensure!(gen2.cluster_uid == second.uid(), "gen2 cluster uid {:?}", gen2.cluster_uid);
+
+        // Two restores at once.
+        let api: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
+        for name in ["race-a", "race-b"] {
+            let r: EtcdRestore = serde_yaml::from_str(&format!(
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: {name}}}\nspec: {{clusterName: l, source: {{latest: true}}}}\n"
+            ))?;
+            api.create(&PostParams::default(), &r).await?;
+        }
+        let a = restore_finished(&c, &ns, "race-a", Duration::from_secs(360)).await?;
+        let b = restore_finished(&c, &ns, "race-b", Duration::from_secs(360)).await?;
+        let outcomes = [("race-a", &a), ("race-b", &b)];
+        let won: Vec<_> = outcomes.iter().filter(|(_, s)| s.phase == Some(RestorePhase::Succeeded)).collect();
+        ensure!(
+            won.len() == 1,
+            "exactly one restore must run: race-a {:?} ({:?}), race-b {:?} ({:?})",
+            a.phase, a.reason, b.phase, b.reason
+        );
+        let (winner, w) = won[0];
+        let (_, lost) = outcomes.iter().find(|(n, _)| n != winner).context("the other restore")?;
+        let reason = lost.reason.clone().unwrap_or_default();
+        ensure!(
+            lost.phase == Some(RestorePhase::Failed) && reason.contains(&format!("EtcdRestore {winner}")) && reason.contains("did not touch"),
+            "the losing restore's reason does not name the winner: {reason}"
+        );
+        ensure!(w.backup_name.as_deref() == Some("gen2"), "latest chose {:?}, not this cluster's gen2", w.backup_name);
+
+        // The cluster holds the new cluster's data only.
+        etcd_cluster::wait(&c, &ns, "l", "1 restored member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
+        let mut e = connect(c.clone(), ns.clone()).await?;
+        let gen2_keys = e.get("/gen2/", Some(GetOptions::new().with_prefix())).await?.kvs().len();
+        let gen1_keys = e.get("/gen1/", Some(GetOptions::new().with_prefix())).await?.kvs().len();
+        ensure!((gen1_keys, gen2_keys) == (0, 1), "after the restore: {gen1_keys} gen1 keys, {gen2_keys} gen2 keys");
+        let backups = Api::<EtcdBackup>::namespaced(c.clone(), &ns).list(&ListParams::default()).await?;
+        ensure!(backups.items.len() == 2, "unexpected backups: {}", backups.items.len());
         Ok(())
     })
     .await

@@ -40,6 +40,18 @@ pub enum ApplyError {
     /// An etcd call failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
+    /// The member's claim name is taken by a claim of a deleted cluster of the same name, which the
+    /// garbage collector has not removed yet; retried until it has.
+    #[error(
+        "claim {claim} belongs to a deleted EtcdCluster of the same name (uid {owner}) and is not used; \
+         waiting for Kubernetes to garbage-collect it"
+    )]
+    ForeignClaim {
+        /// The claim.
+        claim: String,
+        /// The UID of the cluster that owns it.
+        owner: String,
+    },
     /// The leader to move leadership from has no reachable endpoint.
     #[error("leader {0} has no pod IP to send move-leader to")]
     NoLeaderEndpoint(String),
@@ -136,12 +148,24 @@ async fn start_member(
     let ns = cluster.namespace().unwrap_or_default();
     record_ordinal(ctx, cluster, name).await?;
     if let Some(pvc) = resources::member_pvc(cluster, name, version) {
-        apply(
-            &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
-            &pvc,
-            "PersistentVolumeClaim",
-        )
-        .await?;
+        let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
+        let claim_name = pvc.name_any();
+        let existing = claims
+            .get_opt(&claim_name)
+            .await
+            .map_err(|source| ApplyError::Kube {
+                action: "reading",
+                kind: "PersistentVolumeClaim",
+                name: claim_name.clone(),
+                source,
+            })?;
+        if let Some(owner) = existing.and_then(|c| resources::foreign_owner(&c.metadata, cluster)) {
+            return Err(ApplyError::ForeignClaim {
+                claim: claim_name,
+                owner,
+            });
+        }
+        apply(&claims, &pvc, "PersistentVolumeClaim").await?;
     }
     let pod = resources::member_pod(cluster, &images(ctx), name, version, state, initial_members);
     apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await

@@ -197,6 +197,10 @@ pub async fn observe(
                 source,
             })?
             .items
+            .into_iter()
+            // A deleted namesake's claims are not this cluster's data, whatever their names.
+            .filter(|c| resources::foreign_owner(&c.metadata, cluster).is_none())
+            .collect()
     } else {
         Vec::new()
     };

@@ -56,6 +56,21 @@ pub const ANNOTATION_PEER_URL: &str = "etcd.ouroboros.dev/peer-url";
 /// On self-hosted clusters: the lowest ordinal a new member may get, written before each member pod.
 pub const ANNOTATION_NEXT_ORDINAL: &str = "etcd.ouroboros.dev/next-ordinal";
 
+/// The UID of another EtcdCluster that owns this object, if one does: a claim left by a deleted cluster
+/// of the same name, not yet garbage-collected. A new cluster never adopts it, or it would start on the
+/// old cluster's data.
+pub fn foreign_owner(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    cluster: &EtcdCluster,
+) -> Option<String> {
+    let ours = cluster.metadata.uid.as_deref()?;
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "EtcdCluster" && o.uid != ours)
+        .map(|o| o.uid.clone())
+}
+
 /// The lowest ordinal a new member of `cluster` may take: one past every ordinal ever recorded.
 pub fn ordinal_floor(cluster: &EtcdCluster) -> u32 {
     cluster
@@ -747,6 +762,29 @@ mod tests {
         c.metadata.namespace = Some("ns".into());
         c.metadata.uid = Some("1234abcd-0000".into());
         c
+    }
+
+    #[test]
+    fn a_claim_of_a_deleted_namesake_is_foreign() {
+        let c = cluster(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1}\n",
+        );
+        let owned_by = |uid: &str, kind: &str| {
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
+                serde_json::json!({
+                    "name": "c-0-data",
+                    "ownerReferences": [{"apiVersion": "v1", "kind": kind, "name": "c", "uid": uid}],
+                }),
+            )
+            .unwrap()
+        };
+        assert_eq!(foreign_owner(&owned_by("1234abcd-0000", "EtcdCluster"), &c), None);
+        assert_eq!(
+            foreign_owner(&owned_by("old-uid", "EtcdCluster"), &c).as_deref(),
+            Some("old-uid")
+        );
+        assert_eq!(foreign_owner(&owned_by("x", "StatefulSet"), &c), None);
+        assert_eq!(foreign_owner(&Default::default(), &c), None);
     }
 
     fn images() -> Images {
