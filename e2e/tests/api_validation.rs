@@ -209,3 +209,38 @@ async fn a_version_without_an_image_is_named_in_the_status() -> anyhow::Result<(
         })
         .await
 }
+
+/// A cron expression the schema's five-field check accepts but whose step is out of range
+/// (`*/61 * * * *`) gets `BackupHealthy=False` naming the field, instead of a schedule that silently
+/// runs at some other time.
+#[tokio::test]
+async fn an_out_of_range_cron_step_is_named_in_backup_healthy() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "badcron")
+        .await?
+        .run(|c, ns| async move {
+            ouroboros_e2e::etcd_cluster::create(
+                &c,
+                &ns,
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: s}\nspec: {size: 1, backup: {schedule: '*/61 * * * *'}}\n",
+            )
+            .await?;
+            let status = ouroboros_e2e::etcd_cluster::wait(
+                &c,
+                &ns,
+                "s",
+                "BackupHealthy=False",
+                Duration::from_secs(120),
+                |_, s| s.conditions.iter().any(|c| c.type_ == "BackupHealthy" && c.status == "False"),
+            )
+            .await?;
+            let healthy = status.conditions.iter().find(|c| c.type_ == "BackupHealthy").context("BackupHealthy")?;
+            ensure!(
+                healthy.message.contains("spec.backup.schedule") && healthy.message.contains("minute step \"61\""),
+                "BackupHealthy does not name the field: {}",
+                healthy.message
+            );
+            Ok(())
+        })
+        .await
+}
