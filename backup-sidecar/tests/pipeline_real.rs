@@ -119,6 +119,23 @@ async fn restore_and_read(snapshot: &[u8]) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The bucket `backups` holds no object and no open multipart upload after `what`.
+async fn assert_nothing_left(s3: &S3, what: &str) {
+    let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
+    assert!(
+        listed.contents().is_empty(),
+        "{what} left objects: {:?}",
+        listed.contents()
+    );
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket("backups")
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{what} left a multipart upload");
+}
+
 fn untar(archive: &[u8]) -> (Vec<u8>, Manifest) {
     let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(archive));
     let (mut snap, mut manifest) = (Vec::new(), Vec::new());
@@ -241,22 +258,7 @@ async fn bad_credentials_and_missing_buckets_fail_clearly_and_leave_nothing() {
         "unclear error: {msg}"
     );
 
-    let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
-    assert!(
-        listed.contents().is_empty(),
-        "a failed backup left objects: {:?}",
-        listed.contents()
-    );
-    let uploads = s3
-        .list_multipart_uploads()
-        .bucket("backups")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        uploads.uploads().is_empty(),
-        "a failed backup left a multipart upload"
-    );
+    assert_nothing_left(&s3, "a failed backup").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,22 +528,7 @@ async fn a_stopped_backup_aborts_its_upload_and_leaves_nothing() {
         msg.contains("its EtcdCluster was deleted") && msg.contains("upload was aborted"),
         "unclear error: {msg}"
     );
-    let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
-    assert!(
-        listed.contents().is_empty(),
-        "a stopped backup left objects: {:?}",
-        listed.contents()
-    );
-    let uploads = s3
-        .list_multipart_uploads()
-        .bucket("backups")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        uploads.uploads().is_empty(),
-        "a stopped backup left a multipart upload"
-    );
+    assert_nothing_left(&s3, "a stopped backup").await;
     // The same client still backs up when nobody stops it.
     pipeline::run(&mut c, &store, &request("s2")).await.unwrap();
 }

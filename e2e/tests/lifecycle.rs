@@ -275,16 +275,18 @@ async fn losing_a_majority_sets_quorum_lost_and_changes_nothing() -> anyhow::Res
             // Two of three members lose their pods (and, with emptyDir, their data) at once.
             let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
             let victims: Vec<String> = status.members.iter().take(2).map(|m| m.name.clone()).collect();
-            for v in &victims {
-                pods.delete(
-                    v,
-                    &DeleteParams {
-                        grace_period_seconds: Some(0),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            }
+            // One request for both: deleted one call after the other, the operator may legitimately
+            // replace the first (its emptyDir data is gone) while the second still answers and quorum
+            // holds; this test is about what happens once it does not.
+            pods.delete_collection(
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+                &ListParams::default()
+                    .labels(&format!("etcd.ouroboros.dev/member in ({})", victims.join(","))),
+            )
+            .await?;
             let status = etcd_cluster::wait(&c, &ns, "q", "QuorumLost", T, |_, s| {
                 s.conditions
                     .iter()
@@ -306,45 +308,72 @@ async fn losing_a_majority_sets_quorum_lost_and_changes_nothing() -> anyhow::Res
                 msg.contains("EtcdRestore"),
                 "the condition does not say what to do: {msg}"
             );
-            // For a while, nothing is changed: no new pod, and the membership (as etcd's survivor knows
-            // it) keeps the same three IDs.
+            // The survivor's view of the membership when quorum was found lost; for a while after that
+            // nothing is changed: no new pod, the same member IDs.
+            let members_on = |survivor: String| {
+                let ns = ns.clone();
+                move || -> anyhow::Result<Vec<String>> {
+                    let out = kubectl(&[
+                        "-n",
+                        &ns,
+                        "exec",
+                        &survivor,
+                        "-c",
+                        "etcd",
+                        "--",
+                        "etcdctl",
+                        "member",
+                        "list",
+                        "--consistency=s",
+                        "-w",
+                        "simple",
+                    ])?;
+                    ensure!(out.success, "member list on the survivor failed: {}", out.stderr);
+                    let mut ids: Vec<String> = out
+                        .stdout
+                        .lines()
+                        .filter_map(|l| l.split(',').next())
+                        .map(str::to_owned)
+                        .collect();
+                    ids.sort();
+                    Ok(ids)
+                }
+            };
+            let live_pods = || async {
+                Ok::<Vec<String>, anyhow::Error>(
+                    pods.list(&ListParams::default())
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .filter_map(|p| p.metadata.name)
+                        .collect(),
+                )
+            };
+            let live = live_pods().await?;
+            ensure!(
+                live.len() == 1 && !victims.contains(&live[0]),
+                "pods changed: {live:?}"
+            );
+            let at_loss = members_on(live[0].clone())()?;
+            let mut initial = ids.clone();
+            initial.sort();
+            if at_loss != initial {
+                // Possible only if the operator acted in the instant between the two deletions, while
+                // quorum still held; reported, since the property checked below is about afterwards.
+                eprintln!("membership changed before quorum was lost: {initial:?} -> {at_loss:?}");
+            }
             tokio::time::sleep(Duration::from_secs(15)).await;
-            let live: Vec<String> = pods
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| p.metadata.name)
-                .collect();
+            let live = live_pods().await?;
             ensure!(
                 live.len() == 1 && !victims.contains(&live[0]),
                 "pods changed without quorum: {live:?}"
             );
-            let survivor = &live[0];
-            let out = kubectl(&[
-                "-n",
-                &ns,
-                "exec",
-                survivor,
-                "-c",
-                "etcd",
-                "--",
-                "etcdctl",
-                "member",
-                "list",
-                "--consistency=s",
-                "-w",
-                "simple",
-            ])?;
-            ensure!(out.success, "member list on the survivor failed: {}", out.stderr);
-            for id in &ids {
-                ensure!(
-                    out.stdout.contains(id.as_str()),
-                    "member {id} was removed without quorum: {}",
-                    out.stdout
-                );
-            }
+            let after = members_on(live[0].clone())()?;
+            ensure!(
+                after == at_loss,
+                "the membership changed without quorum: {at_loss:?} -> {after:?}"
+            );
             Ok(())
         })
         .await

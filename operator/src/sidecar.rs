@@ -33,6 +33,15 @@ pub enum SidecarError {
     Unexpected(String, u16, String),
 }
 
+/// An answer none of the calls expects, with the sidecar's own words.
+fn unexpected(addr: &str, status: u16, body: &[u8]) -> SidecarError {
+    SidecarError::Unexpected(
+        addr.to_owned(),
+        status,
+        String::from_utf8_lossy(body).into_owned(),
+    )
+}
+
 /// A client for sidecars.
 #[derive(Clone, Debug)]
 pub struct SidecarClient {
@@ -82,11 +91,7 @@ impl SidecarClient {
         match self.call(req, addr).await? {
             (202, _) => Ok(()),
             (409, _) => Err(SidecarError::Busy(addr.to_owned())),
-            (s, b) => Err(SidecarError::Unexpected(
-                addr.to_owned(),
-                s,
-                String::from_utf8_lossy(&b).into_owned(),
-            )),
+            (s, b) => Err(unexpected(addr, s, &b)),
         }
     }
 
@@ -99,11 +104,7 @@ impl SidecarClient {
             (200, b) => serde_json::from_slice(&b)
                 .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 200, format!("bad state: {e}"))),
             (404, _) => Err(SidecarError::UnknownJob(addr.to_owned())),
-            (s, b) => Err(SidecarError::Unexpected(
-                addr.to_owned(),
-                s,
-                String::from_utf8_lossy(&b).into_owned(),
-            )),
+            (s, b) => Err(unexpected(addr, s, &b)),
         }
     }
 
@@ -115,11 +116,7 @@ impl SidecarClient {
         match self.call(req, addr).await? {
             (202, _) => Ok(()),
             (404, _) => Err(SidecarError::UnknownJob(addr.to_owned())),
-            (s, b) => Err(SidecarError::Unexpected(
-                addr.to_owned(),
-                s,
-                String::from_utf8_lossy(&b).into_owned(),
-            )),
+            (s, b) => Err(unexpected(addr, s, &b)),
         }
     }
 
@@ -134,11 +131,7 @@ impl SidecarClient {
             (200, b) => serde_json::from_slice(&b)
                 .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 200, format!("bad answer: {e}"))),
             (409, _) => Err(SidecarError::Busy(addr.to_owned())),
-            (s, b) => Err(SidecarError::Unexpected(
-                addr.to_owned(),
-                s,
-                String::from_utf8_lossy(&b).into_owned(),
-            )),
+            (s, b) => Err(unexpected(addr, s, &b)),
         }
     }
 }
