@@ -119,6 +119,16 @@ async fn restore_and_read(snapshot: &[u8]) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// A MinIO process with the bucket `backups`, a raw client of it and a store writing there; the
+/// process stops when the first value is dropped.
+async fn minio_with_bucket() -> (Proc, S3, Store) {
+    let minio = start_minio().await;
+    let s3 = raw_client(&minio).await;
+    s3.create_bucket().bucket("backups").send().await.unwrap();
+    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    (minio, s3, store)
+}
+
 /// The bucket `backups` holds no object and no open multipart upload after `what`.
 async fn assert_nothing_left(s3: &S3, what: &str) {
     let listed = s3.list_objects_v2().bucket("backups").send().await.unwrap();
@@ -157,10 +167,7 @@ async fn backup_to_minio_restores_to_exactly_the_written_keys() {
     let written = fill(&mut c).await;
     let last_revision = c.get("x", None).await.unwrap().header().unwrap().revision() as u64;
 
-    let minio = start_minio().await;
-    let s3 = raw_client(&minio).await;
-    s3.create_bucket().bucket("backups").send().await.unwrap();
-    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let (_minio, s3, store) = minio_with_bucket().await;
     let outcome = pipeline::run(&mut c, &store, &request("b1")).await.unwrap();
     assert_eq!(
         outcome.manifest.revision, last_revision,
@@ -268,10 +275,7 @@ async fn retention_in_minio_keeps_the_newest_and_clears_interrupted_uploads() {
 
     let etcd = start_etcd("prune");
     let mut c = connect(&etcd.endpoint).await;
-    let minio = start_minio().await;
-    let s3 = raw_client(&minio).await;
-    s3.create_bucket().bucket("backups").send().await.unwrap();
-    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let (_minio, s3, store) = minio_with_bucket().await;
 
     let mut outcomes = Vec::new();
     for i in 0..3 {
@@ -364,10 +368,7 @@ async fn fetch_verifies_before_anything_is_usable() {
     let etcd = start_etcd("fetch");
     let mut c = connect(&etcd.endpoint).await;
     let written = fill(&mut c).await;
-    let minio = start_minio().await;
-    let s3 = raw_client(&minio).await;
-    s3.create_bucket().bucket("backups").send().await.unwrap();
-    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let (_minio, s3, store) = minio_with_bucket().await;
     let outcome = pipeline::run(&mut c, &store, &request("f1")).await.unwrap();
     let archive = outcome.manifest.archive.clone().unwrap();
 
@@ -457,10 +458,7 @@ async fn the_fetch_command_takes_a_location_and_says_why_it_refuses() {
     let etcd = start_etcd("fetchcli");
     let mut c = connect(&etcd.endpoint).await;
     fill(&mut c).await;
-    let minio = start_minio().await;
-    let s3 = raw_client(&minio).await;
-    s3.create_bucket().bucket("backups").send().await.unwrap();
-    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let (minio, _, store) = minio_with_bucket().await;
     let outcome = pipeline::run(&mut c, &store, &request("cli")).await.unwrap();
     let dir_store = Store::Dir(temp_dir("cli-dir"));
     let local = pipeline::run(&mut c, &dir_store, &request("cli-local"))
@@ -510,10 +508,7 @@ async fn a_stopped_backup_aborts_its_upload_and_leaves_nothing() {
     let etcd = start_etcd("stopped");
     let mut c = connect(&etcd.endpoint).await;
     fill(&mut c).await;
-    let minio = start_minio().await;
-    let s3 = raw_client(&minio).await;
-    s3.create_bucket().bucket("backups").send().await.unwrap();
-    let store = Store::s3(s3_config(&minio, "backups", MINIO_USER)).await;
+    let (_minio, s3, store) = minio_with_bucket().await;
 
     let (stop, cancel) = pipeline::Cancel::new();
     stop.cancel("its EtcdCluster was deleted");

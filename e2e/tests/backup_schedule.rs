@@ -13,7 +13,7 @@ use kube::{
 };
 use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdCluster};
 use ouroboros_e2e::{
-    TestNamespace, backup_finished, client, env,
+    TestNamespace, backup_finished, client, env, etcd_at,
     etcd_cluster::{self, converged},
     kubectl, minio_secret, s3, wait_for,
 };
@@ -162,19 +162,11 @@ async fn a_cluster_with_pvc_storage_backs_up_to_its_default_claim() -> anyhow::R
         )
         .await?;
         etcd_cluster::wait(&c, &ns, "v", "1 member", Duration::from_secs(120), converged(1, "3.6.16")).await?;
-        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "v").await?;
         // The client Service may not route yet right after the member turned healthy.
-        wait_for("50 writes through the client Service", Duration::from_secs(60), || {
-            let endpoint = endpoint.clone();
-            async move {
-                let mut etcd = etcd_client::Client::connect([endpoint.as_str()], None).await?;
-                for i in 0..50 {
-                    etcd.put(format!("/vol/{i}"), "x", None).await?;
-                }
-                Ok(Some(()))
-            }
-        })
-        .await?;
+        let mut etcd = etcd_at(&etcd_cluster::client_endpoint(&c, &ns, "v").await?).await?;
+        for i in 0..50 {
+            etcd.put(format!("/vol/{i}"), "x", None).await?;
+        }
         let b: EtcdBackup = serde_yaml::from_str(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: to-volume}\nspec: {clusterName: v}\n",
         )?;

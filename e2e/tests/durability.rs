@@ -14,7 +14,7 @@ use kube::{
 };
 use ouroboros_crds::{ClusterPhase, EtcdClusterStatus, EtcdRestore, condition_types};
 use ouroboros_e2e::{
-    TestNamespace, backup_succeeded, client, container_restarts,
+    TestNamespace, backup_succeeded, client, container_restarts, etcd_at,
     etcd_cluster::{self, converged},
     kill_container, minio_secret, s3, wait_for,
     writer::Writer,
@@ -182,8 +182,7 @@ async fn a_nospace_alarm_on_every_member_is_not_quorum_loss() -> anyhow::Result<
             minio_secret(&c, &ns).await?;
             etcd_cluster::create(&c, &ns, &manifest(false, "10s")?).await?;
             etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
-            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
-            let mut e = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+            let mut e = etcd_at(&etcd_cluster::client_endpoint(&c, &ns, "d").await?).await?;
             e.put("/before-backup", "1", None).await?;
             backup_succeeded(&c, &ns, "d", "b").await?;
             e.put("/after-backup", "kept", None).await?;

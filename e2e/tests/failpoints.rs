@@ -13,7 +13,7 @@ use kube::{
 };
 use ouroboros_crds::EtcdCluster;
 use ouroboros_e2e::{
-    TestNamespace, client,
+    TestNamespace, client, etcd_at,
     etcd_cluster::{self, converged},
     kubectl,
     writer::Writer,
@@ -138,8 +138,7 @@ async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Resul
             )
             .await?;
             etcd_cluster::wait(&c, &ns, "fr", "2 members", t, converged(2, "3.6.16")).await?;
-            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "fr").await?;
-            let mut e = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+            let mut e = etcd_at(&etcd_cluster::client_endpoint(&c, &ns, "fr").await?).await?;
             for i in 0..20 {
                 e.put(format!("/fr/{i:02}"), "kept", None).await?;
             }
@@ -160,8 +159,7 @@ async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Resul
             // One seed: the restored members are the seed and one learner grown from it, both new.
             let names: Vec<&str> = st.members.iter().map(|m| m.name.as_str()).collect();
             ensure!(!names.contains(&"fr-0") && !names.contains(&"fr-1"), "old members survived: {names:?}");
-            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "fr").await?;
-            let mut e = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+            let mut e = etcd_at(&etcd_cluster::client_endpoint(&c, &ns, "fr").await?).await?;
             let n = e.get("/fr/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
             ensure!(n == 20, "restored {n} keys, want the 20 backed up");
             let cl = Api::<EtcdCluster>::namespaced(c.clone(), &ns).get("fr").await?;

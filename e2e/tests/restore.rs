@@ -34,8 +34,9 @@ async fn restore(c: &Client, ns: &str, name: &str, backup: &str) -> anyhow::Resu
     restore_finished(c, ns, name, Duration::from_secs(360)).await
 }
 
-async fn etcd(c: &Client, ns: &str) -> anyhow::Result<etcd_client::Client> {
-    etcd_at(&etcd_cluster::client_endpoint(c, ns, "r").await?).await
+/// A client of `cluster`'s etcd, through its client Service, once it answers.
+async fn etcd(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<etcd_client::Client> {
+    etcd_at(&etcd_cluster::client_endpoint(c, ns, cluster).await?).await
 }
 
 async fn member_uids(c: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
@@ -59,7 +60,7 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         );
         etcd_cluster::create(&c, &ns, &yaml).await?;
         etcd_cluster::wait(&c, &ns, "r", "3 members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
-        let mut e = etcd(&c, &ns).await?;
+        let mut e = etcd(&c, &ns, "r").await?;
         for i in 0..50 {
             e.put(format!("/r/{i:03}"), format!("v{i}"), None).await?;
         }
@@ -112,7 +113,7 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         let st = etcd_cluster::wait(&c, &ns, "r", "3 restored members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
         ensure!(st.restored_from.as_ref().is_some_and(|r| r.name == "b1"), "restoredFrom: {:?}", st.restored_from);
 
-        let mut e = etcd(&c, &ns).await?;
+        let mut e = etcd(&c, &ns, "r").await?;
         let got = e.get("/r/", Some(GetOptions::new().with_prefix())).await?;
         let keys: Vec<String> = got.kvs().iter().map(|kv| kv.key_str().unwrap_or_default().to_owned()).collect();
         let want: Vec<String> = (0..50).map(|i| format!("/r/{i:03}")).collect();
@@ -163,7 +164,7 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         // No EtcdBackup described the archive: the revision came from its verified manifest.
         ensure!(s.restored_revision == b1.revision, "restored revision {:?}, the archive's is {:?}", s.restored_revision, b1.revision);
         etcd_cluster::wait(&c, &ns, "r", "the recreated member", Duration::from_secs(120), converged(1, "3.6.16")).await?;
-        let mut e = etcd(&c, &ns).await?;
+        let mut e = etcd(&c, &ns, "r").await?;
         let n = e.get("/r/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
         ensure!(n == 50, "the recreated cluster holds {n} keys, not the 50 backed up");
         Ok(())
@@ -185,7 +186,7 @@ async fn automatic_recovery_restores_the_newest_backup_after_the_grace_period() 
         );
         etcd_cluster::create(&c, &ns, &yaml).await?;
         etcd_cluster::wait(&c, &ns, "r", "3 members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
-        let mut e = etcd(&c, &ns).await?;
+        let mut e = etcd(&c, &ns, "r").await?;
         for i in 0..30 {
             e.put(format!("/a/{i:03}"), format!("v{i}"), None).await?;
         }
@@ -226,7 +227,7 @@ async fn automatic_recovery_restores_the_newest_backup_after_the_grace_period() 
         let quorum = st.conditions.iter().find(|c| c.type_ == "QuorumLost").context("no QuorumLost condition")?;
         ensure!(quorum.status == "False", "QuorumLost still {}: {}", quorum.status, quorum.message);
 
-        let mut e = etcd(&c, &ns).await?;
+        let mut e = etcd(&c, &ns, "r").await?;
         let got = e.get("/a/", Some(GetOptions::new().with_prefix())).await?;
         let keys: Vec<String> = got.kvs().iter().map(|kv| kv.key_str().unwrap_or_default().to_owned()).collect();
         let want: Vec<String> = (0..30).map(|i| format!("/a/{i:03}")).collect();
@@ -250,14 +251,11 @@ async fn latest_keeps_to_the_lineage_and_two_restores_never_both_run() -> anyhow
     let c = client().await?;
     TestNamespace::create(&c, "lineage").await?.run(|c, ns| async move {
         let yaml = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: l}\nspec:\n  size: 1\n  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
-        let connect = |c: Client, ns: String| async move {
-            etcd_at(&etcd_cluster::client_endpoint(&c, &ns, "l").await?).await
-        };
 
         // The first cluster named `l`: 40 writes, backed up.
         let first = etcd_cluster::create(&c, &ns, yaml).await?;
         etcd_cluster::wait(&c, &ns, "l", "1 member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
-        let mut e = connect(c.clone(), ns.clone()).await?;
+        let mut e = etcd(&c, &ns, "l").await?;
         for i in 0..40 {
             e.put(format!("/gen1/{i:02}"), "x", None).await?;
         }
@@ -282,7 +280,7 @@ async fn latest_keeps_to_the_lineage_and_two_restores_never_both_run() -> anyhow
         .await?;
         let second = etcd_cluster::create(&c, &ns, yaml).await?;
         etcd_cluster::wait(&c, &ns, "l", "1 member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
-        let mut e = connect(c.clone(), ns.clone()).await?;
+        let mut e = etcd(&c, &ns, "l").await?;
         e.put("/gen2/only", "x", None).await?;
         let gen2 = backup_succeeded(&c, &ns, "l", "gen2").await?;
         ensure!(
@@ -321,7 +319,7 @@ async fn latest_keeps_to_the_lineage_and_two_restores_never_both_run() -> anyhow
 
         // The cluster holds the new cluster's data only.
         etcd_cluster::wait(&c, &ns, "l", "1 restored member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
-        let mut e = connect(c.clone(), ns.clone()).await?;
+        let mut e = etcd(&c, &ns, "l").await?;
         let gen2_keys = e.get("/gen2/", Some(GetOptions::new().with_prefix())).await?.kvs().len();
         let gen1_keys = e.get("/gen1/", Some(GetOptions::new().with_prefix())).await?.kvs().len();
         ensure!((gen1_keys, gen2_keys) == (0, 1), "after the restore: {gen1_keys} gen1 keys, {gen2_keys} gen2 keys");

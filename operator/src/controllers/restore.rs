@@ -887,12 +887,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 .max(resources::ordinal_floor(&cluster));
             let seed = format!("{name}-{next}");
             // Recorded before the seed exists, like every member name: names never repeat.
-            Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
-                .patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&resources::ordinal_taken_patch(next)),
-                )
+            crate::controllers::cluster::apply::record_ordinal_taken(ctx, &cluster, &seed)
                 .await
                 .map_err(kube_err("recording the seed's ordinal on the EtcdCluster"))?;
             let status = EtcdRestoreStatus {

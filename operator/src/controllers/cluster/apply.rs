@@ -338,11 +338,27 @@ pub async fn sync_voter_labels(
 /// (in Events, metrics, runbooks), and a self-hosted member never finds an older member's data
 /// directory on its node.
 async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
-    let recorded = resources::ordinal_floor(cluster);
+    record_ordinal_taken(ctx, cluster, name)
+        .await
+        .map_err(|source| ApplyError::Kube {
+            action: "recording the next ordinal on",
+            kind: "EtcdCluster",
+            name: cluster.name_any(),
+            source,
+        })
+}
+
+/// The write behind [`record_ordinal`], shared with the restore, which names its seed member the same
+/// way: patches `etcd.ouroboros.dev/next-ordinal` past `name`'s ordinal unless it is already past it.
+pub async fn record_ordinal_taken(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    name: &str,
+) -> Result<(), kube::Error> {
     let Some(ordinal) = super::decide::ordinal(&cluster.name_any(), name) else {
         return Ok(());
     };
-    if recorded > ordinal {
+    if resources::ordinal_floor(cluster) > ordinal {
         return Ok(());
     }
     let patch = resources::ordinal_taken_patch(ordinal);
@@ -354,12 +370,6 @@ async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Res
         )
         .await
         .map(drop)
-        .map_err(|source| ApplyError::Kube {
-            action: "recording the next ordinal on",
-            kind: "EtcdCluster",
-            name: cluster.name_any(),
-            source,
-        })
 }
 
 /// Where an existing self-hosted member pod was placed, from its node and annotations.
