@@ -8,24 +8,31 @@
 //!   aborted, nothing is committed, and the job reports `Failed` with the reason (202; 404 if unknown);
 //! - `POST /v1/prune` with a [`PruneRequest`] applies retention to a destination and removes what
 //!   interrupted backups left there, answering a [`PruneOutcome`] (409 while a backup runs here).
+//!
+//! Every `/v1` call is the operator's alone: it is served over TLS ([`serve`]) and answered 401
+//! without a client certificate and 403 with one that is not the operator's (see [`crate::tls`]).
+//! `/healthz` says nothing but "ok" and stays open.
 
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    Json, Router,
-    extract::{Path, State},
+    Extension, Json, Router,
+    extract::{Path, Request, State},
     http::StatusCode,
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
+use hyper_util::rt::TokioIo;
 use ouroboros_crds::retention::Rules;
 use tokio::sync::Mutex;
 
 pub use ouroboros_crds::sidecar::{Job, JobDestination, JobState, PruneOutcome, PruneRequest};
 
 use crate::{
-    pipeline::{self, Cancel, Canceller, Request},
+    pipeline::{self, Cancel, Canceller},
     store::{S3Config, Store},
+    tls::{Caller, ReloadingConfig, caller},
 };
 
 /// The sidecar's state.
@@ -88,14 +95,82 @@ pub struct ClientTls {
     pub server_name: Option<String>,
 }
 
-/// The routes.
+/// The routes. The caller is an [`Extension`] that [`serve`] adds per connection; without one
+/// (any other way of serving these routes) every `/v1` call is refused.
 pub fn router(api: Api) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/v1/backups", post(start))
         .route("/v1/backups/{id}", get(state).delete(stop))
         .route("/v1/prune", post(prune))
+        .route_layer(middleware::from_fn(authorize))
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(api)
+}
+
+/// Only the operator may start, read, stop or prune: a backup is the whole database.
+async fn authorize(caller: Option<Extension<Caller>>, req: Request, next: Next) -> Response {
+    match caller.map(|Extension(c)| c) {
+        Some(Caller::Operator) => next.run(req).await,
+        Some(Caller::Other) => (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": "this client certificate is not the operator's; only the operator may call a backup sidecar"})),
+        )
+            .into_response(),
+        Some(Caller::Anonymous) | None => (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "a client certificate issued to the operator is required"})),
+        )
+            .into_response(),
+    }
+}
+
+/// How long a connection may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, telling each request who the
+/// connection's client certificate belongs to.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ReloadingConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    continue;
+                }
+            },
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let router = router.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "refused a connection at the TLS handshake");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "a TLS handshake timed out");
+                    return;
+                }
+            };
+            let who = caller(stream.get_ref().1.peer_certificates());
+            let service = hyper_util::service::TowerToHyperService::new(router.layer(Extension(who)));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
 }
 
 async fn state(State(api): State<Api>, Path(id): Path<String>) -> impl IntoResponse {
@@ -243,7 +318,7 @@ async fn run(
     let mut client = etcd_client::Client::connect([endpoint], options)
         .await
         .map_err(|e| format!("connecting to the local member at {endpoint}: {e}"))?;
-    let req = Request {
+    let req = pipeline::Request {
         name: job.name.clone(),
         cluster_name: job.cluster_name.clone(),
         cluster_uid: job.cluster_uid.clone(),

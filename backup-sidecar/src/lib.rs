@@ -8,4 +8,5 @@ pub mod fetch;
 pub mod pipeline;
 pub mod prune;
 pub mod store;
+pub mod tls;
 pub mod verify;

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use ouroboros_backup_sidecar::{
-    api::{Api, ClientTls, router},
+    api::{Api, ClientTls, router, serve},
     fetch::{Location, fetch},
     store::{S3Config, Store},
+    tls::{RELOAD_EVERY, ReloadingConfig},
 };
 
 /// The backup sidecar of an Ouroboros etcd member. Without a subcommand it serves the operator's
@@ -17,9 +18,14 @@ use ouroboros_backup_sidecar::{
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Address of the sidecar's HTTP API.
+    /// Address of the sidecar's API (HTTPS).
     #[arg(long, env = "OUROBOROS_SIDECAR_ADDR", default_value = "0.0.0.0:8090")]
     listen: SocketAddr,
+    /// Directory with the API's server certificate (`tls.crt`, `tls.key`) and the CA bundle that
+    /// callers' certificates must chain to (`ca.crt`): the cluster's `<cluster>-sidecar-tls` Secret,
+    /// which the operator issues. The API is never served without it.
+    #[arg(long, env = "OUROBOROS_SIDECAR_API_TLS_DIR")]
+    api_tls_dir: Option<std::path::PathBuf>,
     /// Client URL of the member this sidecar backs up.
     #[arg(
         long,
@@ -141,11 +147,18 @@ async fn main() -> anyhow::Result<()> {
             })
         }
     };
+    let Some(api_tls_dir) = &args.api_tls_dir else {
+        anyhow::bail!("--api-tls-dir is required: the API is served to the operator over mutual TLS only");
+    };
+    let api_tls = ReloadingConfig::load(api_tls_dir, RELOAD_EVERY)?;
     let api = Api::new(args.etcd_endpoint.clone(), tls.map(std::sync::Arc::new));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(addr = %args.listen, etcd = %args.etcd_endpoint, "backup sidecar serving");
-    axum::serve(listener, router(api.clone()))
-        .with_graceful_shutdown(async {
+    tracing::info!(addr = %args.listen, etcd = %args.etcd_endpoint, "backup sidecar serving (mutual TLS)");
+    serve(
+        listener,
+        std::sync::Arc::new(api_tls),
+        router(api.clone()),
+        async {
             // The kubelet stops containers with SIGTERM; without this the pod waits out its grace period.
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut term) => {
@@ -158,8 +171,9 @@ async fn main() -> anyhow::Result<()> {
                     let _ = tokio::signal::ctrl_c().await;
                 }
             }
-        })
-        .await?;
+        },
+    )
+    .await;
     // The pod is going away (its cluster was deleted, or its member is restarted): a running backup
     // cannot finish, so its upload is aborted rather than left half-written.
     api.stop_all("the member's pod is shutting down", SHUTDOWN_WAIT)

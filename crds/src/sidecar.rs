@@ -3,6 +3,24 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The name (DNS SAN) in the operator's client certificate: the one identity a sidecar obeys. The
+/// CA that signs it also signs every sidecar's server certificate, so a certificate for any other
+/// name (a sidecar's own, or one made for another component) is authenticated but not authorised.
+pub const OPERATOR_IDENTITY: &str = "operator.sidecar.etcd.ouroboros.dev";
+
+/// The name (DNS SAN) in the server certificate of every sidecar of cluster `cluster` in
+/// `namespace`. The operator checks it whatever address it dials, so a pod of another cluster
+/// cannot pass for this cluster's sidecar and receive its store credentials.
+pub fn server_identity(namespace: &str, cluster: &str) -> String {
+    format!("{cluster}.{namespace}.sidecar.etcd.ouroboros.dev")
+}
+
+/// The Secret, beside the cluster, with its sidecars' server certificate (`tls.crt`, `tls.key`)
+/// and the CA bundle they trust for callers (`ca.crt`).
+pub fn server_secret_name(cluster: &str) -> String {
+    format!("{cluster}-sidecar-tls")
+}
+
 /// What a backup contains, written into the archive and (with the compressed size) beside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -13,7 +13,7 @@ SIZES=${SIZES:-"256 1024"}
 export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4194304}
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d /var/tmp/ouroboros-bench-backup.XXXXXX)
-ETCD_PORT=32379 SIDECAR=127.0.0.1:18090
+ETCD_PORT=32379 SIDECAR=bench.sidecar:18090
 BUCKET=$OUROBOROS_S3_BUCKET
 now_ms() { date +%s%3N; }
 pids=()
@@ -31,6 +31,24 @@ put_s3() { # FILE KEY
   curl -sf --aws-sigv4 aws:amz:us-east-1:s3 --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
     -T "$1" "$OUROBOROS_S3_ENDPOINT/$BUCKET/$2" >/dev/null
 }
+
+# The sidecar serves the operator alone, over mutual TLS (docs/security.md): a CA, the sidecar's
+# server certificate and a client certificate for the operator's name, made here with openssl.
+TLS=$WORK/tls; mkdir -p "$TLS"
+ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+ec_key "$TLS/ca.key"
+openssl req -x509 -new -key "$TLS/ca.key" -out "$TLS/ca.crt" -days 2 -subj /CN=bench-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+leaf() { # NAME SAN USAGE
+  ec_key "$TLS/$1.key"
+  openssl req -new -key "$TLS/$1.key" -subj "/CN=$2" -out "$TLS/$1.csr" 2>/dev/null
+  openssl x509 -req -in "$TLS/$1.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial -days 2 \
+    -out "$TLS/$1.crt" -extfile <(printf 'subjectAltName=DNS:%s\nextendedKeyUsage=%s\n' "$2" "$3") 2>/dev/null
+}
+leaf tls bench.sidecar serverAuth
+leaf operator operator.sidecar.etcd.ouroboros.dev clientAuth
+scurl() { curl -sf --cacert "$TLS/ca.crt" --cert "$TLS/operator.crt" --key "$TLS/operator.key" \
+  --resolve "$SIDECAR:127.0.0.1" "$@"; }
 
 rows=()
 for mib in $SIZES; do
@@ -56,9 +74,9 @@ for mib in $SIZES; do
   b=$(( $(now_ms) - t0 ))
 
   # SIDECAR_WRAP (for example "valgrind --tool=callgrind") runs the sidecar under a profiler.
-  OUROBOROS_SIDECAR_ADDR=$SIDECAR ${SIDECAR_WRAP:-} "$BIN/etcd-backup-sidecar" --etcd-endpoint "http://127.0.0.1:$ETCD_PORT" >"$WORK/sidecar.log" 2>&1 &
+  OUROBOROS_SIDECAR_ADDR=127.0.0.1:${SIDECAR#*:} ${SIDECAR_WRAP:-} "$BIN/etcd-backup-sidecar" --api-tls-dir "$TLS" --etcd-endpoint "http://127.0.0.1:$ETCD_PORT" >"$WORK/sidecar.log" 2>&1 &
   sc_pid=$!; pids+=("$sc_pid")
-  for _ in $(seq 600); do curl -sf "http://$SIDECAR/healthz" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 600); do scurl "https://$SIDECAR/healthz" >/dev/null && break; sleep 0.1; done
   job=$(printf '{"id":"bench-%s","name":"bench-%s","clusterName":"bench","member":"bench","compressionLevel":%s,"destination":{"s3":{"bucket":"%s","prefix":"bench/","endpoint":"%s","region":"us-east-1","force_path_style":true,"credentials":["%s","%s",null]}}}' \
     "$mib" "$mib" "${LEVEL:-1}" "$BUCKET" "$OUROBOROS_S3_ENDPOINT" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY")
   # DEST=dir writes to a local directory instead, to tell the store's share of time and memory.
@@ -66,9 +84,9 @@ for mib in $SIZES; do
     job=$(printf '{"id":"bench-%s","name":"bench-%s","clusterName":"bench","member":"bench","compressionLevel":%s,"destination":{"dir":{"path":"%s/out"}}}' "$mib" "$mib" "${LEVEL:-1}" "$WORK")
   fi
   t0=$(now_ms)
-  curl -sf -X POST -H 'content-type: application/json' -d "$job" "http://$SIDECAR/v1/backups" >/dev/null
+  scurl -X POST -H 'content-type: application/json' -d "$job" "https://$SIDECAR/v1/backups" >/dev/null
   while :; do
-    st=$(curl -sf "http://$SIDECAR/v1/backups/bench-$mib")
+    st=$(scurl "https://$SIDECAR/v1/backups/bench-$mib")
     case $st in *'"phase":"running"'*) sleep 0.05 ;; *) break ;; esac
   done
   c=$(( $(now_ms) - t0 ))

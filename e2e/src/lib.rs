@@ -788,3 +788,159 @@ pub mod checkpoints {
         Ok(members)
     }
 }
+
+pub mod sidecar_auth {
+    //! A member's backup sidecar obeys the operator alone (docs/security.md): what every other caller
+    //! that reaches the member's network gets.
+
+    use std::{sync::Arc, time::Duration};
+
+    use anyhow::{Context as _, bail, ensure};
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::{Api, Client, ResourceExt};
+    use ouroboros_crds::sidecar::{Job, JobDestination, PruneRequest, server_identity, server_secret_name};
+    use ouroboros_operator::{
+        sidecar::{SidecarAddr, client_config, exchange},
+        sidecar_pki::{CA_SECRET, Ca, SERVER_LIFETIME, Usage},
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{env, s3};
+
+    fn secret_text(s: &Secret, key: &str) -> anyhow::Result<String> {
+        let bytes = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .context(format!("Secret lacks {key}"))?;
+        Ok(String::from_utf8(bytes.0.clone())?)
+    }
+
+    /// Where the sidecar of member pod `pod` listens: the pod IP, and 8090 or its block's port.
+    async fn sidecar_of(c: &Client, ns: &str, cluster: &str, pod: &str) -> anyhow::Result<SidecarAddr> {
+        let p = Api::<Pod>::namespaced(c.clone(), ns).get(pod).await?;
+        let port = p
+            .annotations()
+            .get("etcd.ouroboros.dev/port-base")
+            .and_then(|b| b.parse::<u16>().ok())
+            .map_or(8090, |b| b + 3);
+        let ip = p
+            .status
+            .and_then(|s| s.pod_ip)
+            .context("the member pod has no IP")?;
+        Ok(SidecarAddr {
+            addr: format!("{ip}:{port}"),
+            identity: server_identity(ns, cluster),
+        })
+    }
+
+    /// Every caller but the operator is refused by the sidecar of `pod` (cluster `cluster` in `ns`),
+    /// each asking for a backup of the member into the real store, with real credentials, under a
+    /// prefix of its own; afterwards nothing is under that prefix. Refused: no client certificate
+    /// (401), a certificate from the operator's CA for another name (403), the sidecars' own server
+    /// certificate that every member pod mounts (handshake), and plain HTTP (no HTTP answer).
+    pub async fn strangers_are_refused(c: &Client, ns: &str, cluster: &str, pod: &str) -> anyhow::Result<()> {
+        let to = sidecar_of(c, ns, cluster, pod).await?;
+        let ca = Ca::from_secret(
+            &Api::<Secret>::namespaced(c.clone(), "ouroboros-system")
+                .get(CA_SECRET)
+                .await
+                .context("reading the sidecar CA")?,
+        )?;
+        let own = Api::<Secret>::namespaced(c.clone(), ns)
+            .get(&server_secret_name(cluster))
+            .await
+            .context("reading the cluster's sidecar Secret")?;
+        let prefix = format!("e2e-stolen/{ns}/");
+        let destination = JobDestination::S3 {
+            bucket: s3::bucket()?,
+            prefix: prefix.clone(),
+            endpoint: Some(env("OUROBOROS_S3_ENDPOINT")?),
+            region: "us-east-1".into(),
+            force_path_style: true,
+            credentials: Some((env("AWS_ACCESS_KEY_ID")?, env("AWS_SECRET_ACCESS_KEY")?, None)),
+        };
+        let job = serde_json::to_string(&Job {
+            id: "stolen".into(),
+            name: "stolen".into(),
+            cluster_name: cluster.into(),
+            cluster_uid: None,
+            member: pod.into(),
+            destination: destination.clone(),
+            compression_level: 0,
+        })?;
+        let prune = serde_json::to_string(&PruneRequest {
+            destination,
+            max_count: Some(1),
+            max_age_seconds: None,
+        })?;
+        let call = |config: rustls::ClientConfig, method: &'static str, path: &'static str, body: String| {
+            let to = to.clone();
+            async move {
+                let req = http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                Ok::<_, anyhow::Error>(
+                    exchange(Arc::new(config), &to, req, Duration::from_secs(5))
+                        .await
+                        .map(|(status, _)| status),
+                )
+            }
+        };
+        for (path, body) in [("/v1/backups", &job), ("/v1/prune", &prune)] {
+            let status = call(client_config(ca.bundle(), None)?, "POST", path, body.clone()).await?;
+            ensure!(
+                matches!(status, Ok(401)),
+                "POST {path} without a client certificate: {status:?}"
+            );
+            let other = ca.issue(
+                "someone-else.example",
+                Usage::Client,
+                jiff::Timestamp::now(),
+                SERVER_LIFETIME,
+            )?;
+            let config = client_config(ca.bundle(), Some((&other.cert_pem, &other.key_pem)))?;
+            let status = call(config, "POST", path, body.clone()).await?;
+            ensure!(
+                matches!(status, Ok(403)),
+                "POST {path} with another name's certificate: {status:?}"
+            );
+            let config = client_config(
+                ca.bundle(),
+                Some((&secret_text(&own, "tls.crt")?, &secret_text(&own, "tls.key")?)),
+            )?;
+            let status = call(config, "POST", path, body.clone()).await?;
+            ensure!(
+                status.is_err(),
+                "POST {path} with the sidecars' own certificate was answered: {status:?}"
+            );
+        }
+        let mut tcp = tokio::net::TcpStream::connect(&to.addr).await?;
+        let request = format!(
+            "POST /v1/backups HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{job}",
+            job.len()
+        );
+        let _ = tcp.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        if answer.starts_with(b"HTTP/") {
+            bail!("plain HTTP was answered: {}", String::from_utf8_lossy(&answer));
+        }
+        // A backup that had started would have written its upload marker within seconds.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let keys = s3::keys(&prefix)?;
+        ensure!(
+            keys.is_empty(),
+            "a refused caller's backup reached the store: {keys:?}"
+        );
+        eprintln!(
+            "sidecar {} ({}): 401, 403, handshake and plain-HTTP refusals; nothing stored",
+            to.addr, pod
+        );
+        Ok(())
+    }
+}

@@ -19,7 +19,7 @@ use ouroboros_crds::{EtcdCluster, condition_types as ct};
 use ouroboros_e2e::{
     TestNamespace,
     certs::{make_ca, make_cert, tls_secret},
-    checkpoints, client, env, etcd_cluster, etcd_tool, kill_container, kubectl, wait_for,
+    checkpoints, client, env, etcd_cluster, etcd_tool, kill_container, kubectl, sidecar_auth, wait_for,
 };
 
 const NAME: &str = "sh";
@@ -196,6 +196,11 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
         );
         let before = etcdctl(&dir, &urls, &["get", "--print-value-only", "written-to-the-boot-etcd"])?;
         ensure!(before.trim() == "before the pivot", "the boot etcd's data: {before:?}");
+
+        // The sidecars listen on the host network, where every local user and host-network pod can
+        // reach them: they obey the operator alone.
+        let any_member = status.members.first().map(|m| m.name.clone()).context("no member")?;
+        sidecar_auth::strangers_are_refused(&c, &ns, NAME, &any_member).await?;
 
         // Every voter has a checkpoint, and its Secrets are on the host for the static pod.
         let names: Vec<String> = status.members.iter().map(|m| m.name.clone()).collect();

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "OUROBOROS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
 
-    /// Namespace of the leader-election Lease (the operator's own namespace).
+    /// The operator's own namespace: the leader-election Lease and the sidecar CA's Secret are kept here.
     #[arg(long, env = "POD_NAMESPACE", default_value = "ouroboros-system")]
     pub lease_namespace: String,
 

@@ -45,7 +45,8 @@ pub struct Context {
     pub config: OperatorConfig,
     /// etcd access, with cached connections.
     pub etcd: Arc<dyn EtcdOps>,
-    /// Member sidecars.
+    /// Member sidecars, over mutual TLS with the operator's sidecar CA (which also issues each
+    /// cluster's sidecar certificate).
     pub sidecar: crate::sidecar::SidecarClient,
 }
 
@@ -63,6 +64,7 @@ impl Context {
         client: Client,
         metrics: Arc<Metrics>,
         config: OperatorConfig,
+        sidecar: crate::sidecar::SidecarClient,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -76,7 +78,7 @@ impl Context {
             metrics,
             config,
             etcd: EtcdClients::new(),
-            sidecar: Default::default(),
+            sidecar,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod sidecar;
+pub mod sidecar_pki;
 pub mod telemetry;
 
 /// The one field manager every server-side apply of the operator uses.

@@ -12,7 +12,8 @@ use ouroboros_operator::{
     context::{Context, OperatorConfig},
     controllers, crds_ready, handover, http, leader,
     metrics::Metrics,
-    telemetry,
+    sidecar::SidecarClient,
+    sidecar_pki, telemetry,
 };
 
 #[tokio::main]
@@ -68,10 +69,16 @@ async fn main() -> anyhow::Result<()> {
     }
     readiness.crds_established();
 
+    // The CA lives in the operator's own namespace; the first replica to start makes it.
+    let ca = sidecar_pki::load_or_create_ca(client.clone(), &args.lease_namespace)
+        .await
+        .context("loading the sidecar CA")?;
+    let sidecar = SidecarClient::new(ca).context("issuing the operator's sidecar client certificate")?;
     let ctx = Arc::new(Context::new(
         client,
         metrics,
         OperatorConfig::from(&args),
+        sidecar,
         std::env::var("POD_NAME").ok(),
     ));
     let namespace = Some(args.watch_namespace.clone()).filter(|n| !n.is_empty());

@@ -13,7 +13,7 @@ use kube::{
 use ouroboros_crds::{
     BackupDestination, BackupPhase, BackupReference, EtcdBackup, EtcdBackupStatus, EtcdCluster,
     retention::Rules,
-    sidecar::{Job, JobDestination, JobState, PruneRequest},
+    sidecar::{Job, JobDestination, JobState, PruneRequest, server_identity},
 };
 
 use super::kube_err;
@@ -25,7 +25,7 @@ use crate::{
     },
     etcd::Endpoint,
     metrics::BackupLabels,
-    sidecar::SidecarError,
+    sidecar::{SidecarAddr, SidecarError},
 };
 
 /// Used when a running backup has no recorded deadline (it was started by an older operator).
@@ -217,15 +217,23 @@ struct MemberPod {
     ip: String,
     ports: Ports,
     claims: Vec<String>,
+    /// The name its sidecar's certificate carries.
+    sidecar_identity: String,
 }
 
 impl MemberPod {
-    fn sidecar(&self) -> String {
-        format!("{}:{}", self.ip, self.ports.sidecar)
+    fn sidecar(&self) -> SidecarAddr {
+        SidecarAddr {
+            addr: format!("{}:{}", self.ip, self.ports.sidecar),
+            identity: self.sidecar_identity.clone(),
+        }
     }
 }
 
-async fn member_pod(ctx: &Context, ns: &str, member: &str) -> Result<Option<MemberPod>, Error> {
+/// The pod of `member` of the backup's cluster, unless it is gone or going.
+async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Option<MemberPod>, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let ns = ns.as_str();
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .get_opt(member)
         .await
@@ -240,6 +248,7 @@ async fn member_pod(ctx: &Context, ns: &str, member: &str) -> Result<Option<Memb
                 .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
                 .collect();
             Some(MemberPod {
+                sidecar_identity: server_identity(ns, &b.spec.cluster_name),
                 ports: ports_of(&p),
                 ip: p.status?.pod_ip?,
                 claims,
@@ -247,8 +256,8 @@ async fn member_pod(ctx: &Context, ns: &str, member: &str) -> Result<Option<Memb
         }))
 }
 
-async fn pod_addr(ctx: &Context, ns: &str, member: &str) -> Result<Option<String>, Error> {
-    Ok(member_pod(ctx, ns, member).await?.map(|p| p.sidecar()))
+async fn pod_addr(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Option<SidecarAddr>, Error> {
+    Ok(member_pod(ctx, b, member).await?.map(|p| p.sidecar()))
 }
 
 async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
@@ -341,7 +350,7 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     };
-    let Some(pod) = member_pod(ctx, &ns, &member.name).await? else {
+    let Some(pod) = member_pod(ctx, b, &member.name).await? else {
         return pending(ctx, b, format!("member {} has no pod IP yet", member.name), 5).await;
     };
     if let Some(claim) = claim.filter(|c| !pod.claims.contains(c)) {
@@ -453,7 +462,7 @@ async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         .await
         .map_err(kube_err("reading the EtcdCluster"))?;
     let gone = cluster_gone(current.cluster_uid.as_deref(), cluster.as_ref());
-    let Some(addr) = pod_addr(ctx, &ns, &member).await? else {
+    let Some(addr) = pod_addr(ctx, b, &member).await? else {
         let why = gone.unwrap_or_else(|| format!("member pod {member} went away"));
         return fail(ctx, b, format!("{why} during the backup; nothing was committed")).await;
     };
@@ -601,7 +610,7 @@ async fn record_on_cluster(
 /// Applies the cluster's retention to its backup destination (when this backup went there) and then
 /// to the EtcdBackup objects: those whose archive was deleted, and failed scheduled ones beyond the
 /// newest few. A failure is reported and retried with the next backup; it never fails this one.
-async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &str) -> Result<(), Error> {
+async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &SidecarAddr) -> Result<(), Error> {
     let ns = b.namespace().unwrap_or_default();
     let Some(cluster) = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&b.spec.cluster_name)
@@ -654,7 +663,7 @@ async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &str) -> Result<()
                     &cluster.object_ref(&()),
                     EventType::Warning,
                     "RetentionFailed",
-                    format!("applying retention through {addr}: {e}"),
+                    format!("applying retention through {}: {e}", addr.addr),
                     None,
                 )
                 .await;

@@ -31,6 +31,7 @@ use super::kube_err;
 use crate::{
     context::Context,
     controllers::cluster::{
+        apply,
         decide::ordinal,
         resources::{self, DATA_MOUNT, Images, InitialClusterState, LABEL_CLUSTER},
     },
@@ -964,6 +965,17 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             "{name}-restore-{}",
             r.uid().unwrap_or_default().split('-').next().unwrap_or_default()
         );
+        // The seed pod mounts its sidecar's certificate; without the Secret it would sit in
+        // ContainerCreating, so it is made (or renewed) first, by the one code that issues it.
+        if let Err(e) = apply::ensure_sidecar_tls(ctx, &cluster).await {
+            let why = format!("waiting for the sidecars' certificate before starting the seed: {e}");
+            let status = EtcdRestoreStatus {
+                reason: Some(why),
+                ..status
+            };
+            write_status(ctx, r, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
         let pod = seed_pod(&cluster, &images, &seed, version, &claim, &token);
         match pods.create(&PostParams::default(), &pod).await {
             Ok(_) => {}

@@ -3,7 +3,7 @@
 //! state the decision recognises and finishes (see the failpoints).
 
 use k8s_openapi::api::{
-    core::v1::{Node, ObjectReference, PersistentVolumeClaim, Pod, Service},
+    core::v1::{Node, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
@@ -19,7 +19,7 @@ use super::{
     placement,
     resources::{self, Images, InitialClusterState, Placement},
 };
-use crate::{context::Context, etcd::EtcdError, failpoints};
+use crate::{context::Context, etcd::EtcdError, failpoints, sidecar_pki};
 
 /// Why applying a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,15 @@ pub enum ApplyError {
     /// An etcd call failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
+    /// The sidecars' server certificate could not be made.
+    #[error("issuing the certificate in Secret {name}: {source}")]
+    IssueSidecarCertificate {
+        /// The Secret.
+        name: String,
+        /// Cause.
+        #[source]
+        source: crate::sidecar_pki::PkiError,
+    },
     /// The member's claim name is taken by a claim of a deleted cluster of the same name, which the
     /// garbage collector has not removed yet; retried until it has.
     #[error(
@@ -96,8 +105,10 @@ where
         })
 }
 
-/// Objects every cluster has whatever its members: the Services and the PodDisruptionBudget.
+/// Objects every cluster has whatever its members: the Services, the PodDisruptionBudget and the
+/// sidecars' certificate.
 pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Result<(), ApplyError> {
+    ensure_sidecar_tls(ctx, cluster).await?;
     let ns = cluster.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     apply(&services, &resources::headless_service(cluster), "Service").await?;
@@ -127,6 +138,43 @@ pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Res
             apply(&pvcs, &pvc, "PersistentVolumeClaim").await?;
         }
     }
+    Ok(())
+}
+
+/// The Secret with the cluster's sidecar server certificate, issued from the operator's CA when it
+/// is missing, due for renewal or from another CA (see `sidecar_pki`). Member pods mount it, so it
+/// exists before any of them is created: the cluster controller and the restore's seed both call
+/// this first. A renewed Secret reaches running sidecars through the kubelet, with no restart.
+pub async fn ensure_sidecar_tls(ctx: &Context, cluster: &EtcdCluster) -> Result<(), ApplyError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let name = sidecar_pki::server_secret_name(&cluster.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets.get_opt(&name).await.map_err(|source| ApplyError::Kube {
+        action: "reading",
+        kind: "Secret",
+        name: name.clone(),
+        source,
+    })?;
+    let now = jiff::Timestamp::now();
+    let uid = cluster.uid().unwrap_or_default();
+    let Some(problem) = sidecar_pki::server_secret_problem(existing.as_ref(), ctx.sidecar.ca(), &uid, now)
+    else {
+        return Ok(());
+    };
+    let secret = sidecar_pki::server_secret(
+        ctx.sidecar.ca(),
+        &ns,
+        &cluster.name_any(),
+        resources::cluster_labels(cluster),
+        resources::owner(cluster),
+        now,
+    )
+    .map_err(|source| ApplyError::IssueSidecarCertificate {
+        name: name.clone(),
+        source,
+    })?;
+    apply(&secrets, &secret, "Secret").await?;
+    tracing::info!(secret = %name, namespace = %ns, why = problem, "issued the sidecars' certificate");
     Ok(())
 }
 

@@ -275,7 +275,7 @@ pub fn cluster_selector(cluster: &EtcdCluster) -> String {
     format!("{LABEL_CLUSTER}={}", cluster.name_any())
 }
 
-fn owner(cluster: &EtcdCluster) -> OwnerReference {
+pub fn owner(cluster: &EtcdCluster) -> OwnerReference {
     // An object fetched from the API always has a uid; an empty one would be refused by the server.
     cluster.controller_owner_ref(&()).unwrap_or_default()
 }
@@ -369,6 +369,9 @@ pub fn member_pvc(
 /// The members' readiness check: etcd's health with a serializable read (no quorum needed), not
 /// failing on a NOSPACE alarm.
 pub const READINESS_PATH: &str = "/health?serializable=true&exclude=NOSPACE";
+
+/// Where the sidecar mounts its API certificate (`<cluster>-sidecar-tls`).
+pub const SIDECAR_API_TLS_MOUNT: &str = "/etc/ouroboros/sidecar-api-tls";
 
 /// Where the sidecar mounts a backup claim: `/backups/<claim>`.
 pub const BACKUP_MOUNT: &str = "/backups";
@@ -578,10 +581,18 @@ fn build_member_pod(
             json!({"name": "data", "emptyDir": {"medium": e.medium.map(|_| "Memory"), "sizeLimit": e.size_limit}})
         }
     };
-    let mut sidecar_mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true})];
+    // The sidecar's API is served to the operator alone, over mutual TLS with the certificate the
+    // operator issued for this cluster's sidecars (docs/security.md).
+    let mut sidecar_mounts = vec![
+        json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true}),
+        json!({"name": "sidecar-api-tls", "mountPath": SIDECAR_API_TLS_MOUNT, "readOnly": true}),
+    ];
+    volumes.push(json!({"name": "sidecar-api-tls", "secret": {
+        "secretName": ouroboros_crds::sidecar::server_secret_name(&cluster.name_any()), "defaultMode": 0o400}}));
     let mut sidecar_args = vec![
         format!("--listen=0.0.0.0:{}", ports.sidecar),
         format!("--etcd-endpoint={sch}://127.0.0.1:{}", ports.client),
+        format!("--api-tls-dir={SIDECAR_API_TLS_MOUNT}"),
     ];
     if let Some(tls) = &spec.tls {
         // The sidecar dials its own member over loopback as the operator's client, checking the
@@ -954,7 +965,39 @@ mod tests {
             "{args:?}"
         );
         assert_eq!(spec.containers[1].name, "backup-sidecar");
-        assert!(spec.volumes.unwrap()[0].empty_dir.is_some());
+        // The sidecar's API is served with the certificate the operator issues for the cluster.
+        let sidecar = &spec.containers[1];
+        assert!(
+            sidecar
+                .args
+                .clone()
+                .unwrap()
+                .contains(&format!("--api-tls-dir={SIDECAR_API_TLS_MOUNT}")),
+            "{:?}",
+            sidecar.args
+        );
+        let mount = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == SIDECAR_API_TLS_MOUNT)
+            .expect("the sidecar does not mount its API certificate");
+        assert_eq!(mount.read_only, Some(true));
+        let volumes = spec.volumes.unwrap();
+        let api_tls = volumes.iter().find(|v| v.name == mount.name).unwrap();
+        assert_eq!(
+            api_tls.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+            Some("c-sidecar-tls")
+        );
+        // etcd itself never sees it.
+        assert!(
+            spec.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != mount.name)
+        );
+        assert!(volumes[0].empty_dir.is_some());
         let labels = p.metadata.labels.unwrap();
         assert_eq!(labels[LABEL_VERSION], "3.6.16");
         assert_eq!(labels[LABEL_MEMBER], "c-0");
