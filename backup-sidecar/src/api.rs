@@ -305,6 +305,13 @@ async fn run(
     job: &Job,
     cancel: Cancel,
 ) -> Result<pipeline::Outcome, String> {
+    // A recipient that does not parse fails the job before anything is read or written.
+    let encrypt_to = job
+        .encryption
+        .as_ref()
+        .map(|e| crate::crypt::recipients(&e.recipients, &e.secret))
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let store = open_store(&job.destination).await;
     let options = tls.map(|t| {
         let mut o = etcd_client::TlsOptions::new()
@@ -326,6 +333,7 @@ async fn run(
         member: job.member.clone(),
         compression_level: job.compression_level,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
+        encrypt_to,
     };
     pipeline::run(&mut client, &store, &req)
         .await

@@ -46,6 +46,15 @@ pub enum FetchError {
     /// The snapshot, the manifest and the expected digest disagree.
     #[error("sha256 mismatch: {0}")]
     Mismatch(String),
+    /// The archive is encrypted and no identity was given.
+    #[error(
+        "the archive is age-encrypted and no identity was given: name a Secret whose `identity` key holds \
+         its age secret key in the EtcdRestore's spec.encryption (or the cluster's spec.backup.encryption)"
+    )]
+    NoIdentity,
+    /// The archive could not be decrypted with the identities given.
+    #[error("decrypting the archive: {0}")]
+    Decrypt(String),
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
@@ -59,9 +68,10 @@ pub fn unpack_and_verify(
     archive: impl Read,
     out_dir: &Path,
     expected_sha256: Option<&str>,
+    identities: &[age::x25519::Identity],
 ) -> Result<Manifest, FetchError> {
     let snapshot_tmp = out_dir.join(format!(".{SNAPSHOT_ENTRY}.partial"));
-    let result = unpack(archive, &snapshot_tmp).and_then(|(digest, manifest)| {
+    let result = unpack(archive, &snapshot_tmp, identities).and_then(|(digest, manifest)| {
         if manifest.sha256 != digest {
             return Err(FetchError::Mismatch(format!(
                 "the snapshot hashes to {digest}, its manifest says {}",
@@ -94,14 +104,31 @@ pub fn unpack_and_verify(
 const BLOCK: usize = 1 << 20;
 
 /// Writes the snapshot entry to `snapshot_tmp` and returns its verified trailer digest and the manifest.
-fn unpack(archive: impl Read, snapshot_tmp: &Path) -> Result<(String, Manifest), FetchError> {
+fn unpack(
+    archive: impl Read,
+    snapshot_tmp: &Path,
+    identities: &[age::x25519::Identity],
+) -> Result<(String, Manifest), FetchError> {
+    let damaged = |e: std::io::Error| FetchError::Damaged(e.to_string());
+    let mut input = std::io::BufReader::with_capacity(BLOCK, archive);
+    // Encrypted or not is read from the archive itself, not its name: a renamed object still opens.
+    let plain: Box<dyn Read> = if crate::crypt::is_encrypted(&mut input).map_err(damaged)? {
+        if identities.is_empty() {
+            return Err(FetchError::NoIdentity);
+        }
+        let decrypt = |e: age::DecryptError| FetchError::Decrypt(e.to_string());
+        let reader = age::Decryptor::new_buffered(input)
+            .map_err(decrypt)?
+            .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+            .map_err(decrypt)?;
+        Box::new(std::io::BufReader::with_capacity(BLOCK, reader))
+    } else {
+        Box::new(input)
+    };
     // Archives are concatenated gzip members: a single-member decoder would stop after the first MiB.
-    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(
-        std::io::BufReader::with_capacity(BLOCK, archive),
-    ));
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(plain));
     let mut manifest: Option<Manifest> = None;
     let mut digest: Option<String> = None;
-    let damaged = |e: std::io::Error| FetchError::Damaged(e.to_string());
     for entry in tar.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
         let path: PathBuf = entry.path().map_err(damaged)?.into_owned();
@@ -255,7 +282,9 @@ pub async fn fetch(
     name: &str,
     out_dir: &Path,
     expected_sha256: Option<&str>,
+    identities: &[age::x25519::Identity],
 ) -> Result<Manifest, FetchError> {
+    let ids = identities.to_vec();
     tokio::fs::create_dir_all(out_dir)
         .await
         .map_err(io("creating", out_dir))?;
@@ -274,7 +303,8 @@ pub async fn fetch(
                 })
             })?;
             joined(
-                tokio::task::spawn_blocking(move || unpack_and_verify(file, &out, expected.as_deref())).await,
+                tokio::task::spawn_blocking(move || unpack_and_verify(file, &out, expected.as_deref(), &ids))
+                    .await,
             )
         }
         Store::S3 { client, config } => {
@@ -292,7 +322,7 @@ pub async fn fetch(
                     chunks: rx,
                     current: bytes::Bytes::new(),
                 };
-                unpack_and_verify(reader, &out, expected.as_deref())
+                unpack_and_verify(reader, &out, expected.as_deref(), &ids)
             });
             let mut body: ByteStream = got.body;
             let downloaded = loop {
@@ -376,7 +406,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let dir = out_dir("whole");
-        let m = unpack_and_verify(chunks(pieces(bytes.len())), &dir, Some(&digest)).unwrap();
+        let m = unpack_and_verify(chunks(pieces(bytes.len())), &dir, Some(&digest), &[]).unwrap();
         assert_eq!(m.sha256, digest);
         assert!(dir.join(SNAPSHOT_ENTRY).exists());
 
@@ -384,13 +414,13 @@ mod tests {
         let mut cut = pieces(bytes.len() / 2);
         cut.push(Err("connection reset".into()));
         let dir = out_dir("cut");
-        let err = unpack_and_verify(chunks(cut), &dir, None).unwrap_err();
+        let err = unpack_and_verify(chunks(cut), &dir, None, &[]).unwrap_err();
         assert!(err.to_string().contains("connection reset"), "{err}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "something was left");
 
         // The stream simply ends early.
         let dir = out_dir("short");
-        let err = unpack_and_verify(chunks(pieces(bytes.len() - 100)), &dir, None).unwrap_err();
+        let err = unpack_and_verify(chunks(pieces(bytes.len() - 100)), &dir, None, &[]).unwrap_err();
         assert!(matches!(err, FetchError::Damaged(_)), "{err}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "something was left");
     }

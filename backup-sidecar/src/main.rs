@@ -66,6 +66,9 @@ enum Command {
         /// Path-style S3 addressing.
         #[arg(long)]
         force_path_style: bool,
+        /// An age identity file (`AGE-SECRET-KEY-1...` lines) to decrypt an encrypted archive with.
+        #[arg(long)]
+        identity_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -80,8 +83,13 @@ async fn fetch_command(command: Command) -> anyhow::Result<()> {
         endpoint,
         region,
         force_path_style,
+        identity_file,
     } = command;
     let result = async {
+        let identities = match &identity_file {
+            Some(f) => ouroboros_backup_sidecar::crypt::identities(f)?,
+            None => Vec::new(),
+        };
         let (store, name) = match location.parse::<Location>().map_err(anyhow::Error::msg)? {
             Location::File { dir, name } => (Store::Dir(dir), name),
             Location::S3 { bucket, key } => (
@@ -97,7 +105,7 @@ async fn fetch_command(command: Command) -> anyhow::Result<()> {
                 key,
             ),
         };
-        Ok::<_, anyhow::Error>(fetch(&store, &name, &out, sha256.as_deref()).await?)
+        Ok::<_, anyhow::Error>(fetch(&store, &name, &out, sha256.as_deref(), &identities).await?)
     }
     .await;
     match result {

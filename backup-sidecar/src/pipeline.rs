@@ -3,8 +3,10 @@
 //! with the database. Any failure aborts the upload; the manifest is written only after the archive is
 //! complete, so nothing incomplete ever looks like a backup.
 
+use std::io::Write as _;
+
 use etcd_client::Client;
-use ouroboros_crds::retention::{StoredName, archive_name};
+use ouroboros_crds::retention::{ENCRYPTED_SUFFIX, StoredName, archive_name};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
@@ -32,6 +34,8 @@ pub struct Request {
     pub compression_level: u32,
     /// Compression threads.
     pub workers: usize,
+    /// Encrypt the archive to these age recipients; `None` stores it unencrypted.
+    pub encrypt_to: Option<Vec<age::x25519::Recipient>>,
 }
 
 /// A way to stop a running backup, with the reason it reports.
@@ -136,18 +140,64 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// Bytes handed to the uploader at a time when encrypting: age writes 64 KiB chunks, and one
+/// channel message per chunk would cost more than it carries.
+const ENCRYPTED_BLOCK: usize = 1 << 20;
+
+/// Where the compressed archive goes: straight to the uploader, or through age first.
+enum Sink {
+    Plain(ChannelWriter),
+    Encrypted(age::stream::StreamWriter<std::io::BufWriter<ChannelWriter>>),
+}
+
+impl Sink {
+    fn new(out: ChannelWriter, encrypt_to: Option<&[age::x25519::Recipient]>) -> std::io::Result<Self> {
+        let Some(recipients) = encrypt_to else {
+            return Ok(Sink::Plain(out));
+        };
+        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| std::io::Error::other(format!("age: {e}")))?;
+        let buffered = std::io::BufWriter::with_capacity(ENCRYPTED_BLOCK, out);
+        Ok(Sink::Encrypted(encryptor.wrap_output(buffered)?))
+    }
+
+    /// Writes what is left: age's last chunk, which an archive cut off without it fails to decrypt.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(_) => Ok(()),
+            Sink::Encrypted(w) => w.finish()?.flush(),
+        }
+    }
+}
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Encrypted(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Encrypted(w) => w.flush(),
+        }
+    }
+}
+
 enum ToCompressor {
     Start(u64),
     Data(Vec<u8>),
     Finish(Vec<u8>),
 }
 
-/// The compressor thread: tar and gzip everything it is sent until `Finish`.
+/// The compressor thread: tar and gzip (and encrypt) everything it is sent until `Finish`.
 fn compress(
     mut rx: mpsc::Receiver<ToCompressor>,
     out: mpsc::Sender<Vec<u8>>,
     level: u32,
     workers: usize,
+    encrypt_to: Option<Vec<age::x25519::Recipient>>,
 ) -> std::io::Result<()> {
     let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
     let Some(ToCompressor::Start(size)) = rx.blocking_recv() else {
@@ -155,17 +205,13 @@ fn compress(
             "backup aborted before the snapshot started",
         ));
     };
-    let mut tar = TarStream::start(
-        ParallelGzWriter::new(ChannelWriter(out), level, workers),
-        size,
-        mtime,
-    )?;
+    let sink = Sink::new(ChannelWriter(out), encrypt_to.as_deref())?;
+    let mut tar = TarStream::start(ParallelGzWriter::new(sink, level, workers), size, mtime)?;
     loop {
         match rx.blocking_recv() {
             Some(ToCompressor::Data(d)) => tar.snapshot_bytes(&d)?,
             Some(ToCompressor::Finish(manifest)) => {
-                tar.finish(&manifest, mtime)?.finish()?;
-                return Ok(());
+                return tar.finish(&manifest, mtime)?.finish()?.finish();
             }
             Some(ToCompressor::Start(_)) | None => return Err(std::io::Error::other("backup aborted")),
         }
@@ -191,13 +237,18 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
         .map(|h| format!("{:x}", h.cluster_id()))
         .unwrap_or_default();
     let etcd_version = status.version().to_owned();
-    let archive_name = archive_name(start, &req.name);
+    let encrypted = req.encrypt_to.is_some();
+    let mut archive_name = archive_name(start, &req.name);
+    if encrypted {
+        archive_name.push_str(ENCRYPTED_SUFFIX);
+    }
     let mut upload = store.begin(&archive_name).await?;
 
     let (to_compressor, from_feeder) = mpsc::channel::<ToCompressor>(64);
     let (to_uploader, mut from_compressor) = mpsc::channel::<Vec<u8>>(2);
-    let (level, workers) = (req.compression_level, req.workers);
-    let compressor = tokio::task::spawn_blocking(move || compress(from_feeder, to_uploader, level, workers));
+    let (level, workers, encrypt_to) = (req.compression_level, req.workers, req.encrypt_to.clone());
+    let compressor =
+        tokio::task::spawn_blocking(move || compress(from_feeder, to_uploader, level, workers, encrypt_to));
 
     let mut cancel = req.cancel.clone();
     let feeder = async move {
@@ -251,6 +302,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
             sha256,
             raw_size,
             compressed_size: None,
+            encrypted,
             archive: None,
             start_time: start.to_string(),
             end_time: jiff::Timestamp::now().to_string(),

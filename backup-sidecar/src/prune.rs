@@ -2,7 +2,7 @@
 //! moment its manifest is gone, so an interrupted prune never leaves something that looks complete.
 
 use ouroboros_crds::{
-    retention::{Rules, StoredName, doomed},
+    retention::{Rules, StoredName, doomed, is_archive},
     sidecar::PruneOutcome,
 };
 
@@ -18,17 +18,22 @@ pub async fn prune(store: &Store, rules: Rules, now: jiff::Timestamp) -> Result<
     for &i in &gone {
         let s = &stored[i];
         store.delete(&s.manifest()).await?;
-        store.delete(&s.archive()).await?;
-        out.deleted.push(store.location(&s.archive()));
+        // The archive is encrypted or not; the one listed is deleted (the plain name when neither
+        // is listed, as before encryption existed).
+        let [plain, encrypted] = s.archives();
+        let archive = if names.contains(&encrypted) {
+            encrypted
+        } else {
+            plain
+        };
+        store.delete(&archive).await?;
+        out.deleted.push(store.location(&archive));
     }
     out.kept = u32::try_from(stored.len() - gone.len()).unwrap_or(u32::MAX);
     out.leftovers_removed = store.remove_incomplete().await?;
     // An archive without a manifest is a backup that died between its last byte and its manifest.
-    let complete: std::collections::HashSet<String> = stored.iter().map(StoredName::archive).collect();
-    for name in names
-        .iter()
-        .filter(|n| n.ends_with(".tar.gz") && !complete.contains(*n))
-    {
+    let complete: std::collections::HashSet<String> = stored.iter().flat_map(StoredName::archives).collect();
+    for name in names.iter().filter(|n| is_archive(n) && !complete.contains(*n)) {
         store.delete(name).await?;
         out.leftovers_removed += 1;
     }

@@ -24,6 +24,7 @@ fn request(name: &str) -> Request {
         member: "m0".into(),
         compression_level: 1,
         workers: 2,
+        encrypt_to: None,
     }
 }
 
@@ -77,6 +78,105 @@ async fn object(s3: &S3, key: &str) -> Vec<u8> {
         .unwrap()
         .into_bytes()
         .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_backup_restores_only_with_its_identity() {
+    use ouroboros_backup_sidecar::fetch::{FetchError, fetch};
+    let etcd = start_etcd("encrypted");
+    let mut c = connect(&etcd.endpoint).await;
+    let written = fill(&mut c).await;
+    let dir = temp_dir("encrypted-store");
+    let key = age::x25519::Identity::generate();
+    let req = Request {
+        encrypt_to: Some(vec![key.to_public()]),
+        ..request("e1")
+    };
+    let store = Store::Dir(dir.clone());
+    let outcome = pipeline::run(&mut c, &store, &req).await.unwrap();
+    let name = outcome.manifest.archive.clone().unwrap();
+    assert!(
+        name.ends_with(".tar.gz.age") && outcome.manifest.encrypted,
+        "{name}"
+    );
+    let bytes = std::fs::read(dir.join(&name)).unwrap();
+    assert!(
+        bytes.starts_with(ouroboros_backup_sidecar::crypt::AGE_MAGIC),
+        "not an age file"
+    );
+    // Nothing of the database is readable without the key: no gzip, no tar, no snapshot bytes.
+    let st = Command::new("tar")
+        .arg("xzf")
+        .arg(dir.join(&name))
+        .arg("-C")
+        .arg(temp_dir("encrypted-untar"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!st.success(), "tar read an encrypted archive");
+
+    let refused = |e: Result<Manifest, FetchError>, want: &str, what: &str| {
+        let err = e.expect_err(what).to_string();
+        assert!(err.contains(want), "{what}: {err}");
+    };
+    let out = temp_dir("encrypted-no-key");
+    refused(
+        fetch(&store, &name, &out, None, &[]).await,
+        "no identity was given",
+        "no identity",
+    );
+    assert!(!out.join(SNAPSHOT_ENTRY).exists());
+    let other = age::x25519::Identity::generate();
+    let out = temp_dir("encrypted-wrong-key");
+    refused(
+        fetch(&store, &name, &out, None, &[other]).await,
+        "decrypting the archive",
+        "a wrong identity",
+    );
+    assert!(!out.join(SNAPSHOT_ENTRY).exists());
+    let cut = temp_dir("encrypted-cut");
+    std::fs::write(cut.join("cut.tar.gz.age"), &bytes[..bytes.len() - 1000]).unwrap();
+    let out = temp_dir("encrypted-cut-out");
+    let err = fetch(
+        &Store::Dir(cut),
+        "cut.tar.gz.age",
+        &out,
+        None,
+        std::slice::from_ref(&key),
+    )
+    .await
+    .expect_err("a truncated ciphertext was accepted");
+    assert!(
+        !out.join(SNAPSHOT_ENTRY).exists(),
+        "a truncated ciphertext left a snapshot: {err}"
+    );
+
+    let out = temp_dir("encrypted-ok");
+    let m = fetch(&store, &name, &out, Some(&outcome.manifest.sha256), &[key])
+        .await
+        .unwrap();
+    assert_eq!(m.revision, outcome.manifest.revision);
+    let snapshot = std::fs::read(out.join(SNAPSHOT_ENTRY)).unwrap();
+    assert_eq!(restore_and_read(&snapshot).await, written);
+
+    // Retention removes encrypted archives with their manifests like any other.
+    let rules = ouroboros_crds::retention::Rules {
+        max_count: Some(1),
+        max_age: None,
+    };
+    // A newer backup (a higher revision, whatever the clock says) makes the first one the oldest.
+    c.put("after-e1", "x", None).await.unwrap();
+    let newer = Request {
+        name: "e2".into(),
+        ..req.clone()
+    };
+    let again = pipeline::run(&mut c, &store, &newer).await;
+    assert!(again.is_ok(), "{again:?}");
+    let out = ouroboros_backup_sidecar::prune::prune(&store, rules, jiff::Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(out.deleted, vec![store.location(&name)], "{out:?}");
+    assert!(!dir.join(&name).exists(), "the encrypted archive was left behind");
 }
 
 async fn restore_and_read(snapshot: &[u8]) -> BTreeMap<String, Vec<u8>> {
@@ -374,7 +474,7 @@ async fn fetch_verifies_before_anything_is_usable() {
 
     // The good archive, from MinIO: a verified snapshot that restores to exactly what was written.
     let out = temp_dir("fetched");
-    let m = fetch(&store, &archive, &out, Some(&outcome.manifest.sha256))
+    let m = fetch(&store, &archive, &out, Some(&outcome.manifest.sha256), &[])
         .await
         .unwrap();
     assert_eq!(m.revision, outcome.manifest.revision);
@@ -385,7 +485,7 @@ async fn fetch_verifies_before_anything_is_usable() {
 
     // A recorded digest that differs is refused.
     let out2 = temp_dir("fetched-wrong-digest");
-    let err = fetch(&store, &archive, &out2, Some(&"0".repeat(64)))
+    let err = fetch(&store, &archive, &out2, Some(&"0".repeat(64)), &[])
         .await
         .unwrap_err();
     assert!(matches!(err, FetchError::Mismatch(_)), "{err}");
@@ -395,7 +495,7 @@ async fn fetch_verifies_before_anything_is_usable() {
     );
 
     // A missing object names the store's error.
-    let err = fetch(&store, "no-such.tar.gz", &temp_dir("fetched-missing"), None)
+    let err = fetch(&store, "no-such.tar.gz", &temp_dir("fetched-missing"), None, &[])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("NoSuchKey"), "{err}");
@@ -441,7 +541,7 @@ async fn fetch_verifies_before_anything_is_usable() {
         ("altered.tar.gz", "sha256 mismatch"),
     ] {
         let out = temp_dir("fetched-bad");
-        let err = match fetch(&local, name, &out, None).await {
+        let err = match fetch(&local, name, &out, None, &[]).await {
             Ok(m) => panic!("{name} was accepted: {m:?}"),
             Err(e) => e,
         };

@@ -34,6 +34,9 @@ pub struct EtcdBackupSpec {
     /// be the one the member pods mount (the cluster's), since pods cannot gain a volume later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<BackupDestination>,
+    /// Encrypt this archive with age. Empty uses the cluster's `spec.backup.encryption`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::BackupEncryption>,
 }
 
 /// The record of a backup. Written by the operator and the sidecar that took it.
@@ -91,6 +94,9 @@ pub struct EtcdBackupStatus {
     /// Set on backups the schedule created, so retention can tell them from on-demand ones.
     #[serde(default)]
     pub scheduled: bool,
+    /// The archive is encrypted with age: restoring it needs the identity (secret key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// Lifecycle of a backup. `Succeeded` and `Failed` are terminal.

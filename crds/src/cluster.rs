@@ -226,6 +226,11 @@ pub struct BackupPolicy {
     #[serde(default = "default_compression_level")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 9").message("compressionLevel must be between 0 and 9"))]
     pub compression_level: i32,
+    /// Encrypt every archive of this cluster with age before it leaves the member (off when unset).
+    /// Encrypted archives are named `.tar.gz.age`; restores and automatic recovery decrypt them
+    /// with the same Secret's `identity` unless the EtcdRestore names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::BackupEncryption>,
 }
 
 fn default_compression_level() -> i32 {

@@ -3,6 +3,22 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
+/// Client-side encryption of backup archives with [age](https://age-encryption.org): archives are
+/// encrypted as they stream, before they leave the member, so the store only ever holds ciphertext;
+/// `age -d -i identity.txt archive.tar.gz.age | tar xz` opens one by hand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupEncryption {
+    /// Secret in the same namespace. Backups read its `recipient` key: one or more age X25519 public
+    /// keys (`age1...`, one a line, `#` comments allowed), as `age-keygen -y` prints them. Restores
+    /// read its `identity` key: the age secret key file (`AGE-SECRET-KEY-1...`, as `age-keygen`
+    /// writes it). A Secret with only `recipient` lets members back up without being able to read
+    /// any backup; a restore then names a Secret with the `identity` in `EtcdRestore.spec.encryption`.
+    #[x_kube(validation = Rule::new("self != ''").message("secretName must not be empty"))]
+    #[schemars(length(max = 253))]
+    pub secret_name: String,
+}
+
 /// Where backup archives are stored. Exactly one of `s3` or `volume` must be set.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -17,7 +17,9 @@ pub use cluster::{
     EtcdClusterSpec, EtcdClusterStatus, MemberStatus, PersistentVolumeClaimStorage, PodPolicy,
     RecoveryPolicy, RecoverySpec, RetentionPolicy, SelfHostedSpec, StorageMedium, StorageSpec, TlsSpec,
 };
-pub use common::{BackupDestination, BackupReference, S3Destination, VolumeDestination, condition_types};
+pub use common::{
+    BackupDestination, BackupEncryption, BackupReference, S3Destination, VolumeDestination, condition_types,
+};
 pub use restore::{EtcdRestore, EtcdRestoreSpec, EtcdRestoreStatus, RestorePhase, RestoreSource};
 pub use version::{EtcdVersion, VersionError};
 

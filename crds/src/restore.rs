@@ -35,6 +35,12 @@ pub struct EtcdRestoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "cluster_template_schema")]
     pub cluster_template: Option<Box<EtcdClusterSpec>>,
+    /// The Secret whose `identity` key (an age secret key) decrypts an encrypted archive. Empty
+    /// uses the cluster's (or the template's) `spec.backup.encryption`. A missing Secret or key, or
+    /// an identity the archive was not encrypted to, fails the restore before the cluster is
+    /// touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::BackupEncryption>,
 }
 
 // The template is an EtcdClusterSpec and is validated as one at admission: the same types, patterns

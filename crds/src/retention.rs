@@ -1,7 +1,8 @@
 //! Naming of stored backups and the retention rule, shared by the operator (which prunes EtcdBackup
 //! objects) and the sidecar (which prunes the store), so both always agree on what is kept.
 //!
-//! A stored backup is a pair: the archive `<time>-<backup>.tar.gz` and, written last, the manifest
+//! A stored backup is a pair: the archive `<time>-<backup>.tar.gz` (`.tar.gz.age` when encrypted)
+//! and, written last, the manifest
 //! `<time>-r<revision>-<backup>.manifest.json`. Names sort by time and then by zero-padded revision,
 //! but listing never relies on string order: names are parsed and compared as values.
 
@@ -10,6 +11,8 @@ use jiff::{SignedDuration, Timestamp};
 /// The time part of object names: UTC, to the second.
 const STAMP: &str = "%Y%m%dT%H%M%SZ";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Appended to an archive's name when it is age-encrypted.
+pub const ENCRYPTED_SUFFIX: &str = ".age";
 
 /// A parsed manifest name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +36,16 @@ impl StoredName {
         )
     }
 
-    /// The archive's object name.
+    /// The archive's object name, unencrypted.
     pub fn archive(&self) -> String {
         archive_name(self.time, &self.backup)
+    }
+
+    /// The names the archive may have: unencrypted and encrypted.
+    pub fn archives(&self) -> [String; 2] {
+        let plain = self.archive();
+        let encrypted = format!("{plain}{ENCRYPTED_SUFFIX}");
+        [plain, encrypted]
     }
 
     /// Parses a manifest name; `None` for anything else (archives, temporary files, foreign objects).
@@ -66,6 +76,11 @@ fn stamp(t: Timestamp) -> String {
 /// The archive's object name for a backup started at `start`.
 pub fn archive_name(start: Timestamp, backup: &str) -> String {
     format!("{}-{backup}.tar.gz", stamp(start))
+}
+
+/// Whether `name` is an archive (encrypted or not), as opposed to a manifest or marker.
+pub fn is_archive(name: &str) -> bool {
+    name.ends_with(".tar.gz") || name.ends_with(&format!(".tar.gz{ENCRYPTED_SUFFIX}"))
 }
 
 /// What to keep. Both limits apply; neither ever removes the newest backup.

@@ -49,6 +49,9 @@ pub struct Manifest {
     /// Bytes of the stored archive; absent inside the archive itself, which cannot know it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed_size: Option<u64>,
+    /// The archive is age-encrypted (named `.tar.gz.age`). Absent (false) in older manifests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     /// Archive object key or path, relative to the destination; absent inside the archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
@@ -103,6 +106,19 @@ pub struct Job {
     pub destination: JobDestination,
     /// gzip level 0 (stored) to 9.
     pub compression_level: u32,
+    /// Encrypt the archive to these age recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<JobEncryption>,
+}
+
+/// The age recipients a job encrypts to, and where the operator read them (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobEncryption {
+    /// The Secret's `recipient` text: age X25519 public keys, one a line, `#` comments allowed.
+    pub recipients: String,
+    /// `namespace/name` of the Secret.
+    pub secret: String,
 }
 
 /// Where a job is.

@@ -870,6 +870,7 @@ pub mod sidecar_auth {
             member: pod.into(),
             destination: destination.clone(),
             compression_level: 0,
+            encryption: None,
         })?;
         let prune = serde_json::to_string(&PruneRequest {
             destination,

@@ -13,10 +13,10 @@ use kube::{
 use ouroboros_crds::{
     BackupDestination, BackupPhase, BackupReference, EtcdBackup, EtcdBackupStatus, EtcdCluster,
     retention::Rules,
-    sidecar::{Job, JobDestination, JobState, PruneRequest, server_identity},
+    sidecar::{Job, JobDestination, JobEncryption, JobState, PruneRequest, server_identity},
 };
 
-use super::kube_err;
+use super::{encryption, kube_err};
 use crate::{
     context::Context,
     controllers::cluster::{
@@ -307,6 +307,28 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         Ok(d) => d,
         Err(why) => return fail(ctx, b, why).await,
     };
+    let encryption = match encryption::for_backup(b, &cluster) {
+        None => None,
+        Some(e) => {
+            match encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::RECIPIENT_KEY).await? {
+                Ok(recipients) => Some(JobEncryption {
+                    recipients,
+                    secret: format!("{ns}/{}", e.secret_name),
+                }),
+                Err(why) => {
+                    let field = if b.spec.encryption.is_some() {
+                        "spec.encryption"
+                    } else {
+                        "the cluster's spec.backup.encryption"
+                    };
+                    let why = format!(
+                        "{why}; {field} names it for the age public key of backups; nothing was backed up"
+                    );
+                    return fail(ctx, b, why).await;
+                }
+            }
+        }
+    };
     // One backup per cluster at a time.
     let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
@@ -390,6 +412,7 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
             .backup
             .as_ref()
             .map_or(1, |p| u32::try_from(p.compression_level).unwrap_or(1)),
+        encryption,
     };
     match ctx.sidecar.start(&addr, &job).await {
         Ok(()) => {
@@ -514,6 +537,7 @@ async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
                 revision: i64::try_from(manifest.revision).ok(),
                 etcd_version: Some(manifest.etcd_version.clone()),
                 cluster_id: Some(manifest.cluster_id.clone()).filter(|id| !id.is_empty()),
+                encrypted: manifest.encrypted,
                 completion_time: Some(completion.clone()),
                 ..current
             };

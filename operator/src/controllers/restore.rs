@@ -23,11 +23,11 @@ use kube::{
 };
 use ouroboros_crds::{
     BackupPhase, BackupReference, EtcdBackup, EtcdCluster, EtcdRestore, EtcdRestoreStatus, EtcdVersion,
-    RestorePhase, restore::BackupObject,
+    RestorePhase, restore::BackupObject, retention::ENCRYPTED_SUFFIX,
 };
 use serde_json::json;
 
-use super::kube_err;
+use super::{encryption, kube_err};
 use crate::{
     context::Context,
     controllers::cluster::{
@@ -70,6 +70,9 @@ pub struct Chosen {
     pub raw_size: i64,
     /// The destination the EtcdBackup (or `source.object`) named, if any (else the cluster's).
     pub destination: Option<ouroboros_crds::BackupDestination>,
+    /// Known to be age-encrypted (its EtcdBackup says so, or the object is named `.age`). The fetch
+    /// reads the archive itself to decide; this only lets a missing key be named before it runs.
+    pub encrypted: bool,
 }
 
 impl Chosen {
@@ -232,6 +235,7 @@ fn chosen(b: &EtcdBackup) -> Chosen {
         completed: s.completion_time,
         raw_size: s.raw_size.unwrap_or(0),
         destination: b.spec.destination.clone(),
+        encrypted: s.encrypted,
     }
 }
 
@@ -304,6 +308,7 @@ pub fn choose(restore: &EtcdRestore, lineage: &Lineage, backups: &[EtcdBackup]) 
         completed: None,
         raw_size: 0,
         destination: Some(object.destination.clone()),
+        encrypted: object.key.ends_with(ENCRYPTED_SUFFIX),
     })
 }
 
@@ -515,13 +520,34 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             .await;
         }
     };
+    let decryption = encryption::for_restore(r, Some(&cluster));
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(job) = jobs
         .get_opt(&job_name)
         .await
         .map_err(kube_err("reading the fetch Job"))?
     else {
-        create_fetch(ctx, r, &cluster, &chosen, &claim, &job_name).await?;
+        // A key that is missing is named now, rather than by a fetch pod that cannot mount it.
+        let identity = match &decryption {
+            Some(e) => Some(e.secret_name.as_str()),
+            None if chosen.encrypted => {
+                let why = format!(
+                    "{} is age-encrypted and no Secret holds its identity: set spec.encryption.secretName \
+                     (or the cluster's spec.backup.encryption) to a Secret with an `{}` key; the cluster was not touched",
+                    chosen.describe(),
+                    encryption::IDENTITY_KEY
+                );
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+            None => None,
+        };
+        if let Some(secret) = identity
+            && let Err(why) = encryption::read_key(&ctx.client, &ns, secret, encryption::IDENTITY_KEY).await?
+        {
+            let why = format!("{why}, which decrypts the archive; the cluster was not touched");
+            return advance(ctx, r, status, RestorePhase::Failed, why).await;
+        }
+        create_fetch(ctx, r, &cluster, &chosen, identity, &claim, &job_name).await?;
         failpoints::hit("restore-after-fetch-job");
         return Ok(Action::requeue(POLL));
     };
@@ -549,7 +575,14 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             advance(ctx, r, status, RestorePhase::Restoring, reason).await
         }
         FetchOutcome::Refused(message) => {
-            let why = message.unwrap_or_else(|| format!("Job {job_name} failed"));
+            let mut why = message.unwrap_or_else(|| format!("Job {job_name} failed"));
+            if let Some(e) = decryption.filter(|_| why.contains("decrypting")) {
+                why.push_str(&format!(
+                    " (the identity came from key `{}` of Secret {ns}/{})",
+                    encryption::IDENTITY_KEY,
+                    e.secret_name
+                ));
+            }
             advance(
                 ctx,
                 r,
@@ -606,6 +639,7 @@ async fn create_fetch(
     r: &EtcdRestore,
     cluster: &EtcdCluster,
     chosen: &Chosen,
+    identity_secret: Option<&str>,
     claim: &str,
     job_name: &str,
 ) -> Result<(), Error> {
@@ -674,6 +708,15 @@ async fn create_fetch(
                 env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
             }
         }
+    }
+    if let Some(secret) = identity_secret {
+        // Only the identity is mounted, read-only, in the fetch container alone.
+        volumes.push(
+            json!({"name": "identity", "secret": {"secretName": secret, "defaultMode": 0o400,
+            "items": [{"key": encryption::IDENTITY_KEY, "path": "identity"}]}}),
+        );
+        mounts.push(json!({"name": "identity", "mountPath": "/identity", "readOnly": true}));
+        args.push("--identity-file=/identity/identity".to_owned());
     }
     let volume = dest
         .as_ref()

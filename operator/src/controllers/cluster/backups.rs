@@ -367,6 +367,8 @@ pub async fn create(ctx: &Context, cluster: &EtcdCluster, due: &Due) -> Result<(
         spec: EtcdBackupSpec {
             cluster_name: cluster.name_any(),
             destination: None,
+            // The cluster's own encryption applies when the backup starts.
+            encryption: None,
         },
         status: None,
     };
