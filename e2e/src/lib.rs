@@ -64,11 +64,35 @@ impl std::fmt::Debug for TestNamespace {
 impl TestNamespace {
     /// Creates `ouroboros-e2e-<prefix>-<random>`.
     pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        Self::create_labelled(client, prefix, serde_json::json!({})).await
+    }
+
+    /// The same, with Kubernetes' `restricted` Pod Security profile enforced: the API server refuses
+    /// any pod that runs as root, keeps a capability, or mounts a host path.
+    pub async fn create_restricted(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        Self::create_labelled(
+            client,
+            prefix,
+            serde_json::json!({"pod-security.kubernetes.io/enforce": "restricted",
+                               "pod-security.kubernetes.io/enforce-version": "latest"}),
+        )
+        .await
+    }
+
+    async fn create_labelled(
+        client: &Client,
+        prefix: &str,
+        labels: serde_json::Value,
+    ) -> anyhow::Result<Self> {
         let suffix: String = format!("{:08x}", rand_u32());
         let name = format!("e2e-{prefix}-{suffix}");
+        let mut all = serde_json::json!({"ouroboros.dev/e2e": "true"});
+        if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
+            all.extend(extra.clone());
+        }
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"ouroboros.dev/e2e": "true"}}
+            "metadata": {"name": name, "labels": all}
         }))?;
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
@@ -384,6 +408,17 @@ pub mod writer {
             Ok((acked, failed))
         }
     }
+}
+
+/// The UIDs of the member pods of `cluster`, sorted: unchanged means no member was replaced or
+/// restarted as a new pod.
+pub async fn member_uids(client: &Client, ns: &str, cluster: &str) -> anyhow::Result<Vec<String>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("etcd.ouroboros.dev/cluster={cluster}")))
+        .await?;
+    let mut uids: Vec<String> = pods.items.iter().filter_map(|p| p.uid()).collect();
+    uids.sort();
+    Ok(uids)
 }
 
 /// How many times `container` of pod `pod` has restarted so far (0 when it has no status yet).

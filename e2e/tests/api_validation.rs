@@ -19,6 +19,7 @@ fn deploy_and_samples_pass_server_dry_run() -> anyhow::Result<()> {
         "etcdcluster-self-hosted.yaml",
         "etcdbackup.yaml",
         "etcdrestore.yaml",
+        "networkpolicy.yaml",
     ] {
         let out = kubectl(&[
             "apply",

@@ -2,7 +2,9 @@
 //! `spec.backup.encryption` stores only age ciphertext; the `age` command line from Debian's package
 //! opens the archive to a snapshot `etcdutl` reads; a restore with the wrong identity, or with a Secret
 //! that lacks one, fails before the cluster is touched; and a restore with the cluster's own Secret
-//! brings back exactly the backed-up keys.
+//! brings back exactly the backed-up keys. It all runs in a namespace that enforces Kubernetes'
+//! `restricted` Pod Security profile: members, sidecars, the fetch Job and the restore's seed run
+//! as non-root with no capabilities.
 #![allow(clippy::unwrap_used)]
 
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
@@ -12,13 +14,13 @@ use etcd_client::GetOptions;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, ObjectMeta, PostParams},
+    api::{ObjectMeta, PostParams},
 };
 use ouroboros_crds::{EtcdCluster, EtcdRestore, EtcdRestoreStatus, RestorePhase};
 use ouroboros_e2e::{
     TestNamespace, backup_succeeded, client, env, etcd_at,
     etcd_cluster::{self, converged},
-    etcd_tool, minio_secret, restore_finished, s3,
+    etcd_tool, member_uids, minio_secret, restore_finished, s3,
 };
 
 /// A fresh age key pair made by `age-keygen`: (identity file text, public key).
@@ -79,15 +81,6 @@ async fn restore(
     restore_finished(c, ns, name, Duration::from_secs(300)).await
 }
 
-async fn member_uids(c: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), ns)
-        .list(&ListParams::default().labels("etcd.ouroboros.dev/cluster=e"))
-        .await?;
-    let mut uids: Vec<String> = pods.items.iter().filter_map(|p| p.uid()).collect();
-    uids.sort();
-    Ok(uids)
-}
-
 async fn keys(c: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     let mut e = etcd_at(&etcd_cluster::client_endpoint(c, ns, "e").await?).await?;
     let got = e.get("/enc/", Some(GetOptions::new().with_prefix())).await?;
@@ -102,7 +95,7 @@ async fn keys(c: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
 async fn encrypted_backups_open_with_the_age_cli_and_restore_only_with_their_identity() -> anyhow::Result<()>
 {
     let c = client().await?;
-    TestNamespace::create(&c, "encryption").await?.run(|c, ns| async move {
+    TestNamespace::create_restricted(&c, "encryption").await?.run(|c, ns| async move {
         let dir = std::env::temp_dir().join(format!("ouroboros-{ns}"));
         std::fs::create_dir_all(&dir)?;
         let (identity, recipient) = keygen(&dir, "key")?;
@@ -155,7 +148,7 @@ async fn encrypted_backups_open_with_the_age_cli_and_restore_only_with_their_ide
         ensure!(json["revision"].as_i64() == b.revision, "etcdutl reads revision {}, the backup recorded {:?}", json["revision"], b.revision);
 
         // The wrong identity, and a Secret without one: refused before the cluster is touched.
-        let before = member_uids(&c, &ns).await?;
+        let before = member_uids(&c, &ns, "e").await?;
         for (name, secret, want) in [
             ("with-the-wrong-key", "wrong-keys", "decrypting"),
             ("with-no-identity", "public-only", "has no key `identity`"),
@@ -167,7 +160,7 @@ async fn encrypted_backups_open_with_the_age_cli_and_restore_only_with_their_ide
                 reason.contains(want) && reason.contains(secret) && reason.contains("not touched"),
                 "{name}: {reason}"
             );
-            ensure!(member_uids(&c, &ns).await? == before, "{name}: the cluster's pods changed");
+            ensure!(member_uids(&c, &ns, "e").await? == before, "{name}: the cluster's pods changed");
             let cl = Api::<EtcdCluster>::namespaced(c.clone(), &ns).get("e").await?;
             ensure!(!cl.annotations().contains_key("etcd.ouroboros.dev/restore-in-progress"), "{name}: cluster left held");
             ensure!(keys(&c, &ns).await?.contains(&"/enc/after-the-backup".to_owned()), "{name}: data changed");

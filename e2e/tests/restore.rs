@@ -18,7 +18,7 @@ use ouroboros_crds::{
 use ouroboros_e2e::{
     TestNamespace, backup_succeeded, client, env, etcd_at,
     etcd_cluster::{self, converged},
-    minio_secret, restore_finished, s3, wait_for,
+    member_uids, minio_secret, restore_finished, s3, wait_for,
 };
 
 async fn backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupStatus> {
@@ -37,15 +37,6 @@ async fn restore(c: &Client, ns: &str, name: &str, backup: &str) -> anyhow::Resu
 /// A client of `cluster`'s etcd, through its client Service, once it answers.
 async fn etcd(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<etcd_client::Client> {
     etcd_at(&etcd_cluster::client_endpoint(c, ns, cluster).await?).await
-}
-
-async fn member_uids(c: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
-    let pods = Api::<Pod>::namespaced(c.clone(), ns)
-        .list(&ListParams::default().labels("etcd.ouroboros.dev/cluster=r"))
-        .await?;
-    let mut uids: Vec<String> = pods.items.iter().filter_map(|p| p.uid()).collect();
-    uids.sort();
-    Ok(uids)
 }
 
 #[tokio::test]
@@ -75,12 +66,12 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         bytes[mid] ^= 0xff;
         std::fs::write(&tmp, &bytes)?;
         s3::upload(&key, &tmp)?;
-        let before = member_uids(&c, &ns).await?;
+        let before = member_uids(&c, &ns, "r").await?;
         let s = restore(&c, &ns, "from-corrupted", "b0").await?;
         ensure!(s.phase == Some(RestorePhase::Failed), "a corrupted archive restored");
         let reason = s.reason.unwrap_or_default();
         ensure!(reason.contains("did not verify") && reason.contains("not touched"), "reason: {reason}");
-        ensure!(member_uids(&c, &ns).await? == before, "the old cluster's pods changed");
+        ensure!(member_uids(&c, &ns, "r").await? == before, "the old cluster's pods changed");
         let cl = Api::<EtcdCluster>::namespaced(c.clone(), &ns).get("r").await?;
         ensure!(!cl.annotations().contains_key("etcd.ouroboros.dev/restore-in-progress"), "cluster left held");
 

@@ -16,7 +16,7 @@ use ouroboros_e2e::{
 #[tokio::test]
 async fn a_member_sidecar_obeys_the_operator_alone() -> anyhow::Result<()> {
     let c = client().await?;
-    TestNamespace::create(&c, "sidecar-auth").await?.run(|c, ns| async move {
+    TestNamespace::create_restricted(&c, "sidecar-auth").await?.run(|c, ns| async move {
         etcd_cluster::create(
             &c,
             &ns,

@@ -733,9 +733,11 @@ async fn create_fetch(
             "backoffLimit": 0,
             "template": {"spec": {
                 "restartPolicy": "Never",
+                "securityContext": resources::restricted_pod_security(),
                 "containers": [{
                     "name": FETCH_CONTAINER, "image": ctx.config.backup_sidecar_image, "imagePullPolicy": "IfNotPresent",
                     "args": args, "env": env, "volumeMounts": mounts,
+                    "securityContext": resources::restricted_container_security(),
                     "terminationMessagePolicy": "FallbackToLogsOnError"
                 }],
                 "volumes": volumes
@@ -807,9 +809,15 @@ pub fn seed_pod(
     );
     let etcd_image = resources::etcd_image(cluster, images, version);
     if let Some(spec) = pod.spec.as_mut() {
+        // The restore runs as the member does: restricted when the member is.
+        let security = spec
+            .security_context
+            .is_some()
+            .then(resources::restricted_container_security);
         let init: k8s_openapi::api::core::v1::Container = serde_json::from_value(json!({
             "name": "restore", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
             "command": ["sh", "-c", script],
+            "securityContext": security,
             "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT},
                              {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}]
         }))

@@ -370,6 +370,30 @@ pub fn member_pvc(
 /// failing on a NOSPACE alarm.
 pub const READINESS_PATH: &str = "/health?serializable=true&exclude=NOSPACE";
 
+/// The user and group that members, restores and fetch Jobs run as: any unprivileged ID serves,
+/// since the images need no user of their own, and the data volumes are given this group
+/// (`fsGroup`) so the member can write them.
+pub const UNPRIVILEGED_ID: i64 = 65532;
+
+/// The pod-level half of Kubernetes' `restricted` Pod Security profile, for every pod the operator
+/// runs off the host network: non-root, volumes owned by the pod's group, the runtime's default
+/// seccomp filter.
+pub fn restricted_pod_security() -> serde_json::Value {
+    json!({
+        "runAsNonRoot": true, "runAsUser": UNPRIVILEGED_ID, "runAsGroup": UNPRIVILEGED_ID,
+        "fsGroup": UNPRIVILEGED_ID,
+        // A volume whose top directory already has the group is not walked again on every start.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"}
+    })
+}
+
+/// The container-level half: no privilege escalation, no capabilities, a read-only root filesystem
+/// (etcd writes only its data volume; the sidecar only its backup volume and the network).
+pub fn restricted_container_security() -> serde_json::Value {
+    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+}
+
 /// Where the sidecar mounts its API certificate (`<cluster>-sidecar-tls`).
 pub const SIDECAR_API_TLS_MOUNT: &str = "/etc/ouroboros/sidecar-api-tls";
 
@@ -718,6 +742,15 @@ fn build_member_pod(
             "volumes": std::iter::once(data_volume).chain(volumes).collect::<Vec<_>>()
         }
     });
+    if placement.is_none() {
+        // Off the host network a member needs nothing of the node: it runs in the `restricted`
+        // profile. Self-hosted members keep root: their data is a host directory the kubelet
+        // creates as root, and hostPath is outside that profile anyway (docs/security.md).
+        pod_spec["securityContext"] = restricted_pod_security();
+        for c in pod["spec"]["containers"].as_array_mut().into_iter().flatten() {
+            c["securityContext"] = restricted_container_security();
+        }
+    }
     if let (Some(spec), Some(extra)) = (pod["spec"].as_object_mut(), pod_spec.as_object()) {
         spec.extend(extra.clone());
     }
@@ -870,6 +903,8 @@ mod tests {
         assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
         // Placed by the operator: no scheduler hints that could contradict nodeName.
         assert!(spec.affinity.is_none() && spec.hostname.is_none());
+        // A host directory and the host network: outside the restricted profile, left as root.
+        assert!(spec.security_context.is_none());
         let args = spec.containers[0].args.clone().unwrap();
         for want in [
             "--listen-client-urls=http://0.0.0.0:2389",
@@ -997,6 +1032,26 @@ mod tests {
                 .flatten()
                 .all(|m| m.name != mount.name)
         );
+        // The restricted Pod Security profile, for the pod and every container.
+        let pod_security = spec.security_context.clone().expect("no pod securityContext");
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(pod_security.run_as_user, Some(UNPRIVILEGED_ID));
+        assert_eq!(pod_security.fs_group, Some(UNPRIVILEGED_ID));
+        assert_eq!(
+            pod_security.seccomp_profile.map(|p| p.type_),
+            Some("RuntimeDefault".to_owned())
+        );
+        for c in &spec.containers {
+            let s = c.security_context.clone().unwrap_or_default();
+            assert_eq!(s.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(s.read_only_root_filesystem, Some(true), "{}", c.name);
+            assert_eq!(
+                s.capabilities.and_then(|c| c.drop),
+                Some(vec!["ALL".to_owned()]),
+                "{}",
+                c.name
+            );
+        }
         assert!(volumes[0].empty_dir.is_some());
         let labels = p.metadata.labels.unwrap();
         assert_eq!(labels[LABEL_VERSION], "3.6.16");
