@@ -2,7 +2,10 @@
 //! X25519 keys are taken (`age1...`, `AGE-SECRET-KEY-1...`), the kind every age implementation
 //! reads, so that the `age` command line of any distribution can open an archive by hand.
 
-use std::{io::BufRead, str::FromStr};
+use std::{
+    io::{BufRead, Chain, Cursor, Read},
+    str::FromStr,
+};
 
 /// The first bytes of every age file.
 pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1";
@@ -101,15 +104,63 @@ pub fn identities(file: &std::path::Path) -> Result<Vec<age::x25519::Identity>, 
     Ok(keys)
 }
 
-/// Whether `input` starts with an age header (without consuming it).
-pub fn is_encrypted(input: &mut impl BufRead) -> std::io::Result<bool> {
-    Ok(input.fill_buf()?.starts_with(AGE_MAGIC))
+/// A stream whose first bytes were read to look at, put back in front.
+pub type Sniffed<R> = Chain<Cursor<Vec<u8>>, R>;
+
+/// Whether `input` is an age file, and a reader that still yields all of it. A stream may hand over
+/// fewer bytes than the header at first (an S3 body arrives in chunks of any size), so it reads until
+/// it has the header's length or the stream ends.
+pub fn sniff<R: BufRead>(mut input: R) -> std::io::Result<(bool, Sniffed<R>)> {
+    let mut head = vec![0; AGE_MAGIC.len()];
+    let mut n = 0;
+    while n < head.len() {
+        match input.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    head.truncate(n);
+    Ok((head.as_slice() == AGE_MAGIC, Cursor::new(head).chain(input)))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Hands over one byte per read, as a slow stream may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            if let Some(b) = buf.first_mut() {
+                *b = *first;
+            }
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn an_age_header_is_recognised_however_the_bytes_arrive_and_nothing_is_lost() {
+        let file = [AGE_MAGIC, b"\n-> X25519 rest of the file"].concat();
+        let (encrypted, mut all) = sniff(std::io::BufReader::with_capacity(1, Trickle(&file))).unwrap();
+        assert!(encrypted);
+        let mut back = Vec::new();
+        all.read_to_end(&mut back).unwrap();
+        assert_eq!(back, file);
+        let (encrypted, mut all) = sniff(&b"\x1f\x8b gzip"[..]).unwrap();
+        assert!(!encrypted);
+        let mut back = Vec::new();
+        all.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"\x1f\x8b gzip");
+        assert!(!sniff(&b"age"[..]).unwrap().0, "a short file is not an age file");
+    }
 
     #[test]
     fn recipients_are_read_as_age_keygen_prints_them_and_bad_lines_are_named() {

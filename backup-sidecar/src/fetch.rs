@@ -110,9 +110,10 @@ fn unpack(
     identities: &[age::x25519::Identity],
 ) -> Result<(String, Manifest), FetchError> {
     let damaged = |e: std::io::Error| FetchError::Damaged(e.to_string());
-    let mut input = std::io::BufReader::with_capacity(BLOCK, archive);
     // Encrypted or not is read from the archive itself, not its name: a renamed object still opens.
-    let plain: Box<dyn Read> = if crate::crypt::is_encrypted(&mut input).map_err(damaged)? {
+    let (encrypted, input) =
+        crate::crypt::sniff(std::io::BufReader::with_capacity(BLOCK, archive)).map_err(damaged)?;
+    let plain: Box<dyn Read> = if encrypted {
         if identities.is_empty() {
             return Err(FetchError::NoIdentity);
         }

@@ -89,7 +89,9 @@ pub enum JobDestination {
 
 /// A backup the operator asks for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+// A sidecar older than a field refuses a request that uses it, rather than ignoring it (a job
+// asking for encryption must never be stored in the clear).
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Job {
     /// Unique ID (the EtcdBackup's UID).
     pub id: String,
@@ -113,7 +115,7 @@ pub struct Job {
 
 /// The age recipients a job encrypts to, and where the operator read them (for error messages).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobEncryption {
     /// The Secret's `recipient` text: age X25519 public keys, one a line, `#` comments allowed.
     pub recipients: String,
@@ -143,7 +145,7 @@ pub enum JobState {
 
 /// Retention for one destination: the operator asks a sidecar to apply it after a scheduled backup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PruneRequest {
     /// The destination (the cluster's prefix or directory).
     pub destination: JobDestination,

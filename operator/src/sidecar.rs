@@ -185,7 +185,7 @@ impl SidecarClient {
             .identity
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if due_for_renewal(identity.not_after, CLIENT_LIFETIME, now) {
+        if due_for_renewal(&self.ca, identity.not_after, CLIENT_LIFETIME, now) {
             *identity = Identity::issue(&self.ca, now)?;
             tracing::info!(not_after = %identity.not_after, "renewed the operator's sidecar client certificate");
         }

@@ -264,11 +264,12 @@ impl Ca {
     }
 }
 
-/// Whether a certificate that expires at `not_after`, issued for `lifetime`, is due for renewal at
-/// `now`: once less than a third of its lifetime is left.
-pub fn due_for_renewal(not_after: Timestamp, lifetime: SignedDuration, now: Timestamp) -> bool {
+/// Whether a certificate from `ca` that expires at `not_after`, issued for `lifetime`, is due for
+/// renewal at `now`: once less than a third of its lifetime is left, unless it already ends with the
+/// CA (a new one could not last longer, and reissuing it on every pass would only churn).
+pub fn due_for_renewal(ca: &Ca, not_after: Timestamp, lifetime: SignedDuration, now: Timestamp) -> bool {
     let left = not_after.duration_since(now);
-    left < lifetime / 3
+    left < lifetime / 3 && not_after < ca.not_after()
 }
 
 /// Why the sidecar Secret of the cluster whose UID is `owner_uid` must be (re)issued, or `None`
@@ -305,7 +306,7 @@ pub fn server_secret_problem(
         .and_then(|t| t.parse::<Timestamp>().ok());
     match not_after {
         None => Some("its expiry is not recorded"),
-        Some(t) if due_for_renewal(t, SERVER_LIFETIME, now) => Some("its certificate is due for renewal"),
+        Some(t) if due_for_renewal(ca, t, SERVER_LIFETIME, now) => Some("its certificate is due for renewal"),
         Some(_) => None,
     }
 }
@@ -437,15 +438,22 @@ mod tests {
 
     #[test]
     fn renewal_starts_with_a_third_of_the_lifetime_left() {
+        let ca = Ca::generate(now()).unwrap();
         let life = SignedDuration::from_hours(90);
         let expiry = now().saturating_add(SignedDuration::from_hours(31)).unwrap();
-        assert!(!due_for_renewal(expiry, life, now()));
+        assert!(!due_for_renewal(&ca, expiry, life, now()));
         let expiry = now().saturating_add(SignedDuration::from_hours(29)).unwrap();
-        assert!(due_for_renewal(expiry, life, now()));
+        assert!(due_for_renewal(&ca, expiry, life, now()));
         assert!(
-            due_for_renewal(now(), life, now()),
+            due_for_renewal(&ca, now(), life, now()),
             "an expired certificate is due"
         );
+        // One that already ends with the CA cannot be renewed into a longer one.
+        let late = ca
+            .not_after()
+            .saturating_sub(SignedDuration::from_hours(10))
+            .unwrap();
+        assert!(!due_for_renewal(&ca, ca.not_after(), life, late));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::{
     context::Context,
     controllers::cluster::{
         backups::LABEL_SCHEDULED,
-        resources::{Ports, backup_dir, backup_volume, ports_of},
+        resources::{self, Ports, backup_dir, backup_volume, ports_of},
     },
     etcd::Endpoint,
     metrics::BackupLabels,
@@ -219,6 +219,9 @@ struct MemberPod {
     claims: Vec<String>,
     /// The name its sidecar's certificate carries.
     sidecar_identity: String,
+    /// Its sidecar serves the operator over mutual TLS (pods made before that serve plain HTTP,
+    /// which the operator no longer speaks).
+    sidecar_serves_tls: bool,
 }
 
 impl MemberPod {
@@ -247,8 +250,13 @@ async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Optio
                 .flat_map(|s| s.volumes.iter().flatten())
                 .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
                 .collect();
+            let sidecar_serves_tls = p.spec.iter().flat_map(|s| &s.containers).any(|c| {
+                c.name == resources::SIDECAR_CONTAINER
+                    && c.args.iter().flatten().any(|a| a.starts_with("--api-tls-dir="))
+            });
             Some(MemberPod {
                 sidecar_identity: server_identity(ns, &b.spec.cluster_name),
+                sidecar_serves_tls,
                 ports: ports_of(&p),
                 ip: p.status?.pod_ip?,
                 claims,
@@ -383,6 +391,19 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
                 "member pod {} does not mount the backup claim {claim}: pods mount the cluster's backup volume \
                  when they are created, so use that volume or an s3 destination (members started after \
                  spec.backup.destination changed mount the new one)",
+                member.name
+            ),
+        )
+        .await;
+    }
+    if !pod.sidecar_serves_tls {
+        return fail(
+            ctx,
+            b,
+            format!(
+                "member pod {} runs a backup sidecar from before mutual TLS, which this operator does not \
+                 call (docs/security.md): delete the member pods one at a time, waiting for the cluster to \
+                 be Available in between, and each comes back with the current sidecar; nothing was backed up",
                 member.name
             ),
         )

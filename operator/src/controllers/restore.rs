@@ -527,10 +527,12 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         .await
         .map_err(kube_err("reading the fetch Job"))?
     else {
-        // A key that is missing is named now, rather than by a fetch pod that cannot mount it.
-        let identity = match &decryption {
-            Some(e) => Some(e.secret_name.as_str()),
-            None if chosen.encrypted => {
+        // A key that is missing is named now, rather than by a fetch pod that cannot mount it. An
+        // archive not known to be encrypted needs no identity (a Secret may hold only the public
+        // key); one is mounted if there is one, since the fetch decides from the archive itself.
+        let identity = match (&decryption, chosen.encrypted) {
+            (None, false) => None,
+            (None, true) => {
                 let why = format!(
                     "{} is age-encrypted and no Secret holds its identity: set spec.encryption.secretName \
                      (or the cluster's spec.backup.encryption) to a Secret with an `{}` key; the cluster was not touched",
@@ -539,14 +541,18 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 );
                 return advance(ctx, r, status, RestorePhase::Failed, why).await;
             }
-            None => None,
+            (Some(e), encrypted) => {
+                match encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::IDENTITY_KEY).await?
+                {
+                    Ok(_) => Some(e.secret_name.as_str()),
+                    Err(_) if !encrypted => None,
+                    Err(why) => {
+                        let why = format!("{why}, which decrypts the archive; the cluster was not touched");
+                        return advance(ctx, r, status, RestorePhase::Failed, why).await;
+                    }
+                }
+            }
         };
-        if let Some(secret) = identity
-            && let Err(why) = encryption::read_key(&ctx.client, &ns, secret, encryption::IDENTITY_KEY).await?
-        {
-            let why = format!("{why}, which decrypts the archive; the cluster was not touched");
-            return advance(ctx, r, status, RestorePhase::Failed, why).await;
-        }
         create_fetch(ctx, r, &cluster, &chosen, identity, &claim, &job_name).await?;
         failpoints::hit("restore-after-fetch-job");
         return Ok(Action::requeue(POLL));

@@ -161,19 +161,40 @@ pub async fn ensure_sidecar_tls(ctx: &Context, cluster: &EtcdCluster) -> Result<
     else {
         return Ok(());
     };
-    let secret = sidecar_pki::server_secret(
+    let issued = match sidecar_pki::server_secret(
         ctx.sidecar.ca(),
         &ns,
         &cluster.name_any(),
         resources::cluster_labels(cluster),
         resources::owner(cluster),
         now,
-    )
-    .map_err(|source| ApplyError::IssueSidecarCertificate {
-        name: name.clone(),
-        source,
-    })?;
-    apply(&secrets, &secret, "Secret").await?;
+    ) {
+        Ok(secret) => apply(&secrets, &secret, "Secret").await,
+        Err(source) => Err(ApplyError::IssueSidecarCertificate {
+            name: name.clone(),
+            source,
+        }),
+    };
+    if let Err(e) = issued {
+        if existing.is_none() {
+            // No member pod can start without it.
+            return Err(e);
+        }
+        // The certificate serves backups only: a renewal that fails must not stop the members'
+        // care. It is said, and tried again on the next reconcile, well before the old one expires.
+        tracing::warn!(secret = %name, namespace = %ns, error = %e, "renewing the sidecars' certificate failed");
+        ctx.publish(
+            &cluster.object_ref(&()),
+            EventType::Warning,
+            "SidecarCertificateNotRenewed",
+            format!(
+                "Secret {name} ({problem}) could not be reissued: {e}; backups keep the current certificate"
+            ),
+            None,
+        )
+        .await;
+        return Ok(());
+    }
     tracing::info!(secret = %name, namespace = %ns, why = problem, "issued the sidecars' certificate");
     Ok(())
 }
@@ -195,7 +216,8 @@ async fn start_member(
 ) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
     record_ordinal(ctx, cluster, name).await?;
-    if let Some(pvc) = resources::member_pvc(cluster, name, version) {
+    let mut written_by_root = false;
+    if let Some(mut pvc) = resources::member_pvc(cluster, name, version) {
         let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
         let claim_name = pvc.name_any();
         let existing = claims
@@ -207,15 +229,26 @@ async fn start_member(
                 name: claim_name.clone(),
                 source,
             })?;
-        if let Some(owner) = existing.and_then(|c| resources::foreign_owner(&c.metadata, cluster)) {
+        if let Some(owner) = existing
+            .as_ref()
+            .and_then(|c| resources::foreign_owner(&c.metadata, cluster))
+        {
             return Err(ApplyError::ForeignClaim {
                 claim: claim_name,
                 owner,
             });
         }
+        // Data written by root stays root's: the claim is not marked, and the member keeps root.
+        written_by_root = existing.as_ref().is_some_and(resources::written_by_root);
+        if written_by_root && let Some(a) = pvc.metadata.annotations.as_mut() {
+            a.remove(resources::ANNOTATION_DATA_UID);
+        }
         apply(&claims, &pvc, "PersistentVolumeClaim").await?;
     }
-    let pod = resources::member_pod(cluster, &images(ctx), name, version, state, initial_members);
+    let mut pod = resources::member_pod(cluster, &images(ctx), name, version, state, initial_members);
+    if written_by_root {
+        resources::run_as_root(&mut pod);
+    }
     apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await
 }
 

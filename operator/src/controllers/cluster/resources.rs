@@ -23,6 +23,8 @@ pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 /// etcd's metrics and health port.
 pub const METRICS_PORT: u16 = 2381;
+/// The backup sidecar's container in a member pod.
+pub const SIDECAR_CONTAINER: &str = "backup-sidecar";
 /// The backup sidecar's port.
 pub const SIDECAR_PORT: u16 = 8090;
 /// Where the data volume is mounted; etcd's data dir is `data/` inside it.
@@ -357,7 +359,8 @@ pub fn member_pvc(
     Some(from_json(json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": pvc_name(member), "namespace": cluster.namespace(),
-                     "labels": labels, "ownerReferences": [owner(cluster)]},
+                     "labels": labels, "ownerReferences": [owner(cluster)],
+                     "annotations": {ANNOTATION_DATA_UID: UNPRIVILEGED_ID.to_string()}},
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "storageClassName": pvc.storage_class_name,
@@ -374,6 +377,32 @@ pub const READINESS_PATH: &str = "/health?serializable=true&exclude=NOSPACE";
 /// since the images need no user of their own, and the data volumes are given this group
 /// (`fsGroup`) so the member can write them.
 pub const UNPRIVILEGED_ID: i64 = 65532;
+
+/// On a member's data claim: the user its data is written as. Claims made before members ran
+/// unprivileged lack it; their data is root's, and members on them keep running as root
+/// ([`run_as_root`]), since storage that does not apply `fsGroup` (hostPath-backed volumes, NFS)
+/// would leave an unprivileged etcd unable to open its own data.
+pub const ANNOTATION_DATA_UID: &str = "etcd.ouroboros.dev/data-uid";
+
+/// Whether `claim` holds data written by root (made before members ran unprivileged).
+pub fn written_by_root(claim: &PersistentVolumeClaim) -> bool {
+    claim.annotations().get(ANNOTATION_DATA_UID).is_none()
+}
+
+/// Takes the unprivileged settings off a member pod whose data was written by root: it runs as
+/// members did before, until a replacement or a restore gives it a new claim.
+pub fn run_as_root(pod: &mut Pod) {
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.security_context = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.security_context = None;
+        }
+    }
+}
 
 /// The pod-level half of Kubernetes' `restricted` Pod Security profile, for every pod the operator
 /// runs off the host network: non-root, volumes owned by the pod's group, the runtime's default
@@ -722,7 +751,7 @@ fn build_member_pod(
                     "volumeMounts": etcd_mounts
                 },
                 {
-                    "name": "backup-sidecar",
+                    "name": SIDECAR_CONTAINER,
                     "image": images.sidecar,
                     "imagePullPolicy": "IfNotPresent",
                     "args": sidecar_args,
@@ -974,6 +1003,31 @@ mod tests {
             ["/usr/local/bin/etcd"]
         );
         assert!(!ordinary.labels().contains_key(LABEL_CHECKPOINT));
+    }
+
+    #[test]
+    fn members_on_data_written_by_root_keep_root_and_new_claims_are_marked() {
+        let c = cluster(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, storage: {persistentVolumeClaim: {size: 1Gi}}}\n",
+        );
+        let v = "3.6.16".parse().unwrap();
+        let new_claim = member_pvc(&c, "c-0", v).unwrap();
+        assert!(
+            !written_by_root(&new_claim),
+            "a claim this version makes is written unprivileged"
+        );
+        let mut old_claim = new_claim.clone();
+        old_claim.metadata.annotations = None;
+        assert!(
+            written_by_root(&old_claim),
+            "a claim without the mark holds root's data"
+        );
+        let mut p = member_pod(&c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]);
+        assert!(p.spec.as_ref().unwrap().security_context.is_some());
+        run_as_root(&mut p);
+        let spec = p.spec.unwrap();
+        assert!(spec.security_context.is_none());
+        assert!(spec.containers.iter().all(|c| c.security_context.is_none()));
     }
 
     #[test]
