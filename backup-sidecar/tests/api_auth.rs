@@ -16,7 +16,7 @@ use ouroboros_backup_sidecar::{
 use ouroboros_crds::sidecar::{OPERATOR_IDENTITY, server_identity};
 use ouroboros_operator::{
     sidecar::{SidecarAddr, SidecarClient, SidecarError, client_config, exchange},
-    sidecar_pki::{Ca, SERVER_LIFETIME, Usage},
+    sidecar_pki::{ANNOTATION_ROTATED_AT, Ca, ROTATION_GRACE, SERVER_LIFETIME, Usage},
 };
 
 fn now() -> jiff::Timestamp {
@@ -244,4 +244,60 @@ async fn a_renewed_secret_is_served_without_a_restart() {
         other => panic!("a broken renewal broke the API: {other:?}"),
     }
     let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test]
+async fn a_rotated_ca_never_locks_the_operator_out() {
+    let old = Ca::generate(now()).unwrap();
+    // A sidecar the kubelet has not yet given the reissued Secret: the old CA's certificate and bundle.
+    let stale = sidecar("rotation-stale", &old, Duration::from_secs(3600)).await;
+    let rotated = old.rotate(now()).unwrap();
+    // A sidecar that has it: the new CA's certificate, and both CAs in its bundle.
+    let fresh = sidecar("rotation-fresh", &rotated, Duration::from_secs(3600)).await;
+    let operator =
+        SidecarClient::new(Ca::from_secret(&rotated.to_secret("ouroboros-system")).unwrap()).unwrap();
+    for s in [&stale, &fresh] {
+        match operator.state(&s.to, "no-such-job").await {
+            Err(SidecarError::UnknownJob(_)) => {}
+            other => panic!(
+                "the operator was locked out of {} during the rotation: {other:?}",
+                s.to.addr
+            ),
+        }
+    }
+    // After the grace the operator's certificate comes from the new CA: the reissued sidecar takes
+    // it, and a sidecar still on the old bundle would not, which is what the grace is for. (The
+    // rotation is moved into the past rather than the clock forward: sidecars check real time.)
+    let mut secret = rotated.to_secret("ouroboros-system");
+    let long_ago = now()
+        .saturating_sub(ROTATION_GRACE)
+        .unwrap()
+        .saturating_sub(jiff::SignedDuration::from_hours(1))
+        .unwrap();
+    secret
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(ANNOTATION_ROTATED_AT.into(), long_ago.to_string());
+    let after_grace = Ca::from_secret(&secret).unwrap();
+    let (leaf, signer_changes) = after_grace.issue_client(now()).unwrap();
+    assert_eq!(
+        signer_changes, None,
+        "still signing with the old CA after the grace"
+    );
+    let config = || client_config(rotated.bundle(), Some((&leaf.cert_pem, &leaf.key_pem))).unwrap();
+    assert_eq!(
+        status_as(config(), &fresh, "GET", "/v1/backups/x", "")
+            .await
+            .unwrap(),
+        404
+    );
+    assert!(
+        status_as(config(), &stale, "GET", "/v1/backups/x", "")
+            .await
+            .is_err()
+    );
+    let _ = std::fs::remove_dir_all(&stale.dir);
+    let _ = std::fs::remove_dir_all(&fresh.dir);
 }

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
-use ouroboros_crds::sidecar::{Job, JobState, OPERATOR_IDENTITY, PruneOutcome, PruneRequest};
+use ouroboros_crds::sidecar::{Job, JobState, PruneOutcome, PruneRequest};
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
 };
 
-use crate::sidecar_pki::{CLIENT_LIFETIME, Ca, PkiError, Usage, due_for_renewal};
+use crate::sidecar_pki::{CLIENT_LIFETIME, Ca, PkiError, due_for_renewal};
 
 /// How long one request to a sidecar may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -143,16 +143,24 @@ pub async fn exchange(
 struct Identity {
     config: Arc<ClientConfig>,
     not_after: Timestamp,
+    /// When a certificate signed by the CA a rotation replaced must give way to the current CA's.
+    signer_changes: Option<Timestamp>,
 }
 
 impl Identity {
     fn issue(ca: &Ca, now: Timestamp) -> Result<Self, SidecarError> {
-        let leaf = ca.issue(OPERATOR_IDENTITY, Usage::Client, now, CLIENT_LIFETIME)?;
+        let (leaf, signer_changes) = ca.issue_client(now)?;
         let config = client_config(ca.bundle(), Some((&leaf.cert_pem, &leaf.key_pem)))?;
         Ok(Self {
             config: Arc::new(config),
             not_after: leaf.not_after,
+            signer_changes,
         })
+    }
+
+    fn stale(&self, ca: &Ca, now: Timestamp) -> bool {
+        due_for_renewal(ca, self.not_after, CLIENT_LIFETIME, now)
+            || self.signer_changes.is_some_and(|t| now >= t)
     }
 }
 
@@ -185,7 +193,7 @@ impl SidecarClient {
             .identity
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if due_for_renewal(&self.ca, identity.not_after, CLIENT_LIFETIME, now) {
+        if identity.stale(&self.ca, now) {
             *identity = Identity::issue(&self.ca, now)?;
             tracing::info!(not_after = %identity.not_after, "renewed the operator's sidecar client certificate");
         }

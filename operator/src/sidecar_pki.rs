@@ -31,6 +31,14 @@ use rcgen::{
 pub const CA_SECRET: &str = "ouroboros-sidecar-ca";
 /// When a certificate stored in a Secret expires (RFC 3339), so that renewal needs no X.509 parsing.
 pub const ANNOTATION_NOT_AFTER: &str = "etcd.ouroboros.dev/not-after";
+/// On the CA Secret after a rotation: when the CA it replaced expires.
+pub const ANNOTATION_PREVIOUS_NOT_AFTER: &str = "etcd.ouroboros.dev/previous-not-after";
+/// On the CA Secret after a rotation: when it happened.
+pub const ANNOTATION_ROTATED_AT: &str = "etcd.ouroboros.dev/rotated-at";
+/// How long after a CA rotation the operator still signs its client certificate with the CA it
+/// replaced: sidecars trust the new CA only once the kubelet has delivered their reissued Secret
+/// (a minute or two; a paused cluster's Secret is reissued only when it is unpaused).
+pub const ROTATION_GRACE: SignedDuration = SignedDuration::from_hours(24 * 7);
 
 /// How long the CA is valid. Long, because replacing it means every sidecar must reload its bundle.
 pub const CA_LIFETIME: SignedDuration = SignedDuration::from_hours(24 * 365 * 10);
@@ -102,9 +110,25 @@ pub struct Leaf {
 
 /// The CA: its certificate bundle (what both sides trust) and its signing key.
 pub struct Ca {
+    /// The current CA's certificate first, then the one it replaced, if any.
     bundle_pem: String,
     key: KeyPair,
     not_after: Timestamp,
+    previous: Option<Previous>,
+}
+
+/// The CA a rotation replaced: still trusted, and still signing the operator's client certificate
+/// for [`ROTATION_GRACE`].
+struct Previous {
+    key: KeyPair,
+    not_after: Timestamp,
+    rotated_at: Timestamp,
+}
+
+/// The first certificate of a PEM bundle.
+fn first_certificate(bundle: &str) -> &str {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle.find(END).map_or(bundle, |i| &bundle[..i + END.len()])
 }
 
 impl std::fmt::Debug for Ca {
@@ -148,6 +172,35 @@ impl Ca {
             bundle_pem: cert.pem(),
             key,
             not_after,
+            previous: None,
+        })
+    }
+
+    /// Whether the CA should be replaced: less than a third of its lifetime is left, which leaves
+    /// years for every certificate it signed to be reissued by its successor.
+    pub fn due_for_rotation(&self, now: Timestamp) -> bool {
+        self.not_after.duration_since(now) < CA_LIFETIME / 3
+    }
+
+    /// A new CA that replaces this one. Both are trusted (the bundle holds the new certificate, then
+    /// this one's), leaves are issued by the new one, and the operator's client certificate by this
+    /// one for [`ROTATION_GRACE`], so a sidecar that has not yet received the new bundle still
+    /// trusts the operator.
+    pub fn rotate(self, now: Timestamp) -> Result<Self, PkiError> {
+        let new = Self::generate(now)?;
+        let bundle_pem = format!(
+            "{}\n{}\n",
+            new.bundle_pem.trim_end(),
+            first_certificate(&self.bundle_pem)
+        );
+        Ok(Self {
+            bundle_pem,
+            previous: Some(Previous {
+                key: self.key,
+                not_after: self.not_after,
+                rotated_at: now,
+            }),
+            ..new
         })
     }
 
@@ -179,15 +232,55 @@ impl Ca {
             .ok_or_else(|| bad(format!("it has no {ANNOTATION_NOT_AFTER} annotation")))?
             .parse::<Timestamp>()
             .map_err(|e| bad(format!("{ANNOTATION_NOT_AFTER}: {e}")))?;
+        let annotation = |k: &str| {
+            secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .map(|v| v.parse::<Timestamp>().map_err(|e| bad(format!("{k}: {e}"))))
+                .transpose()
+        };
+        let previous = match secret.data.as_ref().and_then(|d| d.get("previous.key")) {
+            None => None,
+            Some(_) => Some(Previous {
+                key: KeyPair::from_pem(&field("previous.key")?)
+                    .map_err(|e| bad(format!("previous.key: {e}")))?,
+                not_after: annotation(ANNOTATION_PREVIOUS_NOT_AFTER)?
+                    .ok_or_else(|| bad(format!("it has no {ANNOTATION_PREVIOUS_NOT_AFTER} annotation")))?,
+                rotated_at: annotation(ANNOTATION_ROTATED_AT)?
+                    .ok_or_else(|| bad(format!("it has no {ANNOTATION_ROTATED_AT} annotation")))?,
+            }),
+        };
         Ok(Self {
             bundle_pem: field("ca.crt")?,
             key,
             not_after,
+            previous,
         })
     }
 
     /// The Secret that keeps this CA in `namespace`.
     pub fn to_secret(&self, namespace: &str) -> Secret {
+        let mut annotations = BTreeMap::from([(ANNOTATION_NOT_AFTER.to_owned(), self.not_after.to_string())]);
+        let mut data = BTreeMap::from([
+            (
+                "ca.crt".to_owned(),
+                ByteString(self.bundle_pem.clone().into_bytes()),
+            ),
+            (
+                "ca.key".to_owned(),
+                ByteString(self.key.serialize_pem().into_bytes()),
+            ),
+        ]);
+        if let Some(p) = &self.previous {
+            annotations.insert(ANNOTATION_PREVIOUS_NOT_AFTER.to_owned(), p.not_after.to_string());
+            annotations.insert(ANNOTATION_ROTATED_AT.to_owned(), p.rotated_at.to_string());
+            data.insert(
+                "previous.key".to_owned(),
+                ByteString(p.key.serialize_pem().into_bytes()),
+            );
+        }
         Secret {
             metadata: ObjectMeta {
                 name: Some(CA_SECRET.to_owned()),
@@ -196,23 +289,11 @@ impl Ca {
                     "app.kubernetes.io/part-of".to_owned(),
                     "ouroboros".to_owned(),
                 )])),
-                annotations: Some(BTreeMap::from([(
-                    ANNOTATION_NOT_AFTER.to_owned(),
-                    self.not_after.to_string(),
-                )])),
+                annotations: Some(annotations),
                 ..Default::default()
             },
             type_: Some("Opaque".to_owned()),
-            data: Some(BTreeMap::from([
-                (
-                    "ca.crt".to_owned(),
-                    ByteString(self.bundle_pem.clone().into_bytes()),
-                ),
-                (
-                    "ca.key".to_owned(),
-                    ByteString(self.key.serialize_pem().into_bytes()),
-                ),
-            ])),
+            data: Some(data),
             ..Default::default()
         }
     }
@@ -235,33 +316,72 @@ impl Ca {
         now: Timestamp,
         lifetime: SignedDuration,
     ) -> Result<Leaf, PkiError> {
-        let sign = |source| PkiError::Sign {
-            name: name.to_owned(),
-            source,
-        };
-        let key = KeyPair::generate().map_err(PkiError::GenerateKey)?;
-        let not_after = now.saturating_add(lifetime).unwrap_or(now).min(self.not_after);
-        let not_before = now.saturating_sub(BACKDATE).unwrap_or(now);
-        let issuer = Issuer::new(ca_params(not_before, self.not_after).map_err(sign)?, &self.key);
-        let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(sign)?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = offset_time(not_before).map_err(sign)?;
-        params.not_after = offset_time(not_after).map_err(sign)?;
-        let cert = params.signed_by(&key, &issuer).map_err(sign)?;
-        Ok(Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            not_after,
-        })
+        sign_leaf(&self.key, self.not_after, name, usage, now, lifetime)
     }
+
+    /// The operator's client certificate: from the CA a rotation replaced while sidecars may not
+    /// trust the new one yet ([`ROTATION_GRACE`]), else from the current CA. Also says until when
+    /// the signer stays the same (the end of the grace), so the caller knows when to reissue.
+    pub fn issue_client(&self, now: Timestamp) -> Result<(Leaf, Option<Timestamp>), PkiError> {
+        if let Some(p) = &self.previous {
+            let grace_ends = p
+                .rotated_at
+                .saturating_add(ROTATION_GRACE)
+                .unwrap_or(p.rotated_at);
+            if now < grace_ends && now < p.not_after {
+                let leaf = sign_leaf(
+                    &p.key,
+                    p.not_after,
+                    OPERATOR_IDENTITY,
+                    Usage::Client,
+                    now,
+                    CLIENT_LIFETIME,
+                )?;
+                return Ok((leaf, Some(grace_ends)));
+            }
+        }
+        Ok((
+            self.issue(OPERATOR_IDENTITY, Usage::Client, now, CLIENT_LIFETIME)?,
+            None,
+        ))
+    }
+}
+
+/// A certificate for `name` signed by the CA key `ca_key` (valid until `ca_not_after`).
+fn sign_leaf(
+    ca_key: &KeyPair,
+    ca_not_after: Timestamp,
+    name: &str,
+    usage: Usage,
+    now: Timestamp,
+    lifetime: SignedDuration,
+) -> Result<Leaf, PkiError> {
+    let sign = |source| PkiError::Sign {
+        name: name.to_owned(),
+        source,
+    };
+    let key = KeyPair::generate().map_err(PkiError::GenerateKey)?;
+    let not_after = now.saturating_add(lifetime).unwrap_or(now).min(ca_not_after);
+    let not_before = now.saturating_sub(BACKDATE).unwrap_or(now);
+    let issuer = Issuer::new(ca_params(not_before, ca_not_after).map_err(sign)?, ca_key);
+    let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(sign)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![match usage {
+        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = offset_time(not_before).map_err(sign)?;
+    params.not_after = offset_time(not_after).map_err(sign)?;
+    let cert = params.signed_by(&key, &issuer).map_err(sign)?;
+    Ok(Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        not_after,
+    })
 }
 
 /// Whether a certificate from `ca` that expires at `not_after`, issued for `lifetime`, is due for
@@ -362,8 +482,30 @@ pub async fn load_or_create_ca(client: Client, namespace: &str) -> Result<Ca, Pk
             source,
         }
     };
-    if let Some(s) = secrets.get_opt(CA_SECRET).await.map_err(kube("reading"))? {
-        return Ca::from_secret(&s);
+    if let Some(stored) = secrets.get_opt(CA_SECRET).await.map_err(kube("reading"))? {
+        let ca = Ca::from_secret(&stored)?;
+        let now = Timestamp::now();
+        if !ca.due_for_rotation(now) {
+            return Ok(ca);
+        }
+        let old_expiry = ca.not_after;
+        let rotated = ca.rotate(now)?;
+        let mut replacement = rotated.to_secret(namespace);
+        // Only over the Secret as it was read: two replicas rotating at once cannot both win.
+        replacement.metadata.resource_version = stored.metadata.resource_version.clone();
+        return match secrets
+            .replace(CA_SECRET, &PostParams::default(), &replacement)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(%secret, old_expiry = %old_expiry, not_after = %rotated.not_after, "rotated the sidecar CA");
+                Ok(rotated)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                Ca::from_secret(&secrets.get(CA_SECRET).await.map_err(kube("reading"))?)
+            }
+            Err(e) => Err(kube("rotating")(e)),
+        };
     }
     let ca = Ca::generate(Timestamp::now())?;
     match secrets
@@ -423,6 +565,49 @@ mod tests {
             e.contains("ns/ouroboros-sidecar-ca") && e.contains("ca.key"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_ca_trusted_and_signing_the_operator_for_the_grace() {
+        let ca = Ca::generate(now()).unwrap();
+        assert!(!ca.due_for_rotation(now()));
+        let late = ca
+            .not_after()
+            .saturating_sub(SignedDuration::from_hours(24 * 365 * 3))
+            .unwrap();
+        assert!(
+            ca.due_for_rotation(late),
+            "three years before the end a CA is due"
+        );
+        let old_bundle = ca.bundle().to_owned();
+        let rotated = ca.rotate(late).unwrap();
+        assert_eq!(rotated.bundle().matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(
+            rotated
+                .bundle()
+                .ends_with(&format!("{}\n", old_bundle.trim_end())),
+            "the old CA is second"
+        );
+        assert!(!rotated.due_for_rotation(late));
+        // It survives its Secret, previous key and all.
+        let back = Ca::from_secret(&rotated.to_secret("ns")).unwrap();
+        assert_eq!(back.bundle(), rotated.bundle());
+        let (_, signer_changes) = back.issue_client(late).unwrap();
+        let grace_ends = late.saturating_add(ROTATION_GRACE).unwrap();
+        assert_eq!(
+            signer_changes,
+            Some(grace_ends),
+            "signed by the old CA during the grace"
+        );
+        let after = grace_ends.saturating_add(SignedDuration::from_hours(1)).unwrap();
+        assert_eq!(
+            back.issue_client(after).unwrap().1,
+            None,
+            "signed by the new CA after it"
+        );
+        // A second rotation drops the first CA: the bundle never grows past two.
+        let again = back.rotate(after).unwrap();
+        assert_eq!(again.bundle().matches("BEGIN CERTIFICATE").count(), 2);
     }
 
     #[test]
