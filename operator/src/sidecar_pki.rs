@@ -20,7 +20,10 @@ use k8s_openapi::{
     api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
-use kube::{Api, Client, api::PostParams};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
 pub use ouroboros_crds::sidecar::{OPERATOR_IDENTITY, server_identity, server_secret_name};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -490,11 +493,18 @@ pub async fn load_or_create_ca(client: Client, namespace: &str) -> Result<Ca, Pk
         }
         let old_expiry = ca.not_after;
         let rotated = ca.rotate(now)?;
-        let mut replacement = rotated.to_secret(namespace);
-        // Only over the Secret as it was read: two replicas rotating at once cannot both win.
-        replacement.metadata.resource_version = stored.metadata.resource_version.clone();
+        let replacement = rotated.to_secret(namespace);
+        // A merge patch that carries the resourceVersion as read: refused with 409 if the Secret
+        // changed since, so two replicas rotating at once cannot both win.
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": stored.metadata.resource_version,
+                "annotations": replacement.metadata.annotations,
+            },
+            "data": replacement.data,
+        });
         return match secrets
-            .replace(CA_SECRET, &PostParams::default(), &replacement)
+            .patch(CA_SECRET, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => {
@@ -504,7 +514,11 @@ pub async fn load_or_create_ca(client: Client, namespace: &str) -> Result<Ca, Pk
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 Ca::from_secret(&secrets.get(CA_SECRET).await.map_err(kube("reading"))?)
             }
-            Err(e) => Err(kube("rotating")(e)),
+            Err(e) => {
+                // The current CA is still valid for years: keep using it, say so, try at next start.
+                tracing::warn!(%secret, error = %e, "rotating the sidecar CA failed; keeping the current one");
+                Ca::from_secret(&stored)
+            }
         };
     }
     let ca = Ca::generate(Timestamp::now())?;
