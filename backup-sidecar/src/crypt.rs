@@ -112,15 +112,7 @@ pub type Sniffed<R> = Chain<Cursor<Vec<u8>>, R>;
 /// it has the header's length or the stream ends.
 pub fn sniff<R: BufRead>(mut input: R) -> std::io::Result<(bool, Sniffed<R>)> {
     let mut head = vec![0; AGE_MAGIC.len()];
-    let mut n = 0;
-    while n < head.len() {
-        match input.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let n = crate::fetch::read_full(&mut input, &mut head)?;
     head.truncate(n);
     Ok((head.as_slice() == AGE_MAGIC, Cursor::new(head).chain(input)))
 }

@@ -154,7 +154,7 @@ fn unpack(
 }
 
 /// Reads as many bytes as fit in `buf` (fewer only at the end).
-fn read_full(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_full(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match from.read(&mut buf[n..]) {
