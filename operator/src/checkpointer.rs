@@ -33,7 +33,7 @@ use kube::{
     api::{ListParams, ObjectMeta},
 };
 
-use crate::controllers::cluster::resources::{LABEL_CHECKPOINT, LABEL_VOTER};
+use crate::vocabulary::{LABEL_CHECKPOINT, LABEL_VOTER};
 
 /// Label on a checkpoint (and so on its mirror pod) naming the pod it copies. Checkpoints carry no
 /// cluster label, so the operator never takes a mirror pod for a member.

@@ -6,8 +6,9 @@ use pretty_assertions::assert_eq;
 use serde_json::json;
 
 use super::*;
-use crate::controllers::cluster::resources::{
-    Images, InitialClusterState, LABEL_CLUSTER, Placement, Ports, self_hosted_member_pod,
+use crate::{
+    objects::self_hosted_member_pod,
+    vocabulary::{Images, InitialClusterState, LABEL_CLUSTER, Placement, Ports},
 };
 
 const SELF_HOSTED: &str = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: kube-etcd, namespace: kube-system, uid: 1234abcd-0000}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://10.0.0.1:12379', hostDataDir: /var/lib/etcd-members}}\n";
@@ -34,7 +35,8 @@ fn member_pod(cluster_yaml: &str) -> Pod {
         InitialClusterState::Existing,
         "kube-etcd-0=http://10.0.0.1:2380",
         &placement,
-    );
+    )
+    .unwrap();
     pod.metadata.uid = Some("pod-uid".into());
     let spec = pod.spec.as_mut().unwrap();
     spec.service_account_name = Some("default".into());

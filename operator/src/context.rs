@@ -59,6 +59,14 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// The images member pods run, from the operator's configuration.
+    pub fn images(&self) -> crate::vocabulary::Images {
+        crate::vocabulary::Images {
+            etcd_repository: self.config.etcd_image_repository.clone(),
+            sidecar: self.config.backup_sidecar_image.clone(),
+        }
+    }
+
     /// Builds the shared context; `instance` distinguishes replicas in Events (the pod name).
     pub fn new(
         client: Client,

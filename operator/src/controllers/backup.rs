@@ -19,13 +19,10 @@ use ouroboros_crds::{
 use super::{encryption, kube_err};
 use crate::{
     context::Context,
-    controllers::cluster::{
-        backups::LABEL_SCHEDULED,
-        resources::{self, Ports, backup_dir, backup_volume, ports_of},
-    },
     etcd::Endpoint,
     metrics::BackupLabels,
     sidecar::{SidecarAddr, SidecarError},
+    vocabulary::{self, LABEL_SCHEDULED, Ports, backup_dir, backup_volume, ports_of},
 };
 
 /// Used when a running backup has no recorded deadline (it was started by an older operator).
@@ -251,7 +248,7 @@ async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Optio
                 .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
                 .collect();
             let sidecar_serves_tls = p.spec.iter().flat_map(|s| &s.containers).any(|c| {
-                c.name == resources::SIDECAR_CONTAINER
+                c.name == vocabulary::SIDECAR_CONTAINER
                     && c.args.iter().flatten().any(|a| a.starts_with("--api-tls-dir="))
             });
             Some(MemberPod {

@@ -52,7 +52,7 @@ pub async fn run_all(
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
     // Only our pods and claims: the label keeps the cache small in a busy cluster.
-    let ours = watcher::Config::default().labels(cluster::resources::LABEL_CLUSTER);
+    let ours = watcher::Config::default().labels(crate::vocabulary::LABEL_CLUSTER);
     let all = || watcher::Config::default().any_semantic();
     // A backup finishing changes its cluster's BackupHealthy condition and may free the schedule.
     let backup_of_cluster = |b: EtcdBackup| {

@@ -3,7 +3,7 @@
 //! state the decision recognises and finishes (see the failpoints).
 
 use k8s_openapi::api::{
-    core::v1::{Node, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service},
+    core::v1::{Node, ObjectReference, PersistentVolumeClaim, Pod, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
@@ -17,9 +17,14 @@ use super::{
     decide::{RemoveReason, Step},
     observe::{Observation, member_name},
     placement,
-    resources::{self, Images, InitialClusterState, Placement},
 };
-use crate::{context::Context, etcd::EtcdError, failpoints, sidecar_pki};
+use crate::{
+    cluster_writes::{self, WriteError, apply},
+    context::Context,
+    etcd::EtcdError,
+    failpoints, objects,
+    vocabulary::{self, InitialClusterState, Placement},
+};
 
 /// Why applying a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +45,12 @@ pub enum ApplyError {
     /// An etcd call failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
-    /// The sidecars' server certificate could not be made.
-    #[error("issuing the certificate in Secret {name}: {source}")]
-    IssueSidecarCertificate {
-        /// The Secret.
-        name: String,
-        /// Cause.
-        #[source]
-        source: crate::sidecar_pki::PkiError,
-    },
+    /// A shared write (server-side apply, the sidecars' certificate) failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// An object could not be built (a programming error; nothing was sent).
+    #[error(transparent)]
+    Build(#[from] crate::objects::BuildError),
     /// The member's claim name is taken by a claim of a deleted cluster of the same name, which the
     /// garbage collector has not removed yet; retried until it has.
     #[error(
@@ -85,42 +87,22 @@ pub enum ApplyError {
     },
 }
 
-fn ssa() -> PatchParams {
-    PatchParams::apply(crate::FIELD_MANAGER).force()
-}
-
-async fn apply<K>(api: &Api<K>, obj: &K, kind: &'static str) -> Result<(), ApplyError>
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &ssa(), &Patch::Apply(obj))
-        .await
-        .map(drop)
-        .map_err(|source| ApplyError::Kube {
-            action: "applying",
-            kind,
-            name,
-            source,
-        })
-}
-
 /// Objects every cluster has whatever its members: the Services, the PodDisruptionBudget and the
 /// sidecars' certificate.
 pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Result<(), ApplyError> {
-    ensure_sidecar_tls(ctx, cluster).await?;
+    cluster_writes::ensure_sidecar_tls(ctx, cluster).await?;
     let ns = cluster.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    apply(&services, &resources::headless_service(cluster), "Service").await?;
-    apply(&services, &resources::client_service(cluster), "Service").await?;
+    apply(&services, &objects::headless_service(cluster)?, "Service").await?;
+    apply(&services, &objects::client_service(cluster)?, "Service").await?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
     apply(
         &pdbs,
-        &resources::pod_disruption_budget(cluster),
+        &objects::pod_disruption_budget(cluster)?,
         "PodDisruptionBudget",
     )
     .await?;
-    if let Some(pvc) = resources::default_backup_pvc(cluster) {
+    if let Some(pvc) = objects::default_backup_pvc(cluster).transpose()? {
         // Created once and never changed: a claim's spec is mostly immutable, and the user may have
         // resized it.
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -141,71 +123,6 @@ pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Res
     Ok(())
 }
 
-/// The Secret with the cluster's sidecar server certificate, issued from the operator's CA when it
-/// is missing, due for renewal or from another CA (see `sidecar_pki`). Member pods mount it, so it
-/// exists before any of them is created: the cluster controller and the restore's seed both call
-/// this first. A renewed Secret reaches running sidecars through the kubelet, with no restart.
-pub async fn ensure_sidecar_tls(ctx: &Context, cluster: &EtcdCluster) -> Result<(), ApplyError> {
-    let ns = cluster.namespace().unwrap_or_default();
-    let name = sidecar_pki::server_secret_name(&cluster.name_any());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&name).await.map_err(|source| ApplyError::Kube {
-        action: "reading",
-        kind: "Secret",
-        name: name.clone(),
-        source,
-    })?;
-    let now = jiff::Timestamp::now();
-    let uid = cluster.uid().unwrap_or_default();
-    let Some(problem) = sidecar_pki::server_secret_problem(existing.as_ref(), ctx.sidecar.ca(), &uid, now)
-    else {
-        return Ok(());
-    };
-    let issued = match sidecar_pki::server_secret(
-        ctx.sidecar.ca(),
-        &ns,
-        &cluster.name_any(),
-        resources::cluster_labels(cluster),
-        resources::owner(cluster),
-        now,
-    ) {
-        Ok(secret) => apply(&secrets, &secret, "Secret").await,
-        Err(source) => Err(ApplyError::IssueSidecarCertificate {
-            name: name.clone(),
-            source,
-        }),
-    };
-    if let Err(e) = issued {
-        if existing.is_none() {
-            // No member pod can start without it.
-            return Err(e);
-        }
-        // The certificate serves backups only: a renewal that fails must not stop the members'
-        // care. It is said, and tried again on the next reconcile, well before the old one expires.
-        tracing::warn!(secret = %name, namespace = %ns, error = %e, "renewing the sidecars' certificate failed");
-        ctx.publish(
-            &cluster.object_ref(&()),
-            EventType::Warning,
-            "SidecarCertificateNotRenewed",
-            format!(
-                "Secret {name} ({problem}) could not be reissued: {e}; backups keep the current certificate"
-            ),
-            None,
-        )
-        .await;
-        return Ok(());
-    }
-    tracing::info!(secret = %name, namespace = %ns, why = problem, "issued the sidecars' certificate");
-    Ok(())
-}
-
-fn images(ctx: &Context) -> Images {
-    Images {
-        etcd_repository: ctx.config.etcd_image_repository.clone(),
-        sidecar: ctx.config.backup_sidecar_image.clone(),
-    }
-}
-
 async fn start_member(
     ctx: &Context,
     cluster: &EtcdCluster,
@@ -217,7 +134,7 @@ async fn start_member(
     let ns = cluster.namespace().unwrap_or_default();
     record_ordinal(ctx, cluster, name).await?;
     let mut written_by_root = false;
-    if let Some(mut pvc) = resources::member_pvc(cluster, name, version) {
+    if let Some(mut pvc) = objects::member_pvc(cluster, name, version).transpose()? {
         let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
         let claim_name = pvc.name_any();
         let existing = claims
@@ -231,7 +148,7 @@ async fn start_member(
             })?;
         if let Some(owner) = existing
             .as_ref()
-            .and_then(|c| resources::foreign_owner(&c.metadata, cluster))
+            .and_then(|c| vocabulary::foreign_owner(&c.metadata, cluster))
         {
             return Err(ApplyError::ForeignClaim {
                 claim: claim_name,
@@ -239,17 +156,17 @@ async fn start_member(
             });
         }
         // Data written by root stays root's: the claim is not marked, and the member keeps root.
-        written_by_root = existing.as_ref().is_some_and(resources::written_by_root);
+        written_by_root = existing.as_ref().is_some_and(vocabulary::written_by_root);
         if written_by_root && let Some(a) = pvc.metadata.annotations.as_mut() {
-            a.remove(resources::ANNOTATION_DATA_UID);
+            a.remove(vocabulary::ANNOTATION_DATA_UID);
         }
         apply(&claims, &pvc, "PersistentVolumeClaim").await?;
     }
-    let mut pod = resources::member_pod(cluster, &images(ctx), name, version, state, initial_members);
+    let mut pod = objects::member_pod(cluster, &ctx.images(), name, version, state, initial_members)?;
     if written_by_root {
-        resources::run_as_root(&mut pod);
+        objects::run_as_root(&mut pod);
     }
-    apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await
+    Ok(apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await?)
 }
 
 /// Starts the pod of a member already in the membership (added but never started, or restarted on
@@ -287,7 +204,7 @@ async fn place(
         .members
         .iter()
         .filter_map(|m| m.peer_urls.first())
-        .filter_map(|u| resources::url_host_port(u)?.1)
+        .filter_map(|u| vocabulary::url_host_port(u)?.1)
         .collect();
     placement::choose(cluster, &nodes.items, &obs.pods, &peer_ports).map_err(|reason| {
         ApplyError::NoPlacement {
@@ -335,15 +252,15 @@ async fn start_self_hosted_member(
             .collect(),
     };
     initial.push(format!("{name}={peer_url}"));
-    let pod = resources::self_hosted_member_pod(
+    let pod = objects::self_hosted_member_pod(
         cluster,
-        &images(ctx),
+        &ctx.images(),
         name,
         version,
         state,
         &initial.join(","),
         &placement,
-    );
+    )?;
     match existing {
         // Its flags no longer match the membership (a member came or went since): start afresh.
         Some(old) if initial_cluster_arg(old) != initial_cluster_arg(&pod) => {
@@ -401,7 +318,7 @@ pub async fn sync_voter_labels(
         if p.voter_label.as_deref() == Some(want.as_str()) {
             continue;
         }
-        let patch = serde_json::json!({"metadata": {"labels": {resources::LABEL_VOTER: want}}});
+        let patch = serde_json::json!({"metadata": {"labels": {vocabulary::LABEL_VOTER: want}}});
         pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| ApplyError::Kube {
@@ -419,7 +336,7 @@ pub async fn sync_voter_labels(
 /// (in Events, metrics, runbooks), and a self-hosted member never finds an older member's data
 /// directory on its node.
 async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
-    record_ordinal_taken(ctx, cluster, name)
+    cluster_writes::record_ordinal_taken(ctx, cluster, name)
         .await
         .map_err(|source| ApplyError::Kube {
             action: "recording the next ordinal on",
@@ -430,38 +347,16 @@ async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Res
 }
 
 /// The write behind [`record_ordinal`], shared with the restore, which names its seed member the same
-/// way: patches `etcd.ouroboros.dev/next-ordinal` past `name`'s ordinal unless it is already past it.
-pub async fn record_ordinal_taken(
-    ctx: &Context,
-    cluster: &EtcdCluster,
-    name: &str,
-) -> Result<(), kube::Error> {
-    let Some(ordinal) = super::decide::ordinal(&cluster.name_any(), name) else {
-        return Ok(());
-    };
-    if resources::ordinal_floor(cluster) > ordinal {
-        return Ok(());
-    }
-    let patch = resources::ordinal_taken_patch(ordinal);
-    Api::<EtcdCluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
-        .patch(
-            &cluster.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(drop)
-}
 
 /// Where an existing self-hosted member pod was placed, from its node and annotations.
 fn placement_of(pod: &Pod) -> Option<Placement> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
-    let peer = pod.annotations().get(resources::ANNOTATION_PEER_URL)?;
-    let (host, _) = resources::url_host_port(peer)?;
+    let peer = pod.annotations().get(vocabulary::ANNOTATION_PEER_URL)?;
+    let (host, _) = vocabulary::url_host_port(peer)?;
     Some(Placement {
         node,
         ip: host.to_owned(),
-        ports: resources::ports_of(pod),
+        ports: vocabulary::ports_of(pod),
     })
 }
 
@@ -502,7 +397,7 @@ async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str)
     delete_member_pod(ctx, cluster, name).await?;
     if cluster.spec.storage.persistent_volume_claim.is_some() {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        let pvc = resources::pvc_name(name);
+        let pvc = vocabulary::pvc_name(name);
         if let Err(e) = pvcs.delete(&pvc, &DeleteParams::default()).await
             && !gone(&e)
         {
@@ -643,7 +538,7 @@ pub async fn apply_step(
             version,
             for_upgrade,
         } => {
-            let peer = resources::peer_url(cluster, name);
+            let peer = vocabulary::peer_url(cluster, name);
             let (id, members) = ctx.etcd.add_learner(&endpoints, &peer).await?;
             event(
                 ctx,
@@ -698,7 +593,7 @@ pub async fn apply_step(
                 Some(name),
                 format!(
                     "started a new pod for member {name} on its own data (claim {}); it keeps its member ID",
-                    resources::pvc_name(name)
+                    vocabulary::pvc_name(name)
                 ),
             )
             .await;
@@ -714,7 +609,7 @@ pub async fn apply_step(
                 Some(name),
                 format!(
                     "the pod of member {name} terminated; deleted it to restart the member on its data (claim {})",
-                    resources::pvc_name(name)
+                    vocabulary::pvc_name(name)
                 ),
             )
             .await;

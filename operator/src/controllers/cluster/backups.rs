@@ -17,11 +17,9 @@ use kube::{
 };
 use ouroboros_crds::{BackupPhase, BackupPolicy, EtcdBackup, EtcdBackupSpec, EtcdCluster, retention::Rules};
 
-use super::resources::LABEL_CLUSTER;
 use crate::context::Context;
+use crate::vocabulary::{LABEL_CLUSTER, LABEL_SCHEDULED};
 
-/// Label on EtcdBackups the schedule created.
-pub const LABEL_SCHEDULED: &str = "etcd.ouroboros.dev/scheduled";
 /// How many slots are counted when reporting missed ones; beyond this the count says "at least".
 const MAX_COUNTED_SLOTS: u32 = 10_000;
 

@@ -9,7 +9,7 @@ use kube::{
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
 
-use crate::{context::Context, controllers::ReportedError, metrics::MemberLabels};
+use crate::{context::Context, controllers::ReportedError, metrics::MemberLabels, vocabulary};
 
 pub mod apply;
 pub mod backups;
@@ -17,7 +17,6 @@ pub mod decide;
 pub mod observe;
 pub mod placement;
 pub mod recovery;
-pub mod resources;
 pub mod status;
 
 /// Why an EtcdCluster reconcile failed.
@@ -198,7 +197,7 @@ async fn recover(
                 "apiVersion": EtcdRestore::api_version(&()), "kind": "EtcdRestore",
                 "metadata": {
                     "name": restore, "namespace": ns,
-                    "labels": {resources::LABEL_CLUSTER: cluster.name_any()},
+                    "labels": {vocabulary::LABEL_CLUSTER: cluster.name_any()},
                     "ownerReferences": [{"apiVersion": EtcdCluster::api_version(&()), "kind": "EtcdCluster",
                         "name": cluster.name_any(), "uid": cluster.uid().unwrap_or_default()}],
                 },

@@ -8,14 +8,14 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::{Api, ResourceExt, api::ListParams};
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
-use super::{
-    decide::{
-        BootView, CRASH_LOOP_RESTARTS, ClaimView, DataHome, Desired, MemberHealth, MemberView, Membership,
-        Observed, PodState, PodView,
-    },
-    resources::{self, LABEL_VERSION},
+use super::decide::{
+    BootView, CRASH_LOOP_RESTARTS, ClaimView, DataHome, Desired, MemberHealth, MemberView, Membership,
+    Observed, PodState, PodView,
 };
-use crate::etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status};
+use crate::{
+    etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status},
+    vocabulary::{self, LABEL_VERSION},
+};
 
 /// What was observed, with the raw details status reports on.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ async fn boot_endpoint(
     let ns = cluster.namespace().unwrap_or_default();
     let tls = read_tls_secret(client, &ns, secret, "spec.selfHosted.bootMemberClientTlsSecret").await?;
     // The boot member is dialled by the URL it was given, so its certificate must name that host.
-    let host = resources::url_host_port(url).map_or("", |(h, _)| h).to_owned();
+    let host = vocabulary::url_host_port(url).map_or("", |(h, _)| h).to_owned();
     Ok(Some(Endpoint {
         url: url.to_owned(),
         tls: Some((host, Arc::new(tls))),
@@ -177,7 +177,7 @@ pub async fn observe(
 ) -> Result<Observation, ObserveError> {
     let ns = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
-    let lp = ListParams::default().labels(&resources::cluster_selector(cluster));
+    let lp = ListParams::default().labels(&vocabulary::cluster_selector(cluster));
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&lp)
         .await
@@ -199,7 +199,7 @@ pub async fn observe(
             .items
             .into_iter()
             // A deleted namesake's claims are not this cluster's data, whatever their names.
-            .filter(|c| resources::foreign_owner(&c.metadata, cluster).is_none())
+            .filter(|c| vocabulary::foreign_owner(&c.metadata, cluster).is_none())
             .collect()
     } else {
         Vec::new()
@@ -222,10 +222,10 @@ pub async fn observe(
         };
         let volume_lost = uses_pvc
             && !pvcs.iter().any(|c| {
-                c.name_any() == resources::pvc_name(&member) && c.metadata.deletion_timestamp.is_none()
+                c.name_any() == vocabulary::pvc_name(&member) && c.metadata.deletion_timestamp.is_none()
             });
         if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
-            let port = resources::ports_of(p).client;
+            let port = vocabulary::ports_of(p).client;
             let endpoint = match &tls {
                 Some(t) => Endpoint {
                     url: format!("https://{ip}:{port}"),
@@ -235,7 +235,7 @@ pub async fn observe(
                         if self_hosted {
                             ip.clone()
                         } else {
-                            resources::member_host(cluster, &member)
+                            vocabulary::member_host(cluster, &member)
                         },
                         t.clone(),
                     )),
@@ -250,7 +250,7 @@ pub async fn observe(
             state: pod_state(p),
             age: age(p, now),
             volume_lost,
-            voter_label: p.labels().get(resources::LABEL_VOTER).cloned(),
+            voter_label: p.labels().get(vocabulary::LABEL_VOTER).cloned(),
             image_problem: image_problem(p),
         });
     }
@@ -313,13 +313,13 @@ pub async fn observe(
                     .metadata
                     .annotations
                     .as_ref()
-                    .is_some_and(|a| a.contains_key(crate::controllers::restore::RESTORE_HOLD)),
+                    .is_some_and(|a| a.contains_key(crate::vocabulary::RESTORE_HOLD)),
         },
         bootstrapped: cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         pods: pod_views,
         membership,
         pods_first: self_hosted,
-        ordinal_floor: resources::ordinal_floor(cluster),
+        ordinal_floor: vocabulary::ordinal_floor(cluster),
         boot: boot.map(|ep| BootView {
             id: boot_id,
             endpoint: ep.url,
@@ -344,7 +344,7 @@ fn claim_views(pvcs: &[PersistentVolumeClaim]) -> Vec<ClaimView> {
         .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Lost"))
         .filter_map(|c| {
             Some(ClaimView {
-                member: c.labels().get(resources::LABEL_MEMBER)?.clone(),
+                member: c.labels().get(vocabulary::LABEL_MEMBER)?.clone(),
                 version: c.labels().get(LABEL_VERSION).and_then(|v| v.parse().ok()),
             })
         })
@@ -384,7 +384,7 @@ pub fn member_name_by_pods(m: &crate::etcd::Member, pods: &[Pod]) -> Option<Stri
     {
         let annotated = pods.iter().find(|p| {
             p.annotations()
-                .get(resources::ANNOTATION_PEER_URL)
+                .get(vocabulary::ANNOTATION_PEER_URL)
                 .is_some_and(|a| a == url)
         });
         if let Some(p) = annotated {
@@ -399,7 +399,7 @@ pub fn member_name_by_pods(m: &crate::etcd::Member, pods: &[Pod]) -> Option<Stri
 }
 
 fn is_ip_url(url: &str) -> bool {
-    resources::url_host_port(url).is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_ok())
+    vocabulary::url_host_port(url).is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_ok())
 }
 
 /// A member's name: etcd's own once started, else the one in its peer URL.
@@ -409,7 +409,7 @@ pub fn member_name(m: &crate::etcd::Member) -> Option<String> {
     }
     m.peer_urls
         .first()
-        .and_then(|u| resources::member_name_from_peer_url(u))
+        .and_then(|u| vocabulary::member_name_from_peer_url(u))
 }
 
 fn membership(

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use kube::ResourceExt;
 use ouroboros_crds::EtcdCluster;
 
-use super::resources::{PORT_SLOT_STRIDE, Placement, Ports, ports_of};
+use crate::vocabulary::{PORT_SLOT_STRIDE, Placement, Ports, ports_of};
 
 /// Chooses a node and a port block for a new self-hosted member: a Ready, schedulable node that
 /// matches `spec.pod.nodeSelector` and whose taints `spec.pod.tolerations` tolerate, with the fewest

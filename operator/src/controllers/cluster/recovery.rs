@@ -12,7 +12,7 @@ use ouroboros_crds::{
     retention::parse_age,
 };
 
-use crate::controllers::restore;
+use crate::{backup_source, vocabulary};
 
 /// How long quorum must stay lost before `Automatic` restores, when `gracePeriod` is not set.
 pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_mins(5);
@@ -121,7 +121,7 @@ pub fn decide(i: &Input) -> Recovery {
             members: i.returning.to_vec(),
         };
     }
-    if let Some(holder) = c.annotations().get(restore::RESTORE_HOLD) {
+    if let Some(holder) = c.annotations().get(vocabulary::RESTORE_HOLD) {
         return Recovery::RestoreRunning {
             restore: holder.clone(),
         };
@@ -146,8 +146,11 @@ pub fn decide(i: &Input) -> Recovery {
     if i.now < at {
         return Recovery::Waiting { at };
     }
-    let backup = match restore::choose_latest(&c.name_any(), &restore::Lineage::own(c, i.backups), i.backups)
-    {
+    let backup = match backup_source::choose_latest(
+        &c.name_any(),
+        &backup_source::Lineage::own(c, i.backups),
+        i.backups,
+    ) {
         Ok(b) => b,
         Err(why) => return Recovery::NoBackup { why },
     };

@@ -9,8 +9,8 @@ use ouroboros_crds::{
 use super::{
     decide::{Decision, Step},
     observe::Observation,
-    resources,
 };
+use crate::vocabulary;
 
 /// The `Degraded` reason when member pods cannot pull their image.
 pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
@@ -38,9 +38,9 @@ pub fn compute(
                 name: m.name.clone(),
                 id: Some(format!("{:x}", m.id)),
                 peer_url: first(listed.map(|l| &l.peer_urls))
-                    .or_else(|| Some(resources::peer_url(cluster, &m.name))),
+                    .or_else(|| Some(vocabulary::peer_url(cluster, &m.name))),
                 client_url: first(listed.map(|l| &l.client_urls))
-                    .or_else(|| Some(resources::client_url(cluster, &m.name))),
+                    .or_else(|| Some(vocabulary::client_url(cluster, &m.name))),
                 is_learner: m.is_learner,
                 is_leader: ms.leader == Some(m.id),
                 version: status.map(|s| s.version.clone()),
@@ -52,7 +52,7 @@ pub fn compute(
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(crate::controllers::restore::RESTORE_HOLD));
+        .and_then(|a| a.get(crate::vocabulary::RESTORE_HOLD));
     let held = holder.is_some();
     // No member answered: the members known from the last answer stay listed, none of them healthy,
     // so status still says who the cluster is and who does not answer. Not under a restore's hold:

@@ -1,0 +1,265 @@
+//! Which backup a restore (or automatic recovery) uses: pure functions over the EtcdBackups of a
+//! namespace. `backupName` and `source.object` are taken as named; `latest` only within the target
+//! cluster's lineage, so an earlier cluster of the same name is never restored over a new one.
+
+use kube::ResourceExt;
+use ouroboros_crds::{
+    BackupPhase, EtcdBackup, EtcdCluster, EtcdRestore, restore::BackupObject, retention::ENCRYPTED_SUFFIX,
+};
+
+use crate::vocabulary::BACKUP_MOUNT;
+
+/// The backup to restore, as the Verifying Job needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The EtcdBackup's name.
+    pub name: String,
+    /// Its archive location.
+    pub location: String,
+    /// Its recorded sha256.
+    pub sha256: Option<String>,
+    /// Its revision (unknown for `source.object` until the archive is read).
+    pub revision: Option<i64>,
+    /// When it completed (RFC 3339), when known.
+    pub completed: Option<String>,
+    /// Raw snapshot size, to size the snapshot claim (0 when unknown).
+    pub raw_size: i64,
+    /// The destination the EtcdBackup (or `source.object`) named, if any (else the cluster's).
+    pub destination: Option<ouroboros_crds::BackupDestination>,
+    /// Known to be age-encrypted (its EtcdBackup says so, or the object is named `.age`). The fetch
+    /// reads the archive itself to decide; this only lets a missing key be named before it runs.
+    pub encrypted: bool,
+}
+
+impl Chosen {
+    pub fn describe(&self) -> String {
+        match self.revision {
+            Some(r) => format!("{} ({}, revision {r})", self.location, self.name),
+            None => format!("{} ({})", self.location, self.name),
+        }
+    }
+}
+
+/// The archive `source.object` names, as a location URL the fetch understands.
+pub fn object_location(o: &BackupObject) -> Result<String, String> {
+    let key = o.key.trim_start_matches('/');
+    if key.is_empty() || key.split('/').any(|p| p == "..") {
+        return Err(format!(
+            "source.object.key {:?} must name an archive, without '..'",
+            o.key
+        ));
+    }
+    match (&o.destination.s3, &o.destination.volume) {
+        (Some(s3), None) => Ok(format!("s3://{}/{key}", s3.bucket)),
+        (None, Some(v)) => Ok(format!("file://{}/{}/{key}", BACKUP_MOUNT, v.claim_name)),
+        _ => Err("source.object.destination must set exactly one of s3 or volume".into()),
+    }
+}
+
+/// Which backups of a cluster's name are its own, for `latest` and automatic recovery: a cluster that
+/// was deleted and created again under the same name is a different database, and its old backups
+/// must never be restored over the new one by a rule that only compares revisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lineage {
+    /// Backups recorded with one of these EtcdCluster UIDs: the cluster's own, and the one of the
+    /// cluster its data was restored from (a restore bumps revisions far past the source's, so both
+    /// compare by revision).
+    Uids(Vec<String>),
+    /// The cluster has no history of its own (it was created for this restore and never formed):
+    /// the backups of whichever cluster of that name completed a backup last.
+    NewestOfName,
+}
+
+impl Lineage {
+    /// The lineage a restore into `cluster` draws `latest` from, given every EtcdBackup in its
+    /// namespace: its own, unless it has no history yet (created for this restore, never formed).
+    pub fn of(cluster: &EtcdCluster, backups: &[EtcdBackup]) -> Lineage {
+        let status = cluster.status.as_ref();
+        let fresh = status.is_none_or(|s| s.cluster_id.is_none() && s.restored_from.is_none());
+        if fresh {
+            return Lineage::NewestOfName;
+        }
+        Lineage::own(cluster, backups)
+    }
+
+    /// The cluster's own lineage, never another cluster's: what automatic recovery restores from,
+    /// since it acts without anyone choosing.
+    pub fn own(cluster: &EtcdCluster, backups: &[EtcdBackup]) -> Lineage {
+        let ancestor = cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.restored_from.as_ref())
+            .and_then(|from| {
+                backups
+                    .iter()
+                    .find(|b| b.status.as_ref().and_then(|s| s.location.as_deref()) == Some(&from.location))
+                    .and_then(|b| b.status.as_ref()?.cluster_uid.clone())
+            });
+        Lineage::Uids(cluster.uid().into_iter().chain(ancestor).collect())
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Lineage::Uids(uids) => format!("of its lineage (uid {})", uids.join(" or ")),
+            Lineage::NewestOfName => "of the cluster that was backed up last under this name".into(),
+        }
+    }
+}
+
+/// The newest Succeeded backup of `cluster`'s lineage (what automatic recovery restores).
+pub fn choose_latest(cluster: &str, lineage: &Lineage, backups: &[EtcdBackup]) -> Result<Chosen, String> {
+    newest(cluster, lineage, backups, None, None).map(chosen)
+}
+
+fn succeeded_with_location(b: &EtcdBackup) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| s.phase == Some(BackupPhase::Succeeded) && s.location.is_some())
+}
+
+fn uid_of(b: &EtcdBackup) -> Option<&str> {
+    b.status.as_ref()?.cluster_uid.as_deref()
+}
+
+fn newest<'a>(
+    cluster: &str,
+    lineage: &Lineage,
+    backups: &'a [EtcdBackup],
+    not_after: Option<jiff::Timestamp>,
+    max_revision: Option<i64>,
+) -> Result<&'a EtcdBackup, String> {
+    let of_name: Vec<&EtcdBackup> = backups
+        .iter()
+        .filter(|b| b.spec.cluster_name == cluster && succeeded_with_location(b))
+        .collect();
+    let last_completed_uid = of_name
+        .iter()
+        .max_by_key(|b| b.status.as_ref().and_then(|s| s.completion_time.clone()))
+        .map(|b| uid_of(b));
+    let ours = |b: &EtcdBackup| match lineage {
+        Lineage::Uids(uids) => uid_of(b).is_some_and(|u| uids.iter().any(|x| x == u)),
+        Lineage::NewestOfName => last_completed_uid == Some(uid_of(b)),
+    };
+    let (mine, others): (Vec<&EtcdBackup>, Vec<&EtcdBackup>) = of_name.into_iter().partition(|b| ours(b));
+    mine.into_iter()
+        .filter(|b| {
+            let s = b.status.as_ref();
+            let completed = s
+                .and_then(|s| s.completion_time.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let revision = s.and_then(|s| s.revision).unwrap_or(0);
+            not_after.is_none_or(|n| completed.is_some_and(|c| c <= n))
+                && max_revision.is_none_or(|m| revision <= m)
+        })
+        .max_by_key(|b| {
+            let s = b.status.as_ref();
+            (
+                s.and_then(|s| s.revision).unwrap_or(0),
+                s.and_then(|s| s.completion_time.clone()),
+            )
+        })
+        .ok_or_else(|| {
+            let mut why = format!(
+                "no Succeeded EtcdBackup of {cluster} {} matches the source",
+                lineage.describe()
+            );
+            if !others.is_empty() {
+                let names: Vec<String> = others.iter().take(3).map(|b| b.name_any()).collect();
+                why.push_str(&format!(
+                    "; {} backup(s) of an earlier cluster of that name, or without a recorded lineage, were \
+                     not considered ({}{}): name one in source.backupName to restore it deliberately",
+                    others.len(),
+                    names.join(", "),
+                    if others.len() > 3 { ", ..." } else { "" }
+                ));
+            }
+            why
+        })
+}
+
+fn chosen(b: &EtcdBackup) -> Chosen {
+    let s = b.status.clone().unwrap_or_default();
+    Chosen {
+        name: b.name_any(),
+        location: s.location.unwrap_or_default(),
+        sha256: s.sha256,
+        revision: s.revision,
+        completed: s.completion_time,
+        raw_size: s.raw_size.unwrap_or(0),
+        destination: b.spec.destination.clone(),
+        encrypted: s.encrypted,
+    }
+}
+
+/// The backup this restore chose when it started (recorded in its status as `source`), found again
+/// among `backups`: `latest` must not switch archives between polls because a newer backup appeared.
+pub fn recorded_choice(
+    restore: &EtcdRestore,
+    recorded: Option<&str>,
+    lineage: &Lineage,
+    backups: &[EtcdBackup],
+) -> Result<Chosen, String> {
+    let Some(location) = recorded else {
+        return choose(restore, lineage, backups);
+    };
+    if restore.spec.source.object.is_some() {
+        // The object names its archive itself; nothing is chosen.
+        return choose(restore, lineage, backups);
+    }
+    backups
+        .iter()
+        .find(|b| b.status.as_ref().and_then(|s| s.location.as_deref()) == Some(location))
+        .map(chosen)
+        .ok_or_else(|| format!("the EtcdBackup chosen when this restore started ({location}) is gone"))
+}
+
+/// Picks the backup the source names among `backups` (pure): `backupName` and `object` exactly as
+/// named, `latest` only within the target cluster's `lineage`.
+pub fn choose(restore: &EtcdRestore, lineage: &Lineage, backups: &[EtcdBackup]) -> Result<Chosen, String> {
+    let src = &restore.spec.source;
+    if let Some(name) = &src.backup_name {
+        let b = backups
+            .iter()
+            .find(|b| b.name_any() == *name)
+            .ok_or_else(|| format!("EtcdBackup {name} does not exist"))?;
+        if b.status.as_ref().and_then(|s| s.phase) != Some(BackupPhase::Succeeded) {
+            return Err(format!(
+                "EtcdBackup {name} has not succeeded; only complete backups restore"
+            ));
+        }
+        if b.status.as_ref().and_then(|s| s.location.as_ref()).is_none() {
+            return Err(format!("EtcdBackup {name} has no location"));
+        }
+        return Ok(chosen(b));
+    }
+    if src.latest == Some(true) {
+        let not_after = match &src.not_after {
+            Some(t) => Some(
+                t.parse::<jiff::Timestamp>()
+                    .map_err(|e| format!("source.notAfter {t:?} is not an RFC 3339 time: {e}"))?,
+            ),
+            None => None,
+        };
+        return newest(
+            &restore.spec.cluster_name,
+            lineage,
+            backups,
+            not_after,
+            src.max_revision,
+        )
+        .map(chosen);
+    }
+    let Some(object) = &src.object else {
+        return Err("the source names no backup: set backupName, object or latest".into());
+    };
+    Ok(Chosen {
+        name: "source.object".into(),
+        location: object_location(object)?,
+        sha256: None,
+        revision: None,
+        completed: None,
+        raw_size: 0,
+        destination: Some(object.destination.clone()),
+        encrypted: object.key.ends_with(ENCRYPTED_SUFFIX),
+    })
+}

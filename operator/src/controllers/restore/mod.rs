@@ -1,0 +1,729 @@
+//! The EtcdRestore controller. One step per reconcile, each idempotent, its progress in status:
+//!
+//! 1. **Pending**: pick the backup (by name, or the newest matching `latest`), or fail naming why.
+//! 2. **Verifying**: a Job runs `etcd-backup-sidecar fetch` into a fresh claim: download, unpack,
+//!    check etcd's trailer, the manifest and the recorded sha256. The cluster is not touched; a bad
+//!    archive fails the restore here.
+//! 3. **Restoring**: the cluster is held (annotation), its member pods are deleted (claims are kept),
+//!    and a new seed member starts from the verified snapshot, restored by the etcd image's `etcdutl
+//!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID.
+//! 4. **Growing**: the hold is lifted and the cluster controller grows the seed to `spec.size` as
+//!    usual; once it is Available, the old members' claims and the snapshot claim are deleted.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{PersistentVolumeClaim, Pod},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{controller::Action, events::EventType},
+};
+use ouroboros_crds::{
+    BackupReference, EtcdBackup, EtcdCluster, EtcdRestore, EtcdRestoreStatus, EtcdVersion, RestorePhase,
+};
+use serde_json::json;
+
+use super::{KubeCallError, ReportedError, encryption, kube_err};
+use crate::{
+    backup_source::{Chosen, Lineage, choose, recorded_choice},
+    cluster_writes,
+    context::Context,
+    failpoints,
+    vocabulary::{self, BUMP_REVISION, LABEL_CLUSTER, RESTORE_HOLD, ordinal},
+};
+
+mod objects;
+
+const MANAGER: &str = "ouroboros-operator-restore";
+/// How often a restore looks at what it waits for (the fetch Job, the seed pod): restores are rare,
+/// someone is waiting for this one, and every poll costs one GET.
+const POLL: Duration = Duration::from_millis(500);
+/// The pause after a step whose result the restore controller does not watch (the cluster's hold).
+const STEP: Duration = Duration::from_millis(100);
+
+/// Why an EtcdRestore reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes call failed; retried with backoff.
+    #[error(transparent)]
+    Kube(#[from] KubeCallError),
+    /// An object could not be built (a programming error: nothing was sent).
+    #[error(transparent)]
+    Build(#[from] crate::objects::BuildError),
+}
+
+impl ReportedError for Error {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(e) => e.metric_label(),
+            Error::Build(_) => "build",
+        }
+    }
+    fn is_permanent(&self) -> bool {
+        matches!(self, Error::Build(_))
+    }
+}
+
+/// One pass for one EtcdRestore.
+pub async fn reconcile(r: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start_reconcile("etcdrestore");
+    let status = r.status.clone().unwrap_or_default();
+    match status.phase {
+        None | Some(RestorePhase::Pending) => pending(&r, &ctx).await,
+        Some(RestorePhase::Verifying) => verifying(&r, &ctx, status).await,
+        Some(RestorePhase::Restoring) => restoring(&r, &ctx, status).await,
+        Some(RestorePhase::Growing) => growing(&r, &ctx, status).await,
+        Some(RestorePhase::Succeeded) | Some(RestorePhase::Failed) => Ok(Action::await_change()),
+    }
+}
+
+async fn write_status(ctx: &Context, r: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<(), Error> {
+    let api: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": EtcdRestore::api_version(&()), "kind": EtcdRestore::kind(&()), "status": status});
+    api.patch_status(
+        &r.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("writing EtcdRestore status"))?;
+    Ok(())
+}
+
+async fn advance(
+    ctx: &Context,
+    r: &EtcdRestore,
+    status: EtcdRestoreStatus,
+    phase: RestorePhase,
+    reason: String,
+) -> Result<Action, Error> {
+    let terminal = matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed);
+    let status = EtcdRestoreStatus {
+        phase: Some(phase),
+        reason: Some(reason.clone()),
+        completion_time: terminal.then(|| jiff::Timestamp::now().to_string()),
+        ..status
+    };
+    write_status(ctx, r, &status).await?;
+    let type_ = if phase == RestorePhase::Failed {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    ctx.publish(
+        &r.object_ref(&()),
+        type_,
+        &format!("Restore{phase:?}"),
+        reason,
+        None,
+    )
+    .await;
+    Ok(if terminal {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(1))
+    })
+}
+
+fn src_is_backup(r: &EtcdRestore) -> bool {
+    r.spec.source.object.is_none()
+}
+
+async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let status = EtcdRestoreStatus {
+        start_time: Some(jiff::Timestamp::now().to_string()),
+        ..r.status.clone().unwrap_or_default()
+    };
+    let cluster = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&r.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    let cluster = if let Some(existing) = cluster {
+        existing
+    } else {
+        let Some(template) = &r.spec.cluster_template else {
+            return advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!(
+                    "EtcdCluster {ns}/{} does not exist; create it, or give spec.clusterTemplate",
+                    r.spec.cluster_name
+                ),
+            )
+            .await;
+        };
+        // Created already held, so the cluster controller never starts an empty seed in it.
+        let new = json!({
+            "apiVersion": EtcdCluster::api_version(&()), "kind": "EtcdCluster",
+            "metadata": {"name": r.spec.cluster_name, "namespace": ns,
+                         "annotations": {RESTORE_HOLD: r.name_any()}},
+            "spec": template,
+        });
+        let new: EtcdCluster = match serde_json::from_value(new) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("spec.clusterTemplate is not an EtcdCluster spec: {e}");
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+        };
+        match Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+            .create(&PostParams::default(), &new)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // The API server's validation (schema and CEL) says what is wrong with the template.
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                let why = format!("spec.clusterTemplate was refused: {}", s.message);
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+            Err(e) => {
+                return Err(Error::Kube(KubeCallError {
+                    action: "creating the EtcdCluster from clusterTemplate",
+                    source: e,
+                }));
+            }
+        }
+        ctx.publish(
+            &r.object_ref(&()),
+            EventType::Normal,
+            "ClusterCreated",
+            format!(
+                "created EtcdCluster {} from spec.clusterTemplate, held for the restore",
+                r.spec.cluster_name
+            ),
+            None,
+        )
+        .await;
+        // Nothing this restore watches changes when the cluster appears: it goes on at once.
+        new
+    };
+    if cluster.spec.self_hosted.is_some() {
+        let why = "restoring a self-hosted cluster in place is not supported: its members run on the host \
+                   network and the API server stores its data in them; follow the self-hosted runbook \
+                   (docs/self-hosted.md), which restores with a temporary API server; the cluster was not touched";
+        return advance(ctx, r, status, RestorePhase::Failed, why.into()).await;
+    }
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    match choose(r, &Lineage::of(&cluster, &backups.items), &backups.items) {
+        Err(why) => {
+            advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!("{why}; the cluster was not touched"),
+            )
+            .await
+        }
+        Ok(chosen) => {
+            let status = EtcdRestoreStatus {
+                source: Some(chosen.location.clone()),
+                restored_revision: chosen.revision,
+                backup_name: (src_is_backup(r)).then(|| chosen.name.clone()),
+                ..status
+            };
+            let reason = format!("verifying {} before touching the cluster", chosen.describe());
+            advance(ctx, r, status, RestorePhase::Verifying, reason).await
+        }
+    }
+}
+
+async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let job_name = objects::fetch_job_name(r);
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    let cluster = match target(ctx, r, &status).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
+    };
+    let lineage = Lineage::of(&cluster, &backups.items);
+    let chosen = match recorded_choice(r, status.source.as_deref(), &lineage, &backups.items) {
+        Ok(c) => c,
+        Err(why) => {
+            return advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!("{why}; the cluster was not touched"),
+            )
+            .await;
+        }
+    };
+    let decryption = encryption::for_restore(r, Some(&cluster));
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(job) = jobs
+        .get_opt(&job_name)
+        .await
+        .map_err(kube_err("reading the fetch Job"))?
+    else {
+        // A key that is missing is named now, rather than by a fetch pod that cannot mount it. An
+        // archive not known to be encrypted needs no identity (a Secret may hold only the public
+        // key); one is mounted if there is one, since the fetch decides from the archive itself.
+        let identity = match (&decryption, chosen.encrypted) {
+            (None, false) => None,
+            (None, true) => {
+                let why = format!(
+                    "{} is age-encrypted and no Secret holds its identity: set spec.encryption.secretName \
+                     (or the cluster's spec.backup.encryption) to a Secret with an `{}` key; the cluster was not touched",
+                    chosen.describe(),
+                    encryption::IDENTITY_KEY
+                );
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+            (Some(e), encrypted) => {
+                match encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::IDENTITY_KEY).await?
+                {
+                    Ok(_) => Some(e.secret_name.as_str()),
+                    Err(_) if !encrypted => None,
+                    Err(why) => {
+                        let why = format!("{why}, which decrypts the archive; the cluster was not touched");
+                        return advance(ctx, r, status, RestorePhase::Failed, why).await;
+                    }
+                }
+            }
+        };
+        create_fetch(ctx, r, &cluster, &chosen, identity).await?;
+        failpoints::hit("restore-after-fetch-job");
+        return Ok(Action::requeue(POLL));
+    };
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+        .await
+        .map_err(kube_err("listing the fetch Job's pods"))?;
+    match fetch_outcome(&job.status.unwrap_or_default(), &pods.items) {
+        FetchOutcome::Running => Ok(Action::requeue(POLL)),
+        FetchOutcome::Verified(message) => {
+            // The fetch leaves the verified manifest as its termination message: the revision of an
+            // archive no EtcdBackup describes.
+            let manifest =
+                message.and_then(|m| serde_json::from_str::<ouroboros_crds::sidecar::Manifest>(&m).ok());
+            let status = EtcdRestoreStatus {
+                restored_revision: status
+                    .restored_revision
+                    .or_else(|| manifest.and_then(|m| i64::try_from(m.revision).ok())),
+                ..status
+            };
+            let reason = format!(
+                "{} verified; restoring a new seed member from it",
+                chosen.location
+            );
+            advance(ctx, r, status, RestorePhase::Restoring, reason).await
+        }
+        FetchOutcome::Refused(message) => {
+            let mut why = message.unwrap_or_else(|| format!("Job {job_name} failed"));
+            if let Some(e) = decryption.filter(|_| why.contains("decrypting")) {
+                why.push_str(&format!(
+                    " (the identity came from key `{}` of Secret {ns}/{})",
+                    encryption::IDENTITY_KEY,
+                    e.secret_name
+                ));
+            }
+            advance(
+                ctx,
+                r,
+                status,
+                RestorePhase::Failed,
+                format!("the archive did not verify: {why}; the cluster was not touched"),
+            )
+            .await
+        }
+    }
+}
+
+/// Where the fetch Job is. The Job's own status lags its pod's by a second or more (the Job
+/// controller batches pod updates), and someone is waiting for this restore, so a fetch container
+/// that has exited decides first; the Job's status covers a pod that is already gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Still downloading and verifying.
+    Running,
+    /// The archive verified; the termination message (the manifest), when there is one.
+    Verified(Option<String>),
+    /// The archive was refused; the termination message says why.
+    Refused(Option<String>),
+}
+
+/// Decides [`FetchOutcome`] from the Job's status and its pods (there is one: `backoffLimit` is 0).
+pub fn fetch_outcome(job: &k8s_openapi::api::batch::v1::JobStatus, pods: &[Pod]) -> FetchOutcome {
+    let exited = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|c| c.name == objects::FETCH_CONTAINER)
+        .find_map(|c| c.state.as_ref()?.terminated.clone());
+    let message = exited
+        .as_ref()
+        .and_then(|t| t.message.as_deref())
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
+    match exited {
+        Some(t) if t.exit_code == 0 => FetchOutcome::Verified(message),
+        Some(_) => FetchOutcome::Refused(message),
+        None if job.succeeded.unwrap_or(0) > 0 => FetchOutcome::Verified(None),
+        None if job.failed.unwrap_or(0) > 0 => FetchOutcome::Refused(None),
+        None => FetchOutcome::Running,
+    }
+}
+
+async fn create_fetch(
+    ctx: &Context,
+    r: &EtcdRestore,
+    cluster: &EtcdCluster,
+    chosen: &Chosen,
+    identity_secret: Option<&str>,
+) -> Result<(), Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let pvc = objects::snapshot_claim(r, cluster, chosen)?;
+    let job = objects::fetch_job(
+        r,
+        cluster,
+        chosen,
+        identity_secret,
+        &ctx.config.backup_sidecar_image,
+    )?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    if pvcs
+        .get_opt(&pvc.name_any())
+        .await
+        .map_err(kube_err("reading the snapshot claim"))?
+        .is_none()
+    {
+        pvcs.create(&PostParams::default(), &pvc)
+            .await
+            .map_err(kube_err("creating the snapshot claim"))?;
+    }
+    Api::<Job>::namespaced(ctx.client.clone(), &ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .map(drop)
+        .or_else(|e| match e {
+            kube::Error::Api(s) if s.code == 409 => Ok(()),
+            e => Err(e),
+        })
+        .map_err(kube_err("creating the fetch Job"))?;
+    Ok(())
+}
+
+async fn set_hold(ctx: &Context, ns: &str, cluster: &str, value: Option<&str>) -> Result<(), Error> {
+    set_hold_at(ctx, ns, cluster, value, None).await
+}
+
+/// Sets (or lifts) the hold, and when `resource_version` is given only on the cluster as it was read:
+/// a merge patch that carries `metadata.resourceVersion` is refused with 409 Conflict if the object
+/// changed since, so two restores that both saw no hold cannot both take it.
+async fn set_hold_at(
+    ctx: &Context,
+    ns: &str,
+    cluster: &str,
+    value: Option<&str>,
+    resource_version: Option<&str>,
+) -> Result<(), Error> {
+    let patch = match resource_version {
+        Some(rv) => json!({"metadata": {"resourceVersion": rv, "annotations": {RESTORE_HOLD: value}}}),
+        None => json!({"metadata": {"annotations": {RESTORE_HOLD: value}}}),
+    };
+    Api::<EtcdCluster>::namespaced(ctx.client.clone(), ns)
+        .patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_err("annotating the EtcdCluster"))?;
+    Ok(())
+}
+
+/// The cluster being restored; when it was deleted mid-restore, the restore is failed and the
+/// returned `Err` is the action to return.
+async fn target(
+    ctx: &Context,
+    r: &EtcdRestore,
+    status: &EtcdRestoreStatus,
+) -> Result<Result<EtcdCluster, Action>, Error> {
+    let found = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default())
+        .get_opt(&r.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    match found {
+        Some(c) => Ok(Ok(c)),
+        None => advance(
+            ctx,
+            r,
+            status.clone(),
+            RestorePhase::Failed,
+            "the EtcdCluster was deleted".into(),
+        )
+        .await
+        .map(Err),
+    }
+}
+
+async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = &r.spec.cluster_name;
+    let cluster = match target(ctx, r, &status).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
+    };
+    match cluster.annotations().get(RESTORE_HOLD) {
+        Some(holder) if *holder != r.name_any() => {
+            let why = format!("EtcdRestore {holder} is restoring this cluster; this one did not touch it");
+            return advance(ctx, r, status, RestorePhase::Failed, why).await;
+        }
+        Some(_) => {}
+        None => {
+            // A restore that already lifted its hold is still growing the cluster it restored; its
+            // status says Growing before it lifts the hold, so reading the cluster first and the
+            // restores second cannot miss it. Others still in Restoring without a hold are not a
+            // reason to fail: two restores that both failed on seeing each other would leave none
+            // running; the hold below decides which one runs.
+            let others = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(kube_err("listing EtcdRestores"))?;
+            if let Some(other) = others.items.iter().find(|o| {
+                o.name_any() != r.name_any()
+                    && o.spec.cluster_name == *name
+                    && o.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Growing)
+            }) {
+                let why = format!(
+                    "EtcdRestore {} is restoring this cluster; this one did not touch it",
+                    other.name_any()
+                );
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+            // Atomic: taken only on the cluster as read here. A restore that lost the race sees the
+            // other's hold at its next look and fails naming it.
+            match set_hold_at(
+                ctx,
+                &ns,
+                name,
+                Some(&r.name_any()),
+                cluster.resource_version().as_deref(),
+            )
+            .await
+            {
+                Ok(()) => failpoints::hit("restore-after-hold"),
+                Err(Error::Kube(e)) if matches!(&e.source, kube::Error::Api(s) if s.code == 409) => {}
+                Err(e) => return Err(e),
+            }
+            return Ok(Action::requeue(STEP));
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let members = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
+        .await
+        .map_err(kube_err("listing member pods"))?;
+    // The seed's name is chosen once, past every ordinal in use by pods or claims (old claims stay).
+    let seed = match &status.seed_member {
+        Some(s) => s.clone(),
+        None => {
+            let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
+                .await
+                .map_err(kube_err("listing claims"))?;
+            let highest = members
+                .items
+                .iter()
+                .map(|p| p.name_any())
+                .chain(
+                    claims
+                        .items
+                        .iter()
+                        .map(|c| c.name_any().trim_end_matches("-data").to_owned()),
+                )
+                .filter_map(|n| ordinal(name, &n))
+                .max();
+            let next = highest
+                .map_or(0, |h| h + 1)
+                .max(vocabulary::ordinal_floor(&cluster));
+            let seed = format!("{name}-{next}");
+            // Recorded before the seed exists, like every member name: names never repeat.
+            cluster_writes::record_ordinal_taken(ctx, &cluster, &seed)
+                .await
+                .map_err(kube_err("recording the seed's ordinal on the EtcdCluster"))?;
+            let status = EtcdRestoreStatus {
+                seed_member: Some(seed),
+                ..status
+            };
+            write_status(ctx, r, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    };
+    let old: Vec<String> = members
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .filter(|n| *n != seed)
+        .collect();
+    if !old.is_empty() {
+        for p in &old {
+            match pods.delete(p, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(Error::Kube(KubeCallError {
+                        action: "deleting an old member pod",
+                        source: e,
+                    }));
+                }
+            }
+        }
+        failpoints::hit("restore-after-old-pods-deleted");
+        ctx.publish(
+            &r.object_ref(&()),
+            EventType::Normal,
+            "OldMembersStopped",
+            format!(
+                "stopped {} (their claims are kept until the restored cluster is Available)",
+                old.join(", ")
+            ),
+            None,
+        )
+        .await;
+        return Ok(Action::requeue(POLL));
+    }
+    let claim = objects::snapshot_claim_name(r);
+    let Some(seed_pod_now) = pods
+        .get_opt(&seed)
+        .await
+        .map_err(kube_err("reading the seed pod"))?
+    else {
+        let version: EtcdVersion = match cluster.spec.version.parse() {
+            Ok(v) => v,
+            Err(e) => {
+                return advance(ctx, r, status, RestorePhase::Failed, format!("spec.version: {e}")).await;
+            }
+        };
+        if let Some(pvc) = crate::objects::member_pvc(&cluster, &seed, version).transpose()? {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            if pvcs
+                .get_opt(&vocabulary::pvc_name(&seed))
+                .await
+                .map_err(kube_err("reading the seed claim"))?
+                .is_none()
+            {
+                pvcs.create(&PostParams::default(), &pvc)
+                    .await
+                    .map_err(kube_err("creating the seed claim"))?;
+            }
+        }
+        let token = format!(
+            "{name}-restore-{}",
+            r.uid().unwrap_or_default().split('-').next().unwrap_or_default()
+        );
+        // The seed pod mounts its sidecar's certificate; without the Secret it would sit in
+        // ContainerCreating, so it is made (or renewed) first, by the one code that issues it.
+        if let Err(e) = cluster_writes::ensure_sidecar_tls(ctx, &cluster).await {
+            let why = format!("waiting for the sidecars' certificate before starting the seed: {e}");
+            let status = EtcdRestoreStatus {
+                reason: Some(why),
+                ..status
+            };
+            write_status(ctx, r, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        let pod = objects::seed_pod(&cluster, &ctx.images(), &seed, version, &claim, &token)?;
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(Error::Kube(KubeCallError {
+                    action: "creating the seed pod",
+                    source: e,
+                }));
+            }
+        }
+        failpoints::hit("restore-after-seed-pod");
+        return Ok(Action::requeue(POLL));
+    };
+    let ready = seed_pod_now
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready {
+        return Ok(Action::requeue(POLL));
+    }
+    // Growing is recorded before the hold is lifted (by `growing`): a restart in between must not come
+    // back here, where pods other than the seed count as old members, once the cluster grows again.
+    let reason = format!(
+        "seed {seed} runs the restored data; growing to {} members",
+        cluster.spec.size
+    );
+    advance(ctx, r, status, RestorePhase::Growing, reason).await
+}
+
+async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = &r.spec.cluster_name;
+    let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let cluster = match target(ctx, r, &status).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
+    };
+    if cluster.annotations().get(RESTORE_HOLD) == Some(&r.name_any()) {
+        set_hold(ctx, &ns, name, None).await?;
+        failpoints::hit("restore-after-hold-lifted");
+        return Ok(Action::requeue(STEP));
+    }
+    let cs = cluster.status.clone().unwrap_or_default();
+    let size = usize::try_from(cluster.spec.size).unwrap_or(0);
+    let done = cs.phase == Some(ouroboros_crds::ClusterPhase::Running)
+        && cs.members.len() == size
+        && cs.members.iter().all(|m| m.healthy && !m.is_learner);
+    if !done {
+        return Ok(Action::requeue(Duration::from_secs(3)));
+    }
+    // The old members' claims, kept until now.
+    let current: Vec<String> = cs.members.iter().map(|m| vocabulary::pvc_name(&m.name)).collect();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let claims = pvcs
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
+        .await
+        .map_err(kube_err("listing claims"))?;
+    for c in claims.items.iter().filter(|c| {
+        let n = c.name_any();
+        n.ends_with("-data") && !current.contains(&n)
+    }) {
+        let _ = pvcs.delete(&c.name_any(), &DeleteParams::default()).await;
+    }
+    failpoints::hit("restore-after-old-claims-deleted");
+    let (claim, job) = (objects::snapshot_claim_name(r), objects::fetch_job_name(r));
+    let _ = Api::<Job>::namespaced(ctx.client.clone(), &ns)
+        .delete(&job, &DeleteParams::background())
+        .await;
+    let _ = pvcs.delete(&claim, &DeleteParams::default()).await;
+    let reference = BackupReference {
+        name: status.backup_name.clone().unwrap_or_default(),
+        location: status.source.clone().unwrap_or_default(),
+        revision: status.restored_revision.unwrap_or(0),
+        completion_time: jiff::Timestamp::now().to_string(),
+    };
+    let patch = json!({"apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()),
+                       "status": {"restoredFrom": reference}});
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("recording the restore on the EtcdCluster"))?;
+    let reason = format!(
+        "{name} is Available with {size} members, restored from {} at revision {} (revisions bumped by {BUMP_REVISION})",
+        reference.location, reference.revision
+    );
+    advance(ctx, r, status, RestorePhase::Succeeded, reason).await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! What a restore creates: the snapshot claim, the fetch Job that verifies the archive into it, and
+//! the seed member's pod that restores from it. Pure builders returning typed objects; a build that
+//! fails is an error, never an empty object sent in its place.
+
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{Container, PersistentVolumeClaim, Pod, Volume},
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{Resource, ResourceExt};
+use ouroboros_crds::{EtcdCluster, EtcdRestore, EtcdVersion};
+use serde_json::json;
+
+use super::super::encryption;
+use crate::{
+    backup_source::Chosen,
+    objects::{self, BuildError, to_object},
+    vocabulary::{self, BACKUP_MOUNT, BUMP_REVISION, DATA_MOUNT, Images, InitialClusterState},
+};
+
+/// The fetch Job's container.
+pub const FETCH_CONTAINER: &str = "fetch";
+
+/// The claim the verified snapshot is fetched into.
+pub fn snapshot_claim_name(r: &EtcdRestore) -> String {
+    format!("{}-snapshot", r.name_any())
+}
+
+/// The Job that fetches and verifies the archive.
+pub fn fetch_job_name(r: &EtcdRestore) -> String {
+    format!("{}-fetch", r.name_any())
+}
+
+/// The restore as the controlling owner of what it creates (deleted with it).
+fn owner(r: &EtcdRestore) -> Result<OwnerReference, BuildError> {
+    r.controller_owner_ref(&()).ok_or(BuildError {
+        kind: "OwnerReference",
+        source: serde::de::Error::custom("the EtcdRestore has no uid (it was not read from the API server)"),
+    })
+}
+
+/// Room for the snapshot with some slack, at least 1Gi; when its size is unknown (`source.object`),
+/// as much as a member's claim, which no snapshot of a member can outgrow.
+pub fn snapshot_claim_size(raw_size: i64, cluster: &EtcdCluster) -> String {
+    let member_claim = cluster.spec.storage.persistent_volume_claim.as_ref();
+    match (raw_size, member_claim) {
+        (0, Some(p)) => p.size.0.clone(),
+        (0, None) => "8Gi".to_owned(),
+        (raw, _) => {
+            let gib = (u64::try_from(raw).unwrap_or(0) * 12 / 10)
+                .div_ceil(1 << 30)
+                .max(1);
+            format!("{gib}Gi")
+        }
+    }
+}
+
+/// The snapshot claim, in the member claims' storage class.
+pub fn snapshot_claim(
+    r: &EtcdRestore,
+    cluster: &EtcdCluster,
+    chosen: &Chosen,
+) -> Result<PersistentVolumeClaim, BuildError> {
+    let class = cluster
+        .spec
+        .storage
+        .persistent_volume_claim
+        .as_ref()
+        .and_then(|p| p.storage_class_name.clone());
+    to_object(
+        "PersistentVolumeClaim",
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": snapshot_claim_name(r), "namespace": r.namespace(), "ownerReferences": [owner(r)?]},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                     "resources": {"requests": {"storage": snapshot_claim_size(chosen.raw_size, cluster)}}}
+        }),
+    )
+}
+
+/// The Job that runs `etcd-backup-sidecar fetch` into the snapshot claim: download, decrypt with the
+/// identity in `identity_secret` when given, unpack, and check etcd's trailer, the manifest and the
+/// recorded sha256. The store is the one the backup named, else the cluster's.
+pub fn fetch_job(
+    r: &EtcdRestore,
+    cluster: &EtcdCluster,
+    chosen: &Chosen,
+    identity_secret: Option<&str>,
+    image: &str,
+) -> Result<Job, BuildError> {
+    let claim = snapshot_claim_name(r);
+    let mut args = vec![
+        "fetch".to_owned(),
+        format!("--location={}", chosen.location),
+        "--out=/snapshot".to_owned(),
+    ];
+    if let Some(sha) = &chosen.sha256 {
+        args.push(format!("--sha256={sha}"));
+    }
+    let mut env = Vec::new();
+    let mut volumes = vec![json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim}})];
+    let mut mounts = vec![json!({"name": "snapshot", "mountPath": "/snapshot"})];
+    let dest = chosen
+        .destination
+        .clone()
+        .or_else(|| cluster.spec.backup.as_ref().and_then(|p| p.destination.clone()));
+    if let Some(s3) = dest
+        .as_ref()
+        .and_then(|d| d.s3.clone())
+        .filter(|_| chosen.location.starts_with("s3://"))
+    {
+        if let Some(ep) = &s3.endpoint {
+            args.push(format!("--endpoint={ep}"));
+        }
+        args.push(format!("--region={}", s3.region));
+        if s3.force_path_style {
+            args.push("--force-path-style".into());
+        }
+        if let Some(secret) = &s3.credentials_secret {
+            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
+            }
+        }
+    }
+    if let Some(secret) = identity_secret {
+        // Only the identity is mounted, read-only, in the fetch container alone.
+        volumes.push(
+            json!({"name": "identity", "secret": {"secretName": secret, "defaultMode": 0o400,
+            "items": [{"key": encryption::IDENTITY_KEY, "path": "identity"}]}}),
+        );
+        mounts.push(json!({"name": "identity", "mountPath": "/identity", "readOnly": true}));
+        args.push("--identity-file=/identity/identity".to_owned());
+    }
+    let volume = dest
+        .as_ref()
+        .and_then(|d| d.volume.clone())
+        .or_else(|| vocabulary::backup_volume(cluster));
+    if let Some(v) = volume.filter(|_| chosen.location.starts_with("file://")) {
+        volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": true}}));
+        mounts.push(json!({"name": "backups", "mountPath": format!("{BACKUP_MOUNT}/{}", v.claim_name), "readOnly": true}));
+    }
+    to_object(
+        "Job",
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": fetch_job_name(r), "namespace": r.namespace(), "ownerReferences": [owner(r)?]},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": objects::restricted_pod_security(),
+                    "containers": [{
+                        "name": FETCH_CONTAINER, "image": image, "imagePullPolicy": "IfNotPresent",
+                        "args": args, "env": env, "volumeMounts": mounts,
+                        "securityContext": objects::restricted_container_security(),
+                        "terminationMessagePolicy": "FallbackToLogsOnError"
+                    }],
+                    "volumes": volumes
+                }}
+            }
+        }),
+    )
+}
+
+/// The seed's pod: a new member whose init container restores the verified snapshot into its data
+/// directory (only when that directory is still empty, so a restarted pod does not restore twice).
+pub fn seed_pod(
+    cluster: &EtcdCluster,
+    images: &Images,
+    seed: &str,
+    version: EtcdVersion,
+    claim: &str,
+    token: &str,
+) -> Result<Pod, BuildError> {
+    let mut pod = objects::member_pod(
+        cluster,
+        images,
+        seed,
+        version,
+        InitialClusterState::New,
+        &[seed.to_owned()],
+    )?;
+    let peer = vocabulary::peer_url(cluster, seed);
+    let script = format!(
+        "set -e; if [ -d {DATA_MOUNT}/data/member ]; then echo 'data already restored'; exit 0; fi; \
+         rm -rf {DATA_MOUNT}/data; \
+         etcdutl snapshot restore /snapshot/snapshot.db --data-dir {DATA_MOUNT}/data --name {seed} \
+         --initial-cluster {seed}={peer} --initial-advertise-peer-urls {peer} --initial-cluster-token {token} \
+         --bump-revision {BUMP_REVISION} --mark-compacted"
+    );
+    let etcd_image = vocabulary::etcd_image(cluster, images, version);
+    let spec = pod.spec.as_mut().ok_or(BuildError {
+        kind: "Pod",
+        source: serde::de::Error::custom("the member pod has no spec"),
+    })?;
+    // The restore runs as the member does: restricted when the member is.
+    let security = spec
+        .security_context
+        .is_some()
+        .then(objects::restricted_container_security);
+    let init: Container = to_object(
+        "Container",
+        json!({
+            "name": "restore", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", script],
+            "securityContext": security,
+            "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT},
+                             {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}]
+        }),
+    )?;
+    spec.init_containers = Some(vec![init]);
+    let vol: Volume = to_object(
+        "Volume",
+        json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+    )?;
+    spec.volumes.get_or_insert_with(Vec::new).push(vol);
+    Ok(pod)
+}

@@ -1,0 +1,345 @@
+//! Restore tests: the seed pod and the fetch outcome.
+
+#![allow(clippy::unwrap_used)]
+use super::{objects::seed_pod, *};
+use crate::{
+    backup_source::{Lineage, choose, choose_latest, recorded_choice},
+    vocabulary::Images,
+};
+use ouroboros_crds::BackupPhase;
+
+fn restore(source: &str) -> EtcdRestore {
+    serde_yaml::from_str(&format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: r, namespace: ns}}\nspec: {{clusterName: main, source: {source}}}\n"
+    ))
+    .unwrap()
+}
+
+fn backup(name: &str, cluster: &str, phase: BackupPhase, revision: i64, completed: &str) -> EtcdBackup {
+    let mut b: EtcdBackup = serde_yaml::from_str(&format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterName: {cluster}}}\n"
+    ))
+    .unwrap();
+    b.status = Some(ouroboros_crds::EtcdBackupStatus {
+        phase: Some(phase),
+        location: (phase == BackupPhase::Succeeded).then(|| format!("s3://b/{name}.tar.gz")),
+        sha256: Some("ab".repeat(32)),
+        revision: Some(revision),
+        completion_time: Some(completed.into()),
+        cluster_uid: Some("u1".into()),
+        ..Default::default()
+    });
+    b
+}
+
+/// The lineage of the cluster every `all()` backup came from.
+fn mine() -> Lineage {
+    Lineage::Uids(vec!["u1".into()])
+}
+
+fn all() -> Vec<EtcdBackup> {
+    vec![
+        backup("old", "main", BackupPhase::Succeeded, 100, "2026-11-20T00:00:00Z"),
+        backup(
+            "newer",
+            "main",
+            BackupPhase::Succeeded,
+            500,
+            "2026-11-21T00:00:00Z",
+        ),
+        backup("failed", "main", BackupPhase::Failed, 900, "2026-11-21T06:00:00Z"),
+        backup(
+            "other",
+            "elsewhere",
+            BackupPhase::Succeeded,
+            9000,
+            "2026-11-21T07:00:00Z",
+        ),
+    ]
+}
+
+fn fetch_pod(state: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "r-fetch-x"},
+        "status": {"containerStatuses": [{"name": "fetch", "image": "i", "imageID": "", "ready": false,
+                                          "restartCount": 0, "state": state}]}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_fetch_containers_exit_decides_before_the_job_status_catches_up() {
+    use k8s_openapi::api::batch::v1::JobStatus;
+    let idle = JobStatus::default();
+    let running = fetch_pod(json!({"running": {}}));
+    assert_eq!(fetch_outcome(&idle, &[]), FetchOutcome::Running);
+    assert_eq!(fetch_outcome(&idle, &[running]), FetchOutcome::Running);
+    let ok = fetch_pod(json!({"terminated": {"exitCode": 0, "message": " {\"revision\": 7}\n"}}));
+    assert_eq!(
+        fetch_outcome(&idle, &[ok]),
+        FetchOutcome::Verified(Some(r#"{"revision": 7}"#.into()))
+    );
+    let refused = fetch_pod(json!({"terminated": {"exitCode": 1, "message": "sha256 mismatch"}}));
+    assert_eq!(
+        fetch_outcome(&idle, &[refused]),
+        FetchOutcome::Refused(Some("sha256 mismatch".into()))
+    );
+    // A crash leaves no message; the exit code still refuses.
+    let crashed = fetch_pod(json!({"terminated": {"exitCode": 137, "message": "  "}}));
+    assert_eq!(fetch_outcome(&idle, &[crashed]), FetchOutcome::Refused(None));
+    // The pod is gone (garbage-collected): the Job's status decides.
+    let succeeded = JobStatus {
+        succeeded: Some(1),
+        ..JobStatus::default()
+    };
+    let failed = JobStatus {
+        failed: Some(1),
+        ..JobStatus::default()
+    };
+    assert_eq!(fetch_outcome(&succeeded, &[]), FetchOutcome::Verified(None));
+    assert_eq!(fetch_outcome(&failed, &[]), FetchOutcome::Refused(None));
+}
+
+#[test]
+fn a_started_restore_keeps_the_backup_it_recorded() {
+    // `latest` chose "newer"; a newest backup appearing later does not switch the archive.
+    let r = restore("{latest: true}");
+    let first = choose(&r, &mine(), &all()).unwrap();
+    let mut more = all();
+    more.push(backup(
+        "newest",
+        "main",
+        BackupPhase::Succeeded,
+        9999,
+        "2026-11-23T00:00:00Z",
+    ));
+    assert_eq!(choose(&r, &mine(), &more).unwrap().name, "newest");
+    assert_eq!(
+        recorded_choice(&r, Some(&first.location), &mine(), &more)
+            .unwrap()
+            .name,
+        first.name
+    );
+    // Gone since: the restore fails rather than restore something else.
+    let gone: Vec<EtcdBackup> = more.into_iter().filter(|b| b.name_any() != first.name).collect();
+    assert!(recorded_choice(&r, Some(&first.location), &mine(), &gone).is_err());
+    // Nothing recorded yet: the source decides.
+    assert_eq!(
+        recorded_choice(&r, None, &mine(), &all()).unwrap().name,
+        first.name
+    );
+}
+
+#[test]
+fn a_named_backup_must_exist_and_have_succeeded() {
+    let c = choose(&restore("{backupName: old}"), &mine(), &all()).unwrap();
+    assert_eq!(
+        (c.name.as_str(), c.revision, c.location.as_str()),
+        ("old", Some(100), "s3://b/old.tar.gz")
+    );
+    assert!(
+        choose(&restore("{backupName: failed}"), &mine(), &all())
+            .unwrap_err()
+            .contains("has not succeeded")
+    );
+    assert!(
+        choose(&restore("{backupName: nope}"), &mine(), &all())
+            .unwrap_err()
+            .contains("does not exist")
+    );
+}
+
+#[test]
+fn latest_takes_the_newest_success_of_this_cluster_within_the_bounds() {
+    assert_eq!(
+        choose(&restore("{latest: true}"), &mine(), &all()).unwrap().name,
+        "newer"
+    );
+    let bounded = restore("{latest: true, notAfter: '2026-11-20T12:00:00Z'}");
+    assert_eq!(choose(&bounded, &mine(), &all()).unwrap().name, "old");
+    assert_eq!(
+        choose(&restore("{latest: true, maxRevision: 499}"), &mine(), &all())
+            .unwrap()
+            .name,
+        "old"
+    );
+    assert!(choose(&restore("{latest: true, maxRevision: 1}"), &mine(), &all()).is_err());
+    assert!(
+        choose(&restore("{latest: true, notAfter: yesterday}"), &mine(), &all())
+            .unwrap_err()
+            .contains("RFC 3339")
+    );
+}
+
+#[test]
+fn an_object_source_names_the_archive_in_its_store() {
+    let s3 = choose(
+        &restore("{object: {destination: {s3: {bucket: bk, prefix: p/}}, key: p/ns/main/x.tar.gz}}"),
+        &mine(),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s3.location, "s3://bk/p/ns/main/x.tar.gz");
+    assert_eq!((s3.revision, s3.sha256), (None, None));
+    assert!(
+        s3.destination.unwrap().s3.is_some(),
+        "credentials come from the object's store"
+    );
+    let vol = choose(
+        &restore("{object: {destination: {volume: {claimName: keep}}, key: /ns/main/x.tar.gz}}"),
+        &mine(),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(vol.location, "file:///backups/keep/ns/main/x.tar.gz");
+    for bad in [
+        "{object: {destination: {volume: {claimName: keep}}, key: ../../etc/passwd}}",
+        "{object: {destination: {volume: {claimName: keep}}, key: ''}}",
+        "{object: {destination: {}, key: x.tar.gz}}",
+    ] {
+        assert!(choose(&restore(bad), &mine(), &[]).is_err(), "{bad} was accepted");
+    }
+}
+
+#[test]
+fn latest_skips_successes_without_a_location() {
+    let mut backups = all();
+    backups[1].status.as_mut().unwrap().location = None;
+    assert_eq!(
+        choose(&restore("{latest: true}"), &mine(), &backups)
+            .unwrap()
+            .name,
+        "old"
+    );
+    assert_eq!(choose_latest("main", &mine(), &all()).unwrap().name, "newer");
+    assert!(choose_latest("nothing", &mine(), &all()).is_err());
+}
+
+/// A backup of `main` taken from the cluster with `uid`.
+fn of_uid(name: &str, uid: Option<&str>, revision: i64, completed: &str) -> EtcdBackup {
+    let mut b = backup(name, "main", BackupPhase::Succeeded, revision, completed);
+    b.status.as_mut().unwrap().cluster_uid = uid.map(Into::into);
+    b
+}
+
+#[test]
+fn latest_and_recovery_never_cross_into_an_earlier_cluster_of_the_same_name() {
+    // An earlier `main` (uid u0) reached revision 9999; this one (u1) is at 500.
+    let mut backups = all();
+    backups.push(of_uid("earlier", Some("u0"), 9999, "2026-11-19T00:00:00Z"));
+    backups.push(of_uid("unrecorded", None, 8888, "2026-11-19T06:00:00Z"));
+    assert_eq!(choose_latest("main", &mine(), &backups).unwrap().name, "newer");
+    assert_eq!(
+        choose(&restore("{latest: true}"), &mine(), &backups)
+            .unwrap()
+            .name,
+        "newer"
+    );
+    // Named explicitly, an earlier cluster's backup is restored: the user chose it.
+    assert_eq!(
+        choose(&restore("{backupName: earlier}"), &mine(), &backups)
+            .unwrap()
+            .name,
+        "earlier"
+    );
+    // Only other lineages: refused, naming what was skipped and how to use it anyway.
+    let only_earlier = vec![backups[4].clone(), backups[5].clone()];
+    let why = choose_latest("main", &mine(), &only_earlier).unwrap_err();
+    for part in [
+        "lineage (uid u1)",
+        "2 backup(s)",
+        "earlier",
+        "unrecorded",
+        "backupName",
+    ] {
+        assert!(why.contains(part), "{part:?} missing from: {why}");
+    }
+    // Restored from the earlier cluster: its backups are this cluster's history too.
+    let both = Lineage::Uids(vec!["u1".into(), "u0".into()]);
+    assert_eq!(choose_latest("main", &both, &backups).unwrap().name, "earlier");
+}
+
+#[test]
+fn a_cluster_with_no_history_takes_the_lineage_that_backed_up_last() {
+    // u0 backed up last (though u1 reached a higher revision): u0's newest is restored.
+    let backups = vec![
+        of_uid("u1-high", Some("u1"), 9000, "2026-11-20T00:00:00Z"),
+        of_uid("u0-low", Some("u0"), 10, "2026-11-21T00:00:00Z"),
+        of_uid("u0-lower", Some("u0"), 5, "2026-11-20T12:00:00Z"),
+    ];
+    assert_eq!(
+        choose(&restore("{latest: true}"), &Lineage::NewestOfName, &backups)
+            .unwrap()
+            .name,
+        "u0-low"
+    );
+}
+
+#[test]
+fn the_lineage_of_a_cluster_is_its_uid_and_the_one_it_was_restored_from() {
+    let mut c: EtcdCluster = serde_yaml::from_str(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: ns, uid: u2}\nspec: {size: 1}\n",
+    )
+    .unwrap();
+    let backups = vec![of_uid("earlier", Some("u0"), 9, "2026-11-19T00:00:00Z")];
+    // Created for a restore, never formed: no history of its own...
+    assert_eq!(Lineage::of(&c, &backups), Lineage::NewestOfName);
+    // ...but automatic recovery never takes another cluster's data.
+    assert_eq!(Lineage::own(&c, &backups), Lineage::Uids(vec!["u2".into()]));
+    c.status = Some(ouroboros_crds::EtcdClusterStatus {
+        cluster_id: Some("abc".into()),
+        ..Default::default()
+    });
+    assert_eq!(Lineage::of(&c, &backups), Lineage::Uids(vec!["u2".into()]));
+    c.status.as_mut().unwrap().restored_from = Some(ouroboros_crds::BackupReference {
+        name: "earlier".into(),
+        location: "s3://b/earlier.tar.gz".into(),
+        revision: 9,
+        completion_time: "2026-11-19T00:00:00Z".into(),
+    });
+    assert_eq!(
+        Lineage::of(&c, &backups),
+        Lineage::Uids(vec!["u2".into(), "u0".into()])
+    );
+}
+
+#[test]
+fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
+    let cluster: EtcdCluster = serde_yaml::from_str(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: ns, uid: u}\nspec: {size: 3}\n",
+    )
+    .unwrap();
+    let images = Images {
+        etcd_repository: "etcd".into(),
+        sidecar: "sidecar:1".into(),
+    };
+    let pod = seed_pod(
+        &cluster,
+        &images,
+        "main-3",
+        "3.6.16".parse().unwrap(),
+        "r-snapshot",
+        "main-restore-1",
+    )
+    .unwrap();
+    let spec = pod.spec.unwrap();
+    let init = &spec.init_containers.unwrap()[0];
+    let script = init.command.clone().unwrap().join(" ");
+    for part in [
+        "if [ -d /var/lib/etcd/data/member ]",
+        "etcdutl snapshot restore /snapshot/snapshot.db",
+        "--bump-revision 1000000000 --mark-compacted",
+        "--initial-cluster-token main-restore-1",
+        "--name main-3",
+    ] {
+        assert!(script.contains(part), "{part} missing from {script}");
+    }
+    assert_eq!(init.image.as_deref(), Some("etcd:v3.6.16"));
+    let snapshot = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "snapshot")
+        .unwrap();
+    assert_eq!(snapshot.persistent_volume_claim.unwrap().claim_name, "r-snapshot");
+}

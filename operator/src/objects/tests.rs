@@ -1,0 +1,523 @@
+//! Builder tests.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::*;
+use crate::vocabulary::*;
+
+fn cluster(yaml: &str) -> EtcdCluster {
+    let mut c: EtcdCluster = serde_yaml::from_str(yaml).unwrap();
+    c.metadata.namespace = Some("ns".into());
+    c.metadata.uid = Some("1234abcd-0000".into());
+    c
+}
+
+#[test]
+fn a_claim_of_a_deleted_namesake_is_foreign() {
+    let c = cluster(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1}\n",
+    );
+    let owned_by = |uid: &str, kind: &str| {
+        serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
+            serde_json::json!({
+                "name": "c-0-data",
+                "ownerReferences": [{"apiVersion": "v1", "kind": kind, "name": "c", "uid": uid}],
+            }),
+        )
+        .unwrap()
+    };
+    assert_eq!(foreign_owner(&owned_by("1234abcd-0000", "EtcdCluster"), &c), None);
+    assert_eq!(
+        foreign_owner(&owned_by("old-uid", "EtcdCluster"), &c).as_deref(),
+        Some("old-uid")
+    );
+    assert_eq!(foreign_owner(&owned_by("x", "StatefulSet"), &c), None);
+    assert_eq!(foreign_owner(&Default::default(), &c), None);
+}
+
+fn images() -> Images {
+    Images {
+        etcd_repository: "localhost/ouroboros/etcd".into(),
+        sidecar: "sidecar:1".into(),
+    }
+}
+
+const MINIMAL: &str =
+    "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3}\n";
+
+#[test]
+fn url_hosts_and_ports() {
+    assert_eq!(
+        url_host_port("http://10.0.0.1:2380"),
+        Some(("10.0.0.1", Some(2380)))
+    );
+    assert_eq!(
+        url_host_port("https://[fd00::1]:2379/"),
+        Some(("fd00::1", Some(2379)))
+    );
+    assert_eq!(url_host_port("http://c-0.c.ns.svc"), Some(("c-0.c.ns.svc", None)));
+    assert_eq!(url_host_port("10.0.0.1:2380"), None);
+}
+
+#[test]
+fn names_and_urls() {
+    let c = cluster(MINIMAL);
+    assert_eq!(peer_url(&c, "c-1"), "http://c-1.c.ns.svc:2380");
+    assert_eq!(
+        member_name_from_peer_url("http://c-1.c.ns.svc:2380").as_deref(),
+        Some("c-1")
+    );
+    assert_eq!(
+        member_name_from_peer_url("https://10.0.0.1:2380").as_deref(),
+        Some("10")
+    );
+    assert_eq!(member_name_from_peer_url("nonsense"), None);
+    assert_eq!(
+        initial_cluster(&c, &["c-0".into(), "c-1".into()]),
+        "c-0=http://c-0.c.ns.svc:2380,c-1=http://c-1.c.ns.svc:2380"
+    );
+}
+
+#[test]
+fn self_hosted_pods_run_on_their_node_network_with_their_own_ports_and_host_data() {
+    let c = cluster(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://127.0.0.1:22379', hostDataDir: /var/lib/x/}}\n",
+    );
+    let placement = Placement {
+        node: "node1".into(),
+        ip: "10.0.0.1".into(),
+        ports: Ports::block(2389),
+    };
+    let v = "3.6.16".parse().unwrap();
+    let p = self_hosted_member_pod(
+        &c,
+        &images(),
+        "c-1",
+        v,
+        InitialClusterState::Existing,
+        "boot=http://127.0.0.1:22380,c-1=http://10.0.0.1:2390",
+        &placement,
+    )
+    .unwrap();
+    assert_eq!(ports_of(&p), Ports::block(2389));
+    assert_eq!(p.annotations()[ANNOTATION_PEER_URL], "http://10.0.0.1:2390");
+    assert_eq!(p.labels()[LABEL_CHECKPOINT], "true");
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some("node1"));
+    assert_eq!(spec.host_network, Some(true));
+    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    // Placed by the operator: no scheduler hints that could contradict nodeName.
+    assert!(spec.affinity.is_none() && spec.hostname.is_none());
+    // A host directory and the host network: outside the restricted profile, left as root.
+    assert!(spec.security_context.is_none());
+    let args = spec.containers[0].args.clone().unwrap();
+    for want in [
+        "--listen-client-urls=http://0.0.0.0:2389",
+        "--listen-peer-urls=http://0.0.0.0:2390",
+        "--listen-metrics-urls=http://0.0.0.0:2391",
+        "--advertise-client-urls=http://10.0.0.1:2389",
+        "--initial-advertise-peer-urls=http://10.0.0.1:2390",
+        "--initial-cluster=boot=http://127.0.0.1:22380,c-1=http://10.0.0.1:2390",
+        "--initial-cluster-state=existing",
+    ] {
+        assert!(args.contains(&want.to_owned()), "{want} not in {args:?}");
+    }
+    let probe = spec.containers[0]
+        .readiness_probe
+        .clone()
+        .unwrap()
+        .http_get
+        .unwrap();
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2391)
+    );
+    assert_eq!(probe.path.as_deref(), Some(READINESS_PATH));
+    let sidecar = spec.containers[1].args.clone().unwrap();
+    assert!(
+        sidecar.contains(&"--listen=0.0.0.0:2392".to_owned()),
+        "{sidecar:?}"
+    );
+    assert!(
+        sidecar.contains(&"--etcd-endpoint=http://127.0.0.1:2389".to_owned()),
+        "{sidecar:?}"
+    );
+    // etcd runs under the member lock, from the binary the init container copies in.
+    assert_eq!(
+        spec.containers[0].command.clone().unwrap(),
+        [
+            "/ouroboros/member-lock",
+            "/var/lib/etcd/member.lock",
+            "/usr/local/bin/etcd"
+        ]
+    );
+    let init = &spec.init_containers.clone().unwrap()[0];
+    assert_eq!(init.image.as_deref(), Some(images().sidecar.as_str()));
+    let volumes = spec.volumes.unwrap();
+    let data = volumes[0].host_path.clone().unwrap();
+    assert_eq!(data.path, "/var/lib/x/ns-c-1");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.name == "member-lock" && v.empty_dir.is_some())
+    );
+    // Pods on the pod network keep the usual ports.
+    let ordinary = member_pod(
+        &cluster(MINIMAL),
+        &images(),
+        "c-0",
+        v,
+        InitialClusterState::New,
+        &["c-0".into()],
+    )
+    .unwrap();
+    assert_eq!(ports_of(&ordinary), Ports::POD_NETWORK);
+    // Only self-hosted members have a second copy to exclude.
+    let ordinary_spec = ordinary.spec.clone().unwrap();
+    assert!(ordinary_spec.init_containers.is_none());
+    assert_eq!(
+        ordinary_spec.containers[0].command.clone().unwrap(),
+        ["/usr/local/bin/etcd"]
+    );
+    assert!(!ordinary.labels().contains_key(LABEL_CHECKPOINT));
+}
+
+#[test]
+fn members_on_data_written_by_root_keep_root_and_new_claims_are_marked() {
+    let c = cluster(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, storage: {persistentVolumeClaim: {size: 1Gi}}}\n",
+    );
+    let v = "3.6.16".parse().unwrap();
+    let new_claim = member_pvc(&c, "c-0", v).map(Result::unwrap).unwrap();
+    assert!(
+        !written_by_root(&new_claim),
+        "a claim this version makes is written unprivileged"
+    );
+    let mut old_claim = new_claim.clone();
+    old_claim.metadata.annotations = None;
+    assert!(
+        written_by_root(&old_claim),
+        "a claim without the mark holds root's data"
+    );
+    let mut p = member_pod(&c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]).unwrap();
+    assert!(p.spec.as_ref().unwrap().security_context.is_some());
+    run_as_root(&mut p);
+    let spec = p.spec.unwrap();
+    assert!(spec.security_context.is_none());
+    assert!(spec.containers.iter().all(|c| c.security_context.is_none()));
+}
+
+#[test]
+fn seed_pod_starts_a_new_cluster_with_emptydir_and_sidecar() {
+    let c = cluster(MINIMAL);
+    let v = "3.6.16".parse().unwrap();
+    let p = member_pod(&c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]).unwrap();
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("c-0"));
+    assert_eq!(spec.subdomain.as_deref(), Some("c"));
+    let etcd = &spec.containers[0];
+    assert_eq!(etcd.image.as_deref(), Some("localhost/ouroboros/etcd:v3.6.16"));
+    let args = etcd.args.clone().unwrap();
+    assert!(
+        args.contains(&"--initial-cluster-state=new".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--initial-cluster=c-0=http://c-0.c.ns.svc:2380".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--initial-cluster-token=c-1234abcd".to_owned()),
+        "{args:?}"
+    );
+    assert_eq!(spec.containers[1].name, "backup-sidecar");
+    // The sidecar's API is served with the certificate the operator issues for the cluster.
+    let sidecar = &spec.containers[1];
+    assert!(
+        sidecar
+            .args
+            .clone()
+            .unwrap()
+            .contains(&format!("--api-tls-dir={SIDECAR_API_TLS_MOUNT}")),
+        "{:?}",
+        sidecar.args
+    );
+    let mount = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == SIDECAR_API_TLS_MOUNT)
+        .expect("the sidecar does not mount its API certificate");
+    assert_eq!(mount.read_only, Some(true));
+    let volumes = spec.volumes.unwrap();
+    let api_tls = volumes.iter().find(|v| v.name == mount.name).unwrap();
+    assert_eq!(
+        api_tls.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+        Some("c-sidecar-tls")
+    );
+    // etcd itself never sees it.
+    assert!(
+        spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != mount.name)
+    );
+    // The restricted Pod Security profile, for the pod and every container.
+    let pod_security = spec.security_context.clone().expect("no pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(pod_security.run_as_user, Some(UNPRIVILEGED_ID));
+    assert_eq!(pod_security.fs_group, Some(UNPRIVILEGED_ID));
+    assert_eq!(
+        pod_security.seccomp_profile.map(|p| p.type_),
+        Some("RuntimeDefault".to_owned())
+    );
+    for c in &spec.containers {
+        let s = c.security_context.clone().unwrap_or_default();
+        assert_eq!(s.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(s.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert_eq!(
+            s.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_owned()]),
+            "{}",
+            c.name
+        );
+    }
+    assert!(volumes[0].empty_dir.is_some());
+    let labels = p.metadata.labels.unwrap();
+    assert_eq!(labels[LABEL_VERSION], "3.6.16");
+    assert_eq!(labels[LABEL_MEMBER], "c-0");
+    let owner = &p.metadata.owner_references.unwrap()[0];
+    assert_eq!(owner.kind, "EtcdCluster");
+    assert_eq!(owner.controller, Some(true));
+    // Preferred anti-affinity is the default.
+    assert!(
+        spec.affinity
+            .unwrap()
+            .pod_anti_affinity
+            .unwrap()
+            .preferred_during_scheduling_ignored_during_execution
+            .is_some()
+    );
+}
+
+#[test]
+fn pvc_storage_gives_each_member_a_claim() {
+    let c = cluster(
+        &format!("{MINIMAL}  storage: {{persistentVolumeClaim: {{size: 2Gi, storageClassName: fast}}}}\n")
+            .replace("spec: {size: 3}\n", "spec:\n  size: 3\n"),
+    );
+    let v = "3.6.16".parse().unwrap();
+    let pvc = member_pvc(&c, "c-2", v).map(Result::unwrap).unwrap();
+    assert_eq!(pvc.metadata.name.as_deref(), Some("c-2-data"));
+    assert_eq!(pvc.labels()[LABEL_MEMBER], "c-2");
+    assert_eq!(pvc.labels()[LABEL_VERSION], "3.6.16");
+    let spec = pvc.spec.unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    let p = member_pod(
+        &c,
+        &images(),
+        "c-2",
+        v,
+        InitialClusterState::Existing,
+        &["c-0".into(), "c-2".into()],
+    )
+    .unwrap();
+    let vol = &p.spec.unwrap().volumes.unwrap()[0];
+    assert_eq!(
+        vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+        "c-2-data"
+    );
+    assert!(
+        member_pvc(&cluster(MINIMAL), "c-0", v)
+            .map(Result::unwrap)
+            .is_none()
+    );
+}
+
+fn sidecar_backup_mount(p: &Pod) -> Option<(String, String)> {
+    let spec = p.spec.clone().unwrap();
+    let mount = spec.containers[1]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.name == "backups")?;
+    let claim = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "backups")?
+        .persistent_volume_claim?
+        .claim_name;
+    Some((claim, mount.mount_path))
+}
+
+#[test]
+fn backups_default_to_a_claim_beside_pvc_data_and_to_none_otherwise() {
+    let v = "3.6.16".parse().unwrap();
+    let pod = |c: &EtcdCluster| {
+        member_pod(c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]).unwrap()
+    };
+    let pvc_data =
+        "spec:\n  size: 3\n  storage: {persistentVolumeClaim: {size: 2Gi, storageClassName: fast}}\n";
+    let with = |extra: &str| cluster(&MINIMAL.replace("spec: {size: 3}\n", &format!("{pvc_data}{extra}")));
+
+    let c = with("");
+    let claim = default_backup_pvc(&c).map(Result::unwrap).unwrap();
+    assert_eq!(claim.metadata.name.as_deref(), Some("c-backups"));
+    assert!(
+        claim.metadata.owner_references.is_none(),
+        "backups must outlive the cluster"
+    );
+    assert_eq!(claim.spec.unwrap().storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        sidecar_backup_mount(&pod(&c)),
+        Some(("c-backups".into(), "/backups/c-backups".into()))
+    );
+    assert_eq!(
+        backup_dir(&c, &backup_volume(&c).unwrap()),
+        "/backups/c-backups/ns/c"
+    );
+
+    let named =
+        with("  backup: {schedule: '0 * * * *', destination: {volume: {claimName: shared, path: etcd/}}}\n");
+    assert!(default_backup_pvc(&named).map(Result::unwrap).is_none());
+    assert_eq!(
+        sidecar_backup_mount(&pod(&named)),
+        Some(("shared".into(), "/backups/shared".into()))
+    );
+    assert_eq!(
+        backup_dir(&named, &backup_volume(&named).unwrap()),
+        "/backups/shared/etcd/ns/c"
+    );
+
+    let s3 = with("  backup: {schedule: '0 * * * *', destination: {s3: {bucket: bkt}}}\n");
+    assert!(default_backup_pvc(&s3).map(Result::unwrap).is_none());
+    assert_eq!(sidecar_backup_mount(&pod(&s3)), None);
+
+    let empty_dir = cluster(MINIMAL);
+    assert!(backup_volume(&empty_dir).is_none());
+    assert_eq!(sidecar_backup_mount(&pod(&empty_dir)), None);
+}
+
+#[test]
+fn pdb_keeps_quorum() {
+    let c = cluster(MINIMAL);
+    let pdb = pod_disruption_budget(&c).unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
+    );
+}
+
+#[test]
+fn repository_override_and_required_anti_affinity() {
+    let c = cluster(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, repository: my.registry/etcd, pod: {antiAffinity: Required}}\n",
+    );
+    assert_eq!(
+        etcd_image(&c, &images(), "3.5.35".parse().unwrap()),
+        "my.registry/etcd:v3.5.35"
+    );
+    let p = member_pod(
+        &c,
+        &images(),
+        "c-0",
+        "3.5.35".parse().unwrap(),
+        InitialClusterState::New,
+        &["c-0".into()],
+    )
+    .unwrap();
+    assert!(
+        p.spec
+            .unwrap()
+            .affinity
+            .unwrap()
+            .pod_anti_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .is_some()
+    );
+}
+
+#[test]
+fn tls_members_use_https_and_mount_their_certificates() {
+    let c = cluster(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, tls: {peerSecret: p, serverSecret: s, operatorClientSecret: o}}\n",
+    );
+    assert_eq!(peer_url(&c, "c-0"), "https://c-0.c.ns.svc:2380");
+    let p = member_pod(
+        &c,
+        &images(),
+        "c-0",
+        "3.6.16".parse().unwrap(),
+        InitialClusterState::New,
+        &["c-0".into()],
+    )
+    .unwrap();
+    let spec = p.spec.unwrap();
+    let args = spec.containers[0].args.clone().unwrap();
+    for flag in [
+        "--listen-client-urls=https://0.0.0.0:2379",
+        "--listen-metrics-urls=http://0.0.0.0:2381",
+        "--client-cert-auth=true",
+        "--peer-client-cert-auth=true",
+        "--initial-cluster=c-0=https://c-0.c.ns.svc:2380",
+    ] {
+        assert!(args.contains(&flag.to_owned()), "{flag} missing from {args:?}");
+    }
+    let volumes = spec.volumes.unwrap();
+    let secret = |n: &str| {
+        volumes
+            .iter()
+            .find(|v| v.name == n)
+            .and_then(|v| v.secret.clone())
+            .and_then(|s| s.secret_name)
+    };
+    assert_eq!(secret("peer-tls").as_deref(), Some("p"));
+    assert_eq!(secret("server-tls").as_deref(), Some("s"));
+    // The client certificate (spec.tls.operatorClientSecret) is for the backup sidecar alone: the
+    // etcd container never sees it, and the sidecar reads it read-only.
+    assert_eq!(secret("client-tls").as_deref(), Some("o"));
+    let mounts = |i: usize| spec.containers[i].volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts(0).iter().all(|m| m.name != "client-tls"),
+        "etcd mounts the client certificate"
+    );
+    let m = mounts(1)
+        .into_iter()
+        .find(|m| m.name == "client-tls")
+        .expect("sidecar lacks it");
+    assert_eq!(m.read_only, Some(true));
+    let sidecar_args = spec.containers[1].args.clone().unwrap_or_default();
+    assert!(
+        sidecar_args.contains(&"--etcd-endpoint=https://127.0.0.1:2379".to_owned()),
+        "{sidecar_args:?}"
+    );
+    assert!(
+        sidecar_args.contains(&"--tls-server-name=c-0.c.ns.svc".to_owned()),
+        "{sidecar_args:?}"
+    );
+}
+
+#[test]
+fn services_select_the_cluster() {
+    let c = cluster(MINIMAL);
+    let h = headless_service(&c).unwrap().spec.unwrap();
+    assert_eq!(h.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(h.publish_not_ready_addresses, Some(true));
+    let s = client_service(&c).unwrap();
+    assert_eq!(s.metadata.name.as_deref(), Some("c-client"));
+    let spec = s.spec.unwrap();
+    assert_eq!(spec.selector.unwrap()[LABEL_CLUSTER], "c");
+    // Ordinary clients only reach ready members.
+    assert_eq!(spec.publish_not_ready_addresses, Some(false));
+    let self_hosted = cluster(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://127.0.0.1:22379'}}\n",
+    );
+    // The API server's etcd must not depend on readiness that only the API server can record.
+    let spec = client_service(&self_hosted).unwrap().spec.unwrap();
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(spec.selector.unwrap()[LABEL_VOTER], "true");
+}
