@@ -13,6 +13,7 @@ pub mod failpoints;
 pub mod handover;
 pub mod http;
 pub mod leader;
+pub mod member_access;
 pub mod metrics;
 pub mod objects;
 pub mod sidecar;

@@ -19,7 +19,7 @@ use ouroboros_crds::{
 use super::{encryption, kube_err};
 use crate::{
     context::Context,
-    etcd::Endpoint,
+    member_access,
     metrics::BackupLabels,
     sidecar::{SidecarAddr, SidecarError},
     vocabulary::{self, LABEL_SCHEDULED, Ports, backup_dir, backup_volume, ports_of},
@@ -43,6 +43,7 @@ const BACKUP_STATUS_MANAGER: &str = "ouroboros-operator-backups";
 pub type Error = super::KubeCallError;
 
 /// One pass for one EtcdBackup.
+#[tracing::instrument(skip_all, fields(namespace = %b.namespace().unwrap_or_default(), name = %b.name_any()))]
 pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile("etcdbackup");
     match b.status.as_ref().and_then(|s| s.phase) {
@@ -409,14 +410,28 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
     let addr = pod.sidecar();
     // The database size sets the deadline; a member that does not answer gets the base timeout,
     // and its sidecar will fail the backup soon enough.
-    let db_size = ctx
-        .etcd
-        .status(&Endpoint::plain(format!(
-            "http://{}:{}",
-            pod.ip, pod.ports.client
-        )))
-        .await
-        .map_or(0, |s| u64::try_from(s.db_size).unwrap_or(0));
+    // It is dialled as the cluster controller dials members: https with the operator's client
+    // certificate on TLS clusters (plain http there would be refused, and every TLS backup would get
+    // the base deadline whatever its size).
+    let db_size = match member_access::tls_material(&ctx.client, &cluster).await {
+        Ok(tls) => {
+            let endpoint = member_access::member_endpoint(
+                &cluster,
+                &member.name,
+                &pod.ip,
+                pod.ports.client,
+                tls.as_ref(),
+            );
+            ctx.etcd
+                .status(&endpoint)
+                .await
+                .map_or(0, |s| u64::try_from(s.db_size).unwrap_or(0))
+        }
+        Err(e) => {
+            tracing::warn!(backup = %b.name_any(), error = %e, "no client certificate to size the database; the base deadline applies");
+            0
+        }
+    };
     let timeout = backup_timeout(db_size);
     let job = Job {
         id: b.uid().unwrap_or_default(),

@@ -436,10 +436,7 @@ pub fn version_plan(desired: EtcdVersion, running: &[EtcdVersion]) -> VersionPla
     VersionPlan::Target(desired)
 }
 
-/// Member `<cluster>-<ordinal>`'s ordinal, if the name has that shape.
-pub fn ordinal(cluster: &str, name: &str) -> Option<u32> {
-    name.strip_prefix(cluster)?.strip_prefix('-')?.parse().ok()
-}
+pub use crate::vocabulary::ordinal;
 
 /// A name no pod or member uses: one past the highest ordinal seen.
 pub fn next_member_name(o: &Observed) -> String {

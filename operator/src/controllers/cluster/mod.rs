@@ -9,7 +9,7 @@ use kube::{
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
 
-use crate::{context::Context, controllers::ReportedError, metrics::MemberLabels, vocabulary};
+use crate::{context::Context, controllers::ReportedError, member_access, metrics::MemberLabels, vocabulary};
 
 pub mod apply;
 pub mod backups;
@@ -75,6 +75,7 @@ impl ReportedError for Error {
 }
 
 /// One pass of the pipeline for one cluster.
+#[tracing::instrument(skip_all, fields(namespace = %cluster.namespace().unwrap_or_default(), name = %cluster.name_any()))]
 pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile("etcdcluster");
     let name = cluster.name_any();
@@ -86,7 +87,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         Ok(obs) => obs,
         // Nothing can be started without the certificates; say exactly what is missing and retry,
         // since creating the Secret is the fix and does not change the EtcdCluster.
-        Err(observe::ObserveError::TlsSecret(problem)) => {
+        Err(observe::ObserveError::TlsSecret(member_access::TlsSecretError(problem))) => {
             report_blocked(&ctx, &cluster, "TLSSecretInvalid", &problem, now).await?;
             return Ok(Action::requeue(Duration::from_secs(15)));
         }

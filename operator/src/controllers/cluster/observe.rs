@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
@@ -13,7 +13,8 @@ use super::decide::{
     Observed, PodState, PodView,
 };
 use crate::{
-    etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status},
+    etcd::{Endpoint, EtcdError, EtcdOps, Status},
+    member_access,
     vocabulary::{self, LABEL_VERSION},
 };
 
@@ -76,8 +77,8 @@ pub enum ObserveError {
     #[error("spec.version {0:?} is not an etcd version")]
     Version(String),
     /// A TLS Secret named in `spec.tls` (or the boot member's) is missing or incomplete.
-    #[error("{0}")]
-    TlsSecret(String),
+    #[error(transparent)]
+    TlsSecret(#[from] member_access::TlsSecretError),
 }
 
 /// Whether status records that the boot member has been removed: from then on the boot endpoint is
@@ -106,66 +107,15 @@ async fn boot_endpoint(
         return Ok(Some(Endpoint::plain(url)));
     };
     let ns = cluster.namespace().unwrap_or_default();
-    let tls = read_tls_secret(client, &ns, secret, "spec.selfHosted.bootMemberClientTlsSecret").await?;
+    let tls =
+        member_access::read_tls_secret(client, &ns, secret, "spec.selfHosted.bootMemberClientTlsSecret")
+            .await?;
     // The boot member is dialled by the URL it was given, so its certificate must name that host.
     let host = vocabulary::url_host_port(url).map_or("", |(h, _)| h).to_owned();
     Ok(Some(Endpoint {
         url: url.to_owned(),
         tls: Some((host, Arc::new(tls))),
     }))
-}
-
-async fn read_tls_secret(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    field: &str,
-) -> Result<ClientTls, ObserveError> {
-    let missing = |what: &str| {
-        ObserveError::TlsSecret(format!(
-            "{field}: Secret {ns}/{name} {what}; create a kubernetes.io/tls Secret with ca.crt, tls.crt and tls.key"
-        ))
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(|e| ObserveError::TlsSecret(format!("reading Secret {ns}/{name}: {e}")))?
-        .ok_or_else(|| missing("does not exist"))?;
-    let data = secret.data.unwrap_or_default();
-    let key = |k: &str| {
-        data.get(k)
-            .map(|b| b.0.clone())
-            .ok_or_else(|| missing(&format!("has no {k}")))
-    };
-    Ok(ClientTls {
-        ca: key("ca.crt")?,
-        cert: key("tls.crt")?,
-        key: key("tls.key")?,
-    })
-}
-
-/// Reads the Secrets named in `spec.tls`: checks the member Secrets exist with their keys, and returns
-/// the operator's client certificate. `Ok(None)` without TLS.
-pub async fn tls_material(
-    client: &kube::Client,
-    cluster: &EtcdCluster,
-) -> Result<Option<Arc<ClientTls>>, ObserveError> {
-    let Some(tls) = &cluster.spec.tls else {
-        return Ok(None);
-    };
-    let ns = cluster.namespace().unwrap_or_default();
-    let mut operator = None;
-    for (field, name) in [
-        ("peerSecret", &tls.peer_secret),
-        ("serverSecret", &tls.server_secret),
-        ("operatorClientSecret", &tls.operator_client_secret),
-    ] {
-        let material = read_tls_secret(client, &ns, name, &format!("spec.tls.{field}")).await?;
-        if field == "operatorClientSecret" {
-            operator = Some(Arc::new(material));
-        }
-    }
-    Ok(operator)
 }
 
 /// Reads pods, PVCs and etcd's view of `cluster`.
@@ -204,7 +154,7 @@ pub async fn observe(
     } else {
         Vec::new()
     };
-    let tls = tls_material(client, cluster).await?;
+    let tls = member_access::tls_material(client, cluster).await?;
     let boot = boot_endpoint(client, cluster).await?;
     let self_hosted = cluster.spec.self_hosted.is_some();
     let desired_version: EtcdVersion = cluster
@@ -226,22 +176,7 @@ pub async fn observe(
             });
         if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             let port = vocabulary::ports_of(p).client;
-            let endpoint = match &tls {
-                Some(t) => Endpoint {
-                    url: format!("https://{ip}:{port}"),
-                    // Self-hosted members advertise their node's address, so their certificates
-                    // name that address.
-                    tls: Some((
-                        if self_hosted {
-                            ip.clone()
-                        } else {
-                            vocabulary::member_host(cluster, &member)
-                        },
-                        t.clone(),
-                    )),
-                },
-                None => Endpoint::plain(format!("http://{ip}:{port}")),
-            };
+            let endpoint = member_access::member_endpoint(cluster, &member, &ip, port, tls.as_ref());
             endpoints.push((member.clone(), endpoint));
         }
         pod_views.push(PodView {

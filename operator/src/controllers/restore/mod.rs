@@ -32,10 +32,11 @@ use crate::{
     cluster_writes,
     context::Context,
     failpoints,
-    vocabulary::{self, BUMP_REVISION, LABEL_CLUSTER, RESTORE_HOLD, ordinal},
+    vocabulary::{self, BUMP_REVISION, LABEL_CLUSTER, RESTORE_HOLD},
 };
 
 mod objects;
+mod plan;
 
 const MANAGER: &str = "ouroboros-operator-restore";
 /// How often a restore looks at what it waits for (the fetch Job, the seed pod): restores are rare,
@@ -68,6 +69,7 @@ impl ReportedError for Error {
 }
 
 /// One pass for one EtcdRestore.
+#[tracing::instrument(skip_all, fields(namespace = %r.namespace().unwrap_or_default(), name = %r.name_any()))]
 pub async fn reconcile(r: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile("etcdrestore");
     let status = r.status.clone().unwrap_or_default();
@@ -241,27 +243,9 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
 async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
     let ns = r.namespace().unwrap_or_default();
     let job_name = objects::fetch_job_name(r);
-    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing EtcdBackups"))?;
     let cluster = match target(ctx, r, &status).await? {
         Ok(c) => c,
         Err(action) => return Ok(action),
-    };
-    let lineage = Lineage::of(&cluster, &backups.items);
-    let chosen = match recorded_choice(r, status.source.as_deref(), &lineage, &backups.items) {
-        Ok(c) => c,
-        Err(why) => {
-            return advance(
-                ctx,
-                r,
-                status,
-                RestorePhase::Failed,
-                format!("{why}; the cluster was not touched"),
-            )
-            .await;
-        }
     };
     let decryption = encryption::for_restore(r, Some(&cluster));
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -270,6 +254,26 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         .await
         .map_err(kube_err("reading the fetch Job"))?
     else {
+        // The backup is looked up once, before its fetch exists, as recorded when the restore
+        // started; polls of the running fetch read nothing else.
+        let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err("listing EtcdBackups"))?;
+        let lineage = Lineage::of(&cluster, &backups.items);
+        let chosen = match recorded_choice(r, status.source.as_deref(), &lineage, &backups.items) {
+            Ok(c) => c,
+            Err(why) => {
+                return advance(
+                    ctx,
+                    r,
+                    status,
+                    RestorePhase::Failed,
+                    format!("{why}; the cluster was not touched"),
+                )
+                .await;
+            }
+        };
         // A key that is missing is named now, rather than by a fetch pod that cannot mount it. An
         // archive not known to be encrypted needs no identity (a Secret may hold only the public
         // key); one is mounted if there is one, since the fetch decides from the archive itself.
@@ -319,7 +323,7 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             };
             let reason = format!(
                 "{} verified; restoring a new seed member from it",
-                chosen.location
+                status.source.as_deref().unwrap_or("the archive")
             );
             advance(ctx, r, status, RestorePhase::Restoring, reason).await
         }
@@ -469,6 +473,67 @@ async fn target(
     }
 }
 
+/// Reads what the Restoring phase looks at (see [`plan::RestoringView`]).
+async fn observe_restoring(
+    ctx: &Context,
+    r: &EtcdRestore,
+    cluster: &EtcdCluster,
+    status: &EtcdRestoreStatus,
+) -> Result<plan::RestoringView, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = &r.spec.cluster_name;
+    let selector = ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"));
+    // Read after the cluster (the caller read it): a restore in Growing has lifted its hold only
+    // after recording Growing, so this order cannot miss it.
+    let others = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdRestores"))?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&selector)
+        .await
+        .map_err(kube_err("listing member pods"))?;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+        .list(&selector)
+        .await
+        .map_err(kube_err("listing claims"))?;
+    let seed_pod = match status
+        .seed_member
+        .as_ref()
+        .and_then(|seed| pods.items.iter().find(|p| p.name_any() == *seed))
+    {
+        None => plan::SeedPod::Absent,
+        Some(p) if is_ready(p) => plan::SeedPod::Ready,
+        Some(_) => plan::SeedPod::Starting,
+    };
+    Ok(plan::RestoringView {
+        restore: r.name_any(),
+        cluster: name.clone(),
+        holder: cluster.annotations().get(RESTORE_HOLD).cloned(),
+        growing_other: others
+            .items
+            .iter()
+            .find(|o| {
+                o.name_any() != r.name_any()
+                    && o.spec.cluster_name == *name
+                    && o.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Growing)
+            })
+            .map(|o| o.name_any()),
+        seed: status.seed_member.clone(),
+        pods: pods.items.iter().map(|p| p.name_any()).collect(),
+        claims: claims.items.iter().map(|c| c.name_any()).collect(),
+        ordinal_floor: vocabulary::ordinal_floor(cluster),
+        seed_pod,
+    })
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
     let ns = r.namespace().unwrap_or_default();
     let name = &r.spec.cluster_name;
@@ -476,33 +541,14 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         Ok(c) => c,
         Err(action) => return Ok(action),
     };
-    match cluster.annotations().get(RESTORE_HOLD) {
-        Some(holder) if *holder != r.name_any() => {
+    let view = observe_restoring(ctx, r, &cluster, &status).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    match plan::next_restoring_step(&view) {
+        plan::RestoringStep::HeldByOther(holder) => {
             let why = format!("EtcdRestore {holder} is restoring this cluster; this one did not touch it");
-            return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            advance(ctx, r, status, RestorePhase::Failed, why).await
         }
-        Some(_) => {}
-        None => {
-            // A restore that already lifted its hold is still growing the cluster it restored; its
-            // status says Growing before it lifts the hold, so reading the cluster first and the
-            // restores second cannot miss it. Others still in Restoring without a hold are not a
-            // reason to fail: two restores that both failed on seeing each other would leave none
-            // running; the hold below decides which one runs.
-            let others = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns)
-                .list(&ListParams::default())
-                .await
-                .map_err(kube_err("listing EtcdRestores"))?;
-            if let Some(other) = others.items.iter().find(|o| {
-                o.name_any() != r.name_any()
-                    && o.spec.cluster_name == *name
-                    && o.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Growing)
-            }) {
-                let why = format!(
-                    "EtcdRestore {} is restoring this cluster; this one did not touch it",
-                    other.name_any()
-                );
-                return advance(ctx, r, status, RestorePhase::Failed, why).await;
-            }
+        plan::RestoringStep::TakeHold => {
             // Atomic: taken only on the cluster as read here. A restore that lost the race sees the
             // other's hold at its next look and fails naming it.
             match set_hold_at(
@@ -518,38 +564,9 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 Err(Error::Kube(e)) if matches!(&e.source, kube::Error::Api(s) if s.code == 409) => {}
                 Err(e) => return Err(e),
             }
-            return Ok(Action::requeue(STEP));
+            Ok(Action::requeue(STEP))
         }
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let members = pods
-        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
-        .await
-        .map_err(kube_err("listing member pods"))?;
-    // The seed's name is chosen once, past every ordinal in use by pods or claims (old claims stay).
-    let seed = match &status.seed_member {
-        Some(s) => s.clone(),
-        None => {
-            let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
-                .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
-                .await
-                .map_err(kube_err("listing claims"))?;
-            let highest = members
-                .items
-                .iter()
-                .map(|p| p.name_any())
-                .chain(
-                    claims
-                        .items
-                        .iter()
-                        .map(|c| c.name_any().trim_end_matches("-data").to_owned()),
-                )
-                .filter_map(|n| ordinal(name, &n))
-                .max();
-            let next = highest
-                .map_or(0, |h| h + 1)
-                .max(vocabulary::ordinal_floor(&cluster));
-            let seed = format!("{name}-{next}");
+        plan::RestoringStep::ChooseSeed(seed) => {
             // Recorded before the seed exists, like every member name: names never repeat.
             cluster_writes::record_ordinal_taken(ctx, &cluster, &seed)
                 .await
@@ -559,112 +576,112 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 ..status
             };
             write_status(ctx, r, &status).await?;
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            Ok(Action::requeue(Duration::from_secs(1)))
         }
-    };
-    let old: Vec<String> = members
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .filter(|n| *n != seed)
-        .collect();
-    if !old.is_empty() {
-        for p in &old {
-            match pods.delete(p, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    return Err(Error::Kube(KubeCallError {
-                        action: "deleting an old member pod",
-                        source: e,
-                    }));
+        plan::RestoringStep::StopOldMembers(old) => {
+            for p in &old {
+                match pods.delete(p, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(Error::Kube(KubeCallError {
+                            action: "deleting an old member pod",
+                            source: e,
+                        }));
+                    }
                 }
             }
+            failpoints::hit("restore-after-old-pods-deleted");
+            ctx.publish(
+                &r.object_ref(&()),
+                EventType::Normal,
+                "OldMembersStopped",
+                format!(
+                    "stopped {} (their claims are kept until the restored cluster is Available)",
+                    old.join(", ")
+                ),
+                None,
+            )
+            .await;
+            Ok(Action::requeue(POLL))
         }
-        failpoints::hit("restore-after-old-pods-deleted");
-        ctx.publish(
-            &r.object_ref(&()),
-            EventType::Normal,
-            "OldMembersStopped",
-            format!(
-                "stopped {} (their claims are kept until the restored cluster is Available)",
-                old.join(", ")
-            ),
-            None,
-        )
-        .await;
-        return Ok(Action::requeue(POLL));
+        plan::RestoringStep::StartSeed(seed) => start_seed(ctx, r, &cluster, status, &seed).await,
+        plan::RestoringStep::WaitForSeed => Ok(Action::requeue(POLL)),
+        plan::RestoringStep::Grow(seed) => {
+            // Growing is recorded before the hold is lifted (by `growing`): a restart in between must
+            // not come back here, where pods other than the seed count as old members, once the
+            // cluster grows again.
+            let reason = format!(
+                "seed {seed} runs the restored data; growing to {} members",
+                cluster.spec.size
+            );
+            advance(ctx, r, status, RestorePhase::Growing, reason).await
+        }
+    }
+}
+
+/// Creates the seed's claim (when storage asks for one) and its pod, which restores the verified
+/// snapshot before etcd starts.
+async fn start_seed(
+    ctx: &Context,
+    r: &EtcdRestore,
+    cluster: &EtcdCluster,
+    status: EtcdRestoreStatus,
+    seed: &str,
+) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let version: EtcdVersion = match cluster.spec.version.parse() {
+        Ok(v) => v,
+        Err(e) => {
+            return advance(ctx, r, status, RestorePhase::Failed, format!("spec.version: {e}")).await;
+        }
+    };
+    if let Some(pvc) = crate::objects::member_pvc(cluster, seed, version).transpose()? {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        if pvcs
+            .get_opt(&vocabulary::pvc_name(seed))
+            .await
+            .map_err(kube_err("reading the seed claim"))?
+            .is_none()
+        {
+            pvcs.create(&PostParams::default(), &pvc)
+                .await
+                .map_err(kube_err("creating the seed claim"))?;
+        }
+    }
+    let token = format!(
+        "{}-restore-{}",
+        r.spec.cluster_name,
+        r.uid().unwrap_or_default().split('-').next().unwrap_or_default()
+    );
+    // The seed pod mounts its sidecar's certificate; without the Secret it would sit in
+    // ContainerCreating, so it is made (or renewed) first, by the one code that issues it.
+    if let Err(e) = cluster_writes::ensure_sidecar_tls(ctx, cluster).await {
+        let why = format!("waiting for the sidecars' certificate before starting the seed: {e}");
+        let status = EtcdRestoreStatus {
+            reason: Some(why),
+            ..status
+        };
+        write_status(ctx, r, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let claim = objects::snapshot_claim_name(r);
-    let Some(seed_pod_now) = pods
-        .get_opt(&seed)
+    let pod = objects::seed_pod(cluster, &ctx.images(), seed, version, &claim, &token)?;
+    match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
         .await
-        .map_err(kube_err("reading the seed pod"))?
-    else {
-        let version: EtcdVersion = match cluster.spec.version.parse() {
-            Ok(v) => v,
-            Err(e) => {
-                return advance(ctx, r, status, RestorePhase::Failed, format!("spec.version: {e}")).await;
-            }
-        };
-        if let Some(pvc) = crate::objects::member_pvc(&cluster, &seed, version).transpose()? {
-            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-            if pvcs
-                .get_opt(&vocabulary::pvc_name(&seed))
-                .await
-                .map_err(kube_err("reading the seed claim"))?
-                .is_none()
-            {
-                pvcs.create(&PostParams::default(), &pvc)
-                    .await
-                    .map_err(kube_err("creating the seed claim"))?;
-            }
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => {
+            return Err(Error::Kube(KubeCallError {
+                action: "creating the seed pod",
+                source: e,
+            }));
         }
-        let token = format!(
-            "{name}-restore-{}",
-            r.uid().unwrap_or_default().split('-').next().unwrap_or_default()
-        );
-        // The seed pod mounts its sidecar's certificate; without the Secret it would sit in
-        // ContainerCreating, so it is made (or renewed) first, by the one code that issues it.
-        if let Err(e) = cluster_writes::ensure_sidecar_tls(ctx, &cluster).await {
-            let why = format!("waiting for the sidecars' certificate before starting the seed: {e}");
-            let status = EtcdRestoreStatus {
-                reason: Some(why),
-                ..status
-            };
-            write_status(ctx, r, &status).await?;
-            return Ok(Action::requeue(Duration::from_secs(5)));
-        }
-        let pod = objects::seed_pod(&cluster, &ctx.images(), &seed, version, &claim, &token)?;
-        match pods.create(&PostParams::default(), &pod).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => {
-                return Err(Error::Kube(KubeCallError {
-                    action: "creating the seed pod",
-                    source: e,
-                }));
-            }
-        }
-        failpoints::hit("restore-after-seed-pod");
-        return Ok(Action::requeue(POLL));
-    };
-    let ready = seed_pod_now
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if !ready {
-        return Ok(Action::requeue(POLL));
     }
-    // Growing is recorded before the hold is lifted (by `growing`): a restart in between must not come
-    // back here, where pods other than the seed count as old members, once the cluster grows again.
-    let reason = format!(
-        "seed {seed} runs the restored data; growing to {} members",
-        cluster.spec.size
-    );
-    advance(ctx, r, status, RestorePhase::Growing, reason).await
+    failpoints::hit("restore-after-seed-pod");
+    Ok(Action::requeue(POLL))
 }
 
 async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
