@@ -62,7 +62,7 @@ pub struct Manifest {
 }
 
 /// Where a job writes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum JobDestination {
     /// An S3 bucket.
@@ -88,7 +88,7 @@ pub enum JobDestination {
 }
 
 /// A backup the operator asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // A sidecar older than a field refuses a request that uses it, rather than ignoring it (a job
 // asking for encryption must never be stored in the clear).
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -124,7 +124,7 @@ pub struct JobEncryption {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "phase")]
 pub enum JobState {
     /// Streaming.

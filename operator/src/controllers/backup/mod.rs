@@ -1,0 +1,497 @@
+//! The EtcdBackup controller: picks a healthy member (a follower when there is one), asks its sidecar
+//! to take the backup, and polls it; the reconcile never waits on the upload. One backup per cluster
+//! runs at a time. Succeeded and Failed are terminal.
+//!
+//! Each pass observes (`observe_start`, `observe_poll`), decides with a pure plan (`plan`), and
+//! carries out that one step.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{controller::Action, events::EventType},
+};
+use ouroboros_crds::{
+    BackupPhase, BackupReference, EtcdBackup, EtcdBackupStatus, EtcdCluster,
+    sidecar::{JobEncryption, Manifest, server_identity},
+};
+
+use super::{encryption, kube_err};
+use crate::{
+    context::Context,
+    member_access,
+    metrics::BackupLabels,
+    sidecar::SidecarAddr,
+    vocabulary::{self, LABEL_SCHEDULED, ports_of},
+};
+
+mod destination;
+pub mod plan;
+mod retention;
+
+pub use plan::{BACKUP_TIMEOUT, backup_timeout, cluster_gone};
+use plan::{MemberPod, PollStep, StartStep};
+
+/// Field manager for the cluster's `lastSuccessfulBackup`, separate from the cluster controller's.
+const BACKUP_STATUS_MANAGER: &str = "ouroboros-operator-backups";
+
+/// Why an EtcdBackup reconcile failed: a Kubernetes call, retried with backoff.
+pub type Error = super::KubeCallError;
+
+/// One pass for one EtcdBackup.
+#[tracing::instrument(skip_all, fields(namespace = %b.namespace().unwrap_or_default(), name = %b.name_any()))]
+pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start_reconcile("etcdbackup");
+    match b.status.as_ref().and_then(|s| s.phase) {
+        Some(p) if p.is_terminal() => Ok(Action::await_change()),
+        Some(BackupPhase::Running) => poll(&b, &ctx).await,
+        Some(BackupPhase::Pending) | Some(_) | None => start(&b, &ctx).await,
+    }
+}
+
+async fn write_status(ctx: &Context, b: &EtcdBackup, status: &EtcdBackupStatus) -> Result<(), Error> {
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": EtcdBackup::api_version(&()), "kind": EtcdBackup::kind(&()), "status": status,
+    });
+    api.patch_status(
+        &b.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(kube_err("writing EtcdBackup status"))
+}
+
+async fn event(ctx: &Context, b: &EtcdBackup, type_: EventType, reason: &str, note: String) {
+    ctx.publish(&b.object_ref(&()), type_, reason, note, None).await;
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+async fn pending(ctx: &Context, b: &EtcdBackup, reason: String, retry: u64) -> Result<Action, Error> {
+    let current = b.status.clone().unwrap_or_default();
+    if current.phase != Some(BackupPhase::Pending) || current.reason.as_deref() != Some(reason.as_str()) {
+        let status = EtcdBackupStatus {
+            phase: Some(BackupPhase::Pending),
+            reason: Some(reason),
+            ..current
+        };
+        write_status(ctx, b, &status).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(retry)))
+}
+
+async fn fail(ctx: &Context, b: &EtcdBackup, reason: String) -> Result<Action, Error> {
+    let current = b.status.clone().unwrap_or_default();
+    let status = EtcdBackupStatus {
+        phase: Some(BackupPhase::Failed),
+        reason: Some(reason.clone()),
+        location: None,
+        completion_time: Some(now()),
+        ..current
+    };
+    write_status(ctx, b, &status).await?;
+    ctx.metrics.backups.failures.get_or_create(&labels(b)).inc();
+    event(ctx, b, EventType::Warning, "BackupFailed", reason).await;
+    Ok(Action::await_change())
+}
+
+fn labels(b: &EtcdBackup) -> BackupLabels {
+    BackupLabels {
+        cluster: format!("{}/{}", b.namespace().unwrap_or_default(), b.spec.cluster_name),
+    }
+}
+
+fn sidecar_addr(pod: &MemberPod) -> SidecarAddr {
+    SidecarAddr {
+        addr: format!("{}:{}", pod.ip, pod.ports.sidecar),
+        identity: pod.sidecar_identity.clone(),
+    }
+}
+
+/// The pod of `member` of the backup's cluster, unless it is gone, going, or has no IP yet.
+async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Option<MemberPod>, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let ns = ns.as_str();
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .get_opt(member)
+        .await
+        .map_err(kube_err("reading the member pod"))?;
+    Ok(pod
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .and_then(|p| {
+            let claims = p
+                .spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+                .collect();
+            let sidecar_serves_tls = p.spec.iter().flat_map(|s| &s.containers).any(|c| {
+                c.name == vocabulary::SIDECAR_CONTAINER
+                    && c.args.iter().flatten().any(|a| a.starts_with("--api-tls-dir="))
+            });
+            Some(MemberPod {
+                sidecar_identity: server_identity(ns, &b.spec.cluster_name),
+                sidecar_serves_tls,
+                ports: ports_of(&p),
+                ip: p.status?.pod_ip?,
+                claims,
+            })
+        }))
+}
+
+/// The age recipients of the backup's (or its cluster's) encryption Secret, none, or why they
+/// cannot be read.
+async fn observe_encryption(
+    ctx: &Context,
+    b: &EtcdBackup,
+    cluster: &EtcdCluster,
+) -> Result<Result<Option<JobEncryption>, String>, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let Some(e) = encryption::for_backup(b, cluster) else {
+        return Ok(Ok(None));
+    };
+    Ok(
+        match encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::RECIPIENT_KEY).await? {
+            Ok(recipients) => Ok(Some(JobEncryption {
+                recipients,
+                secret: format!("{ns}/{}", e.secret_name),
+            })),
+            Err(why) => {
+                let field = if b.spec.encryption.is_some() {
+                    "spec.encryption"
+                } else {
+                    "the cluster's spec.backup.encryption"
+                };
+                Err(format!(
+                    "{why}; {field} names it for the age public key of backups; nothing was backed up"
+                ))
+            }
+        },
+    )
+}
+
+/// The member's database size: it sets the deadline. It is dialled as the cluster controller dials
+/// members, https with the operator's client certificate on TLS clusters (plain http there would be
+/// refused, and every TLS backup would get the base deadline whatever its size). A member that does
+/// not answer gives 0 (the base deadline), and its sidecar fails the backup soon enough.
+async fn observe_db_size(ctx: &Context, cluster: &EtcdCluster, member: &str, pod: &MemberPod) -> u64 {
+    match member_access::tls_material(&ctx.client, cluster).await {
+        Ok(tls) => {
+            let endpoint =
+                member_access::member_endpoint(cluster, member, &pod.ip, pod.ports.client, tls.as_ref());
+            ctx.etcd
+                .status(&endpoint)
+                .await
+                .map_or(0, |s| u64::try_from(s.db_size).unwrap_or(0))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no client certificate to size the database; the base deadline applies");
+            0
+        }
+    }
+}
+
+/// Reads what starting a backup of the (existing) `cluster` looks at.
+async fn observe_start(
+    ctx: &Context,
+    b: &EtcdBackup,
+    cluster: &EtcdCluster,
+) -> Result<plan::StartView, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let destination = destination::resolve(ctx, b, cluster).await?;
+    let encryption = observe_encryption(ctx, b, cluster).await?;
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    let running_other = backups
+        .items
+        .iter()
+        .find(|o| {
+            o.uid() != b.uid()
+                && o.spec.cluster_name == b.spec.cluster_name
+                && o.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Running)
+        })
+        .map(|o| o.name_any());
+    let (member, db_size) = match plan::choose_member(cluster) {
+        None => (None, 0),
+        Some(name) => {
+            let pod = member_pod(ctx, b, &name).await?;
+            let db_size = match &pod {
+                Some(p) => observe_db_size(ctx, cluster, &name, p).await,
+                None => 0,
+            };
+            (Some((name, pod)), db_size)
+        }
+    };
+    Ok(plan::StartView {
+        backup: (b.uid().unwrap_or_default(), b.name_any()),
+        cluster: (cluster.name_any(), cluster.uid()),
+        destination,
+        encryption,
+        running_other,
+        member,
+        db_size,
+        compression_level: cluster
+            .spec
+            .backup
+            .as_ref()
+            .map_or(1, |p| u32::try_from(p.compression_level).unwrap_or(1)),
+    })
+}
+
+async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let cluster = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&b.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    let recorded_uid = b.status.as_ref().and_then(|s| s.cluster_uid.as_deref());
+    let step = if let Some(why) = cluster_gone(recorded_uid, cluster.as_ref()) {
+        StartStep::Fail(format!("{why}; nothing was backed up"))
+    } else if let Some(cluster) = &cluster {
+        // Every status this pass writes records the cluster's UID: the backup's lineage, and how a
+        // later pass tells that its cluster was deleted.
+        let mut with_uid = b.clone();
+        with_uid.status.get_or_insert_default().cluster_uid = cluster.uid();
+        return start_with(ctx, &with_uid, cluster).await;
+    } else {
+        let waited = b
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| jiff::Timestamp::now().duration_since(t.0));
+        plan::absent_cluster_step(&ns, &b.spec.cluster_name, waited)
+    };
+    apply_start(ctx, b, step).await
+}
+
+async fn start_with(ctx: &Context, b: &EtcdBackup, cluster: &EtcdCluster) -> Result<Action, Error> {
+    let view = observe_start(ctx, b, cluster).await?;
+    apply_start(ctx, b, plan::start_step(view)).await
+}
+
+async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<Action, Error> {
+    let (member, pod, job, timeout) = match step {
+        StartStep::Fail(why) => return fail(ctx, b, why).await,
+        StartStep::Wait(why, retry) => return pending(ctx, b, why, retry).await,
+        StartStep::Start {
+            member,
+            pod,
+            job,
+            timeout,
+        } => (member, pod, job, timeout),
+    };
+    match ctx.sidecar.start(&sidecar_addr(&pod), &job).await {
+        Ok(()) => {
+            let started = jiff::Timestamp::now();
+            let deadline = started
+                .checked_add(jiff::SignedDuration::try_from(timeout).unwrap_or_default())
+                .unwrap_or(started);
+            let status = EtcdBackupStatus {
+                phase: Some(BackupPhase::Running),
+                reason: Some(format!("streaming a snapshot of {member}")),
+                member: Some(member.clone()),
+                start_time: Some(started.to_string()),
+                deadline: Some(deadline.to_string()),
+                scheduled: b.labels().get(LABEL_SCHEDULED).is_some_and(|v| v == "true"),
+                ..b.status.clone().unwrap_or_default()
+            };
+            write_status(ctx, b, &status).await?;
+            event(
+                ctx,
+                b,
+                EventType::Normal,
+                "BackupStarted",
+                format!("backing up from member {member}"),
+            )
+            .await;
+            Ok(Action::requeue(Duration::from_secs(2)))
+        }
+        Err(e @ (crate::sidecar::SidecarError::Busy(_) | crate::sidecar::SidecarError::Unreachable(..))) => {
+            pending(ctx, b, e.to_string(), 5).await
+        }
+        Err(e) => fail(ctx, b, e.to_string()).await,
+    }
+}
+
+/// Reads what polling a running backup looks at.
+async fn observe_poll(ctx: &Context, b: &EtcdBackup) -> Result<plan::PollView, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let current = b.status.clone().unwrap_or_default();
+    let member = current.member.clone().unwrap_or_default();
+    let started = current
+        .start_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let deadline = current
+        .deadline
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .or_else(|| {
+            started?
+                .checked_add(jiff::SignedDuration::try_from(BACKUP_TIMEOUT).ok()?)
+                .ok()
+        });
+    let cluster = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&b.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    let state = match member_pod(ctx, b, &member).await? {
+        Some(pod) => {
+            let addr = sidecar_addr(&pod);
+            let state = ctx.sidecar.state(&addr, &b.uid().unwrap_or_default()).await;
+            Some((addr, state))
+        }
+        None => None,
+    };
+    Ok(plan::PollView {
+        member,
+        overdue: deadline.is_some_and(|d| jiff::Timestamp::now() > d),
+        deadline: current.deadline,
+        gone: cluster_gone(current.cluster_uid.as_deref(), cluster.as_ref()),
+        state,
+    })
+}
+
+async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
+    match plan::poll_step(observe_poll(ctx, b).await?) {
+        PollStep::Fail(why) => fail(ctx, b, why).await,
+        PollStep::Wait(secs) => Ok(Action::requeue(Duration::from_secs(secs))),
+        PollStep::Abort(addr, why) => {
+            let aborted = match ctx.sidecar.stop(&addr, &b.uid().unwrap_or_default()).await {
+                Ok(()) => "the upload was aborted".to_owned(),
+                Err(e) => {
+                    format!("stopping the upload failed ({e}); the sidecar aborts it when its pod stops")
+                }
+            };
+            fail(
+                ctx,
+                b,
+                format!("{why} during the backup; {aborted}; nothing was committed"),
+            )
+            .await
+        }
+        PollStep::Succeed {
+            addr,
+            manifest,
+            location,
+        } => succeed(ctx, b, &addr, &manifest, location).await,
+    }
+}
+
+/// Records a stored and verified backup, after retention ran while it still showed Running (so no
+/// other backup of the cluster could start and have its upload taken for a leftover).
+async fn succeed(
+    ctx: &Context,
+    b: &EtcdBackup,
+    addr: &SidecarAddr,
+    manifest: &Manifest,
+    location: String,
+) -> Result<Action, Error> {
+    let current = b.status.clone().unwrap_or_default();
+    let started = current
+        .start_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    retention::apply_retention(ctx, b, addr).await?;
+    let completion = now();
+    let status = EtcdBackupStatus {
+        phase: Some(BackupPhase::Succeeded),
+        reason: Some("stored and verified".into()),
+        location: Some(location.clone()),
+        raw_size: i64::try_from(manifest.raw_size).ok(),
+        compressed_size: manifest.compressed_size.and_then(|s| i64::try_from(s).ok()),
+        size: manifest.compressed_size.map(plan::human),
+        sha256: Some(manifest.sha256.clone()),
+        revision: i64::try_from(manifest.revision).ok(),
+        etcd_version: Some(manifest.etcd_version.clone()),
+        cluster_id: Some(manifest.cluster_id.clone()).filter(|id| !id.is_empty()),
+        encrypted: manifest.encrypted,
+        completion_time: Some(completion.clone()),
+        ..current
+    };
+    write_status(ctx, b, &status).await?;
+    record_on_cluster(ctx, b, &location, manifest.revision, &completion).await?;
+    let m = &ctx.metrics.backups;
+    let done = jiff::Timestamp::now();
+    m.last_success
+        .get_or_create(&labels(b))
+        .set(done.as_millisecond() as f64 / 1000.0);
+    m.size.get_or_create(&labels(b)).set(
+        manifest
+            .compressed_size
+            .and_then(|s| i64::try_from(s).ok())
+            .unwrap_or(0),
+    );
+    if let Some(t) = started {
+        m.duration
+            .get_or_create(&labels(b))
+            .observe(done.duration_since(t).as_secs_f64());
+    }
+    event(
+        ctx,
+        b,
+        EventType::Normal,
+        "BackupSucceeded",
+        format!(
+            "revision {} stored at {location} ({})",
+            manifest.revision,
+            manifest.compressed_size.map(plan::human).unwrap_or_default()
+        ),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Sets the cluster's `lastSuccessfulBackup` when this backup is newer than the one recorded.
+async fn record_on_cluster(
+    ctx: &Context,
+    b: &EtcdBackup,
+    location: &str,
+    revision: u64,
+    completion: &str,
+) -> Result<(), Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cluster) = api
+        .get_opt(&b.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?
+    else {
+        return Ok(());
+    };
+    let newer = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.last_successful_backup.as_ref())
+        .is_none_or(|last| i64::try_from(revision).unwrap_or(0) >= last.revision);
+    if !newer {
+        return Ok(());
+    }
+    let reference = BackupReference {
+        name: b.name_any(),
+        location: location.to_owned(),
+        revision: i64::try_from(revision).unwrap_or(0),
+        completion_time: completion.to_owned(),
+    };
+    let patch = serde_json::json!({
+        "apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()),
+        "status": {"lastSuccessfulBackup": reference},
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(BACKUP_STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(kube_err("recording the backup on the EtcdCluster"))
+}

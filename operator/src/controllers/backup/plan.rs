@@ -1,0 +1,287 @@
+//! What an EtcdBackup does next, from what was observed: pure functions, tested case by case. A
+//! backup starts only once everything it needs checks out (its cluster, a destination, the key it
+//! encrypts to, no other backup of the cluster running, a healthy member whose sidecar speaks mutual
+//! TLS and mounts the destination); a running one is polled until its sidecar says how it ended.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use ouroboros_crds::{
+    EtcdCluster,
+    sidecar::{Job, JobDestination, JobEncryption, JobState, Manifest},
+};
+
+use crate::{
+    sidecar::{SidecarAddr, SidecarError},
+    vocabulary::Ports,
+};
+
+/// Used when a running backup has no recorded deadline (it was started by an older operator).
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a backup waits for the cluster it names to appear before it fails.
+pub const MISSING_CLUSTER_WAIT: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// How long a backup of a `db_bytes` database may run: ten minutes, plus five per started GiB (a
+/// slow link to the store, not the snapshot, is what takes long).
+pub fn backup_timeout(db_bytes: u64) -> Duration {
+    let gib = db_bytes.div_ceil(1 << 30);
+    Duration::from_secs(600 + 300 * gib)
+}
+
+/// Why the cluster this backup was started for is gone, if it is: deleted, being deleted, or replaced
+/// by a new cluster of the same name (`recorded_uid` is the UID the backup recorded when it first saw
+/// its cluster). A backup of a cluster that no longer exists fails instead of waiting for it.
+pub fn cluster_gone(recorded_uid: Option<&str>, cluster: Option<&EtcdCluster>) -> Option<String> {
+    match (recorded_uid, cluster) {
+        (_, Some(c)) if c.metadata.deletion_timestamp.is_some() => {
+            Some(format!("EtcdCluster {} is being deleted", c.name_any()))
+        }
+        (Some(uid), Some(c)) if c.uid().is_some_and(|u| u != uid) => Some(format!(
+            "EtcdCluster {} was deleted and created again (uid {uid} is gone); this backup belonged to the \
+             deleted one: create a new EtcdBackup for the new cluster",
+            c.name_any()
+        )),
+        (Some(_), None) => Some("its EtcdCluster was deleted".to_owned()),
+        (Some(_) | None, Some(_)) | (None, None) => None,
+    }
+}
+
+/// The member to back up from: a healthy voter, a follower when there is one (the leader has enough
+/// to do).
+pub fn choose_member(cluster: &EtcdCluster) -> Option<String> {
+    let mut candidates: Vec<_> = cluster
+        .status
+        .as_ref()
+        .map(|s| s.members.iter().filter(|m| m.healthy && !m.is_learner).collect())
+        .unwrap_or_default();
+    candidates.sort_by_key(|m| m.is_leader);
+    candidates.first().map(|m| m.name.clone())
+}
+
+/// A destination the sidecar can write to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// Where the sidecar writes.
+    pub destination: JobDestination,
+    /// The claim the member pod must mount, for volume destinations.
+    pub claim: Option<String>,
+}
+
+/// A running member pod, as a backup needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberPod {
+    /// Its IP.
+    pub ip: String,
+    /// Its ports.
+    pub ports: Ports,
+    /// The claims it mounts.
+    pub claims: Vec<String>,
+    /// The name its sidecar's certificate carries.
+    pub sidecar_identity: String,
+    /// Its sidecar serves the operator over mutual TLS (pods made before that serve plain HTTP,
+    /// which the operator no longer speaks).
+    pub sidecar_serves_tls: bool,
+}
+
+/// What starting a backup looks at, once its cluster exists.
+#[derive(Debug)]
+pub struct StartView {
+    /// The backup's UID and name (the sidecar job's id and name).
+    pub backup: (String, String),
+    /// The cluster's name and UID.
+    pub cluster: (String, Option<String>),
+    /// The destination, or why there is none.
+    pub destination: Result<Resolved, String>,
+    /// The age recipients to encrypt to, none, or why the key cannot be read.
+    pub encryption: Result<Option<JobEncryption>, String>,
+    /// Another backup of the same cluster that is Running.
+    pub running_other: Option<String>,
+    /// The member chosen to back up from, and its pod when it runs and has an IP.
+    pub member: Option<(String, Option<MemberPod>)>,
+    /// The member's database size in bytes (0 when it did not answer).
+    pub db_size: u64,
+    /// The cluster's `spec.backup.compressionLevel`.
+    pub compression_level: u32,
+}
+
+/// The one step of starting a backup.
+#[derive(Debug, PartialEq)]
+pub enum StartStep {
+    /// Fail for good, saying why (nothing was backed up).
+    Fail(String),
+    /// Wait, saying why, and look again after this many seconds.
+    Wait(String, u64),
+    /// Ask the member's sidecar to run this job; it must finish within `timeout`.
+    Start {
+        /// The member backed up from.
+        member: String,
+        /// Its pod.
+        pod: MemberPod,
+        /// The sidecar's job.
+        job: Job,
+        /// The deadline, from now.
+        timeout: Duration,
+    },
+}
+
+/// Where a backup whose cluster is absent stands: it waits a bounded time for a cluster made together
+/// with it (GitOps applies both at once), and fails naming the field when the name is wrong.
+pub fn absent_cluster_step(
+    namespace: &str,
+    cluster: &str,
+    waited: Option<jiff::SignedDuration>,
+) -> StartStep {
+    if waited.is_some_and(|w| w >= MISSING_CLUSTER_WAIT) {
+        return StartStep::Fail(format!(
+            "EtcdCluster {namespace}/{cluster} does not exist (waited {}s); spec.clusterName must name a cluster in this namespace",
+            MISSING_CLUSTER_WAIT.as_secs()
+        ));
+    }
+    StartStep::Wait(format!("EtcdCluster {namespace}/{cluster} does not exist"), 15)
+}
+
+/// The next step of starting a backup whose cluster exists.
+pub fn start_step(v: StartView) -> StartStep {
+    let Resolved { destination, claim } = match v.destination {
+        Ok(d) => d,
+        Err(why) => return StartStep::Fail(why),
+    };
+    let encryption = match v.encryption {
+        Ok(e) => e,
+        Err(why) => return StartStep::Fail(why),
+    };
+    // One backup per cluster at a time.
+    if let Some(other) = v.running_other {
+        return StartStep::Wait(
+            format!("waiting for EtcdBackup {other} of the same cluster to finish"),
+            5,
+        );
+    }
+    let Some((member, pod)) = v.member else {
+        return StartStep::Wait(
+            format!("no healthy member of {} to back up from", v.cluster.0),
+            10,
+        );
+    };
+    let Some(pod) = pod else {
+        return StartStep::Wait(format!("member {member} has no pod IP yet"), 5);
+    };
+    if let Some(claim) = claim.filter(|c| !pod.claims.contains(c)) {
+        return StartStep::Fail(format!(
+            "member pod {member} does not mount the backup claim {claim}: pods mount the cluster's backup volume \
+             when they are created, so use that volume or an s3 destination (members started after \
+             spec.backup.destination changed mount the new one)"
+        ));
+    }
+    if !pod.sidecar_serves_tls {
+        return StartStep::Fail(format!(
+            "member pod {member} runs a backup sidecar from before mutual TLS, which this operator does not \
+             call (docs/security.md): delete the member pods one at a time, waiting for the cluster to \
+             be Available in between, and each comes back with the current sidecar; nothing was backed up"
+        ));
+    }
+    let (id, name) = v.backup;
+    let (cluster_name, cluster_uid) = v.cluster;
+    StartStep::Start {
+        job: Job {
+            id,
+            name,
+            cluster_name,
+            cluster_uid,
+            member: member.clone(),
+            destination,
+            compression_level: v.compression_level,
+            encryption,
+        },
+        member,
+        pod,
+        timeout: backup_timeout(v.db_size),
+    }
+}
+
+/// What polling a running backup looks at.
+#[derive(Debug)]
+pub struct PollView {
+    /// The member it runs on.
+    pub member: String,
+    /// Past its deadline.
+    pub overdue: bool,
+    /// The recorded deadline, for the message.
+    pub deadline: Option<String>,
+    /// Why its cluster is gone, if it is.
+    pub gone: Option<String>,
+    /// The member's sidecar and what it says of the job; `None` when the member's pod is gone.
+    pub state: Option<(SidecarAddr, Result<JobState, SidecarError>)>,
+}
+
+/// The one step of polling a running backup.
+#[derive(Debug, PartialEq)]
+pub enum PollStep {
+    /// Fail, saying why (nothing was committed).
+    Fail(String),
+    /// Stop the upload at this sidecar (its cluster is going), then fail saying why.
+    Abort(SidecarAddr, String),
+    /// Look again after this many seconds.
+    Wait(u64),
+    /// Stored and verified: apply retention, then record it.
+    Succeed {
+        /// The sidecar that took it (retention runs through it).
+        addr: SidecarAddr,
+        /// The archive's manifest.
+        manifest: Box<Manifest>,
+        /// Its location.
+        location: String,
+    },
+}
+
+/// The next step of polling a running backup.
+pub fn poll_step(v: PollView) -> PollStep {
+    let member = &v.member;
+    let Some((addr, state)) = v.state else {
+        let why = v.gone.unwrap_or_else(|| format!("member pod {member} went away"));
+        return PollStep::Fail(format!("{why} during the backup; nothing was committed"));
+    };
+    match state {
+        // Its cluster is going: the members' pods go with it, and the upload is stopped now rather
+        // than cut off half-written when they do.
+        Ok(JobState::Running) if v.gone.is_some() => PollStep::Abort(addr, v.gone.unwrap_or_default()),
+        Ok(JobState::Running) if v.overdue => PollStep::Fail(format!(
+            "still running at its deadline {}; nothing was committed",
+            v.deadline.as_deref().unwrap_or("(none recorded)")
+        )),
+        Ok(JobState::Running) => PollStep::Wait(2),
+        Ok(JobState::Failed { reason }) => PollStep::Fail(reason),
+        Ok(JobState::Succeeded { manifest, location }) => PollStep::Succeed {
+            addr,
+            manifest,
+            location,
+        },
+        Err(SidecarError::UnknownJob(_)) => PollStep::Fail(format!(
+            "the sidecar on {member} restarted during the backup; nothing was committed"
+        )),
+        Err(e) if v.overdue => PollStep::Fail(e.to_string()),
+        // Unreachable for a moment (a restarting container, the network): the deadline bounds it.
+        Err(_) => PollStep::Wait(5),
+    }
+}
+
+/// Bytes for people: `1.5MiB`.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", units[u])
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
