@@ -443,7 +443,7 @@ pub async fn apply_step(
 ) -> Result<(), ApplyError> {
     let endpoints = obs.endpoint_list();
     match step {
-        Step::Paused | Step::Converged | Step::WaitForMembers { .. } => Ok(()),
+        Step::Held(_) | Step::Converged | Step::WaitForMembers { .. } => Ok(()),
         Step::WaitForLearner { name } => {
             // etcd 3.6 does not count a snapshot the learner received as applied. On an idle
             // cluster nothing follows it, and the learner refuses its own publish ("too many

@@ -17,6 +17,10 @@ use kube::{
 };
 use ouroboros_crds::{BackupPhase, BackupPolicy, EtcdBackup, EtcdBackupSpec, EtcdCluster, retention::Rules};
 
+use std::time::Duration;
+
+use ouroboros_crds::condition_types as ct;
+
 use crate::context::Context;
 use crate::vocabulary::{LABEL_CLUSTER, LABEL_SCHEDULED};
 
@@ -398,6 +402,101 @@ pub async fn create(ctx: &Context, cluster: &EtcdCluster, due: &Due) -> Result<(
     )
     .await;
     Ok(())
+}
+
+/// Runs the backup schedule: creates the due EtcdBackup and puts `BackupHealthy` and the recorded
+/// slot into `status`. Returns how long until the next slot.
+pub async fn run(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    status: &mut ouroboros_crds::EtcdClusterStatus,
+    now: jiff::Timestamp,
+) -> Result<Option<Duration>, super::Error> {
+    let policy = cluster.spec.backup.as_ref();
+    let summaries = match policy {
+        Some(_) => observe(ctx, cluster).await?,
+        None => Vec::new(),
+    };
+    let recorded = status
+        .last_scheduled_backup_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let created = cluster.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let action = plan(
+        &cluster.name_any(),
+        policy,
+        recorded.unwrap_or(created),
+        recorded.is_some(),
+        &summaries,
+        now,
+    );
+    let generation = cluster.metadata.generation;
+    let mut set_health = |h: &Health| {
+        let truth = match h.status {
+            Truth::True => "True",
+            Truth::False => "False",
+            Truth::Unknown => "Unknown",
+        };
+        super::status::set_condition_to(
+            &mut status.conditions,
+            ct::BACKUP_HEALTHY,
+            truth,
+            h.reason,
+            h.message.clone(),
+            generation,
+            now,
+        );
+    };
+    match action {
+        Action::Off => {
+            status.conditions.retain(|c| c.type_ != ct::BACKUP_HEALTHY);
+            Ok(None)
+        }
+        Action::Invalid(h) => {
+            let first = !super::already_reported(cluster, ct::BACKUP_HEALTHY, h.reason, &h.message);
+            set_health(&h);
+            if first {
+                ctx.publish(
+                    &cluster.object_ref(&()),
+                    EventType::Warning,
+                    h.reason,
+                    h.message.clone(),
+                    None,
+                )
+                .await;
+            }
+            Ok(None)
+        }
+        Action::Scheduled {
+            due,
+            skipped_for,
+            last_slot,
+            next,
+            health,
+        } => {
+            if let Some(due) = &due {
+                create(ctx, cluster, due).await?;
+            }
+            if let (Some(slot), Some(blocker)) = (last_slot, &skipped_for)
+                && recorded != Some(slot)
+            {
+                ctx.publish(
+                    &cluster.object_ref(&()),
+                    EventType::Warning,
+                    "BackupSkipped",
+                    format!("skipped the slot at {slot}: scheduled backup {blocker} has not finished"),
+                    None,
+                )
+                .await;
+            }
+            set_health(&health);
+            if let Some(slot) = last_slot {
+                status.last_scheduled_backup_time = Some(slot.to_string());
+            }
+            let until = next.duration_since(now).as_secs().max(0).unsigned_abs() + 1;
+            Ok(Some(Duration::from_secs(until)))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,8 +43,35 @@ pub struct Desired {
     pub size: usize,
     /// etcd version wanted.
     pub version: EtcdVersion,
-    /// `spec.paused`.
-    pub paused: bool,
+    /// Who stopped the controller from changing members, if anyone.
+    pub held_by: Option<HeldBy>,
+}
+
+/// Who stopped the controller from changing the cluster's members: the one meaning of "paused".
+/// Either way no member is added, removed or restarted; objects that hold no data (Services, the
+/// PodDisruptionBudget, the sidecars' certificate) are still kept under a restore's hold, since the
+/// restore's seed needs them, but not when the user paused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldBy {
+    /// `spec.paused` is set.
+    User,
+    /// The named EtcdRestore holds the cluster (`etcd.ouroboros.dev/restore-in-progress`).
+    Restore(String),
+}
+
+/// Who holds `cluster`, if anyone (a restore's hold shows even when the user paused too: the
+/// restore's status is what to read then).
+pub fn held_by(cluster: &ouroboros_crds::EtcdCluster) -> Option<HeldBy> {
+    let restore = cluster
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::vocabulary::RESTORE_HOLD));
+    match restore {
+        Some(r) => Some(HeldBy::Restore(r.clone())),
+        None if cluster.spec.paused => Some(HeldBy::User),
+        None => None,
+    }
 }
 
 /// Lifecycle of one member's pod, as Kubernetes reports it.
@@ -225,8 +252,8 @@ impl RemoveReason {
 /// The one thing to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// `spec.paused`: change nothing.
-    Paused,
+    /// Held (paused by the user, or owned by a restore): change nothing.
+    Held(HeldBy),
     /// Start the first member with `--initial-cluster-state=new`.
     CreateSeed {
         /// Member name.
@@ -342,7 +369,7 @@ impl Step {
     /// Whether the step changes the cluster (for the Progressing condition).
     pub fn is_change(&self) -> bool {
         match self {
-            Step::Paused | Step::NoQuorum { .. } | Step::BootInvalid { .. } | Step::Converged => false,
+            Step::Held(_) | Step::NoQuorum { .. } | Step::BootInvalid { .. } | Step::Converged => false,
             Step::CreateSeed { .. }
             | Step::WaitForBoot { .. }
             | Step::RemoveBootMember { .. }
@@ -474,8 +501,8 @@ pub fn next_step(o: &Observed) -> Decision {
         VersionPlan::Refused { reason, .. } => Some(reason.clone()),
         VersionPlan::Target(_) => None,
     };
-    let step = if o.desired.paused {
-        Step::Paused
+    let step = if let Some(by) = &o.desired.held_by {
+        Step::Held(by.clone())
     } else {
         membership_step(o, plan.version())
     };

@@ -14,7 +14,7 @@ fn world(size: usize, version: &str) -> Observed {
         desired: Desired {
             size,
             version: v(version),
-            paused: false,
+            held_by: None,
         },
         bootstrapped: false,
         pods: vec![],
@@ -161,7 +161,7 @@ impl Observed {
         self
     }
     fn paused(mut self) -> Self {
-        self.desired.paused = true;
+        self.desired.held_by = Some(HeldBy::User);
         self
     }
     /// Members keep their data on claims; every member observed so far has one, recording `version`.
@@ -219,8 +219,11 @@ fn empty_world_creates_a_seed() {
 
 #[test]
 fn paused_changes_nothing_even_when_empty() {
-    assert_eq!(step(&world(3, V36).paused()), Step::Paused);
-    assert_eq!(step(&world(3, V36).voter(0, V36).paused()), Step::Paused);
+    assert_eq!(step(&world(3, V36).paused()), Step::Held(HeldBy::User));
+    assert_eq!(
+        step(&world(3, V36).voter(0, V36).paused()),
+        Step::Held(HeldBy::User)
+    );
 }
 
 #[test]

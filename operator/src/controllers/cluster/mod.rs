@@ -9,7 +9,7 @@ use kube::{
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
 
-use crate::{context::Context, controllers::ReportedError, member_access, metrics::MemberLabels, vocabulary};
+use crate::{context::Context, controllers::ReportedError, member_access, metrics::MemberLabels};
 
 pub mod apply;
 pub mod backups;
@@ -40,6 +40,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// An object could not be built (a programming error: nothing was sent).
+    #[error(transparent)]
+    Build(#[from] crate::objects::BuildError),
     /// Writing status failed.
     #[error("writing status of {name}: {source}")]
     PatchStatus {
@@ -59,12 +62,13 @@ impl ReportedError for Error {
             Error::Apply(_) => "apply_kubernetes",
             Error::Backups(_) => "scheduled_backups",
             Error::Recovery { .. } => "automatic_recovery",
+            Error::Build(_) => "build",
             Error::PatchStatus { .. } => "patch_status",
         }
     }
     fn is_permanent(&self) -> bool {
         match self {
-            Error::Observe(observe::ObserveError::Version(_)) => true,
+            Error::Observe(observe::ObserveError::Version(_)) | Error::Build(_) => true,
             Error::Observe(_)
             | Error::Apply(_)
             | Error::Backups(_)
@@ -80,7 +84,10 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     let _timer = ctx.metrics.start_reconcile("etcdcluster");
     let name = cluster.name_any();
     let now = jiff::Timestamp::now();
-    if !cluster.spec.paused {
+    let held_by = decide::held_by(&cluster);
+    // Objects that hold no data are kept under a restore's hold (its seed needs them), not when the
+    // user paused (see `HeldBy`).
+    if held_by != Some(decide::HeldBy::User) {
         apply::ensure_cluster_objects(&ctx, &cluster).await?;
     }
     let obs = match observe::observe(&ctx.client, ctx.etcd.as_ref(), &cluster, now).await {
@@ -107,12 +114,12 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     tracing::info!(cluster = %name, namespace = %cluster.namespace().unwrap_or_default(), step = ?decision.step, "reconcile");
 
     let applied = apply::apply_step(&ctx, &cluster, &obs, &decision.step).await;
-    if !obs.observed.desired.paused {
+    if obs.observed.desired.held_by.is_none() {
         apply::sync_voter_labels(&ctx, &cluster, &obs).await?;
     }
     let mut status = status::compute(&cluster, &obs, &decision, now);
-    let wake = schedule_backups(&ctx, &cluster, &mut status, now).await?;
-    let recovery_wake = recover(&ctx, &cluster, &mut status, &decision.step, now).await?;
+    let wake = backups::run(&ctx, &cluster, &mut status, now).await?;
+    let recovery_wake = recovery::run(&ctx, &cluster, &mut status, &decision.step, now).await?;
     report_alarm(&ctx, &cluster, &status).await;
     report_degraded(&ctx, &cluster, &status).await;
     record_member_metrics(&ctx, &cluster, &status);
@@ -123,215 +130,6 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         .flatten()
         .fold(requeue_secs(&decision.step), Duration::min);
     Ok(Action::requeue(requeue))
-}
-
-/// `spec.recovery.policy: Automatic`: once quorum has been lost for the grace period, starts one
-/// EtcdRestore from the newest backup and records the data-loss window; says on the `QuorumLost`
-/// condition what it will do or why it cannot. Returns when to look again.
-async fn recover(
-    ctx: &Context,
-    cluster: &EtcdCluster,
-    status: &mut ouroboros_crds::EtcdClusterStatus,
-    step: &decide::Step,
-    now: jiff::Timestamp,
-) -> Result<Option<Duration>, Error> {
-    use ouroboros_crds::{EtcdBackup, EtcdRestore, RecoveryPolicy};
-    let automatic = cluster.spec.recovery.as_ref().map(|r| r.policy) == Some(RecoveryPolicy::Automatic);
-    let lost = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == ct::QUORUM_LOST && c.status == "True")
-        .map(|c| c.last_transition_time.0);
-    if !automatic || lost.is_none() {
-        return Ok(None);
-    }
-    let ns = cluster.namespace().unwrap_or_default();
-    let err = |action| move |source| Error::Recovery { action, source };
-    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
-        .list(&Default::default())
-        .await
-        .map_err(err("listing EtcdBackups"))?;
-    let restores: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = restores
-        .list(&Default::default())
-        .await
-        .map_err(err("listing EtcdRestores"))?;
-    let decision = recovery::decide(&recovery::Input {
-        cluster,
-        quorum_lost_since: lost,
-        returning: step.quorum_may_return().unwrap_or_default(),
-        backups: &backups.items,
-        restores: &existing.items,
-        now,
-    });
-    let (note, wake) = match decision {
-        recovery::Recovery::NotNeeded => return Ok(None),
-        recovery::Recovery::Unsupported { why } => {
-            (format!("Automatic recovery does not apply: {why}"), None)
-        }
-        recovery::Recovery::RestoreRunning { restore } => (
-            format!("EtcdRestore {restore} is restoring this cluster; automatic recovery waits for it"),
-            None,
-        ),
-        recovery::Recovery::AlreadyStarted { restore } => (
-            format!(
-                "Automatic recovery started EtcdRestore {restore} for this loss and does not start another;                  if it failed, its status says why and a new EtcdRestore is up to you"
-            ),
-            None,
-        ),
-        recovery::Recovery::DataMayReturn { members } => (
-            format!(
-                "Automatic recovery waits: {} keep their data and would give quorum back by answering again",
-                members.join(", ")
-            ),
-            None,
-        ),
-        recovery::Recovery::Waiting { at } => (
-            format!("Automatic recovery restores from the newest backup at {at} unless quorum returns first"),
-            Some(Duration::from_secs(
-                at.duration_since(now).as_secs().max(0).unsigned_abs() + 1,
-            )),
-        ),
-        recovery::Recovery::NoBackup { why } => (format!("Automatic recovery cannot start: {why}"), None),
-        recovery::Recovery::Start { restore, record, .. } => {
-            let body = serde_json::json!({
-                "apiVersion": EtcdRestore::api_version(&()), "kind": "EtcdRestore",
-                "metadata": {
-                    "name": restore, "namespace": ns,
-                    "labels": {vocabulary::LABEL_CLUSTER: cluster.name_any()},
-                    "ownerReferences": [{"apiVersion": EtcdCluster::api_version(&()), "kind": "EtcdCluster",
-                        "name": cluster.name_any(), "uid": cluster.uid().unwrap_or_default()}],
-                },
-                "spec": {"clusterName": cluster.name_any(), "source": {"backupName": record.backup_name}},
-            });
-            let object: EtcdRestore = serde_json::from_value(body).map_err(|e| Error::Recovery {
-                action: "building the EtcdRestore",
-                source: kube::Error::SerdeError(e),
-            })?;
-            match restores.create(&Default::default(), &object).await {
-                Ok(_) => {}
-                // Created on an earlier pass that did not get to record it.
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(err("creating the EtcdRestore")(e)),
-            }
-            let window = recovery::window(&record);
-            ctx.publish(
-                &cluster.object_ref(&()),
-                EventType::Warning,
-                "AutomaticRecoveryStarted",
-                format!(
-                    "quorum lost since {}: EtcdRestore {restore} is {window}",
-                    record.quorum_lost_time
-                ),
-                None,
-            )
-            .await;
-            status.automatic_recovery = Some(*record);
-            (
-                format!("Automatic recovery started EtcdRestore {restore}: {window}"),
-                None,
-            )
-        }
-    };
-    if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == ct::QUORUM_LOST) {
-        c.message = format!("{}. {note}", c.message.trim_end_matches('.'));
-    }
-    Ok(wake)
-}
-
-/// Runs the backup schedule: creates the due EtcdBackup and puts `BackupHealthy` and the recorded
-/// slot into `status`. Returns how long until the next slot.
-async fn schedule_backups(
-    ctx: &Context,
-    cluster: &EtcdCluster,
-    status: &mut ouroboros_crds::EtcdClusterStatus,
-    now: jiff::Timestamp,
-) -> Result<Option<Duration>, Error> {
-    let policy = cluster.spec.backup.as_ref();
-    let summaries = match policy {
-        Some(_) => backups::observe(ctx, cluster).await?,
-        None => Vec::new(),
-    };
-    let recorded = status
-        .last_scheduled_backup_time
-        .as_deref()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let created = cluster.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-    let action = backups::plan(
-        &cluster.name_any(),
-        policy,
-        recorded.unwrap_or(created),
-        recorded.is_some(),
-        &summaries,
-        now,
-    );
-    let generation = cluster.metadata.generation;
-    let mut set_health = |h: &backups::Health| {
-        let truth = match h.status {
-            backups::Truth::True => "True",
-            backups::Truth::False => "False",
-            backups::Truth::Unknown => "Unknown",
-        };
-        status::set_condition_to(
-            &mut status.conditions,
-            ct::BACKUP_HEALTHY,
-            truth,
-            h.reason,
-            h.message.clone(),
-            generation,
-            now,
-        );
-    };
-    match action {
-        backups::Action::Off => {
-            status.conditions.retain(|c| c.type_ != ct::BACKUP_HEALTHY);
-            Ok(None)
-        }
-        backups::Action::Invalid(h) => {
-            let first = !already_reported(cluster, ct::BACKUP_HEALTHY, h.reason, &h.message);
-            set_health(&h);
-            if first {
-                ctx.publish(
-                    &cluster.object_ref(&()),
-                    EventType::Warning,
-                    h.reason,
-                    h.message.clone(),
-                    None,
-                )
-                .await;
-            }
-            Ok(None)
-        }
-        backups::Action::Scheduled {
-            due,
-            skipped_for,
-            last_slot,
-            next,
-            health,
-        } => {
-            if let Some(due) = &due {
-                backups::create(ctx, cluster, due).await?;
-            }
-            if let (Some(slot), Some(blocker)) = (last_slot, &skipped_for)
-                && recorded != Some(slot)
-            {
-                ctx.publish(
-                    &cluster.object_ref(&()),
-                    EventType::Warning,
-                    "BackupSkipped",
-                    format!("skipped the slot at {slot}: scheduled backup {blocker} has not finished"),
-                    None,
-                )
-                .await;
-            }
-            set_health(&health);
-            if let Some(slot) = last_slot {
-                status.last_scheduled_backup_time = Some(slot.to_string());
-            }
-            let until = next.duration_since(now).as_secs().max(0).unsigned_abs() + 1;
-            Ok(Some(Duration::from_secs(until)))
-        }
-    }
 }
 
 /// Server-side applies the cluster's status with the operator's field manager.
@@ -408,7 +206,7 @@ async fn report_blocked(
 fn requeue_secs(step: &decide::Step) -> Duration {
     use decide::Step;
     let secs = match step {
-        Step::Converged | Step::Paused => 30,
+        Step::Converged | Step::Held(_) => 30,
         Step::NoQuorum { .. } | Step::BootInvalid { .. } => 10,
         Step::WaitForBoot { .. } => 5,
         Step::WaitForMembers { .. } => 2,
@@ -476,7 +274,7 @@ async fn report_degraded(ctx: &Context, cluster: &EtcdCluster, status: &ouroboro
 
 /// The status before this pass already carried this condition with this reason and message, so its
 /// Warning Event went out then: Events go out once per change, not once per reconcile.
-fn already_reported(cluster: &EtcdCluster, type_: &str, reason: &str, message: &str) -> bool {
+pub(super) fn already_reported(cluster: &EtcdCluster, type_: &str, reason: &str, message: &str) -> bool {
     cluster.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()

@@ -243,12 +243,7 @@ pub async fn observe(
             size: usize::try_from(cluster.spec.size).unwrap_or(0),
             version: desired_version,
             // A restore in progress owns the cluster: nothing is changed under it.
-            paused: cluster.spec.paused
-                || cluster
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(crate::vocabulary::RESTORE_HOLD)),
+            held_by: super::decide::held_by(cluster),
         },
         bootstrapped: cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         pods: pod_views,

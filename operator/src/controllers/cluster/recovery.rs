@@ -8,11 +8,17 @@
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use ouroboros_crds::{
-    AutomaticRecovery, EtcdBackup, EtcdCluster, EtcdRestore, RecoveryPolicy, RestorePhase,
-    retention::parse_age,
+    AutomaticRecovery, EtcdBackup, EtcdCluster, EtcdRestore, EtcdRestoreSpec, RecoveryPolicy, RestorePhase,
+    RestoreSource, retention::parse_age,
 };
 
-use crate::{backup_source, vocabulary};
+use std::time::Duration;
+
+use kube::{Api, Resource, runtime::events::EventType};
+use ouroboros_crds::condition_types as ct;
+
+use super::{Error, decide};
+use crate::{backup_source, context::Context, objects::BuildError, vocabulary};
 
 /// How long quorum must stay lost before `Automatic` restores, when `gracePeriod` is not set.
 pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_mins(5);
@@ -217,6 +223,129 @@ pub fn record_seen(
         Some(r) if rev.is_none_or(|old| r > old) && due => (Some(r), Some(now.to_string())),
         _ => (rev, time.map(str::to_owned)),
     }
+}
+
+/// The EtcdRestore automatic recovery starts: restoring the named backup into `cluster`, labelled
+/// with it and owned by it (deleted with it).
+pub fn restore_object(cluster: &EtcdCluster, name: &str, backup: &str) -> Result<EtcdRestore, BuildError> {
+    let owner = cluster.owner_ref(&()).ok_or(BuildError {
+        kind: "EtcdRestore",
+        source: serde::de::Error::custom("the EtcdCluster has no uid (it was not read from the API server)"),
+    })?;
+    let mut restore = EtcdRestore::new(
+        name,
+        EtcdRestoreSpec {
+            cluster_name: cluster.name_any(),
+            source: RestoreSource {
+                backup_name: Some(backup.to_owned()),
+                ..RestoreSource::default()
+            },
+            cluster_template: None,
+            encryption: None,
+        },
+    );
+    restore.metadata.namespace = cluster.namespace();
+    restore.metadata.labels = Some([(vocabulary::LABEL_CLUSTER.to_owned(), cluster.name_any())].into());
+    restore.metadata.owner_references = Some(vec![owner]);
+    Ok(restore)
+}
+
+/// `spec.recovery.policy: Automatic`: once quorum has been lost for the grace period, starts one
+/// EtcdRestore from the newest backup and records the data-loss window; says on the `QuorumLost`
+/// condition what it will do or why it cannot. Returns when to look again.
+pub async fn run(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    status: &mut ouroboros_crds::EtcdClusterStatus,
+    step: &decide::Step,
+    now: jiff::Timestamp,
+) -> Result<Option<Duration>, Error> {
+    let automatic = cluster.spec.recovery.as_ref().map(|r| r.policy) == Some(RecoveryPolicy::Automatic);
+    let lost = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ct::QUORUM_LOST && c.status == "True")
+        .map(|c| c.last_transition_time.0);
+    if !automatic || lost.is_none() {
+        return Ok(None);
+    }
+    let ns = cluster.namespace().unwrap_or_default();
+    let err = |action| move |source| Error::Recovery { action, source };
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .map_err(err("listing EtcdBackups"))?;
+    let restores: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = restores
+        .list(&Default::default())
+        .await
+        .map_err(err("listing EtcdRestores"))?;
+    let decision = decide(&Input {
+        cluster,
+        quorum_lost_since: lost,
+        returning: step.quorum_may_return().unwrap_or_default(),
+        backups: &backups.items,
+        restores: &existing.items,
+        now,
+    });
+    let (note, wake) = match decision {
+        Recovery::NotNeeded => return Ok(None),
+        Recovery::Unsupported { why } => (format!("Automatic recovery does not apply: {why}"), None),
+        Recovery::RestoreRunning { restore } => (
+            format!("EtcdRestore {restore} is restoring this cluster; automatic recovery waits for it"),
+            None,
+        ),
+        Recovery::AlreadyStarted { restore } => (
+            format!(
+                "Automatic recovery started EtcdRestore {restore} for this loss and does not start another;                  if it failed, its status says why and a new EtcdRestore is up to you"
+            ),
+            None,
+        ),
+        Recovery::DataMayReturn { members } => (
+            format!(
+                "Automatic recovery waits: {} keep their data and would give quorum back by answering again",
+                members.join(", ")
+            ),
+            None,
+        ),
+        Recovery::Waiting { at } => (
+            format!("Automatic recovery restores from the newest backup at {at} unless quorum returns first"),
+            Some(Duration::from_secs(
+                at.duration_since(now).as_secs().max(0).unsigned_abs() + 1,
+            )),
+        ),
+        Recovery::NoBackup { why } => (format!("Automatic recovery cannot start: {why}"), None),
+        Recovery::Start { restore, record, .. } => {
+            let object = restore_object(cluster, &restore, &record.backup_name)?;
+            match restores.create(&Default::default(), &object).await {
+                Ok(_) => {}
+                // Created on an earlier pass that did not get to record it.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(err("creating the EtcdRestore")(e)),
+            }
+            let window = window(&record);
+            ctx.publish(
+                &cluster.object_ref(&()),
+                EventType::Warning,
+                "AutomaticRecoveryStarted",
+                format!(
+                    "quorum lost since {}: EtcdRestore {restore} is {window}",
+                    record.quorum_lost_time
+                ),
+                None,
+            )
+            .await;
+            status.automatic_recovery = Some(*record);
+            (
+                format!("Automatic recovery started EtcdRestore {restore}: {window}"),
+                None,
+            )
+        }
+    };
+    if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == ct::QUORUM_LOST) {
+        c.message = format!("{}. {note}", c.message.trim_end_matches('.'));
+    }
+    Ok(wake)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use ouroboros_crds::{
 };
 
 use super::{
-    decide::{Decision, Step},
+    decide::{Decision, HeldBy, Step},
     observe::Observation,
 };
 use crate::vocabulary;
@@ -48,11 +48,10 @@ pub fn compute(
             }
         })
         .collect();
-    let holder = cluster
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::vocabulary::RESTORE_HOLD));
+    let holder = match &o.desired.held_by {
+        Some(HeldBy::Restore(r)) => Some(r),
+        Some(HeldBy::User) | None => None,
+    };
     let held = holder.is_some();
     // No member answered: the members known from the last answer stay listed, none of them healthy,
     // so status still says who the cluster is and who does not answer. Not under a restore's hold:
@@ -79,7 +78,7 @@ pub fn compute(
     let versions: Vec<ouroboros_crds::EtcdVersion> = o.pods.iter().map(|p| p.version).collect();
 
     let pivoting = o.boot.as_ref().is_some_and(|b| b.id.is_some());
-    let phase = phase(decision, available, ready, o.desired.size, held, pivoting);
+    let phase = phase(decision, available, ready, o.desired.size, pivoting);
     let mut conditions = previous.conditions.clone();
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
         set_condition(&mut conditions, type_, status, reason, message, generation, now);
@@ -397,17 +396,10 @@ fn boot_condition(
     Some((false, reason, message))
 }
 
-fn phase(
-    decision: &Decision,
-    available: bool,
-    ready: usize,
-    size: usize,
-    held: bool,
-    pivoting: bool,
-) -> ClusterPhase {
+fn phase(decision: &Decision, available: bool, ready: usize, size: usize, pivoting: bool) -> ClusterPhase {
     match &decision.step {
-        Step::Paused if held => ClusterPhase::Restoring,
-        Step::Paused => ClusterPhase::Paused,
+        Step::Held(HeldBy::Restore(_)) => ClusterPhase::Restoring,
+        Step::Held(HeldBy::User) => ClusterPhase::Paused,
         Step::NoQuorum { .. } => ClusterPhase::QuorumLost,
         Step::BootInvalid { .. } => ClusterPhase::Degraded,
         Step::WaitForBoot { .. } | Step::RemoveBootMember { .. } => ClusterPhase::Pivoting,
@@ -437,7 +429,12 @@ fn phase(
 
 fn progress(step: &Step) -> (bool, &'static str, String) {
     match step {
-        Step::Paused => (false, "Paused", "spec.paused is set; no change is made".into()),
+        Step::Held(HeldBy::User) => (false, "Paused", "spec.paused is set; no change is made".into()),
+        Step::Held(HeldBy::Restore(r)) => (
+            false,
+            "Restoring",
+            format!("EtcdRestore {r} holds the cluster; no change is made until it lets go"),
+        ),
         Step::Converged => (false, "Converged", "the cluster matches the spec".into()),
         Step::NoQuorum { .. } => (false, "QuorumLost", "no change is made without quorum".into()),
         Step::WaitForBoot { reason } => (true, "WaitingForBootMember", reason.clone()),
