@@ -275,7 +275,10 @@ fn an_earlier_cluster_of_the_same_name_is_never_restored_automatically() {
 fn the_recovery_restore_is_typed_owned_by_its_cluster_and_names_the_backup() {
     let r = restore_object(&automatic(), "main-recovery-1", "main-b1").unwrap();
     assert_eq!(r.metadata.namespace.as_deref(), Some("ns"));
-    assert_eq!(r.labels().get(vocabulary::LABEL_CLUSTER).map(String::as_str), Some("main"));
+    assert_eq!(
+        r.labels().get(vocabulary::LABEL_CLUSTER).map(String::as_str),
+        Some("main")
+    );
     let owner = &r.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("EtcdCluster", "u1"));
     assert_eq!(r.spec.cluster_name, "main");

@@ -277,30 +277,19 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         // A key that is missing is named now, rather than by a fetch pod that cannot mount it. An
         // archive not known to be encrypted needs no identity (a Secret may hold only the public
         // key); one is mounted if there is one, since the fetch decides from the archive itself.
-        let identity = match (&decryption, chosen.encrypted) {
-            (None, false) => None,
-            (None, true) => {
-                let why = format!(
-                    "{} is age-encrypted and no Secret holds its identity: set spec.encryption.secretName \
-                     (or the cluster's spec.backup.encryption) to a Secret with an `{}` key; the cluster was not touched",
-                    chosen.describe(),
-                    encryption::IDENTITY_KEY
-                );
-                return advance(ctx, r, status, RestorePhase::Failed, why).await;
-            }
-            (Some(e), encrypted) => {
-                match encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::IDENTITY_KEY).await?
-                {
-                    Ok(_) => Some(e.secret_name.as_str()),
-                    Err(_) if !encrypted => None,
-                    Err(why) => {
-                        let why = format!("{why}, which decrypts the archive; the cluster was not touched");
-                        return advance(ctx, r, status, RestorePhase::Failed, why).await;
-                    }
-                }
-            }
+        let key = match &decryption {
+            Some(e) => Some(
+                encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::IDENTITY_KEY)
+                    .await?
+                    .map(drop),
+            ),
+            None => None,
         };
-        create_fetch(ctx, r, &cluster, &chosen, identity).await?;
+        let identity = match plan::fetch_identity(decryption.as_ref(), key, &chosen) {
+            Ok(identity) => identity,
+            Err(why) => return advance(ctx, r, status, RestorePhase::Failed, why).await,
+        };
+        create_fetch(ctx, r, &cluster, &chosen, identity.as_deref()).await?;
         failpoints::hit("restore-after-fetch-job");
         return Ok(Action::requeue(POLL));
     };
@@ -470,6 +459,15 @@ async fn target(
         )
         .await
         .map(Err),
+    }
+}
+
+/// A deletion's result: done, or already gone, or the failure to retry.
+fn delete_if_present<T>(result: Result<T, kube::Error>, action: &'static str) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(KubeCallError { action, source }.into()),
     }
 }
 
@@ -692,38 +690,46 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
         Ok(c) => c,
         Err(action) => return Ok(action),
     };
-    if cluster.annotations().get(RESTORE_HOLD) == Some(&r.name_any()) {
-        set_hold(ctx, &ns, name, None).await?;
-        failpoints::hit("restore-after-hold-lifted");
-        return Ok(Action::requeue(STEP));
-    }
-    let cs = cluster.status.clone().unwrap_or_default();
-    let size = usize::try_from(cluster.spec.size).unwrap_or(0);
-    let done = cs.phase == Some(ouroboros_crds::ClusterPhase::Running)
-        && cs.members.len() == size
-        && cs.members.iter().all(|m| m.healthy && !m.is_learner);
-    if !done {
-        return Ok(Action::requeue(Duration::from_secs(3)));
-    }
-    // The old members' claims, kept until now.
-    let current: Vec<String> = cs.members.iter().map(|m| vocabulary::pvc_name(&m.name)).collect();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let claims = pvcs
         .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
         .await
         .map_err(kube_err("listing claims"))?;
-    for c in claims.items.iter().filter(|c| {
-        let n = c.name_any();
-        n.ends_with("-data") && !current.contains(&n)
-    }) {
-        let _ = pvcs.delete(&c.name_any(), &DeleteParams::default()).await;
+    let view = plan::GrowingView {
+        held_by_me: cluster.annotations().get(RESTORE_HOLD) == Some(&r.name_any()),
+        cluster: cluster.status.clone().unwrap_or_default(),
+        size: usize::try_from(cluster.spec.size).unwrap_or(0),
+        claims: claims.items.iter().map(|c| c.name_any()).collect(),
+    };
+    let stale_claims = match plan::next_growing_step(&view) {
+        plan::GrowingStep::LiftHold => {
+            set_hold(ctx, &ns, name, None).await?;
+            failpoints::hit("restore-after-hold-lifted");
+            return Ok(Action::requeue(STEP));
+        }
+        plan::GrowingStep::WaitForCluster => return Ok(Action::requeue(Duration::from_secs(3))),
+        plan::GrowingStep::Finish { stale_claims } => stale_claims,
+    };
+    // The old members' claims, kept until now; then the fetch Job and the snapshot claim. A deletion
+    // that fails is retried (Succeeded is final, so nothing would come back for it).
+    for claim in &stale_claims {
+        delete_if_present(
+            pvcs.delete(claim, &DeleteParams::default()).await,
+            "deleting an old member's claim",
+        )?;
     }
     failpoints::hit("restore-after-old-claims-deleted");
-    let (claim, job) = (objects::snapshot_claim_name(r), objects::fetch_job_name(r));
-    let _ = Api::<Job>::namespaced(ctx.client.clone(), &ns)
-        .delete(&job, &DeleteParams::background())
-        .await;
-    let _ = pvcs.delete(&claim, &DeleteParams::default()).await;
+    delete_if_present(
+        Api::<Job>::namespaced(ctx.client.clone(), &ns)
+            .delete(&objects::fetch_job_name(r), &DeleteParams::background())
+            .await,
+        "deleting the fetch Job",
+    )?;
+    delete_if_present(
+        pvcs.delete(&objects::snapshot_claim_name(r), &DeleteParams::default())
+            .await,
+        "deleting the snapshot claim",
+    )?;
     let reference = BackupReference {
         name: status.backup_name.clone().unwrap_or_default(),
         location: status.source.clone().unwrap_or_default(),
@@ -736,8 +742,8 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
         .await
         .map_err(kube_err("recording the restore on the EtcdCluster"))?;
     let reason = format!(
-        "{name} is Available with {size} members, restored from {} at revision {} (revisions bumped by {BUMP_REVISION})",
-        reference.location, reference.revision
+        "{name} is Available with {} members, restored from {} at revision {} (revisions bumped by {BUMP_REVISION})",
+        view.size, reference.location, reference.revision
     );
     advance(ctx, r, status, RestorePhase::Succeeded, reason).await
 }

@@ -4,7 +4,15 @@
 //! members are stopped (their claims kept) before the seed starts, and Growing is recorded only once
 //! the seed serves the restored data.
 
-use crate::vocabulary::ordinal;
+use ouroboros_crds::{ClusterPhase, EtcdClusterStatus};
+
+use ouroboros_crds::BackupEncryption;
+
+use super::super::encryption::IDENTITY_KEY;
+use crate::{
+    backup_source::Chosen,
+    vocabulary::{ordinal, pvc_name},
+};
 
 /// The seed member's pod, as observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +111,82 @@ fn seed_name(v: &RestoringView) -> String {
     format!("{}-{next}", v.cluster)
 }
 
+/// The Secret whose identity the fetch mounts, or why the restore fails before it runs. `key` is
+/// whether the identity could be read from the configured Secret (`None`: none is configured). A
+/// key that is missing is named now, rather than by a fetch pod that cannot mount it. An archive not
+/// known to be encrypted needs no identity (a Secret may hold only the public key); one is mounted
+/// if there is one, since the fetch decides from the archive itself.
+pub fn fetch_identity(
+    decryption: Option<&BackupEncryption>,
+    key: Option<Result<(), String>>,
+    chosen: &Chosen,
+) -> Result<Option<String>, String> {
+    match (decryption, key) {
+        (Some(e), Some(Ok(()))) => Ok(Some(e.secret_name.clone())),
+        (Some(_), Some(Err(_))) if !chosen.encrypted => Ok(None),
+        (Some(_), Some(Err(why))) => Err(format!(
+            "{why}, which decrypts the archive; the cluster was not touched"
+        )),
+        (None, _) | (Some(_), None) if chosen.encrypted => Err(format!(
+            "{} is age-encrypted and no Secret holds its identity: set spec.encryption.secretName \
+             (or the cluster's spec.backup.encryption) to a Secret with an `{}` key; the cluster was not touched",
+            chosen.describe(),
+            IDENTITY_KEY
+        )),
+        (None, _) | (Some(_), None) => Ok(None),
+    }
+}
+
+/// What the Growing phase looks at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrowingView {
+    /// This restore still holds the cluster.
+    pub held_by_me: bool,
+    /// The cluster's status.
+    pub cluster: EtcdClusterStatus,
+    /// `spec.size`.
+    pub size: usize,
+    /// Names of the cluster's claims.
+    pub claims: Vec<String>,
+}
+
+/// The one step of a Growing reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrowingStep {
+    /// Lift the hold (Growing is already recorded), so the cluster controller grows the seed.
+    LiftHold,
+    /// The cluster is not yet Available at full size with every member a healthy voter.
+    WaitForCluster,
+    /// Delete the old members' claims (kept until now) and the snapshot's, then record success.
+    Finish {
+        /// Member data claims of members the restored cluster does not have.
+        stale_claims: Vec<String>,
+    },
+}
+
+/// The next step of the Growing phase.
+pub fn next_growing_step(v: &GrowingView) -> GrowingStep {
+    if v.held_by_me {
+        return GrowingStep::LiftHold;
+    }
+    let c = &v.cluster;
+    let done = c.phase == Some(ClusterPhase::Running)
+        && c.members.len() == v.size
+        && c.members.iter().all(|m| m.healthy && !m.is_learner);
+    if !done {
+        return GrowingStep::WaitForCluster;
+    }
+    let current: Vec<String> = c.members.iter().map(|m| pvc_name(&m.name)).collect();
+    GrowingStep::Finish {
+        stale_claims: v
+            .claims
+            .iter()
+            .filter(|n| n.ends_with("-data") && !current.contains(n))
+            .cloned()
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +265,117 @@ mod tests {
             next_restoring_step(&held(Some("c-5"), &["c-5"], SeedPod::Ready)),
             RestoringStep::Grow("c-5".into())
         );
+    }
+
+    fn member(name: &str, healthy: bool, learner: bool) -> ouroboros_crds::MemberStatus {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "id": "1", "healthy": healthy, "isLearner": learner,
+        }))
+        .unwrap()
+    }
+
+    fn growing(phase: ClusterPhase, members: Vec<ouroboros_crds::MemberStatus>) -> GrowingView {
+        GrowingView {
+            held_by_me: false,
+            cluster: EtcdClusterStatus {
+                phase: Some(phase),
+                members,
+                ..Default::default()
+            },
+            size: 3,
+            claims: vec![
+                "c-0-data".into(),
+                "c-1-data".into(),
+                "c-5-data".into(),
+                "c-6-data".into(),
+                "c-7-data".into(),
+                "c-backups".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn old_claims_go_only_once_the_restored_cluster_is_whole() {
+        let whole = || {
+            vec![
+                member("c-5", true, false),
+                member("c-6", true, false),
+                member("c-7", true, false),
+            ]
+        };
+        let mut v = growing(ClusterPhase::Running, whole());
+        v.held_by_me = true;
+        assert_eq!(next_growing_step(&v), GrowingStep::LiftHold);
+        v.held_by_me = false;
+        assert_eq!(
+            next_growing_step(&v),
+            GrowingStep::Finish {
+                stale_claims: vec!["c-0-data".into(), "c-1-data".into()]
+            }
+        );
+        let mut learning = whole();
+        learning[2] = member("c-7", true, true);
+        for v in [
+            growing(ClusterPhase::Scaling, whole()),
+            growing(ClusterPhase::Running, learning),
+            growing(ClusterPhase::Running, whole()[..2].to_vec()),
+            growing(
+                ClusterPhase::Running,
+                vec![
+                    member("c-5", true, false),
+                    member("c-6", false, false),
+                    member("c-7", true, false),
+                ],
+            ),
+        ] {
+            assert_eq!(next_growing_step(&v), GrowingStep::WaitForCluster, "{v:?}");
+        }
+    }
+
+    fn chosen(encrypted: bool) -> Chosen {
+        Chosen {
+            name: "b".into(),
+            location: "s3://x/b.tar.gz.age".into(),
+            sha256: None,
+            revision: Some(7),
+            completed: None,
+            raw_size: 0,
+            destination: None,
+            encrypted,
+        }
+    }
+
+    #[test]
+    fn the_fetch_gets_the_identity_when_there_is_one_and_fails_early_only_when_it_must() {
+        let secret = BackupEncryption {
+            secret_name: "age".into(),
+        };
+        let s = Some(&secret);
+        // Readable: mounted, encrypted or not (the fetch decides from the archive).
+        for encrypted in [true, false] {
+            assert_eq!(
+                fetch_identity(s, Some(Ok(())), &chosen(encrypted)),
+                Ok(Some("age".into()))
+            );
+        }
+        // Unreadable: fails only an archive known to be encrypted, naming why.
+        assert_eq!(
+            fetch_identity(s, Some(Err("no identity".into())), &chosen(false)),
+            Ok(None)
+        );
+        let why = fetch_identity(
+            s,
+            Some(Err("Secret ns/age has no identity".into())),
+            &chosen(true),
+        )
+        .unwrap_err();
+        assert!(
+            why.contains("has no identity") && why.contains("not touched"),
+            "{why}"
+        );
+        // None configured: fine for a plain archive, a clear failure for an encrypted one.
+        assert_eq!(fetch_identity(None, None, &chosen(false)), Ok(None));
+        let why = fetch_identity(None, None, &chosen(true)).unwrap_err();
+        assert!(why.contains("spec.encryption.secretName"), "{why}");
     }
 }
