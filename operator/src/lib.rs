@@ -9,6 +9,8 @@ pub mod context;
 pub mod controllers;
 pub mod crds_ready;
 pub mod etcd;
+#[cfg(test)]
+pub mod etcd_fake;
 pub mod failpoints;
 pub mod handover;
 pub mod http;

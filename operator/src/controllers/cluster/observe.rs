@@ -13,7 +13,7 @@ use super::decide::{
     Observed, PodState, PodView,
 };
 use crate::{
-    etcd::{Endpoint, EtcdError, EtcdOps, Status},
+    etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status},
     member_access,
     vocabulary::{self, LABEL_VERSION},
 };
@@ -118,6 +118,20 @@ async fn boot_endpoint(
     }))
 }
 
+/// What observing reads from Kubernetes: the cluster's pods and (this cluster's) claims, the
+/// operator's client certificate, and the boot member's endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct KubeRead {
+    /// Pods labelled with the cluster.
+    pub pods: Vec<Pod>,
+    /// Claims labelled with the cluster and not owned by another (with PVC storage).
+    pub pvcs: Vec<PersistentVolumeClaim>,
+    /// The operator's client certificate, with `spec.tls`.
+    pub tls: Option<Arc<ClientTls>>,
+    /// The boot member, while a pivot may still be under way.
+    pub boot: Option<Endpoint>,
+}
+
 /// Reads pods, PVCs and etcd's view of `cluster`.
 pub async fn observe(
     client: &kube::Client,
@@ -125,6 +139,12 @@ pub async fn observe(
     cluster: &EtcdCluster,
     now: jiff::Timestamp,
 ) -> Result<Observation, ObserveError> {
+    let read = read_kubernetes(client, cluster).await?;
+    assemble(etcd, cluster, read, now).await
+}
+
+/// The Kubernetes half of observing.
+pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Result<KubeRead, ObserveError> {
     let ns = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
     let lp = ListParams::default().labels(&vocabulary::cluster_selector(cluster));
@@ -156,6 +176,31 @@ pub async fn observe(
     };
     let tls = member_access::tls_material(client, cluster).await?;
     let boot = boot_endpoint(client, cluster).await?;
+    Ok(KubeRead {
+        pods: pods.items,
+        pvcs,
+        tls,
+        boot,
+    })
+}
+
+/// The etcd half of observing, over what was read from Kubernetes: asks the members (through
+/// `etcd`, a fake in tests) for the membership and their status, and puts together what the
+/// decision looks at.
+pub async fn assemble(
+    etcd: &dyn EtcdOps,
+    cluster: &EtcdCluster,
+    read: KubeRead,
+    now: jiff::Timestamp,
+) -> Result<Observation, ObserveError> {
+    let KubeRead {
+        pods,
+        pvcs,
+        tls,
+        boot,
+    } = read;
+    let name = cluster.name_any();
+    let uses_pvc = cluster.spec.storage.persistent_volume_claim.is_some();
     let self_hosted = cluster.spec.self_hosted.is_some();
     let desired_version: EtcdVersion = cluster
         .spec
@@ -165,7 +210,7 @@ pub async fn observe(
 
     let mut pod_views = Vec::new();
     let mut endpoints = Vec::new();
-    for p in &pods.items {
+    for p in &pods {
         let member = p.name_any();
         let Some(version) = p.labels().get(LABEL_VERSION).and_then(|v| v.parse().ok()) else {
             continue;
@@ -196,7 +241,7 @@ pub async fn observe(
         .map(|(_, e)| e.clone())
         .chain(boot.clone())
         .collect();
-    let named = |m: &crate::etcd::Member| member_name_by_pods(m, &pods.items);
+    let named = |m: &crate::etcd::Member| member_name_by_pods(m, &pods);
     let mut members = Vec::new();
     let mut boot_id = None;
     let (membership, cluster_id, statuses, membership_error) = if endpoint_list.is_empty() {
@@ -261,7 +306,7 @@ pub async fn observe(
         statuses,
         endpoints,
         members,
-        pods: pods.items,
+        pods,
         membership_error,
     })
 }
@@ -512,5 +557,173 @@ mod tests {
             ..started
         };
         assert_eq!(member_name(&unstarted).as_deref(), Some("c-3"));
+    }
+
+    mod with_fake_etcd {
+        use std::sync::Arc;
+
+        use k8s_openapi::api::core::v1::Pod;
+        use ouroboros_crds::EtcdCluster;
+
+        use super::super::{KubeRead, assemble};
+        use crate::{
+            etcd::{ClientTls, Member, MemberList, Status},
+            etcd_fake::FakeEtcd,
+            objects,
+            vocabulary::{Images, InitialClusterState},
+        };
+
+        fn cluster(tls: bool) -> EtcdCluster {
+            let mut spec = serde_json::json!({"size": 3, "version": "3.6.16"});
+            if tls {
+                spec["tls"] =
+                    serde_json::json!({"peerSecret": "p", "serverSecret": "s", "operatorClientSecret": "o"});
+            }
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "etcd.ouroboros.dev/v1alpha1", "kind": "EtcdCluster",
+                "metadata": {"name": "c", "namespace": "ns", "uid": "u1"}, "spec": spec
+            }))
+            .unwrap()
+        }
+
+        fn pod(c: &EtcdCluster, i: u64) -> Pod {
+            let images = Images {
+                etcd_repository: "etcd".into(),
+                sidecar: "sidecar".into(),
+            };
+            let members: Vec<String> = (0..3).map(|i| format!("c-{i}")).collect();
+            let mut p = objects::member_pod(
+                c,
+                &images,
+                &format!("c-{i}"),
+                "3.6.16".parse().unwrap(),
+                InitialClusterState::New,
+                &members,
+            )
+            .unwrap();
+            p.status = Some(
+                serde_json::from_value(
+                    serde_json::json!({"phase": "Running", "podIP": format!("10.0.0.{}", i + 1)}),
+                )
+                .unwrap(),
+            );
+            p
+        }
+
+        fn member(i: u64, scheme: &str) -> Member {
+            Member {
+                id: i + 1,
+                name: format!("c-{i}"),
+                peer_urls: vec![format!("{scheme}://c-{i}.c.ns.svc:2380")],
+                client_urls: vec![format!("{scheme}://c-{i}.c.ns.svc:2379")],
+                is_learner: false,
+            }
+        }
+
+        fn status(id: u64, errors: &[&str]) -> Status {
+            Status {
+                member_id: id,
+                leader: 1,
+                raft_applied_index: 100,
+                revision: 100,
+                db_size: 1 << 20,
+                version: "3.6.16".into(),
+                errors: errors.iter().map(|e| e.to_string()).collect(),
+                is_learner: false,
+            }
+        }
+
+        fn fake(scheme: &str, answering: &[u64], alarm_on: Option<u64>) -> FakeEtcd {
+            let url = |i: u64| format!("{scheme}://10.0.0.{}:2379", i + 1);
+            FakeEtcd {
+                list: Some(MemberList {
+                    cluster_id: 0xc1,
+                    members: (0..3).map(|i| member(i, scheme)).collect(),
+                }),
+                answering: answering.iter().map(|i| url(*i)).collect(),
+                statuses: (0..3)
+                    .map(|i| {
+                        let errors: &[&str] = if alarm_on == Some(i) { &["NOSPACE"] } else { &[] };
+                        (url(i), status(i + 1, errors))
+                    })
+                    .collect(),
+                ..FakeEtcd::default()
+            }
+        }
+
+        fn read(c: &EtcdCluster, tls: bool) -> KubeRead {
+            KubeRead {
+                pods: (0..3).map(|i| pod(c, i)).collect(),
+                tls: tls.then(|| {
+                    Arc::new(ClientTls {
+                        ca: vec![],
+                        cert: vec![],
+                        key: vec![],
+                    })
+                }),
+                ..KubeRead::default()
+            }
+        }
+
+        #[tokio::test]
+        async fn a_silent_member_has_no_health_and_an_alarm_is_kept_as_reported() {
+            let c = cluster(false);
+            let etcd = fake("http", &[0, 1], Some(1));
+            let obs = assemble(&etcd, &c, read(&c, false), jiff::Timestamp::now())
+                .await
+                .unwrap();
+            let ms = obs.observed.membership.expect("two members answered");
+            assert_eq!(ms.leader, Some(1));
+            let health = |name: &str| ms.members.iter().find(|m| m.name == name).unwrap().health.clone();
+            assert!(health("c-0").is_some_and(|h| h.errors.is_empty()));
+            assert_eq!(health("c-1").map(|h| h.errors), Some(vec!["NOSPACE".to_owned()]));
+            assert_eq!(health("c-2"), None);
+            assert_eq!(obs.cluster_id, Some(0xc1));
+            // The membership is asked once through every member; each member is asked its own status.
+            let calls = etcd.calls();
+            assert_eq!(
+                calls[0],
+                "member_list http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379"
+            );
+            let mut statuses: Vec<&String> = calls[1..].iter().collect();
+            statuses.sort();
+            assert_eq!(
+                statuses,
+                [
+                    "status http://10.0.0.1:2379",
+                    "status http://10.0.0.2:2379",
+                    "status http://10.0.0.3:2379"
+                ]
+            );
+        }
+
+        #[tokio::test]
+        async fn when_no_member_answers_the_pods_are_still_seen_and_the_error_is_kept() {
+            let c = cluster(false);
+            let etcd = fake("http", &[], None);
+            let obs = assemble(&etcd, &c, read(&c, false), jiff::Timestamp::now())
+                .await
+                .unwrap();
+            assert_eq!(obs.observed.membership, None);
+            assert!(obs.membership_error.is_some_and(|e| e.contains("timed out")));
+            assert_eq!(obs.observed.pods.len(), 3);
+        }
+
+        #[tokio::test]
+        async fn a_tls_cluster_is_asked_over_https_with_each_members_dns_name() {
+            let c = cluster(true);
+            let etcd = fake("https", &[0, 1, 2], None);
+            let obs = assemble(&etcd, &c, read(&c, true), jiff::Timestamp::now())
+                .await
+                .unwrap();
+            assert_eq!(obs.observed.membership.map(|m| m.members.len()), Some(3));
+            assert!(etcd.calls()[0].starts_with("member_list https://10.0.0.1:2379,"));
+            let names: Vec<String> = obs
+                .endpoints
+                .iter()
+                .filter_map(|(_, e)| e.tls.as_ref().map(|(n, _)| n.clone()))
+                .collect();
+            assert_eq!(names, ["c-0.c.ns.svc", "c-1.c.ns.svc", "c-2.c.ns.svc"]);
+        }
     }
 }
