@@ -29,10 +29,20 @@ deps:
 	@$(T) deps e2e/scripts/build-all.sh
 
 ## build: the workspace's binaries in release (the images are made from them).
+## The failpoints operator is built with the same package selection as the workspace build
+## (--workspace), so Cargo unifies the same features and compiles every dependency once; only the
+## operator crate is compiled twice. (With -p ouroboros-operator the operator's graph alone is unified
+## and about a hundred dependency units were compiled a second time.) The plain build runs second: it
+## points release/etcd-operator back at the binary without failpoints, which the last check asserts.
 build: deps
-	@$(T) cargo-build-failpoints bash -c 'cargo build --release --locked -p ouroboros-operator --features failpoints && \
+	@$(T) cargo-build-failpoints bash -c 'cargo build --release --locked --workspace --bin etcd-operator \
+	  --features ouroboros-operator/failpoints && \
 	  cp $(CARGO_TARGET_DIR)/release/etcd-operator $(CARGO_TARGET_DIR)/release/etcd-operator-failpoints'
 	@$(T) cargo-build cargo build --release --workspace --bins --locked
+	@grep -q OUROBOROS_FAILPOINTS $(CARGO_TARGET_DIR)/release/etcd-operator-failpoints || \
+	  { echo "etcd-operator-failpoints was built without the failpoints feature" >&2; exit 1; }
+	@! grep -q OUROBOROS_FAILPOINTS $(CARGO_TARGET_DIR)/release/etcd-operator || \
+	  { echo "etcd-operator holds the failpoints feature: it must never be deployed so" >&2; exit 1; }
 	@$(T) cargo-build-member-lock env CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
 	  cargo build --release --locked --target x86_64-unknown-linux-gnu -p ouroboros-member-lock
 

@@ -131,7 +131,8 @@ async fn fetch_command(command: Command) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Both rustls providers are compiled into the workspace; pick one explicitly.
+    // The workspace compiles rustls with ring only; installing it explicitly keeps it the provider
+    // should a dependency ever enable another one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use aws_sdk_s3::{
     Client,
-    config::{BehaviorVersion, Credentials, Region},
+    config::{BehaviorVersion, Credentials, Region, SharedHttpClient},
     primitives::ByteStream,
     types::{CompletedMultipartUpload, CompletedPart},
 };
@@ -123,6 +123,31 @@ pub(crate) fn sdk_error<
     s3_error(action, bucket, key, message)
 }
 
+/// The HTTP client of the S3 store and of the AWS credential chain: hyper 1 and rustls with ring,
+/// the workspace's one TLS stack, trusting the system's root certificates. It is the SDK's own
+/// default client (`default-https-client`, which would compile aws-lc-rs instead) with ring for the
+/// cryptography, proxy settings from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`)
+/// included. The endpoint's scheme decides: `https` for AWS, plain `http` for a local MinIO.
+pub fn http_client() -> SharedHttpClient {
+    use aws_smithy_http_client::{
+        Builder, Connector,
+        proxy::ProxyConfig,
+        tls::{Provider, rustls_provider::CryptoMode},
+    };
+    // As aws-smithy-runtime builds its default client (`build_with_connector_fn` is doc(hidden) in
+    // aws-smithy-http-client 1.5; `build_https` would take no proxy settings). Connectors are
+    // cached per connector settings, so connections are pooled across requests.
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn = Connector::builder().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            conn.set_sleep_impl(components.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    })
+}
+
 impl Store {
     /// An S3 store; without static credentials the default AWS chain is used.
     ///
@@ -136,8 +161,10 @@ impl Store {
         } else {
             config.region.clone()
         });
+        let http = http_client();
         let mut b = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(http.clone())
             .region(region.clone())
             .force_path_style(config.force_path_style);
         if let Some(ep) = &config.endpoint {
@@ -155,6 +182,7 @@ impl Store {
             }
             None => {
                 let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .http_client(http)
                     .region(region)
                     .load()
                     .await;

@@ -99,7 +99,9 @@ async fn child() {
     };
     match std::env::var(MODE).as_deref() {
         Ok("defaults-without-region") => {
+            // With the store's HTTP client: the SDK compiles none of its own.
             let _ = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .http_client(ouroboros_backup_sidecar::store::http_client())
                 .load()
                 .await;
         }

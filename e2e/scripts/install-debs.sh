@@ -6,7 +6,7 @@
 # Why each package (the minimal-root check, e2e/scripts/check-fresh-root.sh, finds a missing one):
 #   protobuf-compiler + libprotobuf-dev  etcd-client's build runs protoc on etcd's .proto files, which
 #                                        import google/protobuf/descriptor.proto (only in -dev)
-#   gcc libc6-dev                        Rust links with `cc`; build scripts (aws-lc-sys, ring) compile C
+#   gcc libc6-dev                        Rust links with `cc`; build scripts (ring) compile C
 #   python3                              e2e/scripts/mkimage.py builds the images offline
 #   ca-certificates                      the Go module proxy and crates.io over HTTPS
 #   containerd runc containernetworking-plugins iptables conntrack ethtool socat kmod iproute2

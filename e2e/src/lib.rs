@@ -15,7 +15,8 @@ use kube::{
 
 /// A client for the cluster under test.
 pub async fn client() -> anyhow::Result<Client> {
-    // Both rustls providers are compiled into the workspace; pick one explicitly.
+    // The workspace compiles rustls with ring only; installing it explicitly keeps it the provider
+    // should a dependency ever enable another one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::try_default()
         .await

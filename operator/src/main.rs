@@ -20,8 +20,9 @@ use ouroboros_operator::{
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format);
-    // kube pulls in rustls with ring, aws-sdk-s3 (in the same workspace) with aws-lc-rs; with both
-    // compiled in, rustls cannot choose, so choose once here.
+    // The workspace compiles rustls with ring only (the sidecar's S3 client too); installing it
+    // explicitly keeps it the provider should a dependency ever enable another one, when rustls could
+    // not choose.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting etcd-operator");
 
