@@ -120,7 +120,9 @@ pub async fn ensure_sidecar_tls(ctx: &Context, cluster: &EtcdCluster) -> Result<
     Ok(())
 }
 
-/// way: patches `etcd.ouroboros.dev/next-ordinal` past `name`'s ordinal unless it is already past it.
+/// Records member `name`'s ordinal as taken before its claim or pod exists (the cluster controller's
+/// members and the restore's seed alike), so names never repeat: patches
+/// `etcd.ouroboros.dev/next-ordinal` past it unless it is already past it.
 pub async fn record_ordinal_taken(
     ctx: &Context,
     cluster: &EtcdCluster,

@@ -119,7 +119,7 @@ pub enum StartStep {
         /// Its pod.
         pod: MemberPod,
         /// The sidecar's job.
-        job: Job,
+        job: Box<Job>,
         /// The deadline, from now.
         timeout: Duration,
     },
@@ -184,7 +184,7 @@ pub fn start_step(v: StartView) -> StartStep {
     let (id, name) = v.backup;
     let (cluster_name, cluster_uid) = v.cluster;
     StartStep::Start {
-        job: Job {
+        job: Box::new(Job {
             id,
             name,
             cluster_name,
@@ -193,7 +193,7 @@ pub fn start_step(v: StartView) -> StartStep {
             destination,
             compression_level: v.compression_level,
             encryption,
-        },
+        }),
         member,
         pod,
         timeout: backup_timeout(v.db_size),

@@ -91,8 +91,7 @@ pub async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &SidecarAddr) 
                 return Err(KubeCallError {
                     action: "deleting an EtcdBackup by retention",
                     source: e,
-                }
-                .into());
+                });
             }
         }
     }

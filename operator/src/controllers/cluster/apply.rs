@@ -346,8 +346,6 @@ async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Res
         })
 }
 
-/// The write behind [`record_ordinal`], shared with the restore, which names its seed member the same
-
 /// Where an existing self-hosted member pod was placed, from its node and annotations.
 fn placement_of(pod: &Pod) -> Option<Placement> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
