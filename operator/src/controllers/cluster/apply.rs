@@ -29,19 +29,6 @@ use crate::{
 /// Why applying a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// A Kubernetes write failed.
-    #[error("{action} {kind} {name}: {source}")]
-    Kube {
-        /// What was attempted.
-        action: &'static str,
-        /// Object kind.
-        kind: &'static str,
-        /// Object name.
-        name: String,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
     /// An etcd call failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
@@ -109,12 +96,12 @@ pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Res
         if pvcs
             .get_opt(&pvc.name_any())
             .await
-            .map_err(|source| ApplyError::Kube {
+            .map_err(|source| ApplyError::Write(WriteError::Kube {
                 action: "reading",
                 kind: "PersistentVolumeClaim",
                 name: pvc.name_any(),
                 source,
-            })?
+            }))?
             .is_none()
         {
             apply(&pvcs, &pvc, "PersistentVolumeClaim").await?;
@@ -140,12 +127,12 @@ async fn start_member(
         let existing = claims
             .get_opt(&claim_name)
             .await
-            .map_err(|source| ApplyError::Kube {
+            .map_err(|source| ApplyError::Write(WriteError::Kube {
                 action: "reading",
                 kind: "PersistentVolumeClaim",
                 name: claim_name.clone(),
                 source,
-            })?;
+            }))?;
         if let Some(owner) = existing
             .as_ref()
             .and_then(|c| vocabulary::foreign_owner(&c.metadata, cluster))
@@ -321,12 +308,12 @@ pub async fn sync_voter_labels(
         let patch = serde_json::json!({"metadata": {"labels": {vocabulary::LABEL_VOTER: want}}});
         pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| ApplyError::Kube {
+            .map_err(|source| ApplyError::Write(WriteError::Kube {
                 action: "labelling",
                 kind: "Pod",
                 name: p.name.clone(),
                 source,
-            })?;
+            }))?;
     }
     Ok(())
 }
@@ -338,12 +325,12 @@ pub async fn sync_voter_labels(
 async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
     cluster_writes::record_ordinal_taken(ctx, cluster, name)
         .await
-        .map_err(|source| ApplyError::Kube {
+        .map_err(|source| ApplyError::Write(WriteError::Kube {
             action: "recording the next ordinal on",
             kind: "EtcdCluster",
             name: cluster.name_any(),
             source,
-        })
+        }))
 }
 
 /// Where an existing self-hosted member pod was placed, from its node and annotations.
@@ -378,12 +365,12 @@ async fn delete_member_pod(ctx: &Context, cluster: &EtcdCluster, name: &str) -> 
     let ns = cluster.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match pods.delete(name, &DeleteParams::default()).await {
-        Err(e) if !is_not_found(&e) => Err(ApplyError::Kube {
+        Err(e) if !is_not_found(&e) => Err(ApplyError::Write(WriteError::Kube {
             action: "deleting",
             kind: "Pod",
             name: name.to_owned(),
             source: e,
-        }),
+        })),
         _ => Ok(()),
     }
 }
@@ -399,12 +386,12 @@ async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str)
         if let Err(e) = pvcs.delete(&pvc, &DeleteParams::default()).await
             && !gone(&e)
         {
-            return Err(ApplyError::Kube {
+            return Err(ApplyError::Write(WriteError::Kube {
                 action: "deleting",
                 kind: "PersistentVolumeClaim",
                 name: pvc,
                 source: e,
-            });
+            }));
         }
     }
     Ok(())
