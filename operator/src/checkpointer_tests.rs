@@ -11,13 +11,35 @@ use crate::{
     vocabulary::{Images, InitialClusterState, LABEL_CLUSTER, Placement, Ports},
 };
 
-const SELF_HOSTED: &str = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: kube-etcd, namespace: kube-system, uid: 1234abcd-0000}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://10.0.0.1:12379', hostDataDir: /var/lib/etcd-members}}\n";
-const TLS: &str = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: kube-etcd, namespace: kube-system, uid: 1234abcd-0000}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'https://10.0.0.1:12379'}, tls: {peerSecret: peer, serverSecret: server, operatorClientSecret: client}}\n";
+/// The self-hosted cluster `kube-system/kube-etcd` with this spec.
+fn kube_etcd(spec: serde_json::Value) -> EtcdCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": "kube-etcd", "namespace": "kube-system", "uid": "1234abcd-0000"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn self_hosted() -> EtcdCluster {
+    kube_etcd(json!({
+        "size": 3,
+        "selfHosted": {"bootMemberClientEndpoint": "http://10.0.0.1:12379", "hostDataDir": "/var/lib/etcd-members"},
+    }))
+}
+
+fn tls() -> EtcdCluster {
+    kube_etcd(json!({
+        "size": 3,
+        "selfHosted": {"bootMemberClientEndpoint": "https://10.0.0.1:12379"},
+        "tls": {"peerSecret": "peer", "serverSecret": "server", "operatorClientSecret": "client"},
+    }))
+}
 
 /// A member pod as the API server stores it: built by the operator, then given a node, a uid and
 /// the service-account token volume by admission.
-fn member_pod(cluster_yaml: &str) -> Pod {
-    let cluster: EtcdCluster = serde_yaml::from_str(cluster_yaml).unwrap();
+fn member_pod(cluster: &EtcdCluster) -> Pod {
     let images = Images {
         etcd_repository: "localhost/ouroboros/etcd".into(),
         sidecar: "localhost/ouroboros/etcd-backup-sidecar:1".into(),
@@ -28,7 +50,7 @@ fn member_pod(cluster_yaml: &str) -> Pod {
         ports: Ports::block(2379),
     };
     let mut pod = self_hosted_member_pod(
-        &cluster,
+        cluster,
         &images,
         "kube-etcd-0",
         "3.6.16".parse().unwrap(),
@@ -67,7 +89,7 @@ fn volume<'a>(pod: &'a Pod, name: &str) -> Option<&'a Volume> {
 
 #[test]
 fn a_checkpoint_runs_the_same_etcd_on_the_same_host_data_without_the_api() {
-    let pod = member_pod(SELF_HOSTED);
+    let pod = member_pod(&self_hosted());
     let c = checkpoint(&pod, Path::new("/var/lib/ouroboros/checkpoint-secrets")).unwrap();
     assert_eq!(
         file_name(&pod),
@@ -125,7 +147,7 @@ fn pod_with(spec: PodSpec) -> Pod {
 
 #[test]
 fn tls_secrets_become_host_directories_the_checkpointer_fills() {
-    let pod = member_pod(TLS);
+    let pod = member_pod(&tls());
     let c = checkpoint(&pod, Path::new("/var/lib/cs")).unwrap();
     assert_eq!(
         c.secrets,
@@ -152,7 +174,7 @@ fn tls_secrets_become_host_directories_the_checkpointer_fills() {
 
 #[test]
 fn a_volume_a_static_pod_cannot_have_is_refused_by_name() {
-    let mut pod = member_pod(SELF_HOSTED);
+    let mut pod = member_pod(&self_hosted());
     let spec = pod.spec.as_mut().unwrap();
     spec.volumes.as_mut().unwrap()[0] = serde_json::from_value(
         json!({"name": "data", "persistentVolumeClaim": {"claimName": "kube-etcd-0-data"}}),
@@ -163,7 +185,7 @@ fn a_volume_a_static_pod_cannot_have_is_refused_by_name() {
         err.to_string(),
         "pod kube-system/kube-etcd-0: volume data (persistentVolumeClaim) cannot be used by a static pod"
     );
-    let mut no_etcd = member_pod(SELF_HOSTED);
+    let mut no_etcd = member_pod(&self_hosted());
     no_etcd.spec.as_mut().unwrap().containers.remove(0);
     assert!(matches!(
         checkpoint(&no_etcd, Path::new("/x")),
@@ -176,7 +198,7 @@ fn a_volume_a_static_pod_cannot_have_is_refused_by_name() {
 
 #[test]
 fn pods_being_deleted_or_finished_lose_their_checkpoint() {
-    let running = member_pod(SELF_HOSTED);
+    let running = member_pod(&self_hosted());
     assert!(wants_checkpoint(&running));
     let mut deleting = running.clone();
     deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -237,14 +259,14 @@ fn a_live_pod_that_cannot_be_copied_now_keeps_its_old_checkpoint() {
         }]
     );
     assert_eq!(
-        file_name(&member_pod(SELF_HOSTED)),
+        file_name(&member_pod(&self_hosted())),
         "ouroboros-checkpoint-kube-system_kube-etcd-0.json"
     );
 }
 
 #[test]
 fn the_checkpoint_file_is_a_pod_the_kubelet_can_read() {
-    let c = checkpoint(&member_pod(SELF_HOSTED), Path::new("/x")).unwrap();
+    let c = checkpoint(&member_pod(&self_hosted()), Path::new("/x")).unwrap();
     let text = serde_json::to_string(&c.pod).unwrap();
     let back: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(back["apiVersion"], "v1");

@@ -211,6 +211,7 @@ pub async fn run(client: Client, args: &HandoverArgs) -> Result<Vec<String>, Han
 mod tests {
     use super::*;
     use clap::Parser;
+    use serde_json::json;
 
     fn args() -> HandoverArgs {
         let a = crate::cli::Args::try_parse_from([
@@ -230,11 +231,23 @@ mod tests {
     }
 
     /// Status once the pivot is over: the boot member gone, three members ready.
-    const REMOVED: &str = "{size: 3, readyMembers: 3, clientEndpoints: ['http://10.0.0.1:2379', 'http://10.0.0.1:2389', 'http://10.0.0.1:2399'], conditions: [{type: BootMemberRemoved, status: 'True', reason: BootMemberRemoved, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}, {type: Available, status: 'True', reason: QuorumHealthy, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
+    fn removed() -> serde_json::Value {
+        json!({
+            "size": 3,
+            "readyMembers": 3,
+            "clientEndpoints": ["http://10.0.0.1:2379", "http://10.0.0.1:2389", "http://10.0.0.1:2399"],
+            "conditions": [
+                {"type": "BootMemberRemoved", "status": "True", "reason": "BootMemberRemoved", "message": "m",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Available", "status": "True", "reason": "QuorumHealthy", "message": "m",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            ],
+        })
+    }
 
-    fn with_status(yaml: &str) -> EtcdCluster {
+    fn with_status(status: serde_json::Value) -> EtcdCluster {
         let mut c = desired_cluster(&args());
-        c.status = Some(serde_yaml::from_str(yaml).unwrap());
+        c.status = Some(serde_json::from_value(status).unwrap());
         c
     }
 
@@ -251,16 +264,20 @@ mod tests {
     #[test]
     fn done_only_when_the_boot_member_is_gone_and_every_member_is_ready() {
         assert_eq!(
-            progress(&with_status(REMOVED)),
+            progress(&with_status(removed())),
             Progress::Done(vec![
                 "http://10.0.0.1:2379".into(),
                 "http://10.0.0.1:2389".into(),
                 "http://10.0.0.1:2399".into()
             ])
         );
-        let one_down = REMOVED.replace("readyMembers: 3", "readyMembers: 2");
-        assert!(matches!(progress(&with_status(&one_down)), Progress::Waiting(_)));
-        let pivoting = "{size: 4, readyMembers: 4, conditions: [{type: BootMemberRemoved, status: 'False', reason: Pivoting, message: still there, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
+        let mut one_down = removed();
+        one_down["readyMembers"] = json!(2);
+        assert!(matches!(progress(&with_status(one_down)), Progress::Waiting(_)));
+        let pivoting = json!({"size": 4, "readyMembers": 4, "conditions": [{
+            "type": "BootMemberRemoved", "status": "False", "reason": "Pivoting", "message": "still there",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]});
         let Progress::Waiting(w) = progress(&with_status(pivoting)) else {
             panic!("not waiting");
         };
@@ -269,7 +286,7 @@ mod tests {
 
     #[test]
     fn with_a_client_service_ip_the_api_server_is_pointed_at_the_service() {
-        let mut c = with_status(REMOVED);
+        let mut c = with_status(removed());
         c.spec.self_hosted.as_mut().unwrap().client_service_ip = Some("10.96.0.15".into());
         assert_eq!(
             progress(&c),
@@ -279,7 +296,10 @@ mod tests {
 
     #[test]
     fn a_refused_boot_cluster_ends_the_wait() {
-        let refused = "{conditions: [{type: Degraded, status: 'True', reason: BootClusterInvalid, message: two members, lastTransitionTime: '2026-01-01T00:00:00Z'}]}";
+        let refused = json!({"conditions": [{
+            "type": "Degraded", "status": "True", "reason": "BootClusterInvalid", "message": "two members",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]});
         assert_eq!(
             progress(&with_status(refused)),
             Progress::Refused("two members".into())

@@ -55,32 +55,41 @@ pub async fn read_key(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn cluster(encryption: Option<&str>) -> EtcdCluster {
-        let yaml = match encryption {
+        let spec = match encryption {
             Some(s) => {
-                format!(
-                    "spec: {{size: 1, backup: {{schedule: '0 * * * *', encryption: {{secretName: {s}}}}}}}"
-                )
+                json!({"size": 1, "backup": {"schedule": "0 * * * *", "encryption": {"secretName": s}}})
             }
-            None => "spec: {size: 1}".into(),
+            None => json!({"size": 1}),
         };
-        serde_yaml::from_str(&format!(
-            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: c, namespace: ns}}\n{yaml}\n"
-        ))
+        serde_json::from_value(json!({
+            "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+            "kind": "EtcdCluster",
+            "metadata": {"name": "c", "namespace": "ns"},
+            "spec": spec,
+        }))
         .unwrap()
     }
 
     #[test]
     fn a_backup_uses_its_own_encryption_before_the_clusters() {
-        let own: EtcdBackup = serde_yaml::from_str(
-            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: b}\nspec: {clusterName: c, encryption: {secretName: mine}}\n",
-        )
+        let own: EtcdBackup = serde_json::from_value(json!({
+            "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+            "kind": "EtcdBackup",
+            "metadata": {"name": "b"},
+            "spec": {"clusterName": "c", "encryption": {"secretName": "mine"}},
+        }))
         .unwrap();
-        let plain: EtcdBackup = serde_yaml::from_str(
-            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: b}\nspec: {clusterName: c}\n",
-        )
+        let plain: EtcdBackup = serde_json::from_value(json!({
+            "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+            "kind": "EtcdBackup",
+            "metadata": {"name": "b"},
+            "spec": {"clusterName": "c"},
+        }))
         .unwrap();
         let c = cluster(Some("cluster-keys"));
         assert_eq!(for_backup(&own, &c).unwrap().secret_name, "mine");
@@ -90,20 +99,32 @@ mod tests {
 
     #[test]
     fn a_restore_decrypts_with_its_own_secret_else_the_clusters_or_the_templates() {
-        let r = |extra: &str| -> EtcdRestore {
-            serde_yaml::from_str(&format!(
-                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: r}}\n\
-                 spec: {{clusterName: c, source: {{latest: true}}{extra}}}\n"
-            ))
+        // `extra`: fields added to the spec beside clusterName and source.
+        let r = |extra: serde_json::Value| -> EtcdRestore {
+            let mut spec = json!({"clusterName": "c", "source": {"latest": true}});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(json!({
+                "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+                "kind": "EtcdRestore",
+                "metadata": {"name": "r"},
+                "spec": spec,
+            }))
             .unwrap()
         };
         let c = cluster(Some("cluster-keys"));
-        assert_eq!(for_restore(&r(""), Some(&c)).unwrap().secret_name, "cluster-keys");
-        let own = r(", encryption: {secretName: restore-keys}");
+        assert_eq!(
+            for_restore(&r(json!({})), Some(&c)).unwrap().secret_name,
+            "cluster-keys"
+        );
+        let own = r(json!({"encryption": {"secretName": "restore-keys"}}));
         assert_eq!(for_restore(&own, Some(&c)).unwrap().secret_name, "restore-keys");
-        let templated =
-            r(", clusterTemplate: {size: 1, backup: {schedule: '0 * * * *', encryption: {secretName: t}}}");
+        let templated = r(json!({"clusterTemplate": {
+            "size": 1,
+            "backup": {"schedule": "0 * * * *", "encryption": {"secretName": "t"}},
+        }}));
         assert_eq!(for_restore(&templated, None).unwrap().secret_name, "t");
-        assert_eq!(for_restore(&r(""), Some(&cluster(None))), None);
+        assert_eq!(for_restore(&r(json!({})), Some(&cluster(None))), None);
     }
 }

@@ -5,8 +5,15 @@ use k8s_openapi::api::core::v1::Pod;
 use super::*;
 use crate::vocabulary::*;
 
-fn cluster(yaml: &str) -> EtcdCluster {
-    let mut c: EtcdCluster = serde_yaml::from_str(yaml).unwrap();
+/// The cluster `c` in namespace `ns` with this spec.
+fn cluster(spec: serde_json::Value) -> EtcdCluster {
+    let mut c: EtcdCluster = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": "c"},
+        "spec": spec,
+    }))
+    .unwrap();
     c.metadata.namespace = Some("ns".into());
     c.metadata.uid = Some("1234abcd-0000".into());
     c
@@ -14,9 +21,7 @@ fn cluster(yaml: &str) -> EtcdCluster {
 
 #[test]
 fn a_claim_of_a_deleted_namesake_is_foreign() {
-    let c = cluster(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1}\n",
-    );
+    let c = cluster(json!({"size": 1}));
     let owned_by = |uid: &str, kind: &str| {
         serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
             serde_json::json!({
@@ -42,8 +47,9 @@ fn images() -> Images {
     }
 }
 
-const MINIMAL: &str =
-    "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3}\n";
+fn minimal() -> EtcdCluster {
+    cluster(json!({"size": 3}))
+}
 
 #[test]
 fn url_hosts_and_ports() {
@@ -61,7 +67,7 @@ fn url_hosts_and_ports() {
 
 #[test]
 fn names_and_urls() {
-    let c = cluster(MINIMAL);
+    let c = minimal();
     assert_eq!(peer_url(&c, "c-1"), "http://c-1.c.ns.svc:2380");
     assert_eq!(
         member_name_from_peer_url("http://c-1.c.ns.svc:2380").as_deref(),
@@ -80,9 +86,10 @@ fn names_and_urls() {
 
 #[test]
 fn self_hosted_pods_run_on_their_node_network_with_their_own_ports_and_host_data() {
-    let c = cluster(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://127.0.0.1:22379', hostDataDir: /var/lib/x/}}\n",
-    );
+    let c = cluster(json!({
+        "size": 3,
+        "selfHosted": {"bootMemberClientEndpoint": "http://127.0.0.1:22379", "hostDataDir": "/var/lib/x/"},
+    }));
     let placement = Placement {
         node: "node1".into(),
         ip: "10.0.0.1".into(),
@@ -163,7 +170,7 @@ fn self_hosted_pods_run_on_their_node_network_with_their_own_ports_and_host_data
     );
     // Pods on the pod network keep the usual ports.
     let ordinary = member_pod(
-        &cluster(MINIMAL),
+        &minimal(),
         &images(),
         "c-0",
         v,
@@ -184,9 +191,7 @@ fn self_hosted_pods_run_on_their_node_network_with_their_own_ports_and_host_data
 
 #[test]
 fn members_on_data_written_by_root_keep_root_and_new_claims_are_marked() {
-    let c = cluster(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, storage: {persistentVolumeClaim: {size: 1Gi}}}\n",
-    );
+    let c = cluster(json!({"size": 1, "storage": {"persistentVolumeClaim": {"size": "1Gi"}}}));
     let v = "3.6.16".parse().unwrap();
     let new_claim = member_pvc(&c, "c-0", v).map(Result::unwrap).unwrap();
     assert!(
@@ -209,7 +214,7 @@ fn members_on_data_written_by_root_keep_root_and_new_claims_are_marked() {
 
 #[test]
 fn seed_pod_starts_a_new_cluster_with_emptydir_and_sidecar() {
-    let c = cluster(MINIMAL);
+    let c = minimal();
     let v = "3.6.16".parse().unwrap();
     let p = member_pod(&c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]).unwrap();
     let spec = p.spec.unwrap();
@@ -303,10 +308,10 @@ fn seed_pod_starts_a_new_cluster_with_emptydir_and_sidecar() {
 
 #[test]
 fn pvc_storage_gives_each_member_a_claim() {
-    let c = cluster(
-        &format!("{MINIMAL}  storage: {{persistentVolumeClaim: {{size: 2Gi, storageClassName: fast}}}}\n")
-            .replace("spec: {size: 3}\n", "spec:\n  size: 3\n"),
-    );
+    let c = cluster(json!({
+        "size": 3,
+        "storage": {"persistentVolumeClaim": {"size": "2Gi", "storageClassName": "fast"}},
+    }));
     let v = "3.6.16".parse().unwrap();
     let pvc = member_pvc(&c, "c-2", v).map(Result::unwrap).unwrap();
     assert_eq!(pvc.metadata.name.as_deref(), Some("c-2-data"));
@@ -328,11 +333,7 @@ fn pvc_storage_gives_each_member_a_claim() {
         vol.persistent_volume_claim.as_ref().unwrap().claim_name,
         "c-2-data"
     );
-    assert!(
-        member_pvc(&cluster(MINIMAL), "c-0", v)
-            .map(Result::unwrap)
-            .is_none()
-    );
+    assert!(member_pvc(&minimal(), "c-0", v).map(Result::unwrap).is_none());
 }
 
 fn sidecar_backup_mount(p: &Pod) -> Option<(String, String)> {
@@ -359,11 +360,19 @@ fn backups_default_to_a_claim_beside_pvc_data_and_to_none_otherwise() {
     let pod = |c: &EtcdCluster| {
         member_pod(c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]).unwrap()
     };
-    let pvc_data =
-        "spec:\n  size: 3\n  storage: {persistentVolumeClaim: {size: 2Gi, storageClassName: fast}}\n";
-    let with = |extra: &str| cluster(&MINIMAL.replace("spec: {size: 3}\n", &format!("{pvc_data}{extra}")));
+    // `extra`: fields added to a spec with PVC data.
+    let with = |extra: serde_json::Value| {
+        let mut spec = json!({
+            "size": 3,
+            "storage": {"persistentVolumeClaim": {"size": "2Gi", "storageClassName": "fast"}},
+        });
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        cluster(spec)
+    };
 
-    let c = with("");
+    let c = with(json!({}));
     let claim = default_backup_pvc(&c).map(Result::unwrap).unwrap();
     assert_eq!(claim.metadata.name.as_deref(), Some("c-backups"));
     assert!(
@@ -380,8 +389,10 @@ fn backups_default_to_a_claim_beside_pvc_data_and_to_none_otherwise() {
         "/backups/c-backups/ns/c"
     );
 
-    let named =
-        with("  backup: {schedule: '0 * * * *', destination: {volume: {claimName: shared, path: etcd/}}}\n");
+    let named = with(json!({"backup": {
+        "schedule": "0 * * * *",
+        "destination": {"volume": {"claimName": "shared", "path": "etcd/"}},
+    }}));
     assert!(default_backup_pvc(&named).map(Result::unwrap).is_none());
     assert_eq!(
         sidecar_backup_mount(&pod(&named)),
@@ -392,18 +403,18 @@ fn backups_default_to_a_claim_beside_pvc_data_and_to_none_otherwise() {
         "/backups/shared/etcd/ns/c"
     );
 
-    let s3 = with("  backup: {schedule: '0 * * * *', destination: {s3: {bucket: bkt}}}\n");
+    let s3 = with(json!({"backup": {"schedule": "0 * * * *", "destination": {"s3": {"bucket": "bkt"}}}}));
     assert!(default_backup_pvc(&s3).map(Result::unwrap).is_none());
     assert_eq!(sidecar_backup_mount(&pod(&s3)), None);
 
-    let empty_dir = cluster(MINIMAL);
+    let empty_dir = minimal();
     assert!(backup_volume(&empty_dir).is_none());
     assert_eq!(sidecar_backup_mount(&pod(&empty_dir)), None);
 }
 
 #[test]
 fn pdb_keeps_quorum() {
-    let c = cluster(MINIMAL);
+    let c = minimal();
     let pdb = pod_disruption_budget(&c).unwrap();
     assert_eq!(
         pdb.spec.unwrap().min_available,
@@ -413,9 +424,8 @@ fn pdb_keeps_quorum() {
 
 #[test]
 fn repository_override_and_required_anti_affinity() {
-    let c = cluster(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, repository: my.registry/etcd, pod: {antiAffinity: Required}}\n",
-    );
+    let c =
+        cluster(json!({"size": 1, "repository": "my.registry/etcd", "pod": {"antiAffinity": "Required"}}));
     assert_eq!(
         etcd_image(&c, &images(), "3.5.35".parse().unwrap()),
         "my.registry/etcd:v3.5.35"
@@ -444,7 +454,7 @@ fn repository_override_and_required_anti_affinity() {
 #[test]
 fn tls_members_use_https_and_mount_their_certificates() {
     let c = cluster(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 1, tls: {peerSecret: p, serverSecret: s, operatorClientSecret: o}}\n",
+        json!({"size": 1, "tls": {"peerSecret": "p", "serverSecret": "s", "operatorClientSecret": "o"}}),
     );
     assert_eq!(peer_url(&c, "c-0"), "https://c-0.c.ns.svc:2380");
     let p = member_pod(
@@ -503,7 +513,7 @@ fn tls_members_use_https_and_mount_their_certificates() {
 
 #[test]
 fn services_select_the_cluster() {
-    let c = cluster(MINIMAL);
+    let c = minimal();
     let h = headless_service(&c).unwrap().spec.unwrap();
     assert_eq!(h.cluster_ip.as_deref(), Some("None"));
     assert_eq!(h.publish_not_ready_addresses, Some(true));
@@ -513,9 +523,8 @@ fn services_select_the_cluster() {
     assert_eq!(spec.selector.unwrap()[LABEL_CLUSTER], "c");
     // Ordinary clients only reach ready members.
     assert_eq!(spec.publish_not_ready_addresses, Some(false));
-    let self_hosted = cluster(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: c}\nspec: {size: 3, selfHosted: {bootMemberClientEndpoint: 'http://127.0.0.1:22379'}}\n",
-    );
+    let self_hosted =
+        cluster(json!({"size": 3, "selfHosted": {"bootMemberClientEndpoint": "http://127.0.0.1:22379"}}));
     // The API server's etcd must not depend on readiness that only the API server can record.
     let spec = client_service(&self_hosted).unwrap().spec.unwrap();
     assert_eq!(spec.publish_not_ready_addresses, Some(true));

@@ -489,54 +489,86 @@ pub fn pod_state(p: &Pod) -> PodState {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
-    fn pod(yaml: &str) -> Pod {
-        serde_yaml::from_str(yaml).unwrap()
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]
     fn a_pull_failure_is_named_with_its_image() {
-        let pulling = pod(
-            "status: {phase: Pending, containerStatuses: [{name: etcd, image: 'localhost/ouroboros/etcd:v3.9.9', imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: ImagePullBackOff, message: 'Back-off pulling image'}}}]}",
-        );
+        let pulling = pod(json!({"status": {"phase": "Pending", "containerStatuses": [{
+            "name": "etcd",
+            "image": "localhost/ouroboros/etcd:v3.9.9",
+            "imageID": "",
+            "ready": false,
+            "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+        }]}}));
         assert_eq!(
             image_problem(&pulling).as_deref(),
             Some("container etcd cannot pull localhost/ouroboros/etcd:v3.9.9")
         );
         // Waiting for another reason (starting, crash loop) is not a pull failure.
-        let starting = pod(
-            "status: {phase: Pending, containerStatuses: [{name: etcd, image: e, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: ContainerCreating}}}]}",
-        );
+        let starting = pod(json!({"status": {"phase": "Pending", "containerStatuses": [{
+            "name": "etcd",
+            "image": "e",
+            "imageID": "",
+            "ready": false,
+            "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}},
+        }]}}));
         assert_eq!(image_problem(&starting), None);
-        assert_eq!(image_problem(&pod("status: {phase: Running}")), None);
+        assert_eq!(image_problem(&pod(json!({"status": {"phase": "Running"}}))), None);
     }
 
     #[test]
     fn pod_states() {
         assert_eq!(
-            pod_state(&pod("metadata: {name: a}\nstatus: {phase: Pending}")),
+            pod_state(&pod(
+                json!({"metadata": {"name": "a"}, "status": {"phase": "Pending"}})
+            )),
             PodState::Starting
         );
         assert_eq!(
-            pod_state(&pod("metadata: {name: a}\nstatus: {phase: Failed}")),
-            PodState::Terminated
-        );
-        assert_eq!(
-            pod_state(&pod("metadata: {name: a}\nstatus: {phase: Succeeded}")),
+            pod_state(&pod(
+                json!({"metadata": {"name": "a"}, "status": {"phase": "Failed"}})
+            )),
             PodState::Terminated
         );
         assert_eq!(
             pod_state(&pod(
-                "metadata: {name: a, deletionTimestamp: '2026-01-01T00:00:00Z'}\nstatus: {phase: Running}"
+                json!({"metadata": {"name": "a"}, "status": {"phase": "Succeeded"}})
             )),
+            PodState::Terminated
+        );
+        assert_eq!(
+            pod_state(&pod(json!({
+                "metadata": {"name": "a", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                "status": {"phase": "Running"},
+            }))),
             PodState::Deleting
         );
-        let ready = "metadata: {name: a}\nstatus: {phase: Running, conditions: [{type: Ready, status: 'True'}], containerStatuses: [{name: etcd, ready: true, restartCount: 0, image: x, imageID: x, state: {running: {}}}]}";
+        let ready = json!({"metadata": {"name": "a"}, "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "etcd", "ready": true, "restartCount": 0, "image": "x", "imageID": "x",
+                                   "state": {"running": {}}}],
+        }});
         assert_eq!(pod_state(&pod(ready)), PodState::Ready);
-        let running = "metadata: {name: a}\nstatus: {phase: Running, containerStatuses: [{name: etcd, ready: false, restartCount: 1, image: x, imageID: x, state: {running: {}}}]}";
+        let running = json!({"metadata": {"name": "a"}, "status": {
+            "phase": "Running",
+            "containerStatuses": [{"name": "etcd", "ready": false, "restartCount": 1, "image": "x", "imageID": "x",
+                                   "state": {"running": {}}}],
+        }});
         assert_eq!(pod_state(&pod(running)), PodState::Running);
-        let looping = "metadata: {name: a}\nstatus: {phase: Running, containerStatuses: [{name: etcd, ready: false, restartCount: 7, image: x, imageID: x, state: {waiting: {reason: CrashLoopBackOff}}}]}";
+        let looping = json!({"metadata": {"name": "a"}, "status": {
+            "phase": "Running",
+            "containerStatuses": [{"name": "etcd", "ready": false, "restartCount": 7, "image": "x", "imageID": "x",
+                                   "state": {"waiting": {"reason": "CrashLoopBackOff"}}}],
+        }});
         assert_eq!(pod_state(&pod(looping)), PodState::CrashLooping);
     }
 

@@ -116,34 +116,51 @@ fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
-    fn cluster(extra: &str) -> EtcdCluster {
-        serde_yaml::from_str(&format!(
-            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: c, namespace: kube-system}}\nspec:\n  size: 3\n  selfHosted: {{basePort: 2379}}\n{extra}"
-        ))
+    /// A self-hosted cluster of 3; `extra` adds fields to its spec.
+    fn cluster(extra: serde_json::Value) -> EtcdCluster {
+        let mut spec = json!({"size": 3, "selfHosted": {"basePort": 2379}});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(json!({
+            "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+            "kind": "EtcdCluster",
+            "metadata": {"name": "c", "namespace": "kube-system"},
+            "spec": spec,
+        }))
         .unwrap()
     }
 
-    fn node(name: &str, ip: &str, extra: &str) -> Node {
-        serde_yaml::from_str(&format!(
-            "metadata: {{name: {name}, labels: {{role: cp}}}}\nspec: {{{extra}}}\nstatus: {{conditions: [{{type: Ready, status: 'True'}}], addresses: [{{type: InternalIP, address: '{ip}'}}]}}"
-        ))
+    /// A Ready node labelled role=cp; `spec` is its NodeSpec.
+    fn node(name: &str, ip: &str, spec: serde_json::Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"role": "cp"}},
+            "spec": spec,
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "addresses": [{"type": "InternalIP", "address": ip}],
+            },
+        }))
         .unwrap()
     }
 
     fn pod_on(node: &str, base: u16) -> Pod {
-        serde_yaml::from_str(&format!(
-            "metadata: {{name: p, annotations: {{etcd.ouroboros.dev/port-base: '{base}'}}}}\nspec: {{nodeName: {node}, containers: []}}"
-        ))
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {"etcd.ouroboros.dev/port-base": base.to_string()}},
+            "spec": {"nodeName": node, "containers": []},
+        }))
         .unwrap()
     }
 
     #[test]
     fn the_first_member_gets_the_first_block_on_the_first_node() {
         let p = choose(
-            &cluster(""),
-            &[node("b", "10.0.0.2", ""), node("a", "10.0.0.1", "")],
+            &cluster(json!({})),
+            &[node("b", "10.0.0.2", json!({})), node("a", "10.0.0.1", json!({}))],
             &[],
             &[],
         )
@@ -155,45 +172,46 @@ mod tests {
 
     #[test]
     fn members_spread_over_nodes_and_never_share_a_port_block() {
-        let nodes = [node("a", "10.0.0.1", ""), node("b", "10.0.0.2", "")];
-        let p = choose(&cluster(""), &nodes, &[pod_on("a", 2379)], &[]).unwrap();
+        let nodes = [node("a", "10.0.0.1", json!({})), node("b", "10.0.0.2", json!({}))];
+        let p = choose(&cluster(json!({})), &nodes, &[pod_on("a", 2379)], &[]).unwrap();
         assert_eq!((p.node.as_str(), p.ports.client), ("b", 2389));
         // One node: the next free block, skipping one a member without a pod still holds.
-        let p = choose(&cluster(""), &nodes[..1], &[pod_on("a", 2379)], &[2390]).unwrap();
+        let p = choose(&cluster(json!({})), &nodes[..1], &[pod_on("a", 2379)], &[2390]).unwrap();
         assert_eq!(p.ports.client, 2399);
         // A freed block is reused.
-        let p = choose(&cluster(""), &nodes[..1], &[pod_on("a", 2389)], &[]).unwrap();
+        let p = choose(&cluster(json!({})), &nodes[..1], &[pod_on("a", 2389)], &[]).unwrap();
         assert_eq!(p.ports.client, 2379);
     }
 
     #[test]
     fn nodes_must_be_ready_selected_and_tolerated() {
-        let mut not_ready = node("a", "10.0.0.1", "");
+        let mut not_ready = node("a", "10.0.0.1", json!({}));
         not_ready.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
         let tainted = node(
             "b",
             "10.0.0.2",
-            "taints: [{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]",
+            json!({"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}),
         );
-        let cordoned = node("c", "10.0.0.3", "unschedulable: true");
+        let cordoned = node("c", "10.0.0.3", json!({"unschedulable": true}));
         let err = choose(
-            &cluster(""),
+            &cluster(json!({})),
             &[not_ready.clone(), tainted.clone(), cordoned],
             &[],
             &[],
         )
         .unwrap_err();
         assert!(err.contains("no Ready node"), "{err}");
-        let tolerant = cluster(
-            "  pod:\n    nodeSelector: {role: cp}\n    tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]\n",
-        );
+        let tolerant = cluster(json!({"pod": {
+            "nodeSelector": {"role": "cp"},
+            "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}],
+        }}));
         assert_eq!(
             choose(&tolerant, &[not_ready, tainted.clone()], &[], &[])
                 .unwrap()
                 .node,
             "b"
         );
-        let elsewhere = cluster("  pod:\n    nodeSelector: {role: worker}\n");
-        assert!(choose(&elsewhere, &[node("d", "10.0.0.4", "")], &[], &[]).is_err());
+        let elsewhere = cluster(json!({"pod": {"nodeSelector": {"role": "worker"}}}));
+        assert!(choose(&elsewhere, &[node("d", "10.0.0.4", json!({}))], &[], &[]).is_err());
     }
 }

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use ouroboros_crds::{BackupPhase, EtcdBackupStatus, EtcdClusterStatus, EtcdRestoreStatus};
+use serde_json::json;
 
 use super::*;
 
@@ -9,10 +10,18 @@ fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-fn cluster(recovery: &str) -> EtcdCluster {
-    let mut c: EtcdCluster = serde_yaml::from_str(&format!(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: main, namespace: ns, uid: u1}}\nspec: {{size: 3{recovery}}}\n"
-    ))
+/// A cluster of 3 that last saw revision 900; `extra` adds fields to its spec.
+fn cluster(extra: serde_json::Value) -> EtcdCluster {
+    let mut spec = json!({"size": 3});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let mut c: EtcdCluster = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": "main", "namespace": "ns", "uid": "u1"},
+        "spec": spec,
+    }))
     .unwrap();
     c.status = Some(EtcdClusterStatus {
         last_seen_revision: Some(900),
@@ -23,13 +32,16 @@ fn cluster(recovery: &str) -> EtcdCluster {
 }
 
 fn automatic() -> EtcdCluster {
-    cluster(", recovery: {policy: Automatic, gracePeriod: 2m}")
+    cluster(json!({"recovery": {"policy": "Automatic", "gracePeriod": "2m"}}))
 }
 
 fn backup(name: &str, revision: i64, completed: &str) -> EtcdBackup {
-    let mut b: EtcdBackup = serde_yaml::from_str(&format!(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterName: main}}\n"
-    ))
+    let mut b: EtcdBackup = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdBackup",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"clusterName": "main"},
+    }))
     .unwrap();
     b.status = Some(EtcdBackupStatus {
         phase: Some(BackupPhase::Succeeded),
@@ -44,9 +56,12 @@ fn backup(name: &str, revision: i64, completed: &str) -> EtcdBackup {
 }
 
 fn restore(name: &str, cluster: &str, phase: Option<RestorePhase>) -> EtcdRestore {
-    let mut r: EtcdRestore = serde_yaml::from_str(&format!(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterName: {cluster}, source: {{latest: true}}}}\n"
-    ))
+    let mut r: EtcdRestore = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdRestore",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"clusterName": cluster, "source": {"latest": true}},
+    }))
     .unwrap();
     r.status = Some(EtcdRestoreStatus {
         phase,
@@ -70,9 +85,17 @@ fn decide_at(c: &EtcdCluster, now: &str, backups: &[EtcdBackup], restores: &[Etc
 fn manual_or_healthy_clusters_are_left_alone() {
     let backups = [backup("b", 500, "2026-11-22T09:00:00Z")];
     let late = "2026-11-22T11:00:00Z";
-    assert_eq!(decide_at(&cluster(""), late, &backups, &[]), Recovery::NotNeeded);
     assert_eq!(
-        decide_at(&cluster(", recovery: {policy: Manual}"), late, &backups, &[]),
+        decide_at(&cluster(json!({})), late, &backups, &[]),
+        Recovery::NotNeeded
+    );
+    assert_eq!(
+        decide_at(
+            &cluster(json!({"recovery": {"policy": "Manual"}})),
+            late,
+            &backups,
+            &[]
+        ),
         Recovery::NotNeeded
     );
     let healthy = decide(&Input {
@@ -97,7 +120,7 @@ fn nothing_happens_within_the_grace_period() {
         }
     );
     // Without gracePeriod, five minutes.
-    let default = cluster(", recovery: {policy: Automatic}");
+    let default = cluster(json!({"recovery": {"policy": "Automatic"}}));
     assert_eq!(
         decide_at(&default, "2026-11-22T10:02:00Z", &backups, &[]),
         Recovery::Waiting {
@@ -187,7 +210,10 @@ fn without_a_backup_it_says_so() {
 
 #[test]
 fn self_hosted_clusters_are_not_restored_in_place() {
-    let c = cluster(", recovery: {policy: Automatic}, selfHosted: {bootMemberClientEndpoint: ''}");
+    let c = cluster(json!({
+        "recovery": {"policy": "Automatic"},
+        "selfHosted": {"bootMemberClientEndpoint": ""},
+    }));
     let got = decide_at(
         &c,
         "2026-11-22T11:00:00Z",

@@ -8,17 +8,23 @@ use crate::{
 };
 use ouroboros_crds::BackupPhase;
 
-fn restore(source: &str) -> EtcdRestore {
-    serde_yaml::from_str(&format!(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: r, namespace: ns}}\nspec: {{clusterName: main, source: {source}}}\n"
-    ))
+fn restore(source: serde_json::Value) -> EtcdRestore {
+    serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdRestore",
+        "metadata": {"name": "r", "namespace": "ns"},
+        "spec": {"clusterName": "main", "source": source},
+    }))
     .unwrap()
 }
 
 fn backup(name: &str, cluster: &str, phase: BackupPhase, revision: i64, completed: &str) -> EtcdBackup {
-    let mut b: EtcdBackup = serde_yaml::from_str(&format!(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterName: {cluster}}}\n"
-    ))
+    let mut b: EtcdBackup = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdBackup",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"clusterName": cluster},
+    }))
     .unwrap();
     b.status = Some(ouroboros_crds::EtcdBackupStatus {
         phase: Some(phase),
@@ -103,7 +109,7 @@ fn the_fetch_containers_exit_decides_before_the_job_status_catches_up() {
 #[test]
 fn a_started_restore_keeps_the_backup_it_recorded() {
     // `latest` chose "newer"; a newest backup appearing later does not switch the archive.
-    let r = restore("{latest: true}");
+    let r = restore(json!({"latest": true}));
     let first = choose(&r, &mine(), &all()).unwrap();
     let mut more = all();
     more.push(backup(
@@ -132,18 +138,18 @@ fn a_started_restore_keeps_the_backup_it_recorded() {
 
 #[test]
 fn a_named_backup_must_exist_and_have_succeeded() {
-    let c = choose(&restore("{backupName: old}"), &mine(), &all()).unwrap();
+    let c = choose(&restore(json!({"backupName": "old"})), &mine(), &all()).unwrap();
     assert_eq!(
         (c.name.as_str(), c.revision, c.location.as_str()),
         ("old", Some(100), "s3://b/old.tar.gz")
     );
     assert!(
-        choose(&restore("{backupName: failed}"), &mine(), &all())
+        choose(&restore(json!({"backupName": "failed"})), &mine(), &all())
             .unwrap_err()
             .contains("has not succeeded")
     );
     assert!(
-        choose(&restore("{backupName: nope}"), &mine(), &all())
+        choose(&restore(json!({"backupName": "nope"})), &mine(), &all())
             .unwrap_err()
             .contains("does not exist")
     );
@@ -152,29 +158,49 @@ fn a_named_backup_must_exist_and_have_succeeded() {
 #[test]
 fn latest_takes_the_newest_success_of_this_cluster_within_the_bounds() {
     assert_eq!(
-        choose(&restore("{latest: true}"), &mine(), &all()).unwrap().name,
-        "newer"
-    );
-    let bounded = restore("{latest: true, notAfter: '2026-11-20T12:00:00Z'}");
-    assert_eq!(choose(&bounded, &mine(), &all()).unwrap().name, "old");
-    assert_eq!(
-        choose(&restore("{latest: true, maxRevision: 499}"), &mine(), &all())
+        choose(&restore(json!({"latest": true})), &mine(), &all())
             .unwrap()
             .name,
+        "newer"
+    );
+    let bounded = restore(json!({"latest": true, "notAfter": "2026-11-20T12:00:00Z"}));
+    assert_eq!(choose(&bounded, &mine(), &all()).unwrap().name, "old");
+    assert_eq!(
+        choose(
+            &restore(json!({"latest": true, "maxRevision": 499})),
+            &mine(),
+            &all()
+        )
+        .unwrap()
+        .name,
         "old"
     );
-    assert!(choose(&restore("{latest: true, maxRevision: 1}"), &mine(), &all()).is_err());
     assert!(
-        choose(&restore("{latest: true, notAfter: yesterday}"), &mine(), &all())
-            .unwrap_err()
-            .contains("RFC 3339")
+        choose(
+            &restore(json!({"latest": true, "maxRevision": 1})),
+            &mine(),
+            &all()
+        )
+        .is_err()
+    );
+    assert!(
+        choose(
+            &restore(json!({"latest": true, "notAfter": "yesterday"})),
+            &mine(),
+            &all()
+        )
+        .unwrap_err()
+        .contains("RFC 3339")
     );
 }
 
 #[test]
 fn an_object_source_names_the_archive_in_its_store() {
     let s3 = choose(
-        &restore("{object: {destination: {s3: {bucket: bk, prefix: p/}}, key: p/ns/main/x.tar.gz}}"),
+        &restore(json!({"object": {
+            "destination": {"s3": {"bucket": "bk", "prefix": "p/"}},
+            "key": "p/ns/main/x.tar.gz",
+        }})),
         &mine(),
         &[],
     )
@@ -186,18 +212,24 @@ fn an_object_source_names_the_archive_in_its_store() {
         "credentials come from the object's store"
     );
     let vol = choose(
-        &restore("{object: {destination: {volume: {claimName: keep}}, key: /ns/main/x.tar.gz}}"),
+        &restore(json!({"object": {
+            "destination": {"volume": {"claimName": "keep"}},
+            "key": "/ns/main/x.tar.gz",
+        }})),
         &mine(),
         &[],
     )
     .unwrap();
     assert_eq!(vol.location, "file:///backups/keep/ns/main/x.tar.gz");
     for bad in [
-        "{object: {destination: {volume: {claimName: keep}}, key: ../../etc/passwd}}",
-        "{object: {destination: {volume: {claimName: keep}}, key: ''}}",
-        "{object: {destination: {}, key: x.tar.gz}}",
+        json!({"object": {"destination": {"volume": {"claimName": "keep"}}, "key": "../../etc/passwd"}}),
+        json!({"object": {"destination": {"volume": {"claimName": "keep"}}, "key": ""}}),
+        json!({"object": {"destination": {}, "key": "x.tar.gz"}}),
     ] {
-        assert!(choose(&restore(bad), &mine(), &[]).is_err(), "{bad} was accepted");
+        assert!(
+            choose(&restore(bad.clone()), &mine(), &[]).is_err(),
+            "{bad} was accepted"
+        );
     }
 }
 
@@ -206,7 +238,7 @@ fn latest_skips_successes_without_a_location() {
     let mut backups = all();
     backups[1].status.as_mut().unwrap().location = None;
     assert_eq!(
-        choose(&restore("{latest: true}"), &mine(), &backups)
+        choose(&restore(json!({"latest": true})), &mine(), &backups)
             .unwrap()
             .name,
         "old"
@@ -230,14 +262,14 @@ fn latest_and_recovery_never_cross_into_an_earlier_cluster_of_the_same_name() {
     backups.push(of_uid("unrecorded", None, 8888, "2026-11-19T06:00:00Z"));
     assert_eq!(choose_latest("main", &mine(), &backups).unwrap().name, "newer");
     assert_eq!(
-        choose(&restore("{latest: true}"), &mine(), &backups)
+        choose(&restore(json!({"latest": true})), &mine(), &backups)
             .unwrap()
             .name,
         "newer"
     );
     // Named explicitly, an earlier cluster's backup is restored: the user chose it.
     assert_eq!(
-        choose(&restore("{backupName: earlier}"), &mine(), &backups)
+        choose(&restore(json!({"backupName": "earlier"})), &mine(), &backups)
             .unwrap()
             .name,
         "earlier"
@@ -268,18 +300,25 @@ fn a_cluster_with_no_history_takes_the_lineage_that_backed_up_last() {
         of_uid("u0-lower", Some("u0"), 5, "2026-11-20T12:00:00Z"),
     ];
     assert_eq!(
-        choose(&restore("{latest: true}"), &Lineage::NewestOfName, &backups)
-            .unwrap()
-            .name,
+        choose(
+            &restore(json!({"latest": true})),
+            &Lineage::NewestOfName,
+            &backups
+        )
+        .unwrap()
+        .name,
         "u0-low"
     );
 }
 
 #[test]
 fn the_lineage_of_a_cluster_is_its_uid_and_the_one_it_was_restored_from() {
-    let mut c: EtcdCluster = serde_yaml::from_str(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: ns, uid: u2}\nspec: {size: 1}\n",
-    )
+    let mut c: EtcdCluster = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": "main", "namespace": "ns", "uid": "u2"},
+        "spec": {"size": 1},
+    }))
     .unwrap();
     let backups = vec![of_uid("earlier", Some("u0"), 9, "2026-11-19T00:00:00Z")];
     // Created for a restore, never formed: no history of its own...
@@ -305,9 +344,12 @@ fn the_lineage_of_a_cluster_is_its_uid_and_the_one_it_was_restored_from() {
 
 #[test]
 fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
-    let cluster: EtcdCluster = serde_yaml::from_str(
-        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: ns, uid: u}\nspec: {size: 3}\n",
-    )
+    let cluster: EtcdCluster = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": "main", "namespace": "ns", "uid": "u"},
+        "spec": {"size": 3},
+    }))
     .unwrap();
     let images = Images {
         etcd_repository: "etcd".into(),
