@@ -42,6 +42,21 @@ pub enum WriteError {
     Build(#[from] objects::BuildError),
 }
 
+/// What a failed Kubernetes call on `kind` `name` becomes.
+pub fn kube_failed(
+    action: &'static str,
+    kind: &'static str,
+    name: impl Into<String>,
+) -> impl FnOnce(kube::Error) -> WriteError {
+    let name = name.into();
+    move |source| WriteError::Kube {
+        action,
+        kind,
+        name,
+        source,
+    }
+}
+
 pub(crate) fn ssa() -> PatchParams {
     PatchParams::apply(crate::FIELD_MANAGER).force()
 }
@@ -54,12 +69,7 @@ where
     api.patch(&name, &ssa(), &Patch::Apply(obj))
         .await
         .map(drop)
-        .map_err(|source| WriteError::Kube {
-            action: "applying",
-            kind,
-            name,
-            source,
-        })
+        .map_err(kube_failed("applying", kind, name))
 }
 
 /// The Secret with the cluster's sidecar server certificate, issued from the operator's CA when it
@@ -70,12 +80,10 @@ pub async fn ensure_sidecar_tls(ctx: &Context, cluster: &EtcdCluster) -> Result<
     let ns = cluster.namespace().unwrap_or_default();
     let name = sidecar_pki::server_secret_name(&cluster.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&name).await.map_err(|source| WriteError::Kube {
-        action: "reading",
-        kind: "Secret",
-        name: name.clone(),
-        source,
-    })?;
+    let existing = secrets
+        .get_opt(&name)
+        .await
+        .map_err(kube_failed("reading", "Secret", name.clone()))?;
     let now = jiff::Timestamp::now();
     let uid = cluster.uid().unwrap_or_default();
     let Some(problem) = sidecar_pki::server_secret_problem(existing.as_ref(), ctx.sidecar.ca(), &uid, now)

@@ -96,12 +96,11 @@ pub async fn ensure_cluster_objects(ctx: &Context, cluster: &EtcdCluster) -> Res
         if pvcs
             .get_opt(&pvc.name_any())
             .await
-            .map_err(|source| ApplyError::Write(WriteError::Kube {
-                action: "reading",
-                kind: "PersistentVolumeClaim",
-                name: pvc.name_any(),
-                source,
-            }))?
+            .map_err(cluster_writes::kube_failed(
+                "reading",
+                "PersistentVolumeClaim",
+                pvc.name_any(),
+            ))?
             .is_none()
         {
             apply(&pvcs, &pvc, "PersistentVolumeClaim").await?;
@@ -127,12 +126,11 @@ async fn start_member(
         let existing = claims
             .get_opt(&claim_name)
             .await
-            .map_err(|source| ApplyError::Write(WriteError::Kube {
-                action: "reading",
-                kind: "PersistentVolumeClaim",
-                name: claim_name.clone(),
-                source,
-            }))?;
+            .map_err(cluster_writes::kube_failed(
+                "reading",
+                "PersistentVolumeClaim",
+                claim_name.clone(),
+            ))?;
         if let Some(owner) = existing
             .as_ref()
             .and_then(|c| vocabulary::foreign_owner(&c.metadata, cluster))
@@ -308,12 +306,7 @@ pub async fn sync_voter_labels(
         let patch = serde_json::json!({"metadata": {"labels": {vocabulary::LABEL_VOTER: want}}});
         pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| ApplyError::Write(WriteError::Kube {
-                action: "labelling",
-                kind: "Pod",
-                name: p.name.clone(),
-                source,
-            }))?;
+            .map_err(cluster_writes::kube_failed("labelling", "Pod", p.name.clone()))?;
     }
     Ok(())
 }
@@ -325,12 +318,12 @@ pub async fn sync_voter_labels(
 async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
     cluster_writes::record_ordinal_taken(ctx, cluster, name)
         .await
-        .map_err(|source| ApplyError::Write(WriteError::Kube {
-            action: "recording the next ordinal on",
-            kind: "EtcdCluster",
-            name: cluster.name_any(),
-            source,
-        }))
+        .map_err(cluster_writes::kube_failed(
+            "recording the next ordinal on",
+            "EtcdCluster",
+            cluster.name_any(),
+        ))?;
+    Ok(())
 }
 
 /// Where an existing self-hosted member pod was placed, from its node and annotations.
@@ -365,12 +358,7 @@ async fn delete_member_pod(ctx: &Context, cluster: &EtcdCluster, name: &str) -> 
     let ns = cluster.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match pods.delete(name, &DeleteParams::default()).await {
-        Err(e) if !is_not_found(&e) => Err(ApplyError::Write(WriteError::Kube {
-            action: "deleting",
-            kind: "Pod",
-            name: name.to_owned(),
-            source: e,
-        })),
+        Err(e) if !is_not_found(&e) => Err(cluster_writes::kube_failed("deleting", "Pod", name)(e).into()),
         _ => Ok(()),
     }
 }
@@ -386,12 +374,7 @@ async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str)
         if let Err(e) = pvcs.delete(&pvc, &DeleteParams::default()).await
             && !gone(&e)
         {
-            return Err(ApplyError::Write(WriteError::Kube {
-                action: "deleting",
-                kind: "PersistentVolumeClaim",
-                name: pvc,
-                source: e,
-            }));
+            return Err(cluster_writes::kube_failed("deleting", "PersistentVolumeClaim", pvc)(e).into());
         }
     }
     Ok(())
