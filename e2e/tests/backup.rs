@@ -62,6 +62,42 @@ async fn on_demand_backup_lands_verified_in_minio_and_failures_say_why() -> anyh
             cs.last_successful_backup
         );
 
+        // Backups created together run one at a time: each takes the cluster's backup slot (a merge
+        // patch conditional on the cluster's resourceVersion) before its sidecar is asked, and the
+        // others wait for it; all of them succeed.
+        for i in 0..3 {
+            backup(&c, &ns, &format!("burst-{i}"), "minio").await?;
+        }
+        let backups = Api::<EtcdBackup>::namespaced(c.clone(), &ns);
+        let clusters = Api::<EtcdCluster>::namespaced(c.clone(), &ns);
+        let (mut most_running, mut holders) = (0, std::collections::BTreeSet::new());
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            let burst: Vec<EtcdBackup> = backups
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|b| b.metadata.name.as_deref().is_some_and(|n| n.starts_with("burst-")))
+                .collect();
+            let phase = |b: &EtcdBackup| b.status.as_ref().and_then(|s| s.phase);
+            most_running = most_running.max(burst.iter().filter(|b| phase(b) == Some(BackupPhase::Running)).count());
+            if let Some(h) = clusters.get("b").await?.metadata.annotations.and_then(|a| a.get("etcd.ouroboros.dev/backup-slot").cloned()) {
+                holders.insert(h);
+            }
+            if burst.iter().all(|b| phase(b).is_some_and(|p| p.is_terminal())) {
+                for b in &burst {
+                    ensure!(phase(b) == Some(BackupPhase::Succeeded), "{:?}: {:?}", b.metadata.name, b.status);
+                }
+                break;
+            }
+            ensure!(std::time::Instant::now() < deadline, "the burst did not finish: {burst:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(most_running == 1, "{most_running} backups of one cluster ran at once");
+        ensure!(holders.iter().any(|h| h.starts_with("burst-")), "slot holders seen: {holders:?}");
+        println!("3 backups created at once: at most {most_running} Running at a time, slot held by {holders:?}, all Succeeded");
+
         // The archive is what it says: download it, untar it, and let etcdutl read the snapshot.
         let key = location.trim_start_matches(&format!("s3://{bucket}/"));
         let dir = std::env::temp_dir().join(format!("ouroboros-{ns}"));

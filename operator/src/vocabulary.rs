@@ -17,6 +17,12 @@ pub const RESTORE_HOLD: &str = "etcd.ouroboros.dev/restore-in-progress";
 /// documentation suggests this order of magnitude).
 pub const BUMP_REVISION: u64 = 1_000_000_000;
 
+/// Annotation on an EtcdCluster naming the EtcdBackup that holds its backup slot: one backup of a
+/// cluster runs at a time, and the slot is taken by a merge patch carrying the cluster's
+/// `resourceVersion`, so two backups that both saw it free cannot both take it. A holder that has
+/// finished (or is gone) leaves the slot free for the next.
+pub const ANNOTATION_BACKUP_SLOT: &str = "etcd.ouroboros.dev/backup-slot";
+
 /// Label on EtcdBackups the schedule created.
 pub const LABEL_SCHEDULED: &str = "etcd.ouroboros.dev/scheduled";
 

@@ -232,6 +232,7 @@ async fn observe_start(
         }
     };
     Ok(plan::StartView {
+        slot: plan::slot_of(cluster, &b.name_any(), &backups.items),
         backup: (b.uid().unwrap_or_default(), b.name_any()),
         cluster: (cluster.name_any(), cluster.uid()),
         destination,
@@ -282,6 +283,7 @@ async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<A
     let (member, pod, job, timeout) = match step {
         StartStep::Fail(why) => return fail(ctx, b, why).await,
         StartStep::Wait(why, retry) => return pending(ctx, b, why, retry).await,
+        StartStep::TakeSlot { cluster_version } => return take_slot(ctx, b, &cluster_version).await,
         StartStep::Start {
             member,
             pod,
@@ -320,6 +322,34 @@ async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<A
         }
         Err(e) => fail(ctx, b, e.to_string()).await,
     }
+}
+
+/// Takes the cluster's backup slot with a merge patch carrying the `resourceVersion` it was seen free
+/// at: refused with 409 Conflict if the cluster changed since (another backup may have taken it), in
+/// which case the next look decides again.
+async fn take_slot(ctx: &Context, b: &EtcdBackup, cluster_version: &str) -> Result<Action, Error> {
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": cluster_version,
+        "annotations": {vocabulary::ANNOTATION_BACKUP_SLOT: b.name_any()},
+    }});
+    match Api::<EtcdCluster>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .patch(
+            &b.spec.cluster_name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(source) => {
+            return Err(super::KubeCallError {
+                action: "taking the cluster's backup slot",
+                source,
+            });
+        }
+    }
+    Ok(Action::requeue(Duration::from_millis(200)))
 }
 
 /// Reads what polling a running backup looks at.

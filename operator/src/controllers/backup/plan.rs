@@ -95,7 +95,9 @@ pub struct StartView {
     pub destination: Result<Resolved, String>,
     /// The age recipients to encrypt to, none, or why the key cannot be read.
     pub encryption: Result<Option<JobEncryption>, String>,
-    /// Another backup of the same cluster that is Running.
+    /// Who holds the cluster's backup slot.
+    pub slot: Slot,
+    /// Another backup of the same cluster that is Running (one started before the slot existed).
     pub running_other: Option<String>,
     /// The member chosen to back up from, and its pod when it runs and has an IP.
     pub member: Option<(String, Option<MemberPod>)>,
@@ -105,6 +107,46 @@ pub struct StartView {
     pub compression_level: u32,
 }
 
+/// The cluster's backup slot, as this backup sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Nobody holds it, or its holder has finished or is gone.
+    Free {
+        /// The cluster's `resourceVersion`, which taking it is conditional on.
+        cluster_version: String,
+    },
+    /// This backup holds it.
+    Mine,
+    /// The named EtcdBackup holds it and has not finished.
+    HeldBy(String),
+}
+
+/// The slot from the cluster's annotation and the namespace's EtcdBackups: a holder counts only while
+/// its EtcdBackup exists and has not finished.
+pub fn slot_of(cluster: &EtcdCluster, me: &str, backups: &[ouroboros_crds::EtcdBackup]) -> Slot {
+    let holder = cluster
+        .annotations()
+        .get(crate::vocabulary::ANNOTATION_BACKUP_SLOT);
+    let unfinished = |name: &str| {
+        backups.iter().any(|b| {
+            b.name_any() == name
+                && b.spec.cluster_name == cluster.name_any()
+                && !b
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_terminal())
+        })
+    };
+    match holder {
+        Some(h) if h == me => Slot::Mine,
+        Some(h) if unfinished(h) => Slot::HeldBy(h.clone()),
+        Some(_) | None => Slot::Free {
+            cluster_version: cluster.resource_version().unwrap_or_default(),
+        },
+    }
+}
+
 /// The one step of starting a backup.
 #[derive(Debug, PartialEq)]
 pub enum StartStep {
@@ -112,6 +154,12 @@ pub enum StartStep {
     Fail(String),
     /// Wait, saying why, and look again after this many seconds.
     Wait(String, u64),
+    /// Take the cluster's backup slot, conditional on the cluster's `resourceVersion` (a backup that
+    /// loses the race sees the winner hold it at its next look).
+    TakeSlot {
+        /// The `resourceVersion` the slot was seen free at.
+        cluster_version: String,
+    },
     /// Ask the member's sidecar to run this job; it must finish within `timeout`.
     Start {
         /// The member backed up from.
@@ -151,12 +199,19 @@ pub fn start_step(v: StartView) -> StartStep {
         Ok(e) => e,
         Err(why) => return StartStep::Fail(why),
     };
-    // One backup per cluster at a time.
-    if let Some(other) = v.running_other {
-        return StartStep::Wait(
+    // One backup per cluster at a time: the slot decides (atomically), and a Running backup that
+    // an older operator started without it is waited for too.
+    let waiting = |other: &str| {
+        StartStep::Wait(
             format!("waiting for EtcdBackup {other} of the same cluster to finish"),
             5,
-        );
+        )
+    };
+    if let Slot::HeldBy(other) = &v.slot {
+        return waiting(other);
+    }
+    if let Some(other) = &v.running_other {
+        return waiting(other);
     }
     let Some((member, pod)) = v.member else {
         return StartStep::Wait(
@@ -180,6 +235,11 @@ pub fn start_step(v: StartView) -> StartStep {
              call (docs/security.md): delete the member pods one at a time, waiting for the cluster to \
              be Available in between, and each comes back with the current sidecar; nothing was backed up"
         ));
+    }
+    // The slot is taken last, once nothing else stands in the way, so a holder is never one that
+    // waits for something else.
+    if let Slot::Free { cluster_version } = v.slot {
+        return StartStep::TakeSlot { cluster_version };
     }
     let (id, name) = v.backup;
     let (cluster_name, cluster_uid) = v.cluster;

@@ -69,6 +69,7 @@ fn view() -> StartView {
             claim: Some("main-backups".into()),
         }),
         encryption: Ok(None),
+        slot: Slot::Mine,
         running_other: None,
         member: Some(("main-1".into(), Some(pod(true, &["main-1-data", "main-backups"])))),
         db_size: 3 << 30,
@@ -245,4 +246,87 @@ fn a_running_backup_ends_as_its_sidecar_says_and_never_past_its_deadline() {
         polled(Some(Ok(done)), true, None),
         PollStep::Succeed { location, .. } if location == "s3://b/x.tar.gz"
     ));
+}
+
+fn with_slot(annotation: Option<&str>, version: &str) -> EtcdCluster {
+    let mut c = cluster("u1", false);
+    c.metadata.resource_version = Some(version.into());
+    if let Some(holder) = annotation {
+        c.metadata.annotations = Some(
+            [(
+                crate::vocabulary::ANNOTATION_BACKUP_SLOT.to_owned(),
+                holder.to_owned(),
+            )]
+            .into(),
+        );
+    }
+    c
+}
+
+fn backup(name: &str, phase: Option<ouroboros_crds::BackupPhase>) -> ouroboros_crds::EtcdBackup {
+    let mut b: ouroboros_crds::EtcdBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": name, "namespace": "ns"}, "spec": {"clusterName": "main"},
+    }))
+    .unwrap();
+    b.status = phase.map(|p| ouroboros_crds::EtcdBackupStatus {
+        phase: Some(p),
+        ..Default::default()
+    });
+    b
+}
+
+#[test]
+fn the_slot_is_held_only_by_a_backup_that_has_not_finished() {
+    use ouroboros_crds::BackupPhase::{Pending, Running, Succeeded};
+    let free = |v: &str| Slot::Free {
+        cluster_version: v.into(),
+    };
+    assert_eq!(slot_of(&with_slot(None, "7"), "b", &[]), free("7"));
+    assert_eq!(slot_of(&with_slot(Some("b"), "7"), "b", &[]), Slot::Mine);
+    let others = [
+        backup("a", Some(Running)),
+        backup("p", Some(Pending)),
+        backup("done", Some(Succeeded)),
+    ];
+    assert_eq!(
+        slot_of(&with_slot(Some("a"), "7"), "b", &others),
+        Slot::HeldBy("a".into())
+    );
+    assert_eq!(
+        slot_of(&with_slot(Some("p"), "7"), "b", &others),
+        Slot::HeldBy("p".into())
+    );
+    // Finished, or deleted: free again, at the version it was read at.
+    assert_eq!(slot_of(&with_slot(Some("done"), "8"), "b", &others), free("8"));
+    assert_eq!(slot_of(&with_slot(Some("deleted"), "9"), "b", &others), free("9"));
+}
+
+#[test]
+fn a_backup_takes_the_slot_last_and_starts_only_holding_it() {
+    let v = || StartView {
+        slot: Slot::Free {
+            cluster_version: "7".into(),
+        },
+        ..view()
+    };
+    assert_eq!(
+        start_step(v()),
+        StartStep::TakeSlot {
+            cluster_version: "7".into()
+        }
+    );
+    // Anything else in the way comes first: a backup never holds the slot while waiting for it.
+    assert!(matches!(
+        start_step(StartView { member: None, ..v() }),
+        StartStep::Wait(..)
+    ));
+    assert!(matches!(
+        start_step(StartView {
+            slot: Slot::HeldBy("a".into()),
+            ..view()
+        }),
+        StartStep::Wait(why, _) if why.contains("EtcdBackup a")
+    ));
+    assert!(matches!(start_step(view()), StartStep::Start { .. }));
 }
