@@ -218,7 +218,7 @@ pub mod etcd_cluster {
 
     /// Creates the cluster described by `yaml` (an EtcdCluster manifest) in `ns`.
     pub async fn create(client: &Client, ns: &str, yaml: &str) -> anyhow::Result<EtcdCluster> {
-        let mut c: EtcdCluster = serde_yaml::from_str(yaml).context("parsing the EtcdCluster manifest")?;
+        let mut c: EtcdCluster = serde_norway::from_str(yaml).context("parsing the EtcdCluster manifest")?;
         c.metadata.namespace = Some(ns.to_owned());
         Ok(Api::<EtcdCluster>::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &c)
@@ -592,7 +592,7 @@ pub async fn backup_succeeded(
     cluster: &str,
     name: &str,
 ) -> anyhow::Result<ouroboros_crds::EtcdBackupStatus> {
-    let b: ouroboros_crds::EtcdBackup = serde_yaml::from_str(&format!(
+    let b: ouroboros_crds::EtcdBackup = serde_norway::from_str(&format!(
         "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}}}\nspec: {{clusterName: {cluster}}}\n"
     ))?;
     Api::<ouroboros_crds::EtcdBackup>::namespaced(client.clone(), ns)

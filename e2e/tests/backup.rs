@@ -21,7 +21,7 @@ async fn backup(c: &Client, ns: &str, name: &str, secret: &str) -> anyhow::Resul
         env("OUROBOROS_S3_BUCKET")?,
         env("OUROBOROS_S3_ENDPOINT")?
     );
-    let b: EtcdBackup = serde_yaml::from_str(&yaml)?;
+    let b: EtcdBackup = serde_norway::from_str(&yaml)?;
     Api::<EtcdBackup>::namespaced(c.clone(), ns)
         .create(&PostParams::default(), &b)
         .await?;

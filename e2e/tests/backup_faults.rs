@@ -15,7 +15,7 @@ use ouroboros_e2e::{
 };
 
 async fn start_backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
-    let b: EtcdBackup = serde_yaml::from_str(&format!(
+    let b: EtcdBackup = serde_norway::from_str(&format!(
         "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: {name}}}\nspec: {{clusterName: f}}\n"
     ))?;
     Api::<EtcdBackup>::namespaced(c.clone(), ns)

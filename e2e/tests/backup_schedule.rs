@@ -167,7 +167,7 @@ async fn a_cluster_with_pvc_storage_backs_up_to_its_default_claim() -> anyhow::R
         for i in 0..50 {
             etcd.put(format!("/vol/{i}"), "x", None).await?;
         }
-        let b: EtcdBackup = serde_yaml::from_str(
+        let b: EtcdBackup = serde_norway::from_str(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: to-volume}\nspec: {clusterName: v}\n",
         )?;
         let backups: Api<EtcdBackup> = Api::namespaced(c.clone(), &ns);

@@ -71,7 +71,7 @@ async fn restore(
     let encryption = secret
         .map(|s| format!(", encryption: {{secretName: {s}}}"))
         .unwrap_or_default();
-    let r: EtcdRestore = serde_yaml::from_str(&format!(
+    let r: EtcdRestore = serde_norway::from_str(&format!(
         "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: {name}}}\n\
          spec: {{clusterName: e, source: {{backupName: {backup}}}{encryption}}}\n"
     ))?;

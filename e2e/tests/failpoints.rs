@@ -148,7 +148,7 @@ async fn operator_killed_at_every_restore_step_still_restores() -> anyhow::Resul
             }
             drop(e);
 
-            let r: EtcdRestore = serde_yaml::from_str(
+            let r: EtcdRestore = serde_norway::from_str(
                 "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {name: r}\nspec: {clusterName: fr, source: {backupName: b}}\n",
             )?;
             let restores: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);

@@ -26,7 +26,7 @@ async fn backup(c: &Client, ns: &str, name: &str) -> anyhow::Result<EtcdBackupSt
 }
 
 async fn restore(c: &Client, ns: &str, name: &str, backup: &str) -> anyhow::Result<EtcdRestoreStatus> {
-    let r: EtcdRestore = serde_yaml::from_str(&format!(
+    let r: EtcdRestore = serde_norway::from_str(&format!(
         "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: {name}}}\nspec: {{clusterName: r, source: {{backupName: {backup}}}}}\n"
     ))?;
     let api: Api<EtcdRestore> = Api::namespaced(c.clone(), ns);
@@ -139,7 +139,7 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
             async move { Ok(clusters.get_opt("r").await?.is_none().then_some(())) }
         })
         .await?;
-        let r: EtcdRestore = serde_yaml::from_str(&format!(
+        let r: EtcdRestore = serde_norway::from_str(&format!(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: recreate}}\n\
              spec:\n  clusterName: r\n  source: {{object: {{destination: {{s3: {{bucket: {}, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}, key: '{}'}}}}\n  clusterTemplate:\n    size: 1\n    backup:\n      schedule: '0 0 1 1 *'\n      destination: {{s3: {{bucket: {}, prefix: e2e-restore/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
             s3::bucket()?,
@@ -285,7 +285,7 @@ async fn latest_keeps_to_the_lineage_and_two_restores_never_both_run() -> anyhow
         // Two restores at once.
         let api: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
         for name in ["race-a", "race-b"] {
-            let r: EtcdRestore = serde_yaml::from_str(&format!(
+            let r: EtcdRestore = serde_norway::from_str(&format!(
                 "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {{name: {name}}}\nspec: {{clusterName: l, source: {{latest: true}}}}\n"
             ))?;
             api.create(&PostParams::default(), &r).await?;

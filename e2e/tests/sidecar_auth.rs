@@ -37,7 +37,7 @@ async fn a_member_sidecar_obeys_the_operator_alone() -> anyhow::Result<()> {
             env("OUROBOROS_S3_ENDPOINT")?
         );
         Api::<EtcdBackup>::namespaced(c.clone(), &ns)
-            .create(&PostParams::default(), &serde_yaml::from_str(&yaml)?)
+            .create(&PostParams::default(), &serde_norway::from_str(&yaml)?)
             .await?;
         let s = backup_finished(&c, &ns, "by-operator", Duration::from_secs(120)).await?;
         ensure!(s.phase == Some(BackupPhase::Succeeded), "the operator's backup failed: {:?}", s.reason);

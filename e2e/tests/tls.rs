@@ -83,7 +83,7 @@ async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Res
         // A backup of a TLS cluster: the sidecar dials its member with the operator's client certificate.
         let env = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
         minio_secret(&c, &ns).await?;
-        let backup: EtcdBackup = serde_yaml::from_str(&format!(
+        let backup: EtcdBackup = serde_norway::from_str(&format!(
             "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: tls-backup}}\n\
              spec: {{clusterName: tls, destination: {{s3: {{bucket: {}, prefix: e2e-tls/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}}}\n",
             env("OUROBOROS_S3_BUCKET")?,
