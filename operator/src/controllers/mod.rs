@@ -164,6 +164,18 @@ pub fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> KubeCallErr
     move |source| KubeCallError { action, source }
 }
 
+/// A deletion's result: done, or already gone (404 is success), or the failure to retry.
+pub fn delete_if_present<T>(
+    result: Result<T, kube::Error>,
+    action: &'static str,
+) -> Result<(), KubeCallError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(KubeCallError { action, source }),
+    }
+}
+
 /// Errors that can say whether retrying may help, and name themselves for metrics.
 pub trait ReportedError {
     /// A short, fixed name of the failed action (a metric label).

@@ -8,7 +8,7 @@ use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdCluster, retention::Rules, sid
 use super::{Error, destination::resolve};
 use crate::{
     context::Context,
-    controllers::{KubeCallError, kube_err},
+    controllers::{delete_if_present, kube_err},
     sidecar::SidecarAddr,
     vocabulary::LABEL_SCHEDULED,
 };
@@ -84,16 +84,10 @@ pub async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &SidecarAddr) 
         .await
         .map_err(kube_err("listing EtcdBackups"))?;
     for o in doomed(b, &all.items, &deleted_locations) {
-        match backups.delete(&o.name_any(), &Default::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(KubeCallError {
-                    action: "deleting an EtcdBackup by retention",
-                    source: e,
-                });
-            }
-        }
+        delete_if_present(
+            backups.delete(&o.name_any(), &Default::default()).await,
+            "deleting an EtcdBackup by retention",
+        )?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ use ouroboros_crds::{
 };
 use serde_json::json;
 
-use super::{KubeCallError, ReportedError, encryption, kube_err};
+use super::{KubeCallError, ReportedError, delete_if_present, encryption, kube_err};
 use crate::{
     backup_source::{Chosen, Lineage, choose, recorded_choice},
     cluster_writes,
@@ -462,15 +462,6 @@ async fn target(
     }
 }
 
-/// A deletion's result: done, or already gone, or the failure to retry.
-fn delete_if_present<T>(result: Result<T, kube::Error>, action: &'static str) -> Result<(), Error> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(KubeCallError { action, source }.into()),
-    }
-}
-
 /// Reads what the Restoring phase looks at (see [`plan::RestoringView`]).
 async fn observe_restoring(
     ctx: &Context,
@@ -481,20 +472,41 @@ async fn observe_restoring(
     let ns = r.namespace().unwrap_or_default();
     let name = &r.spec.cluster_name;
     let selector = ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"));
-    // Read after the cluster (the caller read it): a restore in Growing has lifted its hold only
-    // after recording Growing, so this order cannot miss it.
-    let others = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing EtcdRestores"))?;
+    let holder = cluster.annotations().get(RESTORE_HOLD).cloned();
+    // Each poll (every POLL while the seed starts) reads only what the plan can still use: the other
+    // restores matter only while nobody holds the cluster, the claims only until the seed is named.
+    // The restores are read after the cluster (the caller read it): a restore in Growing has lifted
+    // its hold only after recording Growing, so this order cannot miss it.
+    let growing_other = match &holder {
+        Some(_) => None,
+        None => Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err("listing EtcdRestores"))?
+            .items
+            .iter()
+            .find(|o| {
+                o.name_any() != r.name_any()
+                    && o.spec.cluster_name == *name
+                    && o.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Growing)
+            })
+            .map(|o| o.name_any()),
+    };
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .list(&selector)
         .await
         .map_err(kube_err("listing member pods"))?;
-    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
-        .list(&selector)
-        .await
-        .map_err(kube_err("listing claims"))?;
+    let claims = match &status.seed_member {
+        Some(_) => Vec::new(),
+        None => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+            .list(&selector)
+            .await
+            .map_err(kube_err("listing claims"))?
+            .items
+            .iter()
+            .map(|c| c.name_any())
+            .collect(),
+    };
     let seed_pod = match status
         .seed_member
         .as_ref()
@@ -507,19 +519,11 @@ async fn observe_restoring(
     Ok(plan::RestoringView {
         restore: r.name_any(),
         cluster: name.clone(),
-        holder: cluster.annotations().get(RESTORE_HOLD).cloned(),
-        growing_other: others
-            .items
-            .iter()
-            .find(|o| {
-                o.name_any() != r.name_any()
-                    && o.spec.cluster_name == *name
-                    && o.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Growing)
-            })
-            .map(|o| o.name_any()),
+        holder,
+        growing_other,
         seed: status.seed_member.clone(),
         pods: pods.items.iter().map(|p| p.name_any()).collect(),
-        claims: claims.items.iter().map(|c| c.name_any()).collect(),
+        claims,
         ordinal_floor: vocabulary::ordinal_floor(cluster),
         seed_pod,
     })
@@ -578,16 +582,10 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         }
         plan::RestoringStep::StopOldMembers(old) => {
             for p in &old {
-                match pods.delete(p, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        return Err(Error::Kube(KubeCallError {
-                            action: "deleting an old member pod",
-                            source: e,
-                        }));
-                    }
-                }
+                delete_if_present(
+                    pods.delete(p, &DeleteParams::default()).await,
+                    "deleting an old member pod",
+                )?;
             }
             failpoints::hit("restore-after-old-pods-deleted");
             ctx.publish(
