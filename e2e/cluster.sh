@@ -4,7 +4,12 @@
 # the bridge CNI plugin + kubelet + kube-proxy running real pods; CoreDNS for pod DNS; MinIO for S3.
 #
 #   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc | use-etcd URLS | power-cycle |
-#                  power-cut-losing PATH... | boot-etcd-restore SNAPSHOT_DB
+#                  power-cut-losing PATH... | boot-etcd-restore SNAPSHOT_DB |
+#                  node-stop NODE | node-start NODE | partition NODE | heal NODE | node-sock NODE
+#
+# NODES=N (default 1, at most 9) at `up` adds nodes node2..nodeN, each in a network namespace of its
+# own (docs/local-cluster.md): its own containerd, kubelet and kube-proxy, node IP and pod range.
+# node1 is the machine itself, where the control plane runs, as on a control-plane node.
 #
 # Everything it creates lives under $OUROBOROS_STATE (default /var/lib/ouroboros-e2e), the bridge
 # `ouro0`, the kubelet's /kubepods cgroups and iptables chains, and `down` removes all of it.
@@ -42,6 +47,15 @@ MINIO_USER=ouroboros
 MINIO_PASSWORD=ouroboros-secret
 MINIO_BUCKET=etcd-backups
 PV_COUNT=${OUROBOROS_PV_COUNT:-60}
+# Local PVs on each added node (node1 has PV_COUNT).
+NODE_PV_COUNT=${OUROBOROS_NODE_PV_COUNT:-20}
+# How many nodes the cluster has: NODES at `up`, recorded for every later command.
+NODES_FILE="$STATE/node-count"
+NODES=${NODES:-$(cat "$NODES_FILE" 2>/dev/null || echo 1)}
+# Every pod range (node K has 10.244.K.0/24; node1's is on the bridge itself, 10.244.0.0/24).
+CLUSTER_CIDR=10.244.0.0/16
+# Host-side rules that cut a node off (partition) live in this chain.
+PARTITION_CHAIN=OURO-PARTITION
 
 K8S_BIN="$OUROBOROS_CACHE/k8s/$K8S_VERSION/bin"
 ETCD_BIN="$OUROBOROS_CACHE/etcd/$ETCD_VERSION/bin"
@@ -323,7 +337,7 @@ EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
-clusterCIDR: $POD_CIDR
+clusterCIDR: $CLUSTER_CIDR
 hostnameOverride: $NODE_NAME
 bindAddress: $NODE_IP
 metricsBindAddress: 127.0.0.1:10249
@@ -370,6 +384,218 @@ kubelet_start() {
 
 node_ready() {
   [ "$("${KUBECTL[@]}" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+# --- added nodes (NODES > 1) ------------------------------------------------------------------------
+#
+# Node K (2..9) is a network namespace `ouro-nodeK` joined to the bridge by a veth (`ouro-vK` on the
+# host, `eth0` inside) with the node IP 10.244.0.K; its pods are on a bridge of its own inside it, in
+# 10.244.K.0/24, routed by the host. Its containerd, kubelet and kube-proxy run in that namespace
+# (nsenter --net: the mount namespace stays the machine's, so volumes and `down` see one world), with
+# state under $STATE/nodes/nodeK and pod cgroups under /ouro-nodeK. Host-network pods of node K live in
+# its namespace, so they get ports of their own and are cut off with the node.
+
+node_index() {
+  local name=${1:?node name} k
+  k=${name#node}
+  [[ $k =~ ^[2-9]$ ]] && [ "$k" -le "$NODES" ] || { log "no added node $name (nodes are node1..node$NODES; node1 is the machine)"; return 1; }
+  echo "$k"
+}
+nns() { echo "ouro-node$1"; }
+nip() { echo "10.244.0.$1"; }
+ncidr() { echo "10.244.$1.0/24"; }
+ndir() { echo "$STATE/nodes/node$1"; }
+nrun() { echo "$RUN/nodes/node$1"; }
+nsock() { echo "$(nrun "$1")/containerd.sock"; }
+in_node() { local k=$1; shift; nsenter --net="/run/netns/$(nns "$k")" "$@"; }
+
+node_network_up() {
+  local k=$1 ns; ns=$(nns "$k")
+  [ -e "/run/netns/$ns" ] || ip netns add "$ns"
+  if ! ip link show "ouro-v$k" >/dev/null 2>&1; then
+    ip link add "ouro-v$k" type veth peer name eth0 netns "$ns"
+    ip link set "ouro-v$k" master "$BRIDGE" up
+  fi
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr replace "$(nip "$k")/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route replace default via "$NODE_IP"
+  in_node "$k" sysctl -qw net.ipv4.ip_forward=1
+  in_node "$k" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || log "warning: bridge-nf-call-iptables unavailable in $ns"
+  # The machine routes each node's pod range to that node.
+  ip route replace "$(ncidr "$k")" via "$(nip "$k")" dev "$BRIDGE"
+  # Pod cgroups of this node (the kubelet refuses a cgroupRoot that does not exist).
+  local h
+  for h in /sys/fs/cgroup/*/; do mkdir -p "$h/ouro-node$k" 2>/dev/null || true; done
+}
+
+node_extra_config() {
+  local k=$1 name="node$k" dir run ip cidr
+  dir=$(ndir "$k"); run=$(nrun "$k"); ip=$(nip "$k"); cidr=$(ncidr "$k")
+  mkdir -p "$dir/cni" "$dir/containerd" "$dir/manifests" "$dir/pod-logs" "$run"
+  cert "kubelet-client-$name" "system:node:$name" system:nodes
+  cert "kubelet-serving-$name" "system:node:$name" system:nodes "IP:$ip,DNS:$name"
+  kubeconfig_for "kubelet-client-$name" "$dir/kubelet.kubeconfig"
+  cat > "$dir/cni/10-ouroboros.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "ouroboros",
+  "plugins": [
+    {"type": "bridge", "bridge": "ouro-pods", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$cidr", "rangeStart": "10.244.$k.10",
+              "rangeEnd": "10.244.$k.250", "gateway": "10.244.$k.1"}]],
+              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$dir/cni-ipam"}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+  sed -e "s#^root = .*#root = \"$dir/containerd\"#" -e "s#^state = .*#state = \"$run/state\"#" \
+    -e "s#address = \"$CONTAINERD_SOCK\"#address = \"$(nsock "$k")\"#" -e "s#conf_dir = .*#conf_dir = \"$dir/cni\"#" \
+    "$CONF/containerd.toml" > "$dir/containerd.toml"
+  sed -e "s#^containerRuntimeEndpoint: .*#containerRuntimeEndpoint: unix://$(nsock "$k")#" \
+    -e "s#^staticPodPath: .*#staticPodPath: $dir/manifests#" -e "s#^address: .*#address: $ip#" \
+    -e "s#^tlsCertFile: .*#tlsCertFile: $PKI/kubelet-serving-$name.crt#" \
+    -e "s#^tlsPrivateKeyFile: .*#tlsPrivateKeyFile: $PKI/kubelet-serving-$name.key#" \
+    -e "s#^maxPods: .*#maxPods: 40#" "$CONF/kubelet.yaml" > "$dir/kubelet.yaml"
+  cat >> "$dir/kubelet.yaml" <<EOF
+# Kubelets on one machine must not share pod cgroups or pod log directories: each would remove what
+# it does not know of the others'.
+cgroupRoot: /ouro-node$k
+podLogsDir: $dir/pod-logs
+EOF
+  sed -e "s#^hostnameOverride: .*#hostnameOverride: $name#" -e "s#^bindAddress: .*#bindAddress: $ip#" \
+    "$CONF/kube-proxy.yaml" > "$dir/kube-proxy.yaml"
+}
+
+node_extra_up() {
+  local k=$1 name="node$k" dir; dir=$(ndir "$k")
+  node_network_up "$k"
+  start "containerd-$name" nsenter --net="/run/netns/$(nns "$k")" containerd --config "$dir/containerd.toml"
+  wait_for "containerd of $name" 30 ctr -a "$(nsock "$k")" version
+  "$REPO_ROOT/e2e/scripts/images.sh" import "$(nsock "$k")"
+  node_extra_kubelet_start "$k"
+  start "kube-proxy-$name" nsenter --net="/run/netns/$(nns "$k")" "$K8S_BIN/kube-proxy" --config "$dir/kube-proxy.yaml"
+}
+
+node_extra_kubelet_start() {
+  local k=$1 name="node$k" dir; dir=$(ndir "$k")
+  start "kubelet-$name" nsenter --net="/run/netns/$(nns "$k")" "$K8S_BIN/kubelet" --config "$dir/kubelet.yaml" \
+    --kubeconfig "$dir/kubelet.kubeconfig" --node-ip "$(nip "$k")" --hostname-override "$name" \
+    --root-dir "$dir/kubelet" --cert-dir "$dir/kubelet-pki" --v=1
+}
+
+named_node_ready() {
+  [ "$("${KUBECTL[@]}" get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+# Processes in the node's pod cgroups: its containers, whatever their shims' fate.
+node_container_pids() {
+  [ -d "/sys/fs/cgroup/pids/ouro-node$1" ] || return 0
+  find "/sys/fs/cgroup/pids/ouro-node$1" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+}
+
+node_power_off() {
+  local k=$1 name="node$k" p pids=()
+  for p in "kubelet-$name" "kube-proxy-$name" "containerd-$name"; do
+    running "$p" && pids+=("$(cat "$RUN/$p.pid")")
+  done
+  # nsenter execs the program, so the recorded pid is the program's own.
+  pids+=($(pgrep -f "containerd-shim-runc-v2 .*-address $(nsock "$k")" || true))
+  pids+=($(node_container_pids "$k"))
+  [ ${#pids[@]} -eq 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
+  local deadline=$((SECONDS + 30))
+  while [ -n "$(node_container_pids "$k")" ]; do
+    [ $SECONDS -lt $deadline ] || { log "containers of $name still run after SIGKILL"; return 1; }
+    kill -KILL $(node_container_pids "$k") 2>/dev/null || true
+    sleep 0.2
+  done
+  for p in "kubelet-$name" "kube-proxy-$name" "containerd-$name"; do rm -f "$RUN/$p.pid"; done
+}
+
+# node-stop NODE: a power loss of an added node: its kubelet, kube-proxy, containerd, shims and every
+# container die at once (SIGKILL), and its network link goes down, so nothing answers at its addresses.
+cmd_node_stop() {
+  local k; k=$(node_index "${1:-}")
+  ip link set "ouro-v$k" down
+  node_power_off "$k"
+  # What a reboot loses: the runtime's state on tmpfs.
+  rm -rf "$(nrun "$k")/state"
+  log "node$k: power off (kubelet, runtime and every container killed; link down)"
+}
+
+# node-start NODE: the node boots: link up, containerd, kubelet and kube-proxy start again.
+cmd_node_start() {
+  local k; k=$(node_index "${1:-}")
+  ip link set "ouro-v$k" up
+  node_extra_up "$k"
+  wait_for "node node$k Ready" 120 named_node_ready "node$k"
+  log "node$k: booted and Ready"
+}
+
+partition_chain() {
+  iptables -N "$PARTITION_CHAIN" 2>/dev/null || true
+  local c
+  for c in INPUT OUTPUT FORWARD; do
+    iptables -C "$c" -j "$PARTITION_CHAIN" 2>/dev/null || iptables -I "$c" 1 -j "$PARTITION_CHAIN"
+  done
+}
+
+# partition NODE: the node keeps running but nothing reaches it or leaves it: not the other nodes,
+# nor the API server, MinIO or DNS on the machine. Packets are dropped where the machine forwards or
+# receives them (bridged traffic passes iptables through br_netfilter), so callers see timeouts.
+cmd_partition() {
+  local k a; k=$(node_index "${1:-}")
+  partition_chain
+  for a in "$(nip "$k")" "$(ncidr "$k")"; do
+    iptables -C "$PARTITION_CHAIN" -s "$a" -j DROP 2>/dev/null || iptables -A "$PARTITION_CHAIN" -s "$a" -j DROP
+    iptables -C "$PARTITION_CHAIN" -d "$a" -j DROP 2>/dev/null || iptables -A "$PARTITION_CHAIN" -d "$a" -j DROP
+  done
+  # Connections already tracked keep no privilege: drop is per packet, but flush them anyway so no
+  # NAT decision taken before the cut is reused after the heal.
+  log "node$k: partitioned"
+}
+
+cmd_heal() {
+  local k a; k=$(node_index "${1:-}")
+  for a in "$(nip "$k")" "$(ncidr "$k")"; do
+    iptables -D "$PARTITION_CHAIN" -s "$a" -j DROP 2>/dev/null || true
+    iptables -D "$PARTITION_CHAIN" -d "$a" -j DROP 2>/dev/null || true
+  done
+  log "node$k: healed"
+}
+
+nodes_down() {
+  local k c
+  for k in $(seq 2 9); do
+    for c in "kube-proxy-node$k" "kubelet-node$k"; do stop "$c"; done
+    if running "containerd-node$k"; then
+      for t in $(ctr -a "$(nsock "$k")" -n k8s.io tasks ls -q 2>/dev/null); do
+        ctr -a "$(nsock "$k")" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+      done
+      stop "containerd-node$k"
+    fi
+    pkill -KILL -f "containerd-shim-runc-v2 .*-address $(nsock "$k")" 2>/dev/null || true
+    [ -z "$(node_container_pids "$k")" ] || kill -KILL $(node_container_pids "$k") 2>/dev/null || true
+  done
+  for c in INPUT OUTPUT FORWARD; do iptables -D "$c" -j "$PARTITION_CHAIN" 2>/dev/null || true; done
+  iptables -F "$PARTITION_CHAIN" 2>/dev/null || true
+  iptables -X "$PARTITION_CHAIN" 2>/dev/null || true
+  for k in $(seq 2 9); do
+    ip route del "$(ncidr "$k")" 2>/dev/null || true
+    ip link del "ouro-v$k" 2>/dev/null || true
+    if [ -e "/run/netns/$(nns "$k")" ]; then
+      # Whatever the node's kube-proxy and CNI left dies with the namespace.
+      ip netns del "$(nns "$k")" 2>/dev/null || true
+    fi
+  done
+}
+
+# Cgroups of added nodes, removed leaf-first once their processes are gone.
+nodes_cgroups_down() {
+  local h
+  for h in /sys/fs/cgroup/*/ouro-node*; do
+    [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
 }
 
 # --- add-ons: RBAC for our own components, DNS, storage, S3 ----------------------------------------------------
@@ -432,6 +658,28 @@ spec:
       - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}]
 EOF
     done
+    local k
+    for k in $(seq 2 "$NODES"); do
+      for i in $(seq -w 1 "$NODE_PV_COUNT"); do
+        mkdir -p "$STATE/pv/node$k-pv$i"
+        cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: local-node$k-pv$i, labels: {ouroboros.dev/e2e: "true"}}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce, ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: local
+  local: {path: "$STATE/pv/node$k-pv$i"}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node$k]}]
+EOF
+      done
+    done
   } | "${KUBECTL[@]}" apply -f - >/dev/null
   minio_up
 }
@@ -479,10 +727,17 @@ cmd_up() {
   kubeconfig_for kubelet-client "$CONF/kubelet.kubeconfig"
   kubeconfig_for kube-proxy "$CONF/kube-proxy.kubeconfig"
   kubeconfig_for coredns "$CONF/coredns.kubeconfig"
+  [[ $NODES =~ ^[1-9]$ ]] || { log "NODES must be 1..9 (got $NODES)"; return 2; }
+  echo "$NODES" > "$NODES_FILE"
   node_config
+  local k
+  for k in $(seq 2 "$NODES"); do node_extra_config "$k"; done
   timed control-plane control_plane_up
   timed node node_up
   log "node $NODE_NAME Ready $((SECONDS - t0))s after up started"
+  for k in $(seq 2 "$NODES"); do timed "node$k" node_extra_up "$k"; done
+  for k in $(seq 2 "$NODES"); do wait_for "node node$k Ready" 90 named_node_ready "node$k"; done
+  [ "$NODES" -eq 1 ] || log "$NODES nodes Ready $((SECONDS - t0))s after up started"
   timed addons addons_up
   log "cluster up in $((SECONDS - t0))s; export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
@@ -510,6 +765,7 @@ cmd_down() {
     local deadline=$((SECONDS + 30))
     while [ $SECONDS -lt $deadline ] && [ -n "$(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null)" ]; do sleep 1; done
   fi
+  nodes_down
   for p in kube-proxy kubelet coredns minio kube-scheduler kube-controller-manager kube-apiserver cp-etcd; do stop "$p"; done
   if running containerd; then
     kill_all_containers
@@ -536,6 +792,7 @@ cmd_down() {
   for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
     [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
+  nodes_cgroups_down
   # kube-proxy's and the CNI plugins' iptables state.
   local table chain
   for table in filter nat mangle; do
@@ -559,7 +816,7 @@ cmd_down() {
   done
   # Keep built images' content store and PKI for a fast next `up`; drop cluster data.
   rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATE/manifests" "$STATE/checkpoint-secrets" "$RUN" \
-    "$ETCD_SERVERS_FILE" "$SELF_HOSTED_DATA"
+    "$ETCD_SERVERS_FILE" "$SELF_HOSTED_DATA" "$STATE/nodes" "$NODES_FILE"
   log "down in $((SECONDS - t0))s"
 }
 
@@ -568,6 +825,8 @@ cmd_status() {
   local procs=(cp-etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns minio)
   # After a handover the boot etcd is gone for good.
   [ -f "$ETCD_SERVERS_FILE" ] && procs=("${procs[@]:1}")
+  local k
+  for k in $(seq 2 "$NODES"); do procs+=("containerd-node$k" "kubelet-node$k" "kube-proxy-node$k"); done
   for p in "${procs[@]}"; do
     if running "$p"; then echo "$p: running (pid $(cat "$RUN/$p.pid"))"; else echo "$p: stopped"; ok=1; fi
   done
@@ -591,6 +850,7 @@ export OUROBOROS_BOOT_ETCD=$BOOT_ETCD_CLIENT
 export OUROBOROS_SELF_HOSTED_ETCD_VIP=$SELF_HOSTED_ETCD_VIP
 export OUROBOROS_SELF_HOSTED_DATA=$SELF_HOSTED_DATA
 export OUROBOROS_NODE_IP=$NODE_IP
+export OUROBOROS_NODES=$NODES
 export OUROBOROS_STATIC_POD_DIR=$STATE/manifests
 export OUROBOROS_CHECKPOINT_SECRETS_DIR=$STATE/checkpoint-secrets
 export AWS_ACCESS_KEY_ID=$MINIO_USER
@@ -695,5 +955,10 @@ case "${1:-}" in
   kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
   env) cmd_env ;;
   pv-gc) pv_gc ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc|use-etcd URLS|power-cycle" >&2; exit 2 ;;
+  node-stop) cmd_node_stop "${2:-}" ;;
+  node-start) cmd_node_start "${2:-}" ;;
+  partition) cmd_partition "${2:-}" ;;
+  heal) cmd_heal "${2:-}" ;;
+  node-sock) if [ "${2:-}" = node1 ]; then echo "$CONTAINERD_SOCK"; else k=$(node_index "${2:-}") && nsock "$k"; fi ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc|use-etcd URLS|power-cycle|node-stop NODE|node-start NODE|partition NODE|heal NODE|node-sock NODE" >&2; exit 2 ;;
 esac
