@@ -54,6 +54,11 @@ NODES_FILE="$STATE/node-count"
 NODES=${NODES:-$(cat "$NODES_FILE" 2>/dev/null || echo 1)}
 # Every pod range (node K has 10.244.K.0/24; node1's is on the bridge itself, 10.244.0.0/24).
 CLUSTER_CIDR=10.244.0.0/16
+# Test settings for fast failure detection (docs/local-cluster.md): a node is NotReady this long
+# after its last heartbeat (upstream default 50 s), and pods without their own toleration are evicted
+# from a NotReady or unreachable node after EVICTION_SECONDS (upstream default 300 s).
+NODE_GRACE=${OUROBOROS_NODE_GRACE:-16s}
+EVICTION_SECONDS=${OUROBOROS_EVICTION_SECONDS:-60}
 # Host-side rules that cut a node off (partition) live in this chain.
 PARTITION_CHAIN=OURO-PARTITION
 
@@ -243,6 +248,7 @@ apiserver_up() {
     --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --default-not-ready-toleration-seconds "$EVICTION_SECONDS" --default-unreachable-toleration-seconds "$EVICTION_SECONDS" \
     --profiling=false --v=1
   # Explicit: errexit does not apply where a caller tests this function (power-cycle's retry loop).
   WAIT_PROC=kube-apiserver wait_for "kube-apiserver /readyz" 90 "${KUBECTL[@]}" get --raw /readyz || return 1
@@ -259,6 +265,7 @@ controllers_up() {
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --root-ca-file "$PKI/ca.crt" --service-account-private-key-file "$PKI/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false \
+    --node-monitor-period 2s --node-monitor-grace-period "$NODE_GRACE" \
     --v=1
   start kube-scheduler "$K8S_BIN/kube-scheduler" \
     --kubeconfig "$CONF/scheduler.kubeconfig" \
@@ -331,6 +338,9 @@ tlsPrivateKeyFile: $PKI/kubelet-serving.key
 authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: $PKI/ca.crt}}
 authorization: {mode: Webhook}
 serializeImagePulls: false
+# Test settings (docs/local-cluster.md): a lost node is noticed in seconds, not in 50 s.
+nodeStatusUpdateFrequency: 4s
+nodeLeaseDurationSeconds: 8
 maxPods: 60
 EOF
   cat > "$CONF/kube-proxy.yaml" <<EOF
@@ -494,6 +504,11 @@ node_container_pids() {
   find "/sys/fs/cgroup/pids/ouro-node$1" -name cgroup.procs -exec cat {} + 2>/dev/null || true
 }
 
+# unmount_under PREFIX: lazily unmounts every mount whose path starts with PREFIX, deepest first.
+unmount_under() {
+  awk -v s="$1" 'index($2, s) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
+
 node_power_off() {
   local k=$1 name="node$k" p pids=()
   for p in "kubelet-$name" "kube-proxy-$name" "containerd-$name"; do
@@ -518,7 +533,11 @@ cmd_node_stop() {
   local k; k=$(node_index "${1:-}")
   ip link set "ouro-v$k" down
   node_power_off "$k"
-  # What a reboot loses: the runtime's state on tmpfs.
+  # What a reboot loses: every mount of the node (container root filesystems, tmpfs volumes) and the
+  # runtime's state on tmpfs. Data on its disks (local PVs, the kubelet's directory) stays.
+  unmount_under "$(nrun "$k")"
+  unmount_under "$(ndir "$k")"
+  unmount_under "$STATE/pv/node$k-"
   rm -rf "$(nrun "$k")/state"
   log "node$k: power off (kubelet, runtime and every container killed; link down)"
 }
@@ -550,8 +569,6 @@ cmd_partition() {
     iptables -C "$PARTITION_CHAIN" -s "$a" -j DROP 2>/dev/null || iptables -A "$PARTITION_CHAIN" -s "$a" -j DROP
     iptables -C "$PARTITION_CHAIN" -d "$a" -j DROP 2>/dev/null || iptables -A "$PARTITION_CHAIN" -d "$a" -j DROP
   done
-  # Connections already tracked keep no privilege: drop is per packet, but flush them anyway so no
-  # NAT decision taken before the cut is reused after the heal.
   log "node$k: partitioned"
 }
 

@@ -20,6 +20,9 @@ check "no /kubepods cgroup" none bash -c 'ls -d /sys/fs/cgroup/*/kubepods 2>/dev
 check "no KUBE-/CNI- iptables chain" none bash -c 'iptables-save | grep -E "^:(KUBE|CNI)-"'
 check "no bridge" bash -c '! ip link show ouro0 >/dev/null 2>&1'
 check "no pod veth" none bash -c 'ip -o link show type veth | grep -o "veth[0-9a-f]*"'
+check "no node network namespace, veth or route" none bash -c 'ls /run/netns 2>/dev/null | grep "^ouro-node"; ip -o link | grep -o "ouro-v[0-9]"; ip route | grep "^10\.244\.[1-9]"'
+check "no node cgroup" none bash -c 'ls -d /sys/fs/cgroup/*/ouro-node* 2>/dev/null'
+check "no partition chain" none bash -c 'iptables-save | grep OURO-PARTITION'
 "$CLUSTER" up
 source <("$CLUSTER" env)
 check "node Ready after down+up" bash -c '[ "$(kubectl get node node1 -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].status}")" = True ]'

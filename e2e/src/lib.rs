@@ -271,6 +271,37 @@ pub mod etcd_cluster {
             .context("client Service has no ClusterIP")?;
         Ok(format!("http://{ip}:2379"))
     }
+
+    /// etcd's cluster ID and its sorted member IDs, read at `endpoint` once it answers: unchanged
+    /// IDs mean no member was replaced.
+    pub async fn identity(endpoint: &str) -> anyhow::Result<(u64, Vec<u64>)> {
+        crate::wait_for(
+            "etcd to answer a member list",
+            Duration::from_secs(180),
+            || async move {
+                let Ok(mut e) = etcd_client::Client::connect([endpoint], None).await else {
+                    return Ok(None);
+                };
+                let Ok(list) = e.member_list().await else {
+                    return Ok(None);
+                };
+                let cluster = list.header().map_or(0, |h| h.cluster_id());
+                let mut ids: Vec<u64> = list.members().iter().map(|m| m.id()).collect();
+                ids.sort_unstable();
+                Ok(Some((cluster, ids)))
+            },
+        )
+        .await
+    }
+}
+
+/// Runs `e2e/cluster.sh` with `args` (the local cluster's fault tools: node-stop, partition, ...).
+pub fn cluster_script(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new(repo_root().join("e2e/cluster.sh"))
+        .args(args)
+        .status()?;
+    anyhow::ensure!(st.success(), "e2e/cluster.sh {} failed", args.join(" "));
+    Ok(())
 }
 
 pub mod writer {

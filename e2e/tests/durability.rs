@@ -110,22 +110,6 @@ async fn delete_every_pod_and_wait(c: &Client, ns: &str) -> anyhow::Result<()> {
 }
 
 /// etcd's own view through the client Service: the cluster ID and the sorted member IDs.
-async fn etcd_identity(endpoint: &str) -> anyhow::Result<(u64, Vec<u64>)> {
-    wait_for("etcd to answer a member list", T, || async move {
-        let Ok(mut e) = etcd_client::Client::connect([endpoint], None).await else {
-            return Ok(None);
-        };
-        let Ok(list) = e.member_list().await else {
-            return Ok(None);
-        };
-        let cluster = list.header().map_or(0, |h| h.cluster_id());
-        let mut ids: Vec<u64> = list.members().iter().map(|m| m.id()).collect();
-        ids.sort_unstable();
-        Ok(Some((cluster, ids)))
-    })
-    .await
-}
-
 async fn events_with_reason(c: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<String>> {
     Ok(Api::<Event>::namespaced(c.clone(), ns)
         .list(&ListParams::default())
@@ -147,7 +131,7 @@ async fn every_pod_deleted_at_once_comes_back_on_its_claims_without_a_restore() 
         // A backup exists, so automatic recovery would have something to restore if it misread this.
         backup_succeeded(&c, &ns, "d", "b").await?;
         let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
-        let before = etcd_identity(&endpoint).await?;
+        let before = etcd_cluster::identity(&endpoint).await?;
         let writer = Writer::start(&endpoint, "/allpods").await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -160,7 +144,7 @@ async fn every_pod_deleted_at_once_comes_back_on_its_claims_without_a_restore() 
         let (acked, failed) = writer.stop_and_verify().await?;
         println!("every pod deleted at once -> every member in a new Ready pod and Running after {back_in:?}; {acked} writes acknowledged, {failed} failed attempts, 0 lost");
 
-        let after = etcd_identity(&endpoint).await?;
+        let after = etcd_cluster::identity(&endpoint).await?;
         ensure!(after.0 == before.0, "cluster ID {:x} -> {:x}", before.0, after.0);
         ensure!(after.1 == before.1, "members {:x?} -> {:x?}: replaced, not restarted", before.1, after.1);
         no_restore(&c, &ns).await?;
@@ -361,10 +345,10 @@ async fn chaos_loses_no_acknowledged_write() -> anyhow::Result<()> {
             })
             .await?;
             // 4. Every pod at once.
-            let ids = etcd_identity(&endpoint).await?;
+            let ids = etcd_cluster::identity(&endpoint).await?;
             delete_every_pod_and_wait(&c, &ns).await?;
             etcd_cluster::wait(&c, &ns, "d", "3 members after every pod went", T, converged(3, V)).await?;
-            let after = etcd_identity(&endpoint).await?;
+            let after = etcd_cluster::identity(&endpoint).await?;
             ensure!(
                 after == ids,
                 "every pod at once replaced members or the cluster: {ids:x?} -> {after:x?}"

@@ -35,8 +35,8 @@ use kube::{
 };
 use ouroboros_crds::{EtcdCluster, EtcdClusterStatus, condition_types as ct};
 use ouroboros_e2e::{
-    backup_succeeded, checkpoints, client, env, etcd_cluster as cluster, minio_secret, repo_root, s3,
-    wait_for,
+    backup_succeeded, checkpoints, client, cluster_script, env, etcd_cluster as cluster, minio_secret,
+    repo_root, s3, wait_for,
 };
 use serde_json::json;
 
@@ -90,21 +90,15 @@ fn power_cut_losing<'a>(
         paths.push(format!("{data}/{NS}-{member}"));
         paths.push(checkpoints::file(NS, member)?.display().to_string());
     }
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .arg("power-cut-losing")
-        .args(&paths)
-        .status()?;
-    ensure!(st.success(), "cluster.sh power-cut-losing failed");
-    Ok(())
+    let mut args = vec!["power-cut-losing"];
+    args.extend(paths.iter().map(String::as_str));
+    cluster_script(&args)
 }
 
 /// Restarts the API server on `etcd_servers` (`e2e/cluster.sh use-etcd`, as an installer or an
 /// administrator does it) and returns a client for it.
 async fn api_server_on(etcd_servers: &str) -> anyhow::Result<Client> {
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .args(["use-etcd", etcd_servers])
-        .status()?;
-    ensure!(st.success(), "cluster.sh use-etcd {etcd_servers} failed");
+    cluster_script(&["use-etcd", etcd_servers])?;
     ouroboros_e2e::client().await
 }
 
@@ -323,13 +317,7 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
     write(client, "kuberception-before-power-cut", "before the power cut").await?;
 
     let t0 = std::time::Instant::now();
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .arg("power-cycle")
-        .status()?;
-    ensure!(
-        st.success(),
-        "cluster.sh power-cycle failed: the API server did not come back"
-    );
+    cluster_script(&["power-cycle"]).context("the API server did not come back")?;
     eprintln!("API server ready {:?} after the power cut", t0.elapsed());
 
     let client = ouroboros_e2e::client().await?;
@@ -580,12 +568,12 @@ async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
     ensure!(st.success(), "fetching {location} failed");
 
     // Steps 2 and 3: the restored boot etcd under a temporary API server.
-    let st = Command::new(repo_root().join("e2e/cluster.sh"))
-        .arg("boot-etcd-restore")
-        .arg(restore_dir.join("snapshot.db"))
-        .status()?;
+    let restored = cluster_script(&[
+        "boot-etcd-restore",
+        &restore_dir.join("snapshot.db").display().to_string(),
+    ]);
     std::fs::remove_dir_all(&restore_dir)?;
-    ensure!(st.success(), "cluster.sh boot-etcd-restore failed");
+    restored?;
     let client = ouroboros_e2e::client().await?;
     eprintln!(
         "temporary API server on the restored boot etcd {:?} after the cut",

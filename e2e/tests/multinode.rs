@@ -1,0 +1,255 @@
+//! Several nodes (#18): members spread over nodes, a node lost to a power cut, a node cut off by a
+//! network partition. Each test keeps a writer of sequential keys running through the disruption and
+//! checks afterwards that every acknowledged write is still there (0 lost).
+//!
+//! Ignored by default: they need the local cluster with three nodes (`NODES=3 e2e/cluster.sh up`),
+//! where node2 and node3 are network namespaces of their own that `e2e/cluster.sh node-stop` and
+//! `partition` can cut (docs/local-cluster.md). `make test` runs them in their own stage.
+
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, PostParams},
+};
+use ouroboros_crds::{BackupPhase, EtcdBackup};
+use ouroboros_e2e::{
+    TestNamespace, backup_finished, client, cluster_script, env,
+    etcd_cluster::{self, converged},
+    etcd_tool, s3_credentials, wait_for,
+    writer::Writer,
+};
+
+const V: &str = "3.6.16";
+const T: Duration = Duration::from_secs(240);
+
+/// A 3-member cluster `name` on claims, spread by `anti_affinity` (`None` for the default).
+fn cluster(name: &str, anti_affinity: Option<&str>) -> String {
+    let pod = anti_affinity.map_or(String::new(), |a| format!("  pod: {{antiAffinity: {a}}}\n"));
+    format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: {name}}}\nspec:\n  size: 3\n  \
+         storage: {{persistentVolumeClaim: {{size: 1Gi}}}}\n{pod}"
+    )
+}
+
+/// Member pod name -> node name, for the members of `cluster`.
+async fn nodes_of(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let pods = Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels(&format!("etcd.ouroboros.dev/cluster={cluster}")))
+        .await?;
+    pods.items
+        .iter()
+        .map(|p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            Ok((
+                p.name_any(),
+                node.with_context(|| format!("{} is not scheduled", p.name_any()))?,
+            ))
+        })
+        .collect()
+}
+
+async fn ensure_spread(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let placed = nodes_of(c, ns, cluster).await?;
+    let nodes: BTreeSet<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
+    ensure!(nodes.len() == 3, "members of {cluster} share nodes: {placed:?}");
+    Ok(placed)
+}
+
+/// A member that is not on node1 (the machine itself, which the fault tools do not cut) and not the
+/// leader, and its node.
+async fn follower_off_node1(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<(String, String)> {
+    let status = Api::<ouroboros_crds::EtcdCluster>::namespaced(c.clone(), ns)
+        .get(cluster)
+        .await?
+        .status
+        .unwrap_or_default();
+    let placed = nodes_of(c, ns, cluster).await?;
+    placed
+        .into_iter()
+        .find(|(pod, node)| node != "node1" && !status.members.iter().any(|m| &m.name == pod && m.is_leader))
+        .context("no follower off node1")
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn wait_node_ready(c: &Client, name: &str, ready: bool) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(c.clone());
+    wait_for(&format!("{name} Ready={ready}"), T, || {
+        let nodes = nodes.clone();
+        async move { Ok((node_ready(&nodes.get(name).await?) == ready).then_some(())) }
+    })
+    .await
+}
+
+/// Writes acknowledged while `secs` pass: the cluster keeps serving when this grows.
+async fn acked_during(writer: &Writer, secs: u64) -> u64 {
+    let before = writer.acked();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    writer.acked() - before
+}
+
+#[tokio::test]
+#[ignore = "needs NODES=3; make test runs it in its own stage"]
+async fn members_spread_over_nodes_and_back_up_from_there() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "spread").await?.run(|c, ns| async move {
+        etcd_cluster::create(&c, &ns, &cluster("req", Some("Required"))).await?;
+        etcd_cluster::create(&c, &ns, &cluster("pref", None)).await?;
+        etcd_cluster::wait(&c, &ns, "req", "3 members", T, converged(3, V)).await?;
+        etcd_cluster::wait(&c, &ns, "pref", "3 members", T, converged(3, V)).await?;
+        println!("Required: {:?}", ensure_spread(&c, &ns, "req").await?);
+        println!("default (Preferred): {:?}", ensure_spread(&c, &ns, "pref").await?);
+
+        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "pref").await?;
+        let writer = Writer::start(&endpoint, "/spread").await?;
+        s3_credentials(&c, &ns, "minio", &env("AWS_SECRET_ACCESS_KEY")?).await?;
+        let backups: Api<EtcdBackup> = Api::namespaced(c.clone(), &ns);
+        let to_volume = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {name: to-volume}\n\
+                         spec: {clusterName: pref}\n"
+            .to_owned();
+        let to_s3 = format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdBackup\nmetadata: {{name: to-s3}}\n\
+             spec: {{clusterName: req, destination: {{s3: {{bucket: {}, prefix: e2e/{ns}/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}}}\n",
+            env("OUROBOROS_S3_BUCKET")?,
+            env("OUROBOROS_S3_ENDPOINT")?
+        );
+        for yaml in [&to_volume, &to_s3] {
+            backups.create(&PostParams::default(), &serde_norway::from_str(yaml)?).await?;
+        }
+        for name in ["to-volume", "to-s3"] {
+            let s = backup_finished(&c, &ns, name, T).await?;
+            ensure!(s.phase == Some(BackupPhase::Succeeded), "backup {name} failed: {:?}", s.reason);
+            println!("backup {name}: {:?} from {:?}", s.location, s.member);
+        }
+        let (acked, failed) = writer.stop_and_verify().await?;
+        println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs NODES=3; make test runs it in its own stage"]
+async fn a_member_whose_node_loses_power_comes_back_on_its_data() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "node-stop")
+        .await?
+        .run(|c, ns| async move {
+            etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
+            etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+            ensure_spread(&c, &ns, "d").await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+            let before = etcd_cluster::identity(&endpoint).await?;
+            let (victim, node) = follower_off_node1(&c, &ns, "d").await?;
+            let writer = Writer::start(&endpoint, "/node-stop").await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+
+            cluster_script(&["node-stop", &node])?;
+            let cut = Instant::now();
+            wait_node_ready(&c, &node, false).await?;
+            let served = acked_during(&writer, 20).await;
+            ensure!(served > 0, "no write was acknowledged while {node} was down");
+            println!(
+                "{node} (with {victim}) down: NotReady after {:?}, {served} writes acknowledged in 20 s",
+                cut.elapsed()
+            );
+
+            cluster_script(&["node-start", &node])?;
+            etcd_cluster::wait(&c, &ns, "d", "3 members again", T, converged(3, V)).await?;
+            println!("{victim} back {:?} after the power cut", cut.elapsed());
+            let after = etcd_cluster::identity(&endpoint).await?;
+            ensure!(
+                after == before,
+                "identity {before:x?} -> {after:x?}: a member was replaced, not restarted"
+            );
+            let placed = nodes_of(&c, &ns, "d").await?;
+            ensure!(
+                placed.iter().any(|(p, n)| p == &victim && n == &node),
+                "{victim} is no longer on {node}: {placed:?}"
+            );
+            let (acked, failed) = writer.stop_and_verify().await?;
+            println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+            Ok(())
+        })
+        .await
+}
+
+/// A linearizable read of `key` from the member at `ip`, asked from inside `node`'s network (the only
+/// place that still reaches it during a partition).
+fn linearizable_read_on(node: &str, ip: &str) -> anyhow::Result<bool> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/ouro-{node}"))
+        .arg(etcd_tool("etcdctl"))
+        .args([
+            "--endpoints",
+            &format!("http://{ip}:2379"),
+            "--command-timeout=3s",
+            "get",
+            "/partition/00000000",
+        ])
+        .output()
+        .context("running etcdctl in the node's network")?;
+    Ok(out.status.success())
+}
+
+#[tokio::test]
+#[ignore = "needs NODES=3; make test runs it in its own stage"]
+async fn a_partitioned_member_rejoins_without_being_replaced() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "partition").await?.run(|c, ns| async move {
+        etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
+        etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+        ensure_spread(&c, &ns, "d").await?;
+        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+        let before = etcd_cluster::identity(&endpoint).await?;
+        let (victim, node) = follower_off_node1(&c, &ns, "d").await?;
+        let pod = Api::<Pod>::namespaced(c.clone(), &ns).get(&victim).await?;
+        let ip = pod.status.and_then(|s| s.pod_ip).context("victim has no IP")?;
+        let uid_before = pod.metadata.uid.clone();
+        let writer = Writer::start(&endpoint, "/partition").await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(linearizable_read_on(&node, &ip)?, "{victim} does not serve reads before the cut");
+
+        cluster_script(&["partition", &node])?;
+        let cut = Instant::now();
+        let served = acked_during(&writer, 10).await;
+        ensure!(served > 0, "the majority acknowledged no write while {node} was cut off");
+        if linearizable_read_on(&node, &ip)? {
+            cluster_script(&["heal", &node])?;
+            bail!("the cut-off member {victim} served a linearizable read");
+        }
+        let served = served + acked_during(&writer, 15).await;
+        println!("{node} (with {victim}) partitioned for {:?}: {served} writes acknowledged by the majority; no linearizable read from {victim}", cut.elapsed());
+
+        cluster_script(&["heal", &node])?;
+        etcd_cluster::wait(&c, &ns, "d", "3 members again", T, converged(3, V)).await?;
+        println!("{victim} healthy again {:?} after the cut", cut.elapsed());
+        // The operator's view may predate the heal by a poll; the member itself says when it is back.
+        wait_for(&format!("{victim} to serve a linearizable read after the heal"), T, || {
+            let (node, ip) = (node.clone(), ip.clone());
+            async move { Ok(linearizable_read_on(&node, &ip)?.then_some(())) }
+        })
+        .await?;
+        println!("{victim} serves linearizable reads {:?} after the cut", cut.elapsed());
+        let after = etcd_cluster::identity(&endpoint).await?;
+        ensure!(after == before, "identity {before:x?} -> {after:x?}: a member was replaced");
+        let uid_after = Api::<Pod>::namespaced(c.clone(), &ns).get(&victim).await?.metadata.uid;
+        ensure!(uid_after == uid_before, "{victim} got a new pod: it was replaced or restarted, not rejoined");
+        let (acked, failed) = writer.stop_and_verify().await?;
+        println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+        Ok(())
+    })
+    .await
+}
