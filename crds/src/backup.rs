@@ -30,8 +30,9 @@ pub struct EtcdBackupSpec {
     #[x_kube(validation = Rule::new("self != ''").message("clusterName must not be empty"))]
     pub cluster_name: String,
     /// Where to write the archive. Empty uses the cluster's `spec.backup.destination`, and failing
-    /// that the PVC `<cluster>-backups` that clusters with PVC storage get. A volume destination must
-    /// be the one the member pods mount (the cluster's), since pods cannot gain a volume later.
+    /// that the PVC `<cluster>-backups` that clusters with PVC storage get (written by a writer pod
+    /// `<backup>-writer`, as members do not mount it). Any other volume destination must be the one
+    /// the member pods mount (the cluster's), since pods cannot gain a volume later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<BackupDestination>,
     /// Encrypt this archive with age. Empty uses the cluster's `spec.backup.encryption`.
@@ -81,6 +82,10 @@ pub struct EtcdBackupStatus {
     /// Name of the member (pod) the snapshot came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// The writer pod writing the archive to the default backup claim `<cluster>-backups` (which
+    /// members do not mount); empty when the member's own sidecar writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_pod: Option<String>,
     /// When the snapshot started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,

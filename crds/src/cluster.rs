@@ -214,8 +214,9 @@ pub struct BackupPolicy {
     pub schedule: String,
     /// Where archives go. Empty uses a directory on the PVC `<cluster>-backups`, which the operator
     /// creates (same class and size as a member's data claim) for clusters with PVC storage and keeps
-    /// when the cluster is deleted. Member pods mount a volume destination when they are created, so
-    /// changing it applies to members started afterwards.
+    /// when the cluster is deleted; each backup to it is written by a writer pod `<backup>-writer`
+    /// that mounts it, so members on different nodes need not share it. Member pods mount a volume
+    /// named here when they are created, so changing it applies to members started afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<BackupDestination>,
     /// Which stored backups to keep.

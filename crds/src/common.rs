@@ -68,8 +68,10 @@ fn default_region() -> String {
     "us-east-1".to_owned()
 }
 
-/// A directory on a PersistentVolumeClaim. Every member pod of the cluster mounts the claim, so on a
-/// multi-node cluster it must support ReadWriteMany (or all members must share a node).
+/// A directory on a PersistentVolumeClaim. A claim named here is mounted by every member pod of the
+/// cluster, so on a multi-node cluster it must support ReadWriteMany (or all members must share a
+/// node). The default claim `<cluster>-backups` is mounted by no member: each backup to it is written
+/// by a short-lived writer pod `<backup>-writer`, which reaches the member over the network.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeDestination {

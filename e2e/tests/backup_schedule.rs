@@ -174,6 +174,8 @@ async fn a_cluster_with_pvc_storage_backs_up_to_its_default_claim() -> anyhow::R
         backups.create(&PostParams::default(), &b).await?;
         let s = backup_finished(&c, &ns, "to-volume", Duration::from_secs(120)).await?;
         ensure!(s.phase == Some(BackupPhase::Succeeded), "failed: {:?}", s.reason);
+        // Members do not mount the default claim: a writer pod wrote the archive.
+        ensure!(s.writer_pod.as_deref() == Some("to-volume-writer"), "written by {:?}", s.writer_pod);
         let location = s.location.clone().unwrap_or_default();
         let inside = location
             .strip_prefix("file:///backups/v-backups/")

@@ -322,6 +322,33 @@ pub fn default_backup_claim(cluster: &EtcdCluster) -> String {
     format!("{}-backups", cluster.name_any())
 }
 
+/// Label on a backup's writer pod naming its cluster. The writer deliberately lacks
+/// [`LABEL_CLUSTER`], so the cluster's Services, PodDisruptionBudget, anti-affinity and observation
+/// never take it for a member.
+pub const LABEL_BACKUP_WRITER_OF: &str = "etcd.ouroboros.dev/backup-writer-of";
+
+/// On a backup's writer pod: the member its sidecar backs up (its `--etcd-endpoint`).
+pub const ANNOTATION_WRITER_MEMBER: &str = "etcd.ouroboros.dev/backup-writer-member";
+
+/// The writer pod of EtcdBackup `backup`: it writes backups to the default backup claim, which
+/// members do not mount.
+pub fn backup_writer_name(backup: &str) -> String {
+    format!("{backup}-writer")
+}
+
+/// Whether backups to `dest` are written by a writer pod rather than by a member's sidecar: the
+/// default claim (a ReadWriteOnce claim of the data claims' class) is mounted by no member, since
+/// members on different nodes cannot all mount it (a claim named like it is treated alike).
+pub fn written_by_writer(cluster: &EtcdCluster, dest: &VolumeDestination) -> bool {
+    dest.claim_name == default_backup_claim(cluster)
+}
+
+/// The backup volume member pods mount: the cluster's volume destination unless it is the default
+/// claim, which writer pods mount instead ([`written_by_writer`]).
+pub fn member_backup_volume(cluster: &EtcdCluster) -> Option<VolumeDestination> {
+    backup_volume(cluster).filter(|d| !written_by_writer(cluster, d))
+}
+
 /// The volume destination backups of this cluster use when none is named: `spec.backup.destination`
 /// when it is a volume; the default claim `<cluster>-backups` when no destination is configured and
 /// the data is on PVCs (it has the data claims' class and size); otherwise none (S3 is configured, or

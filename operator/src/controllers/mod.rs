@@ -169,9 +169,28 @@ pub fn delete_if_present<T>(
     result: Result<T, kube::Error>,
     action: &'static str,
 ) -> Result<(), KubeCallError> {
+    done_unless_other_than(404, result, action)
+}
+
+/// The result of a create or a conditional patch, where 409 Conflict means done for now (the object
+/// exists, or changed since it was read), as an error only for other failures.
+pub fn conflict_is_done<T>(
+    result: Result<T, kube::Error>,
+    action: &'static str,
+) -> Result<(), KubeCallError> {
+    done_unless_other_than(409, result, action)
+}
+
+/// Success, or the API's refusal with status `code` (which the caller counts as done), else the
+/// failure to retry.
+fn done_unless_other_than<T>(
+    code: u16,
+    result: Result<T, kube::Error>,
+    action: &'static str,
+) -> Result<(), KubeCallError> {
     match result {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == code => Ok(()),
         Err(source) => Err(KubeCallError { action, source }),
     }
 }

@@ -147,34 +147,22 @@ fn build_member_pod(
             json!({"name": "data", "emptyDir": {"medium": e.medium.map(|_| "Memory"), "sizeLimit": e.size_limit}})
         }
     };
-    // The sidecar's API is served to the operator alone, over mutual TLS with the certificate the
-    // operator issued for this cluster's sidecars (docs/security.md).
-    let mut sidecar_mounts = vec![
+    let mut sidecar = SidecarParts::new(
+        cluster,
+        ports.sidecar,
+        &format!("{sch}://127.0.0.1:{}", ports.client),
+        &tls_name,
+    );
+    sidecar.mounts.insert(
+        0,
         json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true}),
-        json!({"name": "sidecar-api-tls", "mountPath": SIDECAR_API_TLS_MOUNT, "readOnly": true}),
-    ];
-    volumes.push(json!({"name": "sidecar-api-tls", "secret": {
-        "secretName": ouroboros_crds::sidecar::server_secret_name(&cluster.name_any()), "defaultMode": 0o400}}));
-    let mut sidecar_args = vec![
-        format!("--listen=0.0.0.0:{}", ports.sidecar),
-        format!("--etcd-endpoint={sch}://127.0.0.1:{}", ports.client),
-        format!("--api-tls-dir={SIDECAR_API_TLS_MOUNT}"),
-    ];
-    if let Some(tls) = &spec.tls {
-        // The sidecar dials its own member over loopback as the operator's client, checking the
-        // member's certificate against the member's DNS name.
-        volumes.push(json!({"name": "client-tls", "secret": {"secretName": tls.operator_client_secret, "defaultMode": 0o400}}));
-        sidecar_mounts.push(
-            json!({"name": "client-tls", "mountPath": format!("{TLS_MOUNT}/client"), "readOnly": true}),
-        );
-        sidecar_args.extend([
-            format!("--tls-dir={TLS_MOUNT}/client"),
-            format!("--tls-server-name={tls_name}"),
-        ]);
-    }
-    if let Some(dest) = backup_volume(cluster) {
+    );
+    volumes.append(&mut sidecar.volumes);
+    // The default backup claim is mounted by writer pods, never by members (docs/design/backups.md).
+    if let Some(dest) = member_backup_volume(cluster) {
         volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": dest.claim_name}}));
-        sidecar_mounts
+        sidecar
+            .mounts
             .push(json!({"name": "backups", "mountPath": format!("{BACKUP_MOUNT}/{}", dest.claim_name)}));
     }
     let affinity = spec
@@ -263,23 +251,7 @@ fn build_member_pod(
                     "resources": spec.pod.resources,
                     "volumeMounts": etcd_mounts
                 },
-                {
-                    "name": SIDECAR_CONTAINER,
-                    "image": images.sidecar,
-                    "imagePullPolicy": "IfNotPresent",
-                    "args": sidecar_args,
-                    // glibc gives each compression thread its own malloc arena, which keeps freed
-                    // chunks, and after the first S3 part buffer is freed it raises its mmap
-                    // threshold so later part buffers come from (and stay in) the heap. Two arenas
-                    // and a fixed 4 MiB threshold (10 MiB part buffers are mapped and unmapped, 1 MiB
-                    // chunks are reused from the heap) hold the sidecar's peak memory down
-                    // (measured: see docs/benchmarks.md; e2e/bench/backup.sh sets the same).
-                    "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"},
-                            {"name": "MALLOC_MMAP_THRESHOLD_", "value": "4194304"}],
-                    "ports": [{"name": "sidecar", "containerPort": ports.sidecar}],
-                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-                    "volumeMounts": sidecar_mounts
-                }
+                sidecar_container(images, ports.sidecar, sidecar.args, sidecar.mounts)
             ],
             "volumes": std::iter::once(data_volume).chain(volumes).collect::<Vec<_>>()
         }
@@ -297,6 +269,79 @@ fn build_member_pod(
         spec.extend(extra.clone());
     }
     to_object("Pod", pod)
+}
+
+/// What a backup sidecar needs to serve the operator and reach its member: its arguments, and the
+/// volumes and mounts of its certificates. Member sidecars and backup writers share it, so a writer
+/// reaches its member exactly as the member's own sidecar does.
+pub(crate) struct SidecarParts {
+    /// The sidecar's arguments.
+    pub args: Vec<String>,
+    /// The pod's volumes for them.
+    pub volumes: Vec<serde_json::Value>,
+    /// The sidecar's mounts of those volumes.
+    pub mounts: Vec<serde_json::Value>,
+}
+
+impl SidecarParts {
+    /// A sidecar listening on `port` that backs up the member at `endpoint`, whose certificate (on TLS
+    /// clusters) is checked against `tls_name`.
+    pub fn new(cluster: &EtcdCluster, port: u16, endpoint: &str, tls_name: &str) -> SidecarParts {
+        // The sidecar's API is served to the operator alone, over mutual TLS with the certificate the
+        // operator issued for this cluster's sidecars (docs/security.md).
+        let mut mounts =
+            vec![json!({"name": "sidecar-api-tls", "mountPath": SIDECAR_API_TLS_MOUNT, "readOnly": true})];
+        let mut volumes = vec![json!({"name": "sidecar-api-tls", "secret": {
+            "secretName": ouroboros_crds::sidecar::server_secret_name(&cluster.name_any()), "defaultMode": 0o400}})];
+        let mut args = vec![
+            format!("--listen=0.0.0.0:{port}"),
+            format!("--etcd-endpoint={endpoint}"),
+            format!("--api-tls-dir={SIDECAR_API_TLS_MOUNT}"),
+        ];
+        if let Some(tls) = &cluster.spec.tls {
+            // The sidecar dials its member as the operator's client, checking the member's
+            // certificate against the member's name.
+            volumes.push(json!({"name": "client-tls", "secret": {"secretName": tls.operator_client_secret, "defaultMode": 0o400}}));
+            mounts.push(
+                json!({"name": "client-tls", "mountPath": format!("{TLS_MOUNT}/client"), "readOnly": true}),
+            );
+            args.extend([
+                format!("--tls-dir={TLS_MOUNT}/client"),
+                format!("--tls-server-name={tls_name}"),
+            ]);
+        }
+        SidecarParts {
+            args,
+            volumes,
+            mounts,
+        }
+    }
+}
+
+/// The backup sidecar container, serving on `port`.
+pub(crate) fn sidecar_container(
+    images: &Images,
+    port: u16,
+    args: Vec<String>,
+    mounts: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    json!({
+        "name": SIDECAR_CONTAINER,
+        "image": images.sidecar,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        // glibc gives each compression thread its own malloc arena, which keeps freed
+        // chunks, and after the first S3 part buffer is freed it raises its mmap
+        // threshold so later part buffers come from (and stay in) the heap. Two arenas
+        // and a fixed 4 MiB threshold (10 MiB part buffers are mapped and unmapped, 1 MiB
+        // chunks are reused from the heap) hold the sidecar's peak memory down
+        // (measured: see docs/benchmarks.md; e2e/bench/backup.sh sets the same).
+        "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"},
+                {"name": "MALLOC_MMAP_THRESHOLD_", "value": "4194304"}],
+        "ports": [{"name": "sidecar", "containerPort": port}],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+        "volumeMounts": mounts
+    })
 }
 
 fn anti_affinity(cluster: &EtcdCluster) -> Option<serde_json::Value> {

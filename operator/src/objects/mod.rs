@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::vocabulary::LABEL_CLUSTER;
 
+mod backup_writer;
 mod claims;
 mod member_pod;
 mod security;
@@ -16,6 +17,7 @@ mod services;
 #[cfg(test)]
 mod tests;
 
+pub use backup_writer::{BackupWriter, backup_writer_pod};
 pub use claims::{default_backup_pvc, member_pvc};
 pub use member_pod::{initial_cluster, member_pod, self_hosted_member_pod};
 pub use security::{restricted_container_security, restricted_pod_security, run_as_root};

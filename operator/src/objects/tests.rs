@@ -338,7 +338,10 @@ fn pvc_storage_gives_each_member_a_claim() {
 
 fn sidecar_backup_mount(p: &Pod) -> Option<(String, String)> {
     let spec = p.spec.clone().unwrap();
-    let mount = spec.containers[1]
+    let mount = spec
+        .containers
+        .iter()
+        .find(|c| c.name == SIDECAR_CONTAINER)?
         .volume_mounts
         .clone()
         .unwrap_or_default()
@@ -380,10 +383,8 @@ fn backups_default_to_a_claim_beside_pvc_data_and_to_none_otherwise() {
         "backups must outlive the cluster"
     );
     assert_eq!(claim.spec.unwrap().storage_class_name.as_deref(), Some("fast"));
-    assert_eq!(
-        sidecar_backup_mount(&pod(&c)),
-        Some(("c-backups".into(), "/backups/c-backups".into()))
-    );
+    // Members do not mount it (a ReadWriteOnce claim on members on different nodes): writer pods do.
+    assert_eq!(sidecar_backup_mount(&pod(&c)), None);
     assert_eq!(
         backup_dir(&c, &backup_volume(&c).unwrap()),
         "/backups/c-backups/ns/c"
@@ -451,6 +452,21 @@ fn repository_override_and_required_anti_affinity() {
     );
 }
 
+/// The Secret the volume `name` holds.
+fn secret_of(volumes: &[k8s_openapi::api::core::v1::Volume], name: &str) -> Option<String> {
+    volumes
+        .iter()
+        .find(|v| v.name == name)
+        .and_then(|v| v.secret.clone())
+        .and_then(|s| s.secret_name)
+}
+
+fn assert_flags(args: &[String], flags: &[&str]) {
+    for flag in flags {
+        assert!(args.contains(&(*flag).to_owned()), "{flag} missing from {args:?}");
+    }
+}
+
 #[test]
 fn tls_members_use_https_and_mount_their_certificates() {
     let c = cluster(
@@ -468,23 +484,18 @@ fn tls_members_use_https_and_mount_their_certificates() {
     .unwrap();
     let spec = p.spec.unwrap();
     let args = spec.containers[0].args.clone().unwrap();
-    for flag in [
-        "--listen-client-urls=https://0.0.0.0:2379",
-        "--listen-metrics-urls=http://0.0.0.0:2381",
-        "--client-cert-auth=true",
-        "--peer-client-cert-auth=true",
-        "--initial-cluster=c-0=https://c-0.c.ns.svc:2380",
-    ] {
-        assert!(args.contains(&flag.to_owned()), "{flag} missing from {args:?}");
-    }
+    assert_flags(
+        &args,
+        &[
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--listen-metrics-urls=http://0.0.0.0:2381",
+            "--client-cert-auth=true",
+            "--peer-client-cert-auth=true",
+            "--initial-cluster=c-0=https://c-0.c.ns.svc:2380",
+        ],
+    );
     let volumes = spec.volumes.unwrap();
-    let secret = |n: &str| {
-        volumes
-            .iter()
-            .find(|v| v.name == n)
-            .and_then(|v| v.secret.clone())
-            .and_then(|s| s.secret_name)
-    };
+    let secret = |n: &str| secret_of(&volumes, n);
     assert_eq!(secret("peer-tls").as_deref(), Some("p"));
     assert_eq!(secret("server-tls").as_deref(), Some("s"));
     // The client certificate (spec.tls.operatorClientSecret) is for the backup sidecar alone: the
@@ -529,4 +540,91 @@ fn services_select_the_cluster() {
     let spec = client_service(&self_hosted).unwrap().spec.unwrap();
     assert_eq!(spec.publish_not_ready_addresses, Some(true));
     assert_eq!(spec.selector.unwrap()[LABEL_VOTER], "true");
+}
+
+fn writer_backup() -> ouroboros_crds::EtcdBackup {
+    serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": "b", "namespace": "ns", "uid": "b-uid"},
+        "spec": {"clusterName": "c"},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_backup_writer_mounts_the_default_claim_where_members_did_and_dials_the_member() {
+    let c = cluster(json!({
+        "size": 3,
+        "storage": {"persistentVolumeClaim": {"size": "2Gi"}},
+        "tls": {"peerSecret": "p", "serverSecret": "s", "operatorClientSecret": "o"},
+        "pod": {"nodeSelector": {"disk": "local"}},
+    }));
+    let b = writer_backup();
+    let w = BackupWriter {
+        backup: &b,
+        member: "c-1",
+        member_ip: "10.0.0.5",
+        member_ports: Ports::POD_NETWORK,
+        active_deadline: std::time::Duration::from_secs(1500),
+        as_root: false,
+    };
+    let p = backup_writer_pod(&c, &images(), &w).unwrap();
+    assert_eq!(p.metadata.name.as_deref(), Some("b-writer"));
+    // The same place as a member's sidecar mounts it: archive locations do not change.
+    assert_eq!(
+        sidecar_backup_mount(&p),
+        Some(("c-backups".into(), "/backups/c-backups".into()))
+    );
+    let labels = p.labels();
+    assert_eq!(labels.get(LABEL_BACKUP_WRITER_OF).map(String::as_str), Some("c"));
+    assert!(
+        !labels.contains_key(LABEL_CLUSTER),
+        "a writer carrying the cluster label would be taken for a member"
+    );
+    assert_eq!(p.annotations()[ANNOTATION_WRITER_MEMBER], "c-1");
+    let owner = &p.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("EtcdBackup", "b-uid"));
+    let spec = p.spec.clone().unwrap();
+    assert_eq!(spec.active_deadline_seconds, Some(1500));
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.node_selector.unwrap()["disk"], "local");
+    assert_eq!(spec.containers.len(), 1);
+    let sidecar = &spec.containers[0];
+    let args = sidecar.args.clone().unwrap();
+    assert_flags(
+        &args,
+        &[
+            "--listen=0.0.0.0:8090",
+            "--etcd-endpoint=https://10.0.0.5:2379",
+            "--api-tls-dir=/etc/ouroboros/sidecar-api-tls",
+            "--tls-dir=/etc/etcd/tls/client",
+            "--tls-server-name=c-1.c.ns.svc",
+        ],
+    );
+    let volumes = spec.volumes.unwrap();
+    let secret = |n: &str| secret_of(&volumes, n);
+    assert_eq!(secret("sidecar-api-tls").as_deref(), Some("c-sidecar-tls"));
+    assert_eq!(secret("client-tls").as_deref(), Some("o"));
+    // No member data: the writer reaches its member over the network.
+    assert!(volumes.iter().all(|v| v.name != "data"));
+    // Restricted, as member sidecars are.
+    let pod_security = spec.security_context.unwrap();
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(pod_security.fs_group, Some(UNPRIVILEGED_ID));
+    let c_security = sidecar.security_context.clone().unwrap();
+    assert_eq!(c_security.read_only_root_filesystem, Some(true));
+    assert_eq!(c_security.allow_privilege_escalation, Some(false));
+
+    // For a member on root's data, root as well; without TLS, plain http and no client certificate.
+    let plain = cluster(json!({"size": 3, "storage": {"persistentVolumeClaim": {"size": "2Gi"}}}));
+    let root = backup_writer_pod(&plain, &images(), &BackupWriter { as_root: true, ..w }).unwrap();
+    let spec = root.spec.unwrap();
+    assert!(spec.security_context.is_none());
+    assert!(spec.containers[0].security_context.is_none());
+    let args = spec.containers[0].args.clone().unwrap();
+    assert!(
+        args.contains(&"--etcd-endpoint=http://10.0.0.5:2379".to_owned()),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.starts_with("--tls-dir")), "{args:?}");
 }

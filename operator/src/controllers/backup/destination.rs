@@ -9,7 +9,7 @@ use super::{Error, plan::Resolved};
 use crate::{
     context::Context,
     controllers::kube_err,
-    vocabulary::{backup_dir, backup_volume},
+    vocabulary::{backup_dir, backup_volume, written_by_writer},
 };
 
 /// The destination with S3 credentials from their Secret, or why there is none.
@@ -34,6 +34,7 @@ pub async fn resolve(
             destination: JobDestination::Dir {
                 path: backup_dir(cluster, &v),
             },
+            by_writer: written_by_writer(cluster, &v),
             claim: Some(v.claim_name),
         }));
     }
@@ -81,5 +82,6 @@ pub async fn resolve(
             credentials,
         },
         claim: None,
+        by_writer: false,
     }))
 }

@@ -1,6 +1,8 @@
 //! The EtcdBackup controller: picks a healthy member (a follower when there is one), asks its sidecar
 //! to take the backup, and polls it; the reconcile never waits on the upload. One backup per cluster
-//! runs at a time. Succeeded and Failed are terminal.
+//! runs at a time. Succeeded and Failed are terminal. Backups to the default claim `<cluster>-backups`,
+//! which members do not mount, are taken by a writer pod `<backup>-writer` that mounts it and reaches
+//! the member over the network; it is deleted when the backup ends.
 //!
 //! Each pass observes (`observe_start`, `observe_poll`), decides with a pure plan (`plan`), and
 //! carries out that one step.
@@ -23,8 +25,11 @@ use crate::{
     context::Context,
     member_access,
     metrics::BackupLabels,
+    objects::{self, BackupWriter},
     sidecar::SidecarAddr,
-    vocabulary::{self, LABEL_SCHEDULED, ports_of},
+    vocabulary::{
+        self, ANNOTATION_WRITER_MEMBER, LABEL_SCHEDULED, SIDECAR_PORT, backup_writer_name, ports_of,
+    },
 };
 
 mod destination;
@@ -32,7 +37,7 @@ pub mod plan;
 mod retention;
 
 pub use plan::{BACKUP_TIMEOUT, backup_timeout, cluster_gone};
-use plan::{MemberPod, PollStep, StartStep};
+use plan::{MemberPod, PollStep, StartStep, WriterPod};
 
 /// Field manager for the cluster's `lastSuccessfulBackup`, separate from the cluster controller's.
 const BACKUP_STATUS_MANAGER: &str = "ouroboros-operator-backups";
@@ -97,9 +102,101 @@ async fn fail(ctx: &Context, b: &EtcdBackup, reason: String) -> Result<Action, E
         ..current
     };
     write_status(ctx, b, &status).await?;
+    // Whether or not one was made (a backup may fail before it needs one, or while waiting for it).
+    delete_writer(ctx, b).await?;
     ctx.metrics.backups.failures.get_or_create(&labels(b)).inc();
     event(ctx, b, EventType::Warning, "BackupFailed", reason).await;
     Ok(Action::await_change())
+}
+
+/// Deletes the backup's writer pod, if it has one.
+async fn delete_writer(ctx: &Context, b: &EtcdBackup) -> Result<(), Error> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    super::delete_if_present(
+        pods.delete(&backup_writer_name(&b.name_any()), &Default::default())
+            .await,
+        "deleting the backup's writer pod",
+    )
+}
+
+/// The backup's writer pod, if it exists.
+async fn observe_writer(ctx: &Context, b: &EtcdBackup) -> Result<Option<WriterPod>, Error> {
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .get_opt(&backup_writer_name(&b.name_any()))
+        .await
+        .map_err(kube_err("reading the backup's writer pod"))?;
+    Ok(pod.map(|p| {
+        let status = p.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref());
+        let unscheduled = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .map(|c| {
+                c.message
+                    .clone()
+                    .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+            });
+        let age = p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| jiff::Timestamp::now().duration_since(t.0))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default();
+        WriterPod {
+            member: p
+                .annotations()
+                .get(ANNOTATION_WRITER_MEMBER)
+                .cloned()
+                .unwrap_or_default(),
+            ip: status
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|_| phase == Some("Running")),
+            age,
+            unscheduled,
+            gone: p.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Failed" | "Succeeded")),
+        }
+    }))
+}
+
+/// Creates the backup's writer pod (one that exists already is fine: the next look sees it).
+async fn create_writer(
+    ctx: &Context,
+    b: &EtcdBackup,
+    cluster: &EtcdCluster,
+    member: &str,
+    pod: &MemberPod,
+    active_deadline: Duration,
+) -> Result<Action, Error> {
+    let writer = BackupWriter {
+        backup: b,
+        member,
+        member_ip: &pod.ip,
+        member_ports: pod.ports,
+        active_deadline,
+        as_root: pod.runs_as_root,
+    };
+    let built = match objects::backup_writer_pod(cluster, &ctx.images(), &writer) {
+        Ok(p) => p,
+        Err(e) => return fail(ctx, b, format!("{e}; nothing was backed up")).await,
+    };
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    super::conflict_is_done(
+        pods.create(&Default::default(), &built).await,
+        "creating the backup's writer pod",
+    )?;
+    pending(
+        ctx,
+        b,
+        format!(
+            "starting writer pod {} to back up {member} to the default backup claim",
+            built.name_any()
+        ),
+        2,
+    )
+    .await
 }
 
 fn labels(b: &EtcdBackup) -> BackupLabels {
@@ -136,9 +233,17 @@ async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Optio
                 c.name == vocabulary::SIDECAR_CONTAINER
                     && c.args.iter().flatten().any(|a| a.starts_with("--api-tls-dir="))
             });
+            // Members on data written by root run without the restricted settings.
+            let runs_as_root = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|s| s.run_as_non_root)
+                != Some(true);
             Some(MemberPod {
                 sidecar_identity: server_identity(ns, &b.spec.cluster_name),
                 sidecar_serves_tls,
+                runs_as_root,
                 ports: ports_of(&p),
                 ip: p.status?.pod_ip?,
                 claims,
@@ -220,16 +325,33 @@ async fn observe_start(
                 && o.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Running)
         })
         .map(|o| o.name_any());
-    let (member, db_size) = match plan::choose_member(cluster) {
-        None => (None, 0),
-        Some(name) => {
-            let pod = member_pod(ctx, b, &name).await?;
-            let db_size = match &pod {
-                Some(p) => observe_db_size(ctx, cluster, &name, p).await,
-                None => 0,
-            };
-            (Some((name, pod)), db_size)
+    let by_writer = destination.as_ref().ok().filter(|d| d.by_writer);
+    let member = match by_writer.and_then(|d| d.claim.as_deref()) {
+        // Members made before the default claim moved to writer pods still mount it: their own
+        // sidecars write it, as before; the others' pods are read to find one.
+        Some(claim) => {
+            let mut candidates = Vec::new();
+            for name in plan::member_candidates(cluster) {
+                let pod = member_pod(ctx, b, &name).await?;
+                candidates.push((name, pod));
+            }
+            plan::prefer_mounting(candidates, claim)
         }
+        None => match plan::choose_member(cluster) {
+            Some(name) => {
+                let pod = member_pod(ctx, b, &name).await?;
+                Some((name, pod))
+            }
+            None => None,
+        },
+    };
+    let db_size = match &member {
+        Some((name, Some(p))) => observe_db_size(ctx, cluster, name, p).await,
+        Some((_, None)) | None => 0,
+    };
+    let writer = match by_writer {
+        Some(_) => observe_writer(ctx, b).await?,
+        None => None,
     };
     Ok(plan::StartView {
         slot: plan::slot_of(cluster, &b.name_any(), &backups.items),
@@ -239,6 +361,7 @@ async fn observe_start(
         encryption,
         running_other,
         member,
+        writer,
         db_size,
         compression_level: cluster
             .spec
@@ -276,20 +399,34 @@ async fn start(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
 
 async fn start_with(ctx: &Context, b: &EtcdBackup, cluster: &EtcdCluster) -> Result<Action, Error> {
     let view = observe_start(ctx, b, cluster).await?;
-    apply_start(ctx, b, plan::start_step(view)).await
+    match plan::start_step(view) {
+        StartStep::CreateWriter {
+            member,
+            pod,
+            active_deadline,
+        } => create_writer(ctx, b, cluster, &member, &pod, active_deadline).await,
+        step => apply_start(ctx, b, step).await,
+    }
 }
 
 async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<Action, Error> {
-    let (member, pod, job, timeout) = match step {
+    let (member, pod, writer, job, timeout) = match step {
         StartStep::Fail(why) => return fail(ctx, b, why).await,
+        // Only a backup whose cluster exists gets a writer; `start_with` makes it.
+        StartStep::CreateWriter { .. } => return Ok(Action::requeue(Duration::from_secs(2))),
+        StartStep::DeleteWriter(why) => {
+            delete_writer(ctx, b).await?;
+            return pending(ctx, b, format!("{why}; deleted, a new one follows"), 2).await;
+        }
         StartStep::Wait(why, retry) => return pending(ctx, b, why, retry).await,
         StartStep::TakeSlot { cluster_version } => return take_slot(ctx, b, &cluster_version).await,
         StartStep::Start {
             member,
             pod,
+            writer,
             job,
             timeout,
-        } => (member, pod, job, timeout),
+        } => (member, pod, writer, job, timeout),
     };
     match ctx.sidecar.start(&sidecar_addr(&pod), &job).await {
         Ok(()) => {
@@ -299,8 +436,12 @@ async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<A
                 .unwrap_or(started);
             let status = EtcdBackupStatus {
                 phase: Some(BackupPhase::Running),
-                reason: Some(format!("streaming a snapshot of {member}")),
+                reason: Some(match &writer {
+                    Some(w) => format!("streaming a snapshot of {member} through writer pod {w}"),
+                    None => format!("streaming a snapshot of {member}"),
+                }),
                 member: Some(member.clone()),
+                writer_pod: writer,
                 start_time: Some(started.to_string()),
                 deadline: Some(deadline.to_string()),
                 scheduled: b.labels().get(LABEL_SCHEDULED).is_some_and(|v| v == "true"),
@@ -332,23 +473,14 @@ async fn take_slot(ctx: &Context, b: &EtcdBackup, cluster_version: &str) -> Resu
         "resourceVersion": cluster_version,
         "annotations": {vocabulary::ANNOTATION_BACKUP_SLOT: b.name_any()},
     }});
-    match Api::<EtcdCluster>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+    let result = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
         .patch(
             &b.spec.cluster_name,
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(source) => {
-            return Err(super::KubeCallError {
-                action: "taking the cluster's backup slot",
-                source,
-            });
-        }
-    }
+        .await;
+    super::conflict_is_done(result, "taking the cluster's backup slot")?;
     Ok(Action::requeue(Duration::from_millis(200)))
 }
 
@@ -374,9 +506,20 @@ async fn observe_poll(ctx: &Context, b: &EtcdBackup) -> Result<plan::PollView, E
         .get_opt(&b.spec.cluster_name)
         .await
         .map_err(kube_err("reading the EtcdCluster"))?;
-    let state = match member_pod(ctx, b, &member).await? {
-        Some(pod) => {
-            let addr = sidecar_addr(&pod);
+    let addr = match &current.writer_pod {
+        // The writer runs on the pod network, with the cluster's sidecar certificate.
+        Some(_) => observe_writer(ctx, b)
+            .await?
+            .filter(|w| !w.gone)
+            .and_then(|w| w.ip)
+            .map(|ip| SidecarAddr {
+                addr: format!("{ip}:{SIDECAR_PORT}"),
+                identity: server_identity(&ns, &b.spec.cluster_name),
+            }),
+        None => member_pod(ctx, b, &member).await?.map(|p| sidecar_addr(&p)),
+    };
+    let state = match addr {
+        Some(addr) => {
             let state = ctx.sidecar.state(&addr, &b.uid().unwrap_or_default()).await;
             Some((addr, state))
         }
@@ -384,6 +527,7 @@ async fn observe_poll(ctx: &Context, b: &EtcdBackup) -> Result<plan::PollView, E
     };
     Ok(plan::PollView {
         member,
+        writer: current.writer_pod.clone(),
         overdue: deadline.is_some_and(|d| jiff::Timestamp::now() > d),
         deadline: current.deadline,
         gone: cluster_gone(current.cluster_uid.as_deref(), cluster.as_ref()),
@@ -450,6 +594,9 @@ async fn succeed(
     };
     write_status(ctx, b, &status).await?;
     record_on_cluster(ctx, b, &location, manifest.revision, &completion).await?;
+    // Retention ran through the writer, so it is deleted only now. Should this fail, the writer's
+    // activeDeadlineSeconds (and its owner, this backup) still end it.
+    delete_writer(ctx, b).await?;
     let m = &ctx.metrics.backups;
     let done = jiff::Timestamp::now();
     m.last_success

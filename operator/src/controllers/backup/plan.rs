@@ -1,7 +1,8 @@
 //! What an EtcdBackup does next, from what was observed: pure functions, tested case by case. A
 //! backup starts only once everything it needs checks out (its cluster, a destination, the key it
 //! encrypts to, no other backup of the cluster running, a healthy member whose sidecar speaks mutual
-//! TLS and mounts the destination); a running one is polled until its sidecar says how it ended.
+//! TLS and mounts the destination, or for the default backup claim, which members do not mount, a
+//! running writer pod); a running one is polled until its sidecar says how it ended.
 
 use std::time::Duration;
 
@@ -18,6 +19,15 @@ use crate::{
 
 /// Used when a running backup has no recorded deadline (it was started by an older operator).
 pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a writer pod may go without an IP after its creation before the backup fails: long
+/// enough to pull the sidecar image and attach the claim, short enough that a writer that cannot be
+/// scheduled (its claim's volume on a node it may not run on) is reported rather than waited for.
+pub const WRITER_START_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// A writer pod's `activeDeadlineSeconds` is the backup's deadline plus its start time plus this, so
+/// a writer the operator failed to delete ends by itself, never before its backup could.
+pub const WRITER_DEADLINE_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 /// How long a backup waits for the cluster it names to appear before it fails.
 pub const MISSING_CLUSTER_WAIT: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
@@ -50,13 +60,18 @@ pub fn cluster_gone(recorded_uid: Option<&str>, cluster: Option<&EtcdCluster>) -
 /// The member to back up from: a healthy voter, a follower when there is one (the leader has enough
 /// to do).
 pub fn choose_member(cluster: &EtcdCluster) -> Option<String> {
+    member_candidates(cluster).into_iter().next()
+}
+
+/// Every member a backup may come from, best first: the healthy voters, followers before the leader.
+pub fn member_candidates(cluster: &EtcdCluster) -> Vec<String> {
     let mut candidates: Vec<_> = cluster
         .status
         .as_ref()
         .map(|s| s.members.iter().filter(|m| m.healthy && !m.is_learner).collect())
         .unwrap_or_default();
     candidates.sort_by_key(|m| m.is_leader);
-    candidates.first().map(|m| m.name.clone())
+    candidates.into_iter().map(|m| m.name.clone()).collect()
 }
 
 /// A destination the sidecar can write to.
@@ -66,6 +81,9 @@ pub struct Resolved {
     pub destination: JobDestination,
     /// The claim the member pod must mount, for volume destinations.
     pub claim: Option<String>,
+    /// The claim is the default one, which members do not mount: a writer pod writes to it unless
+    /// the member's pod still mounts it (made before members stopped mounting it).
+    pub by_writer: bool,
 }
 
 /// A running member pod, as a backup needs it.
@@ -82,6 +100,36 @@ pub struct MemberPod {
     /// Its sidecar serves the operator over mutual TLS (pods made before that serve plain HTTP,
     /// which the operator no longer speaks).
     pub sidecar_serves_tls: bool,
+    /// It runs as root (its data was written by root): a writer for it does too.
+    pub runs_as_root: bool,
+}
+
+/// A backup's writer pod, as starting the backup sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterPod {
+    /// The member its sidecar backs up.
+    pub member: String,
+    /// Its IP, once it is Running.
+    pub ip: Option<String>,
+    /// How long ago it was created.
+    pub age: Duration,
+    /// Its `PodScheduled` condition's message while it is not scheduled.
+    pub unscheduled: Option<String>,
+    /// It is being deleted or has ended (failed, or past its deadline).
+    pub gone: bool,
+}
+
+/// Of the healthy voters (in [`choose_member`]'s order, with their pods), the one to back up to
+/// `claim` from: the first whose pod still mounts it (made before members stopped mounting the
+/// default claim), whose own sidecar writes it as before; otherwise the first, through a writer.
+pub fn prefer_mounting(
+    candidates: Vec<(String, Option<MemberPod>)>,
+    claim: &str,
+) -> Option<(String, Option<MemberPod>)> {
+    let mounting = candidates
+        .iter()
+        .position(|(_, p)| p.as_ref().is_some_and(|p| p.claims.iter().any(|c| c == claim)));
+    candidates.into_iter().nth(mounting.unwrap_or(0))
 }
 
 /// What starting a backup looks at, once its cluster exists.
@@ -101,6 +149,8 @@ pub struct StartView {
     pub running_other: Option<String>,
     /// The member chosen to back up from, and its pod when it runs and has an IP.
     pub member: Option<(String, Option<MemberPod>)>,
+    /// This backup's writer pod, if it exists.
+    pub writer: Option<WriterPod>,
     /// The member's database size in bytes (0 when it did not answer).
     pub db_size: u64,
     /// The cluster's `spec.backup.compressionLevel`.
@@ -160,12 +210,27 @@ pub enum StartStep {
         /// The `resourceVersion` the slot was seen free at.
         cluster_version: String,
     },
-    /// Ask the member's sidecar to run this job; it must finish within `timeout`.
+    /// Create the backup's writer pod, backing up `member` (its pod is `pod`), to run at most
+    /// `active_deadline`.
+    CreateWriter {
+        /// The member it backs up.
+        member: String,
+        /// That member's pod.
+        pod: MemberPod,
+        /// The writer's `activeDeadlineSeconds`.
+        active_deadline: Duration,
+    },
+    /// Delete the backup's writer pod, saying why (a new one is made at a later look).
+    DeleteWriter(String),
+    /// Ask the sidecar (the member's own, or the writer's) to run this job; it must finish within
+    /// `timeout`.
     Start {
         /// The member backed up from.
         member: String,
-        /// Its pod.
+        /// The pod whose sidecar runs the job: the member's, or the writer's.
         pod: MemberPod,
+        /// The writer pod, when it runs the job.
+        writer: Option<String>,
         /// The sidecar's job.
         job: Box<Job>,
         /// The deadline, from now.
@@ -191,7 +256,11 @@ pub fn absent_cluster_step(
 
 /// The next step of starting a backup whose cluster exists.
 pub fn start_step(v: StartView) -> StartStep {
-    let Resolved { destination, claim } = match v.destination {
+    let Resolved {
+        destination,
+        claim,
+        by_writer,
+    } = match v.destination {
         Ok(d) => d,
         Err(why) => return StartStep::Fail(why),
     };
@@ -222,14 +291,16 @@ pub fn start_step(v: StartView) -> StartStep {
     let Some(pod) = pod else {
         return StartStep::Wait(format!("member {member} has no pod IP yet"), 5);
     };
-    if let Some(claim) = claim.filter(|c| !pod.claims.contains(c)) {
+    let unmounted = claim.filter(|c| !pod.claims.contains(c));
+    let through_writer = unmounted.is_some() && by_writer;
+    if let Some(claim) = unmounted.filter(|_| !by_writer) {
         return StartStep::Fail(format!(
             "member pod {member} does not mount the backup claim {claim}: pods mount the cluster's backup volume \
              when they are created, so use that volume or an s3 destination (members started after \
              spec.backup.destination changed mount the new one)"
         ));
     }
-    if !pod.sidecar_serves_tls {
+    if !through_writer && !pod.sidecar_serves_tls {
         return StartStep::Fail(format!(
             "member pod {member} runs a backup sidecar from before mutual TLS, which this operator does not \
              call (docs/security.md): delete the member pods one at a time, waiting for the cluster to \
@@ -241,7 +312,16 @@ pub fn start_step(v: StartView) -> StartStep {
     if let Slot::Free { cluster_version } = v.slot {
         return StartStep::TakeSlot { cluster_version };
     }
+    let timeout = backup_timeout(v.db_size);
     let (id, name) = v.backup;
+    let (pod, writer) = if through_writer {
+        match writer_step(&name, &member, pod, v.writer, timeout) {
+            Ok(running) => running,
+            Err(step) => return *step,
+        }
+    } else {
+        (pod, None)
+    };
     let (cluster_name, cluster_uid) = v.cluster;
     StartStep::Start {
         job: Box::new(Job {
@@ -256,8 +336,63 @@ pub fn start_step(v: StartView) -> StartStep {
         }),
         member,
         pod,
-        timeout: backup_timeout(v.db_size),
+        writer,
+        timeout,
     }
+}
+
+/// For a backup written by a writer pod: the running writer (as the pod to send the job to, and its
+/// name), or the step that gets one.
+fn writer_step(
+    backup: &str,
+    member: &str,
+    member_pod: MemberPod,
+    writer: Option<WriterPod>,
+    timeout: Duration,
+) -> Result<(MemberPod, Option<String>), Box<StartStep>> {
+    let name = crate::vocabulary::backup_writer_name(backup);
+    let Some(w) = writer else {
+        return Err(Box::new(StartStep::CreateWriter {
+            member: member.to_owned(),
+            pod: member_pod,
+            active_deadline: timeout + WRITER_START_TIMEOUT + WRITER_DEADLINE_MARGIN,
+        }));
+    };
+    if w.gone {
+        return Err(Box::new(StartStep::DeleteWriter(format!(
+            "writer pod {name} has ended"
+        ))));
+    }
+    if w.member != member {
+        // Its member is no longer the one to back up from (it became unhealthy or the leader).
+        return Err(Box::new(StartStep::DeleteWriter(format!(
+            "writer pod {name} backs up {}, not {member}",
+            w.member
+        ))));
+    }
+    let scheduling = w.unscheduled.map(|m| format!(": {m}")).unwrap_or_default();
+    let Some(ip) = w.ip else {
+        if w.age >= WRITER_START_TIMEOUT {
+            return Err(Box::new(StartStep::Fail(format!(
+                "writer pod {name} has no IP {}s after it was created{scheduling}; it mounts the default \
+                 backup claim, whose volume must be reachable from a node it may run on; nothing was backed up",
+                WRITER_START_TIMEOUT.as_secs()
+            ))));
+        }
+        return Err(Box::new(StartStep::Wait(
+            format!("waiting for writer pod {name} to run{scheduling}"),
+            3,
+        )));
+    };
+    let pod = MemberPod {
+        ip,
+        ports: Ports::POD_NETWORK,
+        claims: member_pod.claims,
+        sidecar_identity: member_pod.sidecar_identity,
+        sidecar_serves_tls: true,
+        runs_as_root: member_pod.runs_as_root,
+    };
+    Ok((pod, Some(name)))
 }
 
 /// What polling a running backup looks at.
@@ -265,13 +400,16 @@ pub fn start_step(v: StartView) -> StartStep {
 pub struct PollView {
     /// The member it runs on.
     pub member: String,
+    /// The writer pod that runs it, if one does.
+    pub writer: Option<String>,
     /// Past its deadline.
     pub overdue: bool,
     /// The recorded deadline, for the message.
     pub deadline: Option<String>,
     /// Why its cluster is gone, if it is.
     pub gone: Option<String>,
-    /// The member's sidecar and what it says of the job; `None` when the member's pod is gone.
+    /// The sidecar (the writer's, else the member's) and what it says of the job; `None` when its
+    /// pod is gone.
     pub state: Option<(SidecarAddr, Result<JobState, SidecarError>)>,
 }
 
@@ -299,7 +437,10 @@ pub enum PollStep {
 pub fn poll_step(v: PollView) -> PollStep {
     let member = &v.member;
     let Some((addr, state)) = v.state else {
-        let why = v.gone.unwrap_or_else(|| format!("member pod {member} went away"));
+        let why = v.gone.unwrap_or_else(|| match &v.writer {
+            Some(w) => format!("writer pod {w} went away"),
+            None => format!("member pod {member} went away"),
+        });
         return PollStep::Fail(format!("{why} during the backup; nothing was committed"));
     };
     match state {

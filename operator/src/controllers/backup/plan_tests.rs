@@ -55,6 +55,7 @@ fn pod(tls: bool, claims: &[&str]) -> MemberPod {
         claims: claims.iter().map(|c| c.to_string()).collect(),
         sidecar_identity: "main.ns.sidecar.etcd.ouroboros.dev".into(),
         sidecar_serves_tls: tls,
+        runs_as_root: false,
     }
 }
 
@@ -67,11 +68,14 @@ fn view() -> StartView {
                 path: "/backups/main-backups/ns/main".into(),
             },
             claim: Some("main-backups".into()),
+            // A claim the user named, which members mount.
+            by_writer: false,
         }),
         encryption: Ok(None),
         slot: Slot::Mine,
         running_other: None,
         member: Some(("main-1".into(), Some(pod(true, &["main-1-data", "main-backups"])))),
+        writer: None,
         db_size: 3 << 30,
         compression_level: 1,
     }
@@ -205,6 +209,7 @@ fn polled(state: Option<Result<JobState, SidecarError>>, overdue: bool, gone: Op
         deadline: Some("2026-12-01T12:00:00Z".into()),
         gone: gone.map(Into::into),
         state: state.map(|s| (addr(), s)),
+        writer: None,
     })
 }
 
@@ -329,4 +334,204 @@ fn a_backup_takes_the_slot_last_and_starts_only_holding_it() {
         StartStep::Wait(why, _) if why.contains("EtcdBackup a")
     ));
     assert!(matches!(start_step(view()), StartStep::Start { .. }));
+}
+
+/// A backup to the default claim `main-backups`, from member `main-1` whose pod does not mount it
+/// (made after members stopped mounting it), holding the slot.
+fn writer_view(writer: Option<WriterPod>) -> StartView {
+    StartView {
+        destination: Ok(Resolved {
+            destination: JobDestination::Dir {
+                path: "/backups/main-backups/ns/main".into(),
+            },
+            claim: Some("main-backups".into()),
+            by_writer: true,
+        }),
+        member: Some(("main-1".into(), Some(pod(true, &["main-1-data"])))),
+        writer,
+        ..view()
+    }
+}
+
+fn writer(ip: Option<&str>, age_secs: u64) -> WriterPod {
+    WriterPod {
+        member: "main-1".into(),
+        ip: ip.map(Into::into),
+        age: Duration::from_secs(age_secs),
+        unscheduled: None,
+        gone: false,
+    }
+}
+
+#[test]
+fn the_default_claim_needs_a_writer_only_when_the_member_does_not_mount_it() {
+    // A member pod made before the change still mounts it: its own sidecar writes, as before.
+    let old_member = StartView {
+        member: Some(("main-1".into(), Some(pod(true, &["main-1-data", "main-backups"])))),
+        ..writer_view(None)
+    };
+    assert!(matches!(
+        start_step(old_member),
+        StartStep::Start { writer: None, ref pod, .. } if pod.ip == "10.0.0.9"
+    ));
+    // A member pod without it: a writer, not the "does not mount" failure of a user-named claim.
+    assert!(matches!(
+        start_step(writer_view(None)),
+        StartStep::CreateWriter { .. }
+    ));
+    // An s3 destination never needs one.
+    let s3 = StartView {
+        destination: Ok(Resolved {
+            destination: JobDestination::S3 {
+                bucket: "b".into(),
+                prefix: "ns/main/".into(),
+                endpoint: None,
+                region: "us-east-1".into(),
+                force_path_style: false,
+                credentials: None,
+            },
+            claim: None,
+            by_writer: false,
+        }),
+        ..writer_view(None)
+    };
+    assert!(matches!(start_step(s3), StartStep::Start { writer: None, .. }));
+}
+
+#[test]
+fn of_the_healthy_members_one_that_still_mounts_the_default_claim_is_preferred() {
+    let candidates = || {
+        vec![
+            ("main-1".to_owned(), Some(pod(true, &["main-1-data"]))),
+            ("main-2".to_owned(), None),
+            (
+                "main-0".to_owned(),
+                Some(pod(true, &["main-0-data", "main-backups"])),
+            ),
+        ]
+    };
+    assert_eq!(
+        prefer_mounting(candidates(), "main-backups")
+            .map(|(m, _)| m)
+            .as_deref(),
+        Some("main-0")
+    );
+    // None mounts it: the best candidate, through a writer.
+    assert_eq!(
+        prefer_mounting(candidates(), "other").map(|(m, _)| m).as_deref(),
+        Some("main-1")
+    );
+    assert_eq!(prefer_mounting(Vec::new(), "main-backups"), None);
+}
+
+#[test]
+fn a_writer_is_created_after_the_slot_is_taken_and_outlives_the_deadline() {
+    // The slot first: a writer is never made for a backup that may still lose it.
+    assert!(matches!(
+        start_step(StartView {
+            slot: Slot::Free {
+                cluster_version: "7".into()
+            },
+            ..writer_view(None)
+        }),
+        StartStep::TakeSlot { .. }
+    ));
+    match start_step(writer_view(None)) {
+        StartStep::CreateWriter {
+            member,
+            pod,
+            active_deadline,
+        } => {
+            assert_eq!(member, "main-1");
+            // It dials the member's pod.
+            assert_eq!(pod.ip, "10.0.0.9");
+            assert_eq!(
+                active_deadline,
+                backup_timeout(3 << 30) + WRITER_START_TIMEOUT + WRITER_DEADLINE_MARGIN
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_writer_without_an_ip_is_waited_for_then_fails_the_backup_quoting_the_scheduler() {
+    let unschedulable = "0/3 nodes are available: 2 node(s) had volume node affinity conflict.";
+    let pending = |age| WriterPod {
+        unscheduled: Some(unschedulable.into()),
+        ..writer(None, age)
+    };
+    match start_step(writer_view(Some(pending(30)))) {
+        StartStep::Wait(why, _) => {
+            assert!(
+                why.contains("writer pod b-writer") && why.contains(unschedulable),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match start_step(writer_view(Some(pending(WRITER_START_TIMEOUT.as_secs())))) {
+        StartStep::Fail(why) => {
+            assert!(why.contains("b-writer has no IP 300s"), "{why}");
+            assert!(why.contains(unschedulable), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_job_goes_to_a_running_writer() {
+    match start_step(writer_view(Some(writer(Some("10.0.7.7"), 20)))) {
+        StartStep::Start {
+            member,
+            pod,
+            writer,
+            job,
+            ..
+        } => {
+            // Backed up from the member, through the writer's sidecar with the cluster's identity.
+            assert_eq!((member.as_str(), job.member.as_str()), ("main-1", "main-1"));
+            assert_eq!(writer.as_deref(), Some("b-writer"));
+            assert_eq!(pod.ip, "10.0.7.7");
+            assert_eq!(pod.ports, Ports::POD_NETWORK);
+            assert_eq!(pod.sidecar_identity, "main.ns.sidecar.etcd.ouroboros.dev");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_ended_writer_or_one_for_another_member_is_replaced() {
+    let ended = WriterPod {
+        gone: true,
+        ..writer(Some("10.0.7.7"), 20)
+    };
+    assert!(matches!(
+        start_step(writer_view(Some(ended))),
+        StartStep::DeleteWriter(why) if why.contains("ended")
+    ));
+    let elsewhere = WriterPod {
+        member: "main-0".into(),
+        ..writer(Some("10.0.7.7"), 20)
+    };
+    assert!(matches!(
+        start_step(writer_view(Some(elsewhere))),
+        StartStep::DeleteWriter(why) if why.contains("main-0, not main-1")
+    ));
+}
+
+#[test]
+fn a_writer_gone_mid_backup_fails_it() {
+    let step = poll_step(PollView {
+        member: "main-1".into(),
+        writer: Some("b-writer".into()),
+        overdue: false,
+        deadline: None,
+        gone: None,
+        state: None,
+    });
+    match step {
+        PollStep::Fail(why) => assert!(why.contains("writer pod b-writer went away"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
