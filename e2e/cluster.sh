@@ -51,6 +51,9 @@ PV_COUNT=${OUROBOROS_PV_COUNT:-60}
 NODE_PV_COUNT=${OUROBOROS_NODE_PV_COUNT:-20}
 # How many nodes the cluster has: NODES at `up`, recorded for every later command.
 NODES_FILE="$STATE/node-count"
+# `up` builds NODES nodes (default 1) and replaces a running cluster of another size; every other
+# command works on the running cluster's.
+REQUESTED_NODES=${NODES:-1}
 NODES=${NODES:-$(cat "$NODES_FILE" 2>/dev/null || echo 1)}
 # Every pod range (node K has 10.244.K.0/24; node1's is on the bridge itself, 10.244.0.0/24).
 CLUSTER_CIDR=10.244.0.0/16
@@ -734,6 +737,13 @@ cmd_up() {
     log "found state from a stopped cluster; cleaning it up first"
     cmd_down
   fi
+  local recorded
+  recorded=$(cat "$NODES_FILE" 2>/dev/null || echo 1)
+  if [ -d "$RUN" ] && [ "$recorded" != "$REQUESTED_NODES" ]; then
+    log "the running cluster has $recorded node(s), $REQUESTED_NODES wanted: rebuilding it"
+    NODES=$recorded cmd_down
+  fi
+  NODES=$REQUESTED_NODES
   mkdir -p "$RUN" "$LOGS" "$CONF"
   timed host-prereqs host_prereqs
   timed network network_up

@@ -13,14 +13,17 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Pod},
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PostParams},
 };
 use ouroboros_crds::{BackupPhase, EtcdBackup};
 use ouroboros_e2e::{
-    TestNamespace, backup_finished, client, cluster_script, env,
+    TestNamespace, backup_finished, client, cluster_script, container_restarts, env,
     etcd_cluster::{self, converged},
     etcd_tool, s3_credentials, wait_for,
     writer::Writer,
@@ -252,4 +255,200 @@ async fn a_partitioned_member_rejoins_without_being_replaced() -> anyhow::Result
         Ok(())
     })
     .await
+}
+
+fn kubectl_ok(args: &[&str]) -> anyhow::Result<bool> {
+    Ok(ouroboros_e2e::kubectl(args)?.success)
+}
+
+#[tokio::test]
+#[ignore = "needs NODES=3; make test runs it in its own stage"]
+async fn a_drain_keeps_quorum_and_the_budget_stops_a_second_one() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "drain").await?.run(|c, ns| async move {
+        etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
+        etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+        let placed = ensure_spread(&c, &ns, "d").await?;
+        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+        let before = etcd_cluster::identity(&endpoint).await?;
+        let on = |node: &str| placed.iter().find(|(_, n)| n == node).map(|(p, _)| p.clone());
+        let (first, second) = (on("node2").context("no member on node2")?, on("node3").context("no member on node3")?);
+        let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+        let second_uid = pods.get(&second).await?.metadata.uid;
+        let writer = Writer::start(&endpoint, "/drain").await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let drain = ["drain", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s"];
+        let result = async {
+            ensure!(kubectl_ok(&[&drain[..], &["node2"]].concat())?, "draining node2 failed");
+            println!("node2 drained: {first} evicted");
+            // One member is out (its claim holds it to the cordoned node2): the budget of 2 available
+            // members allows no second eviction.
+            let second_drain = ["drain", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=20s", "node3"];
+            let refused = ouroboros_e2e::kubectl(&second_drain)?;
+            ensure!(!refused.success, "node3 was drained while {first} was out: the budget did not hold");
+            ensure!(
+                refused.stderr.contains("disruption budget"),
+                "the second drain failed for another reason: {}",
+                refused.stderr
+            );
+            ensure!(
+                pods.get(&second).await?.metadata.uid == second_uid,
+                "{second} was evicted despite the budget"
+            );
+            let served = acked_during(&writer, 5).await;
+            ensure!(served > 0, "no write acknowledged with {first} drained");
+            println!("second drain refused by the PodDisruptionBudget; {served} writes acknowledged in 5 s meanwhile");
+            anyhow::Ok(())
+        }
+        .await;
+        for node in ["node2", "node3"] {
+            kubectl_ok(&["uncordon", node])?;
+        }
+        result?;
+        etcd_cluster::wait(&c, &ns, "d", "3 members after the uncordon", T, converged(3, V)).await?;
+        let after = etcd_cluster::identity(&endpoint).await?;
+        ensure!(after == before, "identity {before:x?} -> {after:x?}: a member was replaced, not restarted");
+        let (acked, failed) = writer.stop_and_verify().await?;
+        println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+        Ok(())
+    })
+    .await
+}
+
+/// When the operator replica `pod` last logged `message` (from its previous container when
+/// `previous`).
+fn log_time(pod: &str, previous: bool, message: &str) -> anyhow::Result<jiff::Timestamp> {
+    let mut args = vec!["-n", "ouroboros-system", "logs", pod];
+    if previous {
+        args.push("--previous");
+    }
+    let out = ouroboros_e2e::kubectl(&args)?;
+    ensure!(out.success, "kubectl logs {pod}: {}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(message))
+        .with_context(|| format!("{pod} never logged {message:?}"))?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    Ok(v["timestamp"]
+        .as_str()
+        .context("a log line without timestamp")?
+        .parse()?)
+}
+
+/// The operator replica holding the leader Lease, and its node.
+async fn operator_leader(c: &Client) -> anyhow::Result<(String, String)> {
+    let lease = Api::<Lease>::namespaced(c.clone(), "ouroboros-system")
+        .get("ouroboros-etcd-operator")
+        .await?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .context("nobody holds the operator's Lease")?;
+    let pod = Api::<Pod>::namespaced(c.clone(), "ouroboros-system")
+        .get(&holder)
+        .await?;
+    let node = pod
+        .spec
+        .and_then(|s| s.node_name)
+        .context("the leader is not scheduled")?;
+    Ok((holder, node))
+}
+
+#[tokio::test]
+#[ignore = "needs NODES=3; make test runs it in its own stage"]
+async fn the_operator_leader_cut_off_hands_over_and_stops() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "leader")
+        .await?
+        .run(|c, ns| async move {
+            etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
+            etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+            // The fault tools cut node2 and node3 only: move leadership off node1 first.
+            let operators: Api<Pod> = Api::namespaced(c.clone(), "ouroboros-system");
+            let (leader, node) = wait_for("the operator's leader off node1", T, || {
+                let (c, operators) = (c.clone(), operators.clone());
+                async move {
+                    let (leader, node) = operator_leader(&c).await?;
+                    if node != "node1" {
+                        return Ok(Some((leader, node)));
+                    }
+                    operators.delete(&leader, &Default::default()).await?;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(None)
+                }
+            })
+            .await?;
+            let restarts = container_restarts(&operators, &leader, "operator").await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+            let before = etcd_cluster::identity(&endpoint).await?;
+            let writer = Writer::start(&endpoint, "/leader").await?;
+
+            cluster_script(&["partition", &node])?;
+            let cut = Instant::now();
+            let outcome = async {
+                let (new_leader, new_node) = wait_for("another replica to take the Lease", T, || {
+                    let c = c.clone();
+                    let leader = leader.clone();
+                    async move { Ok(operator_leader(&c).await.ok().filter(|(l, _)| *l != leader)) }
+                })
+                .await?;
+                println!(
+                    "{leader} on {node} cut off; {new_leader} on {new_node} leads {:?} later",
+                    cut.elapsed()
+                );
+                // The new leader acts: it sees the member on the cut-off node as unhealthy.
+                etcd_cluster::wait(
+                    &c,
+                    &ns,
+                    "d",
+                    "the cut-off member reported unhealthy",
+                    T,
+                    |_, s| s.members.iter().filter(|m| m.healthy).count() == 2,
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            cluster_script(&["heal", &node])?;
+            outcome?;
+            // The old leader, on losing its Lease, exits rather than act beside the new one.
+            wait_for(&format!("{leader} to stop leading"), T, || {
+                let operators = operators.clone();
+                let leader = leader.clone();
+                async move {
+                    let gone = operators.get_opt(&leader).await?.is_none();
+                    Ok(
+                        (gone || container_restarts(&operators, &leader, "operator").await? > restarts)
+                            .then_some(()),
+                    )
+                }
+            })
+            .await?;
+            let (holder, _) = operator_leader(&c).await?;
+            ensure!(
+                holder != leader,
+                "the cut-off replica {leader} leads again after the heal"
+            );
+            // Never both: the cut-off replica stopped (by its own clock) before the other one started.
+            let stopped = log_time(&leader, true, "leadership lost")?;
+            let started = log_time(&holder, false, "acquired leadership")?;
+            ensure!(
+                stopped < started,
+                "{leader} stopped at {stopped}, after {holder} took over at {started}"
+            );
+            println!("{leader} stopped leading at {stopped}, {holder} started at {started}");
+            etcd_cluster::wait(&c, &ns, "d", "3 members after the heal", T, converged(3, V)).await?;
+            let after = etcd_cluster::identity(&endpoint).await?;
+            ensure!(
+                after == before,
+                "identity {before:x?} -> {after:x?}: a member was replaced"
+            );
+            let (acked, failed) = writer.stop_and_verify().await?;
+            println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+            Ok(())
+        })
+        .await
 }
