@@ -65,6 +65,17 @@ async fn ensure_spread(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<Ve
     Ok(placed)
 }
 
+/// The 3-member cluster `d` most tests disrupt, one member per node (`antiAffinity: Required`):
+/// its client endpoint and its identity before the disruption.
+async fn spread_cluster(c: &Client, ns: &str) -> anyhow::Result<(String, (u64, Vec<u64>))> {
+    etcd_cluster::create(c, ns, &cluster("d", Some("Required"))).await?;
+    etcd_cluster::wait(c, ns, "d", "3 members", T, converged(3, V)).await?;
+    ensure_spread(c, ns, "d").await?;
+    let endpoint = etcd_cluster::client_endpoint(c, ns, "d").await?;
+    let identity = etcd_cluster::identity(&endpoint).await?;
+    Ok((endpoint, identity))
+}
+
 /// A member that is not on node1 (the machine itself, which the fault tools do not cut) and not the
 /// leader, and its node.
 async fn follower_off_node1(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<(String, String)> {
@@ -150,11 +161,7 @@ async fn a_member_whose_node_loses_power_comes_back_on_its_data() -> anyhow::Res
     TestNamespace::create(&c, "node-stop")
         .await?
         .run(|c, ns| async move {
-            etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
-            etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
-            ensure_spread(&c, &ns, "d").await?;
-            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
-            let before = etcd_cluster::identity(&endpoint).await?;
+            let (endpoint, before) = spread_cluster(&c, &ns).await?;
             let (victim, node) = follower_off_node1(&c, &ns, "d").await?;
             let writer = Writer::start(&endpoint, "/node-stop").await?;
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -212,11 +219,7 @@ fn linearizable_read_on(node: &str, ip: &str) -> anyhow::Result<bool> {
 async fn a_partitioned_member_rejoins_without_being_replaced() -> anyhow::Result<()> {
     let c = client().await?;
     TestNamespace::create(&c, "partition").await?.run(|c, ns| async move {
-        etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
-        etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
-        ensure_spread(&c, &ns, "d").await?;
-        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
-        let before = etcd_cluster::identity(&endpoint).await?;
+        let (endpoint, before) = spread_cluster(&c, &ns).await?;
         let (victim, node) = follower_off_node1(&c, &ns, "d").await?;
         let pod = Api::<Pod>::namespaced(c.clone(), &ns).get(&victim).await?;
         let ip = pod.status.and_then(|s| s.pod_ip).context("victim has no IP")?;
@@ -266,11 +269,8 @@ fn kubectl_ok(args: &[&str]) -> anyhow::Result<bool> {
 async fn a_drain_keeps_quorum_and_the_budget_stops_a_second_one() -> anyhow::Result<()> {
     let c = client().await?;
     TestNamespace::create(&c, "drain").await?.run(|c, ns| async move {
-        etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
-        etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
-        let placed = ensure_spread(&c, &ns, "d").await?;
-        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
-        let before = etcd_cluster::identity(&endpoint).await?;
+        let (endpoint, before) = spread_cluster(&c, &ns).await?;
+        let placed = nodes_of(&c, &ns, "d").await?;
         let on = |node: &str| placed.iter().find(|(_, n)| n == node).map(|(p, _)| p.clone());
         let (first, second) = (on("node2").context("no member on node2")?, on("node3").context("no member on node3")?);
         let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
@@ -364,8 +364,7 @@ async fn the_operator_leader_cut_off_hands_over_and_stops() -> anyhow::Result<()
     TestNamespace::create(&c, "leader")
         .await?
         .run(|c, ns| async move {
-            etcd_cluster::create(&c, &ns, &cluster("d", Some("Required"))).await?;
-            etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+            let (endpoint, before) = spread_cluster(&c, &ns).await?;
             // The fault tools cut node2 and node3 only: move leadership off node1 first.
             let operators: Api<Pod> = Api::namespaced(c.clone(), "ouroboros-system");
             let (leader, node) = wait_for("the operator's leader off node1", T, || {
@@ -382,8 +381,6 @@ async fn the_operator_leader_cut_off_hands_over_and_stops() -> anyhow::Result<()
             })
             .await?;
             let restarts = container_restarts(&operators, &leader, "operator").await?;
-            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
-            let before = etcd_cluster::identity(&endpoint).await?;
             let writer = Writer::start(&endpoint, "/leader").await?;
 
             cluster_script(&["partition", &node])?;
