@@ -480,7 +480,11 @@ pub async fn kill_container(client: &Client, ns: &str, pod: &str, container: &st
         .with_context(|| format!("container {container} of {ns}/{pod} has no ID yet"))?;
     let id = id.trim_start_matches("containerd://");
     let state = std::env::var("OUROBOROS_STATE").unwrap_or_else(|_| "/var/lib/ouroboros-e2e".into());
-    let sock = format!("{state}/run/containerd/containerd.sock");
+    // Each node has its own containerd (`e2e/cluster.sh node-sock`): node1's is the machine's.
+    let sock = match p.spec.and_then(|s| s.node_name).as_deref() {
+        None | Some("node1") => format!("{state}/run/containerd/containerd.sock"),
+        Some(node) => format!("{state}/run/nodes/{node}/containerd.sock"),
+    };
     let out = Command::new("ctr")
         .args(["-a", &sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
         .output()
