@@ -395,8 +395,9 @@ kubelet_start() {
     --cert-dir "$STATE/kubelet-pki" --v=1
 }
 
+# node_ready [NODE]: whether NODE (default node1) is Ready.
 node_ready() {
-  [ "$("${KUBECTL[@]}" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+  [ "$("${KUBECTL[@]}" get node "${1:-$NODE_NAME}" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 
 # --- added nodes (NODES > 1) ------------------------------------------------------------------------
@@ -497,10 +498,6 @@ node_extra_kubelet_start() {
     --root-dir "$dir/kubelet" --cert-dir "$dir/kubelet-pki" --v=1
 }
 
-named_node_ready() {
-  [ "$("${KUBECTL[@]}" get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
-}
-
 # Processes in the node's pod cgroups: its containers, whatever their shims' fate.
 node_container_pids() {
   [ -d "/sys/fs/cgroup/pids/ouro-node$1" ] || return 0
@@ -550,7 +547,7 @@ cmd_node_start() {
   local k; k=$(node_index "${1:-}")
   ip link set "ouro-v$k" up
   node_extra_up "$k"
-  wait_for "node node$k Ready" 120 named_node_ready "node$k"
+  wait_for "node node$k Ready" 120 node_ready "node$k"
   log "node$k: booted and Ready"
 }
 
@@ -589,9 +586,7 @@ nodes_down() {
   for k in $(seq 2 9); do
     for c in "kube-proxy-node$k" "kubelet-node$k"; do stop "$c"; done
     if running "containerd-node$k"; then
-      for t in $(ctr -a "$(nsock "$k")" -n k8s.io tasks ls -q 2>/dev/null); do
-        ctr -a "$(nsock "$k")" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
-      done
+      kill_all_containers "$(nsock "$k")"
       stop "containerd-node$k"
     fi
     pkill -KILL -f "containerd-shim-runc-v2 .*-address $(nsock "$k")" 2>/dev/null || true
@@ -616,6 +611,28 @@ nodes_cgroups_down() {
   for h in /sys/fs/cgroup/*/ouro-node*; do
     [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
+}
+
+# local_pv NAME NODE: makes the directory $STATE/pv/NAME and prints the local PersistentVolume
+# local-NAME on it, tied to NODE.
+local_pv() {
+  mkdir -p "$STATE/pv/$1"
+  cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: local-$1, labels: {ouroboros.dev/e2e: "true"}}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce, ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: local
+  local: {path: "$STATE/pv/$1"}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$2]}]
+EOF
 }
 
 # --- add-ons: RBAC for our own components, DNS, storage, S3 ----------------------------------------------------
@@ -655,50 +672,11 @@ volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Retain
 EOF
   start coredns "$COREDNS" -conf "$CONF/Corefile"
-  local i
-  for i in $(seq -w 1 "$PV_COUNT"); do
-    mkdir -p "$STATE/pv/pv$i"
-  done
+  local i k
   {
-    for i in $(seq -w 1 "$PV_COUNT"); do
-      cat <<EOF
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: local-pv$i, labels: {ouroboros.dev/e2e: "true"}}
-spec:
-  capacity: {storage: 10Gi}
-  accessModes: [ReadWriteOnce, ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: local
-  local: {path: "$STATE/pv/pv$i"}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}]
-EOF
-    done
-    local k
+    for i in $(seq -w 1 "$PV_COUNT"); do local_pv "pv$i" "$NODE_NAME"; done
     for k in $(seq 2 "$NODES"); do
-      for i in $(seq -w 1 "$NODE_PV_COUNT"); do
-        mkdir -p "$STATE/pv/node$k-pv$i"
-        cat <<EOF
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: local-node$k-pv$i, labels: {ouroboros.dev/e2e: "true"}}
-spec:
-  capacity: {storage: 10Gi}
-  accessModes: [ReadWriteOnce, ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: local
-  local: {path: "$STATE/pv/node$k-pv$i"}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node$k]}]
-EOF
-      done
+      for i in $(seq -w 1 "$NODE_PV_COUNT"); do local_pv "node$k-pv$i" "node$k"; done
     done
   } | "${KUBECTL[@]}" apply -f - >/dev/null
   minio_up
@@ -763,17 +741,17 @@ cmd_up() {
   timed node node_up
   log "node $NODE_NAME Ready $((SECONDS - t0))s after up started"
   for k in $(seq 2 "$NODES"); do timed "node$k" node_extra_up "$k"; done
-  for k in $(seq 2 "$NODES"); do wait_for "node node$k Ready" 90 named_node_ready "node$k"; done
+  for k in $(seq 2 "$NODES"); do wait_for "node node$k Ready" 90 node_ready "node$k"; done
   [ "$NODES" -eq 1 ] || log "$NODES nodes Ready $((SECONDS - t0))s after up started"
   timed addons addons_up
   log "cluster up in $((SECONDS - t0))s; export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 
-# SIGKILL to every container of the cluster's containerd.
+# kill_all_containers [SOCK]: SIGKILL to every container of a containerd (default node1's).
 kill_all_containers() {
-  local t
-  for t in $(ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
-    ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+  local t sock=${1:-$CONTAINERD_SOCK}
+  for t in $(ctr -a "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+    ctr -a "$sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
   done
 }
 

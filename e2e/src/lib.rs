@@ -479,12 +479,18 @@ pub async fn kill_container(client: &Client, ns: &str, pod: &str, container: &st
         .and_then(|c| c.container_id)
         .with_context(|| format!("container {container} of {ns}/{pod} has no ID yet"))?;
     let id = id.trim_start_matches("containerd://");
-    let state = std::env::var("OUROBOROS_STATE").unwrap_or_else(|_| "/var/lib/ouroboros-e2e".into());
-    // Each node has its own containerd (`e2e/cluster.sh node-sock`): node1's is the machine's.
-    let sock = match p.spec.and_then(|s| s.node_name).as_deref() {
-        None | Some("node1") => format!("{state}/run/containerd/containerd.sock"),
-        Some(node) => format!("{state}/run/nodes/{node}/containerd.sock"),
-    };
+    // Each node has its own containerd; the cluster script knows where.
+    let node = p.spec.and_then(|s| s.node_name).unwrap_or_else(|| "node1".into());
+    let out = Command::new(repo_root().join("e2e/cluster.sh"))
+        .args(["node-sock", &node])
+        .output()
+        .context("running e2e/cluster.sh node-sock")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "e2e/cluster.sh node-sock {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sock = String::from_utf8(out.stdout)?.trim().to_owned();
     let out = Command::new("ctr")
         .args(["-a", &sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
         .output()

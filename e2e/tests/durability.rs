@@ -109,7 +109,6 @@ async fn delete_every_pod_and_wait(c: &Client, ns: &str) -> anyhow::Result<()> {
     .await
 }
 
-/// etcd's own view through the client Service: the cluster ID and the sorted member IDs.
 async fn events_with_reason(c: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<String>> {
     Ok(Api::<Event>::namespaced(c.clone(), ns)
         .list(&ListParams::default())

@@ -31,14 +31,7 @@ pub fn member_endpoint(
     match tls {
         Some(t) => Endpoint {
             url: format!("https://{ip}:{port}"),
-            tls: Some((
-                if cluster.spec.self_hosted.is_some() {
-                    ip.to_owned()
-                } else {
-                    vocabulary::member_host(cluster, member)
-                },
-                t.clone(),
-            )),
+            tls: Some((vocabulary::member_tls_name(cluster, member, ip), t.clone())),
         },
         None => Endpoint::plain(format!("http://{ip}:{port}")),
     }

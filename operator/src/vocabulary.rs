@@ -214,6 +214,16 @@ pub fn member_host(cluster: &EtcdCluster, member: &str) -> String {
     )
 }
 
+/// The name a member's server certificate is checked against when the member at `ip` is dialled:
+/// its DNS name, or for a self-hosted member (on its node's network) the node's address, its `ip`.
+pub fn member_tls_name(cluster: &EtcdCluster, member: &str, ip: &str) -> String {
+    if cluster.spec.self_hosted.is_some() {
+        ip.to_owned()
+    } else {
+        member_host(cluster, member)
+    }
+}
+
 /// `https` with `spec.tls`, else `http`.
 pub fn scheme(cluster: &EtcdCluster) -> &'static str {
     if cluster.spec.tls.is_some() {

@@ -41,13 +41,7 @@ pub fn backup_writer_pod(
     w: &BackupWriter<'_>,
 ) -> Result<Pod, BuildError> {
     let claim = default_backup_claim(cluster);
-    // The member's certificate names its DNS name, or for a self-hosted member (on its node's
-    // network, with its own port block) the node's address, which is its pod IP.
-    let tls_name = if w.member_ports == Ports::POD_NETWORK {
-        member_host(cluster, w.member)
-    } else {
-        w.member_ip.to_owned()
-    };
+    let tls_name = member_tls_name(cluster, w.member, w.member_ip);
     let endpoint = format!("{}://{}:{}", scheme(cluster), w.member_ip, w.member_ports.client);
     let mut sidecar = SidecarParts::new(cluster, SIDECAR_PORT, &endpoint, &tls_name);
     sidecar
