@@ -125,7 +125,7 @@ wait_for() {
 
 host_prereqs() {
   local missing=()
-  for b in containerd runc ctr iptables ip openssl curl; do command -v "$b" >/dev/null || missing+=("$b"); done
+  for b in containerd runc ctr iptables ip openssl curl nsenter; do command -v "$b" >/dev/null || missing+=("$b"); done
   [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages for: ${missing[*]}"
