@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{Node, Pod},
+    core::v1::{Node, PersistentVolumeClaim, Pod},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -189,6 +189,62 @@ async fn a_member_whose_node_loses_power_comes_back_on_its_data() -> anyhow::Res
                 placed.iter().any(|(p, n)| p == &victim && n == &node),
                 "{victim} is no longer on {node}: {placed:?}"
             );
+            let (acked, failed) = writer.stop_and_verify().await?;
+            println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+            Ok(())
+        })
+        .await
+}
+
+#[tokio::test]
+#[ignore = "needs NODES=3; make test runs it in its own stage"]
+async fn a_member_whose_node_stays_lost_is_replaced_elsewhere_and_its_claim_kept() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "node-lost")
+        .await?
+        .run(|c, ns| async move {
+            // The default (preferred) spread, so the replacement may share a node with a member: two
+            // nodes are left.
+            let yaml = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: d}\nspec:\n  size: 3\n  \
+                        storage: {persistentVolumeClaim: {size: 1Gi, replaceAfterNodeLost: 20s}}\n";
+            etcd_cluster::create(&c, &ns, yaml).await?;
+            etcd_cluster::wait(&c, &ns, "d", "3 members", T, converged(3, V)).await?;
+            ensure_spread(&c, &ns, "d").await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "d").await?;
+            let (victim, node) = follower_off_node1(&c, &ns, "d").await?;
+            let writer = Writer::start(&endpoint, "/node-lost").await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+
+            cluster_script(&["node-stop", &node])?;
+            let cut = Instant::now();
+            let replaced = |c: &ouroboros_crds::EtcdCluster, s: &ouroboros_crds::EtcdClusterStatus| {
+                converged(3, V)(c, s) && !s.members.iter().any(|m| m.name == victim)
+            };
+            let status = etcd_cluster::wait(&c, &ns, "d", "the lost member replaced", T, replaced).await?;
+            let members: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
+            println!("{node} (with {victim}) lost: replaced after {:?}, members {members:?}", cut.elapsed());
+            let placed = nodes_of(&c, &ns, "d").await?;
+            ensure!(
+                !placed.iter().any(|(_, n)| n == &node),
+                "a member pod is still on the lost {node}: {placed:?}"
+            );
+            // The lost member's data is still on its node: its claim is kept, retired.
+            let claim = Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
+                .get(&format!("{victim}-data"))
+                .await
+                .with_context(|| format!("the claim of {victim} was deleted"))?;
+            let retired = claim.annotations().get("etcd.ouroboros.dev/retired");
+            ensure!(retired.is_some(), "the claim of {victim} is not marked retired");
+            println!("claim {victim}-data kept: {retired:?}");
+
+            // The node returns: the replaced member stays out, the cluster stays as it is.
+            cluster_script(&["node-start", &node])?;
+            wait_node_ready(&c, &node, true).await?;
+            let served = acked_during(&writer, 15).await;
+            ensure!(served > 0, "no write acknowledged after {node} returned");
+            let after = etcd_cluster::wait(&c, &ns, "d", "the same 3 members", T, converged(3, V)).await?;
+            let now: Vec<&str> = after.members.iter().map(|m| m.name.as_str()).collect();
+            ensure!(now == members, "members changed after {node} returned: {members:?} -> {now:?}");
             let (acked, failed) = writer.stop_and_verify().await?;
             println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
             Ok(())

@@ -249,7 +249,7 @@ async fn start_self_hosted_member(
     match existing {
         // Its flags no longer match the membership (a member came or went since): start afresh.
         Some(old) if initial_cluster_arg(old) != initial_cluster_arg(&pod) => {
-            delete_member_objects(ctx, cluster, name).await?;
+            delete_member_objects(ctx, cluster, obs, name).await?;
             return Ok(None);
         }
         Some(_) => {}
@@ -353,31 +353,69 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Deletes a member's pod only, keeping its data claim; "already gone" is success.
-async fn delete_member_pod(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+/// Deletes a member's pod only, keeping its data claim; "already gone" is success. `force` skips the
+/// grace period, for a pod on a lost node whose kubelet will never confirm its end.
+async fn delete_member_pod(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    name: &str,
+    force: bool,
+) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match pods.delete(name, &DeleteParams::default()).await {
+    let params = if force {
+        DeleteParams::default().grace_period(0)
+    } else {
+        DeleteParams::default()
+    };
+    match pods.delete(name, &params).await {
         Err(e) if !is_not_found(&e) => Err(cluster_writes::kube_failed("deleting", "Pod", name)(e).into()),
         _ => Ok(()),
     }
 }
 
-/// Deletes a member's pod and its PVC; "already gone" is success.
-async fn delete_member_objects(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+/// Deletes a member's pod and its PVC; "already gone" is success. A member whose node is lost keeps
+/// its claim, retired: the data on that node still exists, and deleting the claim could let a
+/// provisioner wipe it when the node returns. Its pod is force-deleted, as the lost kubelet cannot
+/// finish a graceful deletion (the member has already left etcd's membership, so its etcd, should it
+/// still run, has no cluster to rejoin).
+async fn delete_member_objects(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    obs: &Observation,
+    name: &str,
+) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
     let gone = is_not_found;
-    delete_member_pod(ctx, cluster, name).await?;
-    if cluster.spec.storage.persistent_volume_claim.is_some() {
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        let pvc = vocabulary::pvc_name(name);
-        if let Err(e) = pvcs.delete(&pvc, &DeleteParams::default()).await
-            && !gone(&e)
-        {
-            return Err(cluster_writes::kube_failed("deleting", "PersistentVolumeClaim", pvc)(e).into());
-        }
+    let lost_node = obs.observed.node_losses.iter().find(|l| l.member == name);
+    delete_member_pod(ctx, cluster, name, lost_node.is_some()).await?;
+    if cluster.spec.storage.persistent_volume_claim.is_none() {
+        return Ok(());
     }
-    Ok(())
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvc = vocabulary::pvc_name(name);
+    let result = match lost_node {
+        Some(loss) => {
+            let why = format!("member {name} was removed while its node {} was lost", loss.node);
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {vocabulary::ANNOTATION_RETIRED: why}}});
+            pvcs.patch(&pvc, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+                .map_err(|e| ("retiring", e))
+        }
+        None => pvcs
+            .delete(&pvc, &DeleteParams::default())
+            .await
+            .map(drop)
+            .map_err(|e| ("deleting", e)),
+    };
+    match result {
+        Err((action, e)) if !gone(&e) => {
+            Err(cluster_writes::kube_failed(action, "PersistentVolumeClaim", pvc)(e).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Publishes an Event on the cluster. The member's pod is the related object: the recorder folds
@@ -568,7 +606,7 @@ pub async fn apply_step(
             Ok(())
         }
         Step::DeleteTerminatedPod { name } => {
-            delete_member_pod(ctx, cluster, name).await?;
+            delete_member_pod(ctx, cluster, name, false).await?;
             event(
                 ctx,
                 cluster,
@@ -616,6 +654,10 @@ pub async fn apply_step(
                 RemoveReason::LearnerTimedOut => {
                     (EventType::Warning, "as a learner it did not catch up in time")
                 }
+                RemoveReason::NodeLost => (
+                    EventType::Warning,
+                    "its node has been lost for longer than replaceAfterNodeLost; its claim is kept, annotated etcd.ouroboros.dev/retired, and a new member replaces it",
+                ),
             };
             event(
                 ctx,
@@ -627,10 +669,10 @@ pub async fn apply_step(
             )
             .await;
             failpoints::hit("after-member-remove");
-            delete_member_objects(ctx, cluster, name).await
+            delete_member_objects(ctx, cluster, obs, name).await
         }
         Step::DeleteOrphanPod { name } => {
-            delete_member_objects(ctx, cluster, name).await?;
+            delete_member_objects(ctx, cluster, obs, name).await?;
             event(
                 ctx,
                 cluster,

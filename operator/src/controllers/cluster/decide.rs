@@ -10,6 +10,9 @@
 //!   not unreachability, so it never reads as lost quorum, but no membership change starts under it;
 //! - clean up half-finished steps first (a pod whose member was removed, a member added whose pod was
 //!   never created), since they are what a crash between two steps leaves;
+//! - a member whose node is lost (its kubelet silent, or the Node deleted) waits for the node as
+//!   long as `replaceAfterNodeLost`; past that, and only while it does not answer, it is dead like a
+//!   member whose pod is gone, and replaced (its claim is retired, never deleted);
 //! - remove dead voters before anything else (each one removed lowers the quorum needed), but only
 //!   while the remaining healthy voters keep quorum;
 //! - one learner at a time; promote it only once it has caught up, and give up on it after a deadline
@@ -35,6 +38,11 @@ pub const LEARNER_BASE_DEADLINE: Duration = Duration::from_secs(120);
 pub const JOIN_GRACE: Duration = Duration::from_secs(60);
 /// Extra catch-up time per GiB of database.
 pub const LEARNER_DEADLINE_PER_GIB: Duration = Duration::from_secs(60);
+/// How long a member's node may be lost before the member is replaced, unless
+/// `spec.storage.persistentVolumeClaim.replaceAfterNodeLost` says otherwise: twice Kubernetes'
+/// default eviction time, so a node that reboots, or an upgrade that restarts its kubelet, is waited
+/// for.
+pub const DEFAULT_REPLACE_AFTER_NODE_LOST: Duration = Duration::from_secs(600);
 
 /// What the spec asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +53,8 @@ pub struct Desired {
     pub version: EtcdVersion,
     /// Who stopped the controller from changing members, if anyone.
     pub held_by: Option<HeldBy>,
+    /// How long a member's node may stay lost before the member is replaced.
+    pub replace_after_node_lost: Duration,
 }
 
 /// Who stopped the controller from changing the cluster's members: the one meaning of "paused".
@@ -148,6 +158,19 @@ pub struct ClaimView {
     pub version: Option<EtcdVersion>,
 }
 
+/// A member whose node is lost: the node's kubelet stopped reporting (its `Ready` condition is
+/// `Unknown`), or the Node object is gone. A node that reports itself NotReady is not lost: its
+/// kubelet runs, and so may the member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLoss {
+    /// The member.
+    pub member: String,
+    /// Its node (its pod's, or the node its claim's volume was provisioned on).
+    pub node: String,
+    /// How long the node has been lost; `None` when the Node object is gone.
+    pub lost_for: Option<Duration>,
+}
+
 /// One member in etcd's membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberView {
@@ -204,6 +227,9 @@ pub struct Observed {
     /// The members status recorded when a member last answered. When none answers, only these are
     /// restarted on their claims: a claim left over from before a restore names no current member.
     pub known_members: Vec<String>,
+    /// Members whose node is lost (only observed for members on claims: other members are replaced
+    /// when their pod goes).
+    pub node_losses: Vec<NodeLoss>,
 }
 
 /// The boot member of a self-hosted pivot.
@@ -233,6 +259,8 @@ pub enum RemoveReason {
     Upgrade,
     /// A learner did not catch up in time.
     LearnerTimedOut,
+    /// Its node has been lost for longer than `replaceAfterNodeLost`.
+    NodeLost,
 }
 
 impl RemoveReason {
@@ -243,7 +271,8 @@ impl RemoveReason {
             | RemoveReason::PodTerminated
             | RemoveReason::CrashLooping
             | RemoveReason::VolumeLost
-            | RemoveReason::LearnerTimedOut => true,
+            | RemoveReason::LearnerTimedOut
+            | RemoveReason::NodeLost => true,
             RemoveReason::ScaleDown | RemoveReason::Upgrade => false,
         }
     }
@@ -516,8 +545,21 @@ fn pod<'a>(o: &'a Observed, name: &str) -> Option<&'a PodView> {
     o.pods.iter().find(|p| p.name == name)
 }
 
+/// The member's node has been lost for longer than the spec allows: it is not waited for any more.
+/// A deleted Node is lost for good (a node that returns registers anew, and its kubelet re-creates
+/// the object within seconds).
+pub fn node_lost_too_long(o: &Observed, name: &str) -> bool {
+    o.node_losses
+        .iter()
+        .any(|l| l.member == name && l.lost_for.is_none_or(|d| d >= o.desired.replace_after_node_lost))
+}
+
 /// Why a started member counts as dead, if it does.
 fn dead_reason(o: &Observed, m: &MemberView) -> Option<RemoveReason> {
+    // Only a member that does not answer: a lost kubelet does not stop the containers it started.
+    if m.health.is_none() && node_lost_too_long(o, &m.name) {
+        return Some(RemoveReason::NodeLost);
+    }
     match pod(o, &m.name) {
         None => Some(RemoveReason::PodGone),
         Some(p) if p.volume_lost => Some(RemoveReason::VolumeLost),
@@ -589,7 +631,8 @@ fn quorum(voters: usize) -> usize {
 /// A started member whose data claim is intact but whose pod is gone or terminated: bring it back on
 /// its data. Needs no quorum (the membership does not change), so it comes before the quorum check.
 fn restart_step(o: &Observed, name: &str, version: EtcdVersion) -> Option<Step> {
-    if !durable(o, name) {
+    // A new pod on a claim whose node is gone would wait for that node; the member is replaced.
+    if !durable(o, name) || node_lost_too_long(o, name) {
         return None;
     }
     match pod(o, name).map(|p| p.state) {
@@ -612,8 +655,13 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
     // Half-finished steps first. A pod without a member: its member was removed (or never added). Pods
     // first, a young one is a join to retry, not an orphan.
     let joining = joining_pod(o, ms);
+    // A pod stuck in deletion on a lost node whose claim was not yet retired (the operator stopped
+    // between removing its member and retiring the claim) is one too: its kubelet will never finish.
+    let unfinished = |p: &PodView| {
+        p.state != PodState::Deleting || (durable(o, &p.name) && node_lost_too_long(o, &p.name))
+    };
     if let Some(p) = o.pods.iter().find(|p| {
-        p.state != PodState::Deleting
+        unfinished(p)
             && !ms.members.iter().any(|m| m.name == p.name)
             && joining.is_none_or(|j| j.name != p.name)
     }) {
@@ -698,12 +746,21 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         if let Some(reason) = dead_reason(o, m).filter(|_| m.started) {
             if durable(o, &m.name) && reason == RemoveReason::PodGone {
                 // Its pod is being deleted; the member is restarted on its claim once it is gone.
-                return Step::WaitForMembers {
-                    reason: format!(
+                let reason = match o.node_losses.iter().find(|l| l.member == m.name) {
+                    Some(l) => format!(
+                        "the node {} of {} is lost{}; the member is restarted on its own data when the node returns, or replaced after {}s",
+                        l.node,
+                        m.name,
+                        l.lost_for
+                            .map_or(String::new(), |d| format!(" (for {}s)", d.as_secs())),
+                        o.desired.replace_after_node_lost.as_secs()
+                    ),
+                    None => format!(
                         "the pod of {} is being deleted; the member is restarted on its own data",
                         m.name
                     ),
                 };
+                return Step::WaitForMembers { reason };
             }
             let remaining = healthy_voters - usize::from(counted(m));
             if remaining >= quorum(voters.len() - 1) {

@@ -15,6 +15,7 @@ fn world(size: usize, version: &str) -> Observed {
             size,
             version: v(version),
             held_by: None,
+            replace_after_node_lost: DEFAULT_REPLACE_AFTER_NODE_LOST,
         },
         bootstrapped: false,
         pods: vec![],
@@ -24,6 +25,7 @@ fn world(size: usize, version: &str) -> Observed {
         ordinal_floor: 0,
         data: DataHome::Pod,
         known_members: vec![],
+        node_losses: vec![],
     }
 }
 
@@ -193,6 +195,15 @@ impl Observed {
             .find(|m| m.name == format!("c-{n}"))
             .unwrap();
         m.health.as_mut().unwrap().errors = errors.iter().map(|e| (*e).to_owned()).collect();
+        self
+    }
+    /// The node of `c-<n>` has been lost for `secs` seconds (`None`: the Node object is gone).
+    fn node_lost(mut self, n: u32, secs: Option<u64>) -> Self {
+        self.node_losses.push(NodeLoss {
+            member: format!("c-{n}"),
+            node: format!("node{n}"),
+            lost_for: secs.map(Duration::from_secs),
+        });
         self
     }
     /// No member answers a member list (the membership is unknown).
@@ -1272,4 +1283,119 @@ fn one_survivor_of_three_without_claims_cannot_give_quorum_back() {
         }
     );
     assert_eq!(s.quorum_may_return(), None, "recovery must be able to act");
+}
+
+// ---- A member whose node is lost (issue #18): waited for, then replaced; never on doubt ----
+
+const PAST: u64 = 601;
+
+/// Three members on claims; `c-2`'s node lost for `secs`, its member silent and its pod stuck in
+/// deletion (the lost kubelet never confirms it).
+fn third_node_lost(secs: Option<u64>) -> Observed {
+    world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .pod_state(2, PodState::Deleting)
+        .unhealthy(2)
+        .node_lost(2, secs)
+}
+
+#[test]
+fn a_member_on_a_lost_node_is_waited_for_within_the_timeout() {
+    let o = third_node_lost(Some(600 - 1));
+    let Step::WaitForMembers { reason } = step(&o) else {
+        panic!("expected a wait, got {:?}", step(&o));
+    };
+    assert!(
+        reason.contains("node2 of c-2 is lost (for 599s)") && reason.contains("after 600s"),
+        "{reason}"
+    );
+    // Before eviction its pod still shows as running: the member is awaited just the same.
+    let o = third_node_lost(Some(30)).pod_state(2, PodState::Running);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+}
+
+#[test]
+fn past_the_timeout_a_silent_member_on_a_lost_node_is_removed() {
+    let removed = Step::RemoveMember {
+        id: 102,
+        name: "c-2".into(),
+        reason: RemoveReason::NodeLost,
+    };
+    assert_eq!(step(&third_node_lost(Some(PAST))), removed);
+    // A deleted Node is lost for good.
+    assert_eq!(step(&third_node_lost(None)), removed);
+    // Its pod force-deleted by someone: no new pod is started on the claim (it would wait for the
+    // lost node), the member is replaced.
+    assert_eq!(step(&third_node_lost(Some(PAST)).without_pod(2)), removed);
+    // The timeout is the spec's.
+    let mut o = third_node_lost(Some(61));
+    o.desired.replace_after_node_lost = Duration::from_secs(60);
+    assert_eq!(step(&o), removed);
+}
+
+#[test]
+fn a_member_that_answers_is_never_replaced_for_its_node() {
+    // A silent kubelet does not stop the containers it started: the member still runs.
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .on_claims()
+        .node_lost(2, Some(PAST));
+    assert_eq!(step(&o), Step::Converged);
+}
+
+#[test]
+fn a_member_on_a_lost_node_is_not_removed_when_that_would_cost_quorum() {
+    let o = third_node_lost(Some(PAST))
+        .pod_state(1, PodState::Deleting)
+        .unhealthy(1)
+        .node_lost(1, Some(PAST));
+    let s = step(&o);
+    assert!(matches!(s, Step::NoQuorum { .. }), "{s:?}");
+    // Their data may still come back with their nodes: automatic recovery must not restore over it.
+    assert_eq!(
+        s.quorum_may_return(),
+        Some(&["c-1".to_owned(), "c-2".to_owned()][..])
+    );
+}
+
+#[test]
+fn a_lost_learner_is_removed_past_the_timeout() {
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .learner(3, 10)
+        .on_claims()
+        .pod_state(3, PodState::Deleting)
+        .unhealthy(3)
+        .node_lost(3, Some(PAST));
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 103,
+            name: "c-3".into(),
+            reason: RemoveReason::NodeLost
+        }
+    );
+}
+
+#[test]
+fn crash_after_removing_a_lost_member_finishes_with_its_pod_and_claim() {
+    // The member left etcd, but its pod (stuck in deletion) and its unretired claim remain: the pod
+    // is an orphan to delete (which retires the claim), not a member to wait for.
+    let o = third_node_lost(Some(PAST)).without_member(2);
+    assert_eq!(step(&o), Step::DeleteOrphanPod { name: "c-2".into() });
+    // Once the claim is retired (no longer the member's data), nothing more is done to the pod.
+    let o = o.without_claim(2);
+    assert!(matches!(step(&o), Step::AddLearner { .. }), "{:?}", step(&o));
+}
+
+#[test]
+fn a_paused_cluster_replaces_nothing() {
+    assert!(matches!(step(&third_node_lost(None).paused()), Step::Held(_)));
 }

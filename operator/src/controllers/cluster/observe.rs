@@ -4,13 +4,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
 use super::decide::{
-    BootView, CRASH_LOOP_RESTARTS, ClaimView, DataHome, Desired, MemberHealth, MemberView, Membership,
-    Observed, PodState, PodView,
+    BootView, CRASH_LOOP_RESTARTS, ClaimView, DEFAULT_REPLACE_AFTER_NODE_LOST, DataHome, Desired,
+    MemberHealth, MemberView, Membership, NodeLoss, Observed, PodState, PodView,
 };
 use crate::{
     etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status},
@@ -130,6 +130,8 @@ pub struct KubeRead {
     pub tls: Option<Arc<ClientTls>>,
     /// The boot member, while a pivot may still be under way.
     pub boot: Option<Endpoint>,
+    /// The cluster's nodes (with PVC storage, to tell when a member's node is lost).
+    pub nodes: Vec<Node>,
 }
 
 /// Reads pods, PVCs and etcd's view of `cluster`.
@@ -174,6 +176,19 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
     } else {
         Vec::new()
     };
+    let nodes = if uses_pvc && cluster.spec.self_hosted.is_none() {
+        Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| ObserveError::List {
+                what: "nodes",
+                cluster: name.clone(),
+                source,
+            })?
+            .items
+    } else {
+        Vec::new()
+    };
     let tls = member_access::tls_material(client, cluster).await?;
     let boot = boot_endpoint(client, cluster).await?;
     Ok(KubeRead {
@@ -181,6 +196,7 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
         pvcs,
         tls,
         boot,
+        nodes,
     })
 }
 
@@ -198,6 +214,7 @@ pub async fn assemble(
         pvcs,
         tls,
         boot,
+        nodes,
     } = read;
     let name = cluster.name_any();
     let uses_pvc = cluster.spec.storage.persistent_volume_claim.is_some();
@@ -217,7 +234,9 @@ pub async fn assemble(
         };
         let volume_lost = uses_pvc
             && !pvcs.iter().any(|c| {
-                c.name_any() == vocabulary::pvc_name(&member) && c.metadata.deletion_timestamp.is_none()
+                c.name_any() == vocabulary::pvc_name(&member)
+                    && c.metadata.deletion_timestamp.is_none()
+                    && !retired(c)
             });
         if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             let port = vocabulary::ports_of(p).client;
@@ -271,11 +290,22 @@ pub async fn assemble(
             Err(e) => (None, None, Vec::new(), Some(e.to_string())),
         }
     };
-    let data = if uses_pvc && !self_hosted {
-        DataHome::Claims(claim_views(&pvcs))
+    let (data, node_losses) = if uses_pvc && !self_hosted {
+        (
+            DataHome::Claims(claim_views(&pvcs)),
+            node_losses(&pods, &pvcs, &nodes, now),
+        )
     } else {
-        DataHome::Pod
+        (DataHome::Pod, Vec::new())
     };
+    // A retired claim keeps its name, so its ordinal is never given to a new member, which would
+    // start on the retired data.
+    let past_claims = pvcs
+        .iter()
+        .filter_map(|c| vocabulary::ordinal(&name, c.labels().get(vocabulary::LABEL_MEMBER)?))
+        .map(|o| o + 1)
+        .max()
+        .unwrap_or(0);
     let observed = Observed {
         data,
         known_members: cluster
@@ -289,12 +319,14 @@ pub async fn assemble(
             version: desired_version,
             // A restore in progress owns the cluster: nothing is changed under it.
             held_by: super::decide::held_by(cluster),
+            replace_after_node_lost: replace_after_node_lost(cluster),
         },
+        node_losses,
         bootstrapped: cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         pods: pod_views,
         membership,
         pods_first: self_hosted,
-        ordinal_floor: vocabulary::ordinal_floor(cluster),
+        ordinal_floor: vocabulary::ordinal_floor(cluster).max(past_claims),
         boot: boot.map(|ep| BootView {
             id: boot_id,
             endpoint: ep.url,
@@ -311,10 +343,81 @@ pub async fn assemble(
     })
 }
 
-/// The members' data claims that are still there (not being deleted), with the version they record.
+/// `spec.storage.persistentVolumeClaim.replaceAfterNodeLost` (the schema only admits durations the
+/// parser reads), or the default.
+fn replace_after_node_lost(cluster: &EtcdCluster) -> Duration {
+    cluster
+        .spec
+        .storage
+        .persistent_volume_claim
+        .as_ref()
+        .and_then(|p| p.replace_after_node_lost.as_deref())
+        .and_then(ouroboros_crds::retention::parse_age)
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(DEFAULT_REPLACE_AFTER_NODE_LOST)
+}
+
+/// The claim was retired when its member was removed from a lost node.
+fn retired(c: &PersistentVolumeClaim) -> bool {
+    c.annotations().contains_key(vocabulary::ANNOTATION_RETIRED)
+}
+
+/// Members whose node is lost. A member's node is its pod's, or (no pod scheduled) the node the
+/// scheduler chose for its claim's volume. Lost means the kubelet stopped reporting (the node
+/// lifecycle controller set `Ready` to `Unknown`, and the condition's transition time says since
+/// when), or the Node object is gone.
+pub fn node_losses(
+    pods: &[Pod],
+    pvcs: &[PersistentVolumeClaim],
+    nodes: &[Node],
+    now: jiff::Timestamp,
+) -> Vec<NodeLoss> {
+    let scheduled = pods.iter().filter_map(|p| {
+        let node = p.spec.as_ref()?.node_name.clone()?;
+        Some((p.name_any(), node))
+    });
+    let by_claim = pvcs.iter().filter(|c| !retired(c)).filter_map(|c| {
+        let member = c.labels().get(vocabulary::LABEL_MEMBER)?.clone();
+        let node = c.annotations().get(vocabulary::ANNOTATION_SELECTED_NODE)?.clone();
+        (!pods
+            .iter()
+            .any(|p| p.name_any() == member && p.spec.as_ref().is_some_and(|s| s.node_name.is_some())))
+        .then_some((member, node))
+    });
+    scheduled
+        .chain(by_claim)
+        .filter_map(|(member, node)| {
+            let lost_for = match nodes.iter().find(|n| n.name_any() == node) {
+                None => None,
+                Some(n) => {
+                    let ready = n
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .as_ref()?
+                        .iter()
+                        .find(|c| c.type_ == "Ready")?;
+                    if ready.status != "Unknown" {
+                        return None;
+                    }
+                    let since = ready.last_transition_time.as_ref()?.0;
+                    Some(Duration::try_from(now.duration_since(since)).unwrap_or_default())
+                }
+            };
+            Some(NodeLoss {
+                member,
+                node,
+                lost_for,
+            })
+        })
+        .collect()
+}
+
+/// The members' data claims that are still there (not being deleted, not retired), with the version
+/// they record.
 fn claim_views(pvcs: &[PersistentVolumeClaim]) -> Vec<ClaimView> {
     pvcs.iter()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && !retired(c))
         // A claim that lost its volume holds no data to come back on.
         .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Lost"))
         .filter_map(|c| {
@@ -522,6 +625,66 @@ mod tests {
         }]}}));
         assert_eq!(image_problem(&starting), None);
         assert_eq!(image_problem(&pod(json!({"status": {"phase": "Running"}}))), None);
+    }
+
+    #[test]
+    fn a_node_is_lost_when_its_kubelet_is_silent_or_it_is_gone() {
+        let node = |name: &str, ready: &str| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name}, "status": {"conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": "2026-12-01T10:00:00Z"}]}}))
+            .unwrap()
+        };
+        let nodes = [
+            node("n-up", "True"),
+            node("n-silent", "Unknown"),
+            node("n-notready", "False"),
+        ];
+        let on = |member: &str, node: &str| {
+            pod(json!({"metadata": {"name": member}, "spec": {"nodeName": node, "containers": []}}))
+        };
+        let claim = |member: &str, selected: &str| -> PersistentVolumeClaim {
+            serde_json::from_value(json!({"metadata": {"name": format!("{member}-data"),
+                "labels": {vocabulary::LABEL_MEMBER: member},
+                "annotations": {vocabulary::ANNOTATION_SELECTED_NODE: selected}}}))
+            .unwrap()
+        };
+        let pods = [
+            on("c-0", "n-up"),
+            on("c-1", "n-silent"),
+            on("c-2", "n-notready"),
+            on("c-3", "n-deleted"),
+        ];
+        // c-4 has no pod: its claim says where its volume is. c-0's claim does not count over its pod.
+        let pvcs = [claim("c-4", "n-silent"), claim("c-0", "n-silent")];
+        let now: jiff::Timestamp = "2026-12-01T10:05:00Z".parse().unwrap();
+        let lost = node_losses(&pods, &pvcs, &nodes, now);
+        let five_minutes = Some(Duration::from_secs(300));
+        assert_eq!(
+            lost,
+            vec![
+                NodeLoss {
+                    member: "c-1".into(),
+                    node: "n-silent".into(),
+                    lost_for: five_minutes
+                },
+                NodeLoss {
+                    member: "c-3".into(),
+                    node: "n-deleted".into(),
+                    lost_for: None
+                },
+                NodeLoss {
+                    member: "c-4".into(),
+                    node: "n-silent".into(),
+                    lost_for: five_minutes
+                },
+            ]
+        );
+        // A retired claim is no member's: it names no member's node.
+        let mut retired = claim("c-4", "n-silent");
+        retired
+            .annotations_mut()
+            .insert(vocabulary::ANNOTATION_RETIRED.into(), "x".into());
+        assert_eq!(node_losses(&[], &[retired], &nodes, now), vec![]);
     }
 
     #[test]
