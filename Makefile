@@ -90,11 +90,13 @@ lifecycle: self-hosted
 	@$(T) cluster-lifecycle e2e/scripts/check-lifecycle.sh
 
 ## multinode: the several-node tests (#18) on a cluster of three nodes, node2 and node3 in network
-## namespaces of their own; `up` replaces the one-node cluster the tiers before it used.
+## namespaces of their own; `up` replaces the one-node cluster the tiers before it used. Last, the
+## self-hosted test on three control-plane nodes, which moves the cluster's etcd for good.
 multinode: deps images
 	@$(T) multinode-up bash -c 'NODES=3 e2e/cluster.sh up || { echo "cluster up failed; retrying once after a clean down" >&2; e2e/cluster.sh down; NODES=3 e2e/cluster.sh up; }'
 	@$(T) multinode-deploy e2e/scripts/deploy.sh
 	@$(T) e2e-multinode bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test multinode -- --ignored --test-threads=1'
+	@$(T) e2e-multinode-self-hosted bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test self_hosted_nodes -- --ignored --test-threads=1'
 
 test: lint unit e2e self-hosted lifecycle multinode
 	@echo "make test: all tiers passed"

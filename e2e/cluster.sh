@@ -5,7 +5,8 @@
 #
 #   e2e/cluster.sh up | down | status | kubeconfig | env | pv-gc | use-etcd URLS | power-cycle |
 #                  power-cut-losing PATH... | boot-etcd-restore SNAPSHOT_DB |
-#                  node-stop NODE | node-start NODE | partition NODE | heal NODE | node-sock NODE
+#                  node-stop NODE | node-start NODE | partition NODE | heal NODE | node-sock NODE |
+#                  power-cycle-all | control-plane NODE...
 #
 # NODES=N (default 1, at most 9) at `up` adds nodes node2..nodeN, each in a network namespace of its
 # own (docs/local-cluster.md): its own containerd, kubelet and kube-proxy, node IP and pod range.
@@ -42,6 +43,10 @@ SELF_HOSTED_ETCD_VIP=10.96.0.15
 # After a self-hosted handover the API server's --etcd-servers are recorded here, and `up` uses them.
 ETCD_SERVERS_FILE="$STATE/etcd-servers"
 SELF_HOSTED_DATA="$STATE/self-hosted"
+# The nodes share the machine's file system: each has a static-pod directory (its kubelet's
+# staticPodPath) and a checkpoint-secrets directory of its own under these, named after the node.
+STATIC_PODS="$STATE/static-pods"
+CHECKPOINT_SECRETS="$STATE/checkpoint-secrets"
 MINIO_ADDR="$NODE_IP:9000"
 MINIO_USER=ouroboros
 MINIO_PASSWORD=ouroboros-secret
@@ -324,7 +329,7 @@ kind: KubeletConfiguration
 failCgroupV1: false
 cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
-staticPodPath: $STATE/manifests
+staticPodPath: $STATIC_PODS/node1
 failSwapOn: false
 # See restrict_oom_score_adj in the containerd config: negative scores cannot be set here.
 oomScoreAdj: 0
@@ -377,7 +382,7 @@ cluster.local:53 in-addr.arpa:53 {
     }
 }
 EOF
-  mkdir -p "$STATE/manifests"
+  mkdir -p "$STATIC_PODS/node1" "$CHECKPOINT_SECRETS/node1"
 }
 
 node_up() {
@@ -446,7 +451,7 @@ node_network_up() {
 node_extra_config() {
   local k=$1 name="node$k" dir run ip cidr
   dir=$(ndir "$k"); run=$(nrun "$k"); ip=$(nip "$k"); cidr=$(ncidr "$k")
-  mkdir -p "$dir/cni" "$dir/containerd" "$dir/manifests" "$dir/pod-logs" "$run"
+  mkdir -p "$dir/cni" "$dir/containerd" "$STATIC_PODS/$name" "$CHECKPOINT_SECRETS/$name" "$dir/pod-logs" "$run"
   cert "kubelet-client-$name" "system:node:$name" system:nodes
   cert "kubelet-serving-$name" "system:node:$name" system:nodes "IP:$ip,DNS:$name"
   kubeconfig_for "kubelet-client-$name" "$dir/kubelet.kubeconfig"
@@ -467,7 +472,7 @@ EOF
     -e "s#address = \"$CONTAINERD_SOCK\"#address = \"$(nsock "$k")\"#" -e "s#conf_dir = .*#conf_dir = \"$dir/cni\"#" \
     "$CONF/containerd.toml" > "$dir/containerd.toml"
   sed -e "s#^containerRuntimeEndpoint: .*#containerRuntimeEndpoint: unix://$(nsock "$k")#" \
-    -e "s#^staticPodPath: .*#staticPodPath: $dir/manifests#" -e "s#^address: .*#address: $ip#" \
+    -e "s#^staticPodPath: .*#staticPodPath: $STATIC_PODS/$name#" -e "s#^address: .*#address: $ip#" \
     -e "s#^tlsCertFile: .*#tlsCertFile: $PKI/kubelet-serving-$name.crt#" \
     -e "s#^tlsPrivateKeyFile: .*#tlsPrivateKeyFile: $PKI/kubelet-serving-$name.key#" \
     -e "s#^maxPods: .*#maxPods: 40#" "$CONF/kubelet.yaml" > "$dir/kubelet.yaml"
@@ -720,6 +725,10 @@ cmd_up() {
   if [ -d "$RUN" ] && [ "$recorded" != "$REQUESTED_NODES" ]; then
     log "the running cluster has $recorded node(s), $REQUESTED_NODES wanted: rebuilding it"
     NODES=$recorded cmd_down
+  elif [ -d "$RUN" ] && [ -f "$ETCD_SERVERS_FILE" ]; then
+    # A self-hosted test moved the API server onto etcd in pods, for good: not what `up` makes.
+    log "the running cluster's API server runs on self-hosted etcd: rebuilding it"
+    NODES=$recorded cmd_down
   fi
   NODES=$REQUESTED_NODES
   mkdir -p "$RUN" "$LOGS" "$CONF"
@@ -820,7 +829,7 @@ cmd_down() {
     ip link del "$v" 2>/dev/null || true
   done
   # Keep built images' content store and PKI for a fast next `up`; drop cluster data.
-  rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATE/manifests" "$STATE/checkpoint-secrets" "$RUN" \
+  rm -rf "$STATE/cp-etcd" "$STATE/kubelet" "$STATE/pv" "$STATE/minio" "$STATE/cni-ipam" "$STATIC_PODS" "$CHECKPOINT_SECRETS" "$STATE/manifests" "$RUN" \
     "$ETCD_SERVERS_FILE" "$SELF_HOSTED_DATA" "$STATE/nodes" "$NODES_FILE"
   log "down in $((SECONDS - t0))s"
 }
@@ -856,8 +865,11 @@ export OUROBOROS_SELF_HOSTED_ETCD_VIP=$SELF_HOSTED_ETCD_VIP
 export OUROBOROS_SELF_HOSTED_DATA=$SELF_HOSTED_DATA
 export OUROBOROS_NODE_IP=$NODE_IP
 export OUROBOROS_NODES=$NODES
-export OUROBOROS_STATIC_POD_DIR=$STATE/manifests
-export OUROBOROS_CHECKPOINT_SECRETS_DIR=$STATE/checkpoint-secrets
+# node1's; each node's are <root>/<node> (a node's kubelet runs the static pods of its own only).
+export OUROBOROS_STATIC_POD_DIR=$STATIC_PODS/node1
+export OUROBOROS_CHECKPOINT_SECRETS_DIR=$CHECKPOINT_SECRETS/node1
+export OUROBOROS_STATIC_POD_ROOT=$STATIC_PODS
+export OUROBOROS_CHECKPOINT_SECRETS_ROOT=$CHECKPOINT_SECRETS
 export AWS_ACCESS_KEY_ID=$MINIO_USER
 export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD
 # No test may reach a cloud metadata address: nothing of ours is there, and off a cloud VM it is
@@ -887,8 +899,14 @@ cmd_power_cycle() {
   local t0=$SECONDS
   power_cut
   kubelet_start
-  # On a real node the API server is a static pod as well, and the kubelet restarts it until its etcd
-  # answers: kube-apiserver gives up by itself when etcd does not answer within about 20 s.
+  apiserver_until_up
+  wait_for "node $NODE_NAME Ready" 120 node_ready
+  log "power-cycle: API server ready and node Ready $((SECONDS - t0))s after the cut"
+}
+
+# On a real node the API server is a static pod as well, and the kubelet restarts it until its etcd
+# answers: kube-apiserver gives up by itself when etcd does not answer within about 20 s.
+apiserver_until_up() {
   local deadline=$((SECONDS + 240)) tries=1
   until apiserver_up; do
     [ $SECONDS -lt $deadline ] || { log "kube-apiserver did not come back in 240s ($tries starts)"; return 1; }
@@ -897,8 +915,37 @@ cmd_power_cycle() {
     sleep 2
   done
   log "kube-apiserver ready after $tries start(s)"
+}
+
+# power-cycle-all: a power loss of every node (the whole site): the added nodes go down as node-stop
+# takes them and node1 as power-cycle does, all within a few seconds; then every node boots, each
+# kubelet starting the static pods of its own directory with no API server to ask, and the API
+# server is started until its etcd answers.
+cmd_power_cycle_all() {
+  local t0=$SECONDS k
+  for k in $(seq 2 "$NODES"); do cmd_node_stop "node$k"; done
+  power_cut
+  for k in $(seq 2 "$NODES"); do
+    ip link set "ouro-v$k" up
+    node_extra_up "$k"
+  done
+  kubelet_start
+  apiserver_until_up
   wait_for "node $NODE_NAME Ready" 120 node_ready
-  log "power-cycle: API server ready and node Ready $((SECONDS - t0))s after the cut"
+  for k in $(seq 2 "$NODES"); do wait_for "node node$k Ready" 120 node_ready "node$k"; done
+  log "power-cycle-all: API server ready and $NODES nodes Ready $((SECONDS - t0))s after the cut"
+}
+
+# control-plane NODE...: makes nodes control-plane nodes as kubeadm does: the node-role label and the
+# NoSchedule taint (pods that do not tolerate it stay off; running ones stay).
+cmd_control_plane() {
+  [ $# -gt 0 ] || { echo "usage: $0 control-plane NODE..." >&2; return 2; }
+  local n
+  for n in "$@"; do
+    "${KUBECTL[@]}" label node "$n" node-role.kubernetes.io/control-plane= --overwrite >/dev/null
+    "${KUBECTL[@]}" taint node "$n" node-role.kubernetes.io/control-plane:NoSchedule --overwrite >/dev/null
+  done
+  log "control-plane nodes (labelled and tainted): $*"
 }
 
 # power-cut-losing PATH...: a power cut in which the given paths are lost for good (members' data
@@ -952,6 +999,8 @@ power_cut() {
 case "${1:-}" in
   up) cmd_up ;;
   power-cycle) cmd_power_cycle ;;
+  power-cycle-all) cmd_power_cycle_all ;;
+  control-plane) shift; cmd_control_plane "$@" ;;
   power-cut-losing) shift; cmd_power_cut_losing "$@" ;;
   boot-etcd-restore) cmd_boot_etcd_restore "${2:-}" ;;
   use-etcd) cmd_use_etcd "${2:-}" ;;
@@ -965,5 +1014,5 @@ case "${1:-}" in
   partition) cmd_partition "${2:-}" ;;
   heal) cmd_heal "${2:-}" ;;
   node-sock) if [ "${2:-}" = node1 ]; then echo "$CONTAINERD_SOCK"; else k=$(node_index "${2:-}") && nsock "$k"; fi ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc|use-etcd URLS|power-cycle|node-stop NODE|node-start NODE|partition NODE|heal NODE|node-sock NODE" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|env|pv-gc|use-etcd URLS|power-cycle|power-cycle-all|control-plane NODE...|node-stop NODE|node-start NODE|partition NODE|heal NODE|node-sock NODE" >&2; exit 2 ;;
 esac

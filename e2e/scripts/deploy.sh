@@ -4,7 +4,9 @@
 #
 #   deploy.sh               deploy/ (what `make deploy` runs)
 #   deploy.sh self-hosted   deploy/self-hosted: also the member checkpointer, pointed at this local
-#                           cluster's kubelet static-pod directory instead of /etc/kubernetes/manifests
+#                           cluster's kubelet static-pod directories instead of /etc/kubernetes/manifests
+#                           (the nodes share one file system, so each node's directories are
+#                           <root>/<node>: the checkpointer's own node, from NODE_NAME)
 source "$(dirname "$0")/lib.sh"
 source <("$REPO_ROOT/e2e/cluster.sh" env)
 # A fresh image under the same tag needs new pods; the annotation records which build runs.
@@ -15,8 +17,10 @@ case "${1:-}" in
   "") kubectl apply -k "$REPO_ROOT/deploy" >/dev/null ;;
   self-hosted)
     kubectl kustomize "$REPO_ROOT/deploy/self-hosted" |
-      sed -e "s#/etc/kubernetes/manifests#$OUROBOROS_STATIC_POD_DIR#g" \
-        -e "s#/var/lib/ouroboros/checkpoint-secrets#$OUROBOROS_CHECKPOINT_SECRETS_DIR#g" |
+      sed -e "s#value: /etc/kubernetes/manifests#value: $OUROBOROS_STATIC_POD_ROOT/\$(NODE_NAME)#" \
+        -e "s#value: /var/lib/ouroboros/checkpoint-secrets#value: $OUROBOROS_CHECKPOINT_SECRETS_ROOT/\$(NODE_NAME)#" \
+        -e "s#/etc/kubernetes/manifests#$OUROBOROS_STATIC_POD_ROOT#g" \
+        -e "s#/var/lib/ouroboros/checkpoint-secrets#$OUROBOROS_CHECKPOINT_SECRETS_ROOT#g" |
       kubectl apply -f - >/dev/null
     kubectl -n ouroboros-system patch daemonset etcd-checkpointer --type merge -p "$build_patch" >/dev/null
     ;;

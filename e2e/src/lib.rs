@@ -328,6 +328,7 @@ pub mod writer {
         task: tokio::task::JoinHandle<()>,
         endpoint: String,
         prefix: String,
+        last_error: Arc<std::sync::Mutex<Option<String>>>,
     }
 
     async fn connect(endpoint: &str) -> anyhow::Result<Client> {
@@ -351,12 +352,21 @@ pub mod writer {
                 endpoint.to_owned(),
                 prefix.to_owned(),
             );
+            let last_error = Arc::new(std::sync::Mutex::new(None));
+            let e = last_error.clone();
+            let failure = move |error: String| {
+                f.fetch_add(1, Ordering::SeqCst);
+                *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+            };
             let task = tokio::spawn(async move {
                 let mut client = None;
                 let mut seq = 0u64;
                 while !s.load(Ordering::SeqCst) {
                     if client.is_none() {
-                        client = connect(&ep).await.ok();
+                        client = connect(&ep)
+                            .await
+                            .map_err(|e| failure(format!("connecting: {e:#}")))
+                            .ok();
                     }
                     let Some(c) = client.as_mut() else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -367,8 +377,8 @@ pub mod writer {
                             seq += 1;
                             a.store(seq, Ordering::SeqCst);
                         }
-                        Err(_) => {
-                            f.fetch_add(1, Ordering::SeqCst);
+                        Err(error) => {
+                            failure(format!("writing {p}/{seq:08}: {error}"));
                             client = None;
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
@@ -383,7 +393,13 @@ pub mod writer {
                 task,
                 endpoint: endpoint.to_owned(),
                 prefix: prefix.to_owned(),
+                last_error,
             })
+        }
+
+        /// The last failed attempt's error (a connection or a write), if any failed.
+        pub fn last_error(&self) -> Option<String> {
+            self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
         }
 
         /// Writes acknowledged so far.
@@ -852,9 +868,17 @@ pub mod checkpoints {
         std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
     }
 
-    /// The member pods of `ns` that have a checkpoint file, sorted.
+    /// The member pods of `ns` that have a checkpoint file on node1, sorted.
     pub fn members(ns: &str) -> anyhow::Result<Vec<String>> {
-        let dir = env("OUROBOROS_STATIC_POD_DIR")?;
+        members_in(&env("OUROBOROS_STATIC_POD_DIR")?, ns)
+    }
+
+    /// The member pods of `ns` that have a checkpoint file in `node`'s static-pod directory, sorted.
+    pub fn members_on(node: &str, ns: &str) -> anyhow::Result<Vec<String>> {
+        members_in(&format!("{}/{node}", env("OUROBOROS_STATIC_POD_ROOT")?), ns)
+    }
+
+    fn members_in(dir: &str, ns: &str) -> anyhow::Result<Vec<String>> {
         let prefix = format!("ouroboros-checkpoint-{ns}_");
         let mut members: Vec<String> = std::fs::read_dir(&dir)
             .with_context(|| format!("listing {dir}"))?
@@ -863,6 +887,98 @@ pub mod checkpoints {
             .collect();
         members.sort();
         Ok(members)
+    }
+}
+
+pub mod self_hosted {
+    //! What the self-hosted tests share: the installer's handover to `kube-system/kube-etcd`, the API
+    //! server moved onto it, and ConfigMaps written through the API server to find again after a
+    //! disruption.
+
+    use std::process::Command;
+
+    use anyhow::{Context as _, ensure};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::{Api, Client, api::PostParams};
+    use ouroboros_crds::{EtcdCluster, EtcdClusterStatus};
+
+    use crate::{cluster_script, env, repo_root};
+
+    /// The namespace of the self-hosted EtcdCluster.
+    pub const NS: &str = "kube-system";
+    /// Its name.
+    pub const NAME: &str = "kube-etcd";
+
+    /// A ConfigMap `name` in `default` recording `value` as what was written.
+    pub fn config_map(name: &str, value: &str) -> anyhow::Result<ConfigMap> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"},
+            "data": {"written": value}
+        }))?)
+    }
+
+    /// Writes the ConfigMap `name` in `default`, recording `value` as what was written.
+    pub async fn write(client: &Client, name: &str, value: &str) -> anyhow::Result<()> {
+        Api::<ConfigMap>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &config_map(name, value)?)
+            .await
+            .with_context(|| format!("writing ConfigMap {name}"))?;
+        Ok(())
+    }
+
+    /// What the ConfigMap `name` in `default` says was written, or `None` when it does not exist.
+    pub async fn written(client: &Client, name: &str) -> anyhow::Result<Option<String>> {
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), "default")
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading ConfigMap {name}"))?;
+        Ok(cm.map(|cm| cm.data.unwrap_or_default().remove("written").unwrap_or_default()))
+    }
+
+    /// The status of the self-hosted EtcdCluster.
+    pub async fn kube_etcd_status(client: &Client) -> anyhow::Result<EtcdClusterStatus> {
+        Ok(Api::<EtcdCluster>::namespaced(client.clone(), NS)
+            .get(NAME)
+            .await?
+            .status
+            .unwrap_or_default())
+    }
+
+    /// Restarts the API server on `etcd_servers` (`e2e/cluster.sh use-etcd`, as an installer or an
+    /// administrator does it) and returns a client for it.
+    pub async fn api_server_on(etcd_servers: &str) -> anyhow::Result<Client> {
+        cluster_script(&["use-etcd", etcd_servers])?;
+        crate::client().await
+    }
+
+    /// A binary of this workspace's release build.
+    pub fn release_binary(name: &str) -> std::path::PathBuf {
+        let target =
+            std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), Into::into);
+        target.join("release").join(name)
+    }
+
+    /// The installer's step: `etcd-operator handover` from the boot etcd to a self-hosted EtcdCluster
+    /// of three, with `extra` arguments; returns the `--etcd-servers` it prints for the API server.
+    pub fn handover(extra: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(release_binary("etcd-operator"))
+            .args(["handover", "--boot-endpoint", &env("OUROBOROS_BOOT_ETCD")?])
+            .args(["--name", NAME, "--namespace", NS, "--size", "3"])
+            .args(["--host-data-dir", &env("OUROBOROS_SELF_HOSTED_DATA")?])
+            .args(["--client-service-ip", &env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?])
+            .args(["--timeout-seconds", "600"])
+            .args(extra)
+            .output()
+            .context("running etcd-operator handover")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.success(), "handover failed ({}): {stderr}", out.status);
+        let stdout = String::from_utf8(out.stdout)?;
+        Ok(stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("--etcd-servers="))
+            .with_context(|| format!("no --etcd-servers line in {stdout:?}"))?
+            .to_owned())
     }
 }
 

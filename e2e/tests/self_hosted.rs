@@ -33,50 +33,15 @@ use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use ouroboros_crds::{EtcdCluster, EtcdClusterStatus, condition_types as ct};
+use ouroboros_crds::{EtcdCluster, condition_types as ct};
 use ouroboros_e2e::{
-    backup_succeeded, checkpoints, client, cluster_script, env, etcd_cluster as cluster, minio_secret,
-    repo_root, s3, wait_for,
+    backup_succeeded, checkpoints, client, cluster_script, env, etcd_cluster as cluster, minio_secret, s3,
+    self_hosted::{
+        NAME, NS, api_server_on, config_map, handover, kube_etcd_status, release_binary, write, written,
+    },
+    wait_for,
 };
 use serde_json::json;
-
-const NS: &str = "kube-system";
-const NAME: &str = "kube-etcd";
-
-fn config_map(name: &str, value: &str) -> anyhow::Result<ConfigMap> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": {"written": value}
-    }))?)
-}
-
-/// Writes the ConfigMap `name` in `default`, recording `value` as what was written.
-async fn write(client: &Client, name: &str, value: &str) -> anyhow::Result<()> {
-    Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &config_map(name, value)?)
-        .await
-        .with_context(|| format!("writing ConfigMap {name}"))?;
-    Ok(())
-}
-
-/// What the ConfigMap `name` in `default` says was written, or `None` when it does not exist.
-async fn written(client: &Client, name: &str) -> anyhow::Result<Option<String>> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), "default")
-        .get_opt(name)
-        .await
-        .with_context(|| format!("reading ConfigMap {name}"))?;
-    Ok(cm.map(|cm| cm.data.unwrap_or_default().remove("written").unwrap_or_default()))
-}
-
-/// The status of the self-hosted EtcdCluster.
-async fn kube_etcd_status(client: &Client) -> anyhow::Result<EtcdClusterStatus> {
-    Ok(Api::<EtcdCluster>::namespaced(client.clone(), NS)
-        .get(NAME)
-        .await?
-        .status
-        .unwrap_or_default())
-}
 
 /// A power cut that loses `members`' data directories and checkpoints, and `also`, for good
 /// (`e2e/cluster.sh power-cut-losing`); the node boots with only its kubelet.
@@ -93,39 +58,6 @@ fn power_cut_losing<'a>(
     let mut args = vec!["power-cut-losing"];
     args.extend(paths.iter().map(String::as_str));
     cluster_script(&args)
-}
-
-/// Restarts the API server on `etcd_servers` (`e2e/cluster.sh use-etcd`, as an installer or an
-/// administrator does it) and returns a client for it.
-async fn api_server_on(etcd_servers: &str) -> anyhow::Result<Client> {
-    cluster_script(&["use-etcd", etcd_servers])?;
-    ouroboros_e2e::client().await
-}
-
-fn release_binary(name: &str) -> std::path::PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), Into::into);
-    target.join("release").join(name)
-}
-
-/// The installer's step: `etcd-operator handover` from the boot etcd to a self-hosted EtcdCluster of
-/// three; returns the `--etcd-servers` it prints for the API server.
-fn handover() -> anyhow::Result<String> {
-    let out = Command::new(release_binary("etcd-operator"))
-        .args(["handover", "--boot-endpoint", &env("OUROBOROS_BOOT_ETCD")?])
-        .args(["--name", NAME, "--namespace", NS, "--size", "3"])
-        .args(["--host-data-dir", &env("OUROBOROS_SELF_HOSTED_DATA")?])
-        .args(["--client-service-ip", &env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?])
-        .args(["--timeout-seconds", "600"])
-        .output()
-        .context("running etcd-operator handover")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "handover failed ({}): {stderr}", out.status);
-    let stdout = String::from_utf8(out.stdout)?;
-    Ok(stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("--etcd-servers="))
-        .with_context(|| format!("no --etcd-servers line in {stdout:?}"))?
-        .to_owned())
 }
 
 /// Creates and reads ConfigMaps until told to stop; counts what succeeded and what failed.
@@ -175,7 +107,7 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
 
     // The installer's step: hand over, and get the endpoints for the API server.
     let t0 = std::time::Instant::now();
-    let servers = handover()?;
+    let servers = handover(&[])?;
     eprintln!("handover done in {:?}: {servers}", t0.elapsed());
     // With a client Service IP the API server is sent there (voting members only).
     let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
@@ -626,7 +558,7 @@ async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
     }
 
     // Step 4: hand over as at installation.
-    let servers = handover()?;
+    let servers = handover(&[])?;
     let client = api_server_on(&servers).await?;
     eprintln!(
         "API server back on self-hosted etcd {:?} after the cut",
