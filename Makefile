@@ -16,8 +16,11 @@ export CARGO_TERM_COLOR ?= never
 K8S_VERSION := $(shell sed -n 's/^K8S_VERSION=//p' e2e/scripts/versions.env)
 KUBECTL := $(OUROBOROS_CACHE)/k8s/$(K8S_VERSION)/bin/kubectl --kubeconfig $(shell e2e/cluster.sh kubeconfig)
 T := e2e/scripts/timed.sh
+# Nodes of the local cluster: one for `make demo` and `make deploy`; `make test` runs every tier on
+# three (node2 and node3 in network namespaces of their own, docs/local-cluster.md).
+NODES ?= 1
 
-.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle multinode undeploy clean-cache check-fresh-root
+.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle multinode self-hosted-nodes undeploy clean-cache check-fresh-root
 
 help:
 	@echo "make demo    - build everything, start the local cluster, deploy the operator, create an EtcdCluster"
@@ -63,7 +66,7 @@ images: build
 ## cluster-up retries once after a clean `down`: the first `up` over the leftovers of a killed session
 ## (processes gone, state and shims left) was seen to time out once, and the retry came up in 8 s.
 cluster-up: deps images
-	@$(T) cluster-up bash -c 'e2e/cluster.sh up || { echo "cluster up failed; retrying once after a clean down" >&2; e2e/cluster.sh down; e2e/cluster.sh up; }'
+	@$(T) cluster-up bash -c 'NODES=$(NODES) e2e/cluster.sh up || { echo "cluster up failed; retrying once after a clean down" >&2; e2e/cluster.sh down; NODES=$(NODES) e2e/cluster.sh up; }'
 
 cluster-down:
 	@$(T) cluster-down e2e/cluster.sh down
@@ -80,25 +83,33 @@ e2e: deploy
 	@$(T) pv-gc e2e/cluster.sh pv-gc
 	@$(T) e2e-tests bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e -- --test-threads=1'
 
-## self-hosted: kuberception, the cluster's own API server moved onto etcd the operator manages. It
-## changes the cluster for good, so it runs after every other e2e test and before lifecycle rebuilds it.
+## multinode: the several-node tests (#18): nodes stopped, partitioned, drained.
+multinode: NODES = 3
+multinode: deploy
+	@$(T) pv-gc-multinode e2e/cluster.sh pv-gc
+	@$(T) e2e-multinode bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test multinode -- --ignored --test-threads=1'
+
+## self-hosted: kuberception, the cluster's own API server moved onto etcd the operator manages, its
+## members on node1. It changes the cluster for good, so it runs after every other e2e test and
+## before lifecycle rebuilds it.
 self-hosted: e2e
 	@$(T) e2e-self-hosted bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test self_hosted -- --ignored --test-threads=1'
 
-## lifecycle: `down` leaves nothing behind and `up` comes back (runs last: it restarts the cluster).
+## lifecycle: `down` leaves nothing behind and `up` comes back (it restarts the cluster).
 lifecycle: self-hosted
-	@$(T) cluster-lifecycle e2e/scripts/check-lifecycle.sh
+	@$(T) cluster-lifecycle env NODES=$(NODES) e2e/scripts/check-lifecycle.sh
 
-## multinode: the several-node tests (#18) on a cluster of three nodes, node2 and node3 in network
-## namespaces of their own; `up` replaces the one-node cluster the tiers before it used. Last, the
-## self-hosted test on three control-plane nodes, which moves the cluster's etcd for good.
-multinode: deps images
-	@$(T) multinode-up bash -c 'NODES=3 e2e/cluster.sh up || { echo "cluster up failed; retrying once after a clean down" >&2; e2e/cluster.sh down; NODES=3 e2e/cluster.sh up; }'
-	@$(T) multinode-deploy e2e/scripts/deploy.sh
-	@$(T) e2e-multinode bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test multinode -- --ignored --test-threads=1'
-	@$(T) e2e-multinode-self-hosted bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test self_hosted_nodes -- --ignored --test-threads=1'
+## self-hosted-nodes: kuberception on three control-plane nodes, one member each, then power cycles
+## of one node and of all; on a fresh cluster (`up` rebuilds one whose etcd was moved), and it moves
+## the etcd again, so it runs last.
+self-hosted-nodes: deps images
+	@$(T) self-hosted-nodes-up bash -c 'NODES=3 e2e/cluster.sh up'
+	@$(T) self-hosted-nodes-deploy e2e/scripts/deploy.sh
+	@$(T) e2e-self-hosted-nodes bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test self_hosted_nodes -- --ignored --test-threads=1'
 
-test: lint unit e2e self-hosted lifecycle multinode
+## test: every tier on the three-node cluster.
+test: NODES = 3
+test: lint unit e2e multinode self-hosted lifecycle self-hosted-nodes
 	@echo "make test: all tiers passed"
 
 demo: deploy

@@ -107,7 +107,9 @@ async fn the_api_server_moves_onto_etcd_the_cluster_manages() -> anyhow::Result<
 
     // The installer's step: hand over, and get the endpoints for the API server.
     let t0 = std::time::Instant::now();
-    let servers = handover(&[])?;
+    // One control-plane node, node1, whatever the node count: the runbooks below are the one-node
+    // ones (its power cycles and the checkpoints they lose are node1's).
+    let servers = handover(&["--node-selector", "kubernetes.io/hostname=node1"])?;
     eprintln!("handover done in {:?}: {servers}", t0.elapsed());
     // With a client Service IP the API server is sent there (voting members only).
     let vip = format!("http://{}:2379", env("OUROBOROS_SELF_HOSTED_ETCD_VIP")?);
@@ -557,8 +559,8 @@ async fn whole_control_plane_lost(client: &Client) -> anyhow::Result<()> {
         }
     }
 
-    // Step 4: hand over as at installation.
-    let servers = handover(&[])?;
+    // Step 4: hand over as at installation (on node1, as above).
+    let servers = handover(&["--node-selector", "kubernetes.io/hostname=node1"])?;
     let client = api_server_on(&servers).await?;
     eprintln!(
         "API server back on self-hosted etcd {:?} after the cut",

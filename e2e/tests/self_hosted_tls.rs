@@ -139,6 +139,8 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
     // Self-hosted installs deploy the checkpointer too.
     checkpoints::deploy()?;
     TestNamespace::create(&c, "shtls").await?.run(|c, ns| async move {
+        // One control-plane node, node1, whatever the node count: the certificates name its address,
+        // and the checkpoints taken over below are in its static-pod directory.
         let ip = env("OUROBOROS_NODE_IP")?;
         let version = env("OUROBOROS_ETCD_VERSION")?;
         let dir = std::env::temp_dir().join(format!("ouroboros-{ns}"));
@@ -164,6 +166,7 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
                 "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: {NAME}}}\n\
                  spec: {{size: 3, version: '{version}', \
                  selfHosted: {{bootMemberClientEndpoint: '{boot_url}', bootMemberClientTlsSecret: etcd-tls, hostDataDir: '{data_dir}', basePort: {BASE_PORT}}}, \
+                 pod: {{nodeSelector: {{kubernetes.io/hostname: node1}}}}, \
                  tls: {{peerSecret: etcd-tls, serverSecret: etcd-tls, operatorClientSecret: etcd-tls}}}}\n"
             ),
         )
