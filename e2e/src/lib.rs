@@ -880,7 +880,7 @@ pub mod checkpoints {
 
     fn members_in(dir: &str, ns: &str) -> anyhow::Result<Vec<String>> {
         let prefix = format!("ouroboros-checkpoint-{ns}_");
-        let mut members: Vec<String> = std::fs::read_dir(&dir)
+        let mut members: Vec<String> = std::fs::read_dir(dir)
             .with_context(|| format!("listing {dir}"))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter_map(|f| f.strip_prefix(&prefix)?.strip_suffix(".json").map(str::to_owned))

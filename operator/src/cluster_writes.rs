@@ -152,3 +152,45 @@ pub async fn record_ordinal_taken(
         .await
         .map(drop)
 }
+
+/// Server-side applies `status` (the status object's fields) as `manager`, onto `obj` only: the
+/// object it was computed from, not another of the same name. A controller's cache can still hold an
+/// object deleted and created again under its name (seen on three nodes: an operator that outlived
+/// its API server's etcd wrote a deleted EtcdCluster's status, cluster ID and all, onto the new one
+/// of the same name, which then counted as bootstrapped and waited for ever instead of starting).
+/// So the object is read afresh first: another UID means nothing is written (the new object gets a
+/// reconcile of its own), and the write carries that read's resourceVersion, so an object replaced
+/// between the read and the write refuses it (409 Conflict, retried) instead of taking it.
+pub async fn apply_status_of<K>(
+    api: &Api<K>,
+    obj: &K,
+    manager: &str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let name = obj.name_any();
+    let Some(current) = api.get_opt(&name).await? else {
+        tracing::debug!(%name, "not writing status: the object is gone");
+        return Ok(());
+    };
+    if current.meta().uid != obj.meta().uid {
+        tracing::info!(
+            %name,
+            reconciled = ?obj.meta().uid,
+            current = ?current.meta().uid,
+            "not writing status: the object was replaced by another of the same name"
+        );
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"resourceVersion": current.meta().resource_version},
+        "status": status,
+    });
+    api.patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
+        .await
+        .map(drop)
+}

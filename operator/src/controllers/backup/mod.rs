@@ -58,17 +58,11 @@ pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, 
 
 async fn write_status(ctx: &Context, b: &EtcdBackup, status: &EtcdBackupStatus) -> Result<(), Error> {
     let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": EtcdBackup::api_version(&()), "kind": EtcdBackup::kind(&()), "status": status,
-    });
-    api.patch_status(
-        &b.name_any(),
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(kube_err("writing EtcdBackup status"))
+    let status = serde_json::to_value(status)
+        .map_err(|e| kube_err("writing EtcdBackup status")(kube::Error::SerdeError(e)))?;
+    crate::cluster_writes::apply_status_of(&api, b, crate::FIELD_MANAGER, status)
+        .await
+        .map_err(kube_err("writing EtcdBackup status"))
 }
 
 async fn event(ctx: &Context, b: &EtcdBackup, type_: EventType, reason: &str, note: String) {
@@ -659,16 +653,9 @@ async fn record_on_cluster(
         revision: i64::try_from(revision).unwrap_or(0),
         completion_time: completion.to_owned(),
     };
-    let patch = serde_json::json!({
-        "apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()),
-        "status": {"lastSuccessfulBackup": reference},
-    });
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(BACKUP_STATUS_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(kube_err("recording the backup on the EtcdCluster"))
+    // Onto the cluster read above only: its newest backup is no concern of a namesake made since.
+    let status = serde_json::json!({"lastSuccessfulBackup": reference});
+    crate::cluster_writes::apply_status_of(&api, &cluster, BACKUP_STATUS_MANAGER, status)
+        .await
+        .map_err(kube_err("recording the backup on the EtcdCluster"))
 }

@@ -4,7 +4,6 @@ use std::{sync::Arc, time::Duration};
 
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{controller::Action, events::EventType},
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
@@ -140,19 +139,13 @@ async fn write_status(
 ) -> Result<(), Error> {
     let name = cluster.name_any();
     let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": EtcdCluster::api_version(&()),
-        "kind": EtcdCluster::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(|source| Error::PatchStatus { name, source })
+    let status = serde_json::to_value(status).map_err(|e| Error::PatchStatus {
+        name: name.clone(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    crate::cluster_writes::apply_status_of(&api, cluster, crate::FIELD_MANAGER, status)
+        .await
+        .map_err(|source| Error::PatchStatus { name, source })
 }
 
 /// Records that the cluster cannot progress until the user fixes something outside the spec.

@@ -84,14 +84,11 @@ pub async fn reconcile(r: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action,
 
 async fn write_status(ctx: &Context, r: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<(), Error> {
     let api: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": EtcdRestore::api_version(&()), "kind": EtcdRestore::kind(&()), "status": status});
-    api.patch_status(
-        &r.name_any(),
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err("writing EtcdRestore status"))?;
+    let status = serde_json::to_value(status)
+        .map_err(|e| kube_err("writing EtcdRestore status")(kube::Error::SerdeError(e)))?;
+    crate::cluster_writes::apply_status_of(&api, r, crate::FIELD_MANAGER, status)
+        .await
+        .map_err(kube_err("writing EtcdRestore status"))?;
     Ok(())
 }
 
