@@ -145,14 +145,15 @@ pub struct PersistentVolumeClaimStorage {
     /// Requested size of each claim, for example `8Gi`. etcd's default quota is 2 GiB; leave room for
     /// the WAL and snapshots.
     pub size: Quantity,
-    /// How long a member's node may stay lost (its kubelet silent, so the Node's `Ready` condition is
-    /// `Unknown`, or the Node deleted) while the member does not answer, before the member is replaced
-    /// by a new one on another node, as a duration such as `10m` (the default) or `1h`. Until then the
-    /// member waits to come back on its own data, which is on that node when the storage is local or
-    /// zonal. A member is replaced only while the others keep quorum, and its claim is not deleted:
-    /// it is annotated `etcd.ouroboros.dev/retired` and kept for you to delete once the node's copy of
-    /// the data is no longer wanted. A node that reports `NotReady` itself (its kubelet runs) is not
-    /// lost.
+    /// How long the node of a member's pod may stay lost (its kubelet silent, so the Node's `Ready`
+    /// condition is `Unknown`) while the member does not answer, before the member is replaced by a
+    /// new one on another node, as a duration such as `10m` (the default) or `1h`. Until then the
+    /// member waits to come back on its own data, which is on that node when the storage is local.
+    /// A member is replaced only while the others keep quorum and never while its peers follow it as
+    /// leader, and its claim is not deleted: it is annotated `etcd.ouroboros.dev/retired` and kept for
+    /// you to delete once the node's copy of the data is no longer wanted. A node that reports
+    /// `NotReady` itself (its kubelet runs) is not lost, nor is a deleted Node object: such members
+    /// wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
     pub replace_after_node_lost: Option<String>,

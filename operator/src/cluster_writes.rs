@@ -160,7 +160,8 @@ pub async fn record_ordinal_taken(
 /// of the same name, which then counted as bootstrapped and waited for ever instead of starting).
 /// So the object is read afresh first: another UID means nothing is written (the new object gets a
 /// reconcile of its own), and the write carries that read's resourceVersion, so an object replaced
-/// between the read and the write refuses it (409 Conflict, retried) instead of taking it.
+/// between the read and the write refuses it (409 Conflict) instead of taking it. A conflict (any
+/// change in between, another controller's status field say) is read and tried again, a few times.
 pub async fn apply_status_of<K>(
     api: &Api<K>,
     obj: &K,
@@ -170,27 +171,35 @@ pub async fn apply_status_of<K>(
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
+    const ATTEMPTS: usize = 3;
     let name = obj.name_any();
-    let Some(current) = api.get_opt(&name).await? else {
-        tracing::debug!(%name, "not writing status: the object is gone");
-        return Ok(());
-    };
-    if current.meta().uid != obj.meta().uid {
-        tracing::info!(
-            %name,
-            reconciled = ?obj.meta().uid,
-            current = ?current.meta().uid,
-            "not writing status: the object was replaced by another of the same name"
-        );
-        return Ok(());
+    let mut attempt = 1;
+    loop {
+        let Some(current) = api.get_opt(&name).await? else {
+            tracing::debug!(%name, "not writing status: the object is gone");
+            return Ok(());
+        };
+        if current.meta().uid != obj.meta().uid {
+            tracing::info!(
+                %name,
+                reconciled = ?obj.meta().uid,
+                current = ?current.meta().uid,
+                "not writing status: the object was replaced by another of the same name"
+            );
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": {"resourceVersion": current.meta().resource_version},
+            "status": status,
+        });
+        match api
+            .patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => attempt += 1,
+            result => return result.map(drop),
+        }
     }
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"resourceVersion": current.meta().resource_version},
-        "status": status,
-    });
-    api.patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
-        .await
-        .map(drop)
 }

@@ -76,9 +76,6 @@ pub const ANNOTATION_NEXT_ORDINAL: &str = "etcd.ouroboros.dev/next-ordinal";
 /// may still be on that node, so the claim is kept for a human to delete; it is no member's data any
 /// more, and its name (its ordinal) is never given to a new member.
 pub const ANNOTATION_RETIRED: &str = "etcd.ouroboros.dev/retired";
-/// On a claim bound when its first pod was scheduled (WaitForFirstConsumer): the node its volume is
-/// on, set by the scheduler. It names a member's node when no pod of it is scheduled.
-pub const ANNOTATION_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 
 /// The UID of another EtcdCluster that owns this object, if one does: a claim left by a deleted cluster
 /// of the same name, not yet garbage-collected. A new cluster never adopts it, or it would start on the

@@ -374,11 +374,36 @@ async fn delete_member_pod(
     }
 }
 
-/// Deletes a member's pod and its PVC; "already gone" is success. A member whose node is lost keeps
-/// its claim, retired: the data on that node still exists, and deleting the claim could let a
-/// provisioner wipe it when the node returns. Its pod is force-deleted, as the lost kubelet cannot
-/// finish a graceful deletion (the member has already left etcd's membership, so its etcd, should it
-/// still run, has no cluster to rejoin).
+/// Marks a member's claim retired (`etcd.ouroboros.dev/retired`): no member's data any more, and
+/// never deleted by the operator. Done before the member leaves etcd, so that an operator stopped
+/// in between finds the claim already kept whatever became of the node.
+async fn retire_claim(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    name: &str,
+    node: &str,
+) -> Result<(), ApplyError> {
+    let pvcs: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let pvc = vocabulary::pvc_name(name);
+    let why = format!("member {name} was removed while its node {node} was lost");
+    let patch = serde_json::json!({"metadata": {"annotations": {vocabulary::ANNOTATION_RETIRED: why}}});
+    match pvcs
+        .patch(&pvc, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Err(e) if !is_not_found(&e) => {
+            Err(cluster_writes::kube_failed("retiring", "PersistentVolumeClaim", pvc)(e).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Deletes a member's pod and its PVC; "already gone" is success. A retired claim is kept (its data
+/// may still be on its lost node; deleting the claim could let a provisioner wipe it when the node
+/// returns), and so is the claim of a member whose node is lost now, which is retired instead. A pod
+/// on a lost node is force-deleted, as its kubelet cannot finish a graceful deletion (its member has
+/// already left etcd's membership, so its etcd, should it still run, has no cluster to rejoin).
 async fn delete_member_objects(
     ctx: &Context,
     cluster: &EtcdCluster,
@@ -386,34 +411,35 @@ async fn delete_member_objects(
     name: &str,
 ) -> Result<(), ApplyError> {
     let ns = cluster.namespace().unwrap_or_default();
-    let gone = is_not_found;
     let lost_node = obs.observed.node_losses.iter().find(|l| l.member == name);
     delete_member_pod(ctx, cluster, name, lost_node.is_some()).await?;
     if cluster.spec.storage.persistent_volume_claim.is_none() {
         return Ok(());
     }
+    if let Some(loss) = lost_node {
+        return retire_claim(ctx, cluster, name, &loss.node).await;
+    }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let pvc = vocabulary::pvc_name(name);
-    let result = match lost_node {
-        Some(loss) => {
-            let why = format!("member {name} was removed while its node {} was lost", loss.node);
-            let patch =
-                serde_json::json!({"metadata": {"annotations": {vocabulary::ANNOTATION_RETIRED: why}}});
-            pvcs.patch(&pvc, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map(drop)
-                .map_err(|e| ("retiring", e))
-        }
-        None => pvcs
-            .delete(&pvc, &DeleteParams::default())
-            .await
-            .map(drop)
-            .map_err(|e| ("deleting", e)),
+    let failed = |e| cluster_writes::kube_failed("deleting", "PersistentVolumeClaim", pvc.clone())(e);
+    let current = match pvcs.get_opt(&pvc).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(failed(e).into()),
     };
-    match result {
-        Err((action, e)) if !gone(&e) => {
-            Err(cluster_writes::kube_failed(action, "PersistentVolumeClaim", pvc)(e).into())
-        }
+    if current.annotations().contains_key(vocabulary::ANNOTATION_RETIRED) {
+        return Ok(());
+    }
+    // Conditional on what was read: a claim retired since is not deleted.
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: current.resource_version(),
+            uid: current.uid(),
+        }),
+        ..DeleteParams::default()
+    };
+    match pvcs.delete(&pvc, &params).await {
+        Err(e) if !is_not_found(&e) => Err(failed(e).into()),
         _ => Ok(()),
     }
 }
@@ -640,6 +666,11 @@ pub async fn apply_step(
             Err(e) => Err(e.into()),
         },
         Step::RemoveMember { id, name, reason } => {
+            if *reason == RemoveReason::NodeLost
+                && let Some(loss) = obs.observed.node_losses.iter().find(|l| &l.member == name)
+            {
+                retire_claim(ctx, cluster, name, &loss.node).await?;
+            }
             ctx.etcd.remove(&endpoints, *id).await?;
             let (type_, why) = match reason {
                 RemoveReason::ScaleDown => (EventType::Normal, "the cluster is larger than spec.size"),

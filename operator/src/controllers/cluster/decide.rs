@@ -158,17 +158,19 @@ pub struct ClaimView {
     pub version: Option<EtcdVersion>,
 }
 
-/// A member whose node is lost: the node's kubelet stopped reporting (its `Ready` condition is
-/// `Unknown`), or the Node object is gone. A node that reports itself NotReady is not lost: its
-/// kubelet runs, and so may the member.
+/// A member whose pod's node is lost: the node's kubelet stopped reporting (its `Ready` condition is
+/// `Unknown`). A node that reports itself NotReady is not lost (its kubelet runs, and so may the
+/// member), and neither is a Node object that is gone: deleting Nodes is routine (autoscalers,
+/// upgrades), there is no record of since when, and a member without a scheduled pod has no node to
+/// judge by. Such members wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeLoss {
     /// The member.
     pub member: String,
-    /// Its node (its pod's, or the node its claim's volume was provisioned on).
+    /// Its pod's node.
     pub node: String,
-    /// How long the node has been lost; `None` when the Node object is gone.
-    pub lost_for: Option<Duration>,
+    /// How long the node has been lost.
+    pub lost_for: Duration,
 }
 
 /// One member in etcd's membership.
@@ -546,18 +548,18 @@ fn pod<'a>(o: &'a Observed, name: &str) -> Option<&'a PodView> {
 }
 
 /// The member's node has been lost for longer than the spec allows: it is not waited for any more.
-/// A deleted Node is lost for good (a node that returns registers anew, and its kubelet re-creates
-/// the object within seconds).
 pub fn node_lost_too_long(o: &Observed, name: &str) -> bool {
     o.node_losses
         .iter()
-        .any(|l| l.member == name && l.lost_for.is_none_or(|d| d >= o.desired.replace_after_node_lost))
+        .any(|l| l.member == name && l.lost_for >= o.desired.replace_after_node_lost)
 }
 
 /// Why a started member counts as dead, if it does.
 fn dead_reason(o: &Observed, m: &MemberView) -> Option<RemoveReason> {
-    // Only a member that does not answer: a lost kubelet does not stop the containers it started.
-    if m.health.is_none() && node_lost_too_long(o, &m.name) {
+    // Only a member that does not answer, and that its peers do not follow as their leader: a lost
+    // kubelet does not stop the containers it started, and the operator may be the one cut off.
+    let leads = o.membership.as_ref().is_some_and(|ms| ms.leader == Some(m.id));
+    if m.health.is_none() && !leads && node_lost_too_long(o, &m.name) {
         return Some(RemoveReason::NodeLost);
     }
     match pod(o, &m.name) {
@@ -655,11 +657,9 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
     // Half-finished steps first. A pod without a member: its member was removed (or never added). Pods
     // first, a young one is a join to retry, not an orphan.
     let joining = joining_pod(o, ms);
-    // A pod stuck in deletion on a lost node whose claim was not yet retired (the operator stopped
-    // between removing its member and retiring the claim) is one too: its kubelet will never finish.
-    let unfinished = |p: &PodView| {
-        p.state != PodState::Deleting || (durable(o, &p.name) && node_lost_too_long(o, &p.name))
-    };
+    // A pod stuck in deletion on a lost node (the operator stopped between removing its member and
+    // force-deleting the pod) is one too: its kubelet will never finish the deletion.
+    let unfinished = |p: &PodView| p.state != PodState::Deleting || node_lost_too_long(o, &p.name);
     if let Some(p) = o.pods.iter().find(|p| {
         unfinished(p)
             && !ms.members.iter().any(|m| m.name == p.name)
@@ -748,11 +748,10 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
                 // Its pod is being deleted; the member is restarted on its claim once it is gone.
                 let reason = match o.node_losses.iter().find(|l| l.member == m.name) {
                     Some(l) => format!(
-                        "the node {} of {} is lost{}; the member is restarted on its own data when the node returns, or replaced after {}s",
+                        "the node {} of {} is lost (for {}s); the member is restarted on its own data when the node returns, or replaced after {}s",
                         l.node,
                         m.name,
-                        l.lost_for
-                            .map_or(String::new(), |d| format!(" (for {}s)", d.as_secs())),
+                        l.lost_for.as_secs(),
                         o.desired.replace_after_node_lost.as_secs()
                     ),
                     None => format!(
@@ -921,10 +920,18 @@ fn no_membership_step(o: &Observed, version: EtcdVersion) -> Step {
             // Every member is gone with its data: starting a fresh seed would silently replace the
             // data with an empty cluster. That is a restore, and a human (or the recovery policy)
             // decides it.
+            // Members whose claims are still there (not restarted above because their node is lost)
+            // may come back with it: nothing may restore over them.
+            let returning: Vec<String> = o
+                .known_members
+                .iter()
+                .filter(|m| durable(o, m))
+                .cloned()
+                .collect();
             return Step::NoQuorum {
                 healthy_voters: 0,
-                voters: 0,
-                returning: Vec::new(),
+                voters: o.known_members.len(),
+                returning,
             };
         }
         return Step::CreateSeed {

@@ -197,12 +197,12 @@ impl Observed {
         m.health.as_mut().unwrap().errors = errors.iter().map(|e| (*e).to_owned()).collect();
         self
     }
-    /// The node of `c-<n>` has been lost for `secs` seconds (`None`: the Node object is gone).
-    fn node_lost(mut self, n: u32, secs: Option<u64>) -> Self {
+    /// The node of `c-<n>` has been lost for `secs` seconds.
+    fn node_lost(mut self, n: u32, secs: u64) -> Self {
         self.node_losses.push(NodeLoss {
             member: format!("c-{n}"),
             node: format!("node{n}"),
-            lost_for: secs.map(Duration::from_secs),
+            lost_for: Duration::from_secs(secs),
         });
         self
     }
@@ -1291,7 +1291,7 @@ const PAST: u64 = 601;
 
 /// Three members on claims; `c-2`'s node lost for `secs`, its member silent and its pod stuck in
 /// deletion (the lost kubelet never confirms it).
-fn third_node_lost(secs: Option<u64>) -> Observed {
+fn third_node_lost(secs: u64) -> Observed {
     world(3, V36)
         .voter(0, V36)
         .voter(1, V36)
@@ -1304,7 +1304,7 @@ fn third_node_lost(secs: Option<u64>) -> Observed {
 
 #[test]
 fn a_member_on_a_lost_node_is_waited_for_within_the_timeout() {
-    let o = third_node_lost(Some(600 - 1));
+    let o = third_node_lost(600 - 1);
     let Step::WaitForMembers { reason } = step(&o) else {
         panic!("expected a wait, got {:?}", step(&o));
     };
@@ -1313,7 +1313,7 @@ fn a_member_on_a_lost_node_is_waited_for_within_the_timeout() {
         "{reason}"
     );
     // Before eviction its pod still shows as running: the member is awaited just the same.
-    let o = third_node_lost(Some(30)).pod_state(2, PodState::Running);
+    let o = third_node_lost(30).pod_state(2, PodState::Running);
     assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
 }
 
@@ -1324,16 +1324,44 @@ fn past_the_timeout_a_silent_member_on_a_lost_node_is_removed() {
         name: "c-2".into(),
         reason: RemoveReason::NodeLost,
     };
-    assert_eq!(step(&third_node_lost(Some(PAST))), removed);
-    // A deleted Node is lost for good.
-    assert_eq!(step(&third_node_lost(None)), removed);
-    // Its pod force-deleted by someone: no new pod is started on the claim (it would wait for the
-    // lost node), the member is replaced.
-    assert_eq!(step(&third_node_lost(Some(PAST)).without_pod(2)), removed);
+    assert_eq!(step(&third_node_lost(PAST)), removed);
+    // Its pod terminated there: it is not deleted to restart the member (the new pod would wait for
+    // the lost node); the member is replaced.
+    assert_eq!(
+        step(&third_node_lost(PAST).pod_state(2, PodState::Terminated)),
+        removed
+    );
     // The timeout is the spec's.
-    let mut o = third_node_lost(Some(61));
+    let mut o = third_node_lost(61);
     o.desired.replace_after_node_lost = Duration::from_secs(60);
     assert_eq!(step(&o), removed);
+}
+
+#[test]
+fn the_leader_is_never_replaced_for_its_node() {
+    // Its peers still follow it: the operator, not the member, may be the one cut off.
+    let o = third_node_lost(PAST).leader(2);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+}
+
+#[test]
+fn with_no_member_answering_claims_on_lost_nodes_block_any_restore() {
+    // No member answers and no pod is left (a one-member cluster, or pods force-deleted): the
+    // claims on lost nodes are still data that may come back.
+    // The member's pod terminated on its lost node: not restarted there, and not restored over.
+    let o = world(1, V36)
+        .voter(0, V36)
+        .on_claims()
+        .pod_state(0, PodState::Terminated)
+        .node_lost(0, PAST)
+        .silent();
+    let s = step(&o);
+    assert_eq!(s.quorum_may_return(), Some(&["c-0".to_owned()][..]), "{s:?}");
+    // Whatever the observation, a claim that is not restarted is never left out of what may return.
+    let mut o = o;
+    o.pods.clear();
+    let s = step(&o);
+    assert_eq!(s.quorum_may_return(), Some(&["c-0".to_owned()][..]), "{s:?}");
 }
 
 #[test]
@@ -1344,16 +1372,16 @@ fn a_member_that_answers_is_never_replaced_for_its_node() {
         .voter(1, V36)
         .voter(2, V36)
         .on_claims()
-        .node_lost(2, Some(PAST));
+        .node_lost(2, PAST);
     assert_eq!(step(&o), Step::Converged);
 }
 
 #[test]
 fn a_member_on_a_lost_node_is_not_removed_when_that_would_cost_quorum() {
-    let o = third_node_lost(Some(PAST))
+    let o = third_node_lost(PAST)
         .pod_state(1, PodState::Deleting)
         .unhealthy(1)
-        .node_lost(1, Some(PAST));
+        .node_lost(1, PAST);
     let s = step(&o);
     assert!(matches!(s, Step::NoQuorum { .. }), "{s:?}");
     // Their data may still come back with their nodes: automatic recovery must not restore over it.
@@ -1373,7 +1401,7 @@ fn a_lost_learner_is_removed_past_the_timeout() {
         .on_claims()
         .pod_state(3, PodState::Deleting)
         .unhealthy(3)
-        .node_lost(3, Some(PAST));
+        .node_lost(3, PAST);
     assert_eq!(
         step(&o),
         Step::RemoveMember {
@@ -1388,14 +1416,14 @@ fn a_lost_learner_is_removed_past_the_timeout() {
 fn crash_after_removing_a_lost_member_finishes_with_its_pod_and_claim() {
     // The member left etcd, but its pod (stuck in deletion) and its unretired claim remain: the pod
     // is an orphan to delete (which retires the claim), not a member to wait for.
-    let o = third_node_lost(Some(PAST)).without_member(2);
+    let o = third_node_lost(PAST).without_member(2);
     assert_eq!(step(&o), Step::DeleteOrphanPod { name: "c-2".into() });
-    // Once the claim is retired (no longer the member's data), nothing more is done to the pod.
-    let o = o.without_claim(2);
+    // Once the claim is retired and the pod gone, a new member is added.
+    let o = o.without_claim(2).without_pod(2);
     assert!(matches!(step(&o), Step::AddLearner { .. }), "{:?}", step(&o));
 }
 
 #[test]
 fn a_paused_cluster_replaces_nothing() {
-    assert!(matches!(step(&third_node_lost(None).paused()), Step::Held(_)));
+    assert!(matches!(step(&third_node_lost(PAST).paused()), Step::Held(_)));
 }

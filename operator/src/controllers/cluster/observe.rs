@@ -293,7 +293,7 @@ pub async fn assemble(
     let (data, node_losses) = if uses_pvc && !self_hosted {
         (
             DataHome::Claims(claim_views(&pvcs)),
-            node_losses(&pods, &pvcs, &nodes, now),
+            node_losses(&pods, &nodes, now),
         )
     } else {
         (DataHome::Pod, Vec::new())
@@ -362,52 +362,30 @@ fn retired(c: &PersistentVolumeClaim) -> bool {
     c.annotations().contains_key(vocabulary::ANNOTATION_RETIRED)
 }
 
-/// Members whose node is lost. A member's node is its pod's, or (no pod scheduled) the node the
-/// scheduler chose for its claim's volume. Lost means the kubelet stopped reporting (the node
-/// lifecycle controller set `Ready` to `Unknown`, and the condition's transition time says since
-/// when), or the Node object is gone.
-pub fn node_losses(
-    pods: &[Pod],
-    pvcs: &[PersistentVolumeClaim],
-    nodes: &[Node],
-    now: jiff::Timestamp,
-) -> Vec<NodeLoss> {
-    let scheduled = pods.iter().filter_map(|p| {
-        let node = p.spec.as_ref()?.node_name.clone()?;
-        Some((p.name_any(), node))
-    });
-    let by_claim = pvcs.iter().filter(|c| !retired(c)).filter_map(|c| {
-        let member = c.labels().get(vocabulary::LABEL_MEMBER)?.clone();
-        let node = c.annotations().get(vocabulary::ANNOTATION_SELECTED_NODE)?.clone();
-        (!pods
-            .iter()
-            .any(|p| p.name_any() == member && p.spec.as_ref().is_some_and(|s| s.node_name.is_some())))
-        .then_some((member, node))
-    });
-    scheduled
-        .chain(by_claim)
-        .filter_map(|(member, node)| {
-            let lost_for = match nodes.iter().find(|n| n.name_any() == node) {
-                None => None,
-                Some(n) => {
-                    let ready = n
-                        .status
-                        .as_ref()?
-                        .conditions
-                        .as_ref()?
-                        .iter()
-                        .find(|c| c.type_ == "Ready")?;
-                    if ready.status != "Unknown" {
-                        return None;
-                    }
-                    let since = ready.last_transition_time.as_ref()?.0;
-                    Some(Duration::try_from(now.duration_since(since)).unwrap_or_default())
-                }
-            };
+/// Members whose pod's node is lost: its kubelet stopped reporting, so the node lifecycle controller
+/// set `Ready` to `Unknown`, and the condition's transition time says since when. See [`NodeLoss`]
+/// for what is not counted.
+pub fn node_losses(pods: &[Pod], nodes: &[Node], now: jiff::Timestamp) -> Vec<NodeLoss> {
+    pods.iter()
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            let ready = nodes
+                .iter()
+                .find(|n| n.name_any() == node)?
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready")?;
+            if ready.status != "Unknown" {
+                return None;
+            }
+            let since = ready.last_transition_time.as_ref()?.0;
             Some(NodeLoss {
-                member,
+                member: p.name_any(),
                 node,
-                lost_for,
+                lost_for: Duration::try_from(now.duration_since(since)).unwrap_or_default(),
             })
         })
         .collect()
@@ -628,7 +606,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_is_lost_when_its_kubelet_is_silent_or_it_is_gone() {
+    fn a_node_is_lost_when_its_kubelet_is_silent_only() {
         let node = |name: &str, ready: &str| -> Node {
             serde_json::from_value(json!({"metadata": {"name": name}, "status": {"conditions": [
                 {"type": "Ready", "status": ready, "lastTransitionTime": "2026-12-01T10:00:00Z"}]}}))
@@ -642,49 +620,24 @@ mod tests {
         let on = |member: &str, node: &str| {
             pod(json!({"metadata": {"name": member}, "spec": {"nodeName": node, "containers": []}}))
         };
-        let claim = |member: &str, selected: &str| -> PersistentVolumeClaim {
-            serde_json::from_value(json!({"metadata": {"name": format!("{member}-data"),
-                "labels": {vocabulary::LABEL_MEMBER: member},
-                "annotations": {vocabulary::ANNOTATION_SELECTED_NODE: selected}}}))
-            .unwrap()
-        };
+        // c-3's Node is gone (routine: no record of since when), c-4 is not scheduled: neither is lost.
+        let unscheduled = pod(json!({"metadata": {"name": "c-4"}, "spec": {"containers": []}}));
         let pods = [
             on("c-0", "n-up"),
             on("c-1", "n-silent"),
             on("c-2", "n-notready"),
             on("c-3", "n-deleted"),
+            unscheduled,
         ];
-        // c-4 has no pod: its claim says where its volume is. c-0's claim does not count over its pod.
-        let pvcs = [claim("c-4", "n-silent"), claim("c-0", "n-silent")];
         let now: jiff::Timestamp = "2026-12-01T10:05:00Z".parse().unwrap();
-        let lost = node_losses(&pods, &pvcs, &nodes, now);
-        let five_minutes = Some(Duration::from_secs(300));
         assert_eq!(
-            lost,
-            vec![
-                NodeLoss {
-                    member: "c-1".into(),
-                    node: "n-silent".into(),
-                    lost_for: five_minutes
-                },
-                NodeLoss {
-                    member: "c-3".into(),
-                    node: "n-deleted".into(),
-                    lost_for: None
-                },
-                NodeLoss {
-                    member: "c-4".into(),
-                    node: "n-silent".into(),
-                    lost_for: five_minutes
-                },
-            ]
+            node_losses(&pods, &nodes, now),
+            vec![NodeLoss {
+                member: "c-1".into(),
+                node: "n-silent".into(),
+                lost_for: Duration::from_secs(300)
+            }]
         );
-        // A retired claim is no member's: it names no member's node.
-        let mut retired = claim("c-4", "n-silent");
-        retired
-            .annotations_mut()
-            .insert(vocabulary::ANNOTATION_RETIRED.into(), "x".into());
-        assert_eq!(node_losses(&[], &[retired], &nodes, now), vec![]);
     }
 
     #[test]

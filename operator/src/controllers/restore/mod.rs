@@ -694,7 +694,17 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
         held_by_me: cluster.annotations().get(RESTORE_HOLD) == Some(&r.name_any()),
         cluster: cluster.status.clone().unwrap_or_default(),
         size: usize::try_from(cluster.spec.size).unwrap_or(0),
-        claims: claims.items.iter().map(|c| c.name_any()).collect(),
+        // A retired claim (its member was replaced while its node was lost) is kept for a human,
+        // whatever the restore: its node may still hold that copy of the data.
+        claims: claims
+            .items
+            .iter()
+            .filter(|c| {
+                !c.annotations()
+                    .contains_key(crate::vocabulary::ANNOTATION_RETIRED)
+            })
+            .map(|c| c.name_any())
+            .collect(),
     };
     let stale_claims = match plan::next_growing_step(&view) {
         plan::GrowingStep::LiftHold => {
@@ -731,9 +741,7 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
         revision: status.restored_revision.unwrap_or(0),
         completion_time: jiff::Timestamp::now().to_string(),
     };
-    let patch = json!({"apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()),
-                       "status": {"restoredFrom": reference}});
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+    crate::cluster_writes::apply_status_of(&api, &cluster, MANAGER, json!({"restoredFrom": reference}))
         .await
         .map_err(kube_err("recording the restore on the EtcdCluster"))?;
     let reason = format!(
