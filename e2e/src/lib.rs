@@ -272,6 +272,40 @@ pub mod etcd_cluster {
         Ok(format!("http://{ip}:2379"))
     }
 
+    /// Member pod name -> the node it is scheduled on, for the member pods of `cluster`.
+    pub async fn member_nodes(
+        client: &Client,
+        ns: &str,
+        cluster: &str,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+            .list(&kube::api::ListParams::default().labels(&format!("etcd.ouroboros.dev/cluster={cluster}")))
+            .await?;
+        pods.items
+            .iter()
+            .map(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let name = kube::ResourceExt::name_any(p);
+                let node = node.with_context(|| format!("{name} is not scheduled"))?;
+                Ok((name, node))
+            })
+            .collect()
+    }
+
+    /// The names etcd lists as members at `urls`, sorted.
+    pub async fn member_names(urls: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut etcd = etcd_client::Client::connect(urls, None).await?;
+        let mut names: Vec<String> = etcd
+            .member_list()
+            .await?
+            .members()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// etcd's cluster ID and its sorted member IDs, read at `endpoint` once it answers: unchanged
     /// IDs mean no member was replaced.
     pub async fn identity(endpoint: &str) -> anyhow::Result<(u64, Vec<u64>)> {
@@ -407,6 +441,13 @@ pub mod writer {
             self.acked.load(Ordering::SeqCst)
         }
 
+        /// Writes acknowledged while `secs` pass: the cluster keeps serving when this grows.
+        pub async fn acked_during(&self, secs: u64) -> u64 {
+            let before = self.acked();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            self.acked() - before
+        }
+
         /// Stops writing and checks that every acknowledged key reads back with its value.
         pub async fn stop_and_verify(self) -> anyhow::Result<(u64, u64)> {
             self.stop.store(true, Ordering::SeqCst);
@@ -497,26 +538,36 @@ pub async fn kill_container(client: &Client, ns: &str, pod: &str, container: &st
     let id = id.trim_start_matches("containerd://");
     // Each node has its own containerd; the cluster script knows where.
     let node = p.spec.and_then(|s| s.node_name).unwrap_or_else(|| "node1".into());
-    let out = Command::new(repo_root().join("e2e/cluster.sh"))
-        .args(["node-sock", &node])
-        .output()
-        .context("running e2e/cluster.sh node-sock")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "e2e/cluster.sh node-sock {node}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sock = String::from_utf8(out.stdout)?.trim().to_owned();
-    let out = Command::new("ctr")
-        .args(["-a", &sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
-        .output()
-        .context("running ctr")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ctr kill {id}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sock = stdout_of(
+        Command::new(repo_root().join("e2e/cluster.sh")).args(["node-sock", &node]),
+        &format!("e2e/cluster.sh node-sock {node}"),
+    )?;
+    stdout_of(
+        Command::new("ctr").args([
+            "-a",
+            sock.trim(),
+            "-n",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "-s",
+            "SIGKILL",
+            id,
+        ]),
+        &format!("ctr kill {id}"),
+    )?;
     Ok(())
+}
+
+/// Runs `cmd` and returns what it printed; its stderr names the failure when it fails.
+fn stdout_of(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// A client of the etcd at `endpoint` once it answers. A cluster's client Service can refuse

@@ -17,10 +17,7 @@ use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Node, PersistentVolumeClaim, Pod},
 };
-use kube::{
-    Api, Client, ResourceExt,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, Client, ResourceExt, api::PostParams};
 use ouroboros_crds::{BackupPhase, EtcdBackup};
 use ouroboros_e2e::{
     TestNamespace, backup_finished, client, cluster_script, container_restarts, env,
@@ -41,25 +38,8 @@ fn cluster(name: &str, anti_affinity: Option<&str>) -> String {
     )
 }
 
-/// Member pod name -> node name, for the members of `cluster`.
-async fn nodes_of(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let pods = Api::<Pod>::namespaced(c.clone(), ns)
-        .list(&ListParams::default().labels(&format!("etcd.ouroboros.dev/cluster={cluster}")))
-        .await?;
-    pods.items
-        .iter()
-        .map(|p| {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            Ok((
-                p.name_any(),
-                node.with_context(|| format!("{} is not scheduled", p.name_any()))?,
-            ))
-        })
-        .collect()
-}
-
 async fn ensure_spread(c: &Client, ns: &str, cluster: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let placed = nodes_of(c, ns, cluster).await?;
+    let placed = etcd_cluster::member_nodes(c, ns, cluster).await?;
     let nodes: BTreeSet<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
     ensure!(nodes.len() == 3, "members of {cluster} share nodes: {placed:?}");
     Ok(placed)
@@ -84,7 +64,7 @@ async fn follower_off_node1(c: &Client, ns: &str, cluster: &str) -> anyhow::Resu
         .await?
         .status
         .unwrap_or_default();
-    let placed = nodes_of(c, ns, cluster).await?;
+    let placed = etcd_cluster::member_nodes(c, ns, cluster).await?;
     placed
         .into_iter()
         .find(|(pod, node)| node != "node1" && !status.members.iter().any(|m| &m.name == pod && m.is_leader))
@@ -105,13 +85,6 @@ async fn wait_node_ready(c: &Client, name: &str, ready: bool) -> anyhow::Result<
         async move { Ok((node_ready(&nodes.get(name).await?) == ready).then_some(())) }
     })
     .await
-}
-
-/// Writes acknowledged while `secs` pass: the cluster keeps serving when this grows.
-async fn acked_during(writer: &Writer, secs: u64) -> u64 {
-    let before = writer.acked();
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    writer.acked() - before
 }
 
 #[tokio::test]
@@ -169,7 +142,7 @@ async fn a_member_whose_node_loses_power_comes_back_on_its_data() -> anyhow::Res
             cluster_script(&["node-stop", &node])?;
             let cut = Instant::now();
             wait_node_ready(&c, &node, false).await?;
-            let served = acked_during(&writer, 20).await;
+            let served = writer.acked_during(20).await;
             ensure!(served > 0, "no write was acknowledged while {node} was down");
             println!(
                 "{node} (with {victim}) down: NotReady after {:?}, {served} writes acknowledged in 20 s",
@@ -184,7 +157,7 @@ async fn a_member_whose_node_loses_power_comes_back_on_its_data() -> anyhow::Res
                 after == before,
                 "identity {before:x?} -> {after:x?}: a member was replaced, not restarted"
             );
-            let placed = nodes_of(&c, &ns, "d").await?;
+            let placed = etcd_cluster::member_nodes(&c, &ns, "d").await?;
             ensure!(
                 placed.iter().any(|(p, n)| p == &victim && n == &node),
                 "{victim} is no longer on {node}: {placed:?}"
@@ -223,7 +196,7 @@ async fn a_member_whose_node_stays_lost_is_replaced_elsewhere_and_its_claim_kept
             let status = etcd_cluster::wait(&c, &ns, "d", "the lost member replaced", T, replaced).await?;
             let members: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
             println!("{node} (with {victim}) lost: replaced after {:?}, members {members:?}", cut.elapsed());
-            let placed = nodes_of(&c, &ns, "d").await?;
+            let placed = etcd_cluster::member_nodes(&c, &ns, "d").await?;
             ensure!(
                 !placed.iter().any(|(_, n)| n == &node),
                 "a member pod is still on the lost {node}: {placed:?}"
@@ -240,7 +213,7 @@ async fn a_member_whose_node_stays_lost_is_replaced_elsewhere_and_its_claim_kept
             // The node returns: the replaced member stays out, the cluster stays as it is.
             cluster_script(&["node-start", &node])?;
             wait_node_ready(&c, &node, true).await?;
-            let served = acked_during(&writer, 15).await;
+            let served = writer.acked_during(15).await;
             ensure!(served > 0, "no write acknowledged after {node} returned");
             let after = etcd_cluster::wait(&c, &ns, "d", "the same 3 members", T, converged(3, V)).await?;
             let now: Vec<&str> = after.members.iter().map(|m| m.name.as_str()).collect();
@@ -286,13 +259,13 @@ async fn a_partitioned_member_rejoins_without_being_replaced() -> anyhow::Result
 
         cluster_script(&["partition", &node])?;
         let cut = Instant::now();
-        let served = acked_during(&writer, 10).await;
+        let served = writer.acked_during(10).await;
         ensure!(served > 0, "the majority acknowledged no write while {node} was cut off");
         if linearizable_read_on(&node, &ip)? {
             cluster_script(&["heal", &node])?;
             bail!("the cut-off member {victim} served a linearizable read");
         }
-        let served = served + acked_during(&writer, 15).await;
+        let served = served + writer.acked_during(15).await;
         println!("{node} (with {victim}) partitioned for {:?}: {served} writes acknowledged by the majority; no linearizable read from {victim}", cut.elapsed());
 
         cluster_script(&["heal", &node])?;
@@ -326,7 +299,7 @@ async fn a_drain_keeps_quorum_and_the_budget_stops_a_second_one() -> anyhow::Res
     let c = client().await?;
     TestNamespace::create(&c, "drain").await?.run(|c, ns| async move {
         let (endpoint, before) = spread_cluster(&c, &ns).await?;
-        let placed = nodes_of(&c, &ns, "d").await?;
+        let placed = etcd_cluster::member_nodes(&c, &ns, "d").await?;
         let on = |node: &str| placed.iter().find(|(_, n)| n == node).map(|(p, _)| p.clone());
         let (first, second) = (on("node2").context("no member on node2")?, on("node3").context("no member on node3")?);
         let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
@@ -352,7 +325,7 @@ async fn a_drain_keeps_quorum_and_the_budget_stops_a_second_one() -> anyhow::Res
                 pods.get(&second).await?.metadata.uid == second_uid,
                 "{second} was evicted despite the budget"
             );
-            let served = acked_during(&writer, 5).await;
+            let served = writer.acked_during(5).await;
             ensure!(served > 0, "no write acknowledged with {first} drained");
             println!("second drain refused by the PodDisruptionBudget; {served} writes acknowledged in 5 s meanwhile");
             anyhow::Ok(())

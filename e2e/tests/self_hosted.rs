@@ -263,16 +263,7 @@ async fn power_cycle_brings_everything_back(client: &Client) -> anyhow::Result<(
         "a ConfigMap written before the power cut is not there"
     );
     // The same three members, with their data: nothing was replaced or restored.
-    let urls = kube_etcd_status(&client).await?.client_endpoints;
-    let mut etcd = etcd_client::Client::connect(&urls, None).await?;
-    let mut names: Vec<String> = etcd
-        .member_list()
-        .await?
-        .members()
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
-    names.sort();
+    let names = cluster::member_names(&kube_etcd_status(&client).await?.client_endpoints).await?;
     ensure!(
         names == members,
         "members after the power cut: {names:?}, before: {members:?}"

@@ -13,8 +13,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::Client;
 use ouroboros_e2e::{
     checkpoints, client, cluster_script, env, etcd_cluster as cluster,
     self_hosted::{NAME, NS, api_server_on, handover, kube_etcd_status, write, written},
@@ -26,34 +25,15 @@ const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
 /// Member name -> node, from the member pods.
 async fn placement(client: &Client) -> anyhow::Result<BTreeMap<String, String>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("etcd.ouroboros.dev/cluster={NAME}")))
-        .await?;
-    pods.items
-        .iter()
-        .map(|p| {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            Ok((
-                p.name_any(),
-                node.with_context(|| format!("{} has no node", p.name_any()))?,
-            ))
-        })
-        .collect()
+    Ok(cluster::member_nodes(client, NS, NAME)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// The members etcd lists, sorted by name.
 async fn etcd_members(client: &Client) -> anyhow::Result<Vec<String>> {
-    let urls = kube_etcd_status(client).await?.client_endpoints;
-    let mut etcd = etcd_client::Client::connect(&urls, None).await?;
-    let mut names: Vec<String> = etcd
-        .member_list()
-        .await?
-        .members()
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
-    names.sort();
-    Ok(names)
+    cluster::member_names(&kube_etcd_status(client).await?.client_endpoints).await
 }
 
 /// Waits until the cluster has converged on exactly `members` (no replacement, no restore).
@@ -167,10 +147,8 @@ async fn self_hosted_members_on_three_control_plane_nodes_survive_power_cycles()
         "{node} (with {member}) down; the API server wrote through it {:?} after the cut",
         t0.elapsed()
     );
-    let acked = writer.acked();
-    tokio::time::sleep(Duration::from_secs(20)).await;
     ensure!(
-        writer.acked() > acked,
+        writer.acked_during(20).await > 0,
         "no etcd write acknowledged in 20 s with {node} down (last error: {:?})",
         writer.last_error()
     );
@@ -197,10 +175,8 @@ async fn self_hosted_members_on_three_control_plane_nodes_survive_power_cycles()
     ensure!(placed == members, "members moved: {members:?} -> {placed:?}");
     still_there(&client, &["nodes-before-handover", "nodes-while-node2-down"]).await?;
     api_writes(&client, "nodes-after-power-cycle", 30).await?;
-    let acked = writer.acked();
-    tokio::time::sleep(Duration::from_secs(5)).await;
     ensure!(
-        writer.acked() > acked,
+        writer.acked_during(5).await > 0,
         "no etcd write acknowledged in 5 s after the power cycle (last error: {:?})",
         writer.last_error()
     );

@@ -62,10 +62,10 @@ impl Observation {
 /// Why observing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
-    /// Listing pods or PVCs failed.
-    #[error("listing {what} of cluster {cluster}: {source}")]
+    /// Reading the cluster's pods, PVCs or its members' nodes failed.
+    #[error("reading {what} of cluster {cluster}: {source}")]
     List {
-        /// Pods or PVCs.
+        /// Pods, PVCs or nodes.
         what: &'static str,
         /// Cluster name.
         cluster: String,
@@ -130,7 +130,7 @@ pub struct KubeRead {
     pub tls: Option<Arc<ClientTls>>,
     /// The boot member, while a pivot may still be under way.
     pub boot: Option<Endpoint>,
-    /// The cluster's nodes (with PVC storage, to tell when a member's node is lost).
+    /// The nodes its member pods run on (with PVC storage, to tell when a member's node is lost).
     pub nodes: Vec<Node>,
 }
 
@@ -150,24 +150,24 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
     let ns = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
     let lp = ListParams::default().labels(&vocabulary::cluster_selector(cluster));
+    let failed = |what: &'static str| {
+        let cluster = name.clone();
+        move |source| ObserveError::List {
+            what,
+            cluster,
+            source,
+        }
+    };
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&lp)
         .await
-        .map_err(|source| ObserveError::List {
-            what: "pods",
-            cluster: name.clone(),
-            source,
-        })?;
+        .map_err(failed("pods"))?;
     let uses_pvc = cluster.spec.storage.persistent_volume_claim.is_some();
     let pvcs = if uses_pvc {
         Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
             .list(&lp)
             .await
-            .map_err(|source| ObserveError::List {
-                what: "PVCs",
-                cluster: name.clone(),
-                source,
-            })?
+            .map_err(failed("PVCs"))?
             .items
             .into_iter()
             // A deleted namesake's claims are not this cluster's data, whatever their names.
@@ -176,19 +176,20 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
     } else {
         Vec::new()
     };
-    let nodes = if uses_pvc && cluster.spec.self_hosted.is_none() {
-        Api::<Node>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| ObserveError::List {
-                what: "nodes",
-                cluster: name.clone(),
-                source,
-            })?
+    // The nodes the members run on, to tell whether one is lost: a GET each, not a list of every
+    // Node in the cluster at every pass.
+    let mut nodes = Vec::new();
+    if uses_pvc && cluster.spec.self_hosted.is_none() {
+        let names: std::collections::BTreeSet<&str> = pods
             .items
-    } else {
-        Vec::new()
-    };
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+            .collect();
+        let api = Api::<Node>::all(client.clone());
+        for node in names {
+            nodes.extend(api.get_opt(node).await.map_err(failed("nodes"))?);
+        }
+    }
     let tls = member_access::tls_material(client, cluster).await?;
     let boot = boot_endpoint(client, cluster).await?;
     Ok(KubeRead {
