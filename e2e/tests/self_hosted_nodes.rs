@@ -31,12 +31,10 @@ async fn placement(client: &Client) -> anyhow::Result<BTreeMap<String, String>> 
         .collect())
 }
 
-/// The members etcd lists, sorted by name.
-async fn etcd_members(client: &Client) -> anyhow::Result<Vec<String>> {
-    cluster::member_names(&kube_etcd_status(client).await?.client_endpoints).await
-}
-
-/// Waits until the cluster has converged on exactly `members` (no replacement, no restore).
+/// Waits until the cluster has converged on exactly `members` (no replacement, no restore), and
+/// every member itself answers with that member list. The status alone is not evidence: it may
+/// still be the one written before the cut, when the operator has not yet reconciled since (a CI
+/// run read a converged status while node2's member was still refusing connections).
 async fn converged_on(client: &Client, members: &BTreeMap<String, String>, what: &str) -> anyhow::Result<()> {
     let version = env("OUROBOROS_ETCD_VERSION")?;
     let converged = cluster::converged(3, &version);
@@ -44,10 +42,33 @@ async fn converged_on(client: &Client, members: &BTreeMap<String, String>, what:
         converged(c, s) && s.members.iter().all(|m| members.contains_key(&m.name))
     })
     .await?;
+    let expected: Vec<String> = members.keys().cloned().collect();
+    let endpoints = kube_etcd_status(client).await?.client_endpoints;
     ensure!(
-        etcd_members(client).await? == members.keys().cloned().collect::<Vec<_>>(),
-        "etcd lists other members than {members:?}"
+        endpoints.len() == members.len(),
+        "the status lists client endpoints {endpoints:?} for members {members:?}"
     );
+    for endpoint in &endpoints {
+        let expected = &expected;
+        wait_for(
+            &format!("{endpoint} to answer a member list"),
+            Duration::from_secs(120),
+            || async move {
+                match cluster::member_names(std::slice::from_ref(endpoint)).await {
+                    Ok(names) => {
+                        ensure!(
+                            &names == expected,
+                            "{endpoint} lists members {names:?}, not {expected:?}"
+                        );
+                        Ok(Some(()))
+                    }
+                    // Not answering yet: the wait's deadline decides.
+                    Err(_) => Ok(None),
+                }
+            },
+        )
+        .await?;
+    }
     Ok(())
 }
 
