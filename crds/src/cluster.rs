@@ -84,6 +84,16 @@ pub struct EtcdClusterSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("selfHosted is immutable after creation"))]
     pub self_hosted: Option<SelfHostedSpec>,
 
+    /// etcd's own settings (quota, compaction, raft timing, corruption checks). A change is rolled
+    /// out one member at a time.
+    #[serde(default)]
+    pub etcd: crate::EtcdSettings,
+
+    /// What the operator does to keep the database small: defragmentation by threshold. NOSPACE is
+    /// recovered from whatever this says.
+    #[serde(default)]
+    pub maintenance: crate::MaintenanceSpec,
+
     /// Stop all changes to this cluster. Status is still reported.
     #[serde(default)]
     pub paused: bool,
@@ -365,7 +375,9 @@ pub struct EtcdClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_endpoints: Vec<String>,
     /// `Available`, `Progressing`, `Degraded`, `BackupHealthy`, `QuorumLost`, `Alarm` (a member reports
-    /// an etcd alarm: NOSPACE or CORRUPT, named with the remedy), `BootMemberRemoved`.
+    /// an etcd alarm: NOSPACE or CORRUPT, named with the remedy), `DatabaseNearQuota` (a member's
+    /// database is above 80 % of `spec.etcd.quotaBackendBytes`), `Maintenance` (a compaction,
+    /// defragmentation or alarm disarm the operator runs or waits to run), `BootMemberRemoved`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -441,6 +453,8 @@ pub enum ClusterPhase {
     Paused,
     /// Self-hosted: growing on the boot etcd and taking over from it.
     Pivoting,
+    /// Rolling new `spec.etcd` settings out, compacting, defragmenting or clearing an alarm.
+    Maintaining,
 }
 
 /// One member as etcd and Kubernetes report it.
@@ -470,4 +484,10 @@ pub struct MemberStatus {
     /// The member answered a status request in time and reports no errors.
     #[serde(default)]
     pub healthy: bool,
+    /// Size of its database file in bytes, as it last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_size_bytes: Option<i64>,
+    /// Bytes of that file in use; the rest is free space a defragmentation gives back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_size_in_use_bytes: Option<i64>,
 }

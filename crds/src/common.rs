@@ -112,6 +112,10 @@ pub mod condition_types {
     pub const QUORUM_LOST: &str = "QuorumLost";
     /// A member reports an etcd alarm (NOSPACE, CORRUPT); the message names it and what to do.
     pub const ALARM: &str = "Alarm";
+    /// A member's database is above 80 % of its quota, before NOSPACE stops writes.
+    pub const DATABASE_NEAR_QUOTA: &str = "DatabaseNearQuota";
+    /// A compaction, defragmentation or alarm disarm the operator runs, or why it waits.
+    pub const MAINTENANCE: &str = "Maintenance";
     /// The temporary boot member of a self-hosted cluster has been removed.
     pub const BOOT_MEMBER_REMOVED: &str = "BootMemberRemoved";
 }

@@ -8,6 +8,7 @@ pub mod common;
 pub mod crd;
 pub mod restore;
 pub mod retention;
+pub mod settings;
 pub mod sidecar;
 pub mod version;
 
@@ -21,6 +22,9 @@ pub use common::{
     BackupDestination, BackupEncryption, BackupReference, S3Destination, VolumeDestination, condition_types,
 };
 pub use restore::{EtcdRestore, EtcdRestoreSpec, EtcdRestoreStatus, RestorePhase, RestoreSource};
+pub use settings::{
+    AutoCompactionMode, CorruptionCheck, DefragmentationPolicy, EtcdSettings, MaintenanceSpec,
+};
 pub use version::{EtcdVersion, VersionError};
 
 /// The API group of every Ouroboros resource.

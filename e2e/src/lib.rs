@@ -586,6 +586,20 @@ pub async fn etcd_at(endpoint: &str) -> anyhow::Result<etcd_client::Client> {
     .await
 }
 
+/// The messages of the Events in `ns` with `reason`.
+pub async fn events_with_reason(c: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<String>> {
+    Ok(
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(c.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.message)
+            .collect(),
+    )
+}
+
 /// Writes about `mib` MiB of incompressible values into the etcd at `endpoint` (1 MiB per key, keys
 /// `/bulk/<n>`), so a backup takes long enough to be interrupted.
 pub async fn fill_etcd(endpoint: &str, mib: usize) -> anyhow::Result<()> {

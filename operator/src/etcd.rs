@@ -5,13 +5,17 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use etcd_client::{
-    AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions,
+    AlarmAction, AlarmOptions, AlarmType, Certificate, Client, CompactionOptions, ConnectOptions, Identity,
+    MemberAddOptions, TlsOptions,
 };
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
 /// How long one etcd request may take before the member counts as not answering.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a compaction or a defragmentation may take: they rewrite the database, a few seconds per
+/// GiB on ordinary disks, and the member serves nothing meanwhile.
+pub const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why an etcd call failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +41,7 @@ pub enum EtcdError {
         source: etcd_client::Error,
     },
     /// The request did not finish in time.
-    #[error("etcd {action} at {endpoint} timed out after {REQUEST_TIMEOUT:?}")]
+    #[error("etcd {action} at {endpoint} timed out")]
     Timeout {
         /// What was asked.
         action: &'static str,
@@ -147,6 +151,8 @@ pub struct Status {
     pub raft_applied_index: u64,
     /// Database size in bytes.
     pub db_size: i64,
+    /// Bytes of the database file in use (the rest is free pages a defragmentation gives back).
+    pub db_size_in_use: i64,
     /// etcd version.
     pub version: String,
     /// Errors it reports (alarms).
@@ -183,6 +189,30 @@ pub trait EtcdOps: Send + Sync {
     /// Appends one raft entry that changes nothing (an alarm list goes through raft), so every
     /// member applies one more entry.
     fn propose_noop<'a>(&'a self, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<(), EtcdError>>;
+    /// Compacts the history up to `revision` and waits until every member has applied it. `false`
+    /// when the history was already compacted at or past it.
+    fn compact<'a>(
+        &'a self,
+        endpoints: &'a [Endpoint],
+        revision: i64,
+    ) -> BoxFuture<'a, Result<bool, EtcdError>>;
+    /// Defragments the database of the member at `endpoint` alone.
+    fn defragment<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<(), EtcdError>>;
+    /// Disarms the `kind` alarm raised on member `member_id`.
+    fn disarm<'a>(
+        &'a self,
+        endpoints: &'a [Endpoint],
+        member_id: u64,
+        kind: AlarmKind,
+    ) -> BoxFuture<'a, Result<(), EtcdError>>;
+}
+
+/// The alarms the operator disarms.
+pub use crate::controllers::cluster::maintenance::AlarmKind;
+
+/// etcd refused a compaction because the history is already compacted at or past that revision.
+fn is_already_compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("required revision has been compacted"))
 }
 
 /// etcd-client connections, one per endpoint, made on first use and dropped when they fail.
@@ -203,14 +233,15 @@ impl EtcdClients {
         Arc::new(Self::default())
     }
 
-    async fn client(&self, endpoint: &Endpoint) -> Result<Client, EtcdError> {
-        let key = endpoint.cache_key();
+    async fn client(&self, endpoint: &Endpoint, timeout: Duration) -> Result<Client, EtcdError> {
+        // The request timeout is the connection's: maintenance gets a connection of its own.
+        let key = format!("{}#{}", endpoint.cache_key(), timeout.as_secs());
         if let Some(c) = self.clients.lock().await.get(&key) {
             return Ok(c.clone());
         }
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(REQUEST_TIMEOUT)
+            .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some((domain, tls)) = &endpoint.tls {
             // Members are dialled by pod IP; their certificates name them by DNS, so verify that name.
@@ -231,8 +262,9 @@ impl EtcdClients {
         Ok(client)
     }
 
-    async fn forget(&self, endpoint: &Endpoint) {
-        self.clients.lock().await.remove(&endpoint.cache_key());
+    async fn forget(&self, endpoint: &Endpoint, timeout: Duration) {
+        let key = format!("{}#{}", endpoint.cache_key(), timeout.as_secs());
+        self.clients.lock().await.remove(&key);
     }
 
     /// Runs `f` against one endpoint with a deadline; a failed connection is dropped from the cache.
@@ -241,12 +273,27 @@ impl EtcdClients {
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let client = self.client(endpoint).await?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, f(client)).await {
+        self.call_within(REQUEST_TIMEOUT, action, endpoint, f).await
+    }
+
+    /// [`Self::call`] with another deadline.
+    async fn call_within<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        action: &'static str,
+        endpoint: &Endpoint,
+        f: F,
+    ) -> Result<T, EtcdError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let client = self.client(endpoint, timeout).await?;
+        match tokio::time::timeout(timeout, f(client)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => {
                 if matches!(source, etcd_client::Error::TransportError(_)) {
-                    self.forget(endpoint).await;
+                    self.forget(endpoint, timeout).await;
                 }
                 Err(EtcdError::Request {
                     action,
@@ -255,7 +302,7 @@ impl EtcdClients {
                 })
             }
             Err(_) => {
-                self.forget(endpoint).await;
+                self.forget(endpoint, timeout).await;
                 Err(EtcdError::Timeout {
                     action,
                     endpoint: endpoint.url.clone(),
@@ -321,6 +368,7 @@ impl EtcdOps for EtcdClients {
                     leader: r.leader(),
                     raft_applied_index: r.raft_applied_index(),
                     db_size: r.db_size(),
+                    db_size_in_use: r.raft_used_db_size(),
                     version: r.version().to_owned(),
                     errors: r.errors().to_vec(),
                     is_learner: r.is_learner(),
@@ -385,6 +433,69 @@ impl EtcdOps for EtcdClients {
         Box::pin(async move {
             self.first("alarm list", endpoints, |mut c| async move {
                 c.alarm(AlarmAction::Get, AlarmType::None, None).await.map(drop)
+            })
+            .await
+        })
+    }
+
+    fn compact<'a>(
+        &'a self,
+        endpoints: &'a [Endpoint],
+        revision: i64,
+    ) -> BoxFuture<'a, Result<bool, EtcdError>> {
+        Box::pin(async move {
+            let mut last = None;
+            for ep in endpoints {
+                let done = self
+                    .call_within(MAINTENANCE_TIMEOUT, "compact", ep, |mut c| async move {
+                        match c
+                            .compact(revision, Some(CompactionOptions::new().with_physical()))
+                            .await
+                        {
+                            Ok(_) => Ok(true),
+                            Err(e) if is_already_compacted(&e) => Ok(false),
+                            Err(e) => Err(e),
+                        }
+                    })
+                    .await;
+                match done {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or(EtcdError::NoEndpoint {
+                action: "compact",
+                tried: 0,
+            }))
+        })
+    }
+
+    fn defragment<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<(), EtcdError>> {
+        Box::pin(async move {
+            self.call_within(MAINTENANCE_TIMEOUT, "defragment", endpoint, |mut c| async move {
+                c.defragment().await.map(drop)
+            })
+            .await
+        })
+    }
+
+    fn disarm<'a>(
+        &'a self,
+        endpoints: &'a [Endpoint],
+        member_id: u64,
+        kind: AlarmKind,
+    ) -> BoxFuture<'a, Result<(), EtcdError>> {
+        let alarm = match kind {
+            AlarmKind::NoSpace => AlarmType::Nospace,
+            AlarmKind::Corrupt => AlarmType::Corrupt,
+        };
+        Box::pin(async move {
+            self.first("alarm disarm", endpoints, |mut c| async move {
+                let mut options = AlarmOptions::new();
+                options.with_member(member_id);
+                c.alarm(AlarmAction::Deactivate, alarm, Some(options))
+                    .await
+                    .map(drop)
             })
             .await
         })

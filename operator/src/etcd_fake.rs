@@ -103,4 +103,34 @@ impl EtcdOps for FakeEtcd {
         self.record("propose_noop", &endpoints.iter().collect::<Vec<_>>());
         Box::pin(async move { Ok(()) })
     }
+
+    fn compact<'a>(
+        &'a self,
+        endpoints: &'a [Endpoint],
+        revision: i64,
+    ) -> BoxFuture<'a, Result<bool, EtcdError>> {
+        self.record(
+            &format!("compact {revision}"),
+            &endpoints.iter().collect::<Vec<_>>(),
+        );
+        Box::pin(async move { Ok(true) })
+    }
+
+    fn defragment<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<(), EtcdError>> {
+        self.record("defragment", &[endpoint]);
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn disarm<'a>(
+        &'a self,
+        endpoints: &'a [Endpoint],
+        member_id: u64,
+        kind: crate::etcd::AlarmKind,
+    ) -> BoxFuture<'a, Result<(), EtcdError>> {
+        self.record(
+            &format!("disarm {member_id:x} {}", kind.etcd_name()),
+            &endpoints.iter().collect::<Vec<_>>(),
+        );
+        Box::pin(async move { Ok(()) })
+    }
 }

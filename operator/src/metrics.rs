@@ -33,6 +33,32 @@ pub struct MemberLabels {
     pub state: &'static str,
 }
 
+/// Labels of per-member metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberNameLabels {
+    /// `namespace/name` of the cluster.
+    pub cluster: String,
+    /// The member.
+    pub member: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Database metrics, per member.
+#[derive(Debug)]
+pub struct DatabaseMetrics {
+    /// Size of the database file.
+    pub size: Family<MemberNameLabels, Gauge>,
+    /// Bytes of it in use.
+    pub in_use: Family<MemberNameLabels, Gauge>,
+    /// `1 - inUse/size`.
+    pub fragmentation: Family<MemberNameLabels, FloatGauge>,
+    /// Unix time of the member's last defragmentation by the operator.
+    pub last_defragmentation: Family<MemberNameLabels, FloatGauge>,
+    /// Time each defragmentation took.
+    pub defragmentation_duration: Family<BackupLabels, Histogram, fn() -> Histogram>,
+}
+
 /// Labels of backup metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackupLabels {
@@ -69,6 +95,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Backups.
     pub backups: BackupMetrics,
+    /// Members' databases.
+    pub database: DatabaseMetrics,
 }
 
 impl Default for Metrics {
@@ -130,7 +158,42 @@ impl Default for Metrics {
             "Backups that ended Failed",
             backups.failures.clone(),
         );
+        let database = DatabaseMetrics {
+            size: Family::default(),
+            in_use: Family::default(),
+            fragmentation: Family::default(),
+            last_defragmentation: Family::default(),
+            defragmentation_duration: Family::new_with_constructor(|| {
+                Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+            }),
+        };
+        registry.register(
+            "member_db_size_bytes",
+            "Size of each member's database file, as it last reported it",
+            database.size.clone(),
+        );
+        registry.register(
+            "member_db_size_in_use_bytes",
+            "Bytes of each member's database file in use",
+            database.in_use.clone(),
+        );
+        registry.register(
+            "member_db_fragmentation_ratio",
+            "Free fraction of each member's database file (1 - inUse/size), which defragmentation gives back",
+            database.fragmentation.clone(),
+        );
+        registry.register(
+            "member_last_defragmentation_timestamp_seconds",
+            "Unix time at which the operator last defragmented each member",
+            database.last_defragmentation.clone(),
+        );
+        registry.register(
+            "defragmentation_duration_seconds",
+            "Time one member's defragmentation took",
+            database.defragmentation_duration.clone(),
+        );
         Self {
+            database,
             backups,
             registry,
             reconciles,
@@ -143,6 +206,38 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records one member's database sizes.
+    pub fn record_database(&self, cluster: &str, member: &str, size: i64, in_use: i64) {
+        let labels = MemberNameLabels {
+            cluster: cluster.to_owned(),
+            member: member.to_owned(),
+        };
+        self.database.size.get_or_create(&labels).set(size);
+        self.database.in_use.get_or_create(&labels).set(in_use);
+        let ratio = if size > 0 {
+            1.0 - in_use as f64 / size as f64
+        } else {
+            0.0
+        };
+        self.database.fragmentation.get_or_create(&labels).set(ratio);
+    }
+
+    /// Records a defragmentation of `member` of `cluster` (`namespace/name`) that took `took`.
+    pub fn record_defragmentation(&self, cluster: &str, member: &str, took: std::time::Duration) {
+        let labels = MemberNameLabels {
+            cluster: cluster.to_owned(),
+            member: member.to_owned(),
+        };
+        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        self.database.last_defragmentation.get_or_create(&labels).set(now);
+        self.database
+            .defragmentation_duration
+            .get_or_create(&BackupLabels {
+                cluster: cluster.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -64,6 +64,16 @@ pub const MEMBER_LOCK_DIR: &str = "/ouroboros";
 /// member (API pod or static-pod checkpoint) run etcd at a time.
 pub const MEMBER_LOCK_FILE: &str = "/var/lib/etcd/member.lock";
 
+/// On member pods: the etcd flags `spec.etcd` gave the member when its pod was built, one per line.
+/// A member whose pod records other flags than the spec gives now is rolled.
+pub const ANNOTATION_SETTINGS: &str = "etcd.ouroboros.dev/settings";
+
+/// On an EtcdCluster: the revision the operator last compacted its history to (NOSPACE recovery).
+pub const ANNOTATION_COMPACTED_REVISION: &str = "etcd.ouroboros.dev/compacted-revision";
+
+/// On member pods: when the operator last defragmented the member (RFC 3339).
+pub const ANNOTATION_DEFRAGMENTED_AT: &str = "etcd.ouroboros.dev/defragmented-at";
+
 /// On self-hosted member pods: the first port of the member's port block.
 pub const ANNOTATION_PORT_BASE: &str = "etcd.ouroboros.dev/port-base";
 /// On self-hosted member pods: the member's peer URL, which names the member before etcd knows it.

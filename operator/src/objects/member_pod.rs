@@ -115,6 +115,8 @@ fn build_member_pod(
         // Learners are added one at a time and promoted by the operator; etcd's own check is kept.
         "--strict-reconfig-check=true".to_owned(),
     ];
+    let settings = super::etcd_settings::settings_args(&spec.etcd, version);
+    args.extend(settings.iter().cloned());
     let mut volumes = Vec::new();
     let mut etcd_mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT})];
     if let Some(tls) = &spec.tls {
@@ -172,6 +174,10 @@ fn build_member_pod(
         .map(|a| json!(a))
         .or_else(|| anti_affinity(cluster));
     let mut annotations = spec.pod.annotations.clone();
+    annotations.insert(
+        ANNOTATION_SETTINGS.to_owned(),
+        super::etcd_settings::settings_annotation(&settings),
+    );
     let mut pod_spec = json!({
         "hostname": member,
         "subdomain": cluster.name_any(),

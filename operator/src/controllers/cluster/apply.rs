@@ -53,6 +53,9 @@ pub enum ApplyError {
     /// The leader to move leadership from has no reachable endpoint.
     #[error("leader {0} has no pod IP to send move-leader to")]
     NoLeaderEndpoint(String),
+    /// The member to defragment has no reachable endpoint.
+    #[error("member {0} has no pod IP to send defragment to")]
+    NoMemberEndpoint(String),
     /// Listing what a placement is chosen from failed.
     #[error("listing {what} to place member {member}: {source}")]
     ListForPlacement {
@@ -326,6 +329,42 @@ async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Res
     Ok(())
 }
 
+/// Records on the cluster the revision its history was compacted to, so the next pass goes on to
+/// defragmentation instead of compacting again.
+async fn record_compaction(ctx: &Context, cluster: &EtcdCluster, revision: i64) -> Result<(), ApplyError> {
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        vocabulary::ANNOTATION_COMPACTED_REVISION: revision.to_string()}}});
+    Api::<EtcdCluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(cluster_writes::kube_failed(
+            "recording the compaction on",
+            "EtcdCluster",
+            cluster.name_any(),
+        ))?;
+    Ok(())
+}
+
+/// Records on the member's pod when it was defragmented, so the threshold waits a while before it
+/// defragments it again.
+async fn record_defragmentation(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        vocabulary::ANNOTATION_DEFRAGMENTED_AT: jiff::Timestamp::now().to_string()}}});
+    Api::<Pod>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(cluster_writes::kube_failed(
+            "recording the defragmentation on",
+            "Pod",
+            name,
+        ))?;
+    Ok(())
+}
+
 /// Where an existing self-hosted member pod was placed, from its node and annotations.
 fn placement_of(pod: &Pod) -> Option<Placement> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
@@ -381,12 +420,11 @@ async fn retire_claim(
     ctx: &Context,
     cluster: &EtcdCluster,
     name: &str,
-    node: &str,
+    why: String,
 ) -> Result<(), ApplyError> {
     let pvcs: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let pvc = vocabulary::pvc_name(name);
-    let why = format!("member {name} was removed while its node {node} was lost");
     let patch = serde_json::json!({"metadata": {"annotations": {vocabulary::ANNOTATION_RETIRED: why}}});
     match pvcs
         .patch(&pvc, &PatchParams::default(), &Patch::Merge(&patch))
@@ -397,6 +435,10 @@ async fn retire_claim(
         }
         _ => Ok(()),
     }
+}
+
+fn node_lost_why(name: &str, node: &str) -> String {
+    format!("member {name} was removed while its node {node} was lost")
 }
 
 /// Deletes a member's pod and its PVC; "already gone" is success. A retired claim is kept (its data
@@ -417,7 +459,7 @@ async fn delete_member_objects(
         return Ok(());
     }
     if let Some(loss) = lost_node {
-        return retire_claim(ctx, cluster, name, &loss.node).await;
+        return retire_claim(ctx, cluster, name, node_lost_why(name, &loss.node)).await;
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let pvc = vocabulary::pvc_name(name);
@@ -669,7 +711,13 @@ pub async fn apply_step(
             if *reason == RemoveReason::NodeLost
                 && let Some(loss) = obs.observed.node_losses.iter().find(|l| &l.member == name)
             {
-                retire_claim(ctx, cluster, name, &loss.node).await?;
+                retire_claim(ctx, cluster, name, node_lost_why(name, &loss.node)).await?;
+            }
+            if *reason == RemoveReason::Corrupt && cluster.spec.storage.persistent_volume_claim.is_some() {
+                // Kept for whoever investigates; never a member's data again, never a backup source.
+                let why =
+                    format!("member {name} was removed because its data failed etcd's corruption check");
+                retire_claim(ctx, cluster, name, why).await?;
             }
             ctx.etcd.remove(&endpoints, *id).await?;
             let (type_, why) = match reason {
@@ -688,6 +736,14 @@ pub async fn apply_step(
                 RemoveReason::NodeLost => (
                     EventType::Warning,
                     "its node has been lost for longer than replaceAfterNodeLost; its claim is kept, annotated etcd.ouroboros.dev/retired, and a new member replaces it",
+                ),
+                RemoveReason::Corrupt => (
+                    EventType::Warning,
+                    "its data failed etcd's corruption check; its claim (if any) is kept, annotated etcd.ouroboros.dev/retired, and a new member copies the healthy majority's data",
+                ),
+                RemoveReason::Reconfigure => (
+                    EventType::Normal,
+                    "it runs old spec.etcd settings and its replacement has joined",
                 ),
             };
             event(
@@ -715,6 +771,92 @@ pub async fn apply_step(
             .await;
             Ok(())
         }
+        Step::RestartWithSettings { name } => {
+            delete_member_pod(ctx, cluster, name, false).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "MemberRestartingForSettings",
+                Some(name),
+                format!(
+                    "deleted the pod of {name} to restart it on its own data (claim {}) with the spec.etcd settings",
+                    vocabulary::pvc_name(name)
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Step::Compact { revision } => {
+            let compacted = ctx.etcd.compact(&endpoints, *revision).await?;
+            failpoints::hit("after-compact");
+            record_compaction(ctx, cluster, *revision).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "Compacted",
+                None,
+                if compacted {
+                    format!("compacted the history up to revision {revision} to recover from NOSPACE")
+                } else {
+                    format!("the history was already compacted up to revision {revision}")
+                },
+            )
+            .await;
+            Ok(())
+        }
+        Step::Defragment { id, name, why } => {
+            let ep = obs
+                .endpoint_of(name)
+                .ok_or_else(|| ApplyError::NoMemberEndpoint(name.clone()))?;
+            let before = obs.statuses.iter().find(|(i, _)| i == id).map(|(_, s)| s.db_size);
+            let started = std::time::Instant::now();
+            ctx.etcd.defragment(ep).await?;
+            let took = started.elapsed();
+            failpoints::hit("after-defragment");
+            record_defragmentation(ctx, cluster, name).await?;
+            let after = ctx.etcd.status(ep).await.ok().map(|s| s.db_size);
+            let key = format!(
+                "{}/{}",
+                cluster.namespace().unwrap_or_default(),
+                cluster.name_any()
+            );
+            ctx.metrics.record_defragmentation(&key, name, took);
+            let mib = |b: Option<i64>| b.map_or_else(|| "?".to_owned(), |b| (b >> 20).to_string());
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "Defragmented",
+                Some(name),
+                format!(
+                    "defragmented {name} {why} in {:.1}s: {} MiB -> {} MiB",
+                    took.as_secs_f64(),
+                    mib(before),
+                    mib(after)
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Step::DisarmAlarm { member_id, kind } => {
+            ctx.etcd.disarm(&endpoints, *member_id, *kind).await?;
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "AlarmDisarmed",
+                None,
+                format!(
+                    "disarmed the {} alarm of member {member_id:x}; its cause is gone",
+                    kind.etcd_name()
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Step::MaintenanceBlocked { .. } => Ok(()),
         Step::MoveLeader { from, to_id, to } => {
             let ep = obs
                 .endpoint_of(from)

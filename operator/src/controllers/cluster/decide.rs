@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use ouroboros_crds::EtcdVersion;
 
+use super::maintenance;
+pub use super::maintenance::{AlarmKind, DefragThreshold, MaintenanceView};
+
 /// A learner whose applied index is at least this fraction of the leader's is considered caught up
 /// (etcd's own promotion check uses the same 90 %).
 pub const LEARNER_READY_FRACTION: f64 = 0.9;
@@ -119,6 +122,8 @@ pub struct PodView {
     /// Why one of its images cannot be pulled, if one cannot (a version with no image, a wrong
     /// repository); only the status reads it.
     pub image_problem: Option<String>,
+    /// It was built with the `spec.etcd` settings the spec gives now.
+    pub settings_current: bool,
 }
 
 /// What one member answered to a status request.
@@ -128,6 +133,12 @@ pub struct MemberHealth {
     pub applied_index: u64,
     /// The errors the member reported (etcd lists its active alarms here, `memberID:.. alarm:NOSPACE`).
     pub errors: Vec<String>,
+    /// Size of its database file in bytes.
+    pub db_size: u64,
+    /// Bytes of that file in use.
+    pub db_in_use: u64,
+    /// The store's revision it has applied.
+    pub revision: i64,
 }
 
 impl MemberHealth {
@@ -232,6 +243,8 @@ pub struct Observed {
     /// Members whose node is lost (only observed for members on claims: other members are replaced
     /// when their pod goes).
     pub node_losses: Vec<NodeLoss>,
+    /// What maintenance (NOSPACE, CORRUPT, defragmentation) looks at.
+    pub maintenance: MaintenanceView,
 }
 
 /// The boot member of a self-hosted pivot.
@@ -263,6 +276,10 @@ pub enum RemoveReason {
     LearnerTimedOut,
     /// Its node has been lost for longer than `replaceAfterNodeLost`.
     NodeLost,
+    /// Its data failed etcd's corruption check (a CORRUPT alarm names it).
+    Corrupt,
+    /// It runs other `spec.etcd` settings and its replacement has joined.
+    Reconfigure,
 }
 
 impl RemoveReason {
@@ -274,8 +291,9 @@ impl RemoveReason {
             | RemoveReason::CrashLooping
             | RemoveReason::VolumeLost
             | RemoveReason::LearnerTimedOut
-            | RemoveReason::NodeLost => true,
-            RemoveReason::ScaleDown | RemoveReason::Upgrade => false,
+            | RemoveReason::NodeLost
+            | RemoveReason::Corrupt => true,
+            RemoveReason::ScaleDown | RemoveReason::Upgrade | RemoveReason::Reconfigure => false,
         }
     }
 }
@@ -392,6 +410,38 @@ pub enum Step {
         /// Its name.
         name: String,
     },
+    /// Restart a member with the `spec.etcd` settings: delete its pod (its claim stays), so it is
+    /// restarted on its own data with the new settings next.
+    RestartWithSettings {
+        /// Member name.
+        name: String,
+    },
+    /// Compact the history up to `revision` (NOSPACE).
+    Compact {
+        /// The newest revision a member reported.
+        revision: i64,
+    },
+    /// Defragment one member's database; it serves nothing until done.
+    Defragment {
+        /// Member ID.
+        id: u64,
+        /// Member name.
+        name: String,
+        /// Why, for messages.
+        why: String,
+    },
+    /// Disarm an alarm whose cause is gone.
+    DisarmAlarm {
+        /// The member it is raised on.
+        member_id: u64,
+        /// Which.
+        kind: AlarmKind,
+    },
+    /// Maintenance is needed and cannot be done safely: change nothing and say why.
+    MaintenanceBlocked {
+        /// What is wrong and what to do, for the condition.
+        reason: String,
+    },
     /// Nothing to do.
     Converged,
 }
@@ -400,7 +450,11 @@ impl Step {
     /// Whether the step changes the cluster (for the Progressing condition).
     pub fn is_change(&self) -> bool {
         match self {
-            Step::Held(_) | Step::NoQuorum { .. } | Step::BootInvalid { .. } | Step::Converged => false,
+            Step::Held(_)
+            | Step::NoQuorum { .. }
+            | Step::BootInvalid { .. }
+            | Step::MaintenanceBlocked { .. }
+            | Step::Converged => false,
             Step::CreateSeed { .. }
             | Step::WaitForBoot { .. }
             | Step::RemoveBootMember { .. }
@@ -413,7 +467,11 @@ impl Step {
             | Step::PromoteLearner { .. }
             | Step::WaitForLearner { .. }
             | Step::AddLearner { .. }
-            | Step::MoveLeader { .. } => true,
+            | Step::MoveLeader { .. }
+            | Step::RestartWithSettings { .. }
+            | Step::Compact { .. }
+            | Step::Defragment { .. }
+            | Step::DisarmAlarm { .. } => true,
         }
     }
 }
@@ -778,6 +836,14 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         return learner_step(o, ms, l);
     }
 
+    // An alarm with every voter answering: the way out of it (not during a pivot, whose boot member
+    // is not ours to restart or defragment).
+    if boot_id.is_none()
+        && let Some(step) = maintenance::alarm_step(o, ms, &voters)
+    {
+        return step;
+    }
+
     // Every voter must be healthy before the membership grows, shrinks or rolls. Once the self-hosted
     // members are complete, the boot member's health no longer matters: it is the next to go.
     let ours_complete = voters.iter().filter(|m| Some(m.id) != boot_id).count() >= o.desired.size;
@@ -811,9 +877,13 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         return boot_removal_step(ms, &voters, boot);
     }
     if voters.len() > size {
-        // Prefer removing members on an old version (the tail of an upgrade), then the newest.
+        // Prefer removing members on an old version (the tail of an upgrade), then members on old
+        // settings (the tail of a settings roll), then the newest.
+        let old_settings = |m: &&&MemberView| pod(o, &m.name).is_some_and(maintenance::settings_outdated);
         let reason = if voters.iter().any(|m| outdated(&m)) {
             RemoveReason::Upgrade
+        } else if voters.iter().any(|m| old_settings(&m)) {
+            RemoveReason::Reconfigure
         } else {
             RemoveReason::ScaleDown
         };
@@ -825,6 +895,12 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
             version,
             for_upgrade: true,
         };
+    }
+    if let Some(step) = maintenance::settings_roll_step(o, ms, &voters) {
+        return step;
+    }
+    if let Some(step) = maintenance::threshold_step(o, ms, &voters) {
+        return step;
     }
     Step::Converged
 }
@@ -1015,8 +1091,13 @@ fn remove_one(
 ) -> Step {
     let rank = |m: &MemberView| {
         let on_old_version = pod(o, &m.name).is_some_and(|p| p.version != version);
-        // Old version first, then the highest ordinal (the newest member).
-        (on_old_version, ordinal(&o.cluster, &m.name).unwrap_or(0))
+        let on_old_settings = pod(o, &m.name).is_some_and(maintenance::settings_outdated);
+        // Old version first, then old settings, then the highest ordinal (the newest member).
+        (
+            on_old_version,
+            on_old_settings,
+            ordinal(&o.cluster, &m.name).unwrap_or(0),
+        )
     };
     let Some(victim) = voters.iter().max_by_key(|m| rank(m)) else {
         return Step::Converged;
@@ -1044,4 +1125,4 @@ fn remove_one(
 
 #[cfg(test)]
 #[path = "decide_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -1,14 +1,14 @@
 use super::*;
 
-const V35: &str = "3.5.35";
-const V36: &str = "3.6.16";
+pub(crate) const V35: &str = "3.5.35";
+pub(crate) const V36: &str = "3.6.16";
 
-fn v(s: &str) -> EtcdVersion {
+pub(crate) fn v(s: &str) -> EtcdVersion {
     s.parse().unwrap()
 }
 
 /// A cluster `c` wanting `size` members of `version`, with nothing observed yet.
-fn world(size: usize, version: &str) -> Observed {
+pub(crate) fn world(size: usize, version: &str) -> Observed {
     Observed {
         cluster: "c".into(),
         desired: Desired {
@@ -26,6 +26,7 @@ fn world(size: usize, version: &str) -> Observed {
         data: DataHome::Pod,
         known_members: vec![],
         node_losses: vec![],
+        maintenance: MaintenanceView::default(),
     }
 }
 
@@ -50,6 +51,9 @@ fn pivot(size: usize) -> Observed {
             health: Some(MemberHealth {
                 applied_index: 1000,
                 errors: vec![],
+                db_size: 1 << 20,
+                db_in_use: 1 << 20,
+                revision: 1000,
             }),
         }],
         db_size_bytes: 1 << 20,
@@ -59,18 +63,18 @@ fn pivot(size: usize) -> Observed {
 
 impl Observed {
     /// A healthy ready voter `c-<n>` on `version`, leader when `leader`.
-    fn voter(mut self, n: u32, version: &str) -> Self {
+    pub(crate) fn voter(mut self, n: u32, version: &str) -> Self {
         self.add(n, version, false, true);
         self
     }
-    fn learner(mut self, n: u32, applied: u64) -> Self {
+    pub(crate) fn learner(mut self, n: u32, applied: u64) -> Self {
         let v = self.desired.version.to_string();
         self.add(n, &v, true, true);
         let m = self.membership.as_mut().unwrap().members.last_mut().unwrap();
         m.health.as_mut().unwrap().applied_index = applied;
         self
     }
-    fn add(&mut self, n: u32, version: &str, is_learner: bool, started: bool) {
+    pub(crate) fn add(&mut self, n: u32, version: &str, is_learner: bool, started: bool) {
         let name = format!("c-{n}");
         self.bootstrapped = true;
         self.pods.push(PodView {
@@ -81,6 +85,7 @@ impl Observed {
             volume_lost: false,
             voter_label: None,
             image_problem: None,
+            settings_current: true,
         });
         let ms = self.membership.get_or_insert(Membership {
             leader: None,
@@ -95,21 +100,24 @@ impl Observed {
             health: Some(MemberHealth {
                 applied_index: 1000,
                 errors: vec![],
+                db_size: 1 << 20,
+                db_in_use: 1 << 20,
+                revision: 1000,
             }),
         });
         if ms.leader.is_none() && !is_learner {
             ms.leader = Some(100 + u64::from(n));
         }
     }
-    fn leader_id(mut self, id: u64) -> Self {
+    pub(crate) fn leader_id(mut self, id: u64) -> Self {
         self.membership.as_mut().unwrap().leader = Some(id);
         self
     }
-    fn leader(mut self, n: u32) -> Self {
+    pub(crate) fn leader(mut self, n: u32) -> Self {
         self.membership.as_mut().unwrap().leader = Some(100 + u64::from(n));
         self
     }
-    fn pod_state(mut self, n: u32, state: PodState) -> Self {
+    pub(crate) fn pod_state(mut self, n: u32, state: PodState) -> Self {
         self.pods
             .iter_mut()
             .find(|p| p.name == format!("c-{n}"))
@@ -117,7 +125,7 @@ impl Observed {
             .state = state;
         self
     }
-    fn pod_age(mut self, n: u32, age: Duration) -> Self {
+    pub(crate) fn pod_age(mut self, n: u32, age: Duration) -> Self {
         self.pods
             .iter_mut()
             .find(|p| p.name == format!("c-{n}"))
@@ -125,11 +133,11 @@ impl Observed {
             .age = age;
         self
     }
-    fn without_pod(mut self, n: u32) -> Self {
+    pub(crate) fn without_pod(mut self, n: u32) -> Self {
         self.pods.retain(|p| p.name != format!("c-{n}"));
         self
     }
-    fn unhealthy(mut self, n: u32) -> Self {
+    pub(crate) fn unhealthy(mut self, n: u32) -> Self {
         let ms = self.membership.as_mut().unwrap();
         ms.members
             .iter_mut()
@@ -138,7 +146,7 @@ impl Observed {
             .health = None;
         self
     }
-    fn volume_lost(mut self, n: u32) -> Self {
+    pub(crate) fn volume_lost(mut self, n: u32) -> Self {
         self.pods
             .iter_mut()
             .find(|p| p.name == format!("c-{n}"))
@@ -146,7 +154,7 @@ impl Observed {
             .volume_lost = true;
         self
     }
-    fn without_member(mut self, n: u32) -> Self {
+    pub(crate) fn without_member(mut self, n: u32) -> Self {
         self.membership
             .as_mut()
             .unwrap()
@@ -154,7 +162,7 @@ impl Observed {
             .retain(|m| m.name != format!("c-{n}"));
         self
     }
-    fn unstarted_member(mut self, n: u32) -> Self {
+    pub(crate) fn unstarted_member(mut self, n: u32) -> Self {
         let v = self.desired.version.to_string();
         self.add(n, &v, true, false);
         let ms = self.membership.as_mut().unwrap();
@@ -162,12 +170,12 @@ impl Observed {
         self.pods.retain(|p| p.name != format!("c-{n}"));
         self
     }
-    fn paused(mut self) -> Self {
+    pub(crate) fn paused(mut self) -> Self {
         self.desired.held_by = Some(HeldBy::User);
         self
     }
     /// Members keep their data on claims; every member observed so far has one, recording `version`.
-    fn on_claims(mut self) -> Self {
+    pub(crate) fn on_claims(mut self) -> Self {
         let claims = self
             .pods
             .iter()
@@ -180,14 +188,14 @@ impl Observed {
         self.data = DataHome::Claims(claims);
         self
     }
-    fn without_claim(mut self, n: u32) -> Self {
+    pub(crate) fn without_claim(mut self, n: u32) -> Self {
         if let DataHome::Claims(c) = &mut self.data {
             c.retain(|c| c.member != format!("c-{n}"));
         }
         self
     }
     /// Member `c-<n>` answers with `errors` (an alarm, say).
-    fn errors(mut self, n: u32, errors: &[&str]) -> Self {
+    pub(crate) fn errors(mut self, n: u32, errors: &[&str]) -> Self {
         let ms = self.membership.as_mut().unwrap();
         let m = ms
             .members
@@ -198,7 +206,7 @@ impl Observed {
         self
     }
     /// The node of `c-<n>` has been lost for `secs` seconds.
-    fn node_lost(mut self, n: u32, secs: u64) -> Self {
+    pub(crate) fn node_lost(mut self, n: u32, secs: u64) -> Self {
         self.node_losses.push(NodeLoss {
             member: format!("c-{n}"),
             node: format!("node{n}"),
@@ -207,13 +215,13 @@ impl Observed {
         self
     }
     /// No member answers a member list (the membership is unknown).
-    fn silent(mut self) -> Self {
+    pub(crate) fn silent(mut self) -> Self {
         self.membership = None;
         self
     }
 }
 
-fn step(o: &Observed) -> Step {
+pub(crate) fn step(o: &Observed) -> Step {
     next_step(o).step
 }
 
@@ -248,6 +256,7 @@ fn a_starting_seed_is_awaited() {
         volume_lost: false,
         voter_label: None,
         image_problem: None,
+        settings_current: true,
     });
     assert!(matches!(step(&o), Step::WaitForMembers { .. }));
 }
@@ -842,6 +851,7 @@ fn pods_first_a_refused_join_is_retried_with_the_same_pod_then_given_up() {
         volume_lost: false,
         voter_label: None,
         image_problem: None,
+        settings_current: true,
     });
     assert_eq!(
         next_step(&o).step,
@@ -976,6 +986,7 @@ fn every_pod_gone_with_claims_restarts_each_member_in_order() {
         volume_lost: false,
         voter_label: None,
         image_problem: None,
+        settings_current: true,
     });
     o.pods.push(PodView {
         name: "c-1".into(),
@@ -1080,17 +1091,35 @@ fn alarms_on_every_member_are_not_lost_quorum() {
         .errors(0, &alarm)
         .errors(1, &alarm)
         .errors(2, &alarm);
+    // NOSPACE is worked on (compaction first), never read as lost quorum.
+    assert_eq!(
+        step(&o),
+        Step::Compact { revision: 1000 },
+        "an alarm must not read as lost quorum"
+    );
+    // An alarm the operator has no remedy for is waited on, named.
+    let other = ["memberID:100 alarm:SOMETHINGNEW"];
+    let o = world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .errors(0, &other)
+        .errors(1, &other)
+        .errors(2, &other);
     let Step::WaitForMembers { reason } = step(&o) else {
         panic!("an alarm must not read as lost quorum: {:?}", step(&o));
     };
-    assert!(reason.contains("NOSPACE"), "the wait names the alarm: {reason}");
+    assert!(
+        reason.contains("SOMETHINGNEW"),
+        "the wait names the alarm: {reason}"
+    );
 }
 
 #[test]
 fn an_alarm_blocks_growth_but_not_the_restart_of_a_durable_member() {
     let alarm = ["memberID:100 alarm:NOSPACE "];
     let o = world(3, V36).voter(0, V36).voter(1, V36).errors(0, &alarm);
-    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+    assert!(!matches!(step(&o), Step::AddLearner { .. }), "{:?}", step(&o));
     let o = world(3, V36)
         .voter(0, V36)
         .voter(1, V36)

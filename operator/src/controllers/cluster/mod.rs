@@ -13,6 +13,7 @@ use crate::{context::Context, controllers::ReportedError, member_access, metrics
 pub mod apply;
 pub mod backups;
 pub mod decide;
+pub mod maintenance;
 pub mod observe;
 pub mod placement;
 pub mod recovery;
@@ -215,7 +216,12 @@ fn requeue_secs(step: &decide::Step) -> Duration {
         | Step::PromoteLearner { .. }
         | Step::AddLearner { .. }
         | Step::MoveLeader { .. }
-        | Step::RemoveBootMember { .. } => 1,
+        | Step::RemoveBootMember { .. }
+        | Step::RestartWithSettings { .. }
+        | Step::Compact { .. }
+        | Step::Defragment { .. }
+        | Step::DisarmAlarm { .. } => 1,
+        Step::MaintenanceBlocked { .. } => 10,
     };
     Duration::from_secs(secs)
 }
@@ -296,5 +302,10 @@ fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboro
                 state,
             })
             .set(n);
+    }
+    for m in &status.members {
+        if let (Some(size), Some(in_use)) = (m.db_size_bytes, m.db_size_in_use_bytes) {
+            ctx.metrics.record_database(&key, &m.name, size, in_use);
+        }
     }
 }

@@ -9,8 +9,8 @@ use kube::{Api, ResourceExt, api::ListParams};
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
 use super::decide::{
-    BootView, CRASH_LOOP_RESTARTS, ClaimView, DEFAULT_REPLACE_AFTER_NODE_LOST, DataHome, Desired,
-    MemberHealth, MemberView, Membership, NodeLoss, Observed, PodState, PodView,
+    BootView, CRASH_LOOP_RESTARTS, ClaimView, DEFAULT_REPLACE_AFTER_NODE_LOST, DataHome, DefragThreshold,
+    Desired, MaintenanceView, MemberHealth, MemberView, Membership, NodeLoss, Observed, PodState, PodView,
 };
 use crate::{
     etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status},
@@ -132,6 +132,9 @@ pub struct KubeRead {
     pub boot: Option<Endpoint>,
     /// The nodes its member pods run on (with PVC storage, to tell when a member's node is lost).
     pub nodes: Vec<Node>,
+    /// Members a backup of this cluster is streaming from now (its status names the member and it
+    /// has not finished).
+    pub backup_sources: Vec<String>,
 }
 
 /// Reads pods, PVCs and etcd's view of `cluster`.
@@ -192,12 +195,26 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
     }
     let tls = member_access::tls_material(client, cluster).await?;
     let boot = boot_endpoint(client, cluster).await?;
+    let backup_sources = Api::<ouroboros_crds::EtcdBackup>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("EtcdBackups"))?
+        .items
+        .into_iter()
+        .filter(|b| b.spec.cluster_name == name)
+        .filter_map(|b| {
+            let s = b.status?;
+            let running = s.phase.is_none_or(|p| !p.is_terminal());
+            running.then_some(s.member?)
+        })
+        .collect();
     Ok(KubeRead {
         pods: pods.items,
         pvcs,
         tls,
         boot,
         nodes,
+        backup_sources,
     })
 }
 
@@ -216,6 +233,7 @@ pub async fn assemble(
         tls,
         boot,
         nodes,
+        backup_sources,
     } = read;
     let name = cluster.name_any();
     let uses_pvc = cluster.spec.storage.persistent_volume_claim.is_some();
@@ -244,7 +262,11 @@ pub async fn assemble(
             let endpoint = member_access::member_endpoint(cluster, &member, &ip, port, tls.as_ref());
             endpoints.push((member.clone(), endpoint));
         }
+        let settings =
+            crate::objects::settings_annotation(&crate::objects::settings_args(&cluster.spec.etcd, version));
+        let settings_current = p.annotations().get(vocabulary::ANNOTATION_SETTINGS) == Some(&settings);
         pod_views.push(PodView {
+            settings_current,
             name: member,
             version,
             state: pod_state(p),
@@ -328,6 +350,7 @@ pub async fn assemble(
         membership,
         pods_first: self_hosted,
         ordinal_floor: vocabulary::ordinal_floor(cluster).max(past_claims),
+        maintenance: maintenance_view(cluster, &pods, backup_sources, now),
         boot: boot.map(|ep| BootView {
             id: boot_id,
             endpoint: ep.url,
@@ -342,6 +365,45 @@ pub async fn assemble(
         pods,
         membership_error,
     })
+}
+
+/// What maintenance decides by: the spec's quota and threshold, the operator's own records (the
+/// revision it compacted to, when it defragmented each member), and the members backups stream from.
+fn maintenance_view(
+    cluster: &EtcdCluster,
+    pods: &[Pod],
+    backup_sources: Vec<String>,
+    now: jiff::Timestamp,
+) -> MaintenanceView {
+    let recently_defragmented = pods
+        .iter()
+        .filter(|p| {
+            p.annotations()
+                .get(vocabulary::ANNOTATION_DEFRAGMENTED_AT)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .and_then(|t| Duration::try_from(now.duration_since(t)).ok())
+                .is_some_and(|ago| ago < super::maintenance::DEFRAG_COOLDOWN)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    MaintenanceView {
+        quota_bytes: u64::try_from(cluster.spec.etcd.quota_backend_bytes).unwrap_or(0),
+        defragmentation: cluster
+            .spec
+            .maintenance
+            .defragmentation
+            .as_ref()
+            .map(|d| DefragThreshold {
+                min_fragmentation_percent: u32::try_from(d.min_fragmentation_percent).unwrap_or(50),
+                min_database_bytes: u64::try_from(d.min_database_bytes).unwrap_or(0),
+            }),
+        compacted_revision: cluster
+            .annotations()
+            .get(vocabulary::ANNOTATION_COMPACTED_REVISION)
+            .and_then(|r| r.parse().ok()),
+        backup_sources,
+        recently_defragmented,
+    }
 }
 
 /// `spec.storage.persistentVolumeClaim.replaceAfterNodeLost` (the schema only admits durations the
@@ -494,6 +556,9 @@ fn membership(
                     health: status_of(m.id).map(|s| MemberHealth {
                         applied_index: s.raft_applied_index,
                         errors: s.errors.clone(),
+                        db_size: u64::try_from(s.db_size).unwrap_or(0),
+                        db_in_use: u64::try_from(s.db_size_in_use).unwrap_or(0),
+                        revision: s.revision,
                     }),
                 })
             })
@@ -776,6 +841,7 @@ mod tests {
                 raft_applied_index: 100,
                 revision: 100,
                 db_size: 1 << 20,
+                db_size_in_use: 1 << 20,
                 version: "3.6.16".into(),
                 errors: errors.iter().map(|e| e.to_string()).collect(),
                 is_learner: false,

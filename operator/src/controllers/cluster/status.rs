@@ -45,6 +45,8 @@ pub fn compute(
                 is_leader: ms.leader == Some(m.id),
                 version: status.map(|s| s.version.clone()),
                 healthy: m.health.as_ref().is_some_and(|h| !h.has_errors()),
+                db_size_bytes: status.map(|s| s.db_size),
+                db_size_in_use_bytes: status.map(|s| s.db_size_in_use),
             }
         })
         .collect();
@@ -138,6 +140,8 @@ pub fn compute(
                 format!("members that do not answer: {}", sick.join(", "))
             },
         )
+    } else if let Step::MaintenanceBlocked { reason } = &decision.step {
+        (true, "MaintenanceBlocked", reason.clone())
     } else if let Some(refusal) = &decision.version_refusal {
         (true, "VersionChangeRefused", refusal.clone())
     } else if !sick.is_empty() {
@@ -194,6 +198,12 @@ pub fn compute(
         ),
     }
 
+    let (near, reason, message) = near_quota(obs, o.maintenance.quota_bytes);
+    set(ct::DATABASE_NEAR_QUOTA, near, reason, message);
+    if let Some((active, reason, message)) = maintenance_condition(&decision.step) {
+        set(ct::MAINTENANCE, active, reason, message);
+    }
+
     if let Some((removed, reason, message)) = boot_condition(cluster, obs, decision) {
         set(ct::BOOT_MEMBER_REMOVED, removed, reason, message);
     }
@@ -248,23 +258,90 @@ pub struct Alarm {
     pub kind: String,
 }
 
-/// The alarms in status errors, as (member ID, kind); other errors are left out.
-pub fn parse_alarms(errors: &[String]) -> Vec<(Option<u64>, String)> {
-    errors
+pub use super::maintenance::parse_alarms;
+
+/// `DatabaseNearQuota`: whether a member's database file is above
+/// [`NEAR_QUOTA_FRACTION`](super::maintenance::NEAR_QUOTA_FRACTION) of the quota, naming each.
+fn near_quota(obs: &Observation, quota: u64) -> (bool, &'static str, String) {
+    let name_of = |id: u64| {
+        obs.observed
+            .membership
+            .as_ref()
+            .and_then(|ms| ms.members.iter().find(|m| m.id == id))
+            .map_or_else(|| format!("{id:x}"), |m| m.name.clone())
+    };
+    let limit = quota as f64 * super::maintenance::NEAR_QUOTA_FRACTION;
+    let near: Vec<String> = obs
+        .statuses
         .iter()
-        .filter_map(|e| {
-            let mut id = None;
-            let mut kind = None;
-            for word in e.split_whitespace() {
-                if let Some(v) = word.strip_prefix("memberID:") {
-                    id = v.parse().ok();
-                } else if let Some(v) = word.strip_prefix("alarm:") {
-                    kind = Some(v.to_owned());
-                }
-            }
-            kind.filter(|k| !k.is_empty() && k != "NONE").map(|k| (id, k))
+        .filter(|(_, s)| s.db_size as f64 > limit)
+        .map(|(id, s)| {
+            format!(
+                "{} ({} MiB, {} MiB in use)",
+                name_of(*id),
+                s.db_size >> 20,
+                s.db_size_in_use >> 20
+            )
         })
-        .collect()
+        .collect();
+    let pct = (super::maintenance::NEAR_QUOTA_FRACTION * 100.0) as u32;
+    if near.is_empty() {
+        return (
+            false,
+            "BelowQuota",
+            format!(
+                "every member's database is below {pct} % of its {} MiB quota",
+                quota >> 20
+            ),
+        );
+    }
+    (
+        true,
+        "NearQuota",
+        format!(
+            "above {pct} % of the {} MiB quota (spec.etcd.quotaBackendBytes): {}. At the quota etcd raises NOSPACE \
+             and refuses writes; raise the quota, delete data, or enable spec.maintenance.defragmentation if much \
+             of it is free space",
+            quota >> 20,
+            near.join(", ")
+        ),
+    )
+}
+
+/// `Maintenance`: True while a maintenance step runs or is blocked, False once none is due. Steps
+/// that also serve other purposes (moving leadership, waiting for members) leave it as it was.
+fn maintenance_condition(step: &Step) -> Option<(bool, &'static str, String)> {
+    use super::decide::RemoveReason;
+    let (_, reason, message) = progress(step);
+    match step {
+        Step::RestartWithSettings { .. }
+        | Step::Compact { .. }
+        | Step::Defragment { .. }
+        | Step::DisarmAlarm { .. }
+        | Step::MaintenanceBlocked { .. } => Some((true, reason, message)),
+        Step::RemoveMember {
+            reason: RemoveReason::Corrupt,
+            name,
+            ..
+        } => Some((
+            true,
+            "ReplacingCorruptMember",
+            format!(
+                "removing {name}, whose data failed the corruption check; a new member copies the healthy majority's"
+            ),
+        )),
+        Step::RemoveMember {
+            reason: RemoveReason::Reconfigure,
+            name,
+            ..
+        } => Some((
+            true,
+            "RollingSettings",
+            format!("removing {name}, which runs old spec.etcd settings; its replacement has joined"),
+        )),
+        Step::Converged => Some((false, "Idle", "no maintenance is due".to_owned())),
+        _ => None,
+    }
 }
 
 /// `Alarm`: reason and message when some member reports an alarm, naming each and what to do.
@@ -312,16 +389,16 @@ pub fn alarm_message(alarms: &[Alarm], db_size_bytes: i64) -> Option<(&'static s
     if !corrupt.is_empty() {
         parts.push(format!(
             "CORRUPT on {}: its data differs from the other members'; it is never used as a backup source, \
-             and it should be replaced from the healthy majority (docs/runbooks.md, \"An etcd alarm\")",
+             and the operator replaces it from the healthy majority while one remains (docs/runbooks.md, \"An etcd alarm\")",
             corrupt.join(", ")
         ));
     }
     let nospace = of("NOSPACE");
     if !nospace.is_empty() {
         parts.push(format!(
-            "NOSPACE on {}: the database ({} MiB) reached its quota and etcd now refuses writes; compact, \
-             defragment every member and disarm the alarm (`etcdctl alarm disarm`), or raise \
-             --quota-backend-bytes (docs/runbooks.md, \"An etcd alarm\")",
+            "NOSPACE on {}: the database ({} MiB) reached its quota and etcd now refuses writes; the operator \
+             compacts, defragments every member and disarms the alarm by itself (see the Maintenance condition), \
+             and if the data itself does not fit, raise spec.etcd.quotaBackendBytes (docs/runbooks.md, \"An etcd alarm\")",
             nospace.join(", "),
             db_size_bytes / (1 << 20)
         ));
@@ -414,6 +491,15 @@ fn phase(decision: &Decision, available: bool, ready: usize, size: usize, pivoti
             ..
         } => ClusterPhase::Upgrading,
         Step::RestartMember { .. } | Step::DeleteTerminatedPod { .. } => ClusterPhase::Degraded,
+        Step::RestartWithSettings { .. }
+        | Step::Compact { .. }
+        | Step::Defragment { .. }
+        | Step::DisarmAlarm { .. }
+        | Step::RemoveMember {
+            reason: super::decide::RemoveReason::Reconfigure,
+            ..
+        } => ClusterPhase::Maintaining,
+        Step::MaintenanceBlocked { .. } => ClusterPhase::Degraded,
         Step::WaitForMembers { .. }
         | Step::DeleteOrphanPod { .. }
         | Step::CreateMemberPod { .. }
@@ -495,6 +581,23 @@ fn progress(step: &Step) -> (bool, &'static str, String) {
             "MovingLeader",
             format!("moving leadership from {from} to {to}"),
         ),
+        Step::RestartWithSettings { name } => (
+            true,
+            "RollingSettings",
+            format!("restarting {name} on its own data with the spec.etcd settings"),
+        ),
+        Step::Compact { revision } => (
+            true,
+            "Compacting",
+            format!("compacting the history up to revision {revision} to recover from NOSPACE"),
+        ),
+        Step::Defragment { name, why, .. } => (true, "Defragmenting", format!("defragmenting {name} {why}")),
+        Step::DisarmAlarm { kind, .. } => (
+            true,
+            "DisarmingAlarm",
+            format!("disarming the {} alarm, whose cause is gone", kind.etcd_name()),
+        ),
+        Step::MaintenanceBlocked { reason } => (false, "MaintenanceBlocked", reason.clone()),
     }
 }
 
@@ -573,7 +676,7 @@ mod tests {
         assert_eq!(reason, "NoSpace");
         assert!(message.contains("NOSPACE on c-0, c-1"), "{message}");
         assert!(
-            message.contains("2048 MiB") && message.contains("alarm disarm"),
+            message.contains("2048 MiB") && message.contains("disarms the alarm"),
             "{message}"
         );
         assert!(message.contains("not lost quorum"), "{message}");

@@ -1,0 +1,260 @@
+//! etcd maintenance (#19) on the local cluster, each under a writer of sequential keys whose every
+//! acknowledged write is read back at the end (0 lost):
+//! - a cluster with a 16 MiB quota filled to NOSPACE by history recovers by itself (compaction,
+//!   defragmentation, disarm) and takes writes again;
+//! - new `spec.etcd` settings restart each member on its own claim, one at a time, keeping every
+//!   member ID; settings etcd would refuse are refused by the API server, naming the field;
+//! - fragmented members are defragmented one at a time by `spec.maintenance.defragmentation`, the
+//!   leader after leadership moved away.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use ouroboros_crds::{ClusterPhase, EtcdCluster, condition_types};
+use ouroboros_e2e::{
+    TestNamespace, client, etcd_at,
+    etcd_cluster::{self, converged},
+    events_with_reason,
+    writer::Writer,
+};
+
+const V: &str = "3.6.16";
+const T: Duration = Duration::from_secs(240);
+const SELECTOR: &str = "etcd.ouroboros.dev/cluster=m";
+
+fn manifest(extra: &str) -> String {
+    format!(
+        "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: m}}\nspec:\n  size: 3\n  \
+         pod: {{antiAffinity: None}}\n{extra}"
+    )
+}
+
+/// Overwrites one key with 256 KiB values until etcd refuses with NOSPACE; returns how many were
+/// acknowledged.
+async fn churn_until_nospace(endpoint: &str) -> anyhow::Result<u32> {
+    let mut e = etcd_at(endpoint).await?;
+    let value = vec![b'c'; 256 << 10];
+    for i in 0..1000u32 {
+        match e.put("/churn", value.clone(), None).await {
+            Ok(_) => {}
+            Err(err) if err.to_string().contains("database space exceeded") => return Ok(i),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    anyhow::bail!("1000 writes of 256 KiB never raised NOSPACE on a 16 MiB quota")
+}
+
+#[tokio::test]
+async fn a_cluster_filled_to_nospace_recovers_by_itself_and_loses_no_acknowledged_write() -> anyhow::Result<()>
+{
+    let c = client().await?;
+    TestNamespace::create(&c, "nospace-fill")
+        .await?
+        .run(|c, ns| async move {
+            // 16 MiB, the smallest quota admitted; history is never compacted by etcd itself here.
+            let spec = "  etcd: {quotaBackendBytes: 16777216, autoCompactionRetention: 24h}\n";
+            etcd_cluster::create(&c, &ns, &manifest(spec)).await?;
+            etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
+            let writer = Writer::start(&endpoint, "/seq").await?;
+
+            let t0 = Instant::now();
+            let acked = churn_until_nospace(&endpoint).await?;
+            println!("NOSPACE after {acked} overwrites of one key ({:?})", t0.elapsed());
+            // Back by itself: the alarm cleared, and a write taken.
+            let mut e = etcd_at(&endpoint).await?;
+            ouroboros_e2e::wait_for("a write accepted again", Duration::from_secs(180), || {
+                let mut e = e.clone();
+                async move { Ok(e.put("/after-nospace", "1", None).await.ok().map(drop)) }
+            })
+            .await?;
+            println!("writes accepted again {:?} after NOSPACE", t0.elapsed());
+            let status = etcd_cluster::wait(&c, &ns, "m", "the alarm cleared", T, |cl, s| {
+                converged(3, V)(cl, s)
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == condition_types::ALARM && c.status == "False")
+            })
+            .await?;
+            for m in &status.members {
+                let (size, used) = (m.db_size_bytes.unwrap_or(0), m.db_size_in_use_bytes.unwrap_or(0));
+                println!(
+                    "{}: database {} KiB, {} KiB in use",
+                    m.name,
+                    size >> 10,
+                    used >> 10
+                );
+                ensure!(
+                    size < 16 << 20,
+                    "{} still holds {size} bytes of a 16 MiB quota",
+                    m.name
+                );
+            }
+            for reason in ["Compacted", "Defragmented", "AlarmDisarmed"] {
+                let seen = events_with_reason(&c, &ns, reason).await?;
+                ensure!(!seen.is_empty(), "no {reason} Event");
+                println!("{reason}: {seen:?}");
+            }
+            ensure!(
+                status.phase == Some(ClusterPhase::Running),
+                "phase {:?}",
+                status.phase
+            );
+            e.put("/after-recovery", "1", None).await?;
+            let (acked, failed) = writer.stop_and_verify().await?;
+            println!("{acked} writes acknowledged, {failed} refused or failed meanwhile, 0 lost");
+            Ok(())
+        })
+        .await
+}
+
+async fn member_pods(c: &Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
+    Ok(Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels(SELECTOR))
+        .await?
+        .items)
+}
+
+#[tokio::test]
+async fn new_settings_restart_each_member_on_its_own_claim() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "settings").await?.run(|c, ns| async move {
+        let storage = "  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
+        etcd_cluster::create(&c, &ns, &manifest(storage)).await?;
+        etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+        let api: Api<EtcdCluster> = Api::namespaced(c.clone(), &ns);
+
+        // What etcd would refuse is refused at admission, naming the rule.
+        let bad = serde_json::json!({"spec": {"etcd": {"heartbeatIntervalMillis": 200, "electionTimeoutMillis": 500}}});
+        let refused = api
+            .patch("m", &PatchParams::default(), &Patch::Merge(&bad))
+            .await
+            .err()
+            .context("an election timeout of 2.5 heartbeats was admitted")?;
+        ensure!(refused.to_string().contains("five heartbeats"), "{refused}");
+
+        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
+        let before = etcd_cluster::identity(&endpoint).await?;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
+        let uids = |list: Vec<PersistentVolumeClaim>| {
+            let mut u: Vec<String> = list.into_iter().filter_map(|p| p.uid()).collect();
+            u.sort();
+            u
+        };
+        let claims_before = uids(claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
+        let writer = Writer::start(&endpoint, "/settings").await?;
+
+        let t0 = Instant::now();
+        let good = serde_json::json!({"spec": {"etcd": {"heartbeatIntervalMillis": 150, "electionTimeoutMillis": 1500,
+                                                        "quotaBackendBytes": 4294967296_i64}}});
+        api.patch("m", &PatchParams::default(), &Patch::Merge(&good)).await?;
+        ouroboros_e2e::wait_for("every member on the new settings", T, || {
+            let c = c.clone();
+            let ns = ns.clone();
+            async move {
+                let pods = member_pods(&c, &ns).await?;
+                let rolled = pods.len() == 3
+                    && pods.iter().all(|p| {
+                        p.annotations()
+                            .get("etcd.ouroboros.dev/settings")
+                            .is_some_and(|s| s.contains("--heartbeat-interval=150") && s.contains("--quota-backend-bytes=4294967296"))
+                    });
+                Ok(rolled.then_some(()))
+            }
+        })
+        .await?;
+        etcd_cluster::wait(&c, &ns, "m", "converged on the new settings", T, converged(3, V)).await?;
+        println!("rolled to the new settings in {:?}", t0.elapsed());
+        for p in member_pods(&c, &ns).await? {
+            let args = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == "etcd"))
+                .and_then(|c| c.args.clone())
+                .unwrap_or_default();
+            ensure!(
+                args.iter().any(|a| a == "--election-timeout=1500"),
+                "{} runs {args:?}",
+                p.name_any()
+            );
+        }
+
+        let after = etcd_cluster::identity(&endpoint).await?;
+        ensure!(after == before, "members {before:x?} -> {after:x?}: replaced, not restarted");
+        let claims_after = uids(claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
+        ensure!(claims_after == claims_before, "claims {claims_before:?} -> {claims_after:?}");
+        let restarts = events_with_reason(&c, &ns, "MemberRestartingForSettings").await?;
+        ensure!(restarts.len() == 3, "restarts: {restarts:?}");
+        ensure!(events_with_reason(&c, &ns, "MemberRemoved").await?.is_empty(), "a member was removed");
+        let (acked, failed) = writer.stop_and_verify().await?;
+        println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn fragmented_members_are_defragmented_one_at_a_time_the_leader_last() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "defrag").await?.run(|c, ns| async move {
+        let spec = "  maintenance: {defragmentation: {minFragmentationPercent: 50, minDatabaseBytes: 4194304}}\n";
+        etcd_cluster::create(&c, &ns, &manifest(spec)).await?;
+        etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
+        let status = etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+        let leader = status
+            .members
+            .iter()
+            .find(|m| m.is_leader)
+            .map(|m| m.name.clone())
+            .context("no leader")?;
+
+        // 24 MiB written, deleted and compacted: the files keep their size, mostly free.
+        ouroboros_e2e::fill_etcd(&endpoint, 24).await?;
+        let mut e = etcd_at(&endpoint).await?;
+        let deleted = e
+            .delete("/bulk/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await?;
+        let revision = deleted.header().map(|h| h.revision()).unwrap_or_default();
+        e.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical()))
+            .await?;
+        let writer = Writer::start(&endpoint, "/defrag").await?;
+        let t0 = Instant::now();
+        let done = ouroboros_e2e::wait_for("three members defragmented", T, || {
+            let c = c.clone();
+            let ns = ns.clone();
+            async move {
+                let seen = events_with_reason(&c, &ns, "Defragmented").await?;
+                Ok((seen.len() >= 3).then_some(seen))
+            }
+        })
+        .await?;
+        println!("defragmented in {:?}: {done:?}", t0.elapsed());
+        for m in ["m-0", "m-1", "m-2"] {
+            ensure!(
+                done.iter().any(|d| d.starts_with(&format!("defragmented {m} "))),
+                "{m} was not defragmented: {done:?}"
+            );
+        }
+        let moved = events_with_reason(&c, &ns, "LeaderMoved").await?;
+        ensure!(
+            moved.iter().any(|m| m.starts_with(&format!("moved leadership from {leader} "))),
+            "leadership never moved away from {leader} before its defragmentation: {moved:?}"
+        );
+        let status = etcd_cluster::wait(&c, &ns, "m", "converged", T, converged(3, V)).await?;
+        for m in &status.members {
+            let size = m.db_size_bytes.unwrap_or(0);
+            println!("{}: database {} KiB after", m.name, size >> 10);
+            ensure!(size < 12 << 20, "{} still has a {size} byte file", m.name);
+        }
+        let (acked, failed) = writer.stop_and_verify().await?;
+        println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+        Ok(())
+    })
+    .await
+}

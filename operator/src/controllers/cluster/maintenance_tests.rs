@@ -1,0 +1,279 @@
+use super::super::decide::{
+    DataHome, RemoveReason, Step, next_step,
+    tests::{V36, world},
+};
+use super::*;
+
+const MIB: u64 = 1 << 20;
+const NOSPACE: &str = "memberID:101 alarm:NOSPACE";
+
+/// Three healthy voters c-0 (leader), c-1, c-2 on claims.
+fn three() -> Observed {
+    world(3, V36)
+        .voter(0, V36)
+        .voter(1, V36)
+        .voter(2, V36)
+        .leader(0)
+        .on_claims()
+}
+
+fn step(o: &Observed) -> Step {
+    next_step(o).step
+}
+
+impl Observed {
+    /// Every member reports `errors` (alarms are replicated: each member lists all of them).
+    fn all_report(mut self, errors: &[&str]) -> Self {
+        for n in 0..3 {
+            if self.pods.iter().any(|p| p.name == format!("c-{n}")) {
+                self = self.errors(n, errors);
+            }
+        }
+        self
+    }
+    /// `c-<n>`'s database file is `size` MiB of which `in_use` MiB are in use.
+    fn db(mut self, n: u32, size: u64, in_use: u64) -> Self {
+        let m = self
+            .membership
+            .as_mut()
+            .unwrap()
+            .members
+            .iter_mut()
+            .find(|m| m.name == format!("c-{n}"))
+            .unwrap();
+        let h = m.health.as_mut().unwrap();
+        h.db_size = size * MIB;
+        h.db_in_use = in_use * MIB;
+        self
+    }
+    fn quota_mib(mut self, mib: u64) -> Self {
+        self.maintenance.quota_bytes = mib * MIB;
+        self
+    }
+    fn compacted_at(mut self, revision: i64) -> Self {
+        self.maintenance.compacted_revision = Some(revision);
+        self
+    }
+    fn old_settings(mut self, n: u32) -> Self {
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == format!("c-{n}"))
+            .unwrap()
+            .settings_current = false;
+        self
+    }
+    fn threshold(mut self, percent: u32, min_mib: u64) -> Self {
+        self.maintenance.defragmentation = Some(DefragThreshold {
+            min_fragmentation_percent: percent,
+            min_database_bytes: min_mib * MIB,
+        });
+        self
+    }
+}
+
+/// A full cluster: every member's file at 16 MiB of a 16 MiB quota.
+fn full() -> Observed {
+    three()
+        .all_report(&[NOSPACE])
+        .quota_mib(16)
+        .db(0, 16, 16)
+        .db(1, 16, 16)
+        .db(2, 16, 16)
+}
+
+#[test]
+fn nospace_compacts_to_the_newest_revision_first() {
+    assert_eq!(step(&full()), Step::Compact { revision: 1000 });
+    // History written since the last compaction (deletes are allowed under NOSPACE) is compacted too.
+    assert_eq!(step(&full().compacted_at(900)), Step::Compact { revision: 1000 });
+}
+
+#[test]
+fn after_compaction_followers_are_defragmented_before_the_leader() {
+    let o = full().compacted_at(1000).db(0, 16, 2).db(1, 16, 2).db(2, 16, 2);
+    assert!(matches!(step(&o), Step::Defragment { name, .. } if name == "c-1"));
+    let o = o.db(1, 2, 2);
+    assert!(matches!(step(&o), Step::Defragment { name, .. } if name == "c-2"));
+    // Only the leader is left: leadership moves to a member that is done first.
+    let o = o.db(2, 2, 2);
+    assert_eq!(
+        step(&o),
+        Step::MoveLeader {
+            from: "c-0".into(),
+            to_id: 101,
+            to: "c-1".into()
+        }
+    );
+    let o = o.leader(1);
+    assert!(matches!(step(&o), Step::Defragment { name, .. } if name == "c-0"));
+}
+
+#[test]
+fn nospace_is_disarmed_once_every_database_is_well_below_the_quota() {
+    let o = full().compacted_at(1000).db(0, 2, 2).db(1, 2, 2).db(2, 2, 2);
+    assert_eq!(
+        step(&o),
+        Step::DisarmAlarm {
+            member_id: 101,
+            kind: AlarmKind::NoSpace
+        }
+    );
+}
+
+#[test]
+fn data_that_does_not_fit_the_quota_is_reported_and_nothing_else_is_done() {
+    // Compacted and nothing to give back: 15 of 16 MiB in use is above the disarm line.
+    let o = full()
+        .compacted_at(1000)
+        .db(0, 15, 15)
+        .db(1, 15, 15)
+        .db(2, 15, 15);
+    let Step::MaintenanceBlocked { reason } = step(&o) else {
+        panic!("expected MaintenanceBlocked, got {:?}", step(&o));
+    };
+    assert!(reason.contains("spec.etcd.quotaBackendBytes"), "{reason}");
+    assert!(!step(&o).is_change());
+}
+
+#[test]
+fn a_raised_quota_rolls_out_before_anything_else_under_nospace() {
+    let o = full()
+        .compacted_at(1000)
+        .db(0, 15, 15)
+        .db(1, 15, 15)
+        .db(2, 15, 15);
+    let o = o.old_settings(0).old_settings(1).old_settings(2).quota_mib(64);
+    assert_eq!(step(&o), Step::RestartWithSettings { name: "c-1".into() });
+}
+
+#[test]
+fn nospace_with_a_silent_voter_waits_for_it() {
+    let o = full().unhealthy(2);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+}
+
+#[test]
+fn nospace_waits_for_a_learner_first() {
+    let o = full().learner(3, 10).all_report(&[NOSPACE]);
+    assert_eq!(step(&o), Step::WaitForLearner { name: "c-3".into() });
+}
+
+#[test]
+fn a_corrupt_member_is_removed_while_the_others_keep_quorum() {
+    let o = three().all_report(&["memberID:102 alarm:CORRUPT"]);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::Corrupt
+        }
+    );
+    // Once it is gone, its alarm is disarmed; then the cluster grows back as usual.
+    let o = o.without_member(2).without_pod(2);
+    let o = o.all_report(&["memberID:102 alarm:CORRUPT"]);
+    assert_eq!(
+        step(&o),
+        Step::DisarmAlarm {
+            member_id: 102,
+            kind: AlarmKind::Corrupt
+        }
+    );
+}
+
+#[test]
+fn a_corrupt_member_without_a_healthy_majority_besides_it_is_left_alone() {
+    let o = world(1, V36)
+        .voter(0, V36)
+        .on_claims()
+        .errors(0, &["memberID:100 alarm:CORRUPT"]);
+    let Step::MaintenanceBlocked { reason } = step(&o) else {
+        panic!("expected MaintenanceBlocked, got {:?}", step(&o));
+    };
+    assert!(reason.contains("c-0"), "{reason}");
+}
+
+#[test]
+fn new_settings_restart_members_on_their_claims_followers_first() {
+    let o = three().old_settings(0).old_settings(2);
+    assert_eq!(step(&o), Step::RestartWithSettings { name: "c-2".into() });
+    let o = three().old_settings(0);
+    assert_eq!(
+        step(&o),
+        Step::MoveLeader {
+            from: "c-0".into(),
+            to_id: 101,
+            to: "c-1".into()
+        }
+    );
+}
+
+#[test]
+fn a_settings_roll_waits_for_every_member_to_be_healthy() {
+    let o = three().old_settings(1).unhealthy(2);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+}
+
+#[test]
+fn new_settings_on_pod_data_surge_a_member_then_remove_an_old_one() {
+    let mut o = three().old_settings(0).old_settings(1).old_settings(2);
+    o.data = DataHome::Pod;
+    assert_eq!(
+        step(&o),
+        Step::AddLearner {
+            name: "c-3".into(),
+            version: V36.parse().unwrap(),
+            for_upgrade: true
+        }
+    );
+    let o = o.voter(3, V36);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::Reconfigure
+        }
+    );
+}
+
+#[test]
+fn defragmentation_by_threshold_takes_one_fragmented_follower() {
+    let o = three()
+        .threshold(50, 100)
+        .db(0, 400, 100)
+        .db(1, 400, 300)
+        .db(2, 400, 100);
+    assert!(matches!(step(&o), Step::Defragment { name, .. } if name == "c-2"));
+    // Below the size floor nothing is defragmented, however fragmented.
+    let o = three().threshold(50, 100).db(1, 90, 10);
+    assert_eq!(step(&o), Step::Converged);
+}
+
+#[test]
+fn defragmentation_skips_a_member_defragmented_lately_or_a_backup_source() {
+    let mut o = three().threshold(50, 100).db(2, 400, 100);
+    o.maintenance.recently_defragmented = vec!["c-2".into()];
+    assert_eq!(step(&o), Step::Converged);
+    let mut o = three().threshold(50, 100).db(2, 400, 100);
+    o.maintenance.backup_sources = vec!["c-2".into()];
+    assert!(
+        matches!(step(&o), Step::MaintenanceBlocked { .. }),
+        "{:?}",
+        step(&o)
+    );
+    assert_eq!(
+        step(&o.clone().db(1, 400, 100)),
+        Step::Defragment {
+            id: 101,
+            name: "c-1".into(),
+            why: "by spec.maintenance.defragmentation".into()
+        }
+    );
+}
+
+#[test]
+fn no_threshold_means_no_defragmentation_without_an_alarm() {
+    let o = three().db(0, 400, 10).db(1, 400, 10).db(2, 400, 10);
+    assert_eq!(step(&o), Step::Converged);
+}
