@@ -196,6 +196,12 @@ pub trait EtcdOps: Send + Sync {
         endpoints: &'a [Endpoint],
         revision: i64,
     ) -> BoxFuture<'a, Result<bool, EtcdError>>;
+    /// The hash of the keyspace of the member at `endpoint` up to `revision`.
+    fn hash_kv<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        revision: i64,
+    ) -> BoxFuture<'a, Result<KvHash, EtcdError>>;
     /// Defragments the database of the member at `endpoint` alone.
     fn defragment<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<(), EtcdError>>;
     /// Disarms the `kind` alarm raised on member `member_id`.
@@ -207,8 +213,8 @@ pub trait EtcdOps: Send + Sync {
     ) -> BoxFuture<'a, Result<(), EtcdError>>;
 }
 
-/// The alarms the operator disarms.
-pub use crate::controllers::cluster::maintenance::AlarmKind;
+/// The alarms the operator disarms, and the keyspace hashes that tell which copy is bad.
+pub use crate::controllers::cluster::maintenance::{AlarmKind, KvHash};
 
 /// etcd refused a compaction because the history is already compacted at or past that revision.
 fn is_already_compacted(e: &etcd_client::Error) -> bool {
@@ -467,6 +473,23 @@ impl EtcdOps for EtcdClients {
                 action: "compact",
                 tried: 0,
             }))
+        })
+    }
+
+    fn hash_kv<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        revision: i64,
+    ) -> BoxFuture<'a, Result<KvHash, EtcdError>> {
+        Box::pin(async move {
+            self.call_within(MAINTENANCE_TIMEOUT, "hash kv", endpoint, |mut c| async move {
+                let r = c.hash_kv(revision).await?;
+                Ok(KvHash {
+                    hash: r.hash(),
+                    compact_revision: r.compact_version(),
+                })
+            })
+            .await
         })
     }
 

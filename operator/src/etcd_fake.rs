@@ -116,6 +116,23 @@ impl EtcdOps for FakeEtcd {
         Box::pin(async move { Ok(true) })
     }
 
+    fn hash_kv<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        revision: i64,
+    ) -> BoxFuture<'a, Result<crate::etcd::KvHash, EtcdError>> {
+        self.record(&format!("hash_kv {revision}"), &[endpoint]);
+        let answer = self
+            .answering
+            .contains(&endpoint.url)
+            .then_some(crate::etcd::KvHash {
+                hash: 1,
+                compact_revision: 0,
+            })
+            .ok_or_else(|| Self::timeout("hash kv", &endpoint.url));
+        Box::pin(async move { answer })
+    }
+
     fn defragment<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<(), EtcdError>> {
         self.record("defragment", &[endpoint]);
         Box::pin(async move { Ok(()) })

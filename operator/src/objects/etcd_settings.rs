@@ -37,7 +37,16 @@ pub fn settings_args(settings: &EtcdSettings, version: EtcdVersion) -> Vec<Strin
         ));
     } else {
         args.push(format!("--experimental-initial-corrupt-check={}", check.initial));
-        args.push("--experimental-stop-grpc-service-on-defrag=true".to_owned());
+        // Added in 3.5.14: an older etcd refuses to start on a flag it does not know.
+        if version
+            >= (EtcdVersion {
+                major: 3,
+                minor: 5,
+                patch: 14,
+            })
+        {
+            args.push("--experimental-stop-grpc-service-on-defrag=true".to_owned());
+        }
     }
     if !check.period.is_empty() {
         let flag = if since_3_6 {
@@ -53,6 +62,22 @@ pub fn settings_args(settings: &EtcdSettings, version: EtcdVersion) -> Vec<Strin
 /// The annotation value recording `args`: one flag per line, readable with `kubectl describe`.
 pub fn settings_annotation(args: &[String]) -> String {
     args.join("\n")
+}
+
+/// The quota a member runs with, from its pod's record.
+pub fn recorded_quota(record: &str) -> Option<u64> {
+    record
+        .lines()
+        .find_map(|l| l.strip_prefix("--quota-backend-bytes="))
+        .and_then(|q| q.parse().ok())
+}
+
+/// Whether a member whose pod has no record (built by an operator from before `spec.etcd`) counts
+/// as running the spec's settings: only while the spec keeps the defaults. Upgrading the operator
+/// must not restart every member by itself; such a member takes the defaults' flags the next time
+/// its pod is built, and any change to `spec.etcd` rolls it.
+pub fn legacy_pod_current(settings: &EtcdSettings) -> bool {
+    *settings == EtcdSettings::default()
 }
 
 #[cfg(test)]
@@ -91,7 +116,32 @@ mod tests {
         assert!(args.contains(&"--experimental-corrupt-check-time=12h".to_owned()));
         assert!(args.contains(&"--auto-compaction-mode=revision".to_owned()));
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")));
+        assert!(args.contains(&"--experimental-stop-grpc-service-on-defrag=true".to_owned()));
         let args = settings_args(&s, v("3.6.0"));
         assert!(args.contains(&"--corrupt-check-time=12h".to_owned()));
+        // 3.5.13 does not know the flag and would refuse to start.
+        let args = settings_args(&s, v("3.5.13"));
+        assert!(!args.iter().any(|a| a.contains("stop-grpc-service-on-defrag")));
+    }
+
+    #[test]
+    fn the_quota_a_member_runs_is_read_back_from_its_record() {
+        let s = EtcdSettings {
+            quota_backend_bytes: 64 << 20,
+            ..EtcdSettings::default()
+        };
+        let record = settings_annotation(&settings_args(&s, v("3.6.16")));
+        assert_eq!(recorded_quota(&record), Some(64 << 20));
+        assert_eq!(recorded_quota("--snapshot-count=5"), None);
+    }
+
+    #[test]
+    fn a_pod_from_before_the_record_is_current_only_under_the_default_settings() {
+        assert!(legacy_pod_current(&EtcdSettings::default()));
+        let s = EtcdSettings {
+            heartbeat_interval_millis: 150,
+            ..EtcdSettings::default()
+        };
+        assert!(!legacy_pod_current(&s));
     }
 }

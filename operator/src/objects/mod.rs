@@ -20,7 +20,7 @@ mod tests;
 
 pub use backup_writer::{BackupWriter, backup_writer_pod};
 pub use claims::{default_backup_pvc, member_pvc};
-pub use etcd_settings::{settings_annotation, settings_args};
+pub use etcd_settings::{legacy_pod_current, recorded_quota, settings_annotation, settings_args};
 pub use member_pod::{initial_cluster, member_pod, self_hosted_member_pod};
 pub use security::{restricted_container_security, restricted_pod_security, run_as_root};
 pub use services::{client_service, headless_service, pod_disruption_budget};

@@ -713,11 +713,18 @@ pub async fn apply_step(
             {
                 retire_claim(ctx, cluster, name, node_lost_why(name, &loss.node)).await?;
             }
-            if *reason == RemoveReason::Corrupt && cluster.spec.storage.persistent_volume_claim.is_some() {
-                // Kept for whoever investigates; never a member's data again, never a backup source.
-                let why =
-                    format!("member {name} was removed because its data failed etcd's corruption check");
-                retire_claim(ctx, cluster, name, why).await?;
+            // Data a member was removed over (a copy that differs from the majority's, or one etcd
+            // will not start on, which may be the failed corruption check at start) is kept for
+            // whoever investigates: never a member's data again, never a backup source.
+            let kept_why = match reason {
+                RemoveReason::Corrupt => Some("its data differed from the majority's"),
+                RemoveReason::CrashLooping => Some("etcd kept crashing on its data"),
+                _ => None,
+            };
+            if let Some(why) = kept_why
+                && cluster.spec.storage.persistent_volume_claim.is_some()
+            {
+                retire_claim(ctx, cluster, name, format!("member {name} was removed: {why}")).await?;
             }
             ctx.etcd.remove(&endpoints, *id).await?;
             let (type_, why) = match reason {
@@ -728,7 +735,10 @@ pub async fn apply_step(
                 ),
                 RemoveReason::PodGone => (EventType::Warning, "its pod is gone"),
                 RemoveReason::PodTerminated => (EventType::Warning, "its pod terminated"),
-                RemoveReason::CrashLooping => (EventType::Warning, "it keeps crashing"),
+                RemoveReason::CrashLooping => (
+                    EventType::Warning,
+                    "it keeps crashing; its claim (if any) is kept, annotated etcd.ouroboros.dev/retired",
+                ),
                 RemoveReason::VolumeLost => (EventType::Warning, "its data volume was lost"),
                 RemoveReason::LearnerTimedOut => {
                     (EventType::Warning, "as a learner it did not catch up in time")
@@ -811,11 +821,13 @@ pub async fn apply_step(
                 .endpoint_of(name)
                 .ok_or_else(|| ApplyError::NoMemberEndpoint(name.clone()))?;
             let before = obs.statuses.iter().find(|(i, _)| i == id).map(|(_, s)| s.db_size);
+            // Recorded first: a defragmentation cut short (the member restarted under it) is not
+            // tried again at once, and a member that cannot finish one is not held in a loop.
+            record_defragmentation(ctx, cluster, name).await?;
             let started = std::time::Instant::now();
             ctx.etcd.defragment(ep).await?;
             let took = started.elapsed();
             failpoints::hit("after-defragment");
-            record_defragmentation(ctx, cluster, name).await?;
             let after = ctx.etcd.status(ep).await.ok().map(|s| s.db_size);
             let key = format!(
                 "{}/{}",

@@ -124,6 +124,9 @@ pub struct PodView {
     pub image_problem: Option<String>,
     /// It was built with the `spec.etcd` settings the spec gives now.
     pub settings_current: bool,
+    /// The quota its etcd runs with (`--quota-backend-bytes`), which lags the spec's until it is
+    /// restarted with the new settings.
+    pub quota_bytes: u64,
 }
 
 /// What one member answered to a status request.
@@ -906,7 +909,7 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
 }
 
 /// Pods first: the newest pod without a member that is still within [`JOIN_GRACE`], if any.
-fn joining_pod<'a>(o: &'a Observed, ms: &Membership) -> Option<&'a PodView> {
+pub(super) fn joining_pod<'a>(o: &'a Observed, ms: &Membership) -> Option<&'a PodView> {
     if !o.pods_first {
         return None;
     }

@@ -4,9 +4,12 @@
 //! Rules, safest first:
 //! - nothing here runs unless every voter answers (an alarm is not unreachability, but a member
 //!   that does not answer may be anything) and no learner is catching up;
-//! - CORRUPT: the member the alarm names is removed (its claim retired, not deleted) only while the
-//!   others keep quorum, and the alarm is disarmed once it is gone; its replacement copies the
-//!   healthy majority's data. With no healthy majority, nothing is changed;
+//! - CORRUPT: the alarm is not trusted to name the bad copy (etcd raises it with no member when no
+//!   majority agrees, and its checks blame a follower even when the leader differs). The operator
+//!   compares every voter's hash of the keyspace at one revision: with at least three voters, a
+//!   single member that differs from all the others, who agree, is removed (its claim retired, not
+//!   deleted) and its replacement copies their data; once every voter agrees and no alarm names a
+//!   current member, the alarms are disarmed. Anything else changes nothing and says why;
 //! - NOSPACE: compact to the current revision, defragment every member that has free space
 //!   (followers first, the leader after leadership moved), and disarm once every member's database
 //!   is below [`DISARM_FRACTION`] of the quota. If the data itself does not fit, say so and change
@@ -27,6 +30,9 @@ pub const NEAR_QUOTA_FRACTION: f64 = 0.8;
 pub const NOSPACE_FREE_FRACTION: f64 = 0.1;
 /// ... and at least this many bytes: defragmenting to win less is not worth a member's pause.
 pub const NOSPACE_FREE_MIN_BYTES: u64 = 1 << 20;
+/// Under NOSPACE, the history is compacted again once this many revisions were written since the
+/// last compaction (deletes still run under NOSPACE).
+pub const COMPACT_AGAIN_AFTER_REVISIONS: i64 = 1000;
 /// A member defragmented less than this long ago is not defragmented again by threshold, so a
 /// database whose free space defragmentation cannot give back (etcd keeps some) is not churned.
 pub const DEFRAG_COOLDOWN: Duration = Duration::from_secs(600);
@@ -44,6 +50,19 @@ pub struct MaintenanceView {
     pub backup_sources: Vec<String>,
     /// Members defragmented within [`DEFRAG_COOLDOWN`].
     pub recently_defragmented: Vec<String>,
+    /// Under a CORRUPT alarm: each voter's hash of its keyspace at one common revision, by member
+    /// ID (members that did not answer are absent).
+    pub kv_hashes: Vec<(u64, KvHash)>,
+}
+
+/// A member's hash of its keyspace up to a revision, and the revision it has compacted to: two
+/// hashes are comparable only with the same compaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KvHash {
+    /// The hash.
+    pub hash: u32,
+    /// The member's compacted revision when it hashed.
+    pub compact_revision: i64,
 }
 
 impl Default for MaintenanceView {
@@ -54,6 +73,7 @@ impl Default for MaintenanceView {
             compacted_revision: None,
             backup_sources: Vec::new(),
             recently_defragmented: Vec::new(),
+            kv_hashes: Vec::new(),
         }
     }
 }
@@ -105,16 +125,18 @@ pub fn parse_alarms(errors: &[String]) -> Vec<(Option<u64>, String)> {
         .collect()
 }
 
-/// Every alarm any member reports, as (member ID, kind), once each.
+/// Every alarm any member reports, as (member ID, kind), once each. An alarm raised on no member
+/// (etcd leaves a zero member ID out of the text) is member 0: it is not the reporter's, since every
+/// member reports every alarm.
 pub fn alarms(ms: &Membership) -> Vec<(u64, String)> {
     let mut all: Vec<(u64, String)> = ms
         .members
         .iter()
-        .filter_map(|m| Some((m.id, m.health.as_ref()?)))
-        .flat_map(|(reporter, h)| {
+        .filter_map(|m| m.health.as_ref())
+        .flat_map(|h| {
             parse_alarms(&h.errors)
                 .into_iter()
-                .map(move |(id, kind)| (id.unwrap_or(reporter), kind))
+                .map(|(id, kind)| (id.unwrap_or(0), kind))
         })
         .collect();
     all.sort();
@@ -179,50 +201,109 @@ fn defragment_one(
     }
 }
 
-/// Under an alarm, with every voter answering: the step out of it, if the alarm is one the
-/// operator handles. `None` leaves the cluster to the general rules (which wait, naming the alarm).
+/// Under an alarm, with every voter answering and a leader: the step out of it, if the alarm is
+/// one the operator handles. `None` leaves the cluster to the general rules (which wait, naming the
+/// alarm).
 pub fn alarm_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> Option<Step> {
     let alarms = alarms(ms);
-    if alarms.is_empty() || voters.iter().any(|m| m.health.is_none()) {
+    if alarms.is_empty() || ms.leader.is_none() || voters.iter().any(|m| m.health.is_none()) {
         return None;
     }
-    let quorum = |n: usize| n / 2 + 1;
     // CORRUPT first: while it is raised etcd refuses every read and write on every member.
     let corrupt: Vec<u64> = alarms
         .iter()
         .filter(|(_, k)| k == AlarmKind::Corrupt.etcd_name())
         .map(|(id, _)| *id)
         .collect();
-    if let Some(&id) = corrupt.first() {
-        return Some(match ms.members.iter().find(|m| m.id == id) {
-            Some(m) => {
-                let others = voters.iter().filter(|v| v.id != id).count();
-                let voters_after = voters.len() - usize::from(!m.is_learner);
-                if m.is_learner || (others >= quorum(voters_after) && voters_after > 0) {
-                    Step::RemoveMember {
-                        id,
-                        name: m.name.clone(),
-                        reason: super::decide::RemoveReason::Corrupt,
-                    }
-                } else {
-                    Step::MaintenanceBlocked {
-                        reason: format!(
-                            "{} reports CORRUPT data, and without it no majority of healthy members remains to \
-                             replace it from; nothing is changed (docs/runbooks.md, \"An etcd alarm\")",
-                            m.name
-                        ),
-                    }
-                }
-            }
-            // Its member is gone (replaced): the alarm is all that is left of it.
-            None => Step::DisarmAlarm {
-                member_id: id,
-                kind: AlarmKind::Corrupt,
-            },
-        });
+    if !corrupt.is_empty() {
+        return Some(corrupt_step(o, ms, voters, &corrupt));
     }
     let nospace = alarms.iter().find(|(_, k)| k == AlarmKind::NoSpace.etcd_name())?;
     Some(nospace_step(o, ms, voters, nospace.0))
+}
+
+/// Under CORRUPT: find the bad copy by the voters' own hashes, never by the alarm alone.
+fn corrupt_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: &[u64]) -> Step {
+    let blocked = |why: String| Step::MaintenanceBlocked {
+        reason: format!("CORRUPT: {why}; nothing is changed (docs/runbooks.md, \"An etcd alarm\")"),
+    };
+    let hash_of = |id: u64| {
+        o.maintenance
+            .kv_hashes
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map(|(_, h)| *h)
+    };
+    let hashes: Vec<(&MemberView, Option<KvHash>)> = voters.iter().map(|v| (*v, hash_of(v.id))).collect();
+    let missing: Vec<&str> = hashes
+        .iter()
+        .filter(|(_, h)| h.is_none())
+        .map(|(v, _)| v.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return blocked(format!(
+            "waiting for the keyspace hash of {} to tell which copy differs",
+            missing.join(", ")
+        ));
+    }
+    let mut groups: Vec<(KvHash, Vec<&MemberView>)> = Vec::new();
+    for (v, h) in &hashes {
+        let Some(h) = h else { continue };
+        match groups.iter_mut().find(|(g, _)| g == h) {
+            Some((_, members)) => members.push(v),
+            None => groups.push((*h, vec![*v])),
+        }
+    }
+    if groups.len() == 1 {
+        // Every voter's data agrees: alarms on members gone (or on none) are what is left of it.
+        let named_current: Vec<&str> = alarmed
+            .iter()
+            .filter_map(|id| ms.members.iter().find(|m| m.id == *id))
+            .map(|m| m.name.as_str())
+            .collect();
+        if !named_current.is_empty() {
+            return blocked(format!(
+                "the alarm names {}, yet every voter's keyspace hash agrees; check its logs, and disarm by hand                  (`etcdctl alarm disarm`) once satisfied",
+                named_current.join(", ")
+            ));
+        }
+        return Step::DisarmAlarm {
+            member_id: alarmed[0],
+            kind: AlarmKind::Corrupt,
+        };
+    }
+    groups.sort_by_key(|(_, members)| std::cmp::Reverse(members.len()));
+    let quorum = voters.len() / 2 + 1;
+    let (majority, outliers) = (&groups[0].1, &groups[1..]);
+    let single = outliers.len() == 1 && outliers[0].1.len() == 1;
+    if voters.len() < 3 || majority.len() < quorum || !single || majority.len() != voters.len() - 1 {
+        let describe: Vec<String> = groups
+            .iter()
+            .map(|(h, members)| {
+                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                format!("{} hash {:08x}", names.join("+"), h.hash)
+            })
+            .collect();
+        return blocked(format!(
+            "no single member differs from an agreeing majority of at least three voters ({}), so no copy can be              trusted over another; restore from a backup (see \"Quorum lost\")",
+            describe.join(", ")
+        ));
+    }
+    let bad = outliers[0].1[0];
+    if ms.leader == Some(bad.id)
+        && let Some(s) = majority.first()
+    {
+        return Step::MoveLeader {
+            from: bad.name.clone(),
+            to_id: s.id,
+            to: s.name.clone(),
+        };
+    }
+    Step::RemoveMember {
+        id: bad.id,
+        name: bad.name.clone(),
+        reason: super::decide::RemoveReason::Corrupt,
+    }
 }
 
 /// The way out of NOSPACE, one step at a time.
@@ -240,7 +321,12 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
         .filter_map(|v| v.health.as_ref().map(|h| h.revision))
         .max()
         .unwrap_or(0);
-    if revision > 0 && m.compacted_revision.is_none_or(|c| c < revision) {
+    // Deletes still run under NOSPACE and move the revision: compacting again for a few of them
+    // would keep the defragmentation from ever starting.
+    if revision > 0
+        && m.compacted_revision
+            .is_none_or(|c| revision - c >= COMPACT_AGAIN_AFTER_REVISIONS)
+    {
         return Step::Compact { revision };
     }
     let fragmented: Vec<&MemberView> = voters
@@ -254,7 +340,14 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     if let Some(step) = defragment_one(ms, voters, &fragmented, "to recover from NOSPACE") {
         return step;
     }
-    let limit = (m.quota_bytes as f64 * DISARM_FRACTION) as u64;
+    // The quota the members run with, which lags a raised spec until they are restarted with it.
+    let running = voters
+        .iter()
+        .filter_map(|v| o.pods.iter().find(|p| p.name == v.name).map(|p| p.quota_bytes))
+        .min()
+        .unwrap_or(m.quota_bytes);
+    let quota = running.min(m.quota_bytes);
+    let limit = (quota as f64 * DISARM_FRACTION) as u64;
     let largest = voters.iter().map(|v| db_size(v)).max().unwrap_or(0);
     if largest < limit {
         return Step::DisarmAlarm {
@@ -275,7 +368,7 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
              nothing else is changed",
             mib(largest),
             mib(in_use),
-            mib(m.quota_bytes),
+            mib(quota),
             (DISARM_FRACTION * 100.0) as u32
         ),
     }
@@ -302,8 +395,10 @@ pub fn settings_roll_step(o: &Observed, ms: &Membership, voters: &[&MemberView])
         if voters.len() > o.desired.size {
             return None;
         }
+        // Self-hosted: a pod already started for the surge member (pods first) is that member.
+        let joining = super::decide::joining_pod(o, ms);
         return Some(Step::AddLearner {
-            name: super::decide::next_member_name(o),
+            name: joining.map_or_else(|| super::decide::next_member_name(o), |p| p.name.clone()),
             version: pod(&first.name).map_or(o.desired.version, |p| p.version),
             for_upgrade: true,
         });
@@ -340,18 +435,14 @@ pub fn threshold_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> 
     if candidates.is_empty() {
         return None;
     }
-    // A backup streaming from a member would stall behind its defragmentation: wait for it.
-    let (busy, free): (Vec<&MemberView>, Vec<&MemberView>) = candidates
+    // A backup streaming from a member would stall behind its defragmentation: that member waits
+    // for the backup to finish (routine, so the cluster is not reported degraded meanwhile).
+    let free: Vec<&MemberView> = candidates
         .into_iter()
-        .partition(|v| o.maintenance.backup_sources.contains(&v.name));
-    if free.is_empty() {
-        let names: Vec<&str> = busy.iter().map(|m| m.name.as_str()).collect();
-        return Some(Step::MaintenanceBlocked {
-            reason: format!(
-                "{} is due for defragmentation and waits for the backup streaming from it",
-                names.join(", ")
-            ),
-        });
+        .filter(|v| !o.maintenance.backup_sources.contains(&v.name))
+        .collect();
+    if free.is_empty() || ms.leader.is_none() {
+        return None;
     }
     defragment_one(ms, voters, &free, "by spec.maintenance.defragmentation")
 }

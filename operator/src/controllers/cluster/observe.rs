@@ -264,9 +264,18 @@ pub async fn assemble(
         }
         let settings =
             crate::objects::settings_annotation(&crate::objects::settings_args(&cluster.spec.etcd, version));
-        let settings_current = p.annotations().get(vocabulary::ANNOTATION_SETTINGS) == Some(&settings);
+        let record = p.annotations().get(vocabulary::ANNOTATION_SETTINGS);
+        let settings_current = record.map_or_else(
+            || crate::objects::legacy_pod_current(&cluster.spec.etcd),
+            |r| *r == settings,
+        );
+        // A pod without a record runs etcd's own default quota.
+        let quota_bytes = record
+            .and_then(|r| crate::objects::recorded_quota(r))
+            .unwrap_or(ouroboros_crds::settings::DEFAULT_QUOTA_BACKEND_BYTES as u64);
         pod_views.push(PodView {
             settings_current,
+            quota_bytes,
             name: member,
             version,
             state: pod_state(p),
@@ -286,6 +295,7 @@ pub async fn assemble(
     let named = |m: &crate::etcd::Member| member_name_by_pods(m, &pods);
     let mut members = Vec::new();
     let mut boot_id = None;
+    let mut kv_hashes = Vec::new();
     let (membership, cluster_id, statuses, membership_error) = if endpoint_list.is_empty() {
         (None, None, Vec::new(), None)
     } else {
@@ -302,6 +312,7 @@ pub async fn assemble(
                     }
                 }
                 let statuses = statuses(etcd, &list.members, &endpoints, &named).await;
+                kv_hashes = hashes_under_corrupt(etcd, &statuses, &list.members, &endpoints, &named).await;
                 members = list.members.clone();
                 (
                     Some(membership(&list.members, &statuses, &named)),
@@ -350,7 +361,7 @@ pub async fn assemble(
         membership,
         pods_first: self_hosted,
         ordinal_floor: vocabulary::ordinal_floor(cluster).max(past_claims),
-        maintenance: maintenance_view(cluster, &pods, backup_sources, now),
+        maintenance: maintenance_view(cluster, &pods, backup_sources, kv_hashes, now),
         boot: boot.map(|ep| BootView {
             id: boot_id,
             endpoint: ep.url,
@@ -373,6 +384,7 @@ fn maintenance_view(
     cluster: &EtcdCluster,
     pods: &[Pod],
     backup_sources: Vec<String>,
+    kv_hashes: Vec<(u64, crate::etcd::KvHash)>,
     now: jiff::Timestamp,
 ) -> MaintenanceView {
     let recently_defragmented = pods
@@ -403,6 +415,7 @@ fn maintenance_view(
             .and_then(|r| r.parse().ok()),
         backup_sources,
         recently_defragmented,
+        kv_hashes,
     }
 }
 
@@ -466,6 +479,41 @@ fn claim_views(pvcs: &[PersistentVolumeClaim]) -> Vec<ClaimView> {
                 member: c.labels().get(vocabulary::LABEL_MEMBER)?.clone(),
                 version: c.labels().get(LABEL_VERSION).and_then(|v| v.parse().ok()),
             })
+        })
+        .collect()
+}
+
+/// Under a CORRUPT alarm only (hashing the keyspace reads all of it): every member's keyspace hash at
+/// the lowest revision any member reported, so that all hash the same history.
+async fn hashes_under_corrupt(
+    etcd: &dyn EtcdOps,
+    statuses: &[(u64, Status)],
+    members: &[crate::etcd::Member],
+    endpoints: &[(String, Endpoint)],
+    named: &(dyn Fn(&crate::etcd::Member) -> Option<String> + Sync),
+) -> Vec<(u64, crate::etcd::KvHash)> {
+    let corrupt = statuses.iter().any(|(_, s)| {
+        super::maintenance::parse_alarms(&s.errors)
+            .iter()
+            .any(|(_, kind)| kind == super::maintenance::AlarmKind::Corrupt.etcd_name())
+    });
+    let Some(revision) = statuses.iter().map(|(_, s)| s.revision).min().filter(|_| corrupt) else {
+        return Vec::new();
+    };
+    let asks = members.iter().filter_map(|m| {
+        let name = named(m)?;
+        let ep = endpoints.iter().find(|(n, _)| *n == name)?.1.clone();
+        Some(async move { (m.id, etcd.hash_kv(&ep, revision).await) })
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(id, r)| match r {
+            Ok(h) => Some((id, h)),
+            Err(e) => {
+                tracing::warn!(member = id, error = %e, "member did not answer hash kv");
+                None
+            }
         })
         .collect()
 }
