@@ -258,3 +258,126 @@ async fn fragmented_members_are_defragmented_one_at_a_time_the_leader_last() -> 
     })
     .await
 }
+
+/// Where a claim-backed member's bbolt file is on this machine (the local cluster's PVs are
+/// directories of it).
+async fn member_db_file(c: &Client, ns: &str, member: &str) -> anyhow::Result<std::path::PathBuf> {
+    let claim = Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns)
+        .get(&format!("{member}-data"))
+        .await?;
+    let pv = claim
+        .spec
+        .and_then(|s| s.volume_name)
+        .context("the claim is not bound")?;
+    let pv = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(c.clone())
+        .get(&pv)
+        .await?;
+    let dir = pv
+        .spec
+        .and_then(|s| s.local)
+        .map(|l| l.path)
+        .context("not a local PV")?;
+    Ok(std::path::Path::new(&dir).join("data/member/snap/db"))
+}
+
+/// Flips one byte in every copy of `marker` in the file: a value changed under etcd's feet, with
+/// the file's structure intact (bbolt reads it through a shared mapping, so the running member
+/// serves and hashes the changed value).
+fn flip_marker(path: &std::path::Path, marker: &[u8]) -> anyhow::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let bytes = std::fs::read(path)?;
+    let offsets: Vec<usize> = bytes
+        .windows(marker.len())
+        .enumerate()
+        .filter(|(_, w)| *w == marker)
+        .map(|(i, _)| i)
+        .collect();
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    for &o in &offsets {
+        f.write_all_at(b"X", (o + marker.len() - 1) as u64)?;
+    }
+    Ok(offsets.len())
+}
+
+#[tokio::test]
+async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim_kept() -> anyhow::Result<()>
+{
+    let c = client().await?;
+    TestNamespace::create(&c, "corrupt")
+        .await?
+        .run(|c, ns| async move {
+            let spec =
+                "  storage: {persistentVolumeClaim: {size: 1Gi}}\n  etcd: {corruptionCheck: {period: 10s}}\n";
+            etcd_cluster::create(&c, &ns, &manifest(spec)).await?;
+            let status = etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
+            let marker = b"ouroboros-corruption-marker-7f3a9c1e";
+            let mut e = etcd_at(&endpoint).await?;
+            e.put("/marker", &marker[..], None).await?;
+            let writer = Writer::start(&endpoint, "/corrupt").await?;
+            // bbolt commits its batch every 100 ms; give every member time to write the value out.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let victim = status
+                .members
+                .iter()
+                .find(|m| !m.is_leader)
+                .map(|m| m.name.clone())
+                .context("no follower")?;
+            let db = member_db_file(&c, &ns, &victim).await?;
+            let flipped = flip_marker(&db, marker)?;
+            ensure!(flipped > 0, "the marker is not in {}", db.display());
+            let t0 = Instant::now();
+            println!(
+                "flipped a byte of {flipped} copies of the marker in {victim}'s {}",
+                db.display()
+            );
+
+            let removed = ouroboros_e2e::wait_for("the member with the changed data removed", T, || {
+                let c = c.clone();
+                let ns = ns.clone();
+                let victim = victim.clone();
+                async move {
+                    let seen = events_with_reason(&c, &ns, "MemberRemoved").await?;
+                    Ok(seen
+                        .into_iter()
+                        .find(|m| m.contains(&format!("removed member {victim} "))))
+                }
+            })
+            .await?;
+            println!("{removed} ({:?} after the flip)", t0.elapsed());
+            ensure!(
+                removed.contains("corruption") || removed.contains("differed"),
+                "{removed}"
+            );
+            let status = etcd_cluster::wait(&c, &ns, "m", "3 members again", T, |cl, s| {
+                converged(3, V)(cl, s) && s.members.iter().all(|m| m.name != victim)
+            })
+            .await?;
+            println!(
+                "replaced {:?} after the flip; members {:?}",
+                t0.elapsed(),
+                status.members.iter().map(|m| &m.name).collect::<Vec<_>>()
+            );
+            let claim = Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
+                .get(&format!("{victim}-data"))
+                .await?;
+            ensure!(
+                claim.annotations().contains_key("etcd.ouroboros.dev/retired"),
+                "the claim of {victim} was not kept retired: {:?}",
+                claim.annotations()
+            );
+            ensure!(
+                !events_with_reason(&c, &ns, "AlarmDisarmed").await?.is_empty(),
+                "no AlarmDisarmed Event"
+            );
+            let got = e.get("/marker", None).await?;
+            ensure!(
+                got.kvs().first().map(|kv| kv.value()) == Some(&marker[..]),
+                "the majority's value of the marker changed"
+            );
+            let (acked, failed) = writer.stop_and_verify().await?;
+            println!("{acked} writes acknowledged, {failed} refused or failed meanwhile, 0 lost");
+            Ok(())
+        })
+        .await
+}

@@ -276,7 +276,8 @@ fn corrupt_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     let quorum = voters.len() / 2 + 1;
     let (majority, outliers) = (&groups[0].1, &groups[1..]);
     let single = outliers.len() == 1 && outliers[0].1.len() == 1;
-    if voters.len() < 3 || majority.len() < quorum || !single || majority.len() != voters.len() - 1 {
+    // A majority of the voters agreeing (so at least two of three), and one member alone against it.
+    if majority.len() < quorum || !single {
         let describe: Vec<String> = groups
             .iter()
             .map(|(h, members)| {

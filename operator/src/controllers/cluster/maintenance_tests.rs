@@ -361,3 +361,23 @@ fn nospace_is_not_disarmed_against_a_raised_quota_the_members_do_not_run_yet() {
     let o = o.quota_mib(64);
     assert!(blocked(&o).contains("16 MiB quota"), "{}", blocked(&o));
 }
+
+#[test]
+fn two_members_against_a_majority_are_not_a_single_culprit() {
+    let corrupt = ["alarm:CORRUPT"];
+    let mut o = world(5, V36);
+    for n in 0..5 {
+        o = o.voter(n, V36);
+    }
+    let mut o = o.leader(0).on_claims();
+    for n in 0..5 {
+        o = o.errors(n, &corrupt);
+    }
+    // Three agree, two differ from them and from each other: which copy is bad is not clear enough.
+    let o = o.hashes(&[5, 5, 5, 8, 9]);
+    assert!(
+        blocked(&o).contains("no single member differs"),
+        "{}",
+        blocked(&o)
+    );
+}
