@@ -142,13 +142,17 @@ pub async fn record_ordinal_taken(
     if vocabulary::ordinal_floor(cluster) > ordinal {
         return Ok(());
     }
-    let patch = vocabulary::ordinal_taken_patch(ordinal);
+    annotate_cluster(ctx, cluster, &vocabulary::ordinal_taken_patch(ordinal)).await
+}
+
+/// Merge-patches `patch` (annotations the operator keeps as its own records) onto the cluster.
+pub async fn annotate_cluster(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error> {
     Api::<EtcdCluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
-        .patch(
-            &cluster.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch(&cluster.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map(drop)
 }

@@ -334,12 +334,7 @@ async fn record_ordinal(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Res
 async fn record_compaction(ctx: &Context, cluster: &EtcdCluster, revision: i64) -> Result<(), ApplyError> {
     let patch = serde_json::json!({"metadata": {"annotations": {
         vocabulary::ANNOTATION_COMPACTED_REVISION: revision.to_string()}}});
-    Api::<EtcdCluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
-        .patch(
-            &cluster.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+    cluster_writes::annotate_cluster(ctx, cluster, &patch)
         .await
         .map_err(cluster_writes::kube_failed(
             "recording the compaction on",
