@@ -260,8 +260,7 @@ pub struct Alarm {
 
 pub use super::maintenance::parse_alarms;
 
-/// `DatabaseNearQuota`: whether a member's database file is above
-/// [`NEAR_QUOTA_FRACTION`](super::maintenance::NEAR_QUOTA_FRACTION) of the quota, naming each.
+/// `DatabaseNearQuota` from what the members reported.
 fn near_quota(obs: &Observation, quota: u64) -> (bool, &'static str, String) {
     let name_of = |id: u64| {
         obs.observed
@@ -270,19 +269,22 @@ fn near_quota(obs: &Observation, quota: u64) -> (bool, &'static str, String) {
             .and_then(|ms| ms.members.iter().find(|m| m.id == id))
             .map_or_else(|| format!("{id:x}"), |m| m.name.clone())
     };
-    let limit = quota as f64 * super::maintenance::NEAR_QUOTA_FRACTION;
-    let near: Vec<String> = obs
+    let sizes: Vec<(String, i64, i64)> = obs
         .statuses
         .iter()
-        .filter(|(_, s)| s.db_size as f64 > limit)
-        .map(|(id, s)| {
-            format!(
-                "{} ({} MiB, {} MiB in use)",
-                name_of(*id),
-                s.db_size >> 20,
-                s.db_size_in_use >> 20
-            )
-        })
+        .map(|(id, s)| (name_of(*id), s.db_size, s.db_size_in_use))
+        .collect();
+    near_quota_condition(&sizes, quota)
+}
+
+/// `DatabaseNearQuota`: whether a member's database file (name, size, bytes in use) is above
+/// [`NEAR_QUOTA_FRACTION`](super::maintenance::NEAR_QUOTA_FRACTION) of the quota, naming each.
+pub fn near_quota_condition(sizes: &[(String, i64, i64)], quota: u64) -> (bool, &'static str, String) {
+    let limit = quota as f64 * super::maintenance::NEAR_QUOTA_FRACTION;
+    let near: Vec<String> = sizes
+        .iter()
+        .filter(|(_, size, _)| *size as f64 > limit)
+        .map(|(name, size, in_use)| format!("{name} ({} MiB, {} MiB in use)", size >> 20, in_use >> 20))
         .collect();
     let pct = (super::maintenance::NEAR_QUOTA_FRACTION * 100.0) as u32;
     if near.is_empty() {
@@ -683,6 +685,26 @@ mod tests {
         let (reason, message) = alarm_message(&[a("c-2", "CORRUPT"), a("c-0", "NOSPACE")], 0).unwrap();
         assert_eq!(reason, "Corrupt", "the most serious alarm gives the reason");
         assert!(message.contains("CORRUPT on c-2") && message.contains("never used as a backup source"));
+    }
+
+    #[test]
+    fn a_database_above_80_percent_of_its_quota_is_named_before_nospace() {
+        let quota = 100 << 20;
+        let (near, reason, _) = near_quota_condition(&[("c-0".into(), 80 << 20, 10 << 20)], quota);
+        assert!(!near, "exactly 80 % is not above it");
+        assert_eq!(reason, "BelowQuota");
+        let sizes = [
+            ("c-0".into(), 50 << 20, 50 << 20),
+            ("c-1".into(), 81 << 20, 40 << 20),
+        ];
+        let (near, reason, message) = near_quota_condition(&sizes, quota);
+        assert!(near);
+        assert_eq!(reason, "NearQuota");
+        assert!(
+            message.contains("c-1 (81 MiB, 40 MiB in use)") && !message.contains("c-0"),
+            "{message}"
+        );
+        assert!(message.contains("spec.etcd.quotaBackendBytes"), "{message}");
     }
 
     #[test]
