@@ -48,6 +48,18 @@ fn invalid_samples_are_refused_with_readable_messages() -> anyhow::Result<()> {
             "self-hosted-relative-dir.yaml",
             "hostDataDir must be an absolute path without '..'",
         ),
+        (
+            "etcd-election-timeout.yaml",
+            "electionTimeoutMillis must be at least five heartbeats",
+        ),
+        (
+            "etcd-quota-too-large.yaml",
+            "quotaBackendBytes must be between 16 MiB (16777216) and 8 GiB (8589934592)",
+        ),
+        (
+            "etcd-retention-mode.yaml",
+            "autoCompactionRetention is a number of revisions",
+        ),
     ];
     for (file, expected) in cases {
         let out = kubectl(&[
