@@ -23,7 +23,7 @@ use etcd_client::{Client, CompactionOptions, DeleteOptions};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Puts until stopped through one client of every endpoint, recording when each put started and
-/// how long it took; windows of the run are read from it afterwards, so no window pays for a
+/// how long it took; the run's windows are read from it afterwards, so no window pays for a
 /// connection.
 struct Probe {
     stop: Arc<AtomicBool>,
@@ -57,20 +57,11 @@ impl Probe {
         Ok(Probe { stop, samples, task })
     }
 
-    /// The latency of the puts that started within `from..to`.
-    fn window(&self, from: Instant, to: Instant) -> Latency {
-        let v = self.samples.lock().map(|v| v.clone()).unwrap_or_default();
-        Latency::of(
-            v.into_iter()
-                .filter(|(t, _)| *t >= from && *t <= to)
-                .map(|(_, d)| d)
-                .collect(),
-        )
-    }
-
-    async fn stop(self) {
+    /// Stops, and returns every put: when it started and how long it took.
+    async fn stop(self) -> Vec<(Instant, Duration)> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
+        self.samples.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 
@@ -199,9 +190,12 @@ async fn main() -> anyhow::Result<()> {
     let mut c = Client::connect(endpoints.clone(), None).await?;
 
     let probe = Probe::start(&endpoints).await?;
+    // (what, from, to): the probe's windows, read once the probe has stopped, so that a put that
+    // started in a window and finished after it is counted in it.
+    let mut windows: Vec<(String, Instant, Instant)> = Vec::new();
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
-    println!("idle: {}", probe.window(t, Instant::now()));
+    windows.push(("idle, 20 s".into(), t, Instant::now()));
 
     reset(&mut c, &endpoints).await?;
     fragment(&mut c, "/frag", size).await?;
@@ -212,7 +206,6 @@ async fn main() -> anyhow::Result<()> {
     let mut order: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     order.push(leader);
     let total = Instant::now();
-    let operator_start = total;
     for i in order {
         if i == leader {
             let to = before[order_first_follower(leader)].0;
@@ -222,19 +215,24 @@ async fn main() -> anyhow::Result<()> {
         let mut m = Client::connect([endpoints[i].as_str()], None).await?;
         let t = Instant::now();
         m.defragment().await?;
-        let took = t.elapsed();
-        let lat = probe.window(t, Instant::now());
-        println!(
-            "operator order: member {i}{} defragmented in {:.1} s; during it: {lat}",
-            if i == leader { " (the former leader)" } else { "" },
-            took.as_secs_f64()
-        );
+        let role = if i == leader { " (the former leader)" } else { "" };
+        windows.push((
+            format!(
+                "operator order: member {i}{role} defragmented in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ),
+            t,
+            Instant::now(),
+        ));
     }
-    println!(
-        "operator order: all three in {:.1} s (the leader move included); during it: {}",
-        total.elapsed().as_secs_f64(),
-        probe.window(operator_start, Instant::now())
-    );
+    windows.push((
+        format!(
+            "operator order: all three in {:.1} s (the leader move included)",
+            total.elapsed().as_secs_f64()
+        ),
+        total,
+        Instant::now(),
+    ));
     print_sizes("after", &endpoints).await?;
 
     reset(&mut c, &endpoints).await?;
@@ -250,14 +248,28 @@ async fn main() -> anyhow::Result<()> {
             "--cluster",
         ])
         .status()?;
-    let took = t.elapsed();
-    let lat = probe.window(t, Instant::now());
-    probe.stop().await;
     anyhow::ensure!(status.success(), "etcdctl defrag --cluster failed");
-    println!(
-        "etcdctl defrag --cluster: all three in {:.1} s; during it: {lat}",
-        took.as_secs_f64()
-    );
+    windows.push((
+        format!(
+            "etcdctl defrag --cluster: all three in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ),
+        t,
+        Instant::now(),
+    ));
+    // Let a put stalled in the last window finish (or time out) before the probe stops.
+    tokio::time::sleep(PROBE_TIMEOUT).await;
+    let samples = probe.stop().await;
+    for (what, from, to) in windows {
+        let lat = Latency::of(
+            samples
+                .iter()
+                .filter(|(t, _)| *t >= from && *t <= to)
+                .map(|(_, d)| *d)
+                .collect(),
+        );
+        println!("{what}; during it: {lat}");
+    }
     Ok(())
 }
 
