@@ -13,6 +13,9 @@ use tokio::sync::Mutex;
 
 /// How long one etcd request may take before the member counts as not answering.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one member's keyspace hash may take: it is read while observing, which must not hold a
+/// reconcile for minutes; a member that does not hash in time is waited for.
+pub const HASH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a compaction or a defragmentation may take: they rewrite the database, a few seconds per
 /// GiB on ordinary disks, and the member serves nothing meanwhile.
 pub const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -482,7 +485,7 @@ impl EtcdOps for EtcdClients {
         revision: i64,
     ) -> BoxFuture<'a, Result<KvHash, EtcdError>> {
         Box::pin(async move {
-            self.call_within(MAINTENANCE_TIMEOUT, "hash kv", endpoint, |mut c| async move {
+            self.call_within(HASH_TIMEOUT, "hash kv", endpoint, |mut c| async move {
                 let r = c.hash_kv(revision).await?;
                 Ok(KvHash {
                     hash: r.hash(),

@@ -711,9 +711,16 @@ pub async fn apply_step(
             // Data a member was removed over (a copy that differs from the majority's, or one etcd
             // will not start on, which may be the failed corruption check at start) is kept for
             // whoever investigates: never a member's data again, never a backup source.
+            // A learner's data is a partial copy of the others': deleted as before, or a learner that
+            // crash-loops for another reason (a setting, memory) would leave a claim per retry.
+            let learner = obs
+                .observed
+                .membership
+                .as_ref()
+                .is_some_and(|ms| ms.members.iter().any(|m| m.id == *id && m.is_learner));
             let kept_why = match reason {
                 RemoveReason::Corrupt => Some("its data differed from the majority's"),
-                RemoveReason::CrashLooping => Some("etcd kept crashing on its data"),
+                RemoveReason::CrashLooping if !learner => Some("etcd kept crashing on its data"),
                 _ => None,
             };
             if let Some(why) = kept_why

@@ -246,6 +246,24 @@ fn corrupt_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
             missing.join(", ")
         ));
     }
+    // Hashes are comparable only over the same history: every voter at the same revision (under
+    // CORRUPT etcd refuses writes, so they converge) and compacted to the same revision (HashKV
+    // skips what a member has compacted, so a member that has not yet applied a compaction hashes
+    // differently while healthy). Anything else is waited out, never judged.
+    let revisions: std::collections::BTreeSet<i64> = voters
+        .iter()
+        .filter_map(|v| v.health.as_ref().map(|h| h.revision))
+        .collect();
+    let compactions: std::collections::BTreeSet<i64> = hashes
+        .iter()
+        .filter_map(|(_, h)| h.map(|h| h.compact_revision))
+        .collect();
+    if revisions.len() > 1 || compactions.len() > 1 {
+        return blocked(format!(
+            "the voters' hashes are not comparable yet (revisions {revisions:?}, compacted to {compactions:?}); \
+             waiting for them to converge"
+        ));
+    }
     let mut groups: Vec<(KvHash, Vec<&MemberView>)> = Vec::new();
     for (v, h) in &hashes {
         let Some(h) = h else { continue };

@@ -215,6 +215,19 @@ fn the_single_member_whose_hash_differs_from_all_others_is_removed_whatever_the_
 }
 
 #[test]
+fn hashes_over_different_histories_are_not_judged() {
+    // c-2 has not applied the compaction the others have: its hash differs while it is healthy.
+    let mut o = three().all_report(&["alarm:CORRUPT"]).hashes(&[5, 5, 9]);
+    o.maintenance.kv_hashes[2].1.compact_revision = 3;
+    assert!(blocked(&o).contains("not comparable"), "{}", blocked(&o));
+    // c-2 lags behind the others' revision.
+    let mut o = three().all_report(&["alarm:CORRUPT"]).hashes(&[5, 5, 9]);
+    let ms = o.membership.as_mut().unwrap();
+    ms.members[2].health.as_mut().unwrap().revision = 990;
+    assert!(blocked(&o).contains("not comparable"), "{}", blocked(&o));
+}
+
+#[test]
 fn without_an_agreeing_majority_nothing_is_removed() {
     let o = three()
         .all_report(&["memberID:102 alarm:CORRUPT"])

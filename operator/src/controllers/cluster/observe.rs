@@ -484,7 +484,7 @@ fn claim_views(pvcs: &[PersistentVolumeClaim]) -> Vec<ClaimView> {
 }
 
 /// Under a CORRUPT alarm only (hashing the keyspace reads all of it): every member's keyspace hash at
-/// the lowest revision any member reported, so that all hash the same history.
+/// the revision they all report, so that all hash the same history.
 async fn hashes_under_corrupt(
     etcd: &dyn EtcdOps,
     statuses: &[(u64, Status)],
@@ -497,7 +497,14 @@ async fn hashes_under_corrupt(
             .iter()
             .any(|(_, kind)| kind == super::maintenance::AlarmKind::Corrupt.etcd_name())
     });
-    let Some(revision) = statuses.iter().map(|(_, s)| s.revision).min().filter(|_| corrupt) else {
+    // Only when the decision can use them: every member answered, none is a learner, one revision.
+    let all_answer = members.iter().all(|m| statuses.iter().any(|(id, _)| *id == m.id));
+    let no_learner = !members.iter().any(|m| m.is_learner);
+    let revisions: std::collections::BTreeSet<i64> = statuses.iter().map(|(_, s)| s.revision).collect();
+    if !(corrupt && all_answer && no_learner && revisions.len() == 1) {
+        return Vec::new();
+    }
+    let Some(&revision) = revisions.first() else {
         return Vec::new();
     };
     let asks = members.iter().filter_map(|m| {
