@@ -260,19 +260,21 @@ pub struct Alarm {
 
 pub use super::maintenance::parse_alarms;
 
+/// A member's name by its ID, or the ID in hex when the membership does not list it.
+fn member_name_of(obs: &Observation, id: u64) -> String {
+    obs.observed
+        .membership
+        .as_ref()
+        .and_then(|ms| ms.members.iter().find(|m| m.id == id))
+        .map_or_else(|| format!("{id:x}"), |m| m.name.clone())
+}
+
 /// `DatabaseNearQuota` from what the members reported.
 fn near_quota(obs: &Observation, quota: u64) -> (bool, &'static str, String) {
-    let name_of = |id: u64| {
-        obs.observed
-            .membership
-            .as_ref()
-            .and_then(|ms| ms.members.iter().find(|m| m.id == id))
-            .map_or_else(|| format!("{id:x}"), |m| m.name.clone())
-    };
     let sizes: Vec<(String, i64, i64)> = obs
         .statuses
         .iter()
-        .map(|(id, s)| (name_of(*id), s.db_size, s.db_size_in_use))
+        .map(|(id, s)| (member_name_of(obs, *id), s.db_size, s.db_size_in_use))
         .collect();
     near_quota_condition(&sizes, quota)
 }
@@ -348,13 +350,9 @@ fn maintenance_condition(step: &Step) -> Option<(bool, &'static str, String)> {
 
 /// `Alarm`: reason and message when some member reports an alarm, naming each and what to do.
 fn alarm_condition(obs: &Observation) -> Option<(&'static str, String)> {
-    let ms = obs.observed.membership.as_ref()?;
-    let name_of = |id: u64| {
-        ms.members
-            .iter()
-            .find(|m| m.id == id)
-            .map_or_else(|| format!("{id:x}"), |m| m.name.clone())
-    };
+    // Without a membership no alarm can be named.
+    obs.observed.membership.as_ref()?;
+    let name_of = |id: u64| member_name_of(obs, id);
     let mut alarms: Vec<Alarm> = obs
         .statuses
         .iter()
