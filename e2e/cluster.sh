@@ -86,25 +86,44 @@ start() {
   if running "$name"; then return; fi
   setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
   echo $! > "$RUN/$name.pid"
+  start_time $! > "$RUN/$name.start"
 }
 
+# The kernel's start time of a process (field 22 of /proc/PID/stat, after the parenthesised name).
+start_time() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  awk '{print $20}' <<<"$stat"
+}
+
+# A pid file names our process only while that process has the start time recorded with it: after
+# a reboot the number may belong to anything (seen: `stop` on a stale pid file killed `make` itself).
 running() {
-  local pidfile="$RUN/$1.pid"
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  local pidfile="$RUN/$1.pid" pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null || return 1
+  if [ -f "$RUN/$1.start" ]; then
+    [ "$(start_time "$pid")" = "$(cat "$RUN/$1.start")" ]
+  else
+    # A pid file from before start times were recorded: ours if its command line names our paths.
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qE "$STATE|/var/cache/ouroboros"
+  fi
 }
 
 stop() {
   local name=$1 pidfile="$RUN/$1.pid" pid
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     # SIGKILL is asynchronous: a restart before the kernel reaps the process finds its port still bound.
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$RUN/$name.start"
 }
 
 # wait_for DESC SECONDS CMD...: polls CMD every half second; fails with DESC and the logs' tails.
@@ -529,7 +548,7 @@ node_power_off() {
     kill -KILL $(node_container_pids "$k") 2>/dev/null || true
     sleep 0.2
   done
-  for p in "kubelet-$name" "kube-proxy-$name" "containerd-$name"; do rm -f "$RUN/$p.pid"; done
+  for p in "kubelet-$name" "kube-proxy-$name" "containerd-$name"; do rm -f "$RUN/$p.pid" "$RUN/$p.start"; done
 }
 
 # node-stop NODE: a power loss of an added node: its kubelet, kube-proxy, containerd, shims and every
@@ -992,7 +1011,7 @@ power_cut() {
   # kill (seen: a power cut 30 s after a power cycle timed out here); a power loss takes it too.
   wait_for "every container to stop" 30 no_container_runs ||
     { ctr -a "$CONTAINERD_SOCK" -n k8s.io tasks ls >&2; return 1; }
-  for p in "${procs[@]}"; do rm -f "$RUN/$p.pid"; done
+  for p in "${procs[@]}"; do rm -f "$RUN/$p.pid" "$RUN/$p.start"; done
   log "power cut: kubelet, control plane and every container killed"
 }
 

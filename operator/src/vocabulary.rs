@@ -73,6 +73,9 @@ pub const ANNOTATION_COMPACTED_REVISION: &str = "etcd.ouroboros.dev/compacted-re
 
 /// On member pods: when the operator last defragmented the member (RFC 3339).
 pub const ANNOTATION_DEFRAGMENTED_AT: &str = "etcd.ouroboros.dev/defragmented-at";
+/// On member pods: the member's revision when the operator last defragmented it. Under NOSPACE a
+/// member defragmented at or after the recorded compaction is not defragmented again for it.
+pub const ANNOTATION_DEFRAGMENTED_REVISION: &str = "etcd.ouroboros.dev/defragmented-revision";
 
 /// On self-hosted member pods: the first port of the member's port block.
 pub const ANNOTATION_PORT_BASE: &str = "etcd.ouroboros.dev/port-base";

@@ -344,11 +344,18 @@ async fn record_compaction(ctx: &Context, cluster: &EtcdCluster, revision: i64) 
     Ok(())
 }
 
-/// Records on the member's pod when it was defragmented, so the threshold waits a while before it
-/// defragments it again.
-async fn record_defragmentation(ctx: &Context, cluster: &EtcdCluster, name: &str) -> Result<(), ApplyError> {
+/// Records on the member's pod when it was defragmented, and at which of its revisions: the
+/// threshold waits a while before it defragments it again, and NOSPACE recovery defragments it once
+/// per compaction.
+async fn record_defragmentation(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    name: &str,
+    revision: Option<i64>,
+) -> Result<(), ApplyError> {
     let patch = serde_json::json!({"metadata": {"annotations": {
-        vocabulary::ANNOTATION_DEFRAGMENTED_AT: jiff::Timestamp::now().to_string()}}});
+        vocabulary::ANNOTATION_DEFRAGMENTED_AT: jiff::Timestamp::now().to_string(),
+        vocabulary::ANNOTATION_DEFRAGMENTED_REVISION: revision.map(|r| r.to_string())}}});
     Api::<Pod>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -822,10 +829,11 @@ pub async fn apply_step(
             let ep = obs
                 .endpoint_of(name)
                 .ok_or_else(|| ApplyError::NoMemberEndpoint(name.clone()))?;
-            let before = obs.statuses.iter().find(|(i, _)| i == id).map(|(_, s)| s.db_size);
+            let status = obs.statuses.iter().find(|(i, _)| i == id).map(|(_, s)| s);
+            let before = status.map(|s| s.db_size);
             // Recorded first: a defragmentation cut short (the member restarted under it) is not
             // tried again at once, and a member that cannot finish one is not held in a loop.
-            record_defragmentation(ctx, cluster, name).await?;
+            record_defragmentation(ctx, cluster, name, status.map(|s| s.revision)).await?;
             let started = std::time::Instant::now();
             ctx.etcd.defragment(ep).await?;
             let took = started.elapsed();

@@ -398,6 +398,17 @@ fn maintenance_view(
         })
         .map(|p| p.name_any())
         .collect();
+    let defragmented_revisions = pods
+        .iter()
+        .filter_map(|p| {
+            let r = p
+                .annotations()
+                .get(vocabulary::ANNOTATION_DEFRAGMENTED_REVISION)?
+                .parse()
+                .ok()?;
+            Some((p.name_any(), r))
+        })
+        .collect();
     MaintenanceView {
         quota_bytes: u64::try_from(cluster.spec.etcd.quota_backend_bytes).unwrap_or(0),
         defragmentation: cluster
@@ -415,6 +426,7 @@ fn maintenance_view(
             .and_then(|r| r.parse().ok()),
         backup_sources,
         recently_defragmented,
+        defragmented_revisions,
         kv_hashes,
     }
 }
