@@ -377,7 +377,9 @@ pub struct EtcdClusterStatus {
     /// `Available`, `Progressing`, `Degraded`, `BackupHealthy`, `QuorumLost`, `Alarm` (a member reports
     /// an etcd alarm: NOSPACE or CORRUPT, named with the remedy), `DatabaseNearQuota` (a member's
     /// database is above 80 % of `spec.etcd.quotaBackendBytes`), `Maintenance` (a compaction,
-    /// defragmentation or alarm disarm the operator runs or waits to run), `BootMemberRemoved`.
+    /// defragmentation or alarm disarm the operator runs or waits to run), `CertificatesValid` and
+    /// `CertificatesExpiring` (with `spec.tls`: a certificate members could not use, naming the
+    /// Secret and the fault; one ending within 30 days), `BootMemberRemoved`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -116,6 +116,12 @@ pub mod condition_types {
     pub const DATABASE_NEAR_QUOTA: &str = "DatabaseNearQuota";
     /// A compaction, defragmentation or alarm disarm the operator runs, or why it waits.
     pub const MAINTENANCE: &str = "Maintenance";
+    /// With `spec.tls`: every certificate its Secrets hold can be used by members (parses, valid
+    /// now, signed by a CA of its `ca.crt`, names every member). While `False`, no member is
+    /// restarted onto them; the message names the Secret and what is wrong.
+    pub const CERTIFICATES_VALID: &str = "CertificatesValid";
+    /// With `spec.tls`: a certificate its Secrets hold ends within 30 days.
+    pub const CERTIFICATES_EXPIRING: &str = "CertificatesExpiring";
     /// The temporary boot member of a self-hosted cluster has been removed.
     pub const BOOT_MEMBER_REMOVED: &str = "BootMemberRemoved";
 }

@@ -329,6 +329,28 @@ pub mod etcd_cluster {
     }
 }
 
+/// The Prometheus text of every operator replica's `/metrics`, concatenated.
+pub fn operator_metrics() -> anyhow::Result<String> {
+    let out = kubectl(&[
+        "-n",
+        "ouroboros-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=etcd-operator",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ])?;
+    let mut all = String::new();
+    for ip in out.stdout.split_whitespace() {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", &format!("http://{ip}:8080/metrics")])
+            .output()?;
+        all.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    Ok(all)
+}
+
 /// Runs `e2e/cluster.sh` with `args` (the local cluster's fault tools: node-stop, partition, ...).
 pub fn cluster_script(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new(repo_root().join("e2e/cluster.sh"))
@@ -351,7 +373,21 @@ pub mod writer {
     };
 
     use anyhow::ensure;
-    use etcd_client::{Client, ConnectOptions, GetOptions};
+    use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+
+    /// A client certificate to write to a TLS cluster with, and the name its server certificate
+    /// is checked against.
+    #[derive(Clone, Debug)]
+    pub struct WriterTls {
+        /// PEM CA that signed the server certificate.
+        pub ca: Vec<u8>,
+        /// PEM client certificate.
+        pub cert: Vec<u8>,
+        /// PEM client key.
+        pub key: Vec<u8>,
+        /// The name the server certificate must carry.
+        pub domain: String,
+    }
 
     /// A running writer.
     #[derive(Debug)]
@@ -362,13 +398,22 @@ pub mod writer {
         task: tokio::task::JoinHandle<()>,
         endpoint: String,
         prefix: String,
+        tls: Option<WriterTls>,
         last_error: Arc<std::sync::Mutex<Option<String>>>,
     }
 
-    async fn connect(endpoint: &str) -> anyhow::Result<Client> {
-        let opts = ConnectOptions::new()
+    async fn connect(endpoint: &str, tls: Option<&WriterTls>) -> anyhow::Result<Client> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5));
+        if let Some(t) = tls {
+            opts = opts.with_tls(
+                TlsOptions::new()
+                    .domain_name(t.domain.clone())
+                    .ca_certificate(Certificate::from_pem(&t.ca))
+                    .identity(Identity::from_pem(&t.cert, &t.key)),
+            );
+        }
         Ok(Client::connect([endpoint], Some(opts)).await?)
     }
 
@@ -376,15 +421,25 @@ pub mod writer {
         /// Starts writing `<prefix>/<seq>` keys to `endpoint`, one at a time, retrying a key until it
         /// is acknowledged.
         pub async fn start(endpoint: &str, prefix: &str) -> anyhow::Result<Self> {
+            Self::start_with(endpoint, prefix, None).await
+        }
+
+        /// [`Writer::start`] over TLS with a client certificate.
+        pub async fn start_tls(endpoint: &str, prefix: &str, tls: WriterTls) -> anyhow::Result<Self> {
+            Self::start_with(endpoint, prefix, Some(tls)).await
+        }
+
+        async fn start_with(endpoint: &str, prefix: &str, tls: Option<WriterTls>) -> anyhow::Result<Self> {
             let stop = Arc::new(AtomicBool::new(false));
             let acked = Arc::new(AtomicU64::new(0));
             let failed = Arc::new(AtomicU64::new(0));
-            let (s, a, f, ep, p) = (
+            let (s, a, f, ep, p, t) = (
                 stop.clone(),
                 acked.clone(),
                 failed.clone(),
                 endpoint.to_owned(),
                 prefix.to_owned(),
+                tls.clone(),
             );
             let last_error = Arc::new(std::sync::Mutex::new(None));
             let e = last_error.clone();
@@ -397,7 +452,7 @@ pub mod writer {
                 let mut seq = 0u64;
                 while !s.load(Ordering::SeqCst) {
                     if client.is_none() {
-                        client = connect(&ep)
+                        client = connect(&ep, t.as_ref())
                             .await
                             .map_err(|e| failure(format!("connecting: {e:#}")))
                             .ok();
@@ -427,6 +482,7 @@ pub mod writer {
                 task,
                 endpoint: endpoint.to_owned(),
                 prefix: prefix.to_owned(),
+                tls,
                 last_error,
             })
         }
@@ -460,7 +516,7 @@ pub mod writer {
             let mut last_err = None;
             let mut resp = None;
             for _ in 0..30 {
-                match connect(&self.endpoint).await {
+                match connect(&self.endpoint, self.tls.as_ref()).await {
                     Ok(mut c) => match c
                         .get(format!("{}/", self.prefix), Some(GetOptions::new().with_prefix()))
                         .await
@@ -804,6 +860,24 @@ pub mod certs {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(())
+    }
+
+    /// The three leaves of `spec.tls` for `cluster` in `ns`, signed by the CA in `dir`: peer and
+    /// server (`peer<tag>`, `server<tag>`, valid for every member name, the client Service and
+    /// localhost) and the operator's client (`client<tag>`). A new `tag` makes new keys and
+    /// certificates, as a renewal does.
+    pub fn make_member_certs(dir: &Path, cluster: &str, ns: &str, tag: &str) -> anyhow::Result<()> {
+        let member = format!(
+            "subjectAltName=DNS:*.{cluster}.{ns}.svc,DNS:*.{cluster}.{ns}.svc.cluster.local,DNS:{cluster}-client.{ns}.svc,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+        );
+        make_cert(dir, &format!("peer{tag}"), "etcd-peer", &member)?;
+        make_cert(dir, &format!("server{tag}"), "etcd-server", &member)?;
+        make_cert(
+            dir,
+            &format!("client{tag}"),
+            "ouroboros-operator",
+            "extendedKeyUsage=clientAuth\n",
+        )
     }
 
     /// A CA (`ca.crt`, `ca.key`) in `dir`, valid for two days.

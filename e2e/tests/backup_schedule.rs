@@ -15,7 +15,7 @@ use ouroboros_crds::{BackupPhase, EtcdBackup, EtcdCluster};
 use ouroboros_e2e::{
     TestNamespace, backup_finished, client, env, etcd_at,
     etcd_cluster::{self, converged},
-    kubectl, minio_secret, s3, wait_for,
+    kubectl, minio_secret, operator_metrics, s3, wait_for,
 };
 
 fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, String)> {
@@ -26,27 +26,6 @@ fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, Stri
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-fn operator_metrics() -> anyhow::Result<String> {
-    let out = kubectl(&[
-        "-n",
-        "ouroboros-system",
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=etcd-operator",
-        "-o",
-        "jsonpath={.items[*].status.podIP}",
-    ])?;
-    let mut all = String::new();
-    for ip in out.stdout.split_whitespace() {
-        let o = Command::new("curl")
-            .args(["-s", "--max-time", "5", &format!("http://{ip}:8080/metrics")])
-            .output()?;
-        all.push_str(&String::from_utf8_lossy(&o.stdout));
-    }
-    Ok(all)
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! TLS between members and from the operator: peer and client traffic over https with client
 //! certificates required, and a missing Secret reported as a condition that names it.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::Secret;
@@ -9,27 +9,11 @@ use kube::{Api, api::PostParams};
 use ouroboros_crds::{BackupPhase, EtcdBackup, condition_types};
 use ouroboros_e2e::{
     TestNamespace, backup_finished,
-    certs::{make_ca, make_cert, tls_secret},
+    certs::{make_ca, make_member_certs, tls_secret},
     client,
     etcd_cluster::{self, converged},
     kubectl, minio_secret,
 };
-
-/// A CA and three certificates: peer and server (valid for every member name) and the operator's client.
-fn make_certs(dir: &Path, cluster: &str, ns: &str) -> anyhow::Result<()> {
-    make_ca(dir, "e2e-etcd-ca")?;
-    let member = format!(
-        "subjectAltName=DNS:*.{cluster}.{ns}.svc,DNS:*.{cluster}.{ns}.svc.cluster.local,DNS:{cluster}-client.{ns}.svc,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
-    );
-    make_cert(dir, "peer", "etcd-peer", &member)?;
-    make_cert(dir, "server", "etcd-server", &member)?;
-    make_cert(
-        dir,
-        "client",
-        "ouroboros-operator",
-        "extendedKeyUsage=clientAuth\n",
-    )
-}
 
 #[tokio::test]
 async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Result<()> {
@@ -37,7 +21,8 @@ async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Res
     TestNamespace::create(&c, "tls").await?.run(|c, ns| async move {
         let dir = std::env::temp_dir().join(format!("ouroboros-{ns}"));
         std::fs::create_dir_all(&dir)?;
-        make_certs(&dir, "tls", &ns)?;
+        make_ca(&dir, "e2e-etcd-ca")?;
+        make_member_certs(&dir, "tls", &ns, "")?;
         let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
         secrets.create(&PostParams::default(), &tls_secret(&dir, "etcd-peer", "peer")?).await?;
         secrets.create(&PostParams::default(), &tls_secret(&dir, "etcd-server", "server")?).await?;

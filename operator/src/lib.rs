@@ -2,6 +2,7 @@
 //! every piece can be tested on its own.
 
 pub mod backup_source;
+pub mod certificates;
 pub mod checkpointer;
 pub mod cli;
 pub mod cluster_writes;

@@ -9,6 +9,7 @@ use kube::{Api, ResourceExt};
 use ouroboros_crds::EtcdCluster;
 
 use crate::{
+    certificates::{self, CertificateReport, Purpose, SecretPem},
     etcd::{ClientTls, Endpoint},
     vocabulary,
 };
@@ -37,30 +38,89 @@ pub fn member_endpoint(
     }
 }
 
-/// Reads the Secrets named in `spec.tls`: checks the member Secrets exist with their keys, and returns
-/// the operator's client certificate. `Ok(None)` without TLS.
+/// What the Secrets of `spec.tls` hold now.
+#[derive(Clone, Debug)]
+pub struct TlsMaterial {
+    /// The operator's client certificate.
+    pub client: Arc<ClientTls>,
+    /// Each Secret's name, purpose and material.
+    pub secrets: Vec<(String, Purpose, ClientTls)>,
+}
+
+impl TlsMaterial {
+    /// The digest members record: a member whose pod recorded another runs other certificates.
+    pub fn digest(&self) -> String {
+        let parts: Vec<(&[u8], &[u8], &[u8])> = self
+            .secrets
+            .iter()
+            .map(|(_, _, t)| (t.ca.as_slice(), t.cert.as_slice(), t.key.as_slice()))
+            .collect();
+        certificates::digest(&parts)
+    }
+
+    /// Checks every Secret's certificate against the names members are reached by, at `now`.
+    pub fn check(&self, member_names: &[String], now: jiff::Timestamp) -> CertificateReport {
+        let pems: Vec<SecretPem<'_>> = self
+            .secrets
+            .iter()
+            .map(|(name, purpose, t)| SecretPem {
+                name,
+                purpose: *purpose,
+                ca: &t.ca,
+                cert: &t.cert,
+            })
+            .collect();
+        certificates::check(&pems, member_names, now.as_second())
+    }
+}
+
+/// Reads the Secrets named in `spec.tls`: checks they exist with their keys, and returns what they
+/// hold. `Ok(None)` without TLS.
 pub async fn tls_material(
     client: &kube::Client,
     cluster: &EtcdCluster,
-) -> Result<Option<Arc<ClientTls>>, TlsSecretError> {
+) -> Result<Option<TlsMaterial>, TlsSecretError> {
     let Some(tls) = &cluster.spec.tls else {
         return Ok(None);
     };
     let ns = cluster.namespace().unwrap_or_default();
-    let mut operator = None;
-    for (field, name) in [
-        ("peerSecret", &tls.peer_secret),
-        ("serverSecret", &tls.server_secret),
-        ("operatorClientSecret", &tls.operator_client_secret),
+    let mut secrets = Vec::new();
+    for (purpose, name) in [
+        (Purpose::Peer, &tls.peer_secret),
+        (Purpose::Server, &tls.server_secret),
+        (Purpose::OperatorClient, &tls.operator_client_secret),
     ] {
-        let material = read_tls_secret(client, &ns, name, &format!("spec.tls.{field}")).await?;
-        if field == "operatorClientSecret" {
-            operator = Some(Arc::new(material));
-        }
+        let material = read_tls_secret(client, &ns, name, purpose.field()).await?;
+        secrets.push((name.clone(), purpose, material));
     }
-    Ok(operator)
+    let client = secrets
+        .iter()
+        .find(|(_, p, _)| *p == Purpose::OperatorClient)
+        .map(|(_, _, t)| Arc::new(t.clone()))
+        .ok_or_else(|| TlsSecretError("spec.tls.operatorClientSecret was not read".to_owned()))?;
+    Ok(Some(TlsMaterial { client, secrets }))
 }
 
+/// Records on a new member pod the digest of the certificates it will mount (read now, as close to
+/// the kubelet's mount as the operator gets), so a later rotation is seen as one. Nothing without TLS.
+pub async fn record_certificates(
+    client: &kube::Client,
+    cluster: &EtcdCluster,
+    pod: &mut k8s_openapi::api::core::v1::Pod,
+) -> Result<(), TlsSecretError> {
+    if let Some(material) = tls_material(client, cluster).await? {
+        pod.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                vocabulary::ANNOTATION_CERTIFICATES_DIGEST.to_owned(),
+                material.digest(),
+            );
+    }
+    Ok(())
+}
+
+/// Reads one TLS Secret's `ca.crt`, `tls.crt` and `tls.key`; `field` names where it was referenced.
 pub async fn read_tls_secret(
     client: &kube::Client,
     ns: &str,

@@ -44,6 +44,17 @@ pub struct MemberNameLabels {
 
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
+/// Labels of the certificate expiry gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `namespace/name` of the cluster.
+    pub cluster: String,
+    /// The Secret.
+    pub secret: String,
+    /// `peer`, `server` or `operator-client`.
+    pub purpose: &'static str,
+}
+
 /// Database metrics, per member.
 #[derive(Debug)]
 pub struct DatabaseMetrics {
@@ -97,6 +108,8 @@ pub struct Metrics {
     pub backups: BackupMetrics,
     /// Members' databases.
     pub database: DatabaseMetrics,
+    /// End of validity of each certificate of `spec.tls`, as Unix time.
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -192,7 +205,14 @@ impl Default for Metrics {
             "Time one member's defragmentation took",
             database.defragmentation_duration.clone(),
         );
+        let certificate_expiry = Family::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time at which each certificate of spec.tls (per Secret and purpose) stops being valid",
+            Family::<CertificateLabels, Gauge>::clone(&certificate_expiry),
+        );
         Self {
+            certificate_expiry,
             database,
             backups,
             registry,

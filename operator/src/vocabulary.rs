@@ -77,6 +77,10 @@ pub const ANNOTATION_DEFRAGMENTED_AT: &str = "etcd.ouroboros.dev/defragmented-at
 /// member defragmented at or after the recorded compaction is not defragmented again for it.
 pub const ANNOTATION_DEFRAGMENTED_REVISION: &str = "etcd.ouroboros.dev/defragmented-revision";
 
+/// On member pods of TLS clusters: the digest of the certificates in `spec.tls`'s Secrets when the
+/// pod was built. A member whose pod records another digest is restarted onto the current ones.
+pub const ANNOTATION_CERTIFICATES_DIGEST: &str = "etcd.ouroboros.dev/certificates-digest";
+
 /// On self-hosted member pods: the first port of the member's port block.
 pub const ANNOTATION_PORT_BASE: &str = "etcd.ouroboros.dev/port-base";
 /// On self-hosted member pods: the member's peer URL, which names the member before etcd knows it.

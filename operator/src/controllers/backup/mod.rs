@@ -283,8 +283,13 @@ async fn observe_encryption(
 async fn observe_db_size(ctx: &Context, cluster: &EtcdCluster, member: &str, pod: &MemberPod) -> u64 {
     match member_access::tls_material(&ctx.client, cluster).await {
         Ok(tls) => {
-            let endpoint =
-                member_access::member_endpoint(cluster, member, &pod.ip, pod.ports.client, tls.as_ref());
+            let endpoint = member_access::member_endpoint(
+                cluster,
+                member,
+                &pod.ip,
+                pod.ports.client,
+                tls.map(|t| t.client).as_ref(),
+            );
             ctx.etcd
                 .status(&endpoint)
                 .await

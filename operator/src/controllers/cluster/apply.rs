@@ -50,6 +50,9 @@ pub enum ApplyError {
         /// The UID of the cluster that owns it.
         owner: String,
     },
+    /// A Secret of `spec.tls` could not be read while a member pod was made.
+    #[error(transparent)]
+    TlsSecret(#[from] crate::member_access::TlsSecretError),
     /// The leader to move leadership from has no reachable endpoint.
     #[error("leader {0} has no pod IP to send move-leader to")]
     NoLeaderEndpoint(String),
@@ -154,6 +157,7 @@ async fn start_member(
     if written_by_root {
         objects::run_as_root(&mut pod);
     }
+    crate::member_access::record_certificates(&ctx.client, cluster, &mut pod).await?;
     Ok(apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await?)
 }
 
@@ -240,7 +244,7 @@ async fn start_self_hosted_member(
             .collect(),
     };
     initial.push(format!("{name}={peer_url}"));
-    let pod = objects::self_hosted_member_pod(
+    let mut pod = objects::self_hosted_member_pod(
         cluster,
         &ctx.images(),
         name,
@@ -249,6 +253,7 @@ async fn start_self_hosted_member(
         &initial.join(","),
         &placement,
     )?;
+    crate::member_access::record_certificates(&ctx.client, cluster, &mut pod).await?;
     match existing {
         // Its flags no longer match the membership (a member came or went since): start afresh.
         Some(old) if initial_cluster_arg(old) != initial_cluster_arg(&pod) => {
@@ -791,6 +796,15 @@ pub async fn apply_step(
             Ok(())
         }
         Step::RestartWithSettings { name } => {
+            let view = obs.observed.pods.iter().find(|p| p.name == *name);
+            let onto = match (
+                view.is_some_and(|p| !p.settings_current),
+                view.is_some_and(|p| !p.certificates_current),
+            ) {
+                (true, true) => "the spec.etcd settings and the certificates spec.tls's Secrets hold now",
+                (false, true) => "the certificates spec.tls's Secrets hold now",
+                _ => "the spec.etcd settings",
+            };
             delete_member_pod(ctx, cluster, name, false).await?;
             event(
                 ctx,
@@ -799,7 +813,7 @@ pub async fn apply_step(
                 "MemberRestartingForSettings",
                 Some(name),
                 format!(
-                    "deleted the pod of {name} to restart it on its own data (claim {}) with the spec.etcd settings",
+                    "deleted the pod of {name} to restart it on its own data (claim {}) with {onto}",
                     vocabulary::pvc_name(name)
                 ),
             )

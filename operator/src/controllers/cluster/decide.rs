@@ -124,6 +124,8 @@ pub struct PodView {
     pub image_problem: Option<String>,
     /// It was built with the `spec.etcd` settings the spec gives now.
     pub settings_current: bool,
+    /// It was built with the certificates `spec.tls`'s Secrets hold now (always, without TLS).
+    pub certificates_current: bool,
     /// The quota its etcd runs with (`--quota-backend-bytes`), which lags the spec's until it is
     /// restarted with the new settings.
     pub quota_bytes: u64,
@@ -893,6 +895,9 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         return remove_one(o, ms, &voters, reason, version);
     }
     if voters.iter().any(|m| outdated(&m)) {
+        if let Some(blocked) = maintenance::certificates_block(o) {
+            return blocked;
+        }
         return Step::AddLearner {
             name: next_member_name(o),
             version,

@@ -86,6 +86,7 @@ impl Observed {
             voter_label: None,
             image_problem: None,
             settings_current: true,
+            certificates_current: true,
             quota_bytes: 2 << 30,
         });
         let ms = self.membership.get_or_insert(Membership {
@@ -258,6 +259,7 @@ fn a_starting_seed_is_awaited() {
         voter_label: None,
         image_problem: None,
         settings_current: true,
+        certificates_current: true,
         quota_bytes: 2 << 30,
     });
     assert!(matches!(step(&o), Step::WaitForMembers { .. }));
@@ -854,6 +856,7 @@ fn pods_first_a_refused_join_is_retried_with_the_same_pod_then_given_up() {
         voter_label: None,
         image_problem: None,
         settings_current: true,
+        certificates_current: true,
         quota_bytes: 2 << 30,
     });
     assert_eq!(
@@ -990,6 +993,7 @@ fn every_pod_gone_with_claims_restarts_each_member_in_order() {
         voter_label: None,
         image_problem: None,
         settings_current: true,
+        certificates_current: true,
         quota_bytes: 2 << 30,
     });
     o.pods.push(PodView {

@@ -52,6 +52,8 @@ pub struct MaintenanceView {
     pub recently_defragmented: Vec<String>,
     /// Each member's revision when the operator last defragmented it, by name (recorded on its pod).
     pub defragmented_revisions: Vec<(String, i64)>,
+    /// What is wrong with the certificates `spec.tls`'s Secrets hold now, one sentence each.
+    pub certificate_problems: Vec<String>,
     /// Under a CORRUPT alarm: each voter's hash of its keyspace at one common revision, by member
     /// ID (members that did not answer are absent).
     pub kv_hashes: Vec<(u64, KvHash)>,
@@ -76,6 +78,7 @@ impl Default for MaintenanceView {
             backup_sources: Vec::new(),
             recently_defragmented: Vec::new(),
             defragmented_revisions: Vec::new(),
+            certificate_problems: Vec::new(),
             kv_hashes: Vec::new(),
         }
     }
@@ -147,9 +150,23 @@ pub fn alarms(ms: &Membership) -> Vec<(u64, String)> {
     all
 }
 
-/// A voter's pod was built with other `spec.etcd` settings than the spec gives now.
+/// A voter's pod was built with other `spec.etcd` settings, or other certificates, than the spec and
+/// its Secrets give now: it is restarted onto them.
 pub fn settings_outdated(p: &PodView) -> bool {
-    !p.settings_current
+    !p.settings_current || !p.certificates_current
+}
+
+/// While a Secret of `spec.tls` holds a certificate members could not use, no member pod is
+/// restarted or replaced for a roll or an upgrade: it would mount that certificate and fail. `None`
+/// when the certificates are fine.
+pub fn certificates_block(o: &Observed) -> Option<Step> {
+    let problems = &o.maintenance.certificate_problems;
+    (!problems.is_empty()).then(|| Step::MaintenanceBlocked {
+        reason: format!(
+            "no member is restarted onto the certificates of spec.tls until they are fixed: {}",
+            problems.join("; ")
+        ),
+    })
 }
 
 fn free_bytes(m: &MemberView) -> u64 {
@@ -424,6 +441,9 @@ pub fn settings_roll_step(o: &Observed, ms: &Membership, voters: &[&MemberView])
         .iter()
         .find(|m| ms.leader != Some(m.id))
         .or_else(|| outdated.first())?;
+    if let Some(blocked) = certificates_block(o) {
+        return Some(blocked);
+    }
     if !matches!(o.data, super::decide::DataHome::Claims(_)) {
         // Data that lives with the pod cannot survive a restart: a new member with the new settings
         // joins first, and an outdated one leaves afterwards (as an upgrade does; the general rules

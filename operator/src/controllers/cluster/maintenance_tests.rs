@@ -433,3 +433,35 @@ fn two_members_against_a_majority_are_not_a_single_culprit() {
         blocked(&o)
     );
 }
+
+#[test]
+fn rotated_certificates_restart_each_member_on_its_claim_followers_first() {
+    let mut o = three();
+    for p in &mut o.pods {
+        p.certificates_current = false;
+    }
+    assert_eq!(step(&o), Step::RestartWithSettings { name: "c-1".into() });
+    o.pods[1].certificates_current = true;
+    o.pods[2].certificates_current = true;
+    assert!(matches!(step(&o), Step::MoveLeader { from, .. } if from == "c-0"));
+}
+
+#[test]
+fn certificates_members_could_not_use_are_never_rolled_onto() {
+    let mut o = three();
+    o.pods[1].certificates_current = false;
+    o.maintenance.certificate_problems = vec!["spec.tls.serverSecret (Secret s): not valid for c-2".into()];
+    let Step::MaintenanceBlocked { reason } = step(&o) else {
+        panic!("expected MaintenanceBlocked, got {:?}", step(&o));
+    };
+    assert!(reason.contains("not valid for c-2"), "{reason}");
+    // Nor by a settings roll or an upgrade, which would mount them too.
+    let o = three().old_settings(1);
+    let mut o = o;
+    o.maintenance.certificate_problems = vec!["bad".into()];
+    assert!(matches!(step(&o), Step::MaintenanceBlocked { .. }));
+    // With every pod current, nothing is blocked: the condition reports the certificates.
+    let mut o = three();
+    o.maintenance.certificate_problems = vec!["bad".into()];
+    assert_eq!(step(&o), Step::Converged);
+}

@@ -120,9 +120,12 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     let mut status = status::compute(&cluster, &obs, &decision, now);
     let wake = backups::run(&ctx, &cluster, &mut status, now).await?;
     let recovery_wake = recovery::run(&ctx, &cluster, &mut status, &decision.step, now).await?;
-    report_alarm(&ctx, &cluster, &status).await;
+    for (type_, when, reason) in WARN_ONCE {
+        warn_once(&ctx, &cluster, &status, type_, when, reason).await;
+    }
     report_degraded(&ctx, &cluster, &status).await;
     record_member_metrics(&ctx, &cluster, &status);
+    record_certificate_metrics(&ctx, &cluster, &obs);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
     let requeue = [wake, recovery_wake]
@@ -226,23 +229,37 @@ fn requeue_secs(step: &decide::Step) -> Duration {
     Duration::from_secs(secs)
 }
 
-/// An etcd alarm gets one Warning Event when it first appears or changes, not one per reconcile.
-async fn report_alarm(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
-    let Some(alarm) = status
+/// Conditions a person must act on, the status that means so, and the reason of the Warning Event
+/// each gets when it first appears or changes (not one per reconcile).
+const WARN_ONCE: [(&str, &str, &str); 3] = [
+    (ct::ALARM, "True", "EtcdAlarm"),
+    (ct::CERTIFICATES_VALID, "False", "CertificateInvalid"),
+    (ct::CERTIFICATES_EXPIRING, "True", "CertificatesExpiring"),
+];
+
+async fn warn_once(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    status: &ouroboros_crds::EtcdClusterStatus,
+    type_: &str,
+    when: &str,
+    reason: &str,
+) {
+    let Some(c) = status
         .conditions
         .iter()
-        .find(|c| c.type_ == ct::ALARM && c.status == "True")
+        .find(|c| c.type_ == type_ && c.status == when)
     else {
         return;
     };
-    if already_reported(cluster, ct::ALARM, &alarm.reason, &alarm.message) {
+    if already_reported(cluster, type_, &c.reason, &c.message) {
         return;
     }
     ctx.publish(
         &cluster.object_ref(&()),
         EventType::Warning,
-        "EtcdAlarm",
-        alarm.message.clone(),
+        reason,
+        c.message.clone(),
         None,
     )
     .await;
@@ -279,6 +296,24 @@ pub(super) fn already_reported(cluster: &EtcdCluster, type_: &str, reason: &str,
             .iter()
             .any(|c| c.type_ == type_ && c.reason == reason && c.message == message)
     })
+}
+
+fn record_certificate_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
+    let key = format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    );
+    for leaf in obs.certificates.iter().flat_map(|r| &r.leaves) {
+        ctx.metrics
+            .certificate_expiry
+            .get_or_create(&crate::metrics::CertificateLabels {
+                cluster: key.clone(),
+                secret: leaf.secret.clone(),
+                purpose: leaf.purpose.label(),
+            })
+            .set(leaf.not_after);
+    }
 }
 
 fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {

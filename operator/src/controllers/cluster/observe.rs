@@ -13,7 +13,8 @@ use super::decide::{
     Desired, MaintenanceView, MemberHealth, MemberView, Membership, NodeLoss, Observed, PodState, PodView,
 };
 use crate::{
-    etcd::{ClientTls, Endpoint, EtcdError, EtcdOps, Status},
+    certificates::CertificateReport,
+    etcd::{Endpoint, EtcdError, EtcdOps, Status},
     member_access,
     vocabulary::{self, LABEL_VERSION},
 };
@@ -36,6 +37,10 @@ pub struct Observation {
     pub pods: Vec<Pod>,
     /// Why the membership could not be read, when it could not.
     pub membership_error: Option<String>,
+    /// With `spec.tls`: the certificates its Secrets hold, checked against the members' names.
+    pub certificates: Option<CertificateReport>,
+    /// With `spec.tls`: the digest of its Secrets, which new member pods record.
+    pub certificates_digest: Option<String>,
 }
 
 impl Observation {
@@ -126,8 +131,8 @@ pub struct KubeRead {
     pub pods: Vec<Pod>,
     /// Claims labelled with the cluster and not owned by another (with PVC storage).
     pub pvcs: Vec<PersistentVolumeClaim>,
-    /// The operator's client certificate, with `spec.tls`.
-    pub tls: Option<Arc<ClientTls>>,
+    /// What the Secrets of `spec.tls` hold, with it.
+    pub tls: Option<member_access::TlsMaterial>,
     /// The boot member, while a pivot may still be under way.
     pub boot: Option<Endpoint>,
     /// The nodes its member pods run on (with PVC storage, to tell when a member's node is lost).
@@ -244,8 +249,11 @@ pub async fn assemble(
         .parse()
         .map_err(|_| ObserveError::Version(cluster.spec.version.clone()))?;
 
+    let client_tls = tls.as_ref().map(|t| t.client.clone());
+    let certificates_digest = tls.as_ref().map(member_access::TlsMaterial::digest);
     let mut pod_views = Vec::new();
     let mut endpoints = Vec::new();
+    let mut tls_names = Vec::new();
     for p in &pods {
         let member = p.name_any();
         let Some(version) = p.labels().get(LABEL_VERSION).and_then(|v| v.parse().ok()) else {
@@ -257,9 +265,24 @@ pub async fn assemble(
                     && c.metadata.deletion_timestamp.is_none()
                     && !retired(c)
             });
-        if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
+        // The names peers and clients check this member's certificates against: its DNS name, or
+        // (self-hosted) its node's address once it has one.
+        if !self_hosted || ip.is_some() {
+            tls_names.push(vocabulary::member_tls_name(
+                cluster,
+                &member,
+                ip.as_deref().unwrap_or_default(),
+            ));
+        }
+        // A pod without a record was built by an operator that did not record its certificates:
+        // it is restarted once onto what the Secrets hold, like any rotation.
+        let certificates_current = certificates_digest
+            .as_ref()
+            .is_none_or(|d| p.annotations().get(vocabulary::ANNOTATION_CERTIFICATES_DIGEST) == Some(d));
+        if let Some(ip) = ip {
             let port = vocabulary::ports_of(p).client;
-            let endpoint = member_access::member_endpoint(cluster, &member, &ip, port, tls.as_ref());
+            let endpoint = member_access::member_endpoint(cluster, &member, &ip, port, client_tls.as_ref());
             endpoints.push((member.clone(), endpoint));
         }
         let settings =
@@ -275,6 +298,7 @@ pub async fn assemble(
             .unwrap_or(ouroboros_crds::settings::DEFAULT_QUOTA_BACKEND_BYTES as u64);
         pod_views.push(PodView {
             settings_current,
+            certificates_current,
             quota_bytes,
             name: member,
             version,
@@ -340,6 +364,19 @@ pub async fn assemble(
         .map(|o| o + 1)
         .max()
         .unwrap_or(0);
+    let certificates = tls.as_ref().map(|t| t.check(&tls_names, now));
+    let certificate_problems = certificates
+        .iter()
+        .flat_map(|r| r.problems.iter().map(ToString::to_string))
+        .collect();
+    let maintenance = maintenance_view(
+        cluster,
+        &pods,
+        backup_sources,
+        kv_hashes,
+        certificate_problems,
+        now,
+    );
     let observed = Observed {
         data,
         known_members: cluster
@@ -361,7 +398,7 @@ pub async fn assemble(
         membership,
         pods_first: self_hosted,
         ordinal_floor: vocabulary::ordinal_floor(cluster).max(past_claims),
-        maintenance: maintenance_view(cluster, &pods, backup_sources, kv_hashes, now),
+        maintenance,
         boot: boot.map(|ep| BootView {
             id: boot_id,
             endpoint: ep.url,
@@ -375,6 +412,8 @@ pub async fn assemble(
         members,
         pods,
         membership_error,
+        certificates,
+        certificates_digest,
     })
 }
 
@@ -385,6 +424,7 @@ fn maintenance_view(
     pods: &[Pod],
     backup_sources: Vec<String>,
     kv_hashes: Vec<(u64, crate::etcd::KvHash)>,
+    certificate_problems: Vec<String>,
     now: jiff::Timestamp,
 ) -> MaintenanceView {
     let recently_defragmented = pods
@@ -427,6 +467,7 @@ fn maintenance_view(
         backup_sources,
         recently_defragmented,
         defragmented_revisions,
+        certificate_problems,
         kv_hashes,
     }
 }
@@ -937,11 +978,15 @@ mod tests {
             KubeRead {
                 pods: (0..3).map(|i| pod(c, i)).collect(),
                 tls: tls.then(|| {
-                    Arc::new(ClientTls {
+                    let empty = ClientTls {
                         ca: vec![],
                         cert: vec![],
                         key: vec![],
-                    })
+                    };
+                    crate::member_access::TlsMaterial {
+                        client: Arc::new(empty.clone()),
+                        secrets: vec![("o".into(), crate::certificates::Purpose::OperatorClient, empty)],
+                    }
                 }),
                 ..KubeRead::default()
             }

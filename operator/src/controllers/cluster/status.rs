@@ -10,7 +10,7 @@ use super::{
     decide::{Decision, HeldBy, Step},
     observe::Observation,
 };
-use crate::vocabulary;
+use crate::{certificates::CertificateReport, vocabulary};
 
 /// The `Degraded` reason when member pods cannot pull their image.
 pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
@@ -204,6 +204,14 @@ pub fn compute(
         set(ct::MAINTENANCE, active, reason, message);
     }
 
+    if let Some(report) = &obs.certificates {
+        let (valid, reason, message) = certificates_valid_condition(report);
+        set(ct::CERTIFICATES_VALID, valid, reason, message);
+        let (expiring, reason, message) =
+            certificates_expiring_condition(report, now.as_second(), crate::certificates::EXPIRY_WARNING);
+        set(ct::CERTIFICATES_EXPIRING, expiring, reason, message);
+    }
+
     if let Some((removed, reason, message)) = boot_condition(cluster, obs, decision) {
         set(ct::BOOT_MEMBER_REMOVED, removed, reason, message);
     }
@@ -267,6 +275,61 @@ fn member_name_of(obs: &Observation, id: u64) -> String {
         .as_ref()
         .and_then(|ms| ms.members.iter().find(|m| m.id == id))
         .map_or_else(|| format!("{id:x}"), |m| m.name.clone())
+}
+
+/// `CertificatesValid`: what is wrong with the certificates of `spec.tls`, each Secret named.
+pub fn certificates_valid_condition(report: &CertificateReport) -> (bool, &'static str, String) {
+    if report.problems.is_empty() {
+        return (
+            true,
+            "CertificatesUsable",
+            "every certificate of spec.tls parses, is valid now, chains to its ca.crt and names every member"
+                .to_owned(),
+        );
+    }
+    let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    (
+        false,
+        "CertificateInvalid",
+        format!(
+            "{}. No member is restarted onto these certificates until they are fixed",
+            problems.join("; ")
+        ),
+    )
+}
+
+/// `CertificatesExpiring`: the leaves ending within `warning` of `now`, soonest first.
+pub fn certificates_expiring_condition(
+    report: &CertificateReport,
+    now: i64,
+    warning: std::time::Duration,
+) -> (bool, &'static str, String) {
+    let days = warning.as_secs() / 86_400;
+    let soon = report.expiring(now, warning);
+    if soon.is_empty() {
+        return (
+            false,
+            "CertificatesFresh",
+            format!("no certificate of spec.tls ends within {days} days"),
+        );
+    }
+    let listed: Vec<String> = soon
+        .iter()
+        .map(|l| {
+            let end = jiff::Timestamp::from_second(l.not_after)
+                .map_or_else(|_| l.not_after.to_string(), |t| t.to_string());
+            format!("{} ({}) ends {end}", l.secret, l.purpose.field())
+        })
+        .collect();
+    (
+        true,
+        "CertificatesExpiring",
+        format!(
+            "within {days} days: {}. Renew the Secret (members are restarted onto the new certificate one at a \
+             time; docs/runbooks.md, \"Rotating certificates\")",
+            listed.join(", ")
+        ),
+    )
 }
 
 /// `DatabaseNearQuota` from what the members reported.

@@ -659,7 +659,17 @@ async fn start_seed(
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let claim = objects::snapshot_claim_name(r);
-    let pod = objects::seed_pod(cluster, &ctx.images(), seed, version, &claim, &token)?;
+    let mut pod = objects::seed_pod(cluster, &ctx.images(), seed, version, &claim, &token)?;
+    if let Err(e) = crate::member_access::record_certificates(&ctx.client, cluster, &mut pod).await {
+        let status = EtcdRestoreStatus {
+            reason: Some(format!(
+                "waiting for the certificates of spec.tls before starting the seed: {e}"
+            )),
+            ..status
+        };
+        write_status(ctx, r, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .create(&PostParams::default(), &pod)
         .await

@@ -1,0 +1,316 @@
+//! Certificate rotation (#20) on the local cluster, under a TLS writer of sequential keys whose every
+//! acknowledged write is read back at the end (0 lost):
+//! - the expiry of each certificate is a metric, and one ending within 30 days raises
+//!   `CertificatesExpiring` (the test CA issues two-day certificates, so every one does);
+//! - a renewed server Secret that lacks the members' names is refused: `CertificatesValid=False`
+//!   names the missing name, a Warning Event says so, and no member pod is touched;
+//! - renewed leaves in all three Secrets reach every member one at a time, each restarted on its own
+//!   claim (member IDs and claims unchanged), and each member then serves the new certificates.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, PostParams},
+};
+use ouroboros_crds::{EtcdCluster, condition_types as ct};
+use ouroboros_e2e::{
+    TestNamespace,
+    certs::{make_ca, make_cert, make_member_certs, tls_secret},
+    client,
+    etcd_cluster::{self, converged},
+    events_with_reason, operator_metrics, wait_for,
+    writer::{Writer, WriterTls},
+};
+
+const V: &str = "3.6.16";
+const T: Duration = Duration::from_secs(300);
+const SELECTOR: &str = "etcd.ouroboros.dev/cluster=rot";
+const DIGEST: &str = "etcd.ouroboros.dev/certificates-digest";
+
+async fn member_pods(c: &Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
+    Ok(Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels(SELECTOR))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.labels().contains_key("etcd.ouroboros.dev/member"))
+        .collect())
+}
+
+fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, String)> {
+    cluster
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Replaces Secret `name` with `ca.crt` and the `<cert>` pair from `dir`.
+async fn renew(secrets: &Api<Secret>, dir: &Path, name: &str, cert: &str) -> anyhow::Result<()> {
+    let mut s = tls_secret(dir, name, cert)?;
+    s.metadata.resource_version = secrets.get(name).await?.resource_version();
+    secrets.replace(name, &PostParams::default(), &s).await?;
+    Ok(())
+}
+
+/// SHA-256 fingerprint of a PEM certificate file.
+fn fingerprint_of_file(path: &Path) -> anyhow::Result<String> {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "openssl x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// SHA-256 fingerprint of the certificate served at `addr`, presenting the client pair in `dir`.
+fn served_fingerprint(dir: &Path, addr: &str, client: &str) -> anyhow::Result<String> {
+    let script = format!(
+        "openssl s_client -connect {addr} -cert {client}.crt -key {client}.key -CAfile ca.crt </dev/null 2>/dev/null \
+         | openssl x509 -noout -fingerprint -sha256"
+    );
+    let out = Command::new("sh")
+        .current_dir(dir)
+        .args(["-c", &script])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn uids<K: ResourceExt>(list: &[K]) -> Vec<String> {
+    let mut u: Vec<String> = list.iter().filter_map(|p| p.uid()).collect();
+    u.sort();
+    u
+}
+
+#[tokio::test]
+async fn rotated_certificates_reach_every_member_and_unusable_ones_are_refused() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "rot")
+        .await?
+        .run(|c, ns| async move {
+            let dir = std::env::temp_dir().join(format!("ouroboros-{ns}"));
+            std::fs::create_dir_all(&dir)?;
+            make_ca(&dir, "e2e-rotation-ca")?;
+            make_member_certs(&dir, "rot", &ns, "")?;
+            let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
+            for (name, cert) in [("peer", "peer"), ("server", "server"), ("client", "client")] {
+                secrets
+                    .create(&PostParams::default(), &tls_secret(&dir, name, cert)?)
+                    .await?;
+            }
+            etcd_cluster::create(
+                &c,
+                &ns,
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: rot}\n\
+             spec: {size: 3, pod: {antiAffinity: None}, storage: {persistentVolumeClaim: {size: 1Gi}},\n\
+             \x20 tls: {peerSecret: peer, serverSecret: server, operatorClientSecret: client}}\n",
+            )
+            .await?;
+            let status = etcd_cluster::wait(&c, &ns, "rot", "3 TLS members", T, converged(3, V)).await?;
+            let ids_before: Vec<(String, Option<String>)> = status
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.id.clone()))
+                .collect();
+            let api: Api<EtcdCluster> = Api::namespaced(c.clone(), &ns);
+
+            // Expiry: two-day certificates are within the 30-day window, each named, and each is a metric.
+            let cluster = api.get("rot").await?;
+            let (s, reason, msg) =
+                condition(&cluster, ct::CERTIFICATES_EXPIRING).context("no CertificatesExpiring")?;
+            ensure!(
+                s == "True" && reason == "CertificatesExpiring",
+                "{s} {reason}: {msg}"
+            );
+            for secret in [
+                "peer (spec.tls.peerSecret)",
+                "server (spec.tls.serverSecret)",
+                "client (spec.tls.operatorClientSecret)",
+            ] {
+                ensure!(
+                    msg.contains(secret),
+                    "CertificatesExpiring does not name {secret}: {msg}"
+                );
+            }
+            ensure!(
+                condition(&cluster, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "True"),
+                "{:?}",
+                condition(&cluster, ct::CERTIFICATES_VALID)
+            );
+            ensure!(
+                !events_with_reason(&c, &ns, "CertificatesExpiring")
+                    .await?
+                    .is_empty(),
+                "no CertificatesExpiring Event"
+            );
+            let metrics = operator_metrics()?;
+            for purpose in ["peer", "server", "operator-client"] {
+                let line = metrics
+                    .lines()
+                    .find(|l| {
+                        l.starts_with("ouroboros_certificate_expiry_timestamp_seconds")
+                            && l.contains(&format!("cluster=\"{ns}/rot\""))
+                            && l.contains(&format!("purpose=\"{purpose}\""))
+                    })
+                    .with_context(|| format!("no expiry metric for {purpose}"))?;
+                let end: f64 = line.rsplit(' ').next().unwrap_or_default().parse()?;
+                let left = end - jiff::Timestamp::now().as_second() as f64;
+                ensure!(
+                    (0.0..3.0 * 86_400.0).contains(&left),
+                    "{purpose} ends in {left} s: {line}"
+                );
+            }
+
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "rot")
+                .await?
+                .replace("http://", "https://");
+            let read = |f: &str| std::fs::read(dir.join(f));
+            let writer = Writer::start_tls(
+                &endpoint,
+                "/rotation",
+                WriterTls {
+                    ca: read("ca.crt")?,
+                    cert: read("client.crt")?,
+                    key: read("client.key")?,
+                    domain: format!("rot-client.{ns}.svc"),
+                },
+            )
+            .await?;
+            let pods_before = member_pods(&c, &ns).await?;
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
+            let claims_before = uids(&claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
+
+            // A renewal that lacks the members' names is refused and nothing is touched.
+            make_cert(
+                &dir,
+                "narrow",
+                "etcd-server",
+                &format!("subjectAltName=DNS:rot-client.{ns}.svc\nextendedKeyUsage=serverAuth,clientAuth\n"),
+            )?;
+            renew(&secrets, &dir, "server", "narrow").await?;
+            etcd_cluster::wait(&c, &ns, "rot", "CertificatesValid=False", T, |cl, _| {
+                condition(cl, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "False")
+            })
+            .await?;
+            let cluster = api.get("rot").await?;
+            let (_, reason, msg) = condition(&cluster, ct::CERTIFICATES_VALID).context("condition")?;
+            ensure!(reason == "CertificateInvalid", "{reason}: {msg}");
+            ensure!(
+                msg.contains("spec.tls.serverSecret") && msg.contains(&format!("rot-0.rot.{ns}.svc")),
+                "{msg}"
+            );
+            ensure!(
+                !events_with_reason(&c, &ns, "CertificateInvalid")
+                    .await?
+                    .is_empty(),
+                "no CertificateInvalid Event"
+            );
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            let pods_now = member_pods(&c, &ns).await?;
+            ensure!(
+                uids(&pods_now) == uids(&pods_before),
+                "a member pod was restarted onto a refused certificate"
+            );
+            ensure!(
+                events_with_reason(&c, &ns, "MemberRestartingForSettings")
+                    .await?
+                    .is_empty(),
+                "a restart started"
+            );
+            ensure!(
+                writer.acked_during(5).await > 0,
+                "writes stopped while the renewal was refused"
+            );
+
+            // Renewed leaves in every Secret: rolled to every member, one at a time, on its own claim.
+            make_member_certs(&dir, "rot", &ns, "2")?;
+            for (name, cert) in [("peer", "peer2"), ("server", "server2"), ("client", "client2")] {
+                renew(&secrets, &dir, name, cert).await?;
+            }
+            let old_digest = pods_before[0]
+                .annotations()
+                .get(DIGEST)
+                .cloned()
+                .context("no digest on a member pod")?;
+            wait_for("every member restarted onto the renewed certificates", T, || {
+                let (c, ns, old) = (c.clone(), ns.clone(), old_digest.clone());
+                async move {
+                    let pods = member_pods(&c, &ns).await?;
+                    let digests: std::collections::BTreeSet<Option<&String>> =
+                        pods.iter().map(|p| p.annotations().get(DIGEST)).collect();
+                    let done = pods.len() == 3 && digests.len() == 1 && !digests.contains(&Some(&old));
+                    Ok(done.then_some(()))
+                }
+            })
+            .await?;
+            let status = etcd_cluster::wait(
+                &c,
+                &ns,
+                "rot",
+                "converged on the renewed certificates",
+                T,
+                converged(3, V),
+            )
+            .await?;
+            let cluster = api.get("rot").await?;
+            ensure!(
+                condition(&cluster, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "True"),
+                "{:?}",
+                condition(&cluster, ct::CERTIFICATES_VALID)
+            );
+            let ids_after: Vec<(String, Option<String>)> = status
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.id.clone()))
+                .collect();
+            ensure!(
+                ids_after == ids_before,
+                "members {ids_before:?} -> {ids_after:?}: replaced, not restarted"
+            );
+            let claims_after = uids(&claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
+            ensure!(
+                claims_after == claims_before,
+                "claims {claims_before:?} -> {claims_after:?}"
+            );
+            let restarts = events_with_reason(&c, &ns, "MemberRestartingForSettings").await?;
+            ensure!(restarts.len() == 3, "restarts: {restarts:?}");
+
+            // Each member serves the renewed server and peer certificates.
+            let (server, peer) = (
+                fingerprint_of_file(&dir.join("server2.crt"))?,
+                fingerprint_of_file(&dir.join("peer2.crt"))?,
+            );
+            for p in member_pods(&c, &ns).await? {
+                let ip = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .context("member without an IP")?;
+                let served = served_fingerprint(&dir, &format!("{ip}:2379"), "client2")?;
+                ensure!(
+                    served == server,
+                    "{} serves {served}, not the renewed {server}",
+                    p.name_any()
+                );
+                let served = served_fingerprint(&dir, &format!("{ip}:2380"), "peer2")?;
+                ensure!(
+                    served == peer,
+                    "{} presents peer {served}, not the renewed {peer}",
+                    p.name_any()
+                );
+            }
+            let (acked, failed) = writer.stop_and_verify().await?;
+            println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+            Ok(())
+        })
+        .await
+}

@@ -1,0 +1,309 @@
+//! What the operator checks in the certificates of `spec.tls` before members use them: each leaf
+//! parses, is valid now, names every member, and was signed by a CA in its Secret's `ca.crt`; and
+//! when each one expires. Pure over the PEM bytes, so every rule is tested directly.
+//!
+//! A rotation is rolled out by restarting members one at a time on their own data; a Secret that
+//! fails these checks is never rolled onto (a member restarted on it could not talk to its peers or
+//! clients), and the cluster says which Secret and what is wrong.
+
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, pem::Pem};
+
+/// Under this long before a certificate's end, `CertificatesExpiring` is raised.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Which of `spec.tls`'s Secrets, and what it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Purpose {
+    /// `spec.tls.peerSecret`: members to each other.
+    Peer,
+    /// `spec.tls.serverSecret`: members to clients.
+    Server,
+    /// `spec.tls.operatorClientSecret`: the operator and the backup sidecars to members.
+    OperatorClient,
+}
+
+impl Purpose {
+    /// The field of `spec.tls` that names the Secret.
+    pub fn field(self) -> &'static str {
+        match self {
+            Purpose::Peer => "spec.tls.peerSecret",
+            Purpose::Server => "spec.tls.serverSecret",
+            Purpose::OperatorClient => "spec.tls.operatorClientSecret",
+        }
+    }
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Purpose::Peer => "peer",
+            Purpose::Server => "server",
+            Purpose::OperatorClient => "operator-client",
+        }
+    }
+    /// Whether members present this certificate to others, who check it names the member.
+    fn names_members(self) -> bool {
+        matches!(self, Purpose::Peer | Purpose::Server)
+    }
+}
+
+/// One Secret's PEM material.
+#[derive(Clone, Debug)]
+pub struct SecretPem<'a> {
+    /// The Secret's name.
+    pub name: &'a str,
+    /// What it is for.
+    pub purpose: Purpose,
+    /// `ca.crt`: one CA or a bundle (during a CA rotation, the old and the new).
+    pub ca: &'a [u8],
+    /// `tls.crt`: the leaf first.
+    pub cert: &'a [u8],
+}
+
+/// What is wrong with a Secret's certificate: the member restarted on it would fail.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateProblem {
+    /// `tls.crt` or `ca.crt` is not a PEM certificate.
+    #[error("{field} (Secret {secret}): {what} does not parse as a PEM certificate: {detail}")]
+    Unparseable {
+        /// `spec.tls` field.
+        field: &'static str,
+        /// Secret name.
+        secret: String,
+        /// `tls.crt` or `ca.crt`.
+        what: &'static str,
+        /// The parser's message.
+        detail: String,
+    },
+    /// The leaf's validity ended.
+    #[error("{field} (Secret {secret}): the certificate expired at {not_after}; renew it")]
+    Expired {
+        /// `spec.tls` field.
+        field: &'static str,
+        /// Secret name.
+        secret: String,
+        /// Its end, RFC 3339.
+        not_after: String,
+    },
+    /// The leaf's validity has not begun.
+    #[error(
+        "{field} (Secret {secret}): the certificate is not valid before {not_before}; check the issuer's clock"
+    )]
+    NotYetValid {
+        /// `spec.tls` field.
+        field: &'static str,
+        /// Secret name.
+        secret: String,
+        /// Its start, RFC 3339.
+        not_before: String,
+    },
+    /// The leaf does not name a member.
+    #[error(
+        "{field} (Secret {secret}): the certificate is not valid for {missing}; add it to the subject alternative names"
+    )]
+    MissingName {
+        /// `spec.tls` field.
+        field: &'static str,
+        /// Secret name.
+        secret: String,
+        /// The names (DNS or IP) it lacks.
+        missing: String,
+    },
+    /// No CA in `ca.crt` signed the leaf.
+    #[error(
+        "{field} (Secret {secret}): no CA in ca.crt signed tls.crt; put the issuing CA in ca.crt (a bundle may hold the old and the new)"
+    )]
+    NotSignedByCa {
+        /// `spec.tls` field.
+        field: &'static str,
+        /// Secret name.
+        secret: String,
+    },
+}
+
+/// A Secret's leaf, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafFacts {
+    /// Secret name.
+    pub secret: String,
+    /// What it is for.
+    pub purpose: Purpose,
+    /// End of validity, seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// The outcome of checking every Secret: each leaf's expiry, and what is wrong.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateReport {
+    /// One per Secret whose leaf parsed.
+    pub leaves: Vec<LeafFacts>,
+    /// Everything wrong; empty when every Secret can be rolled onto.
+    pub problems: Vec<CertificateProblem>,
+}
+
+impl CertificateReport {
+    /// The leaves ending within `warning` of `now` (seconds since the epoch), soonest first.
+    pub fn expiring(&self, now: i64, warning: std::time::Duration) -> Vec<&LeafFacts> {
+        let horizon = now.saturating_add(i64::try_from(warning.as_secs()).unwrap_or(i64::MAX));
+        let mut soon: Vec<&LeafFacts> = self.leaves.iter().filter(|l| l.not_after < horizon).collect();
+        soon.sort_by_key(|l| l.not_after);
+        soon
+    }
+}
+
+/// Checks each Secret's leaf: parses, valid at `now` (seconds since the epoch), signed by a CA of
+/// its `ca.crt`, and (peer and server) valid for every name in `member_names`.
+pub fn check(secrets: &[SecretPem<'_>], member_names: &[String], now: i64) -> CertificateReport {
+    let mut report = CertificateReport::default();
+    for s in secrets {
+        let field = s.purpose.field();
+        let unparseable = |what: &'static str, detail: String| CertificateProblem::Unparseable {
+            field,
+            secret: s.name.to_owned(),
+            what,
+            detail,
+        };
+        let leaf_pem = match first_pem(s.cert) {
+            Ok(p) => p,
+            Err(e) => {
+                report.problems.push(unparseable("tls.crt", e));
+                continue;
+            }
+        };
+        let leaf = match leaf_pem.parse_x509() {
+            Ok(c) => c,
+            Err(e) => {
+                report.problems.push(unparseable("tls.crt", e.to_string()));
+                continue;
+            }
+        };
+        let validity = leaf.validity();
+        let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+        report.leaves.push(LeafFacts {
+            secret: s.name.to_owned(),
+            purpose: s.purpose,
+            not_after,
+        });
+        if now > not_after {
+            report.problems.push(CertificateProblem::Expired {
+                field,
+                secret: s.name.to_owned(),
+                not_after: rfc3339(not_after),
+            });
+        }
+        if now < not_before {
+            report.problems.push(CertificateProblem::NotYetValid {
+                field,
+                secret: s.name.to_owned(),
+                not_before: rfc3339(not_before),
+            });
+        }
+        if s.purpose.names_members() {
+            let missing: Vec<&str> = member_names
+                .iter()
+                .filter(|n| !names(&leaf).iter().any(|san| san.covers(n)))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                report.problems.push(CertificateProblem::MissingName {
+                    field,
+                    secret: s.name.to_owned(),
+                    missing: missing.join(", "),
+                });
+            }
+        }
+        match Pem::iter_from_buffer(s.ca).collect::<Result<Vec<Pem>, _>>() {
+            Err(e) => report.problems.push(unparseable("ca.crt", e.to_string())),
+            Ok(cas) if cas.is_empty() => report
+                .problems
+                .push(unparseable("ca.crt", "no certificate in it".to_owned())),
+            Ok(cas) => {
+                let signed = cas.iter().filter_map(|p| p.parse_x509().ok()).any(|ca| {
+                    leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+                });
+                if !signed {
+                    report.problems.push(CertificateProblem::NotSignedByCa {
+                        field,
+                        secret: s.name.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    report
+}
+
+/// A digest of the Secrets' whole material (keys included): a member whose pod recorded another
+/// digest runs other certificates and is restarted onto these.
+pub fn digest(material: &[(&[u8], &[u8], &[u8])]) -> String {
+    let mut h = Sha256::new();
+    for (ca, cert, key) in material {
+        for part in [ca, cert, key] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    let out = h.finalize();
+    out.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn first_pem(bytes: &[u8]) -> Result<Pem, String> {
+    Pem::iter_from_buffer(bytes)
+        .next()
+        .ok_or_else(|| "no certificate in it".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+fn rfc3339(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs).map_or_else(|_| secs.to_string(), |t| t.to_string())
+}
+
+/// A subject alternative name.
+enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl San {
+    /// Whether this name covers `name` (a DNS name or an IP address), with one leading wildcard
+    /// label matching exactly one label, as TLS clients check.
+    fn covers(&self, name: &str) -> bool {
+        match (self, name.parse::<IpAddr>()) {
+            (San::Ip(ip), Ok(want)) => *ip == want,
+            (San::Dns(dns), Err(_)) => {
+                let (dns, name) = (dns.to_ascii_lowercase(), name.to_ascii_lowercase());
+                match dns.strip_prefix("*.") {
+                    Some(suffix) => name
+                        .split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+                    None => dns == name,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+fn names(cert: &X509Certificate<'_>) -> Vec<San> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(San::Dns((*d).to_owned())),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b).ok().map(|a| San::Ip(IpAddr::from(a))),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| San::Ip(IpAddr::from(a))),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "certificates_tests.rs"]
+mod tests;
