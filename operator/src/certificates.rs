@@ -2,9 +2,10 @@
 //! parses, is valid now, names every member, and was signed by a CA in its Secret's `ca.crt`; and
 //! when each one expires. Pure over the PEM bytes, so every rule is tested directly.
 //!
-//! A rotation is rolled out by restarting members one at a time on their own data; a Secret that
-//! fails these checks is never rolled onto (a member restarted on it could not talk to its peers or
-//! clients), and the cluster says which Secret and what is wrong.
+//! What a running member cannot pick up by itself (its trusted CAs, the sidecar's client pair) is
+//! rolled out by restarting members one at a time (`member_access::TlsMaterial::digest`); while a
+//! Secret fails these checks no member is restarted (one restarted on it could not talk to its
+//! peers or clients), and the cluster says which Secret and what is wrong.
 
 use std::net::IpAddr;
 
@@ -112,7 +113,7 @@ pub enum CertificateProblem {
     },
     /// No CA in `ca.crt` signed the leaf.
     #[error(
-        "{field} (Secret {secret}): no CA in ca.crt signed tls.crt; put the issuing CA in ca.crt (a bundle may hold the old and the new)"
+        "{field} (Secret {secret}): no CA in the ca.crt of spec.tls's Secrets issued tls.crt (directly or through the intermediates after it in tls.crt); put its CA in ca.crt (a bundle may hold the old and the new)"
     )]
     NotSignedByCa {
         /// `spec.tls` field.
@@ -152,11 +153,23 @@ impl CertificateReport {
     }
 }
 
-/// Checks each Secret's leaf: parses, valid at `now` (seconds since the epoch), signed by a CA of
-/// its `ca.crt`, and (peer and server) valid for every name in `member_names`.
+/// Checks each Secret's leaf: parses, valid at `now` (seconds since the epoch), issued (directly or
+/// through intermediates that follow it in `tls.crt`) by a CA in one of the Secrets' `ca.crt`, and
+/// (peer and server) valid for every name in `member_names`.
+///
+/// The CA may be in any of the three `ca.crt`: etcd checks client certificates with the server
+/// Secret's and the operator checks servers with its own Secret's, so a pairing check per Secret
+/// would refuse setups that work. Refusing blocks rolls, so only what certainly fails is refused:
+/// a signature in an algorithm the checker does not know counts as signed.
 pub fn check(secrets: &[SecretPem<'_>], member_names: &[String], now: i64) -> CertificateReport {
     let mut report = CertificateReport::default();
-    for s in secrets {
+    let ca_pems: Vec<Vec<Pem>> = secrets.iter().map(|s| certificate_blocks(s.ca)).collect();
+    let trusted: Vec<X509Certificate<'_>> = ca_pems
+        .iter()
+        .flatten()
+        .filter_map(|p| p.parse_x509().ok())
+        .collect();
+    for (s, cas) in secrets.iter().zip(&ca_pems) {
         let field = s.purpose.field();
         let unparseable = |what: &'static str, detail: String| CertificateProblem::Unparseable {
             field,
@@ -164,12 +177,17 @@ pub fn check(secrets: &[SecretPem<'_>], member_names: &[String], now: i64) -> Ce
             what,
             detail,
         };
-        let leaf_pem = match first_pem(s.cert) {
-            Ok(p) => p,
-            Err(e) => {
-                report.problems.push(unparseable("tls.crt", e));
-                continue;
-            }
+        if cas.is_empty() {
+            report
+                .problems
+                .push(unparseable("ca.crt", "no certificate in it".to_owned()));
+        }
+        let chain_pems = certificate_blocks(s.cert);
+        let Some(leaf_pem) = chain_pems.first() else {
+            report
+                .problems
+                .push(unparseable("tls.crt", "no certificate in it".to_owned()));
+            continue;
         };
         let leaf = match leaf_pem.parse_x509() {
             Ok(c) => c,
@@ -213,22 +231,15 @@ pub fn check(secrets: &[SecretPem<'_>], member_names: &[String], now: i64) -> Ce
                 });
             }
         }
-        match Pem::iter_from_buffer(s.ca).collect::<Result<Vec<Pem>, _>>() {
-            Err(e) => report.problems.push(unparseable("ca.crt", e.to_string())),
-            Ok(cas) if cas.is_empty() => report
-                .problems
-                .push(unparseable("ca.crt", "no certificate in it".to_owned())),
-            Ok(cas) => {
-                let signed = cas.iter().filter_map(|p| p.parse_x509().ok()).any(|ca| {
-                    leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok()
-                });
-                if !signed {
-                    report.problems.push(CertificateProblem::NotSignedByCa {
-                        field,
-                        secret: s.name.to_owned(),
-                    });
-                }
-            }
+        let intermediates: Vec<X509Certificate<'_>> = chain_pems[1..]
+            .iter()
+            .filter_map(|p| p.parse_x509().ok())
+            .collect();
+        if !trusted.is_empty() && !issued_by_trusted(&leaf, &intermediates, &trusted) {
+            report.problems.push(CertificateProblem::NotSignedByCa {
+                field,
+                secret: s.name.to_owned(),
+            });
         }
     }
     report
@@ -248,11 +259,49 @@ pub fn digest(material: &[(&[u8], &[u8], &[u8])]) -> String {
     out.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-fn first_pem(bytes: &[u8]) -> Result<Pem, String> {
+/// The PEM blocks labelled CERTIFICATE, as TLS stacks read a bundle: other blocks and blocks that
+/// do not decode are skipped, not fatal.
+fn certificate_blocks(bytes: &[u8]) -> Vec<Pem> {
     Pem::iter_from_buffer(bytes)
-        .next()
-        .ok_or_else(|| "no certificate in it".to_owned())?
-        .map_err(|e| e.to_string())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .collect()
+}
+
+/// Whether `issuer` signed `cert`: `Some(true)`, `Some(false)`, or `None` when the algorithm is
+/// one the checker cannot verify.
+fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Option<bool> {
+    if cert.issuer() != issuer.subject() {
+        return Some(false);
+    }
+    match cert.verify_signature(Some(issuer.public_key())) {
+        Ok(()) => Some(true),
+        Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// Walks from `leaf` up through `intermediates` (at most a few steps) to a certificate of
+/// `trusted`; an unverifiable algorithm on the way counts as signed.
+fn issued_by_trusted(
+    leaf: &X509Certificate<'_>,
+    intermediates: &[X509Certificate<'_>],
+    trusted: &[X509Certificate<'_>],
+) -> bool {
+    let mut current = leaf;
+    for _ in 0..=intermediates.len().min(4) {
+        if trusted.iter().any(|ca| signed_by(current, ca) != Some(false)) {
+            return true;
+        }
+        match intermediates
+            .iter()
+            .find(|i| signed_by(current, i) != Some(false) && !std::ptr::eq(*i, current))
+        {
+            Some(next) => current = next,
+            None => return false,
+        }
+    }
+    false
 }
 
 fn rfc3339(secs: i64) -> String {

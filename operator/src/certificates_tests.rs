@@ -159,10 +159,72 @@ fn a_ca_with_the_same_name_but_another_key_does_not_count() {
 #[test]
 fn garbage_is_reported_not_a_panic() {
     let report = check(&one(Purpose::Peer, "not pem", "not pem either"), &members(), NOW);
+    assert!(
+        matches!(
+            report.problems[..],
+            [
+                CertificateProblem::Unparseable { what: "ca.crt", .. },
+                CertificateProblem::Unparseable { what: "tls.crt", .. }
+            ]
+        ),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn a_chain_through_an_intermediate_in_tls_crt_is_accepted() {
+    let root = ca("root");
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "intermediate");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.not_before = at(NOW - 10 * DAY);
+    params.not_after = at(NOW + 365 * DAY);
+    let key = KeyPair::generate().unwrap();
+    let pem = params
+        .signed_by(&key, &Issuer::new(root.params.clone(), &root.key))
+        .unwrap()
+        .pem();
+    let intermediate = Ca { pem, params, key };
+    let chain = format!(
+        "{}{}",
+        leaf(&intermediate, &["*.m.ns.svc"], -DAY, 90 * DAY),
+        intermediate.pem
+    );
+    let report = check(&one(Purpose::Server, &root.pem, &chain), &members(), NOW);
+    assert_eq!(report.problems, vec![]);
+    // Without the intermediate, nothing ties the leaf to the root.
+    let alone = leaf(&intermediate, &["*.m.ns.svc"], -DAY, 90 * DAY);
+    let report = check(&one(Purpose::Server, &root.pem, &alone), &members(), NOW);
     assert!(matches!(
         report.problems[..],
-        [CertificateProblem::Unparseable { what: "tls.crt", .. }]
+        [CertificateProblem::NotSignedByCa { .. }]
     ));
+}
+
+#[test]
+fn a_ca_in_another_secrets_ca_crt_counts() {
+    // Separate client and server CAs: etcd checks clients with the server Secret's ca.crt.
+    let (servers, clients) = (ca("servers"), ca("clients"));
+    let server = leaf(&servers, &["*.m.ns.svc"], -DAY, 90 * DAY);
+    let client = leaf(&clients, &["operator"], -DAY, 90 * DAY);
+    let secrets = vec![
+        SecretPem {
+            name: "s",
+            purpose: Purpose::Server,
+            ca: clients.pem.as_bytes(),
+            cert: server.as_bytes(),
+        },
+        SecretPem {
+            name: "o",
+            purpose: Purpose::OperatorClient,
+            ca: servers.pem.as_bytes(),
+            cert: client.as_bytes(),
+        },
+    ];
+    assert_eq!(check(&secrets, &members(), NOW).problems, vec![]);
 }
 
 #[test]

@@ -48,12 +48,20 @@ pub struct TlsMaterial {
 }
 
 impl TlsMaterial {
-    /// The digest members record: a member whose pod recorded another runs other certificates.
+    /// The digest members record: a member whose pod recorded another must be restarted to use
+    /// what the Secrets hold now. It covers what a running member cannot pick up by itself: every
+    /// `ca.crt` (etcd reads its trusted CAs once, at start) and the operator's client pair (the
+    /// backup sidecar reads it once, at start). A renewed peer or server leaf is not in it: the
+    /// kubelet refreshes the mounted Secret in running pods within about a minute and etcd reads its
+    /// certificate and key again for every new connection, so restarting for it would only churn.
     pub fn digest(&self) -> String {
         let parts: Vec<(&[u8], &[u8], &[u8])> = self
             .secrets
             .iter()
-            .map(|(_, _, t)| (t.ca.as_slice(), t.cert.as_slice(), t.key.as_slice()))
+            .map(|(_, purpose, t)| match purpose {
+                Purpose::OperatorClient => (t.ca.as_slice(), t.cert.as_slice(), t.key.as_slice()),
+                Purpose::Peer | Purpose::Server => (t.ca.as_slice(), &[][..], &[][..]),
+            })
             .collect();
         certificates::digest(&parts)
     }

@@ -349,18 +349,21 @@ async fn record_compaction(ctx: &Context, cluster: &EtcdCluster, revision: i64) 
     Ok(())
 }
 
-/// Records on the member's pod when it was defragmented, and at which of its revisions: the
-/// threshold waits a while before it defragments it again, and NOSPACE recovery defragments it once
-/// per compaction.
+/// Records on the member's pod when a defragmentation started (the threshold waits a while before
+/// it defragments it again), or, once one succeeded, at which of its revisions (NOSPACE recovery
+/// defragments it once per compaction, and retries one that failed).
 async fn record_defragmentation(
     ctx: &Context,
     cluster: &EtcdCluster,
     name: &str,
-    revision: Option<i64>,
+    done_at_revision: Option<i64>,
 ) -> Result<(), ApplyError> {
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        vocabulary::ANNOTATION_DEFRAGMENTED_AT: jiff::Timestamp::now().to_string(),
-        vocabulary::ANNOTATION_DEFRAGMENTED_REVISION: revision.map(|r| r.to_string())}}});
+    let patch = match done_at_revision {
+        None => serde_json::json!({"metadata": {"annotations": {
+            vocabulary::ANNOTATION_DEFRAGMENTED_AT: jiff::Timestamp::now().to_string()}}}),
+        Some(r) => serde_json::json!({"metadata": {"annotations": {
+            vocabulary::ANNOTATION_DEFRAGMENTED_REVISION: r.to_string()}}}),
+    };
     Api::<Pod>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -847,11 +850,14 @@ pub async fn apply_step(
             let before = status.map(|s| s.db_size);
             // Recorded first: a defragmentation cut short (the member restarted under it) is not
             // tried again at once, and a member that cannot finish one is not held in a loop.
-            record_defragmentation(ctx, cluster, name, status.map(|s| s.revision)).await?;
+            record_defragmentation(ctx, cluster, name, None).await?;
             let started = std::time::Instant::now();
             ctx.etcd.defragment(ep).await?;
             let took = started.elapsed();
             failpoints::hit("after-defragment");
+            if let Some(s) = status {
+                record_defragmentation(ctx, cluster, name, Some(s.revision)).await?;
+            }
             let after = ctx.etcd.status(ep).await.ok().map(|s| s.db_size);
             let key = format!(
                 "{}/{}",

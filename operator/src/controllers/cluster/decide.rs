@@ -904,13 +904,18 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
             for_upgrade: true,
         };
     }
-    if let Some(step) = maintenance::settings_roll_step(o, ms, &voters) {
-        return step;
+    let roll = maintenance::settings_roll_step(o, ms, &voters, true);
+    // A roll refused for the certificates does not hold defragmentation up.
+    if let Some(step) = roll
+        .as_ref()
+        .filter(|s| !matches!(s, Step::MaintenanceBlocked { .. }))
+    {
+        return step.clone();
     }
     if let Some(step) = maintenance::threshold_step(o, ms, &voters) {
         return step;
     }
-    Step::Converged
+    roll.unwrap_or(Step::Converged)
 }
 
 /// Pods first: the newest pod without a member that is still within [`JOIN_GRACE`], if any.

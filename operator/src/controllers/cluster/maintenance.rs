@@ -10,10 +10,10 @@
 //!   single member that differs from all the others, who agree, is removed (its claim retired, not
 //!   deleted) and its replacement copies their data; once every voter agrees and no alarm names a
 //!   current member, the alarms are disarmed. Anything else changes nothing and says why;
-//! - NOSPACE: compact to the current revision, defragment every member that has free space
-//!   (followers first, the leader after leadership moved), and disarm once every member's database
-//!   is below [`DISARM_FRACTION`] of the quota. If the data itself does not fit, say so and change
-//!   nothing else;
+//! - NOSPACE: compact to the current revision, defragment once every member whose file keeps the
+//!   alarm up or has free space (followers first, the leader after leadership moved), and disarm
+//!   once every member's database is below [`DISARM_FRACTION`] of the quota. If the data itself
+//!   does not fit, say so and change nothing else;
 //! - defragmentation by threshold: one member at a time, in the same order, never one a backup
 //!   streams from.
 
@@ -350,8 +350,11 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     let m = &o.maintenance;
     // A raised quota is what fixes a database that does not fit: it rolls out first, where members
     // restart on their data (a surge member would only add a member under the alarm).
+    // Only the settings: a certificate roll waits for the alarm to clear, and while a certificate
+    // is refused nothing is restarted (compaction and defragmentation go on regardless).
     if matches!(o.data, super::decide::DataHome::Claims(_))
-        && let Some(step) = settings_roll_step(o, ms, voters)
+        && o.maintenance.certificate_problems.is_empty()
+        && let Some(step) = settings_roll_step(o, ms, voters, false)
     {
         return step;
     }
@@ -362,10 +365,10 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
         .unwrap_or(0);
     // Deletes still run under NOSPACE and move the revision: compacting again for a few of them
     // would keep the defragmentation from ever starting.
-    if revision > 0
-        && m.compacted_revision
-            .is_none_or(|c| revision - c >= COMPACT_AGAIN_AFTER_REVISIONS)
-    {
+    // A recorded compaction ahead of the data is another history's (a restore from an older
+    // backup): stale, so compacted again.
+    let recorded = m.compacted_revision.filter(|c| *c <= revision);
+    if revision > 0 && recorded.is_none_or(|c| revision - c >= COMPACT_AGAIN_AFTER_REVISIONS) {
         return Step::Compact { revision };
     }
     // The quota the members run with, which lags a raised spec until they are restarted with it.
@@ -381,7 +384,7 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     // after the compaction has freed the pages (seen in CI: two followers at 17 of 18 MiB for
     // minutes while the leader showed the space free; by hand with etcd 3.6.16: the leader at 15 of
     // 17 MiB, the follower at 0.3, unchanged after deletes). Once each was, what is left does not fit.
-    let compacted = m.compacted_revision.unwrap_or(revision);
+    let compacted = recorded.unwrap_or(revision);
     let defragmented_since = |v: &MemberView| {
         m.defragmented_revisions
             .iter()
@@ -427,15 +430,21 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     }
 }
 
-/// A voter whose pod runs other `spec.etcd` settings: restart it on its data with the new ones
-/// (claims), or replace it (data that lives with the pod), followers first and the leader last after
-/// leadership moved. `None` when every voter runs the current settings.
-pub fn settings_roll_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> Option<Step> {
+/// A voter whose pod runs other `spec.etcd` settings (or, `with_certificates`, other certificates):
+/// restart it on its data with the new ones (claims), or replace it (data that lives with the pod),
+/// followers first and the leader last after leadership moved. `None` when every voter is current.
+pub fn settings_roll_step(
+    o: &Observed,
+    ms: &Membership,
+    voters: &[&MemberView],
+    with_certificates: bool,
+) -> Option<Step> {
     let pod = |name: &str| o.pods.iter().find(|p| p.name == name);
+    let outdated_pod = |p: &PodView| !p.settings_current || (with_certificates && !p.certificates_current);
     let outdated: Vec<&MemberView> = voters
         .iter()
         .copied()
-        .filter(|m| pod(&m.name).is_some_and(settings_outdated))
+        .filter(|m| pod(&m.name).is_some_and(outdated_pod))
         .collect();
     let first = outdated
         .iter()

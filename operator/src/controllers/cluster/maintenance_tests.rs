@@ -465,3 +465,23 @@ fn certificates_members_could_not_use_are_never_rolled_onto() {
     o.maintenance.certificate_problems = vec!["bad".into()];
     assert_eq!(step(&o), Step::Converged);
 }
+
+#[test]
+fn a_refused_certificate_never_holds_nospace_recovery_up() {
+    // Certificate and settings both outdated, a certificate refused: compaction still runs.
+    let mut o = full().old_settings(1).quota_mib(64);
+    o.pods[1].certificates_current = false;
+    o.maintenance.certificate_problems = vec!["bad".into()];
+    assert_eq!(step(&o), Step::Compact { revision: 1000 });
+    // Without a refusal, only the settings roll under the alarm, never the certificates.
+    let mut o = full().quota_mib(64);
+    o.pods[1].certificates_current = false;
+    assert_eq!(step(&o), Step::Compact { revision: 1000 });
+}
+
+#[test]
+fn a_recorded_compaction_ahead_of_the_data_is_stale() {
+    // Another history's record (a restore from an older backup): compacted again, and a member
+    // defragmented at this history's revision counts as done.
+    assert_eq!(step(&full().compacted_at(5000)), Step::Compact { revision: 1000 });
+}

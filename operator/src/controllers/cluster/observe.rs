@@ -276,10 +276,13 @@ pub async fn assemble(
             ));
         }
         // A pod without a record was built by an operator that did not record its certificates:
-        // it is restarted once onto what the Secrets hold, like any rotation.
-        let certificates_current = certificates_digest
-            .as_ref()
-            .is_none_or(|d| p.annotations().get(vocabulary::ANNOTATION_CERTIFICATES_DIGEST) == Some(d));
+        // that is no evidence it runs other ones, and upgrading the operator must not restart
+        // every member by itself (as with settings, `legacy_pod_current`). It is current.
+        let certificates_current = certificates_digest.as_ref().is_none_or(|d| {
+            p.annotations()
+                .get(vocabulary::ANNOTATION_CERTIFICATES_DIGEST)
+                .is_none_or(|r| r == d)
+        });
         if let Some(ip) = ip {
             let port = vocabulary::ports_of(p).client;
             let endpoint = member_access::member_endpoint(cluster, &member, &ip, port, client_tls.as_ref());
