@@ -216,6 +216,17 @@ pub mod etcd_cluster {
     use kube::{Api, Client, api::PostParams};
     use ouroboros_crds::{EtcdCluster, EtcdClusterStatus};
 
+    /// The condition `type_` of `cluster`, as (status, reason, message).
+    pub fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, String)> {
+        cluster
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
     /// Creates the cluster described by `yaml` (an EtcdCluster manifest) in `ns`.
     pub async fn create(client: &Client, ns: &str, yaml: &str) -> anyhow::Result<EtcdCluster> {
         let mut c: EtcdCluster = serde_norway::from_str(yaml).context("parsing the EtcdCluster manifest")?;

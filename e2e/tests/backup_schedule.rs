@@ -18,16 +18,6 @@ use ouroboros_e2e::{
     kubectl, minio_secret, operator_metrics, s3, wait_for,
 };
 
-fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, String)> {
-    cluster
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 #[tokio::test]
 async fn scheduled_backups_are_kept_by_retention_and_reported() -> anyhow::Result<()> {
     let c = client().await?;
@@ -83,7 +73,7 @@ async fn scheduled_backups_are_kept_by_retention_and_reported() -> anyhow::Resul
         ensure!(keys == want, "store holds {keys:?}, expected {want:?}");
 
         let cluster = Api::<EtcdCluster>::namespaced(c.clone(), &ns).get("s").await?;
-        let (status, reason, _) = condition(&cluster, "BackupHealthy").context("no BackupHealthy")?;
+        let (status, reason, _) = etcd_cluster::condition(&cluster, "BackupHealthy").context("no BackupHealthy")?;
         ensure!(status == "True" && reason == "BackupsSucceeding", "BackupHealthy {status} {reason}");
         let st = cluster.status.clone().unwrap_or_default();
         let newest = kept.iter().max_by_key(|b| b.metadata.creation_timestamp.clone()).unwrap();
@@ -120,7 +110,7 @@ async fn scheduled_backups_are_kept_by_retention_and_reported() -> anyhow::Resul
             let api = api.clone();
             async move {
                 let cl = api.get("s").await?;
-                Ok(condition(&cl, "BackupHealthy").filter(|(s, r, _)| s == "False" && r == "InvalidSchedule"))
+                Ok(etcd_cluster::condition(&cl, "BackupHealthy").filter(|(s, r, _)| s == "False" && r == "InvalidSchedule"))
             }
         })
         .await?;

@@ -40,16 +40,6 @@ async fn member_pods(c: &Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
         .collect())
 }
 
-fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, String)> {
-    cluster
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 /// Replaces Secret `name` with `ca.crt` and the `<cert>` pair from `dir`.
 async fn renew(secrets: &Api<Secret>, dir: &Path, name: &str, cert: &str) -> anyhow::Result<()> {
     let mut s = tls_secret(dir, name, cert)?;
@@ -125,8 +115,8 @@ async fn rotated_certificates_reach_every_member_and_unusable_ones_are_refused()
 
             // Expiry: two-day certificates are within the 30-day window, each named, and each is a metric.
             let cluster = api.get("rot").await?;
-            let (s, reason, msg) =
-                condition(&cluster, ct::CERTIFICATES_EXPIRING).context("no CertificatesExpiring")?;
+            let (s, reason, msg) = etcd_cluster::condition(&cluster, ct::CERTIFICATES_EXPIRING)
+                .context("no CertificatesExpiring")?;
             ensure!(
                 s == "True" && reason == "CertificatesExpiring",
                 "{s} {reason}: {msg}"
@@ -142,9 +132,9 @@ async fn rotated_certificates_reach_every_member_and_unusable_ones_are_refused()
                 );
             }
             ensure!(
-                condition(&cluster, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "True"),
+                etcd_cluster::condition(&cluster, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "True"),
                 "{:?}",
-                condition(&cluster, ct::CERTIFICATES_VALID)
+                etcd_cluster::condition(&cluster, ct::CERTIFICATES_VALID)
             );
             ensure!(
                 !events_with_reason(&c, &ns, "CertificatesExpiring")
@@ -198,11 +188,12 @@ async fn rotated_certificates_reach_every_member_and_unusable_ones_are_refused()
             )?;
             renew(&secrets, &dir, "server", "narrow").await?;
             etcd_cluster::wait(&c, &ns, "rot", "CertificatesValid=False", T, |cl, _| {
-                condition(cl, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "False")
+                etcd_cluster::condition(cl, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "False")
             })
             .await?;
             let cluster = api.get("rot").await?;
-            let (_, reason, msg) = condition(&cluster, ct::CERTIFICATES_VALID).context("condition")?;
+            let (_, reason, msg) =
+                etcd_cluster::condition(&cluster, ct::CERTIFICATES_VALID).context("condition")?;
             ensure!(reason == "CertificateInvalid", "{reason}: {msg}");
             ensure!(
                 msg.contains("spec.tls.serverSecret") && msg.contains(&format!("rot-0.rot.{ns}.svc")),
@@ -263,9 +254,9 @@ async fn rotated_certificates_reach_every_member_and_unusable_ones_are_refused()
             .await?;
             let cluster = api.get("rot").await?;
             ensure!(
-                condition(&cluster, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "True"),
+                etcd_cluster::condition(&cluster, ct::CERTIFICATES_VALID).is_some_and(|(s, ..)| s == "True"),
                 "{:?}",
-                condition(&cluster, ct::CERTIFICATES_VALID)
+                etcd_cluster::condition(&cluster, ct::CERTIFICATES_VALID)
             );
             let ids_after: Vec<(String, Option<String>)> = status
                 .members

@@ -43,13 +43,17 @@ fn members() -> Vec<String> {
     vec!["m-0.m.ns.svc".into(), "m-1.m.ns.svc".into()]
 }
 
-fn one<'a>(purpose: Purpose, ca: &'a str, cert: &'a str) -> Vec<SecretPem<'a>> {
-    vec![SecretPem {
-        name: "s",
+fn secret<'a>(name: &'a str, purpose: Purpose, ca: &'a str, cert: &'a str) -> SecretPem<'a> {
+    SecretPem {
+        name,
         purpose,
         ca: ca.as_bytes(),
         cert: cert.as_bytes(),
-    }]
+    }
+}
+
+fn one<'a>(purpose: Purpose, ca: &'a str, cert: &'a str) -> Vec<SecretPem<'a>> {
+    vec![secret("s", purpose, ca, cert)]
 }
 
 #[test]
@@ -211,18 +215,8 @@ fn a_ca_in_another_secrets_ca_crt_counts() {
     let server = leaf(&servers, &["*.m.ns.svc"], -DAY, 90 * DAY);
     let client = leaf(&clients, &["operator"], -DAY, 90 * DAY);
     let secrets = vec![
-        SecretPem {
-            name: "s",
-            purpose: Purpose::Server,
-            ca: clients.pem.as_bytes(),
-            cert: server.as_bytes(),
-        },
-        SecretPem {
-            name: "o",
-            purpose: Purpose::OperatorClient,
-            ca: servers.pem.as_bytes(),
-            cert: client.as_bytes(),
-        },
+        secret("s", Purpose::Server, &clients.pem, &server),
+        secret("o", Purpose::OperatorClient, &servers.pem, &client),
     ];
     assert_eq!(check(&secrets, &members(), NOW).problems, vec![]);
 }
@@ -236,24 +230,9 @@ fn certificates_ending_within_the_window_are_expiring_soonest_first() {
         leaf(&ca, &["*.m.ns.svc"], -DAY, 200 * DAY),
     );
     let secrets = vec![
-        SecretPem {
-            name: "a",
-            purpose: Purpose::Peer,
-            ca: ca.pem.as_bytes(),
-            cert: a.as_bytes(),
-        },
-        SecretPem {
-            name: "b",
-            purpose: Purpose::Server,
-            ca: ca.pem.as_bytes(),
-            cert: b.as_bytes(),
-        },
-        SecretPem {
-            name: "c",
-            purpose: Purpose::OperatorClient,
-            ca: ca.pem.as_bytes(),
-            cert: c.as_bytes(),
-        },
+        secret("a", Purpose::Peer, &ca.pem, &a),
+        secret("b", Purpose::Server, &ca.pem, &b),
+        secret("c", Purpose::OperatorClient, &ca.pem, &c),
     ];
     let report = check(&secrets, &members(), NOW);
     let soon: Vec<&str> = report

@@ -39,8 +39,6 @@ pub struct Observation {
     pub membership_error: Option<String>,
     /// With `spec.tls`: the certificates its Secrets hold, checked against the members' names.
     pub certificates: Option<CertificateReport>,
-    /// With `spec.tls`: the digest of its Secrets, which new member pods record.
-    pub certificates_digest: Option<String>,
 }
 
 impl Observation {
@@ -416,7 +414,6 @@ pub async fn assemble(
         pods,
         membership_error,
         certificates,
-        certificates_digest,
     })
 }
 
