@@ -211,7 +211,9 @@ pub enum AntiAffinityMode {
     None,
 }
 
-/// TLS Secrets, each of type `kubernetes.io/tls` with `tls.crt`, `tls.key` and `ca.crt`.
+/// TLS Secrets, each of type `kubernetes.io/tls` with `tls.crt`, `tls.key` and `ca.crt`. Members
+/// mount copies the operator makes once it accepted what they hold (docs/runbooks.md, Rotating
+/// certificates).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {

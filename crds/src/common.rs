@@ -117,8 +117,9 @@ pub mod condition_types {
     /// A compaction, defragmentation or alarm disarm the operator runs, or why it waits.
     pub const MAINTENANCE: &str = "Maintenance";
     /// With `spec.tls`: every certificate its Secrets hold can be used by members (parses, valid
-    /// now, signed by a CA of its `ca.crt`, names every member). While `False`, no member is
-    /// restarted onto them; the message names the Secret and what is wrong.
+    /// now, signed by a CA of its `ca.crt`, names every member, and a roll onto it keeps every
+    /// member able to talk to the others). While `False`, members stay on the certificates they
+    /// run; the message names the Secret and what is wrong.
     pub const CERTIFICATES_VALID: &str = "CertificatesValid";
     /// With `spec.tls`: a certificate its Secrets hold ends within 30 days.
     pub const CERTIFICATES_EXPIRING: &str = "CertificatesExpiring";

@@ -121,6 +121,29 @@ pub enum CertificateProblem {
         /// Secret name.
         secret: String,
     },
+    /// Within one set, a leaf is not issued by a CA of the `ca.crt` that checks it.
+    #[error("{field} (Secret {secret}): {detail}")]
+    Mismatched {
+        /// `spec.tls` field.
+        field: &'static str,
+        /// Secret name.
+        secret: String,
+        /// Who would refuse whom.
+        detail: &'static str,
+    },
+    /// Members still on the certificates they run now and one restarted on these would refuse each
+    /// other (a CA replaced at once, not through a bundle).
+    #[error(
+        "{field} (Secret {secret}): {detail}; put the new CA beside the old one in every ca.crt and let that roll out first (docs/runbooks.md, Rotating certificates)"
+    )]
+    CannotTalk {
+        /// `spec.tls` field.
+        field: &'static str,
+        /// Secret name.
+        secret: String,
+        /// Who would refuse whom.
+        detail: &'static str,
+    },
 }
 
 /// A Secret's leaf, checked.
@@ -243,6 +266,101 @@ pub fn check(secrets: &[SecretPem<'_>], member_names: &[String], now: i64) -> Ce
         }
     }
     report
+}
+
+/// What would fail during a roll from `running` (what members run now) onto `next`, while some
+/// members are on each: a new peer certificate the running members' peer `ca.crt` does not trust,
+/// or the reverse; a new operator client certificate the running members' server `ca.crt` does not
+/// trust; or running server certificates the new client `ca.crt` (the operator's, once it dials
+/// with the new pair) does not trust. This is the rule that makes a CA rotation go through a
+/// bundle: no moment comes when two members, or the operator and a member, cannot talk.
+pub fn roll_problems(running: &[SecretPem<'_>], next: &[SecretPem<'_>]) -> Vec<CertificateProblem> {
+    fn of<'s>(set: &[SecretPem<'s>], p: Purpose) -> Option<SecretPem<'s>> {
+        set.iter().find(|s| s.purpose == p).cloned()
+    }
+    let mut problems = Vec::new();
+    let mut refuse = |s: &SecretPem<'_>, detail: &'static str| {
+        problems.push(CertificateProblem::CannotTalk {
+            field: s.purpose.field(),
+            secret: s.name.to_owned(),
+            detail,
+        });
+    };
+    if let (Some(old), Some(new)) = (of(running, Purpose::Peer), of(next, Purpose::Peer)) {
+        if !issued(new.cert, old.ca) {
+            refuse(
+                &new,
+                "the members still running would refuse this peer tls.crt: their peer ca.crt did not issue it",
+            );
+        }
+        if !issued(old.cert, new.ca) {
+            refuse(
+                &new,
+                "a member restarted on this peer ca.crt would refuse the peer certificate the others run now",
+            );
+        }
+    }
+    if let (Some(old_server), Some(new_client)) =
+        (of(running, Purpose::Server), of(next, Purpose::OperatorClient))
+    {
+        if !issued(new_client.cert, old_server.ca) {
+            refuse(
+                &new_client,
+                "the members still running would refuse this client tls.crt: their server ca.crt did not issue it",
+            );
+        }
+        if !issued(old_server.cert, new_client.ca) {
+            refuse(
+                &new_client,
+                "with this ca.crt the operator would refuse the server certificate the members run now",
+            );
+        }
+    }
+    problems
+}
+
+/// What would fail once every member runs `set`, by the `ca.crt` each party checks with: members
+/// check peers with the peer Secret's and clients with the server Secret's; the operator checks
+/// members with its client Secret's. ([`check`] accepts an issuer from any of the three.)
+pub fn pairing_problems(set: &[SecretPem<'_>]) -> Vec<CertificateProblem> {
+    let of = |p: Purpose| set.iter().find(|s| s.purpose == p);
+    let mut problems = Vec::new();
+    let mut pairs = Vec::new();
+    if let Some(peer) = of(Purpose::Peer) {
+        pairs.push((
+            peer,
+            peer,
+            "the peer ca.crt did not issue the peer tls.crt: members would refuse each other",
+        ));
+    }
+    if let (Some(server), Some(client)) = (of(Purpose::Server), of(Purpose::OperatorClient)) {
+        pairs.push((client, server, "the server Secret's ca.crt did not issue this client tls.crt: members would refuse the operator and the backup sidecars"));
+        pairs.push((server, client, "the operator client Secret's ca.crt did not issue the server tls.crt: the operator would refuse the members"));
+    }
+    for (leaf, checker, detail) in pairs {
+        if !issued(leaf.cert, checker.ca) {
+            problems.push(CertificateProblem::Mismatched {
+                field: leaf.purpose.field(),
+                secret: leaf.name.to_owned(),
+                detail,
+            });
+        }
+    }
+    problems
+}
+
+/// Whether a CA in `ca_pem` issued the leaf of `cert_pem`. What does not parse counts as issued:
+/// [`check`] reports it.
+fn issued(cert_pem: &[u8], ca_pem: &[u8]) -> bool {
+    let chain = certificate_blocks(cert_pem);
+    let Some(Ok(leaf)) = chain.first().map(Pem::parse_x509) else {
+        return true;
+    };
+    let intermediates: Vec<X509Certificate<'_>> =
+        chain[1..].iter().filter_map(|p| p.parse_x509().ok()).collect();
+    let cas = certificate_blocks(ca_pem);
+    let trusted: Vec<X509Certificate<'_>> = cas.iter().filter_map(|p| p.parse_x509().ok()).collect();
+    trusted.is_empty() || issued_by_trusted(&leaf, &intermediates, &trusted)
 }
 
 /// A digest of the Secrets' whole material (keys included): a member whose pod recorded another

@@ -250,3 +250,91 @@ fn the_digest_changes_with_any_byte_and_with_how_bytes_are_split() {
     assert_ne!(d, digest(&[(b"ca", b"crt", b"kez")]));
     assert_ne!(d, digest(&[(b"c", b"acrt", b"key")]));
 }
+
+/// Peer, server and operator-client Secrets over `ca` (one PEM or a bundle), leaves from `issuer`.
+fn set_of<'a>(ca: &'a str, peer: &'a str, server: &'a str, client: &'a str) -> Vec<SecretPem<'a>> {
+    vec![
+        secret("peer", Purpose::Peer, ca, peer),
+        secret("server", Purpose::Server, ca, server),
+        secret("client", Purpose::OperatorClient, ca, client),
+    ]
+}
+
+#[test]
+fn a_renewal_from_the_same_ca_rolls() {
+    let ca = ca("ca");
+    let [p, s, c] = [(); 3].map(|()| leaf(&ca, &["*.m.ns.svc"], -DAY, 90 * DAY));
+    let [p2, s2, c2] = [(); 3].map(|()| leaf(&ca, &["*.m.ns.svc"], -DAY, 180 * DAY));
+    assert_eq!(
+        roll_problems(&set_of(&ca.pem, &p, &s, &c), &set_of(&ca.pem, &p2, &s2, &c2)),
+        vec![]
+    );
+}
+
+/// A CA replaced at once would leave the restarted member and the others refusing each other; the
+/// bundle procedure's three steps each roll.
+#[test]
+fn a_ca_replaced_at_once_is_refused_and_the_bundle_steps_each_roll() {
+    let (old, new) = (ca("old"), ca("new"));
+    let names = ["*.m.ns.svc"];
+    let [p1, s1, c1] = [(); 3].map(|()| leaf(&old, &names, -DAY, 90 * DAY));
+    let [p2, s2, c2] = [(); 3].map(|()| leaf(&new, &names, -DAY, 90 * DAY));
+    let bundle = format!("{}{}", old.pem, new.pem);
+    let start = set_of(&old.pem, &p1, &s1, &c1);
+
+    let at_once = roll_problems(&start, &set_of(&new.pem, &p2, &s2, &c2));
+    let fields: Vec<&str> = at_once
+        .iter()
+        .map(|p| match p {
+            CertificateProblem::CannotTalk { field, .. } => *field,
+            other => panic!("{other}"),
+        })
+        .collect();
+    // Peer both ways, and the operator's client both ways.
+    assert_eq!(
+        fields,
+        [
+            "spec.tls.peerSecret",
+            "spec.tls.peerSecret",
+            "spec.tls.operatorClientSecret",
+            "spec.tls.operatorClientSecret"
+        ]
+    );
+    assert!(at_once[0].to_string().contains("every ca.crt"), "{}", at_once[0]);
+
+    let step1 = set_of(&bundle, &p1, &s1, &c1);
+    assert_eq!(roll_problems(&start, &step1), vec![]);
+    let step2 = set_of(&bundle, &p2, &s2, &c2);
+    assert_eq!(roll_problems(&step1, &step2), vec![]);
+    let step3 = set_of(&new.pem, &p2, &s2, &c2);
+    assert_eq!(roll_problems(&step2, &step3), vec![]);
+    // Dropping the old CA while members still run leaves it issued is refused.
+    assert_eq!(roll_problems(&step1, &step3).len(), 2);
+}
+
+#[test]
+fn a_client_leaf_the_server_ca_did_not_issue_is_a_mismatch() {
+    let (a, b) = (ca("a"), ca("b"));
+    let [p, s] = [(); 2].map(|()| leaf(&a, &["*.m.ns.svc"], -DAY, 90 * DAY));
+    let c = leaf(&b, &["*.m.ns.svc"], -DAY, 90 * DAY);
+    let set = vec![
+        secret("peer", Purpose::Peer, &a.pem, &p),
+        secret("server", Purpose::Server, &a.pem, &s),
+        secret("client", Purpose::OperatorClient, &b.pem, &c),
+    ];
+    // Each leaf has an issuer among the ca.crt, so check() alone accepts it.
+    assert_eq!(check(&set, &members(), NOW).problems, vec![]);
+    let fields: Vec<String> = pairing_problems(&set).iter().map(ToString::to_string).collect();
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    assert!(
+        fields[0].contains("members would refuse the operator"),
+        "{fields:?}"
+    );
+    assert!(
+        fields[1].contains("the operator would refuse the members"),
+        "{fields:?}"
+    );
+    let client = leaf(&a, &[], -DAY, 90 * DAY);
+    let good = set_of(&a.pem, &p, &s, &client);
+    assert_eq!(pairing_problems(&good), vec![]);
+}

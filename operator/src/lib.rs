@@ -2,6 +2,7 @@
 //! every piece can be tested on its own.
 
 pub mod backup_source;
+pub mod certificate_copies;
 pub mod certificates;
 pub mod checkpointer;
 pub mod cli;

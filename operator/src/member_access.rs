@@ -48,28 +48,21 @@ pub struct TlsMaterial {
 }
 
 impl TlsMaterial {
-    /// The digest members record: a member whose pod recorded another must be restarted to use
-    /// what the Secrets hold now. It covers what a running member cannot pick up by itself: every
-    /// `ca.crt` (etcd reads its trusted CAs once, at start) and the operator's client pair (the
-    /// backup sidecar reads it once, at start). A renewed peer or server leaf is not in it: the
-    /// kubelet refreshes the mounted Secret in running pods within about a minute and etcd reads its
-    /// certificate and key again for every new connection, so restarting for it would only churn.
+    /// The digest of everything the Secrets hold (keys included). Members mount operator-made
+    /// copies named by it (`certificate_copies`), so a pod's certificates never change under it: a
+    /// member whose pod recorded another digest is restarted onto these, one at a time.
     pub fn digest(&self) -> String {
         let parts: Vec<(&[u8], &[u8], &[u8])> = self
             .secrets
             .iter()
-            .map(|(_, purpose, t)| match purpose {
-                Purpose::OperatorClient => (t.ca.as_slice(), t.cert.as_slice(), t.key.as_slice()),
-                Purpose::Peer | Purpose::Server => (t.ca.as_slice(), &[][..], &[][..]),
-            })
+            .map(|(_, _, t)| (t.ca.as_slice(), t.cert.as_slice(), t.key.as_slice()))
             .collect();
         certificates::digest(&parts)
     }
 
-    /// Checks every Secret's certificate against the names members are reached by, at `now`.
-    pub fn check(&self, member_names: &[String], now: jiff::Timestamp) -> CertificateReport {
-        let pems: Vec<SecretPem<'_>> = self
-            .secrets
+    /// The PEM of each Secret, for the checks of `certificates`.
+    pub fn pems(&self) -> Vec<SecretPem<'_>> {
+        self.secrets
             .iter()
             .map(|(name, purpose, t)| SecretPem {
                 name,
@@ -77,8 +70,12 @@ impl TlsMaterial {
                 ca: &t.ca,
                 cert: &t.cert,
             })
-            .collect();
-        certificates::check(&pems, member_names, now.as_second())
+            .collect()
+    }
+
+    /// Checks every Secret's certificate against the names members are reached by, at `now`.
+    pub fn check(&self, member_names: &[String], now: jiff::Timestamp) -> CertificateReport {
+        certificates::check(&self.pems(), member_names, now.as_second())
     }
 }
 
@@ -101,31 +98,29 @@ pub async fn tls_material(
         let material = read_tls_secret(client, &ns, name, purpose.field()).await?;
         secrets.push((name.clone(), purpose, material));
     }
+    material(secrets).map(Some)
+}
+
+/// The material of three Secrets, one per purpose.
+pub fn material(secrets: Vec<(String, Purpose, ClientTls)>) -> Result<TlsMaterial, TlsSecretError> {
     let client = secrets
         .iter()
         .find(|(_, p, _)| *p == Purpose::OperatorClient)
         .map(|(_, _, t)| Arc::new(t.clone()))
         .ok_or_else(|| TlsSecretError("spec.tls.operatorClientSecret was not read".to_owned()))?;
-    Ok(Some(TlsMaterial { client, secrets }))
+    Ok(TlsMaterial { client, secrets })
 }
 
-/// Records on a new member pod the digest of the certificates it will mount (read now, as close to
-/// the kubelet's mount as the operator gets), so a later rotation is seen as one. Nothing without TLS.
-pub async fn record_certificates(
+/// Reads one Secret, `None` when there is none.
+pub async fn read_secret(
     client: &kube::Client,
-    cluster: &EtcdCluster,
-    pod: &mut k8s_openapi::api::core::v1::Pod,
-) -> Result<(), TlsSecretError> {
-    if let Some(material) = tls_material(client, cluster).await? {
-        pod.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(
-                vocabulary::ANNOTATION_CERTIFICATES_DIGEST.to_owned(),
-                material.digest(),
-            );
-    }
-    Ok(())
+    ns: &str,
+    name: &str,
+) -> Result<Option<Secret>, TlsSecretError> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| TlsSecretError(format!("reading Secret {ns}/{name}: {e}")))
 }
 
 /// Reads one TLS Secret's `ca.crt`, `tls.crt` and `tls.key`; `field` names where it was referenced.
@@ -135,21 +130,24 @@ pub async fn read_tls_secret(
     name: &str,
     field: &str,
 ) -> Result<ClientTls, TlsSecretError> {
-    let missing = |what: &str| {
-        TlsSecretError(format!(
-            "{field}: Secret {ns}/{name} {what}; create a kubernetes.io/tls Secret with ca.crt, tls.crt and tls.key"
-        ))
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(|e| TlsSecretError(format!("reading Secret {ns}/{name}: {e}")))?
-        .ok_or_else(|| missing("does not exist"))?;
+    match read_secret(client, ns, name).await? {
+        Some(secret) => tls_of(secret, field),
+        None => Err(TlsSecretError(format!(
+            "{field}: Secret {ns}/{name} does not exist; create a kubernetes.io/tls Secret with ca.crt, tls.crt and tls.key"
+        ))),
+    }
+}
+
+/// A TLS Secret's `ca.crt`, `tls.crt` and `tls.key`; `field` names where it was referenced.
+pub fn tls_of(secret: Secret, field: &str) -> Result<ClientTls, TlsSecretError> {
+    let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
     let data = secret.data.unwrap_or_default();
     let key = |k: &str| {
-        data.get(k)
-            .map(|b| b.0.clone())
-            .ok_or_else(|| missing(&format!("has no {k}")))
+        data.get(k).map(|b| b.0.clone()).ok_or_else(|| {
+            TlsSecretError(format!(
+                "{field}: Secret {ns}/{name} has no {k}; create a kubernetes.io/tls Secret with ca.crt, tls.crt and tls.key"
+            ))
+        })
     };
     Ok(ClientTls {
         ca: key("ca.crt")?,

@@ -172,10 +172,15 @@ async fn create_writer(
         active_deadline,
         as_root: pod.runs_as_root,
     };
-    let built = match objects::backup_writer_pod(cluster, &ctx.images(), &writer) {
+    let mut built = match objects::backup_writer_pod(cluster, &ctx.images(), &writer) {
         Ok(p) => p,
         Err(e) => return fail(ctx, b, format!("{e}; nothing was backed up")).await,
     };
+    // The writer dials the member with the client pair the member's own sidecar has, which the
+    // member trusts (a renewal the operator refused never reaches it).
+    if let Some(secret) = &pod.client_tls_secret {
+        crate::certificate_copies::mount_client(&mut built, secret);
+    }
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
     super::conflict_is_done(
         pods.create(&Default::default(), &built).await,
@@ -234,7 +239,14 @@ async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Optio
                 .and_then(|s| s.security_context.as_ref())
                 .and_then(|s| s.run_as_non_root)
                 != Some(true);
+            let client_tls_secret = p
+                .spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .find(|v| v.name == "client-tls")
+                .and_then(|v| v.secret.as_ref()?.secret_name.clone());
             Some(MemberPod {
+                client_tls_secret,
                 sidecar_identity: server_identity(ns, &b.spec.cluster_name),
                 sidecar_serves_tls,
                 runs_as_root,

@@ -102,6 +102,9 @@ pub struct MemberPod {
     pub sidecar_serves_tls: bool,
     /// It runs as root (its data was written by root): a writer for it does too.
     pub runs_as_root: bool,
+    /// The Secret its sidecar's client certificate comes from (with `spec.tls`): a writer for it
+    /// mounts the same, the set the member trusts (`certificate_copies`).
+    pub client_tls_secret: Option<String>,
 }
 
 /// A backup's writer pod, as starting the backup sees it.
@@ -385,6 +388,7 @@ fn writer_step(
         )));
     };
     let pod = MemberPod {
+        client_tls_secret: None,
         ip,
         ports: Ports::POD_NETWORK,
         claims: member_pod.claims,

@@ -50,6 +50,7 @@ fn a_backup_whose_cluster_is_gone_fails_instead_of_waiting() {
 
 fn pod(tls: bool, claims: &[&str]) -> MemberPod {
     MemberPod {
+        client_tls_secret: None,
         ip: "10.0.0.9".into(),
         ports: Ports::POD_NETWORK,
         claims: claims.iter().map(|c| c.to_string()).collect(),

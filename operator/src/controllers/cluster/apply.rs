@@ -157,7 +157,7 @@ async fn start_member(
     if written_by_root {
         objects::run_as_root(&mut pod);
     }
-    crate::member_access::record_certificates(&ctx.client, cluster, &mut pod).await?;
+    crate::certificate_copies::mount_accepted(&ctx.client, cluster, &mut pod).await?;
     Ok(apply(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, "Pod").await?)
 }
 
@@ -253,7 +253,7 @@ async fn start_self_hosted_member(
         &initial.join(","),
         &placement,
     )?;
-    crate::member_access::record_certificates(&ctx.client, cluster, &mut pod).await?;
+    crate::certificate_copies::mount_accepted(&ctx.client, cluster, &mut pod).await?;
     match existing {
         // Its flags no longer match the membership (a member came or went since): start afresh.
         Some(old) if initial_cluster_arg(old) != initial_cluster_arg(&pod) => {
@@ -623,6 +623,8 @@ pub async fn apply_step(
             for_upgrade,
         } => {
             let peer = vocabulary::peer_url(cluster, name);
+            // Its pod must be able to start on certificates the operator accepts before it joins.
+            crate::certificate_copies::accepted_for(&ctx.client, cluster, name).await?;
             let (id, members) = ctx.etcd.add_learner(&endpoints, &peer).await?;
             event(
                 ctx,
@@ -804,8 +806,8 @@ pub async fn apply_step(
                 view.is_some_and(|p| !p.settings_current),
                 view.is_some_and(|p| !p.certificates_current),
             ) {
-                (true, true) => "the spec.etcd settings and the certificates spec.tls's Secrets hold now",
-                (false, true) => "the certificates spec.tls's Secrets hold now",
+                (true, true) => "the spec.etcd settings and the certificates the operator accepted",
+                (false, true) => "the certificates the operator accepted",
                 _ => "the spec.etcd settings",
             };
             delete_member_pod(ctx, cluster, name, false).await?;

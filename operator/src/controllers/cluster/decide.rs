@@ -124,7 +124,7 @@ pub struct PodView {
     pub image_problem: Option<String>,
     /// It was built with the `spec.etcd` settings the spec gives now.
     pub settings_current: bool,
-    /// It was built with the certificates `spec.tls`'s Secrets hold now (always, without TLS).
+    /// It runs the certificate set the operator accepted (always, without TLS).
     pub certificates_current: bool,
     /// The quota its etcd runs with (`--quota-backend-bytes`), which lags the spec's until it is
     /// restarted with the new settings.

@@ -52,8 +52,12 @@ pub struct MaintenanceView {
     pub recently_defragmented: Vec<String>,
     /// Each member's revision when the operator last defragmented it, by name (recorded on its pod).
     pub defragmented_revisions: Vec<(String, i64)>,
-    /// What is wrong with the certificates `spec.tls`'s Secrets hold now, one sentence each.
+    /// What is wrong with the certificates `spec.tls`'s Secrets hold now, one sentence each
+    /// (members stay on the set they run while it is not empty).
     pub certificate_problems: Vec<String>,
+    /// Why no certificate set can be mounted by a new or restarted member (the Secrets are
+    /// refused and no set in use passes the checks either), when none can.
+    pub certificates_blocked: Option<String>,
     /// Under a CORRUPT alarm: each voter's hash of its keyspace at one common revision, by member
     /// ID (members that did not answer are absent).
     pub kv_hashes: Vec<(u64, KvHash)>,
@@ -79,6 +83,7 @@ impl Default for MaintenanceView {
             recently_defragmented: Vec::new(),
             defragmented_revisions: Vec::new(),
             certificate_problems: Vec::new(),
+            certificates_blocked: None,
             kv_hashes: Vec::new(),
         }
     }
@@ -151,22 +156,22 @@ pub fn alarms(ms: &Membership) -> Vec<(u64, String)> {
 }
 
 /// A voter's pod was built with other `spec.etcd` settings, or other certificates, than the spec and
-/// its Secrets give now: it is restarted onto them.
+/// the operator accepted: it is restarted onto them.
 pub fn settings_outdated(p: &PodView) -> bool {
     !p.settings_current || !p.certificates_current
 }
 
-/// While a Secret of `spec.tls` holds a certificate members could not use, no member pod is
-/// restarted or replaced for a roll or an upgrade: it would mount that certificate and fail. `None`
-/// when the certificates are fine.
+/// While no certificate set can be mounted (the Secrets are refused and no set in use would do), no
+/// member pod is restarted or replaced for a roll or an upgrade: it could not start. A refused
+/// renewal alone does not block: members are restarted on the set they run
+/// (`certificate_copies::choose`). `None` when a set can be mounted.
 pub fn certificates_block(o: &Observed) -> Option<Step> {
-    let problems = &o.maintenance.certificate_problems;
-    (!problems.is_empty()).then(|| Step::MaintenanceBlocked {
-        reason: format!(
-            "no member is restarted onto the certificates of spec.tls until they are fixed: {}",
-            problems.join("; ")
-        ),
-    })
+    o.maintenance
+        .certificates_blocked
+        .as_ref()
+        .map(|reason| Step::MaintenanceBlocked {
+            reason: reason.clone(),
+        })
 }
 
 fn free_bytes(m: &MemberView) -> u64 {
@@ -353,7 +358,7 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     // Only the settings: a certificate roll waits for the alarm to clear, and while a certificate
     // is refused nothing is restarted (compaction and defragmentation go on regardless).
     if matches!(o.data, super::decide::DataHome::Claims(_))
-        && o.maintenance.certificate_problems.is_empty()
+        && o.maintenance.certificates_blocked.is_none()
         && let Some(step) = settings_roll_step(o, ms, voters, false)
     {
         return step;

@@ -446,24 +446,29 @@ fn rotated_certificates_restart_each_member_on_its_claim_followers_first() {
     assert!(matches!(step(&o), Step::MoveLeader { from, .. } if from == "c-0"));
 }
 
+/// With no certificate set a member could start on (`certificate_copies::choose` found none), no
+/// pod is restarted or replaced for a roll: it would not come up.
 #[test]
-fn certificates_members_could_not_use_are_never_rolled_onto() {
+fn no_member_is_restarted_while_no_certificate_set_can_be_mounted() {
     let mut o = three();
     o.pods[1].certificates_current = false;
-    o.maintenance.certificate_problems = vec!["spec.tls.serverSecret (Secret s): not valid for c-2".into()];
+    o.maintenance.certificates_blocked = Some("spec.tls.serverSecret (Secret s): not valid for c-2".into());
     let Step::MaintenanceBlocked { reason } = step(&o) else {
         panic!("expected MaintenanceBlocked, got {:?}", step(&o));
     };
     assert!(reason.contains("not valid for c-2"), "{reason}");
-    // Nor by a settings roll or an upgrade, which would mount them too.
-    let o = three().old_settings(1);
-    let mut o = o;
-    o.maintenance.certificate_problems = vec!["bad".into()];
+    // Nor by a settings roll or an upgrade, which would need the certificates too.
+    let mut o = three().old_settings(1);
+    o.maintenance.certificates_blocked = Some("bad".into());
     assert!(matches!(step(&o), Step::MaintenanceBlocked { .. }));
     // With every pod current, nothing is blocked: the condition reports the certificates.
     let mut o = three();
-    o.maintenance.certificate_problems = vec!["bad".into()];
+    o.maintenance.certificates_blocked = Some("bad".into());
     assert_eq!(step(&o), Step::Converged);
+    // A refused renewal alone does not block: members restart on the set they run.
+    let mut o = three().old_settings(1);
+    o.maintenance.certificate_problems = vec!["bad".into()];
+    assert_eq!(step(&o), Step::RestartWithSettings { name: "c-1".into() });
 }
 
 #[test]
@@ -471,7 +476,7 @@ fn a_refused_certificate_never_holds_nospace_recovery_up() {
     // Certificate and settings both outdated, a certificate refused: compaction still runs.
     let mut o = full().old_settings(1).quota_mib(64);
     o.pods[1].certificates_current = false;
-    o.maintenance.certificate_problems = vec!["bad".into()];
+    o.maintenance.certificates_blocked = Some("bad".into());
     assert_eq!(step(&o), Step::Compact { revision: 1000 });
     // Without a refusal, only the settings roll under the alarm, never the certificates.
     let mut o = full().quota_mib(64);

@@ -129,8 +129,8 @@ pub struct KubeRead {
     pub pods: Vec<Pod>,
     /// Claims labelled with the cluster and not owned by another (with PVC storage).
     pub pvcs: Vec<PersistentVolumeClaim>,
-    /// What the Secrets of `spec.tls` hold, with it.
-    pub tls: Option<member_access::TlsMaterial>,
+    /// With `spec.tls`: what its Secrets hold, and the certificate sets the pods mount.
+    pub tls: Option<crate::certificate_copies::CertificateInputs>,
     /// The boot member, while a pivot may still be under way.
     pub boot: Option<Endpoint>,
     /// The nodes its member pods run on (with PVC storage, to tell when a member's node is lost).
@@ -196,7 +196,7 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
             nodes.extend(api.get_opt(node).await.map_err(failed("nodes"))?);
         }
     }
-    let tls = member_access::tls_material(client, cluster).await?;
+    let tls = crate::certificate_copies::read_inputs(client, cluster, &pods.items).await?;
     let boot = boot_endpoint(client, cluster).await?;
     let backup_sources = Api::<ouroboros_crds::EtcdBackup>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
@@ -247,11 +247,13 @@ pub async fn assemble(
         .parse()
         .map_err(|_| ObserveError::Version(cluster.spec.version.clone()))?;
 
-    let client_tls = tls.as_ref().map(|t| t.client.clone());
-    let certificates_digest = tls.as_ref().map(member_access::TlsMaterial::digest);
+    let tls_names = crate::certificate_copies::member_names(cluster, &pods);
+    let choice = tls
+        .as_ref()
+        .map(|t| crate::certificate_copies::choose(t, &tls_names, now));
+    let client_tls = tls.as_ref().zip(choice.as_ref()).map(|(t, c)| c.dialing(t));
     let mut pod_views = Vec::new();
     let mut endpoints = Vec::new();
-    let mut tls_names = Vec::new();
     for p in &pods {
         let member = p.name_any();
         let Some(version) = p.labels().get(LABEL_VERSION).and_then(|v| v.parse().ok()) else {
@@ -264,23 +266,9 @@ pub async fn assemble(
                     && !retired(c)
             });
         let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
-        // The names peers and clients check this member's certificates against: its DNS name, or
-        // (self-hosted) its node's address once it has one.
-        if !self_hosted || ip.is_some() {
-            tls_names.push(vocabulary::member_tls_name(
-                cluster,
-                &member,
-                ip.as_deref().unwrap_or_default(),
-            ));
-        }
-        // A pod without a record was built by an operator that did not record its certificates:
-        // that is no evidence it runs other ones, and upgrading the operator must not restart
-        // every member by itself (as with settings, `legacy_pod_current`). It is current.
-        let certificates_current = certificates_digest.as_ref().is_none_or(|d| {
-            p.annotations()
-                .get(vocabulary::ANNOTATION_CERTIFICATES_DIGEST)
-                .is_none_or(|r| r == d)
-        });
+        let certificates_current = choice
+            .as_ref()
+            .is_none_or(|c| c.current(p.annotations().get(vocabulary::ANNOTATION_CERTIFICATES_DIGEST)));
         if let Some(ip) = ip {
             let port = vocabulary::ports_of(p).client;
             let endpoint = member_access::member_endpoint(cluster, &member, &ip, port, client_tls.as_ref());
@@ -365,12 +353,12 @@ pub async fn assemble(
         .map(|o| o + 1)
         .max()
         .unwrap_or(0);
-    let certificates = tls.as_ref().map(|t| t.check(&tls_names, now));
+    let certificates = choice.as_ref().map(|c| c.report.clone());
     let certificate_problems = certificates
         .iter()
         .flat_map(|r| r.problems.iter().map(ToString::to_string))
         .collect();
-    let maintenance = maintenance_view(
+    let mut maintenance = maintenance_view(
         cluster,
         &pods,
         backup_sources,
@@ -378,6 +366,7 @@ pub async fn assemble(
         certificate_problems,
         now,
     );
+    maintenance.certificates_blocked = choice.and_then(|c| c.blocked);
     let observed = Observed {
         data,
         known_members: cluster
@@ -468,6 +457,7 @@ fn maintenance_view(
         recently_defragmented,
         defragmented_revisions,
         certificate_problems,
+        certificates_blocked: None,
         kv_hashes,
     }
 }
@@ -983,9 +973,14 @@ mod tests {
                         cert: vec![],
                         key: vec![],
                     };
-                    crate::member_access::TlsMaterial {
-                        client: Arc::new(empty.clone()),
-                        secrets: vec![("o".into(), crate::certificates::Purpose::OperatorClient, empty)],
+                    let desired =
+                        crate::certificate_copies::CertificateSet::of(crate::member_access::TlsMaterial {
+                            client: Arc::new(empty.clone()),
+                            secrets: vec![("o".into(), crate::certificates::Purpose::OperatorClient, empty)],
+                        });
+                    crate::certificate_copies::CertificateInputs {
+                        desired,
+                        running: Vec::new(),
                     }
                 }),
                 ..KubeRead::default()

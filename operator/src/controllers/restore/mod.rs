@@ -660,7 +660,7 @@ async fn start_seed(
     }
     let claim = objects::snapshot_claim_name(r);
     let mut pod = objects::seed_pod(cluster, &ctx.images(), seed, version, &claim, &token)?;
-    if let Err(e) = crate::member_access::record_certificates(&ctx.client, cluster, &mut pod).await {
+    if let Err(e) = crate::certificate_copies::mount_accepted(&ctx.client, cluster, &mut pod).await {
         let status = EtcdRestoreStatus {
             reason: Some(format!(
                 "waiting for the certificates of spec.tls before starting the seed: {e}"
