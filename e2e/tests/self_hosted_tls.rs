@@ -1,7 +1,9 @@
 //! Self-hosted members with TLS, without touching the cluster's own API server: they pivot from a
 //! TLS boot etcd process on the host (client and peer certificates required everywhere), and a
 //! member's static-pod checkpoint, whose Secrets the checkpointer copied to host files, takes over
-//! running etcd when the member pod's etcd dies.
+//! running etcd when the member pod's etcd dies. Then the certificate is renewed: it reaches every
+//! member through the roll (a surge, since self-hosted data lives with the pod), the checkpoints
+//! copy the renewed one, and a checkpoint that takes over after the rotation serves it (#20).
 
 use std::{
     path::{Path, PathBuf},
@@ -12,7 +14,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
 };
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
@@ -37,6 +39,37 @@ fn make_certs(dir: &Path, ip: &str) -> anyhow::Result<()> {
         "etcd-member",
         &format!("subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
     )
+}
+
+fn secrets_of(c: &kube::Client, ns: &str) -> Api<Secret> {
+    Api::namespaced(c.clone(), ns)
+}
+
+/// SHA-256 fingerprint of a PEM certificate file.
+fn fingerprint(path: &Path) -> anyhow::Result<String> {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "openssl x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// SHA-256 fingerprint of the certificate served at `addr`, presenting the test certificate.
+fn served_certificate(dir: &Path, addr: &str) -> anyhow::Result<String> {
+    let script = format!(
+        "openssl s_client -connect {addr} -cert member.crt -key member.key -CAfile ca.crt </dev/null 2>/dev/null \
+         | openssl x509 -noout -fingerprint -sha256"
+    );
+    let out = Command::new("sh")
+        .current_dir(dir)
+        .args(["-c", &script])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// `etcdctl` over TLS with the test certificate.
@@ -262,6 +295,101 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
             Duration::from_secs(120),
         )
         .await?;
+
+        // The certificate renewed: every member ends on it, and so do their checkpoints.
+        make_cert(
+            &dir,
+            "member2",
+            "etcd-member",
+            &format!("subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        )?;
+        let secrets = Api::<Secret>::namespaced(c.clone(), &ns);
+        let mut renewed = tls_secret(&dir, "etcd-tls", "member2")?;
+        renewed.metadata.resource_version = secrets.get("etcd-tls").await?.resource_version();
+        secrets.replace("etcd-tls", &PostParams::default(), &renewed).await?;
+        let cert2 = std::fs::read(dir.join("member2.crt"))?;
+        wait_for("every member restarted onto the renewed certificate", Duration::from_secs(600), || {
+            let (c, ns, cert2, converged) = (c.clone(), ns.clone(), cert2.clone(), &converged);
+            async move {
+                let cluster = Api::<EtcdCluster>::namespaced(c.clone(), &ns).get(NAME).await?;
+                let Some(status) = cluster.status.as_ref() else { return Ok(None) };
+                if !converged(&cluster, status) {
+                    return Ok(None);
+                }
+                let pods = Api::<Pod>::namespaced(c.clone(), &ns)
+                    .list(&ListParams::default().labels("etcd.ouroboros.dev/member"))
+                    .await?
+                    .items;
+                let mut digests = std::collections::BTreeSet::new();
+                for p in pods.iter().filter(|p| !p.labels().contains_key("etcd.ouroboros.dev/checkpoint-of")) {
+                    digests.insert(p.annotations().get("etcd.ouroboros.dev/certificates-digest").cloned());
+                }
+                let [Some(digest)] = &digests.into_iter().collect::<Vec<_>>()[..] else { return Ok(None) };
+                let copy = secrets_of(&c, &ns).get_opt(&format!("{NAME}-certs-{digest}-server")).await?;
+                let holds = copy
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get("tls.crt").map(|b| b.0.clone()));
+                Ok((holds == Some(cert2)).then_some(()))
+            }
+        })
+        .await?;
+        let status = Api::<EtcdCluster>::namespaced(c.clone(), &ns)
+            .get(NAME)
+            .await?
+            .status
+            .context("no status")?;
+        let renewed_names: Vec<String> = status.members.iter().map(|m| m.name.clone()).collect();
+        println!("members after the rotation: {renewed_names:?} (before: {names:?})");
+        wait_for("the checkpoints hold the renewed certificate", Duration::from_secs(90), || {
+            let (names, ns, cert2, secrets_dir) =
+                (renewed_names.clone(), ns.clone(), cert2.clone(), secrets_dir.clone());
+            async move {
+                for m in &names {
+                    let copy = secrets_dir.join(format!("{ns}_{m}")).join("server-tls/tls.crt");
+                    if !checkpoints::file(&ns, m)?.exists() || std::fs::read(copy).ok() != Some(cert2.clone()) {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await?;
+        // A checkpoint takes over after the rotation, from the renewed files.
+        let victim = renewed_names.iter().max().context("no members")?.clone();
+        kill_container(&c, &ns, &victim, "etcd").await?;
+        wait_for_etcd_log(
+            "the checkpoint to run the rotated member's etcd",
+            &ns,
+            &format!("{victim}-checkpoint-{node}"),
+            "holding /var/lib/etcd/member.lock",
+            Duration::from_secs(90),
+        )
+        .await?;
+        let urls = status.client_endpoints.join(",");
+        wait_for("three healthy members after the rotation", Duration::from_secs(60), || {
+            let (dir, urls) = (dir.clone(), urls.clone());
+            async move {
+                let health = etcdctl(&dir, &urls, &["endpoint", "health", "--cluster"]).unwrap_or_default();
+                Ok((health.matches("is healthy").count() == 3).then_some(()))
+            }
+        })
+        .await?;
+        let victim_url = status
+            .members
+            .iter()
+            .find(|m| m.name == victim)
+            .and_then(|m| m.client_url.clone())
+            .context("no client URL for the victim")?;
+        let served = served_certificate(&dir, victim_url.trim_start_matches("https://"))?;
+        let expected = fingerprint(&dir.join("member2.crt"))?;
+        ensure!(
+            served == expected,
+            "the checkpoint of {victim} serves {served}, not the renewed {expected}"
+        );
+        for key in ["written-to-the-boot-etcd", "written-after-the-takeover"] {
+            let v = etcdctl(&dir, &urls, &["get", "--print-value-only", key])?;
+            ensure!(!v.trim().is_empty(), "{key} is gone after the rotation");
+        }
 
         // Deleting the cluster takes the checkpoints with it.
         Api::<EtcdCluster>::namespaced(c.clone(), &ns)
