@@ -862,6 +862,34 @@ pub mod certs {
     use anyhow::ensure;
     use k8s_openapi::{ByteString, api::core::v1::Secret};
 
+    /// SHA-256 fingerprint of a PEM certificate file.
+    pub fn fingerprint_of_file(path: &Path) -> anyhow::Result<String> {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(path)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "openssl x509: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// SHA-256 fingerprint of the certificate served at `addr`, presenting the `<client>` pair and
+    /// trusting `ca.crt` of `dir`.
+    pub fn served_fingerprint(dir: &Path, addr: &str, client: &str) -> anyhow::Result<String> {
+        let script = format!(
+            "openssl s_client -connect {addr} -cert {client}.crt -key {client}.key -CAfile ca.crt </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        );
+        let out = Command::new("sh")
+            .current_dir(dir)
+            .args(["-c", &script])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// Runs `openssl ARGS` in `dir`.
     pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         let out = Command::new("openssl").current_dir(dir).args(args).output()?;

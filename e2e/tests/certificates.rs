@@ -12,7 +12,7 @@
 //!   the bundle procedure of docs/runbooks.md (old and new CA in ca.crt, then leaves from the new
 //!   CA, then the old CA dropped) rolls step by step, the writers' every write kept.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
@@ -23,7 +23,7 @@ use kube::{
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
 use ouroboros_e2e::{
     TestNamespace,
-    certs::{make_ca, make_cert, make_member_certs, tls_secret},
+    certs::{fingerprint_of_file, make_ca, make_cert, make_member_certs, served_fingerprint, tls_secret},
     client,
     etcd_cluster::{self, converged},
     events_with_reason, operator_metrics, wait_for,
@@ -55,33 +55,6 @@ async fn renew(secrets: &Api<Secret>, dir: &Path, name: &str, cert: &str) -> any
     s.metadata.resource_version = secrets.get(name).await?.resource_version();
     secrets.replace(name, &PostParams::default(), &s).await?;
     Ok(())
-}
-
-/// SHA-256 fingerprint of a PEM certificate file.
-fn fingerprint_of_file(path: &Path) -> anyhow::Result<String> {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(path)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "openssl x509: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// SHA-256 fingerprint of the certificate served at `addr`, presenting the client pair in `dir`.
-fn served_fingerprint(dir: &Path, addr: &str, client: &str) -> anyhow::Result<String> {
-    let script = format!(
-        "openssl s_client -connect {addr} -cert {client}.crt -key {client}.key -CAfile ca.crt </dev/null 2>/dev/null \
-         | openssl x509 -noout -fingerprint -sha256"
-    );
-    let out = Command::new("sh")
-        .current_dir(dir)
-        .args(["-c", &script])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn uids<K: ResourceExt>(list: &[K]) -> Vec<String> {

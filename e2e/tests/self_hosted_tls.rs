@@ -20,7 +20,7 @@ use kube::{
 use ouroboros_crds::{EtcdCluster, condition_types as ct};
 use ouroboros_e2e::{
     TestNamespace,
-    certs::{make_ca, make_cert, tls_secret},
+    certs::{fingerprint_of_file, make_ca, make_cert, served_fingerprint, tls_secret},
     checkpoints, client, env, etcd_cluster, etcd_tool, kill_container, kubectl, sidecar_auth, wait_for,
 };
 
@@ -43,33 +43,6 @@ fn make_certs(dir: &Path, ip: &str) -> anyhow::Result<()> {
 
 fn secrets_of(c: &kube::Client, ns: &str) -> Api<Secret> {
     Api::namespaced(c.clone(), ns)
-}
-
-/// SHA-256 fingerprint of a PEM certificate file.
-fn fingerprint(path: &Path) -> anyhow::Result<String> {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(path)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "openssl x509: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// SHA-256 fingerprint of the certificate served at `addr`, presenting the test certificate.
-fn served_certificate(dir: &Path, addr: &str) -> anyhow::Result<String> {
-    let script = format!(
-        "openssl s_client -connect {addr} -cert member.crt -key member.key -CAfile ca.crt </dev/null 2>/dev/null \
-         | openssl x509 -noout -fingerprint -sha256"
-    );
-    let out = Command::new("sh")
-        .current_dir(dir)
-        .args(["-c", &script])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// `etcdctl` over TLS with the test certificate.
@@ -380,8 +353,8 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
             .find(|m| m.name == victim)
             .and_then(|m| m.client_url.clone())
             .context("no client URL for the victim")?;
-        let served = served_certificate(&dir, victim_url.trim_start_matches("https://"))?;
-        let expected = fingerprint(&dir.join("member2.crt"))?;
+        let served = served_fingerprint(&dir, victim_url.trim_start_matches("https://"), "member")?;
+        let expected = fingerprint_of_file(&dir.join("member2.crt"))?;
         ensure!(
             served == expected,
             "the checkpoint of {victim} serves {served}, not the renewed {expected}"
