@@ -327,8 +327,18 @@ async fn tls_members_pivot_from_a_tls_boot_etcd_and_their_checkpoints_take_over(
             }
         })
         .await?;
-        // A checkpoint takes over after the rotation, from the renewed files.
+        // A checkpoint takes over after the rotation, from the renewed files. It must be waiting on
+        // the member's lock first: killed before the kubelet started it, the member pod's etcd
+        // restarts and takes the lock again.
         let victim = renewed_names.iter().max().context("no members")?.clone();
+        wait_for_etcd_log(
+            "the rotated member's checkpoint to wait on its lock",
+            &ns,
+            &format!("{victim}-checkpoint-{node}"),
+            "another copy of this member holds",
+            Duration::from_secs(180),
+        )
+        .await?;
         kill_container(&c, &ns, &victim, "etcd").await?;
         wait_for_etcd_log(
             "the checkpoint to run the rotated member's etcd",

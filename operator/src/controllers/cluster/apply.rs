@@ -772,7 +772,7 @@ pub async fn apply_step(
                 ),
                 RemoveReason::Reconfigure => (
                     EventType::Normal,
-                    "it runs old spec.etcd settings and its replacement has joined",
+                    "it runs old spec.etcd settings or certificates and its replacement has joined",
                 ),
             };
             event(
