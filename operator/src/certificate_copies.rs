@@ -232,13 +232,8 @@ pub fn copies(cluster: &EtcdCluster, set: &CertificateSet) -> Vec<Secret> {
 
 /// Points the pod's certificate volumes at the copies of `set` and records its digest.
 pub fn mount(pod: &mut Pod, cluster: &str, set: &CertificateSet) {
-    for volume in pod.spec.iter_mut().flat_map(|s| s.volumes.iter_mut().flatten()) {
-        let Some((_, purpose)) = VOLUMES.iter().find(|(name, _)| *name == volume.name) else {
-            continue;
-        };
-        if let Some(secret) = volume.secret.as_mut() {
-            secret.secret_name = Some(copy_name(cluster, &set.digest, *purpose));
-        }
+    for (volume, purpose) in VOLUMES {
+        point_volume(pod, volume, &copy_name(cluster, &set.digest, purpose));
     }
     pod.metadata
         .annotations
@@ -251,9 +246,14 @@ pub fn mount(pod: &mut Pod, cluster: &str, set: &CertificateSet) {
 
 /// Points the pod's client certificate volume at Secret `secret`.
 pub fn mount_client(pod: &mut Pod, secret: &str) {
-    for volume in pod.spec.iter_mut().flat_map(|s| s.volumes.iter_mut().flatten()) {
-        if volume.name == "client-tls"
-            && let Some(s) = volume.secret.as_mut()
+    point_volume(pod, "client-tls", secret);
+}
+
+/// Points the pod's Secret volume `volume`, if it has one, at Secret `secret`.
+fn point_volume(pod: &mut Pod, volume: &str, secret: &str) {
+    for v in pod.spec.iter_mut().flat_map(|s| s.volumes.iter_mut().flatten()) {
+        if v.name == volume
+            && let Some(s) = v.secret.as_mut()
         {
             s.secret_name = Some(secret.to_owned());
         }

@@ -1,25 +1,9 @@
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{CertificateParams, Issuer, KeyPair};
 
 use super::*;
-
-struct Ca {
-    pem: String,
-    params: CertificateParams,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
-    let pem = params.clone().self_signed(&key).unwrap().pem();
-    Ca { pem, params, key }
-}
+use crate::certificates::tests::{Ca, ca};
 
 fn leaf(ca: &Ca, names: &[&str]) -> Vec<u8> {
     let params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();

@@ -275,78 +275,102 @@ pub fn check(secrets: &[SecretPem<'_>], member_names: &[String], now: i64) -> Ce
 /// with the new pair) does not trust. This is the rule that makes a CA rotation go through a
 /// bundle: no moment comes when two members, or the operator and a member, cannot talk.
 pub fn roll_problems(running: &[SecretPem<'_>], next: &[SecretPem<'_>]) -> Vec<CertificateProblem> {
-    fn of<'s>(set: &[SecretPem<'s>], p: Purpose) -> Option<SecretPem<'s>> {
-        set.iter().find(|s| s.purpose == p).cloned()
-    }
-    let mut problems = Vec::new();
-    let mut refuse = |s: &SecretPem<'_>, detail: &'static str| {
-        problems.push(CertificateProblem::CannotTalk {
-            field: s.purpose.field(),
-            secret: s.name.to_owned(),
-            detail,
-        });
-    };
+    let mut trusts = Vec::new();
     if let (Some(old), Some(new)) = (of(running, Purpose::Peer), of(next, Purpose::Peer)) {
-        if !issued(new.cert, old.ca) {
-            refuse(
-                &new,
-                "the members still running would refuse this peer tls.crt: their peer ca.crt did not issue it",
-            );
-        }
-        if !issued(old.cert, new.ca) {
-            refuse(
-                &new,
-                "a member restarted on this peer ca.crt would refuse the peer certificate the others run now",
-            );
-        }
+        trusts.push(Trust {
+            leaf: new,
+            checker: old,
+            reported: new,
+            detail: "the members still running would refuse this peer tls.crt: their peer ca.crt did not issue it",
+        });
+        trusts.push(Trust {
+            leaf: old,
+            checker: new,
+            reported: new,
+            detail: "a member restarted on this peer ca.crt would refuse the peer certificate the others run now",
+        });
     }
     if let (Some(old_server), Some(new_client)) =
         (of(running, Purpose::Server), of(next, Purpose::OperatorClient))
     {
-        if !issued(new_client.cert, old_server.ca) {
-            refuse(
-                &new_client,
-                "the members still running would refuse this client tls.crt: their server ca.crt did not issue it",
-            );
-        }
-        if !issued(old_server.cert, new_client.ca) {
-            refuse(
-                &new_client,
-                "with this ca.crt the operator would refuse the server certificate the members run now",
-            );
-        }
+        trusts.push(Trust {
+            leaf: new_client,
+            checker: old_server,
+            reported: new_client,
+            detail: "the members still running would refuse this client tls.crt: their server ca.crt did not issue it",
+        });
+        trusts.push(Trust {
+            leaf: old_server,
+            checker: new_client,
+            reported: new_client,
+            detail: "with this ca.crt the operator would refuse the server certificate the members run now",
+        });
     }
-    problems
+    broken(trusts)
+        .map(|(s, detail)| CertificateProblem::CannotTalk {
+            field: s.purpose.field(),
+            secret: s.name.to_owned(),
+            detail,
+        })
+        .collect()
+}
+
+/// One trust a party relies on: a CA in `checker`'s `ca.crt` issued `leaf`'s `tls.crt`. When it
+/// does not hold, `reported` is the Secret named, with `detail`.
+struct Trust<'p, 's> {
+    leaf: &'p SecretPem<'s>,
+    checker: &'p SecretPem<'s>,
+    reported: &'p SecretPem<'s>,
+    detail: &'static str,
+}
+
+/// The trusts that do not hold, as the Secret to name and why.
+fn broken<'p, 's>(trusts: Vec<Trust<'p, 's>>) -> impl Iterator<Item = (&'p SecretPem<'s>, &'static str)> {
+    trusts
+        .into_iter()
+        .filter(|t| !issued(t.leaf.cert, t.checker.ca))
+        .map(|t| (t.reported, t.detail))
+}
+
+/// The Secret of `set` for `purpose`.
+fn of<'p, 's>(set: &'p [SecretPem<'s>], purpose: Purpose) -> Option<&'p SecretPem<'s>> {
+    set.iter().find(|s| s.purpose == purpose)
 }
 
 /// What would fail once every member runs `set`, by the `ca.crt` each party checks with: members
 /// check peers with the peer Secret's and clients with the server Secret's; the operator checks
 /// members with its client Secret's. ([`check`] accepts an issuer from any of the three.)
 pub fn pairing_problems(set: &[SecretPem<'_>]) -> Vec<CertificateProblem> {
-    let of = |p: Purpose| set.iter().find(|s| s.purpose == p);
-    let mut problems = Vec::new();
-    let mut pairs = Vec::new();
-    if let Some(peer) = of(Purpose::Peer) {
-        pairs.push((
-            peer,
-            peer,
-            "the peer ca.crt did not issue the peer tls.crt: members would refuse each other",
-        ));
+    let mut trusts = Vec::new();
+    if let Some(peer) = of(set, Purpose::Peer) {
+        trusts.push(Trust {
+            leaf: peer,
+            checker: peer,
+            reported: peer,
+            detail: "the peer ca.crt did not issue the peer tls.crt: members would refuse each other",
+        });
     }
-    if let (Some(server), Some(client)) = (of(Purpose::Server), of(Purpose::OperatorClient)) {
-        pairs.push((client, server, "the server Secret's ca.crt did not issue this client tls.crt: members would refuse the operator and the backup sidecars"));
-        pairs.push((server, client, "the operator client Secret's ca.crt did not issue the server tls.crt: the operator would refuse the members"));
+    if let (Some(server), Some(client)) = (of(set, Purpose::Server), of(set, Purpose::OperatorClient)) {
+        trusts.push(Trust {
+            leaf: client,
+            checker: server,
+            reported: client,
+            detail: "the server Secret's ca.crt did not issue this client tls.crt: members would refuse the operator and the backup sidecars",
+        });
+        trusts.push(Trust {
+            leaf: server,
+            checker: client,
+            reported: server,
+            detail: "the operator client Secret's ca.crt did not issue the server tls.crt: the operator would refuse the members",
+        });
     }
-    for (leaf, checker, detail) in pairs {
-        if !issued(leaf.cert, checker.ca) {
-            problems.push(CertificateProblem::Mismatched {
-                field: leaf.purpose.field(),
-                secret: leaf.name.to_owned(),
-                detail,
-            });
-        }
-    }
-    problems
+    broken(trusts)
+        .map(|(s, detail)| CertificateProblem::Mismatched {
+            field: s.purpose.field(),
+            secret: s.name.to_owned(),
+            detail,
+        })
+        .collect()
 }
 
 /// Whether a CA in `ca_pem` issued the leaf of `cert_pem`. What does not parse counts as issued:
@@ -473,4 +497,4 @@ fn names(cert: &X509Certificate<'_>) -> Vec<San> {
 
 #[cfg(test)]
 #[path = "certificates_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -5,17 +5,18 @@ use super::*;
 const DAY: i64 = 24 * 3600;
 const NOW: i64 = 1_800_000_000;
 
-struct Ca {
-    pem: String,
-    params: CertificateParams,
-    key: KeyPair,
+/// A test CA (also used by `certificate_copies`'s tests).
+pub(crate) struct Ca {
+    pub(crate) pem: String,
+    pub(crate) params: CertificateParams,
+    pub(crate) key: KeyPair,
 }
 
 fn at(secs: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
 }
 
-fn ca(name: &str) -> Ca {
+pub(crate) fn ca(name: &str) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
