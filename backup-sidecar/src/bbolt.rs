@@ -51,6 +51,7 @@ struct Node {
     buckets: Vec<(Vec<u8>, BucketRoot)>,
     max_revision: Option<u64>,
     finished_compact: Option<u64>,
+    scheduled_compact: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -106,7 +107,10 @@ impl PageIndex {
             self.count += 1;
         }
         self.seen[i / 64] |= 1 << (i % 64);
-        let plain = node.children.is_empty() && node.buckets.is_empty() && node.finished_compact.is_none();
+        let plain = node.children.is_empty()
+            && node.buckets.is_empty()
+            && node.finished_compact.is_none()
+            && node.scheduled_compact.is_none();
         if plain {
             if let Some(rev) = node.max_revision {
                 if self.revisions.len() <= i {
@@ -175,6 +179,8 @@ fn parse_page(page: &[u8]) -> Option<Node> {
                     node.buckets.push((key.to_vec(), bucket));
                 } else if key == b"finishedCompactRev" {
                     node.finished_compact = revision_of_key(value);
+                } else if key == b"scheduledCompactRev" {
+                    node.scheduled_compact = revision_of_key(value);
                 } else if let Some(rev) = revision_of_key(key) {
                     node.max_revision = Some(node.max_revision.map_or(rev, |m| m.max(rev)));
                 }
@@ -306,6 +312,11 @@ impl RevisionScanner {
 
     /// The snapshot's revision, once every byte has been fed.
     pub fn revision(&self) -> Result<u64, RevisionError> {
+        self.revisions().map(|r| r.revision)
+    }
+
+    /// The snapshot's revision and compaction marks, once every byte has been fed.
+    pub fn revisions(&self) -> Result<SnapshotRevisions, RevisionError> {
         if self.not_bbolt || self.page_size == 0 || self.next_index == 0 {
             return Err(RevisionError::NotBbolt);
         }
@@ -334,19 +345,46 @@ impl RevisionScanner {
                 PageRef::Rich(n) => n.max_revision,
             })
             .max();
-        let compacted = match meta_bucket {
+        let meta: Vec<&Node> = match meta_bucket {
             Some(m) => self
                 .leaves(m)?
-                .iter()
+                .into_iter()
                 .filter_map(|p| match p {
                     PageRef::Plain(_) => None,
-                    PageRef::Rich(n) => n.finished_compact,
+                    PageRef::Rich(n) => Some(n),
                 })
-                .max(),
-            None => None,
+                .collect(),
+            None => Vec::new(),
         };
-        // An empty store has no revision key; `etcdutl snapshot status` reports 0 for it, and so do we.
-        Ok(from_keys.max(compacted).unwrap_or(0))
+        let finished = meta.iter().filter_map(|n| n.finished_compact).max();
+        let scheduled = meta.iter().filter_map(|n| n.scheduled_compact).max();
+        Ok(SnapshotRevisions {
+            // An empty store has no revision key; `etcdutl snapshot status` reports 0 for it, and so
+            // do we.
+            revision: from_keys.max(finished).unwrap_or(0),
+            finished_compact: finished.unwrap_or(0),
+            scheduled_compact: scheduled.unwrap_or(0),
+        })
+    }
+}
+
+/// What a snapshot says about its revisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRevisions {
+    /// The store's revision.
+    pub revision: u64,
+    /// The last compaction that finished (`finishedCompactRev`), 0 for none.
+    pub finished_compact: u64,
+    /// The last compaction scheduled (`scheduledCompactRev`), 0 for none. Above `finished_compact`
+    /// when the snapshot was taken mid-compaction: etcd started on it finishes that compaction.
+    pub scheduled_compact: u64,
+}
+
+impl SnapshotRevisions {
+    /// The compaction revision etcd started on this snapshot works with: a scheduled compaction
+    /// that had not finished is resumed at start.
+    pub fn effective_compact(&self) -> u64 {
+        self.finished_compact.max(self.scheduled_compact)
     }
 }
 

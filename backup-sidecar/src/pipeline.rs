@@ -6,12 +6,15 @@
 use std::io::Write as _;
 
 use etcd_client::Client;
-use ouroboros_crds::retention::{ENCRYPTED_SUFFIX, StoredName, archive_name};
+use ouroboros_crds::{
+    retention::{ENCRYPTED_SUFFIX, StoredName, archive_name},
+    sidecar::RecordedHash,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
     archive::{FORMAT_VERSION, Manifest, ParallelGzWriter, TarStream},
-    bbolt::{RevisionError, RevisionScanner},
+    bbolt::{RevisionError, RevisionScanner, SnapshotRevisions},
     store::{Store, StoreError},
     verify::{TRAILER, TrailerVerifier, VerifyError},
 };
@@ -228,6 +231,51 @@ pub fn manifest_name(start: jiff::Timestamp, revision: u64, backup: &str) -> Str
     .manifest()
 }
 
+/// The member's `HashKV` at the snapshot's revision, asked right after the snapshot, or why it is not
+/// a hash of the snapshot's data. Never fails the backup: an archive without a hash is still a
+/// backup, only one a drill cannot compare.
+async fn record_hash(etcd: &mut Client, snapshot: SnapshotRevisions) -> Result<RecordedHash, String> {
+    let revision = i64::try_from(snapshot.revision).map_err(|e| e.to_string())?;
+    hash_of_snapshot(ask_hash(etcd, revision).await?, snapshot)
+}
+
+/// `HashKV` at `revision`, with the revisions it was computed over.
+async fn ask_hash(etcd: &mut Client, revision: i64) -> Result<RecordedHash, String> {
+    let answer = etcd
+        .hash_kv(revision)
+        .await
+        .map_err(|e| format!("the member did not hash revision {revision}: {e}"))?;
+    // etcd before 3.6 does not say which revision it hashed: the one asked for.
+    let hashed = Some(answer.hash_revision())
+        .filter(|r| *r > 0)
+        .unwrap_or(revision);
+    Ok(RecordedHash {
+        hash: answer.hash(),
+        revision: u64::try_from(hashed).unwrap_or(0),
+        compact_revision: u64::try_from(answer.compact_version()).unwrap_or(0),
+    })
+}
+
+/// `recorded` when it was computed with the compaction the snapshot's data carries; etcd started on
+/// the snapshot hashes with that one (resuming a compaction that had not finished).
+pub fn hash_of_snapshot(recorded: RecordedHash, snapshot: SnapshotRevisions) -> Result<RecordedHash, String> {
+    let expected = snapshot.effective_compact();
+    if recorded.revision != snapshot.revision {
+        Err(format!(
+            "the member hashed revision {}, not the snapshot's {}",
+            recorded.revision, snapshot.revision
+        ))
+    } else if recorded.compact_revision == expected {
+        Ok(recorded)
+    } else {
+        Err(format!(
+            "the member hashed revision {} with compaction at {}, but the snapshot holds compaction at \
+             {expected}: a compaction ran between the snapshot and the hash",
+            recorded.revision, recorded.compact_revision
+        ))
+    }
+}
+
 /// Takes a backup from `etcd` (a client to exactly one member) into `store`.
 pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outcome, PipelineError> {
     let start = jiff::Timestamp::now();
@@ -290,7 +338,12 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
         }
         let raw_size = verifier.total();
         let sha256 = verifier.finish()?;
-        let revision = scanner.revision()?;
+        let revisions = scanner.revisions()?;
+        let revision = revisions.revision;
+        let (kv_hash, kv_hash_unavailable) = match record_hash(etcd, revisions).await {
+            Ok(h) => (Some(h), None),
+            Err(why) => (None, Some(why)),
+        };
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             cluster_name: req.cluster_name.clone(),
@@ -306,6 +359,8 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
             archive: None,
             start_time: start.to_string(),
             end_time: jiff::Timestamp::now().to_string(),
+            kv_hash,
+            kv_hash_unavailable,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| PipelineError::Archive(e.into()))?;
         // A closed channel here means the compressor failed; its own error is reported below.
@@ -364,5 +419,40 @@ mod tests {
         let b = manifest_name(t, 10, "b");
         assert!(a < b, "{a} !< {b}");
         assert_eq!(a, "20261121T100000Z-r00000000000000000009-b.manifest.json");
+    }
+
+    #[test]
+    fn a_hash_counts_only_when_computed_with_the_snapshots_compaction() {
+        let hash = |compact_revision| RecordedHash {
+            hash: 7,
+            revision: 100,
+            compact_revision,
+        };
+        let snapshot = |finished_compact, scheduled_compact| SnapshotRevisions {
+            revision: 100,
+            finished_compact,
+            scheduled_compact,
+        };
+        assert_eq!(
+            hash_of_snapshot(hash(0), snapshot(0, 0)),
+            Ok(hash(0)),
+            "never compacted"
+        );
+        assert_eq!(hash_of_snapshot(hash(40), snapshot(40, 40)), Ok(hash(40)));
+        // Taken mid-compaction: etcd started on the snapshot finishes it, and so hashes with it.
+        assert_eq!(hash_of_snapshot(hash(60), snapshot(40, 60)), Ok(hash(60)));
+        let other = RecordedHash {
+            revision: 101,
+            ..hash(40)
+        };
+        assert!(
+            hash_of_snapshot(other, snapshot(40, 40)).is_err(),
+            "another revision's hash"
+        );
+        let later = hash_of_snapshot(hash(90), snapshot(40, 40)).unwrap_err();
+        assert!(
+            later.contains("compaction at 90") && later.contains("compaction at 40"),
+            "{later}"
+        );
     }
 }

@@ -102,6 +102,18 @@ pub struct EtcdBackupStatus {
     /// The archive is encrypted with age: restoring it needs the identity (secret key).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypted: bool,
+    /// etcd's `HashKV` of the keyspace at `revision`, as the member reported it right after the
+    /// snapshot, from the manifest: what a restore drill compares the restored data against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hash: Option<i64>,
+    /// The compaction revision `kvHash` was computed with; a restored copy's hash is comparable only
+    /// when computed with the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hash_compact_revision: Option<i64>,
+    /// Why a completed backup has no `kvHash`, from the manifest (the member did not answer, or a
+    /// compaction ran between the snapshot and the hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hash_unavailable: Option<String>,
 }
 
 /// Lifecycle of a backup. `Succeeded` and `Failed` are terminal.

@@ -59,6 +59,31 @@ pub struct Manifest {
     pub start_time: String,
     /// When the archive was complete (RFC 3339).
     pub end_time: String,
+    /// etcd's hash of the keyspace at the snapshot's revision (`HashKV`), as the member reported it
+    /// right after sending the snapshot. A restore drill recomputes it on the restored data: equal
+    /// hashes show the archive holds exactly what the member had. Absent in archives made before it
+    /// was recorded, and when it could not be taken (`kvHashUnavailable` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hash: Option<RecordedHash>,
+    /// Why `kvHash` is absent from a backup that recorded it: the member failed to answer, or a
+    /// compaction ran between the snapshot and the hash, so the member's hash is not of the data the
+    /// snapshot holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hash_unavailable: Option<String>,
+}
+
+/// A `HashKV` answer, with what it was computed over: the hash depends on both revisions, so a
+/// restored copy matches it only when its own answer names the same two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedHash {
+    /// The hash (CRC-32C over the keys and values of the revisions it covers).
+    pub hash: u32,
+    /// The revision it was computed at: the snapshot's.
+    pub revision: u64,
+    /// The compaction revision it was computed with: revisions at or below it count only where
+    /// they are a key's newest.
+    pub compact_revision: u64,
 }
 
 /// Where a job writes.

@@ -600,6 +600,11 @@ async fn succeed(
         etcd_version: Some(manifest.etcd_version.clone()),
         cluster_id: Some(manifest.cluster_id.clone()).filter(|id| !id.is_empty()),
         encrypted: manifest.encrypted,
+        kv_hash: manifest.kv_hash.map(|h| i64::from(h.hash)),
+        kv_hash_compact_revision: manifest
+            .kv_hash
+            .and_then(|h| i64::try_from(h.compact_revision).ok()),
+        kv_hash_unavailable: manifest.kv_hash_unavailable.clone(),
         completion_time: Some(completion.clone()),
         ..current
     };
