@@ -231,12 +231,34 @@ pub fn manifest_name(start: jiff::Timestamp, revision: u64, backup: &str) -> Str
     .manifest()
 }
 
+/// How long the member may take to hash its keyspace: it reads the whole key bucket, seconds per GiB.
+/// Past it the backup goes on without a hash, well within the operator's backup deadline.
+const HASH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The member's `HashKV` at the snapshot's revision, asked right after the snapshot, or why it is not
 /// a hash of the snapshot's data. Never fails the backup: an archive without a hash is still a
 /// backup, only one a drill cannot compare.
 async fn record_hash(etcd: &mut Client, snapshot: SnapshotRevisions) -> Result<RecordedHash, String> {
+    if snapshot.revision == 0 {
+        // HashKV at 0 means "the current revision", which need not be the snapshot's.
+        return Err("the snapshot is of an empty store (revision 0): nothing to hash".into());
+    }
     let revision = i64::try_from(snapshot.revision).map_err(|e| e.to_string())?;
-    hash_of_snapshot(ask_hash(etcd, revision).await?, snapshot)
+    match hash_of_snapshot(ask_hash(etcd, revision).await?, snapshot) {
+        Err(why) if snapshot.effective_compact() == snapshot.revision => {
+            // etcd answers HashKV at a compaction's own revision from the hash it kept when that
+            // compaction finished, computed with the compaction before (seen on 3.6.16). An idle
+            // cluster compacted by the periodic policy is in exactly this case. The current
+            // revision's hash is computed afresh, and it is the snapshot's while nothing was written.
+            let now = ask_hash(etcd, 0).await?;
+            if now.revision == snapshot.revision {
+                hash_of_snapshot(now, snapshot)
+            } else {
+                Err(why)
+            }
+        }
+        decided => decided,
+    }
 }
 
 /// `HashKV` at `revision`, with the revisions it was computed over.
@@ -258,7 +280,7 @@ async fn ask_hash(etcd: &mut Client, revision: i64) -> Result<RecordedHash, Stri
 
 /// `recorded` when it was computed with the compaction the snapshot's data carries; etcd started on
 /// the snapshot hashes with that one (resuming a compaction that had not finished).
-pub fn hash_of_snapshot(recorded: RecordedHash, snapshot: SnapshotRevisions) -> Result<RecordedHash, String> {
+fn hash_of_snapshot(recorded: RecordedHash, snapshot: SnapshotRevisions) -> Result<RecordedHash, String> {
     let expected = snapshot.effective_compact();
     if recorded.revision != snapshot.revision {
         Err(format!(
@@ -340,9 +362,19 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
         let sha256 = verifier.finish()?;
         let revisions = scanner.revisions()?;
         let revision = revisions.revision;
-        let (kv_hash, kv_hash_unavailable) = match record_hash(etcd, revisions).await {
-            Ok(h) => (Some(h), None),
-            Err(why) => (None, Some(why)),
+        // A stop during the hash is a stop of the backup: nothing is committed after it.
+        let hashed = tokio::select! {
+            biased;
+            reason = cancel.fired() => return Err(PipelineError::Cancelled(reason)),
+            hashed = tokio::time::timeout(HASH_TIMEOUT, record_hash(etcd, revisions)) => hashed,
+        };
+        let (kv_hash, kv_hash_unavailable) = match hashed {
+            Ok(Ok(h)) => (Some(h), None),
+            Ok(Err(why)) => (None, Some(why)),
+            Err(_) => (
+                None,
+                Some(format!("the member did not hash within {HASH_TIMEOUT:?}")),
+            ),
         };
         let manifest = Manifest {
             format_version: FORMAT_VERSION,

@@ -74,7 +74,7 @@ pub struct Manifest {
 
 /// A `HashKV` answer, with what it was computed over: the hash depends on both revisions, so a
 /// restored copy matches it only when its own answer names the same two.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedHash {
     /// The hash (CRC-32C over the keys and values of the revisions it covers).
@@ -82,7 +82,7 @@ pub struct RecordedHash {
     /// The revision it was computed at: the snapshot's.
     pub revision: u64,
     /// The compaction revision it was computed with: revisions at or below it count only where
-    /// they are a key's newest.
+    /// they are a key's newest. 0 when the store was never compacted (etcd answers -1 then).
     pub compact_revision: u64,
 }
 
