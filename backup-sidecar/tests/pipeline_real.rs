@@ -14,6 +14,7 @@ use ouroboros_backup_sidecar::{
     pipeline::{self, PipelineError, Request},
     store::{S3Config, Store},
 };
+use ouroboros_crds::sidecar::RecordedHash;
 
 fn request(name: &str) -> Request {
     Request {
@@ -696,29 +697,10 @@ async fn the_recorded_hash_is_the_hash_of_the_restored_data() {
     let store = Store::Dir(dir.clone());
     let outcome = pipeline::run(&mut c, &store, &request("h1")).await.unwrap();
     writer.await.unwrap();
-    let recorded = outcome
-        .manifest
-        .kv_hash
-        .unwrap_or_else(|| panic!("no hash recorded: {:?}", outcome.manifest.kv_hash_unavailable));
+    let (recorded, _restored, mut r) = restored_hash_matches(&dir, &outcome).await;
     assert_eq!(recorded.revision, outcome.manifest.revision);
     assert_eq!(recorded.compact_revision, (mid - 10) as u64);
-
-    let archive = std::fs::read(dir.join(outcome.manifest.archive.clone().unwrap())).unwrap();
-    let (snapshot, inner) = untar(&archive);
-    assert_eq!(
-        inner.kv_hash,
-        Some(recorded),
-        "the manifest inside the archive has the hash"
-    );
-    let restored = restore(&snapshot);
-    let mut r = connect(&restored.endpoint).await;
     let at = i64::try_from(recorded.revision).unwrap();
-    let again = r.hash_kv(at).await.unwrap();
-    assert_eq!(
-        (again.hash(), again.compact_version()),
-        (recorded.hash, recorded.compact_revision as i64),
-        "the restored copy's HashKV at revision {at}"
-    );
     // The comparison can fail: the revision before holds different data, and hashes differently.
     let before = r.hash_kv(at - 1).await.unwrap();
     assert_ne!(
@@ -752,22 +734,38 @@ async fn an_idle_cluster_compacted_at_its_revision_still_records_the_restored_ha
     let outcome = pipeline::run(&mut c, &Store::Dir(dir.clone()), &request("i1"))
         .await
         .unwrap();
-    let recorded = outcome
-        .manifest
-        .kv_hash
-        .unwrap_or_else(|| panic!("no hash recorded: {:?}", outcome.manifest.kv_hash_unavailable));
+    let (recorded, _restored, _) = restored_hash_matches(&dir, &outcome).await;
     assert_eq!(
         (recorded.revision, recorded.compact_revision),
         (last as u64, last as u64)
     );
+}
+
+/// The hash `outcome` recorded, after checking that the manifest inside its archive (in `dir`) has
+/// it too and that a copy restored from the archive reports it; with that copy and a client to it.
+async fn restored_hash_matches(
+    dir: &std::path::Path,
+    outcome: &pipeline::Outcome,
+) -> (RecordedHash, Proc, etcd_client::Client) {
+    let recorded = outcome
+        .manifest
+        .kv_hash
+        .unwrap_or_else(|| panic!("no hash recorded: {:?}", outcome.manifest.kv_hash_unavailable));
     let archive = std::fs::read(dir.join(outcome.manifest.archive.clone().unwrap())).unwrap();
-    let (snapshot, _) = untar(&archive);
+    let (snapshot, inner) = untar(&archive);
+    assert_eq!(
+        inner.kv_hash,
+        Some(recorded),
+        "the manifest inside the archive has the hash"
+    );
     let restored = restore(&snapshot);
     let mut r = connect(&restored.endpoint).await;
-    let again = r.hash_kv(last).await.unwrap();
+    let at = i64::try_from(recorded.revision).unwrap();
+    let again = r.hash_kv(at).await.unwrap();
     assert_eq!(
         (again.hash(), again.compact_version()),
-        (recorded.hash, last),
-        "the restored copy's HashKV at revision {last}"
+        (recorded.hash, recorded.compact_revision as i64),
+        "the restored copy's HashKV at revision {at}"
     );
+    (recorded, restored, r)
 }
