@@ -255,7 +255,7 @@ async fn prune(State(api): State<Api>, Json(req): Json<PruneRequest>) -> impl In
         max_age: req.max_age_seconds.map(jiff::SignedDuration::from_secs),
     };
     let store = open_store(&req.destination).await;
-    match crate::prune::prune(&store, rules, jiff::Timestamp::now()).await {
+    match crate::prune::prune(&store, rules, &req.keep_backups, jiff::Timestamp::now()).await {
         Ok(out) => {
             tracing::info!(
                 deleted = out.deleted.len(),

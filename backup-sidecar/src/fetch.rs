@@ -52,9 +52,33 @@ pub enum FetchError {
          its age secret key in the EtcdRestore's spec.encryption (or the cluster's spec.backup.encryption)"
     )]
     NoIdentity,
+    /// The archive is encrypted to none of the identities given (a key was rotated, or the wrong
+    /// Secret is named): the archive itself may be sound.
+    #[error(
+        "decrypting the archive: it is encrypted to none of the age identities given; name the Secret whose \
+         `identity` matches the recipient it was encrypted to"
+    )]
+    WrongKey,
     /// The archive could not be decrypted with the identities given.
     #[error("decrypting the archive: {0}")]
     Decrypt(String),
+}
+
+impl FetchError {
+    /// Whether the archive itself is shown not to check out (damaged, incomplete, or different from
+    /// what was recorded), as opposed to not being read at all (the store, the disk, the key).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            FetchError::Damaged(_)
+            | FetchError::Missing(_)
+            | FetchError::Trailer(_)
+            | FetchError::Mismatch(_)
+            | FetchError::Decrypt(_) => true,
+            FetchError::Store(_) | FetchError::Io { .. } | FetchError::NoIdentity | FetchError::WrongKey => {
+                false
+            }
+        }
+    }
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
@@ -117,7 +141,10 @@ fn unpack(
         if identities.is_empty() {
             return Err(FetchError::NoIdentity);
         }
-        let decrypt = |e: age::DecryptError| FetchError::Decrypt(e.to_string());
+        let decrypt = |e: age::DecryptError| match e {
+            age::DecryptError::NoMatchingKeys => FetchError::WrongKey,
+            e => FetchError::Decrypt(e.to_string()),
+        };
         let reader = age::Decryptor::new_buffered(input)
             .map_err(decrypt)?
             .decrypt(identities.iter().map(|i| i as &dyn age::Identity))

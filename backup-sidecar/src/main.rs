@@ -46,37 +46,103 @@ struct Args {
 enum Command {
     /// Download an archive, verify it against etcd's trailer, its manifest and `--sha256`, and leave
     /// `snapshot.db` and `manifest.json` in `--out`. Exits non-zero, with the reason on stderr and in
-    /// the container's termination message, when anything does not check out.
-    Fetch {
-        /// The archive, as an EtcdBackup's `status.location` shows it.
-        #[arg(long)]
-        location: String,
-        /// Directory for the verified files.
-        #[arg(long)]
-        out: std::path::PathBuf,
-        /// sha256 recorded when the backup was taken.
-        #[arg(long)]
-        sha256: Option<String>,
-        /// S3 endpoint for S3-compatible stores. Credentials come from the AWS environment.
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// S3 region.
-        #[arg(long, default_value = "us-east-1")]
-        region: String,
-        /// Path-style S3 addressing.
-        #[arg(long)]
-        force_path_style: bool,
-        /// An age identity file (`AGE-SECRET-KEY-1...` lines) to decrypt an encrypted archive with.
-        #[arg(long)]
-        identity_file: Option<std::path::PathBuf>,
-    },
+    /// the container's termination message, when anything does not check out: 2 when the archive
+    /// itself is at fault (damaged, incomplete, not what was recorded), 1 when it was not read.
+    Fetch(FetchArgs),
+    /// The last step of a restore drill: wait for etcd started alone on the restored archive, and
+    /// compare its revision and its `HashKV` at `--revision` with what the backup recorded. The
+    /// verdict (JSON) goes to stdout and the container's termination message; the exit code is 0
+    /// whenever a verdict was reached, whatever it is.
+    DrillCheck(DrillCheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FetchArgs {
+    /// The archive, as an EtcdBackup's `status.location` shows it.
+    #[arg(long)]
+    location: String,
+    /// Directory for the verified files.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// sha256 recorded when the backup was taken.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// S3 endpoint for S3-compatible stores. Credentials come from the AWS environment.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Path-style S3 addressing.
+    #[arg(long)]
+    force_path_style: bool,
+    /// An age identity file (`AGE-SECRET-KEY-1...` lines) to decrypt an encrypted archive with.
+    #[arg(long)]
+    identity_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DrillCheckArgs {
+    /// Client URL of the drill's etcd.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    endpoint: String,
+    /// The backup's revision.
+    #[arg(long)]
+    revision: u64,
+    /// The hash the member reported at `--revision` (with `--compact-revision`).
+    #[arg(long, requires = "compact_revision")]
+    kv_hash: Option<u32>,
+    /// The compaction revision that hash was computed with (0: never compacted).
+    #[arg(long, requires = "kv_hash")]
+    compact_revision: Option<u64>,
+    /// How long to wait for etcd to answer.
+    #[arg(long, default_value_t = 120)]
+    wait_seconds: u64,
 }
 
 /// Where Kubernetes reads a container's termination message.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
-async fn fetch_command(command: Command) -> anyhow::Result<()> {
-    let Command::Fetch {
+/// The exit code of a fetch that found the archive itself at fault (as opposed to not reaching it):
+/// a drill tells a damaged archive from an unreachable store by it.
+const EXIT_DAMAGED: i32 = 2;
+
+fn termination_message(message: &str) {
+    if std::path::Path::new(TERMINATION_LOG).exists() {
+        let _ = std::fs::write(TERMINATION_LOG, message);
+    }
+}
+
+async fn drill_check(args: DrillCheckArgs) -> anyhow::Result<()> {
+    let revision = args.revision;
+    let expected = ouroboros_backup_sidecar::drill::Expected {
+        revision,
+        hash: args
+            .kv_hash
+            .zip(args.compact_revision)
+            .map(|(hash, compact_revision)| ouroboros_crds::sidecar::RecordedHash {
+                hash,
+                revision,
+                compact_revision,
+            }),
+    };
+    let wait = std::time::Duration::from_secs(args.wait_seconds);
+    let verdict = ouroboros_backup_sidecar::drill::check(&args.endpoint, expected, wait).await;
+    let json = serde_json::to_string(&verdict)?;
+    termination_message(&json);
+    println!("{json}");
+    Ok(())
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Fetch(args) => fetch_command(args).await,
+        Command::DrillCheck(args) => drill_check(args).await,
+    }
+}
+
+async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
+    let FetchArgs {
         location,
         out,
         sha256,
@@ -84,7 +150,7 @@ async fn fetch_command(command: Command) -> anyhow::Result<()> {
         region,
         force_path_style,
         identity_file,
-    } = command;
+    } = args;
     let result = async {
         let identities = match &identity_file {
             Some(f) => ouroboros_backup_sidecar::crypt::identities(f)?,
@@ -112,16 +178,19 @@ async fn fetch_command(command: Command) -> anyhow::Result<()> {
         Ok(manifest) => {
             let json = serde_json::to_string(&manifest)?;
             // The restore reads the revision from the termination message when no EtcdBackup names it.
-            if std::path::Path::new(TERMINATION_LOG).exists() {
-                let _ = std::fs::write(TERMINATION_LOG, &json);
-            }
+            termination_message(&json);
             println!("{json}");
             Ok(())
         }
         Err(e) => {
             let message = format!("{location}: {e:#}");
-            if std::path::Path::new(TERMINATION_LOG).exists() {
-                let _ = std::fs::write(TERMINATION_LOG, &message);
+            termination_message(&message);
+            let damaged = e
+                .downcast_ref::<ouroboros_backup_sidecar::fetch::FetchError>()
+                .is_some_and(|f| f.is_damage());
+            if damaged {
+                eprintln!("Error: {message}");
+                std::process::exit(EXIT_DAMAGED);
             }
             anyhow::bail!(message)
         }
@@ -139,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     if let Some(command) = args.command {
-        return fetch_command(command).await;
+        return run_command(command).await;
     }
     let tls = match &args.tls_dir {
         None => None,

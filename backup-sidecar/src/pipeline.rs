@@ -262,7 +262,7 @@ async fn record_hash(etcd: &mut Client, snapshot: SnapshotRevisions) -> Result<R
 }
 
 /// `HashKV` at `revision`, with the revisions it was computed over.
-async fn ask_hash(etcd: &mut Client, revision: i64) -> Result<RecordedHash, String> {
+pub(crate) async fn ask_hash(etcd: &mut Client, revision: i64) -> Result<RecordedHash, String> {
     let answer = etcd
         .hash_kv(revision)
         .await

@@ -9,11 +9,18 @@ use ouroboros_crds::{
 use crate::store::{Store, StoreError};
 
 /// Applies `rules` to the backups in `store` and removes leftovers of interrupted backups: incomplete
-/// uploads and archives that never got a manifest. Call only while no backup of the cluster runs.
-pub async fn prune(store: &Store, rules: Rules, now: jiff::Timestamp) -> Result<PruneOutcome, StoreError> {
+/// uploads and archives that never got a manifest. The backups named in `keep` (the newest verified
+/// one) stay whatever the rules say. Call only while no backup of the cluster runs.
+pub async fn prune(
+    store: &Store,
+    rules: Rules,
+    keep: &[String],
+    now: jiff::Timestamp,
+) -> Result<PruneOutcome, StoreError> {
     let names = store.list().await?;
     let stored: Vec<StoredName> = names.iter().filter_map(|n| StoredName::parse(n)).collect();
-    let gone = doomed(&stored, |s| (s.time, s.revision), rules, now);
+    let mut gone = doomed(&stored, |s| (s.time, s.revision), rules, now);
+    gone.retain(|&i| !keep.contains(&stored[i].backup));
     let mut out = PruneOutcome::default();
     for &i in &gone {
         let s = &stored[i];
@@ -77,7 +84,9 @@ mod tests {
 
         let store = Store::Dir(tmp.clone());
         let rules = Rules::new(Some(2), None).unwrap();
-        let out = prune(&store, rules, t("2026-11-21T03:00:00Z")).await.unwrap();
+        let out = prune(&store, rules, &[], t("2026-11-21T03:00:00Z"))
+            .await
+            .unwrap();
         assert_eq!(out.deleted, vec![store.location(&backups[0].archive())]);
         assert_eq!(out.kept, 2);
         assert_eq!(out.leftovers_removed, 2);
@@ -90,6 +99,45 @@ mod tests {
             .collect();
         want.sort();
         assert_eq!(left, want);
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+    }
+
+    #[tokio::test]
+    async fn the_backup_named_to_keep_outlives_the_rules() {
+        let tmp = std::env::temp_dir().join(format!("ouroboros-prune-keep-{}", std::process::id()));
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        tokio::fs::create_dir_all(&tmp).await.unwrap();
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let backups: Vec<StoredName> = [
+            ("2026-11-19T00:00:00Z", 10),
+            ("2026-11-20T00:00:00Z", 20),
+            ("2026-11-21T00:00:00Z", 30),
+        ]
+        .iter()
+        .map(|(time, revision)| StoredName {
+            time: t(time),
+            revision: *revision,
+            backup: format!("b{revision}"),
+        })
+        .collect();
+        for b in &backups {
+            touch(&tmp, &b.archive()).await;
+            touch(&tmp, &b.manifest()).await;
+        }
+        let store = Store::Dir(tmp.clone());
+        // One kept by count, and the oldest because it is the newest verified one.
+        let rules = Rules::new(Some(1), None).unwrap();
+        let keep = ["b10".to_owned()];
+        let out = prune(&store, rules, &keep, t("2026-11-21T03:00:00Z"))
+            .await
+            .unwrap();
+        assert_eq!(out.deleted, vec![store.location(&backups[1].archive())]);
+        assert_eq!(out.kept, 2);
+        let left = store.list().await.unwrap();
+        assert!(
+            left.contains(&backups[0].manifest()) && left.contains(&backups[2].manifest()),
+            "{left:?}"
+        );
         let _ = tokio::fs::remove_dir_all(&tmp).await;
     }
 }

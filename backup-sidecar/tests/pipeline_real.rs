@@ -173,7 +173,7 @@ async fn an_encrypted_backup_restores_only_with_its_identity() {
     };
     let again = pipeline::run(&mut c, &store, &newer).await;
     assert!(again.is_ok(), "{again:?}");
-    let out = ouroboros_backup_sidecar::prune::prune(&store, rules, jiff::Timestamp::now())
+    let out = ouroboros_backup_sidecar::prune::prune(&store, rules, &[], jiff::Timestamp::now())
         .await
         .unwrap();
     assert_eq!(out.deleted, vec![store.location(&name)], "{out:?}");
@@ -431,7 +431,7 @@ async fn retention_in_minio_keeps_the_newest_and_clears_interrupted_uploads() {
     }
 
     let rules = Rules::new(Some(2), None).unwrap();
-    let out = prune(&store, rules, jiff::Timestamp::now()).await.unwrap();
+    let out = prune(&store, rules, &[], jiff::Timestamp::now()).await.unwrap();
     assert_eq!(
         out.deleted,
         vec![outcomes[0].location.clone()],

@@ -21,6 +21,7 @@ use crate::common::BackupDestination;
     printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.revision"}"#,
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size","description":"Compressed size"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Verified","type":"string","jsonPath":".status.drill","description":"Restore drill: Verified, Failed, Inconclusive, or Pending/Running"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -38,6 +39,13 @@ pub struct EtcdBackupSpec {
     /// Encrypt this archive with age. Empty uses the cluster's `spec.backup.encryption`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crate::BackupEncryption>,
+    /// Prove the archive restores once it is stored: a drill Job downloads and verifies it as a
+    /// restore would, restores it with `etcdutl` into scratch space, starts etcd on it alone and
+    /// compares etcd's `HashKV` at the backup's revision with the hash the member reported (see
+    /// `status.drill`). Empty uses the cluster's `spec.backup.drills` (on by default); `latest`
+    /// restores and automatic recovery choose only verified backups unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<bool>,
 }
 
 /// The record of a backup. Written by the operator and the sidecar that took it.
@@ -114,6 +122,66 @@ pub struct EtcdBackupStatus {
     /// compaction ran between the snapshot and the hash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_hash_unavailable: Option<String>,
+    /// Where the restore drill of this backup is: `Pending` (waiting to run), `Running`, or its
+    /// result, `Verified`, `Failed` (the archive does not restore to what was backed up) or
+    /// `Inconclusive` (the drill could not reach a verdict, say the store was unreachable). Empty
+    /// when no drill was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillPhase>,
+    /// `true` once a drill restored the archive and found the recorded data in it; `false` when a
+    /// drill showed it does not restore (a damaged archive, a different hash). Empty until then.
+    /// Only verified backups are chosen by `latest` and automatic recovery (unless told otherwise),
+    /// and retention never deletes the newest verified one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// When the drill reached its verdict (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_time: Option<String>,
+    /// What the drill found, in words: the revision and hash it checked, or why it failed or could
+    /// not decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_reason: Option<String>,
+    /// The drill Job of the attempt under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_job: Option<String>,
+    /// Drill attempts made: an attempt that could not decide is retried a few times, then the
+    /// drill stays `Inconclusive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_attempts: Option<i32>,
+    /// When the drill attempt under way started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_start_time: Option<String>,
+    /// The value of the annotation `etcd.ouroboros.dev/drill-request` the latest drill answered:
+    /// setting the annotation to a new value drills the backup again (to find an archive damaged in
+    /// the store since), whatever `spec.drill` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_request: Option<String>,
+}
+
+/// Where a backup's restore drill is. `Verified`, `Failed` and `Inconclusive` are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum DrillPhase {
+    /// Asked for; waits for the backup slot of the cluster to be free.
+    Pending,
+    /// The drill Job runs.
+    Running,
+    /// The archive restored, and etcd on it reported the recorded revision and hash.
+    Verified,
+    /// The archive does not restore to what was backed up: `verificationReason` says how.
+    Failed,
+    /// No verdict could be reached (the store was unreachable, the drill ran out of time): the
+    /// backup is neither proven nor disproven.
+    Inconclusive,
+}
+
+impl DrillPhase {
+    /// Whether the drill has reached its last word.
+    pub fn is_final(self) -> bool {
+        match self {
+            DrillPhase::Pending | DrillPhase::Running => false,
+            DrillPhase::Verified | DrillPhase::Failed | DrillPhase::Inconclusive => true,
+        }
+    }
 }
 
 /// Lifecycle of a backup. `Succeeded` and `Failed` are terminal.

@@ -256,6 +256,12 @@ pub struct BackupPolicy {
     /// with the same Secret's `identity` unless the EtcdRestore names another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crate::BackupEncryption>,
+    /// Drill every backup of this cluster whose EtcdBackup does not say (`spec.drill`): restore it
+    /// into scratch space and compare etcd's hash of it with the member's. On unless set to `false`,
+    /// for clusters where drill Jobs cannot run; then `latest` restores and automatic recovery need
+    /// `allowUnverified`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drills: Option<bool>,
 }
 
 fn default_compression_level() -> i32 {
@@ -289,6 +295,10 @@ pub struct RecoverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
     pub grace_period: Option<String>,
+    /// With `Automatic`: restore the newest backup even when no drill verified it (for clusters
+    /// whose drills are off or cannot run). Backups whose drill failed are never used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unverified: bool,
 }
 
 /// What to do when quorum is lost.

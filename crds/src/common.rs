@@ -108,6 +108,9 @@ pub mod condition_types {
     pub const DEGRADED: &str = "Degraded";
     /// Scheduled backups are succeeding and recent enough.
     pub const BACKUP_HEALTHY: &str = "BackupHealthy";
+    /// The newest backup a restore drill reached a verdict on was verified (`False` when it failed
+    /// its drill: the archive does not restore to what was backed up).
+    pub const BACKUPS_VERIFIED: &str = "BackupsVerified";
     /// A majority of members is gone; the operator changes nothing until told what to do.
     pub const QUORUM_LOST: &str = "QuorumLost";
     /// A member reports an etcd alarm (NOSPACE, CORRUPT); the message names it and what to do.

@@ -12,7 +12,7 @@ pub mod settings;
 pub mod sidecar;
 pub mod version;
 
-pub use backup::{BackupPhase, EtcdBackup, EtcdBackupSpec, EtcdBackupStatus};
+pub use backup::{BackupPhase, DrillPhase, EtcdBackup, EtcdBackupSpec, EtcdBackupStatus};
 pub use cluster::{
     AntiAffinityMode, AutomaticRecovery, BackupPolicy, ClusterPhase, EmptyDirStorage, EtcdCluster,
     EtcdClusterSpec, EtcdClusterStatus, MemberStatus, PersistentVolumeClaimStorage, PodPolicy,

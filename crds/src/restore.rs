@@ -95,6 +95,7 @@ fn drop_transition_rules(value: &mut serde_json::Value) {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.backupName) ? 1 : 0) + (has(self.object) ? 1 : 0) + (has(self.latest) && self.latest ? 1 : 0) == 1").message("set exactly one of backupName, object or latest"))]
 #[x_kube(validation = Rule::new("!(has(self.notAfter) || has(self.maxRevision)) || (has(self.latest) && self.latest)").message("notAfter and maxRevision only apply with latest: true"))]
+#[x_kube(validation = Rule::new("!has(self.allowUnverified) || (has(self.latest) && self.latest)").message("allowUnverified only applies with latest: true"))]
 pub struct RestoreSource {
     /// Name of a Succeeded EtcdBackup in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +112,11 @@ pub struct RestoreSource {
     /// With `latest`: the newest backup whose revision is at or below this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_revision: Option<i64>,
+    /// With `latest`: also consider backups no drill verified (their drill is off, did not decide,
+    /// or is still running). Without it, `latest` takes the newest backup whose drill verified it,
+    /// and waits while a newer one's drill runs. Backups whose drill failed are never chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unverified: Option<bool>,
 }
 
 /// One archive in a store.

@@ -86,6 +86,28 @@ pub struct RecordedHash {
     pub compact_revision: u64,
 }
 
+/// What the check at the end of a restore drill found, as the drill's `check` container writes it to
+/// its termination message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillVerdict {
+    /// The verdict.
+    pub outcome: DrillOutcome,
+    /// What was checked, or what did not match, in words.
+    pub reason: String,
+}
+
+/// A restore drill's verdict on one archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DrillOutcome {
+    /// etcd on the restored data serves the backup's revision with the recorded hash.
+    Verified,
+    /// The restored data is not what was backed up.
+    Failed,
+    /// Nothing could be concluded (etcd did not start in time, hashes not comparable).
+    Inconclusive,
+}
+
 /// Where a job writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -178,6 +200,12 @@ pub struct PruneRequest {
     pub max_count: Option<u32>,
     /// Delete backups older than this many seconds.
     pub max_age_seconds: Option<i64>,
+    /// Backups (EtcdBackup names, as archive names carry them) never deleted whatever the rules say:
+    /// the newest one a restore drill verified. Left out when empty, so a sidecar that predates it
+    /// still prunes; one that predates it refuses a request that has it (unknown fields are refused),
+    /// and then nothing is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_backups: Vec<String>,
 }
 
 /// What a prune did.

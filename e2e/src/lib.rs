@@ -1247,6 +1247,7 @@ pub mod sidecar_auth {
             destination,
             max_count: Some(1),
             max_age_seconds: None,
+            keep_backups: Vec::new(),
         })?;
         let call = |config: rustls::ClientConfig, method: &'static str, path: &'static str, body: String| {
             let to = to.clone();

@@ -4,7 +4,8 @@
 
 use kube::ResourceExt;
 use ouroboros_crds::{
-    BackupPhase, EtcdBackup, EtcdCluster, EtcdRestore, restore::BackupObject, retention::ENCRYPTED_SUFFIX,
+    BackupPhase, DrillPhase, EtcdBackup, EtcdCluster, EtcdRestore, restore::BackupObject,
+    retention::ENCRYPTED_SUFFIX,
 };
 
 use crate::vocabulary::BACKUP_MOUNT;
@@ -106,9 +107,92 @@ impl Lineage {
     }
 }
 
-/// The newest Succeeded backup of `cluster`'s lineage (what automatic recovery restores).
-pub fn choose_latest(cluster: &str, lineage: &Lineage, backups: &[EtcdBackup]) -> Result<Chosen, String> {
-    newest(cluster, lineage, backups, None, None).map(chosen)
+/// Which backups `latest` and automatic recovery may take: a backup whose drill failed never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// Only those a restore drill verified (the default).
+    Verified,
+    /// Any that was not shown broken (`allowUnverified`).
+    Any,
+}
+
+impl Proof {
+    /// The proof `allow_unverified` asks for.
+    pub fn from_allow_unverified(allow: bool) -> Proof {
+        if allow { Proof::Any } else { Proof::Verified }
+    }
+}
+
+/// The newest Succeeded backup of `cluster`'s lineage with `proof` (what automatic recovery restores).
+/// With [`Proof::Verified`], a newer backup whose drill has not ended makes this wait (an `Err` that
+/// says so): it may well verify, and it holds more of the data.
+pub fn choose_latest(
+    cluster: &str,
+    lineage: &Lineage,
+    backups: &[EtcdBackup],
+    proof: Proof,
+) -> Result<Chosen, String> {
+    let filters = Filters {
+        not_after: None,
+        max_revision: None,
+        proof,
+    };
+    if let Some(why) = awaiting_drill(cluster, lineage, backups, filters) {
+        return Err(why);
+    }
+    newest(cluster, lineage, backups, filters).map(chosen)
+}
+
+/// What narrows `latest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filters {
+    /// Completed at or before.
+    pub not_after: Option<jiff::Timestamp>,
+    /// Revision at or below.
+    pub max_revision: Option<i64>,
+    /// Verified only, or any not shown broken.
+    pub proof: Proof,
+}
+
+fn drill_of(b: &EtcdBackup) -> Option<DrillPhase> {
+    b.status.as_ref()?.drill
+}
+
+fn verified(b: &EtcdBackup) -> bool {
+    b.status.as_ref().and_then(|s| s.verified) == Some(true)
+}
+
+fn shown_broken(b: &EtcdBackup) -> bool {
+    b.status.as_ref().and_then(|s| s.verified) == Some(false)
+}
+
+/// Why `latest` with [`Proof::Verified`] should wait: the newest backup it could otherwise take is
+/// newer than every verified one and its drill is still to run or running.
+pub fn awaiting_drill(
+    cluster: &str,
+    lineage: &Lineage,
+    backups: &[EtcdBackup],
+    filters: Filters,
+) -> Option<String> {
+    if filters.proof != Proof::Verified {
+        return None;
+    }
+    let any = Filters {
+        proof: Proof::Any,
+        ..filters
+    };
+    let newest_any = newest(cluster, lineage, backups, any).ok()?;
+    if verified(newest_any) {
+        return None;
+    }
+    drill_of(newest_any).filter(|d| !d.is_final()).map(|d| {
+        format!(
+            "waiting for the restore drill of {} (revision {}, {d:?}), the newest backup of {cluster}: \
+             only verified backups are restored unless allowUnverified is set",
+            newest_any.name_any(),
+            newest_any.status.as_ref().and_then(|s| s.revision).unwrap_or(0),
+        )
+    })
 }
 
 fn succeeded_with_location(b: &EtcdBackup) -> bool {
@@ -125,9 +209,13 @@ fn newest<'a>(
     cluster: &str,
     lineage: &Lineage,
     backups: &'a [EtcdBackup],
-    not_after: Option<jiff::Timestamp>,
-    max_revision: Option<i64>,
+    filters: Filters,
 ) -> Result<&'a EtcdBackup, String> {
+    let Filters {
+        not_after,
+        max_revision,
+        proof,
+    } = filters;
     let of_name: Vec<&EtcdBackup> = backups
         .iter()
         .filter(|b| b.spec.cluster_name == cluster && succeeded_with_location(b))
@@ -141,7 +229,13 @@ fn newest<'a>(
         Lineage::NewestOfName => last_completed_uid == Some(uid_of(b)),
     };
     let (mine, others): (Vec<&EtcdBackup>, Vec<&EtcdBackup>) = of_name.into_iter().partition(|b| ours(b));
-    mine.into_iter()
+    let (proven, unproven): (Vec<&EtcdBackup>, Vec<&EtcdBackup>) =
+        mine.into_iter().partition(|b| match proof {
+            Proof::Verified => verified(b),
+            Proof::Any => !shown_broken(b),
+        });
+    proven
+        .into_iter()
         .filter(|b| {
             let s = b.status.as_ref();
             let completed = s
@@ -159,10 +253,26 @@ fn newest<'a>(
             )
         })
         .ok_or_else(|| {
+            let kind = match proof {
+                Proof::Verified => "verified",
+                Proof::Any => "Succeeded",
+            };
             let mut why = format!(
-                "no Succeeded EtcdBackup of {cluster} {} matches the source",
+                "no {kind} EtcdBackup of {cluster} {} matches the source",
                 lineage.describe()
             );
+            if !unproven.is_empty() {
+                let names: Vec<String> = unproven.iter().take(3).map(|b| b.name_any()).collect();
+                let broken = unproven.iter().filter(|b| shown_broken(b)).count();
+                why.push_str(&format!(
+                    "; {} backup(s) were left out ({}{}): {broken} failed their restore drill and are never \
+                     restored by latest, the others were not verified (set allowUnverified to consider them, \
+                     or name one in source.backupName)",
+                    unproven.len(),
+                    names.join(", "),
+                    if unproven.len() > 3 { ", ..." } else { "" }
+                ));
+            }
             if !others.is_empty() {
                 let names: Vec<String> = others.iter().take(3).map(|b| b.name_any()).collect();
                 why.push_str(&format!(
@@ -177,7 +287,8 @@ fn newest<'a>(
         })
 }
 
-fn chosen(b: &EtcdBackup) -> Chosen {
+/// A Succeeded EtcdBackup as a restore (or its drill) needs it.
+pub fn chosen(b: &EtcdBackup) -> Chosen {
     let s = b.status.clone().unwrap_or_default();
     Chosen {
         name: b.name_any(),
@@ -213,6 +324,37 @@ pub fn recorded_choice(
         .ok_or_else(|| format!("the EtcdBackup chosen when this restore started ({location}) is gone"))
 }
 
+/// What `source.latest` of `src` is narrowed by.
+fn latest_filters(src: &ouroboros_crds::restore::RestoreSource) -> Result<Filters, String> {
+    let not_after = match &src.not_after {
+        Some(t) => Some(
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| format!("source.notAfter {t:?} is not an RFC 3339 time: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Filters {
+        not_after,
+        max_revision: src.max_revision,
+        proof: Proof::from_allow_unverified(src.allow_unverified == Some(true)),
+    })
+}
+
+/// Why a `latest` restore should wait before choosing (see [`awaiting_drill`]); never for other
+/// sources.
+pub fn restore_awaits_drill(
+    restore: &EtcdRestore,
+    lineage: &Lineage,
+    backups: &[EtcdBackup],
+) -> Option<String> {
+    let src = &restore.spec.source;
+    if src.latest != Some(true) {
+        return None;
+    }
+    let filters = latest_filters(src).ok()?;
+    awaiting_drill(&restore.spec.cluster_name, lineage, backups, filters)
+}
+
 /// Picks the backup the source names among `backups` (pure): `backupName` and `object` exactly as
 /// named, `latest` only within the target cluster's `lineage`.
 pub fn choose(restore: &EtcdRestore, lineage: &Lineage, backups: &[EtcdBackup]) -> Result<Chosen, String> {
@@ -233,21 +375,8 @@ pub fn choose(restore: &EtcdRestore, lineage: &Lineage, backups: &[EtcdBackup]) 
         return Ok(chosen(b));
     }
     if src.latest == Some(true) {
-        let not_after = match &src.not_after {
-            Some(t) => Some(
-                t.parse::<jiff::Timestamp>()
-                    .map_err(|e| format!("source.notAfter {t:?} is not an RFC 3339 time: {e}"))?,
-            ),
-            None => None,
-        };
-        return newest(
-            &restore.spec.cluster_name,
-            lineage,
-            backups,
-            not_after,
-            src.max_revision,
-        )
-        .map(chosen);
+        let filters = latest_filters(src)?;
+        return newest(&restore.spec.cluster_name, lineage, backups, filters).map(chosen);
     }
     let Some(object) = &src.object else {
         return Err("the source names no backup: set backupName, object or latest".into());

@@ -88,6 +88,19 @@ pub struct BackupMetrics {
     pub duration: Family<BackupLabels, Histogram, fn() -> Histogram>,
     /// Backups that failed.
     pub failures: Family<BackupLabels, Counter>,
+    /// Restore drills that reached a verdict, by verdict.
+    pub drills: Family<DrillLabels, Counter>,
+    /// Unix time at which the newest verified backup's drill verified it.
+    pub last_verified: Family<BackupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Labels of restore drill metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillLabels {
+    /// `namespace/name` of the cluster.
+    pub cluster: String,
+    /// `Verified`, `Failed` or `Inconclusive`.
+    pub outcome: String,
 }
 
 /// Every metric the operator exports.
@@ -150,7 +163,19 @@ impl Default for Metrics {
                 Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0])
             }),
             failures: Family::default(),
+            drills: Family::default(),
+            last_verified: Family::default(),
         };
+        registry.register(
+            "backup_drills",
+            "Restore drills of backups that reached a verdict, by verdict (Verified, Failed, Inconclusive)",
+            backups.drills.clone(),
+        );
+        registry.register(
+            "backup_last_verified_timestamp_seconds",
+            "Unix time at which a restore drill last verified a backup of each cluster",
+            backups.last_verified.clone(),
+        );
         registry.register(
             "backup_last_success_timestamp_seconds",
             "Unix time at which the newest successful backup of each cluster completed",

@@ -359,6 +359,10 @@ pub fn default_backup_claim(cluster: &EtcdCluster) -> String {
 /// never take it for a member.
 pub const LABEL_BACKUP_WRITER_OF: &str = "etcd.ouroboros.dev/backup-writer-of";
 
+/// On an EtcdBackup: a new value asks for its restore drill to run again (see
+/// `status.drillRequest`), say to find out whether its archive was damaged in the store since.
+pub const ANNOTATION_DRILL_REQUEST: &str = "etcd.ouroboros.dev/drill-request";
+
 /// On a backup's writer pod: the member its sidecar backs up (its `--etcd-endpoint`).
 pub const ANNOTATION_WRITER_MEMBER: &str = "etcd.ouroboros.dev/backup-writer-member";
 

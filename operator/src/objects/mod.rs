@@ -11,7 +11,9 @@ use crate::vocabulary::LABEL_CLUSTER;
 
 mod backup_writer;
 mod claims;
+mod drill_job;
 mod etcd_settings;
+mod fetch;
 mod member_pod;
 mod security;
 mod services;
@@ -20,7 +22,11 @@ mod tests;
 
 pub use backup_writer::{BackupWriter, backup_writer_pod};
 pub use claims::{default_backup_pvc, member_pvc};
+pub use drill_job::{
+    CHECK_CONTAINER, Drill, ETCD_CONTAINER, LABEL_DRILL_OF, RESTORE_CONTAINER, drill_job, drill_job_name,
+};
 pub use etcd_settings::{legacy_pod_current, recorded_quota, settings_annotation, settings_args};
+pub use fetch::{FETCH_CONTAINER, FetchContainer, FetchTarget, fetch_container};
 pub use member_pod::{initial_cluster, member_pod, self_hosted_member_pod};
 pub use security::{restricted_container_security, restricted_pod_security, run_as_root};
 pub use services::{client_service, headless_service, pod_disruption_budget};

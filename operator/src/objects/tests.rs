@@ -628,3 +628,103 @@ fn a_backup_writer_mounts_the_default_claim_where_members_did_and_dials_the_memb
     );
     assert!(!args.iter().any(|a| a.starts_with("--tls-dir")), "{args:?}");
 }
+
+#[test]
+fn a_drill_job_uses_the_etcd_image_as_published_and_reaches_only_the_store() {
+    let c = cluster(
+        json!({"size": 3, "version": "3.6.16", "backup": {"schedule": "0 * * * *",
+        "destination": {"s3": {"bucket": "bk", "region": "eu-1", "credentialsSecret": "creds"}}}}),
+    );
+    let mut b: ouroboros_crds::EtcdBackup = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": "daily", "namespace": "ns", "uid": "b-uid"},
+        "spec": {"clusterName": "c"},
+    }))
+    .unwrap();
+    b.status = Some(ouroboros_crds::EtcdBackupStatus {
+        location: Some("s3://bk/ns/c/x.tar.gz".into()),
+        sha256: Some("ab".repeat(32)),
+        raw_size: Some(3 << 30),
+        ..Default::default()
+    });
+    let chosen = crate::backup_source::chosen(&b);
+    let drill = Drill {
+        backup: &b,
+        chosen: &chosen,
+        identity_secret: None,
+        version: "3.6.16".parse().unwrap(),
+        attempt: 2,
+        revision: 42,
+        hash: Some((7, 30)),
+        deadline: std::time::Duration::from_secs(1200),
+    };
+    let job = drill_job(&c, &images(), &drill).unwrap();
+    assert_eq!(job.metadata.name.as_deref(), Some("daily-drill-2"));
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("EtcdBackup", "b-uid"));
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(
+        (spec.backoff_limit, spec.active_deadline_seconds),
+        (Some(0), Some(1200))
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let init = pod.init_containers.as_ref().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, [FETCH_CONTAINER, RESTORE_CONTAINER, ETCD_CONTAINER]);
+    // etcd is a native sidecar: it runs beside the check and stops when the check ends.
+    assert_eq!(init[2].restart_policy.as_deref(), Some("Always"));
+    for c in &init[1..] {
+        let command = c.command.as_ref().unwrap();
+        assert!(
+            ["etcdutl", "etcd"].contains(&command[0].as_str()),
+            "{command:?}: no shell"
+        );
+        assert!(
+            !command
+                .iter()
+                .any(|a| a.contains("bump-revision") || a.contains("mark-compacted")),
+            "{command:?}"
+        );
+        assert_eq!(c.image.as_deref(), Some("localhost/ouroboros/etcd:v3.6.16"));
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        // The database (3 GiB) plus 256 MiB.
+        assert_eq!(limits["memory"].0, "3328Mi");
+    }
+    assert!(
+        init[2]
+            .command
+            .as_ref()
+            .unwrap()
+            .contains(&"--auto-compaction-retention=0".to_owned())
+    );
+    let fetch_args = init[0].args.as_ref().unwrap();
+    assert!(
+        fetch_args.contains(&format!("--sha256={}", "ab".repeat(32))),
+        "{fetch_args:?}"
+    );
+    assert!(fetch_args.contains(&"--region=eu-1".to_owned()), "{fetch_args:?}");
+    let check = &pod.containers[0];
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(
+        check.args.as_ref().unwrap()[1..],
+        [
+            "--endpoint=http://127.0.0.1:2379",
+            "--revision=42",
+            "--kv-hash=7",
+            "--compact-revision=30"
+        ]
+    );
+    let scratch = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "scratch")
+        .unwrap();
+    // Twice the snapshot plus 512 MiB.
+    assert_eq!(
+        scratch.empty_dir.as_ref().unwrap().size_limit.as_ref().unwrap().0,
+        "6656Mi"
+    );
+}

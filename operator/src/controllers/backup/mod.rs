@@ -16,7 +16,7 @@ use kube::{
     runtime::{controller::Action, events::EventType},
 };
 use ouroboros_crds::{
-    BackupPhase, BackupReference, EtcdBackup, EtcdBackupStatus, EtcdCluster,
+    BackupPhase, BackupReference, DrillPhase, EtcdBackup, EtcdBackupStatus, EtcdCluster,
     sidecar::{JobEncryption, Manifest, server_identity},
 };
 
@@ -33,6 +33,10 @@ use crate::{
 };
 
 mod destination;
+mod drill;
+pub mod drill_plan;
+#[cfg(test)]
+mod drill_tests;
 pub mod plan;
 mod retention;
 
@@ -49,7 +53,26 @@ pub type Error = super::KubeCallError;
 #[tracing::instrument(skip_all, fields(namespace = %b.namespace().unwrap_or_default(), name = %b.name_any()))]
 pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile("etcdbackup");
-    match b.status.as_ref().and_then(|s| s.phase) {
+    let status = b.status.as_ref();
+    match status.and_then(|s| s.phase) {
+        Some(BackupPhase::Succeeded) if drill::requested_again(&b) => drill::again(&b, &ctx).await,
+        Some(BackupPhase::Succeeded) => match status.and_then(|s| s.drill) {
+            Some(d) if d.is_final() => Ok(Action::await_change()),
+            Some(_) => drill::reconcile(&b, &ctx).await,
+            // Succeeded before drills existed, or with them off: drilled if they are on now.
+            None => {
+                let cluster =
+                    Api::<EtcdCluster>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+                        .get_opt(&b.spec.cluster_name)
+                        .await
+                        .map_err(kube_err("reading the EtcdCluster"))?;
+                if drill::wanted(&b, cluster.as_ref()) {
+                    drill::reconcile(&b, &ctx).await
+                } else {
+                    Ok(Action::await_change())
+                }
+            }
+        },
         Some(p) if p.is_terminal() => Ok(Action::await_change()),
         Some(BackupPhase::Running) => poll(&b, &ctx).await,
         Some(BackupPhase::Pending) | Some(_) | None => start(&b, &ctx).await,
@@ -587,6 +610,13 @@ async fn succeed(
         .as_deref()
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     retention::apply_retention(ctx, b, addr).await?;
+    let cluster = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .get_opt(&b.spec.cluster_name)
+        .await
+        .map_err(kube_err("reading the EtcdCluster"))?;
+    // Pending with Succeeded, in one write: a `latest` restore never sees the new backup without
+    // knowing its drill is coming.
+    let drill = drill::wanted(b, cluster.as_ref()).then_some(DrillPhase::Pending);
     let completion = now();
     let status = EtcdBackupStatus {
         phase: Some(BackupPhase::Succeeded),
@@ -605,6 +635,8 @@ async fn succeed(
             .kv_hash
             .and_then(|h| i64::try_from(h.compact_revision).ok()),
         kv_hash_unavailable: manifest.kv_hash_unavailable.clone(),
+        drill,
+        verification_reason: drill.map(|_| "the restore drill waits to run".to_owned()),
         completion_time: Some(completion.clone()),
         ..current
     };

@@ -32,6 +32,10 @@ pub async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &SidecarAddr) 
         return Ok(());
     };
     let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let all = backups
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
     let mut deleted_locations = Vec::new();
     if let (Some(retention), None) = (&policy.retention, &b.spec.destination) {
         let rules = match Rules::new(retention.max_count, retention.max_age.as_deref()) {
@@ -47,6 +51,9 @@ pub async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &SidecarAddr) 
             destination,
             max_count: rules.max_count.and_then(|n| u32::try_from(n).ok()),
             max_age_seconds: rules.max_age.map(|a| a.as_secs()),
+            keep_backups: newest_verified(&b.spec.cluster_name, &all.items)
+                .into_iter()
+                .collect(),
         };
         match ctx.sidecar.prune(addr, &req).await {
             Ok(out) => {
@@ -79,10 +86,6 @@ pub async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &SidecarAddr) 
             }
         }
     }
-    let all = backups
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing EtcdBackups"))?;
     for o in doomed(b, &all.items, &deleted_locations) {
         delete_if_present(
             backups.delete(&o.name_any(), &Default::default()).await,
@@ -90,6 +93,23 @@ pub async fn apply_retention(ctx: &Context, b: &EtcdBackup, addr: &SidecarAddr) 
         )?;
     }
     Ok(())
+}
+
+/// The newest backup of `cluster` a restore drill verified: retention keeps it whatever its rules
+/// say, so newer backups that are not (yet) verified never push out the last proven one.
+pub fn newest_verified(cluster: &str, all: &[EtcdBackup]) -> Option<String> {
+    all.iter()
+        .filter(|o| {
+            o.spec.cluster_name == cluster && o.status.as_ref().and_then(|s| s.verified) == Some(true)
+        })
+        .max_by_key(|o| {
+            let s = o.status.as_ref();
+            (
+                s.and_then(|s| s.revision).unwrap_or(0),
+                s.and_then(|s| s.completion_time.clone()),
+            )
+        })
+        .map(|o| o.name_any())
 }
 
 /// The EtcdBackups retention deletes besides `b`: those whose archive the sidecar deleted, and failed

@@ -15,7 +15,9 @@ use kube::{
     api::{ListParams, ObjectMeta, PostParams},
     runtime::events::EventType,
 };
-use ouroboros_crds::{BackupPhase, BackupPolicy, EtcdBackup, EtcdBackupSpec, EtcdCluster, retention::Rules};
+use ouroboros_crds::{
+    BackupPhase, BackupPolicy, DrillPhase, EtcdBackup, EtcdBackupSpec, EtcdCluster, retention::Rules,
+};
 
 use std::time::Duration;
 
@@ -53,6 +55,12 @@ pub struct BackupSummary {
     pub completed: Option<Timestamp>,
     /// The status reason.
     pub reason: Option<String>,
+    /// Where its restore drill is.
+    pub drill: Option<DrillPhase>,
+    /// Its revision.
+    pub revision: i64,
+    /// What its drill found.
+    pub verification: Option<String>,
 }
 
 /// Tri-state condition status.
@@ -347,7 +355,80 @@ pub fn summary(b: &EtcdBackup) -> BackupSummary {
             .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
         completed: status.completion_time.and_then(|t| t.parse().ok()),
         reason: status.reason,
+        drill: status.drill,
+        revision: status.revision.unwrap_or(0),
+        verification: status.verification_reason,
     }
+}
+
+/// The `BackupsVerified` condition: about the newest Succeeded backup whose drill reached a verdict
+/// (`Inconclusive` ones say nothing either way and are skipped); `Unknown` while none has. `None`
+/// when no backup was ever drilled or is waiting to be.
+pub fn verification(backups: &[BackupSummary]) -> Option<Health> {
+    let succeeded = || backups.iter().filter(|b| b.phase == Some(BackupPhase::Succeeded));
+    let judged = succeeded()
+        .filter(|b| matches!(b.drill, Some(DrillPhase::Verified | DrillPhase::Failed)))
+        .max_by_key(|b| (b.revision, b.completed));
+    let newest_verified = succeeded()
+        .filter(|b| b.drill == Some(DrillPhase::Verified))
+        .max_by_key(|b| (b.revision, b.completed))
+        .map(|b| b.name.clone());
+    let why = |b: &BackupSummary| b.verification.clone().unwrap_or_default();
+    match judged {
+        Some(b) if b.drill == Some(DrillPhase::Verified) => Some(Health {
+            status: Truth::True,
+            reason: "Verified",
+            message: format!(
+                "backup {} (revision {}) was restored by its drill: {}",
+                b.name,
+                b.revision,
+                why(b)
+            ),
+        }),
+        Some(b) => Some(Health {
+            status: Truth::False,
+            reason: "DrillFailed",
+            message: format!(
+                "backup {} (revision {}) failed its restore drill: {}; {}",
+                b.name,
+                b.revision,
+                why(b),
+                match &newest_verified {
+                    Some(v) => format!("restores and recovery use {v}, the newest verified backup"),
+                    None => "no backup of this cluster is verified".to_owned(),
+                }
+            ),
+        }),
+        None if succeeded().any(|b| b.drill.is_some()) => Some(Health {
+            status: Truth::Unknown,
+            reason: "NotYetDrilled",
+            message: "no restore drill has reached a verdict yet".to_owned(),
+        }),
+        None => None,
+    }
+}
+
+fn set_condition(
+    status: &mut ouroboros_crds::EtcdClusterStatus,
+    type_: &str,
+    h: &Health,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let truth = match h.status {
+        Truth::True => "True",
+        Truth::False => "False",
+        Truth::Unknown => "Unknown",
+    };
+    super::status::set_condition_to(
+        &mut status.conditions,
+        type_,
+        truth,
+        h.reason,
+        h.message.clone(),
+        generation,
+        now,
+    );
 }
 
 /// Creates the due backup; an existing one of that name means an earlier pass already did.
@@ -371,6 +452,8 @@ pub async fn create(ctx: &Context, cluster: &EtcdCluster, due: &Due) -> Result<(
             destination: None,
             // The cluster's own encryption applies when the backup starts.
             encryption: None,
+            // The cluster's spec.backup.drills applies when the backup succeeds.
+            drill: None,
         },
         status: None,
     };
@@ -431,22 +514,24 @@ pub async fn run(
         now,
     );
     let generation = cluster.metadata.generation;
-    let mut set_health = |h: &Health| {
-        let truth = match h.status {
-            Truth::True => "True",
-            Truth::False => "False",
-            Truth::Unknown => "Unknown",
-        };
-        super::status::set_condition_to(
-            &mut status.conditions,
-            ct::BACKUP_HEALTHY,
-            truth,
-            h.reason,
-            h.message.clone(),
-            generation,
-            now,
-        );
-    };
+    match verification(&summaries) {
+        Some(h) => {
+            let first = !super::already_reported(cluster, ct::BACKUPS_VERIFIED, h.reason, &h.message);
+            if first && h.status == Truth::False {
+                ctx.publish(
+                    &cluster.object_ref(&()),
+                    EventType::Warning,
+                    h.reason,
+                    h.message.clone(),
+                    None,
+                )
+                .await;
+            }
+            set_condition(status, ct::BACKUPS_VERIFIED, &h, generation, now);
+        }
+        None => status.conditions.retain(|c| c.type_ != ct::BACKUPS_VERIFIED),
+    }
+    let mut set_health = |h: &Health| set_condition(status, ct::BACKUP_HEALTHY, h, generation, now);
     match action {
         Action::Off => {
             status.conditions.retain(|c| c.type_ != ct::BACKUP_HEALTHY);

@@ -14,6 +14,7 @@ fn policy(schedule: &str) -> BackupPolicy {
         retention: None,
         compression_level: 1,
         encryption: None,
+        drills: None,
     }
 }
 
@@ -31,6 +32,9 @@ fn backup(
         created: t(created),
         completed: completed.map(t),
         reason: (phase == Some(BackupPhase::Failed)).then(|| "S3 put: NoSuchBucket".to_owned()),
+        drill: None,
+        revision: 0,
+        verification: None,
     }
 }
 
@@ -367,4 +371,46 @@ fn steps_beyond_a_fields_range_are_refused_naming_the_field() {
     assert!(parse_schedule("*/0 * * * *").is_err());
     assert!(parse_schedule("*/15 * * * *").is_ok());
     assert!(parse_schedule("0 0 */2 * 1-5").is_ok());
+}
+
+fn drilled(name: &str, revision: i64, drill: DrillPhase) -> BackupSummary {
+    BackupSummary {
+        drill: Some(drill),
+        revision,
+        verification: Some(format!("what the drill of {name} found")),
+        ..backup(
+            name,
+            true,
+            Some(BackupPhase::Succeeded),
+            "2026-11-20T00:00:00Z",
+            Some("2026-11-20T00:01:00Z"),
+        )
+    }
+}
+
+#[test]
+fn backups_verified_speaks_of_the_newest_backup_a_drill_judged() {
+    assert_eq!(verification(&[]), None, "no drill, no condition");
+    let pending = [drilled("b1", 10, DrillPhase::Pending)];
+    assert_eq!(verification(&pending).unwrap().status, Truth::Unknown);
+    let good = [
+        drilled("b1", 10, DrillPhase::Verified),
+        // Undecided drills say nothing either way.
+        drilled("b2", 20, DrillPhase::Inconclusive),
+        drilled("b3", 30, DrillPhase::Running),
+    ];
+    let h = verification(&good).unwrap();
+    assert_eq!((h.status, h.reason), (Truth::True, "Verified"));
+    assert!(h.message.contains("b1"), "{}", h.message);
+    let bad = [
+        drilled("b1", 10, DrillPhase::Verified),
+        drilled("b2", 20, DrillPhase::Failed),
+    ];
+    let h = verification(&bad).unwrap();
+    assert_eq!((h.status, h.reason), (Truth::False, "DrillFailed"));
+    assert!(
+        h.message.contains("b2") && h.message.contains("use b1"),
+        "{}",
+        h.message
+    );
 }

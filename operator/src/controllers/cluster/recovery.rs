@@ -152,10 +152,12 @@ pub fn decide(i: &Input) -> Recovery {
     if i.now < at {
         return Recovery::Waiting { at };
     }
+    let allow_unverified = c.spec.recovery.as_ref().is_some_and(|r| r.allow_unverified);
     let backup = match backup_source::choose_latest(
         &c.name_any(),
         &backup_source::Lineage::own(c, i.backups),
         i.backups,
+        backup_source::Proof::from_allow_unverified(allow_unverified),
     ) {
         Ok(b) => b,
         Err(why) => return Recovery::NoBackup { why },

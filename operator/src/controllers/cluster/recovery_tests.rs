@@ -50,6 +50,9 @@ fn backup(name: &str, revision: i64, completed: &str) -> EtcdBackup {
         revision: Some(revision),
         completion_time: Some(completed.into()),
         cluster_uid: Some("u1".into()),
+        // Drilled and verified, unless a test says otherwise.
+        drill: Some(ouroboros_crds::DrillPhase::Verified),
+        verified: Some(true),
         ..Default::default()
     });
     b
@@ -203,7 +206,7 @@ fn without_a_backup_it_says_so() {
     failed.status.as_mut().unwrap().phase = Some(BackupPhase::Failed);
     let got = decide_at(&automatic(), "2026-11-22T11:00:00Z", &[failed], &[]);
     assert!(
-        matches!(&got, Recovery::NoBackup { why } if why.contains("no Succeeded EtcdBackup")),
+        matches!(&got, Recovery::NoBackup { why } if why.contains("no verified EtcdBackup")),
         "{got:?}"
     );
 }
@@ -313,4 +316,36 @@ fn the_recovery_restore_is_typed_owned_by_its_cluster_and_names_the_backup() {
     let mut unread = automatic();
     unread.metadata.uid = None;
     assert!(restore_object(&unread, "x", "b").is_err());
+}
+
+#[test]
+fn recovery_restores_only_verified_backups_unless_allowed_and_waits_for_a_running_drill() {
+    use ouroboros_crds::DrillPhase;
+    let late = "2026-11-22T11:00:00Z";
+    let drilled = |name: &str, revision: i64, drill: DrillPhase, verified: Option<bool>| {
+        let mut b = backup(name, revision, "2026-11-22T09:00:00Z");
+        let s = b.status.as_mut().unwrap();
+        s.drill = Some(drill);
+        s.verified = verified;
+        b
+    };
+    let chosen = |got: Recovery| match got {
+        Recovery::Start { record, .. } => record.backup_name,
+        other => panic!("{other:?}"),
+    };
+    let proven = backup("proven", 100, "2026-11-22T08:00:00Z");
+    let damaged = drilled("damaged", 300, DrillPhase::Failed, Some(false));
+    let undecided = drilled("undecided", 200, DrillPhase::Inconclusive, None);
+    let all = [proven.clone(), damaged.clone(), undecided.clone()];
+    assert_eq!(chosen(decide_at(&automatic(), late, &all, &[])), "proven");
+    let allowing =
+        cluster(json!({"recovery": {"policy": "Automatic", "gracePeriod": "2m", "allowUnverified": true}}));
+    assert_eq!(chosen(decide_at(&allowing, late, &all, &[])), "undecided");
+    // A newer backup still being drilled is waited for: it may verify, and it holds more.
+    let running = [proven, drilled("fresh", 400, DrillPhase::Running, None)];
+    let got = decide_at(&automatic(), late, &running, &[]);
+    assert!(
+        matches!(&got, Recovery::NoBackup { why } if why.contains("waiting for the restore drill of fresh")),
+        "{got:?}"
+    );
 }

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::{KubeCallError, ReportedError, delete_if_present, encryption, kube_err};
 use crate::{
-    backup_source::{Chosen, Lineage, choose, recorded_choice},
+    backup_source::{Chosen, Lineage, choose, recorded_choice, restore_awaits_drill},
     cluster_writes,
     context::Context,
     failpoints,
@@ -42,6 +42,8 @@ const MANAGER: &str = "ouroboros-operator-restore";
 /// How often a restore looks at what it waits for (the fetch Job, the seed pod): restores are rare,
 /// someone is waiting for this one, and every poll costs one GET.
 const POLL: Duration = Duration::from_millis(500);
+/// How often a `latest` restore looks again while the newest backup's drill runs.
+const DRILL_WAIT: Duration = Duration::from_secs(3);
 /// The pause after a step whose result the restore controller does not watch (the cluster's hold).
 const STEP: Duration = Duration::from_millis(100);
 
@@ -213,7 +215,21 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
         .list(&ListParams::default())
         .await
         .map_err(kube_err("listing EtcdBackups"))?;
-    match choose(r, &Lineage::of(&cluster, &backups.items), &backups.items) {
+    let lineage = Lineage::of(&cluster, &backups.items);
+    if let Some(why) = restore_awaits_drill(r, &lineage, &backups.items) {
+        // Doubt means wait: the newest backup may verify in a moment, and it holds more data.
+        if status.reason.as_deref() == Some(why.as_str()) {
+            return Ok(Action::requeue(DRILL_WAIT));
+        }
+        let status = EtcdRestoreStatus {
+            phase: Some(RestorePhase::Pending),
+            reason: Some(why),
+            ..status
+        };
+        write_status(ctx, r, &status).await?;
+        return Ok(Action::requeue(DRILL_WAIT));
+    }
+    match choose(r, &lineage, &backups.items) {
         Err(why) => {
             advance(
                 ctx,
@@ -353,7 +369,7 @@ pub fn fetch_outcome(job: &k8s_openapi::api::batch::v1::JobStatus, pods: &[Pod])
         .iter()
         .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
         .flatten()
-        .filter(|c| c.name == objects::FETCH_CONTAINER)
+        .filter(|c| c.name == crate::objects::FETCH_CONTAINER)
         .find_map(|c| c.state.as_ref()?.terminated.clone());
     let message = exited
         .as_ref()

@@ -13,15 +13,11 @@ use kube::{Resource, ResourceExt};
 use ouroboros_crds::{EtcdCluster, EtcdRestore, EtcdVersion};
 use serde_json::json;
 
-use super::super::encryption;
 use crate::{
     backup_source::Chosen,
-    objects::{self, BuildError, to_object},
-    vocabulary::{self, BACKUP_MOUNT, BUMP_REVISION, DATA_MOUNT, Images, InitialClusterState},
+    objects::{self, BuildError, FetchTarget, to_object},
+    vocabulary::{self, BUMP_REVISION, DATA_MOUNT, Images, InitialClusterState},
 };
-
-/// The fetch Job's container.
-pub const FETCH_CONTAINER: &str = "fetch";
 
 /// The claim the verified snapshot is fetched into.
 pub fn snapshot_claim_name(r: &EtcdRestore) -> String {
@@ -80,9 +76,8 @@ pub fn snapshot_claim(
     )
 }
 
-/// The Job that runs `etcd-backup-sidecar fetch` into the snapshot claim: download, decrypt with the
-/// identity in `identity_secret` when given, unpack, and check etcd's trailer, the manifest and the
-/// recorded sha256. The store is the one the backup named, else the cluster's.
+/// The Job that runs `etcd-backup-sidecar fetch` into the snapshot claim (see
+/// [`objects::fetch_container`]).
 pub fn fetch_job(
     r: &EtcdRestore,
     cluster: &EtcdCluster,
@@ -90,57 +85,19 @@ pub fn fetch_job(
     identity_secret: Option<&str>,
     image: &str,
 ) -> Result<Job, BuildError> {
-    let claim = snapshot_claim_name(r);
-    let mut args = vec![
-        "fetch".to_owned(),
-        format!("--location={}", chosen.location),
-        "--out=/snapshot".to_owned(),
-    ];
-    if let Some(sha) = &chosen.sha256 {
-        args.push(format!("--sha256={sha}"));
-    }
-    let mut env = Vec::new();
-    let mut volumes = vec![json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim}})];
-    let mut mounts = vec![json!({"name": "snapshot", "mountPath": "/snapshot"})];
-    let dest = chosen
-        .destination
-        .clone()
-        .or_else(|| cluster.spec.backup.as_ref().and_then(|p| p.destination.clone()));
-    if let Some(s3) = dest
-        .as_ref()
-        .and_then(|d| d.s3.clone())
-        .filter(|_| chosen.location.starts_with("s3://"))
-    {
-        if let Some(ep) = &s3.endpoint {
-            args.push(format!("--endpoint={ep}"));
-        }
-        args.push(format!("--region={}", s3.region));
-        if s3.force_path_style {
-            args.push("--force-path-style".into());
-        }
-        if let Some(secret) = &s3.credentials_secret {
-            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-                env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
-            }
-        }
-    }
-    if let Some(secret) = identity_secret {
-        // Only the identity is mounted, read-only, in the fetch container alone.
-        volumes.push(
-            json!({"name": "identity", "secret": {"secretName": secret, "defaultMode": 0o400,
-            "items": [{"key": encryption::IDENTITY_KEY, "path": "identity"}]}}),
-        );
-        mounts.push(json!({"name": "identity", "mountPath": "/identity", "readOnly": true}));
-        args.push("--identity-file=/identity/identity".to_owned());
-    }
-    let volume = dest
-        .as_ref()
-        .and_then(|d| d.volume.clone())
-        .or_else(|| vocabulary::backup_volume(cluster));
-    if let Some(v) = volume.filter(|_| chosen.location.starts_with("file://")) {
-        volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": true}}));
-        mounts.push(json!({"name": "backups", "mountPath": format!("{BACKUP_MOUNT}/{}", v.claim_name), "readOnly": true}));
-    }
+    let fetch = objects::fetch_container(
+        cluster,
+        FetchTarget {
+            chosen,
+            identity_secret,
+            image,
+            out_volume: "snapshot",
+            out_dir: "/snapshot",
+        },
+    );
+    let mut volumes =
+        vec![json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": snapshot_claim_name(r)}})];
+    volumes.extend(fetch.volumes);
     to_object(
         "Job",
         json!({
@@ -151,12 +108,7 @@ pub fn fetch_job(
                 "template": {"spec": {
                     "restartPolicy": "Never",
                     "securityContext": objects::restricted_pod_security(),
-                    "containers": [{
-                        "name": FETCH_CONTAINER, "image": image, "imagePullPolicy": "IfNotPresent",
-                        "args": args, "env": env, "volumeMounts": mounts,
-                        "securityContext": objects::restricted_container_security(),
-                        "terminationMessagePolicy": "FallbackToLogsOnError"
-                    }],
+                    "containers": [fetch.container],
                     "volumes": volumes
                 }}
             }

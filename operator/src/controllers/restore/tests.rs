@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 use super::{objects::seed_pod, *};
 use crate::{
-    backup_source::{Lineage, choose, choose_latest, recorded_choice},
+    backup_source::{Lineage, Proof, choose, choose_latest, recorded_choice, restore_awaits_drill},
     vocabulary::Images,
 };
 use ouroboros_crds::BackupPhase;
@@ -33,6 +33,9 @@ fn backup(name: &str, cluster: &str, phase: BackupPhase, revision: i64, complete
         revision: Some(revision),
         completion_time: Some(completed.into()),
         cluster_uid: Some("u1".into()),
+        // Drilled and verified, unless a test says otherwise.
+        drill: Some(ouroboros_crds::DrillPhase::Verified),
+        verified: Some(true),
         ..Default::default()
     });
     b
@@ -243,8 +246,13 @@ fn latest_skips_successes_without_a_location() {
             .name,
         "old"
     );
-    assert_eq!(choose_latest("main", &mine(), &all()).unwrap().name, "newer");
-    assert!(choose_latest("nothing", &mine(), &all()).is_err());
+    assert_eq!(
+        choose_latest("main", &mine(), &all(), Proof::Verified)
+            .unwrap()
+            .name,
+        "newer"
+    );
+    assert!(choose_latest("nothing", &mine(), &all(), Proof::Verified).is_err());
 }
 
 /// A backup of `main` taken from the cluster with `uid`.
@@ -260,7 +268,12 @@ fn latest_and_recovery_never_cross_into_an_earlier_cluster_of_the_same_name() {
     let mut backups = all();
     backups.push(of_uid("earlier", Some("u0"), 9999, "2026-11-19T00:00:00Z"));
     backups.push(of_uid("unrecorded", None, 8888, "2026-11-19T06:00:00Z"));
-    assert_eq!(choose_latest("main", &mine(), &backups).unwrap().name, "newer");
+    assert_eq!(
+        choose_latest("main", &mine(), &backups, Proof::Verified)
+            .unwrap()
+            .name,
+        "newer"
+    );
     assert_eq!(
         choose(&restore(json!({"latest": true})), &mine(), &backups)
             .unwrap()
@@ -276,7 +289,7 @@ fn latest_and_recovery_never_cross_into_an_earlier_cluster_of_the_same_name() {
     );
     // Only other lineages: refused, naming what was skipped and how to use it anyway.
     let only_earlier = vec![backups[4].clone(), backups[5].clone()];
-    let why = choose_latest("main", &mine(), &only_earlier).unwrap_err();
+    let why = choose_latest("main", &mine(), &only_earlier, Proof::Verified).unwrap_err();
     for part in [
         "lineage (uid u1)",
         "2 backup(s)",
@@ -288,7 +301,12 @@ fn latest_and_recovery_never_cross_into_an_earlier_cluster_of_the_same_name() {
     }
     // Restored from the earlier cluster: its backups are this cluster's history too.
     let both = Lineage::Uids(vec!["u1".into(), "u0".into()]);
-    assert_eq!(choose_latest("main", &both, &backups).unwrap().name, "earlier");
+    assert_eq!(
+        choose_latest("main", &both, &backups, Proof::Verified)
+            .unwrap()
+            .name,
+        "earlier"
+    );
 }
 
 #[test]
@@ -384,4 +402,103 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
         .find(|v| v.name == "snapshot")
         .unwrap();
     assert_eq!(snapshot.persistent_volume_claim.unwrap().claim_name, "r-snapshot");
+}
+
+fn with_drill(mut b: EtcdBackup, drill: ouroboros_crds::DrillPhase, verified: Option<bool>) -> EtcdBackup {
+    let s = b.status.as_mut().unwrap();
+    s.drill = Some(drill);
+    s.verified = verified;
+    b
+}
+
+#[test]
+fn latest_takes_the_newest_verified_backup_and_never_one_that_failed_its_drill() {
+    use ouroboros_crds::DrillPhase;
+    let backups = vec![
+        backup(
+            "proven",
+            "main",
+            BackupPhase::Succeeded,
+            100,
+            "2026-11-20T00:00:00Z",
+        ),
+        with_drill(
+            backup(
+                "damaged",
+                "main",
+                BackupPhase::Succeeded,
+                300,
+                "2026-11-21T00:00:00Z",
+            ),
+            DrillPhase::Failed,
+            Some(false),
+        ),
+        with_drill(
+            backup(
+                "undecided",
+                "main",
+                BackupPhase::Succeeded,
+                200,
+                "2026-11-20T12:00:00Z",
+            ),
+            DrillPhase::Inconclusive,
+            None,
+        ),
+    ];
+    let latest = restore(json!({"latest": true}));
+    assert_eq!(choose(&latest, &mine(), &backups).unwrap().name, "proven");
+    assert_eq!(restore_awaits_drill(&latest, &mine(), &backups), None);
+    // allowUnverified takes the undecided one, and still never the damaged one.
+    let any = restore(json!({"latest": true, "allowUnverified": true}));
+    assert_eq!(choose(&any, &mine(), &backups).unwrap().name, "undecided");
+    assert_eq!(
+        choose_latest("main", &mine(), &backups, Proof::Any).unwrap().name,
+        "undecided"
+    );
+    // With nothing verified, the refusal names what was left out and the way out.
+    let why = choose_latest("main", &mine(), &backups[1..], Proof::Verified).unwrap_err();
+    assert!(
+        why.contains("no verified EtcdBackup") && why.contains("allowUnverified"),
+        "{why}"
+    );
+    assert!(why.contains("1 failed their restore drill"), "{why}");
+}
+
+#[test]
+fn latest_waits_while_the_newest_backups_drill_has_not_ended() {
+    use ouroboros_crds::DrillPhase;
+    let mut backups = vec![
+        backup(
+            "proven",
+            "main",
+            BackupPhase::Succeeded,
+            100,
+            "2026-11-20T00:00:00Z",
+        ),
+        with_drill(
+            backup(
+                "fresh",
+                "main",
+                BackupPhase::Succeeded,
+                300,
+                "2026-11-21T00:00:00Z",
+            ),
+            DrillPhase::Running,
+            None,
+        ),
+    ];
+    let latest = restore(json!({"latest": true}));
+    let why = restore_awaits_drill(&latest, &mine(), &backups).expect("waits");
+    assert!(why.contains("fresh"), "{why}");
+    assert!(choose_latest("main", &mine(), &backups, Proof::Verified).is_err());
+    // Not for allowUnverified, nor for a named backup, nor once the drill ended.
+    let any = restore(json!({"latest": true, "allowUnverified": true}));
+    assert_eq!(restore_awaits_drill(&any, &mine(), &backups), None);
+    assert_eq!(
+        restore_awaits_drill(&restore(json!({"backupName": "proven"})), &mine(), &backups),
+        None
+    );
+    backups[1] = with_drill(backups[1].clone(), DrillPhase::Failed, Some(false));
+    assert_eq!(restore_awaits_drill(&latest, &mine(), &backups), None);
+    assert_eq!(choose(&latest, &mine(), &backups).unwrap().name, "proven");
 }
