@@ -56,12 +56,11 @@ mod tests {
         tokio::fs::write(dir.join(name), b"x").await.unwrap();
     }
 
-    #[tokio::test]
-    async fn prunes_a_directory_store() {
-        let tmp = std::env::temp_dir().join(format!("ouroboros-prune-{}", std::process::id()));
+    /// A fresh directory named after `test` with three complete backups, b10, b20 and b30, a day apart.
+    async fn three_backups(test: &str) -> (std::path::PathBuf, Vec<StoredName>) {
+        let tmp = std::env::temp_dir().join(format!("ouroboros-prune-{test}-{}", std::process::id()));
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         tokio::fs::create_dir_all(&tmp).await.unwrap();
-        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
         let backups: Vec<StoredName> = [
             ("2026-11-19T00:00:00Z", 10),
             ("2026-11-20T00:00:00Z", 20),
@@ -69,7 +68,7 @@ mod tests {
         ]
         .iter()
         .map(|(time, revision)| StoredName {
-            time: t(time),
+            time: time.parse().unwrap(),
             revision: *revision,
             backup: format!("b{revision}"),
         })
@@ -78,6 +77,13 @@ mod tests {
             touch(&tmp, &b.archive()).await;
             touch(&tmp, &b.manifest()).await;
         }
+        (tmp, backups)
+    }
+
+    #[tokio::test]
+    async fn prunes_a_directory_store() {
+        let (tmp, backups) = three_backups("plain").await;
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
         touch(&tmp, "20261121T010000Z-orphan.tar.gz").await;
         touch(&tmp, ".20261121T020000Z-running.tar.gz.partial").await;
         touch(&tmp, "README").await;
@@ -104,26 +110,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_backup_named_to_keep_outlives_the_rules() {
-        let tmp = std::env::temp_dir().join(format!("ouroboros-prune-keep-{}", std::process::id()));
-        let _ = tokio::fs::remove_dir_all(&tmp).await;
-        tokio::fs::create_dir_all(&tmp).await.unwrap();
+        let (tmp, backups) = three_backups("keep").await;
         let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
-        let backups: Vec<StoredName> = [
-            ("2026-11-19T00:00:00Z", 10),
-            ("2026-11-20T00:00:00Z", 20),
-            ("2026-11-21T00:00:00Z", 30),
-        ]
-        .iter()
-        .map(|(time, revision)| StoredName {
-            time: t(time),
-            revision: *revision,
-            backup: format!("b{revision}"),
-        })
-        .collect();
-        for b in &backups {
-            touch(&tmp, &b.archive()).await;
-            touch(&tmp, &b.manifest()).await;
-        }
         let store = Store::Dir(tmp.clone());
         // One kept by count, and the oldest because it is the newest verified one.
         let rules = Rules::new(Some(1), None).unwrap();

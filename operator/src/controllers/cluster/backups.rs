@@ -408,6 +408,20 @@ pub fn verification(backups: &[BackupSummary]) -> Option<Health> {
     }
 }
 
+/// A Warning Event for `h`, unless the cluster's condition `type_` already says it.
+async fn warn_once(ctx: &Context, cluster: &EtcdCluster, type_: &str, h: &Health) {
+    if !super::already_reported(cluster, type_, h.reason, &h.message) {
+        ctx.publish(
+            &cluster.object_ref(&()),
+            EventType::Warning,
+            h.reason,
+            h.message.clone(),
+            None,
+        )
+        .await;
+    }
+}
+
 fn set_condition(
     status: &mut ouroboros_crds::EtcdClusterStatus,
     type_: &str,
@@ -516,16 +530,8 @@ pub async fn run(
     let generation = cluster.metadata.generation;
     match verification(&summaries) {
         Some(h) => {
-            let first = !super::already_reported(cluster, ct::BACKUPS_VERIFIED, h.reason, &h.message);
-            if first && h.status == Truth::False {
-                ctx.publish(
-                    &cluster.object_ref(&()),
-                    EventType::Warning,
-                    h.reason,
-                    h.message.clone(),
-                    None,
-                )
-                .await;
+            if h.status == Truth::False {
+                warn_once(ctx, cluster, ct::BACKUPS_VERIFIED, &h).await;
             }
             set_condition(status, ct::BACKUPS_VERIFIED, &h, generation, now);
         }
@@ -538,18 +544,8 @@ pub async fn run(
             Ok(None)
         }
         Action::Invalid(h) => {
-            let first = !super::already_reported(cluster, ct::BACKUP_HEALTHY, h.reason, &h.message);
+            warn_once(ctx, cluster, ct::BACKUP_HEALTHY, &h).await;
             set_health(&h);
-            if first {
-                ctx.publish(
-                    &cluster.object_ref(&()),
-                    EventType::Warning,
-                    h.reason,
-                    h.message.clone(),
-                    None,
-                )
-                .await;
-            }
             Ok(None)
         }
         Action::Scheduled {
