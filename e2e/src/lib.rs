@@ -129,12 +129,7 @@ impl TestNamespace {
             .await
         {
             for p in pods {
-                let phase = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.phase.clone())
-                    .unwrap_or_default();
-                eprintln!("pod {} phase={phase}", p.name_any());
+                self.dump_pod(&p).await;
             }
         }
         if let Ok(events) = Api::<Event>::namespaced(self.client.clone(), &self.name)
@@ -143,11 +138,62 @@ impl TestNamespace {
         {
             for e in events {
                 eprintln!(
-                    "event {} {}: {}",
+                    "event {} {} (x{}, last {}): {}",
                     e.involved_object.name.unwrap_or_default(),
                     e.reason.unwrap_or_default(),
+                    e.count.unwrap_or(1),
+                    e.last_timestamp.map(|t| t.0.to_string()).unwrap_or_default(),
                     e.message.unwrap_or_default()
                 );
+            }
+        }
+    }
+
+    /// One pod's phase, readiness and restarts; for a pod that is not Ready, the tail of each
+    /// container's log (and of its previous run), since a failure's cause is usually there.
+    async fn dump_pod(&self, p: &Pod) {
+        let status = p.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .map_or("?".to_string(), |c| c.status.clone());
+        let restarts: Vec<String> = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .map(|c| format!("{}:{}", c.name, c.restart_count))
+            .collect();
+        eprintln!(
+            "pod {} phase={} ready={ready} node={} restarts=[{}]",
+            p.name_any(),
+            status.phase.unwrap_or_default(),
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            restarts.join(" ")
+        );
+        if ready == "True" {
+            return;
+        }
+        let api = Api::<Pod>::namespaced(self.client.clone(), &self.name);
+        for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+            for previous in [true, false] {
+                let params = kube::api::LogParams {
+                    container: Some(c.name.clone()),
+                    previous,
+                    tail_lines: Some(25),
+                    timestamps: true,
+                    ..Default::default()
+                };
+                if let Ok(log) = api.logs(&p.name_any(), &params).await {
+                    let run = if previous { "previous" } else { "current" };
+                    for line in log.lines() {
+                        eprintln!("  {}/{} ({run}): {line}", p.name_any(), c.name);
+                    }
+                }
             }
         }
     }

@@ -141,20 +141,25 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
     let scratch_size = format!("{}Mi", scratch_mib(raw));
     let mut volumes = vec![json!({"name": "scratch", "emptyDir": {"sizeLimit": scratch_size}})];
     volumes.extend(fetch.volumes);
-    let labels = json!({LABEL_CLUSTER: b.spec.cluster_name, LABEL_DRILL_OF: b.name_any()});
+    let job_labels = json!({LABEL_CLUSTER: b.spec.cluster_name, LABEL_DRILL_OF: b.name_any()});
+    // The pod must not carry the cluster label: the cluster's Services, PodDisruptionBudget and
+    // anti-affinity select its members by that label alone, so a drill pod carrying it would be a
+    // client endpoint that refuses connections, count toward the budget's quorum, and keep a member
+    // off the drill's node. A Job is selected by none of them.
+    let pod_labels = json!({LABEL_DRILL_OF: b.name_any()});
     to_object(
         "Job",
         json!({
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": drill_job_name(&b.name_any(), drill.attempt), "namespace": b.namespace(),
-                         "labels": labels, "ownerReferences": [owner]},
+                         "labels": job_labels, "ownerReferences": [owner]},
             "spec": {
                 "backoffLimit": 0,
                 "activeDeadlineSeconds": drill.deadline.as_secs().max(60),
                 // A backstop: the operator deletes the Job once it has read the verdict.
                 "ttlSecondsAfterFinished": 3600,
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {"labels": pod_labels},
                     "spec": {
                         "restartPolicy": "Never",
                         "securityContext": super::restricted_pod_security(),

@@ -667,6 +667,29 @@ fn a_drill_job_uses_the_etcd_image_as_published_and_reaches_only_the_store() {
         (spec.backoff_limit, spec.active_deadline_seconds),
         (Some(0), Some(1200))
     );
+    // The drill pod is nobody's member: neither the Services, the budget nor anti-affinity select it.
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap_or_default();
+    let selects = |selector: &std::collections::BTreeMap<String, String>| {
+        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+    };
+    let service = headless_service(&c).unwrap().spec.unwrap().selector.unwrap();
+    let budget = pod_disruption_budget(&c).unwrap().spec.unwrap().selector.unwrap();
+    assert!(
+        !selects(&service),
+        "{pod_labels:?} matches the Service's {service:?}"
+    );
+    assert!(
+        !selects(budget.match_labels.as_ref().unwrap()),
+        "{pod_labels:?} is in the budget"
+    );
+    assert_eq!(pod_labels.get(LABEL_DRILL_OF).map(String::as_str), Some("daily"));
     let pod = spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.automount_service_account_token, Some(false));
     let init = pod.init_containers.as_ref().unwrap();
