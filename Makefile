@@ -87,13 +87,13 @@ e2e: deploy
 multinode: NODES = 3
 multinode: deploy
 	@$(T) pv-gc-multinode e2e/cluster.sh pv-gc
-	@$(T) e2e-multinode bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test multinode -- --ignored --test-threads=1'
+	@$(T) e2e-multinode bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test e2e -- --ignored --test-threads=1 multinode::'
 
 ## self-hosted: kuberception, the cluster's own API server moved onto etcd the operator manages, its
 ## members on node1. It changes the cluster for good, so it runs after every other e2e test and
 ## before lifecycle rebuilds it.
 self-hosted: e2e
-	@$(T) e2e-self-hosted bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test self_hosted -- --ignored --test-threads=1'
+	@$(T) e2e-self-hosted bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test e2e -- --ignored --test-threads=1 self_hosted::'
 
 ## lifecycle: `down` leaves nothing behind and `up` comes back (it restarts the cluster).
 lifecycle: self-hosted
@@ -105,7 +105,7 @@ lifecycle: self-hosted
 self-hosted-nodes: deps images
 	@$(T) self-hosted-nodes-up bash -c 'NODES=3 e2e/cluster.sh up'
 	@$(T) self-hosted-nodes-deploy e2e/scripts/deploy.sh
-	@$(T) e2e-self-hosted-nodes bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test self_hosted_nodes -- --ignored --test-threads=1'
+	@$(T) e2e-self-hosted-nodes bash -c 'source <(e2e/cluster.sh env) && cargo test --release --locked -p ouroboros-e2e --test e2e -- --ignored --test-threads=1 self_hosted_nodes::'
 
 ## test: every tier on the three-node cluster.
 test: NODES = 3
