@@ -103,11 +103,14 @@ async fn drills_verify_backups_and_restores_and_retention_follow_their_verdicts(
         let hash = s.kv_hash.context("no kvHash recorded")?;
         ensure!(reason.contains(&format!("hash {hash}")), "the verdict does not name the hash: {reason}");
         println!("{scheduled}: {reason}");
-        // The drill's Job is gone once its verdict is recorded.
-        let jobs = Api::<Job>::namespaced(c.clone(), &ns)
-            .list(&ListParams::default().labels(&format!("etcd.ouroboros.dev/drill-of={scheduled}")))
-            .await?;
-        ensure!(jobs.items.is_empty(), "drill Jobs left: {:?}", jobs.items.iter().map(|j| &j.metadata.name).collect::<Vec<_>>());
+        // The drill's Job goes once its verdict is recorded (it is deleted right after).
+        let jobs = Api::<Job>::namespaced(c.clone(), &ns);
+        let drill_of = format!("etcd.ouroboros.dev/drill-of={scheduled}");
+        wait_for("the drill Job deleted", Duration::from_secs(30), || {
+            let (jobs, drill_of) = (jobs.clone(), drill_of.clone());
+            async move { Ok(jobs.list(&ListParams::default().labels(&drill_of)).await?.items.is_empty().then_some(())) }
+        })
+        .await?;
         let clusters: Api<EtcdCluster> = Api::namespaced(c.clone(), &ns);
         wait_for("BackupsVerified=True", Duration::from_secs(60), || {
             let clusters = clusters.clone();

@@ -172,6 +172,23 @@ pub fn delete_if_present<T>(
     done_unless_other_than(404, result, action)
 }
 
+/// The pods of this very Job, selected by its uid: a namesake's pods (an earlier Job of that name,
+/// deleted in the background, whose pods go after it) still carry `job-name` and an outcome that is
+/// not this Job's. A Job not read from the API server (no uid) has none.
+pub async fn pods_of_job(
+    client: &kube::Client,
+    job: &k8s_openapi::api::batch::v1::Job,
+) -> Result<Vec<Pod>, kube::Error> {
+    let (Some(ns), Some(uid)) = (job.metadata.namespace.as_deref(), job.metadata.uid.as_deref()) else {
+        return Ok(Vec::new());
+    };
+    let selector = format!("batch.kubernetes.io/controller-uid={uid}");
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
 /// The result of a create or a conditional patch, where 409 Conflict means done for now (the object
 /// exists, or changed since it was read), as an error only for other failures.
 pub fn conflict_is_done<T>(

@@ -49,6 +49,8 @@ pub struct Drill<'a> {
     pub version: EtcdVersion,
     /// Which attempt this is (1 for the first), in the Job's name.
     pub attempt: u32,
+    /// The drill request it answers (the annotation's value), if any, also in the Job's name.
+    pub request: Option<&'a str>,
     /// The backup's revision.
     pub revision: u64,
     /// The hash the member reported (hash, compaction revision), when one was recorded.
@@ -57,10 +59,21 @@ pub struct Drill<'a> {
     pub deadline: Duration,
 }
 
-/// The Job of attempt `attempt` of the drill of `backup`: a new name per attempt, so an attempt's
-/// Job still being deleted never stands for the next one.
-pub fn drill_job_name(backup: &str, attempt: u32) -> String {
-    format!("{backup}-drill-{attempt}")
+/// The Job of attempt `attempt` of the drill of `backup` for `request`: a new name per attempt and
+/// per request, so a Job of an earlier attempt or of the drill before a request (both deleted in the
+/// background once read) never stands for the next one. Attempts start at 1 again for each request,
+/// hence a short stable hash of the request's value in the name.
+pub fn drill_job_name(backup: &str, request: Option<&str>, attempt: u32) -> String {
+    match request {
+        None => format!("{backup}-drill-{attempt}"),
+        Some(r) => {
+            // FNV-1a: stable across builds, which std's hasher does not promise.
+            let h = r.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+            format!("{backup}-drill-{:06x}-{attempt}", h & 0x00ff_ffff)
+        }
+    }
 }
 
 /// Scratch space for the snapshot and the restored copy of it (each about the raw size), with room
@@ -151,7 +164,7 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
         "Job",
         json!({
             "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": drill_job_name(&b.name_any(), drill.attempt), "namespace": b.namespace(),
+            "metadata": {"name": drill_job_name(&b.name_any(), drill.request, drill.attempt), "namespace": b.namespace(),
                          "labels": job_labels, "ownerReferences": [owner]},
             "spec": {
                 "backoffLimit": 0,

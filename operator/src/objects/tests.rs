@@ -654,12 +654,22 @@ fn a_drill_job_uses_the_etcd_image_as_published_and_reaches_only_the_store() {
         identity_secret: None,
         version: "3.6.16".parse().unwrap(),
         attempt: 2,
+        request: None,
         revision: 42,
         hash: Some((7, 30)),
         deadline: std::time::Duration::from_secs(1200),
     };
     let job = drill_job(&c, &images(), &drill).unwrap();
     assert_eq!(job.metadata.name.as_deref(), Some("daily-drill-2"));
+    // Each drill request gets names of its own: its attempts count from 1 again.
+    let first = drill_job_name("daily", Some("after-damage"), 1);
+    assert_ne!(first, drill_job_name("daily", None, 1));
+    assert_ne!(first, drill_job_name("daily", Some("a-month-later"), 1));
+    assert_eq!(first, drill_job_name("daily", Some("after-damage"), 1), "stable");
+    assert!(
+        first.starts_with("daily-drill-") && first.ends_with("-1"),
+        "{first}"
+    );
     let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("EtcdBackup", "b-uid"));
     let spec = job.spec.as_ref().unwrap();

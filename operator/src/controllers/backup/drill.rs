@@ -111,8 +111,7 @@ async fn observe_job(ctx: &Context, ns: &str, name: &str) -> Result<Option<Drill
     else {
         return Ok(None);
     };
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("job-name={name}")))
+    let pods = super::super::pods_of_job(&ctx.client, &job)
         .await
         .map_err(kube_err("listing the drill Job's pods"))?;
     let failed = job
@@ -124,7 +123,7 @@ async fn observe_job(ctx: &Context, ns: &str, name: &str) -> Result<Option<Drill
         .find(|c| c.type_ == "Failed" && c.status == "True")
         .map(|c| c.message.clone().or_else(|| c.reason.clone()).unwrap_or_default());
     Ok(Some(DrillJob {
-        pod: pods.items.first().map(drill_pod),
+        pod: pods.first().map(drill_pod),
         failed,
     }))
 }
@@ -295,6 +294,7 @@ async fn start(
         identity_secret: identity.as_deref(),
         version,
         attempt,
+        request: status.drill_request.as_deref(),
         revision,
         hash,
         deadline: timeout,

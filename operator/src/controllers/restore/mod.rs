@@ -306,11 +306,10 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         failpoints::hit("restore-after-fetch-job");
         return Ok(Action::requeue(POLL));
     };
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+    let pods = super::pods_of_job(&ctx.client, &job)
         .await
         .map_err(kube_err("listing the fetch Job's pods"))?;
-    match fetch_outcome(&job.status.unwrap_or_default(), &pods.items) {
+    match fetch_outcome(&job.status.unwrap_or_default(), &pods) {
         FetchOutcome::Running => Ok(Action::requeue(POLL)),
         FetchOutcome::Verified(message) => {
             // The fetch leaves the verified manifest as its termination message: the revision of an
