@@ -189,6 +189,22 @@ pub async fn pods_of_job(
         .items)
 }
 
+/// The scheduler's word on a pod it has not placed yet (its `PodScheduled=False` message), so a
+/// controller waiting on the pod can say why instead of waiting silently.
+pub fn unscheduled_message(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+        })
+}
+
 /// The result of a create or a conditional patch, where 409 Conflict means done for now (the object
 /// exists, or changed since it was read), as an error only for other failures.
 pub fn conflict_is_done<T>(

@@ -145,16 +145,7 @@ async fn observe_writer(ctx: &Context, b: &EtcdBackup) -> Result<Option<WriterPo
     Ok(pod.map(|p| {
         let status = p.status.as_ref();
         let phase = status.and_then(|s| s.phase.as_deref());
-        let unscheduled = status
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-            .map(|c| {
-                c.message
-                    .clone()
-                    .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
-            });
+        let unscheduled = super::unscheduled_message(&p);
         let age = p
             .metadata
             .creation_timestamp

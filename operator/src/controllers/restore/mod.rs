@@ -526,7 +526,10 @@ async fn observe_restoring(
     {
         None => plan::SeedPod::Absent,
         Some(p) if is_ready(p) => plan::SeedPod::Ready,
-        Some(_) => plan::SeedPod::Starting,
+        Some(p) => match super::unscheduled_message(p) {
+            Some(why) => plan::SeedPod::Unschedulable(why),
+            None => plan::SeedPod::Starting,
+        },
     };
     Ok(plan::RestoringView {
         restore: r.name_any(),
@@ -615,6 +618,30 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         }
         plan::RestoringStep::StartSeed(seed) => start_seed(ctx, r, &cluster, status, &seed).await,
         plan::RestoringStep::WaitForSeed => Ok(Action::requeue(POLL)),
+        plan::RestoringStep::SeedUnschedulable { seed, why } => {
+            let claim = objects::snapshot_claim_name(r);
+            let reason = format!(
+                "seed {seed} is not scheduled yet: {why}. It mounts the verified snapshot's claim \
+                 {claim} (node-local storage ties it to that claim's node) and its own data claim; \
+                 it starts once a node can hold both. The old members are stopped, their claims kept"
+            );
+            if status.reason.as_deref() != Some(reason.as_str()) {
+                ctx.publish(
+                    &r.object_ref(&()),
+                    EventType::Warning,
+                    "SeedUnschedulable",
+                    format!("seed {seed} is not scheduled yet: {why}"),
+                    None,
+                )
+                .await;
+                let status = EtcdRestoreStatus {
+                    reason: Some(reason),
+                    ..status
+                };
+                write_status(ctx, r, &status).await?;
+            }
+            Ok(Action::requeue(POLL))
+        }
         plan::RestoringStep::Grow(seed) => {
             // Growing is recorded before the hold is lifted (by `growing`): a restart in between must
             // not come back here, where pods other than the seed count as old members, once the

@@ -15,10 +15,12 @@ use crate::{
 };
 
 /// The seed member's pod, as observed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SeedPod {
     /// Not created yet (or gone).
     Absent,
+    /// Created, and the scheduler cannot place it; its message says why.
+    Unschedulable(String),
     /// Created, not Ready yet.
     Starting,
     /// Ready: etcd serves the restored data.
@@ -63,6 +65,14 @@ pub enum RestoringStep {
     StartSeed(String),
     /// The seed's pod is starting.
     WaitForSeed,
+    /// The seed's pod waits for a node: say why in status and wait (nothing is undone; the old
+    /// members' claims are kept, and the seed starts once the scheduler can place it).
+    SeedUnschedulable {
+        /// The seed's name.
+        seed: String,
+        /// The scheduler's message.
+        why: String,
+    },
     /// The seed serves the restored data: record Growing (before the hold is lifted).
     Grow(String),
 }
@@ -90,8 +100,12 @@ pub fn next_restoring_step(v: &RestoringView) -> RestoringStep {
     if !old.is_empty() {
         return RestoringStep::StopOldMembers(old);
     }
-    match v.seed_pod {
+    match &v.seed_pod {
         SeedPod::Absent => RestoringStep::StartSeed(seed.clone()),
+        SeedPod::Unschedulable(why) => RestoringStep::SeedUnschedulable {
+            seed: seed.clone(),
+            why: why.clone(),
+        },
         SeedPod::Starting => RestoringStep::WaitForSeed,
         SeedPod::Ready => RestoringStep::Grow(seed.clone()),
     }
@@ -264,6 +278,18 @@ mod tests {
         assert_eq!(
             next_restoring_step(&held(Some("c-5"), &["c-5"], SeedPod::Ready)),
             RestoringStep::Grow("c-5".into())
+        );
+    }
+
+    #[test]
+    fn a_seed_the_scheduler_cannot_place_is_reported_and_never_replaced() {
+        let why = "0/3 nodes are available: 1 node(s) didn't find available persistent volumes to bind";
+        assert_eq!(
+            next_restoring_step(&held(Some("c-5"), &["c-5"], SeedPod::Unschedulable(why.into()))),
+            RestoringStep::SeedUnschedulable {
+                seed: "c-5".into(),
+                why: why.into()
+            }
         );
     }
 
