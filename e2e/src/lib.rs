@@ -88,7 +88,10 @@ impl TestNamespace {
         // Local volumes that earlier tests' namespaces released are wiped and offered again first:
         // a node's pool is small (node-local, as on real local storage), and a test that found it
         // spent by the tests before it would fail for the test cluster's sake, not the product's.
-        cluster_script(&["pv-gc"])?;
+        // Best effort: a cluster not made by cluster.sh has no such pool, and the test still runs.
+        if let Err(e) = cluster_script(&["pv-gc"]) {
+            eprintln!("local volumes not recycled before this test: {e:#}");
+        }
         let suffix: String = format!("{:08x}", rand_u32());
         let name = format!("e2e-{prefix}-{suffix}");
         let mut all = serde_json::json!({"ouroboros.dev/e2e": "true"});

@@ -320,3 +320,139 @@ async fn latest_keeps_to_the_lineage_and_two_restores_never_both_run() -> anyhow
     })
     .await
 }
+
+/// The claimRef that keeps a local volume from every claim while a test needs a node full.
+const RESERVED_FOR: &str = "reserved-by-e2e";
+
+/// Reserves every Available local volume except one on `keep_on` (pre-bound to a claim that never
+/// exists, which the scheduler will not bind anything else to); returns the names reserved.
+async fn reserve_all_volumes_but_one(c: &Client, ns: &str, keep_on: &str) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use kube::api::{Patch, PatchParams};
+    let pvs: Api<PersistentVolume> = Api::all(c.clone());
+    let mut kept = false;
+    let mut reserved = Vec::new();
+    for pv in pvs
+        .list(&ListParams::default().labels("ouroboros.dev/e2e=true"))
+        .await?
+        .items
+    {
+        let available = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available")
+            && pv.spec.as_ref().is_some_and(|s| s.claim_ref.is_none());
+        if !available {
+            continue;
+        }
+        if !kept && node_of_volume(&pv).as_deref() == Some(keep_on) {
+            kept = true;
+            continue;
+        }
+        let patch = serde_json::json!({"spec": {"claimRef": {"namespace": ns, "name": RESERVED_FOR}}});
+        pvs.patch(&pv.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        reserved.push(pv.name_any());
+    }
+    ensure!(kept, "no Available local volume on {keep_on} for the snapshot");
+    Ok(reserved)
+}
+
+/// Hands back the volumes `reserve_all_volumes_but_one` took (only those still pre-bound by it).
+async fn release_volumes(c: &Client, names: &[String]) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use kube::api::{Patch, PatchParams};
+    let pvs: Api<PersistentVolume> = Api::all(c.clone());
+    for name in names {
+        let Some(pv) = pvs.get_opt(name).await? else {
+            continue;
+        };
+        let ours = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.name.as_deref())
+            == Some(RESERVED_FOR);
+        if ours {
+            let patch = serde_json::json!([{"op": "remove", "path": "/spec/claimRef"}]);
+            pvs.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::<()>::Json(serde_json::from_value(patch)?),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn node_of_volume(pv: &k8s_openapi::api::core::v1::PersistentVolume) -> Option<String> {
+    pv.spec
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required
+        .as_ref()?
+        .node_selector_terms
+        .first()?
+        .match_expressions
+        .as_ref()?
+        .first()?
+        .values
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+/// On node-local storage the seed runs where the verified snapshot's claim is, and needs a second
+/// volume there. With that node full, the restore must say so (quoting the scheduler) and wait with
+/// nothing undone; once a volume frees, the seed starts and the restore brings the data back.
+#[tokio::test]
+async fn a_seed_with_no_room_on_the_snapshots_node_waits_saying_why_then_restores() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let c = client().await?;
+    TestNamespace::create(&c, "seed-room").await?.run(|c, ns| async move {
+        let yaml = "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {name: r}\nspec:\n  size: 1\n  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
+        etcd_cluster::create(&c, &ns, yaml).await?;
+        etcd_cluster::wait(&c, &ns, "r", "1 member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
+        let mut e = etcd(&c, &ns, "r").await?;
+        e.put("/kept", "yes", None).await?;
+        backup(&c, &ns, "b").await?;
+        // The fetch mounts the backups claim (file destination), so the snapshot lands on its node.
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
+        let backups_pv = claims.get("r-backups").await?.spec.and_then(|s| s.volume_name).context("r-backups is not bound")?;
+        let node = node_of_volume(&Api::<PersistentVolume>::all(c.clone()).get(&backups_pv).await?)
+            .context("the backups volume has no node")?;
+        let reserved = reserve_all_volumes_but_one(&c, &ns, &node).await?;
+        let outcome = async {
+            let r: EtcdRestore = serde_norway::from_str(
+                "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdRestore\nmetadata: {name: full}\nspec: {clusterName: r, source: {backupName: b}}\n",
+            )?;
+            let api: Api<EtcdRestore> = Api::namespaced(c.clone(), &ns);
+            api.create(&PostParams::default(), &r).await?;
+            let why = wait_for("the restore to say its seed cannot be placed", Duration::from_secs(240), || {
+                let api = api.clone();
+                async move {
+                    let s = api.get("full").await?.status.unwrap_or_default();
+                    ensure!(s.phase != Some(RestorePhase::Failed), "the restore failed: {:?}", s.reason);
+                    Ok(s.reason.filter(|r| r.contains("is not scheduled yet")))
+                }
+            })
+            .await?;
+            ensure!(why.contains("full-snapshot") && why.contains("persistent volumes"), "the reason does not name the claim and the scheduler's cause: {why}");
+            let warned = ouroboros_e2e::events_with_reason(&c, &ns, "SeedUnschedulable").await?;
+            ensure!(!warned.is_empty(), "no SeedUnschedulable event");
+            ensure!(claims.get_opt("r-0-data").await?.is_some(), "the old member's claim was not kept while the seed waits");
+            eprintln!("while the node is full: {why}");
+            release_volumes(&c, &reserved).await?;
+            let s = restore_finished(&c, &ns, "full", Duration::from_secs(300)).await?;
+            ensure!(s.phase == Some(RestorePhase::Succeeded), "after a volume freed: {:?} ({:?})", s.phase, s.reason);
+            let mut e = etcd(&c, &ns, "r").await?;
+            let got = e.get("/kept", None).await?;
+            ensure!(got.kvs().first().map(|kv| kv.value()) == Some(b"yes".as_slice()), "the restored cluster lost /kept");
+            Ok(())
+        }
+        .await;
+        // Always handed back: later tests need the pool.
+        release_volumes(&c, &reserved).await?;
+        outcome
+    })
+    .await
+}

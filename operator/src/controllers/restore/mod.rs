@@ -620,6 +620,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         plan::RestoringStep::WaitForSeed => Ok(Action::requeue(POLL)),
         plan::RestoringStep::SeedUnschedulable { seed, why } => {
             let claim = objects::snapshot_claim_name(r);
+            let why = why.trim_end_matches('.');
             let reason = format!(
                 "seed {seed} is not scheduled yet: {why}. It mounts the verified snapshot's claim \
                  {claim} (node-local storage ties it to that claim's node) and its own data claim; \
