@@ -28,8 +28,11 @@ help:
 	@echo "make cluster-down - stop the local cluster and remove everything it created"
 
 ## deps: Debian packages and the upstream Go builds (Kubernetes, etcd, CoreDNS, MinIO).
+## A checkout's first Cargo build starts from a copy of the newest other checkout's target dir
+## (seed-cargo-target.sh says why that is safe): a fresh CI clone otherwise builds every crate cold.
 deps:
 	@$(T) deps e2e/scripts/build-all.sh
+	@$(T) cargo-target-seed e2e/scripts/seed-cargo-target.sh
 
 ## build: the workspace's binaries in release (the images are made from them).
 ## The failpoints operator is built with the same package selection as the workspace build

@@ -24,6 +24,7 @@ pub use common::{
 pub use restore::{EtcdRestore, EtcdRestoreSpec, EtcdRestoreStatus, RestorePhase, RestoreSource};
 pub use settings::{
     AutoCompactionMode, CorruptionCheck, DefragmentationPolicy, EtcdSettings, MaintenanceSpec,
+    MaintenanceWindow,
 };
 pub use version::{EtcdVersion, VersionError};
 

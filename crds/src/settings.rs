@@ -155,6 +155,28 @@ pub struct DefragmentationPolicy {
     #[serde(default = "default_min_db")]
     #[x_kube(validation = Rule::new("self >= 0").message("minDatabaseBytes must not be negative"))]
     pub min_database_bytes: i64,
+    /// When defragmentation by threshold may start. Without it, whenever a member crosses the
+    /// threshold. Recovery from NOSPACE never waits for a window: writes are refused until it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<MaintenanceWindow>,
+}
+
+/// Windows in which maintenance may start: each opens at a time of `schedule` and stays open for
+/// `duration`. A defragmentation started inside a window runs to its end, and the members still
+/// fragmented when a window closes wait for the next one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// When each window opens, as a cron schedule in UTC with five fields (minute hour
+    /// day-of-month month day-of-week), for example `0 2 * * *` (02:00 every day) or `30 1 * * 6`
+    /// (01:30 on Saturdays). A schedule the operator cannot read turns defragmentation by
+    /// threshold off, and the `Maintenance` condition says why.
+    #[x_kube(validation = Rule::new("self.matches('^ *[^ ]+( +[^ ]+){4} *$')").message("window.schedule must have five fields: minute hour day-of-month month day-of-week"))]
+    #[schemars(length(max = 128))]
+    pub schedule: String,
+    /// How long each window stays open, as a duration such as `2h` or `90m` (at least one minute).
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub duration: String,
 }
 
 fn default_fragmentation() -> i32 {

@@ -433,7 +433,7 @@ pub mod writer {
             Arc,
             atomic::{AtomicBool, AtomicU64, Ordering},
         },
-        time::Duration,
+        time::{Duration, Instant, SystemTime},
     };
 
     use anyhow::ensure;
@@ -464,6 +464,32 @@ pub mod writer {
         prefix: String,
         tls: Option<WriterTls>,
         last_error: Arc<std::sync::Mutex<Option<String>>>,
+        latencies: Arc<std::sync::Mutex<Vec<Put>>>,
+    }
+
+    /// One acknowledged write: when it was sent and how long etcd took to acknowledge it.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Put {
+        /// When the put was sent.
+        pub sent: SystemTime,
+        /// Until its acknowledgement.
+        pub took: Duration,
+    }
+
+    /// The `q` quantile (0 to 1) of `durations`, and their maximum; zeros when there are none.
+    pub fn quantile_and_max(durations: &[Duration], q: f64) -> (Duration, Duration) {
+        let mut sorted = durations.to_vec();
+        sorted.sort();
+        let Some(max) = sorted.last().copied() else {
+            return (Duration::ZERO, Duration::ZERO);
+        };
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+        (sorted[index], max)
     }
 
     async fn connect(endpoint: &str, tls: Option<&WriterTls>) -> anyhow::Result<Client> {
@@ -507,6 +533,8 @@ pub mod writer {
             );
             let last_error = Arc::new(std::sync::Mutex::new(None));
             let e = last_error.clone();
+            let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let l = latencies.clone();
             let failure = move |error: String| {
                 f.fetch_add(1, Ordering::SeqCst);
                 *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
@@ -525,8 +553,13 @@ pub mod writer {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     };
+                    let (sent, started) = (SystemTime::now(), Instant::now());
                     match c.put(format!("{p}/{seq:08}"), format!("value-{seq}"), None).await {
                         Ok(_) => {
+                            let took = started.elapsed();
+                            l.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(Put { sent, took });
                             seq += 1;
                             a.store(seq, Ordering::SeqCst);
                         }
@@ -548,7 +581,20 @@ pub mod writer {
                 prefix: prefix.to_owned(),
                 tls,
                 last_error,
+                latencies,
             })
+        }
+
+        /// How long etcd took to acknowledge each write that was in flight at some moment of
+        /// `[from, to]`.
+        pub fn latencies_during(&self, from: SystemTime, to: SystemTime) -> Vec<Duration> {
+            self.latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|p| p.sent <= to && p.sent + p.took >= from)
+                .map(|p| p.took)
+                .collect()
         }
 
         /// The last failed attempt's error (a connection or a write), if any failed.

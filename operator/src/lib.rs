@@ -10,6 +10,7 @@ pub mod cluster_writes;
 pub mod context;
 pub mod controllers;
 pub mod crds_ready;
+pub mod cron_schedule;
 pub mod etcd;
 #[cfg(test)]
 pub mod etcd_fake;

@@ -71,8 +71,12 @@ pub const ANNOTATION_SETTINGS: &str = "etcd.ouroboros.dev/settings";
 /// On an EtcdCluster: the revision the operator last compacted its history to (NOSPACE recovery).
 pub const ANNOTATION_COMPACTED_REVISION: &str = "etcd.ouroboros.dev/compacted-revision";
 
-/// On member pods: when the operator last defragmented the member (RFC 3339).
+/// On member pods: when the operator last started to defragment the member (RFC 3339).
 pub const ANNOTATION_DEFRAGMENTED_AT: &str = "etcd.ouroboros.dev/defragmented-at";
+/// On member pods: when the last defragmentation the operator started on the member ended well
+/// (RFC 3339). One started since and not ended may still run in etcd: see
+/// [`crate::controllers::defragmenting`].
+pub const ANNOTATION_DEFRAGMENTATION_ENDED_AT: &str = "etcd.ouroboros.dev/defragmentation-ended-at";
 /// On member pods: the member's revision when the operator last defragmented it. Under NOSPACE a
 /// member defragmented at or after the recorded compaction is not defragmented again for it.
 pub const ANNOTATION_DEFRAGMENTED_REVISION: &str = "etcd.ouroboros.dev/defragmented-revision";

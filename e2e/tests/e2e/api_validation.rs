@@ -60,6 +60,10 @@ fn invalid_samples_are_refused_with_readable_messages() -> anyhow::Result<()> {
             "etcd-retention-mode.yaml",
             "autoCompactionRetention is a number of revisions",
         ),
+        (
+            "defrag-window-duration.yaml",
+            "spec.maintenance.defragmentation.window.duration: Invalid value",
+        ),
     ];
     for (file, expected) in cases {
         let out = kubectl(&[

@@ -4,8 +4,9 @@
 //!   defragmentation, disarm) and takes writes again;
 //! - new `spec.etcd` settings restart each member on its own claim, one at a time, keeping every
 //!   member ID; settings etcd would refuse are refused by the API server, naming the field;
-//! - fragmented members are defragmented one at a time by `spec.maintenance.defragmentation`, the
-//!   leader after leadership moved away.
+//! - fragmented members wait outside `spec.maintenance.defragmentation.window`, then are
+//!   defragmented one at a time, the leader last after leadership moved away, with the writer's
+//!   put latency during each member's defragmentation printed beside idle.
 
 use std::time::{Duration, Instant};
 
@@ -202,11 +203,12 @@ async fn new_settings_restart_each_member_on_its_own_claim() -> anyhow::Result<(
 async fn fragmented_members_are_defragmented_one_at_a_time_the_leader_last() -> anyhow::Result<()> {
     let c = client().await?;
     TestNamespace::create(&c, "defrag").await?.run(|c, ns| async move {
-        let spec = "  maintenance: {defragmentation: {minFragmentationPercent: 50, minDatabaseBytes: 4194304}}\n";
+        // A window that opens on 29 February only: closed for the first part of the test.
+        let spec = "  maintenance: {defragmentation: {minFragmentationPercent: 50, minDatabaseBytes: 4194304, \
+                    window: {schedule: '0 0 29 2 *', duration: 1h}}}\n";
         etcd_cluster::create(&c, &ns, &manifest(spec)).await?;
-        etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
-        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
         let status = etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
         let leader = status
             .members
             .iter()
@@ -224,6 +226,28 @@ async fn fragmented_members_are_defragmented_one_at_a_time_the_leader_last() -> 
         e.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical()))
             .await?;
         let writer = Writer::start(&endpoint, "/defrag").await?;
+
+        // Outside the window: the members wait, and the condition says for what.
+        let waiting = etcd_cluster::wait(&c, &ns, "m", "Maintenance=WaitingForWindow", T, |cl, _| {
+            etcd_cluster::condition(cl, condition_types::MAINTENANCE)
+                .is_some_and(|(_, reason, message)| reason == "WaitingForWindow" && message.contains("m-"))
+        })
+        .await?;
+        println!(
+            "outside the window: {:?}",
+            waiting.conditions.iter().find(|c| c.type_ == condition_types::MAINTENANCE).map(|c| &c.message)
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let early = events_with_reason(&c, &ns, "Defragmented").await?;
+        ensure!(early.is_empty(), "defragmented outside its window: {early:?}");
+        let idle_to = std::time::SystemTime::now();
+
+        // The window opens (every minute, for an hour).
+        let open = serde_json::json!({"spec": {"maintenance": {"defragmentation": {
+            "window": {"schedule": "* * * * *", "duration": "1h"}}}}});
+        Api::<EtcdCluster>::namespaced(c.clone(), &ns)
+            .patch("m", &PatchParams::default(), &Patch::Merge(&open))
+            .await?;
         let t0 = Instant::now();
         let done = ouroboros_e2e::wait_for("three members defragmented", T, || {
             let c = c.clone();
@@ -246,6 +270,33 @@ async fn fragmented_members_are_defragmented_one_at_a_time_the_leader_last() -> 
             moved.iter().any(|m| m.starts_with(&format!("moved leadership from {leader} "))),
             "leadership never moved away from {leader} before its defragmentation: {moved:?}"
         );
+
+        // Each member's defragmentation, from the operator's records on its pod: one at a time,
+        // the former leader last, and the writer's latency during each against idle.
+        let windows = defragmentation_windows(&c, &ns).await?;
+        ensure!(windows.len() == 3, "not every pod records its defragmentation: {windows:?}");
+        for pair in windows.windows(2) {
+            ensure!(
+                pair[0].2 <= pair[1].1,
+                "{} was defragmented while {} was: {windows:?}",
+                pair[1].0,
+                pair[0].0
+            );
+        }
+        ensure!(
+            windows.last().is_some_and(|w| w.0 == leader),
+            "the former leader {leader} was not defragmented last: {windows:?}"
+        );
+        let idle_from = idle_to - Duration::from_secs(10);
+        let p99 = |from, to| ouroboros_e2e::writer::quantile_and_max(&writer.latencies_during(from, to), 0.99);
+        let (idle_p99, idle_max) = p99(idle_from, idle_to);
+        println!("put latency idle: p99 {idle_p99:?}, max {idle_max:?}");
+        for (member, from, to) in &windows {
+            let (p, max) = p99(*from, *to);
+            let took = to.duration_since(*from).unwrap_or_default();
+            println!("put latency while {member} was defragmented ({took:?}): p99 {p:?}, max {max:?}");
+        }
+
         let status = etcd_cluster::wait(&c, &ns, "m", "converged", T, converged(3, V)).await?;
         for m in &status.members {
             let size = m.db_size_bytes.unwrap_or(0);
@@ -257,6 +308,36 @@ async fn fragmented_members_are_defragmented_one_at_a_time_the_leader_last() -> 
         Ok(())
     })
     .await
+}
+
+/// Each member pod's last defragmentation as the operator recorded it (started, ended), in the
+/// order they started.
+async fn defragmentation_windows(
+    c: &Client,
+    ns: &str,
+) -> anyhow::Result<Vec<(String, std::time::SystemTime, std::time::SystemTime)>> {
+    let pods = Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels(SELECTOR))
+        .await?;
+    let at = |p: &Pod, key: &str| {
+        p.annotations()
+            .get(key)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(std::time::SystemTime::from)
+    };
+    let mut windows: Vec<_> = pods
+        .items
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.name_any(),
+                at(p, "etcd.ouroboros.dev/defragmented-at")?,
+                at(p, "etcd.ouroboros.dev/defragmentation-ended-at")?,
+            ))
+        })
+        .collect();
+    windows.sort_by_key(|w| w.1);
+    Ok(windows)
 }
 
 /// Where a claim-backed member's bbolt file is on this machine (the local cluster's PVs are
@@ -332,40 +413,7 @@ async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim
                 db.display()
             );
 
-            let removed = ouroboros_e2e::wait_for("the member with the changed data removed", T, || {
-                let c = c.clone();
-                let ns = ns.clone();
-                let victim = victim.clone();
-                async move {
-                    let seen = events_with_reason(&c, &ns, "MemberRemoved").await?;
-                    Ok(seen
-                        .into_iter()
-                        .find(|m| m.contains(&format!("removed member {victim} "))))
-                }
-            })
-            .await?;
-            println!("{removed} ({:?} after the flip)", t0.elapsed());
-            ensure!(
-                removed.contains("corruption") || removed.contains("differed"),
-                "{removed}"
-            );
-            let status = etcd_cluster::wait(&c, &ns, "m", "3 members again", T, |cl, s| {
-                converged(3, V)(cl, s) && s.members.iter().all(|m| m.name != victim)
-            })
-            .await?;
-            println!(
-                "replaced {:?} after the flip; members {:?}",
-                t0.elapsed(),
-                status.members.iter().map(|m| &m.name).collect::<Vec<_>>()
-            );
-            let claim = Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
-                .get(&format!("{victim}-data"))
-                .await?;
-            ensure!(
-                claim.annotations().contains_key("etcd.ouroboros.dev/retired"),
-                "the claim of {victim} was not kept retired: {:?}",
-                claim.annotations()
-            );
+            replaced_and_claim_kept(&c, &ns, &victim, t0).await?;
             ensure!(
                 !events_with_reason(&c, &ns, "AlarmDisarmed").await?.is_empty(),
                 "no AlarmDisarmed Event"
@@ -377,6 +425,111 @@ async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim
             );
             let (acked, failed) = writer.stop_and_verify().await?;
             println!("{acked} writes acknowledged, {failed} refused or failed meanwhile, 0 lost");
+            Ok(())
+        })
+        .await
+}
+
+/// Waits until `victim` is removed for its data and replaced, then checks its claim was kept,
+/// annotated retired.
+async fn replaced_and_claim_kept(c: &Client, ns: &str, victim: &str, t0: Instant) -> anyhow::Result<()> {
+    let removed = ouroboros_e2e::wait_for("the member with the changed data removed", T, || {
+        let c = c.clone();
+        let ns = ns.to_owned();
+        let victim = victim.to_owned();
+        async move {
+            let seen = events_with_reason(&c, &ns, "MemberRemoved").await?;
+            Ok(seen
+                .into_iter()
+                .find(|m| m.contains(&format!("removed member {victim} "))))
+        }
+    })
+    .await?;
+    println!("{removed} ({:?} after the flip)", t0.elapsed());
+    ensure!(
+        removed.contains("corruption") || removed.contains("differed"),
+        "{removed}"
+    );
+    let status = etcd_cluster::wait(c, ns, "m", "3 members again", T, |cl, s| {
+        converged(3, V)(cl, s) && s.members.iter().all(|m| m.name != victim)
+    })
+    .await?;
+    println!(
+        "replaced {:?} after the flip; members {:?}",
+        t0.elapsed(),
+        status.members.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
+    let claim = Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns)
+        .get(&format!("{victim}-data"))
+        .await?;
+    ensure!(
+        claim.annotations().contains_key("etcd.ouroboros.dev/retired"),
+        "the claim of {victim} was not kept retired: {:?}",
+        claim.annotations()
+    );
+    Ok(())
+}
+
+/// The member's data is changed while it is stopped (a byte of a value flipped in its bbolt file
+/// with its pod gone, the cluster paused so the operator does not start it again). When it starts,
+/// etcd's initial corruption check compares its keyspace hash with its peers' and refuses to run;
+/// the operator reads that from the pod, hashes the two others, finds them in agreement, and
+/// replaces the member at once (not after five crash-loop restarts), keeping its claim.
+#[tokio::test]
+async fn a_member_whose_data_etcd_refuses_at_start_is_replaced_and_its_claim_kept() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "refused")
+        .await?
+        .run(|c, ns| async move {
+            let spec = "  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
+            etcd_cluster::create(&c, &ns, &manifest(spec)).await?;
+            let status = etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
+            let marker = b"ouroboros-corruption-marker-51b0d7e2";
+            let mut e = etcd_at(&endpoint).await?;
+            e.put("/marker", &marker[..], None).await?;
+            let writer = Writer::start(&endpoint, "/refused").await?;
+            // bbolt commits its batch every 100 ms; give every member time to write the value out.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let victim = status
+                .members
+                .iter()
+                .find(|m| !m.is_leader)
+                .map(|m| m.name.clone())
+                .context("no follower")?;
+            let clusters = Api::<EtcdCluster>::namespaced(c.clone(), &ns);
+            let paused = |on: bool| serde_json::json!({"spec": {"paused": on}});
+            clusters
+                .patch("m", &PatchParams::default(), &Patch::Merge(&paused(true)))
+                .await?;
+            let pods = Api::<Pod>::namespaced(c.clone(), &ns);
+            pods.delete(&victim, &kube::api::DeleteParams::default()).await?;
+            ouroboros_e2e::wait_for("the member's pod gone", T, || {
+                let pods = pods.clone();
+                let victim = victim.clone();
+                async move { Ok(pods.get_opt(&victim).await?.is_none().then_some(())) }
+            })
+            .await?;
+            let db = member_db_file(&c, &ns, &victim).await?;
+            let flipped = flip_marker(&db, marker)?;
+            ensure!(flipped > 0, "the marker is not in {}", db.display());
+            println!(
+                "flipped a byte of {flipped} copies of the marker in the stopped {victim}'s {}",
+                db.display()
+            );
+            let t0 = Instant::now();
+            clusters
+                .patch("m", &PatchParams::default(), &Patch::Merge(&paused(false)))
+                .await?;
+
+            replaced_and_claim_kept(&c, &ns, &victim, t0).await?;
+            let got = e.get("/marker", None).await?;
+            ensure!(
+                got.kvs().first().map(|kv| kv.value()) == Some(&marker[..]),
+                "the majority's value of the marker changed"
+            );
+            let (acked, failed) = writer.stop_and_verify().await?;
+            println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
             Ok(())
         })
         .await

@@ -120,6 +120,12 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
         "terminationMessagePolicy": "FallbackToLogsOnError"
     });
     let quota = (u64::try_from(raw).unwrap_or(0) * 2).clamp(2 << 30, MAX_QUOTA);
+    let scratch_size = format!("{}Mi", scratch_mib(raw));
+    // The scratch space is asked for, so the scheduler puts the drill where it fits instead of the
+    // kubelet evicting it half way (its emptyDir's sizeLimit is the cap). On etcd, the native
+    // sidecar: it runs for the pod's life, so its requests count for the whole pod.
+    let mut etcd_resources = bounded(&mapped, "1");
+    etcd_resources["requests"]["ephemeral-storage"] = json!(scratch_size);
     let etcd = json!({
         "name": ETCD_CONTAINER, "image": etcd_image, "imagePullPolicy": "IfNotPresent",
         // A native sidecar: started before the check, stopped once it ends, so the Job completes.
@@ -131,7 +137,7 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
                     // Nothing may compact the copy before it is hashed.
                     "--auto-compaction-retention=0",
                     format!("--quota-backend-bytes={quota}")],
-        "volumeMounts": scratch_mount, "resources": bounded(&mapped, "1"),
+        "volumeMounts": scratch_mount, "resources": etcd_resources,
         "securityContext": restricted_container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError"
     });
@@ -151,7 +157,6 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
     });
     let mut fetch_container = fetch.container;
     fetch_container["resources"] = bounded("256Mi", "1");
-    let scratch_size = format!("{}Mi", scratch_mib(raw));
     let mut volumes = vec![json!({"name": "scratch", "emptyDir": {"sizeLimit": scratch_size}})];
     volumes.extend(fetch.volumes);
     let job_labels = json!({LABEL_CLUSTER: b.spec.cluster_name, LABEL_DRILL_OF: b.name_any()});

@@ -255,7 +255,10 @@ fn build_member_pod(
                     "livenessProbe": {"httpGet": {"path": "/livez", "port": ports.metrics},
                                       "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
                     "resources": spec.pod.resources,
-                    "volumeMounts": etcd_mounts
+                    "volumeMounts": etcd_mounts,
+                    // etcd's last words when it exits in error (its log's tail) go into the pod's
+                    // status: how the operator learns that etcd refused its data at start.
+                    "terminationMessagePolicy": "FallbackToLogsOnError"
                 },
                 sidecar_container(images, ports.sidecar, sidecar.args, sidecar.mounts)
             ],

@@ -27,7 +27,7 @@ use crate::{
     controllers::{delete_if_present, encryption, kube_err},
     metrics::DrillLabels,
     objects::{self, CHECK_CONTAINER, Drill, ETCD_CONTAINER, FETCH_CONTAINER, RESTORE_CONTAINER},
-    vocabulary::ANNOTATION_DRILL_REQUEST,
+    vocabulary::{ANNOTATION_DRILL_REQUEST, LABEL_CLUSTER},
 };
 
 /// Whether backup `b` of `cluster` is to be drilled: its own `spec.drill`, else the cluster's
@@ -162,6 +162,24 @@ fn busy_with(b: &EtcdBackup, all: &[EtcdBackup]) -> Option<String> {
     None
 }
 
+/// A member of the backup's cluster that may be defragmenting now (see
+/// [`crate::controllers::defragmenting`]): the drill would compete with it for its node's disk.
+async fn defragmenting_member(
+    ctx: &Context,
+    b: &EtcdBackup,
+    now: jiff::Timestamp,
+) -> Result<Option<String>, Error> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", b.spec.cluster_name)))
+        .await
+        .map_err(kube_err("listing the cluster's member pods"))?;
+    Ok(pods
+        .items
+        .iter()
+        .find(|p| crate::controllers::defragmenting(p, now))
+        .map(|p| format!("member {} is being defragmented", p.name_any())))
+}
+
 fn started(status: &EtcdBackupStatus) -> Option<jiff::Timestamp> {
     status.drill_start_time.as_deref()?.parse().ok()
 }
@@ -194,14 +212,28 @@ pub async fn reconcile(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
     let overdue = started(&status).is_some_and(|t| {
         jiff::Timestamp::now().duration_since(t) > jiff::SignedDuration::try_from(timeout).unwrap_or_default()
     });
+    let now = jiff::Timestamp::now();
+    let phase = status.drill.unwrap_or(DrillPhase::Pending);
+    let busy = match busy_with(b, &all.items) {
+        Some(why) => Some(why),
+        // Only a drill about to start needs the members' pods.
+        None if phase == DrillPhase::Pending && cluster.is_some() => {
+            defragmenting_member(ctx, b, now).await?
+        }
+        None => None,
+    };
+    let slot = cluster
+        .as_ref()
+        .map(|c| super::plan::slot_of(c, super::plan::SlotUser::Drill(&b.name_any()), &all.items, now));
     let view = DrillView {
-        phase: status.drill.unwrap_or(DrillPhase::Pending),
+        phase,
         attempts: status
             .drill_attempts
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(0),
         cannot_build,
-        busy: busy_with(b, &all.items),
+        busy,
+        slot,
         job,
         overdue,
     };
@@ -218,6 +250,16 @@ pub async fn reconcile(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
                 write_status(ctx, b, &status).await?;
             }
             Ok(Action::requeue(Duration::from_secs(secs.max(1))))
+        }
+        DrillStep::TakeSlot { cluster_version } => {
+            super::claim_slot(
+                ctx,
+                b,
+                &super::plan::drill_holder(&b.name_any(), now),
+                &cluster_version,
+            )
+            .await?;
+            Ok(Action::requeue(Duration::from_millis(200)))
         }
         DrillStep::Start => match (&cluster, version) {
             (Some(cluster), Some(Ok(version))) => {

@@ -1,11 +1,13 @@
 //! What a backup's restore drill does next, from what was observed: pure, tested case by case. A
-//! drill starts once no backup of its cluster streams; the one Job of an attempt is read until a
+//! drill starts once no backup of its cluster streams and no member is being defragmented, holding
+//! the cluster's backup slot (so no backup starts under it); the one Job of an attempt is read until a
 //! container of it ends; what ended, and how, is the verdict. An attempt that cannot decide (the
 //! store unreachable, out of time or memory) is retried a few times, then the drill is
 //! `Inconclusive`: neither proof nor disproof, never a reason to act on the backup.
 
 use std::time::Duration;
 
+use super::plan::Slot;
 use ouroboros_crds::{
     DrillPhase,
     sidecar::{DrillOutcome, DrillVerdict},
@@ -65,8 +67,12 @@ pub struct DrillView {
     pub attempts: u32,
     /// Why no drill can be made now or ever (its cluster is gone, the version does not parse).
     pub cannot_build: Option<String>,
-    /// A backup of the cluster that is streaming, or another backup's drill that runs.
+    /// A backup of the cluster that is streaming, another backup's drill that runs, or a member
+    /// being defragmented.
     pub busy: Option<String>,
+    /// The cluster's backup slot, which the drill holds while it runs (`None` once the cluster is
+    /// gone, when `cannot_build` says so).
+    pub slot: Option<Slot>,
     /// The Job of the attempt under way, when it exists.
     pub job: Option<DrillJob>,
     /// The attempt under way is past its time.
@@ -78,7 +84,13 @@ pub struct DrillView {
 pub enum DrillStep {
     /// Nothing to do now; look again after this many seconds.
     Wait(String, u64),
-    /// Start the next attempt.
+    /// Take the cluster's backup slot, conditional on the cluster's `resourceVersion`, so no backup
+    /// starts while the drill runs; a drill that loses the race waits at its next look.
+    TakeSlot {
+        /// The `resourceVersion` the slot was seen free at.
+        cluster_version: String,
+    },
+    /// Start the next attempt (the drill holds the slot).
     Start,
     /// The attempt could not decide and attempts are left: end it, and start again later.
     Retry(String),
@@ -187,9 +199,21 @@ pub fn drill_step(v: &DrillView) -> DrillStep {
             if let Some(why) = &v.cannot_build {
                 return DrillStep::Conclude(verdict(DrillOutcome::Inconclusive, why.clone()));
             }
-            match &v.busy {
-                Some(why) => DrillStep::Wait(format!("{why}; the drill waits for it"), 5),
-                None => DrillStep::Start,
+            if let Some(why) = &v.busy {
+                return DrillStep::Wait(format!("{why}; the drill waits for it"), 5);
+            }
+            // The slot is taken last, once nothing else stands in the way, so its holder never
+            // waits for something else.
+            match &v.slot {
+                Some(Slot::Mine) => DrillStep::Start,
+                Some(Slot::Free { cluster_version }) => DrillStep::TakeSlot {
+                    cluster_version: cluster_version.clone(),
+                },
+                Some(Slot::HeldBy(other)) => DrillStep::Wait(
+                    format!("{other} holds the cluster's backup slot; the drill waits for it"),
+                    5,
+                ),
+                None => DrillStep::Wait("the cluster is gone".into(), 5),
             }
         }
         DrillPhase::Running => {

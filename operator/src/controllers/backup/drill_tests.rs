@@ -8,6 +8,7 @@ use ouroboros_crds::{
 use super::drill_plan::{
     DrillJob, DrillPod, DrillStep, DrillView, Ended, MAX_ATTEMPTS, drill_step, pod_verdict,
 };
+use super::plan::Slot;
 
 fn view(phase: DrillPhase) -> DrillView {
     DrillView {
@@ -15,6 +16,7 @@ fn view(phase: DrillPhase) -> DrillView {
         attempts: 1,
         cannot_build: None,
         busy: None,
+        slot: Some(Slot::Mine),
         job: None,
         overdue: false,
     }
@@ -59,7 +61,7 @@ fn check_says(outcome: DrillOutcome) -> DrillPod {
 fn outcome(step: &DrillStep) -> Option<DrillOutcome> {
     match step {
         DrillStep::Conclude(v) => Some(v.outcome),
-        DrillStep::Wait(..) | DrillStep::Start | DrillStep::Retry(_) => None,
+        DrillStep::Wait(..) | DrillStep::TakeSlot { .. } | DrillStep::Start | DrillStep::Retry(_) => None,
     }
 }
 
@@ -71,6 +73,37 @@ fn a_pending_drill_starts_unless_a_backup_streams() {
         ..view(DrillPhase::Pending)
     };
     assert!(matches!(drill_step(&busy), DrillStep::Wait(why, _) if why.contains("b2")));
+}
+
+#[test]
+fn a_drill_takes_the_slot_last_and_starts_only_holding_it() {
+    let with = |slot| DrillView {
+        slot: Some(slot),
+        ..view(DrillPhase::Pending)
+    };
+    assert_eq!(
+        drill_step(&with(Slot::Free {
+            cluster_version: "7".into()
+        })),
+        DrillStep::TakeSlot {
+            cluster_version: "7".into()
+        }
+    );
+    assert_eq!(drill_step(&with(Slot::Mine)), DrillStep::Start);
+    assert!(matches!(
+        drill_step(&with(Slot::HeldBy("EtcdBackup b9".into()))),
+        DrillStep::Wait(why, _) if why.starts_with("EtcdBackup b9 holds the cluster's backup slot")
+    ));
+    // Busy first: a drill never holds the slot while it waits for something else.
+    let busy = DrillView {
+        busy: Some("member m-1 is being defragmented".into()),
+        ..with(Slot::Free {
+            cluster_version: "7".into(),
+        })
+    };
+    assert!(
+        matches!(drill_step(&busy), DrillStep::Wait(why, _) if why.contains("m-1 is being defragmented"))
+    );
 }
 
 #[test]

@@ -379,7 +379,12 @@ async fn observe_start(
         None => None,
     };
     Ok(plan::StartView {
-        slot: plan::slot_of(cluster, &b.name_any(), &backups.items),
+        slot: plan::slot_of(
+            cluster,
+            plan::SlotUser::Backup(&b.name_any()),
+            &backups.items,
+            jiff::Timestamp::now(),
+        ),
         backup: (b.uid().unwrap_or_default(), b.name_any()),
         cluster: (cluster.name_any(), cluster.uid()),
         destination,
@@ -494,9 +499,21 @@ async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<A
 /// at: refused with 409 Conflict if the cluster changed since (another backup may have taken it), in
 /// which case the next look decides again.
 async fn take_slot(ctx: &Context, b: &EtcdBackup, cluster_version: &str) -> Result<Action, Error> {
+    claim_slot(ctx, b, &b.name_any(), cluster_version).await?;
+    Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+/// Writes `holder` into the slot of `b`'s cluster, conditional on `cluster_version`; `Ok(false)`
+/// when the cluster changed since (someone else may hold it now).
+pub(super) async fn claim_slot(
+    ctx: &Context,
+    b: &EtcdBackup,
+    holder: &str,
+    cluster_version: &str,
+) -> Result<bool, Error> {
     let patch = serde_json::json!({"metadata": {
         "resourceVersion": cluster_version,
-        "annotations": {vocabulary::ANNOTATION_BACKUP_SLOT: b.name_any()},
+        "annotations": {vocabulary::ANNOTATION_BACKUP_SLOT: holder},
     }});
     let result = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
         .patch(
@@ -505,8 +522,9 @@ async fn take_slot(ctx: &Context, b: &EtcdBackup, cluster_version: &str) -> Resu
             &Patch::Merge(&patch),
         )
         .await;
+    let taken = result.is_ok();
     super::conflict_is_done(result, "taking the cluster's backup slot")?;
-    Ok(Action::requeue(Duration::from_millis(200)))
+    Ok(taken)
 }
 
 /// Reads what polling a running backup looks at.

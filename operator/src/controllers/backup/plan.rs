@@ -160,7 +160,9 @@ pub struct StartView {
     pub compression_level: u32,
 }
 
-/// The cluster's backup slot, as this backup sees it.
+/// The cluster's backup slot, as a backup or a restore drill sees it. Backups and drills of a
+/// cluster share it, so a drill never runs while a backup streams from a member (or the other way
+/// round): taking it is one conditional write, not a look at the others followed by an act.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Slot {
     /// Nobody holds it, or its holder has finished or is gone.
@@ -168,33 +170,93 @@ pub enum Slot {
         /// The cluster's `resourceVersion`, which taking it is conditional on.
         cluster_version: String,
     },
-    /// This backup holds it.
+    /// This backup (or this drill) holds it.
     Mine,
-    /// The named EtcdBackup holds it and has not finished.
+    /// Someone else holds it and has not finished: what it is, for the reason a waiter gives
+    /// (`EtcdBackup b-1`, `the restore drill of EtcdBackup b-1`).
     HeldBy(String),
 }
 
-/// The slot from the cluster's annotation and the namespace's EtcdBackups: a holder counts only while
-/// its EtcdBackup exists and has not finished.
-pub fn slot_of(cluster: &EtcdCluster, me: &str, backups: &[ouroboros_crds::EtcdBackup]) -> Slot {
+/// Who asks for the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotUser<'a> {
+    /// The EtcdBackup of this name, to stream its snapshot.
+    Backup(&'a str),
+    /// The restore drill of the EtcdBackup of this name.
+    Drill(&'a str),
+}
+
+/// How a drill writes its name in the slot: `drill:<backup>@<when it took it>`. Backup names are
+/// DNS names, so they never hold a `:`.
+const DRILL_HOLDER: &str = "drill:";
+
+/// How long a drill holds the slot before its drill is seen running: it creates its Job right after
+/// taking the slot, so a hold older than this whose drill is not running was left by an attempt
+/// that did not start (and a drill asked for again later does not find its old hold alive).
+pub const DRILL_HOLD_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// The slot's value for the drill of `backup` taking it at `at`.
+pub fn drill_holder(backup: &str, at: jiff::Timestamp) -> String {
+    format!("{DRILL_HOLDER}{backup}@{at}")
+}
+
+/// The slot from the cluster's annotation and the namespace's EtcdBackups: a backup holds it while
+/// its EtcdBackup exists and has not finished; a drill while its drill runs (or, for
+/// [`DRILL_HOLD_GRACE`] after taking it, is about to).
+pub fn slot_of(
+    cluster: &EtcdCluster,
+    me: SlotUser<'_>,
+    backups: &[ouroboros_crds::EtcdBackup],
+    now: jiff::Timestamp,
+) -> Slot {
+    use ouroboros_crds::DrillPhase;
     let holder = cluster
         .annotations()
         .get(crate::vocabulary::ANNOTATION_BACKUP_SLOT);
-    let unfinished = |name: &str| {
-        backups.iter().any(|b| {
-            b.name_any() == name
-                && b.spec.cluster_name == cluster.name_any()
-                && !b
-                    .status
+    let of_cluster = |name: &str| {
+        backups
+            .iter()
+            .find(|b| b.name_any() == name && b.spec.cluster_name == cluster.name_any())
+    };
+    let Some(holder) = holder else {
+        return Slot::Free {
+            cluster_version: cluster.resource_version().unwrap_or_default(),
+        };
+    };
+    let (holds, mine, what) = match holder.strip_prefix(DRILL_HOLDER) {
+        Some(rest) => {
+            let (name, taken) = rest.rsplit_once('@').unwrap_or((rest, ""));
+            let drill = of_cluster(name).and_then(|b| b.status.as_ref()?.drill);
+            let fresh = taken
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|t| now.duration_since(t) < DRILL_HOLD_GRACE);
+            let holds = drill == Some(DrillPhase::Running) || (drill == Some(DrillPhase::Pending) && fresh);
+            (
+                holds,
+                me == SlotUser::Drill(name),
+                format!("the restore drill of EtcdBackup {name}"),
+            )
+        }
+        None => {
+            let unfinished = of_cluster(holder).is_some_and(|b| {
+                !b.status
                     .as_ref()
                     .and_then(|s| s.phase)
                     .is_some_and(|p| p.is_terminal())
-        })
+            });
+            (
+                unfinished,
+                me == SlotUser::Backup(holder),
+                format!("EtcdBackup {holder}"),
+            )
+        }
     };
-    match holder {
-        Some(h) if h == me => Slot::Mine,
-        Some(h) if unfinished(h) => Slot::HeldBy(h.clone()),
-        Some(_) | None => Slot::Free {
+    match (holds, mine) {
+        // A backup's own name stands even before its status says anything.
+        (_, true) if matches!(me, SlotUser::Backup(_)) => Slot::Mine,
+        (true, true) => Slot::Mine,
+        (true, false) => Slot::HeldBy(what),
+        (false, _) => Slot::Free {
             cluster_version: cluster.resource_version().unwrap_or_default(),
         },
     }
@@ -273,17 +335,13 @@ pub fn start_step(v: StartView) -> StartStep {
     };
     // One backup per cluster at a time: the slot decides (atomically), and a Running backup that
     // an older operator started without it is waited for too.
-    let waiting = |other: &str| {
-        StartStep::Wait(
-            format!("waiting for EtcdBackup {other} of the same cluster to finish"),
-            5,
-        )
-    };
+    let waiting =
+        |other: &str| StartStep::Wait(format!("waiting for {other} of the same cluster to finish"), 5);
     if let Slot::HeldBy(other) = &v.slot {
         return waiting(other);
     }
     if let Some(other) = &v.running_other {
-        return waiting(other);
+        return waiting(&format!("EtcdBackup {other}"));
     }
     let Some((member, pod)) = v.member else {
         return StartStep::Wait(

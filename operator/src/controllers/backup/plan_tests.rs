@@ -285,27 +285,80 @@ fn backup(name: &str, phase: Option<ouroboros_crds::BackupPhase>) -> ouroboros_c
 #[test]
 fn the_slot_is_held_only_by_a_backup_that_has_not_finished() {
     use ouroboros_crds::BackupPhase::{Pending, Running, Succeeded};
+    let now = jiff::Timestamp::now();
+    let me = SlotUser::Backup("b");
     let free = |v: &str| Slot::Free {
         cluster_version: v.into(),
     };
-    assert_eq!(slot_of(&with_slot(None, "7"), "b", &[]), free("7"));
-    assert_eq!(slot_of(&with_slot(Some("b"), "7"), "b", &[]), Slot::Mine);
+    assert_eq!(slot_of(&with_slot(None, "7"), me, &[], now), free("7"));
+    assert_eq!(slot_of(&with_slot(Some("b"), "7"), me, &[], now), Slot::Mine);
     let others = [
         backup("a", Some(Running)),
         backup("p", Some(Pending)),
         backup("done", Some(Succeeded)),
     ];
     assert_eq!(
-        slot_of(&with_slot(Some("a"), "7"), "b", &others),
-        Slot::HeldBy("a".into())
+        slot_of(&with_slot(Some("a"), "7"), me, &others, now),
+        Slot::HeldBy("EtcdBackup a".into())
     );
     assert_eq!(
-        slot_of(&with_slot(Some("p"), "7"), "b", &others),
-        Slot::HeldBy("p".into())
+        slot_of(&with_slot(Some("p"), "7"), me, &others, now),
+        Slot::HeldBy("EtcdBackup p".into())
     );
     // Finished, or deleted: free again, at the version it was read at.
-    assert_eq!(slot_of(&with_slot(Some("done"), "8"), "b", &others), free("8"));
-    assert_eq!(slot_of(&with_slot(Some("deleted"), "9"), "b", &others), free("9"));
+    assert_eq!(
+        slot_of(&with_slot(Some("done"), "8"), me, &others, now),
+        free("8")
+    );
+    assert_eq!(
+        slot_of(&with_slot(Some("deleted"), "9"), me, &others, now),
+        free("9")
+    );
+}
+
+fn drilled(name: &str, drill: ouroboros_crds::DrillPhase) -> ouroboros_crds::EtcdBackup {
+    let mut b = backup(name, Some(ouroboros_crds::BackupPhase::Succeeded));
+    b.status.as_mut().unwrap().drill = Some(drill);
+    b
+}
+
+#[test]
+fn a_drill_holds_the_slot_while_it_runs_and_a_backup_waits_for_it() {
+    use ouroboros_crds::DrillPhase::{Pending, Running, Verified};
+    let now = jiff::Timestamp::now();
+    let minute_ago = now - jiff::SignedDuration::from_secs(61);
+    let held = |drill, taken| {
+        let cluster = with_slot(Some(&drill_holder("d", taken)), "7");
+        let backups = [drilled("d", drill)];
+        (
+            slot_of(&cluster, SlotUser::Backup("b"), &backups, now),
+            slot_of(&cluster, SlotUser::Drill("d"), &backups, now),
+            slot_of(&cluster, SlotUser::Drill("e"), &backups, now),
+        )
+    };
+    let by_d = Slot::HeldBy("the restore drill of EtcdBackup d".into());
+    let free = Slot::Free {
+        cluster_version: "7".into(),
+    };
+    // Running: held, whenever it was taken.
+    assert_eq!(
+        held(Running, minute_ago),
+        (by_d.clone(), Slot::Mine, by_d.clone())
+    );
+    // Taken just now, the Job about to be made: held.
+    assert_eq!(held(Pending, now), (by_d.clone(), Slot::Mine, by_d.clone()));
+    // Taken long ago by an attempt that never started, or a drill that has ended: free (a drill
+    // asked for again later takes it anew, so it never waits on its own old hold).
+    assert_eq!(
+        held(Pending, minute_ago),
+        (free.clone(), free.clone(), free.clone())
+    );
+    assert_eq!(held(Verified, now), (free.clone(), free.clone(), free));
+    // The backup waits, naming the drill.
+    let waiting = StartView { slot: by_d, ..view() };
+    assert!(
+        matches!(start_step(waiting), StartStep::Wait(why, _) if why == "waiting for the restore drill of EtcdBackup d of the same cluster to finish")
+    );
 }
 
 #[test]
@@ -329,7 +382,7 @@ fn a_backup_takes_the_slot_last_and_starts_only_holding_it() {
     ));
     assert!(matches!(
         start_step(StartView {
-            slot: Slot::HeldBy("a".into()),
+            slot: Slot::HeldBy("EtcdBackup a".into()),
             ..view()
         }),
         StartStep::Wait(why, _) if why.contains("EtcdBackup a")

@@ -349,21 +349,33 @@ async fn record_compaction(ctx: &Context, cluster: &EtcdCluster, revision: i64) 
     Ok(())
 }
 
-/// Records on the member's pod when a defragmentation started (the threshold waits a while before
-/// it defragments it again), or, once one succeeded, at which of its revisions (NOSPACE recovery
-/// defragments it once per compaction, and retries one that failed).
+/// What the operator records of a defragmentation on the member's pod.
+enum DefragRecord {
+    /// It starts now: the threshold waits a while before it defragments the member again, and a
+    /// restore drill waits until it ends.
+    Started,
+    /// It ended well, at this revision of the member's when known (NOSPACE recovery defragments a
+    /// member once per compaction, and retries one that failed).
+    Ended(Option<i64>),
+}
+
 async fn record_defragmentation(
     ctx: &Context,
     cluster: &EtcdCluster,
     name: &str,
-    done_at_revision: Option<i64>,
+    record: DefragRecord,
 ) -> Result<(), ApplyError> {
-    let patch = match done_at_revision {
-        None => serde_json::json!({"metadata": {"annotations": {
-            vocabulary::ANNOTATION_DEFRAGMENTED_AT: jiff::Timestamp::now().to_string()}}}),
-        Some(r) => serde_json::json!({"metadata": {"annotations": {
-            vocabulary::ANNOTATION_DEFRAGMENTED_REVISION: r.to_string()}}}),
+    let now = jiff::Timestamp::now().to_string();
+    let annotations = match record {
+        DefragRecord::Started => serde_json::json!({vocabulary::ANNOTATION_DEFRAGMENTED_AT: now}),
+        DefragRecord::Ended(None) => {
+            serde_json::json!({vocabulary::ANNOTATION_DEFRAGMENTATION_ENDED_AT: now})
+        }
+        DefragRecord::Ended(Some(r)) => serde_json::json!({
+            vocabulary::ANNOTATION_DEFRAGMENTATION_ENDED_AT: now,
+            vocabulary::ANNOTATION_DEFRAGMENTED_REVISION: r.to_string()}),
     };
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
     Api::<Pod>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -852,14 +864,19 @@ pub async fn apply_step(
             let before = status.map(|s| s.db_size);
             // Recorded first: a defragmentation cut short (the member restarted under it) is not
             // tried again at once, and a member that cannot finish one is not held in a loop.
-            record_defragmentation(ctx, cluster, name, None).await?;
+            record_defragmentation(ctx, cluster, name, DefragRecord::Started).await?;
             let started = std::time::Instant::now();
             ctx.etcd.defragment(ep).await?;
             let took = started.elapsed();
             failpoints::hit("after-defragment");
-            if let Some(s) = status {
-                record_defragmentation(ctx, cluster, name, Some(s.revision)).await?;
-            }
+            // The end is recorded even without a revision to record: a drill waits for it.
+            record_defragmentation(
+                ctx,
+                cluster,
+                name,
+                DefragRecord::Ended(status.map(|s| s.revision)),
+            )
+            .await?;
             let after = ctx.etcd.status(ep).await.ok().map(|s| s.db_size);
             let key = format!(
                 "{}/{}",

@@ -6,10 +6,8 @@
 //! restarts between creating it and recording the slot finds it already there. Slots missed while the
 //! operator was down are caught up with one backup, not one per slot.
 
-use std::str::FromStr;
-
 use croner::Cron;
-use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+use jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, ObjectMeta, PostParams},
@@ -120,39 +118,11 @@ pub enum Action {
 
 /// Parses the schedule, naming the problem for the condition.
 pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
-    let invalid =
-        |why: String| format!("spec.backup.schedule {schedule:?} is not a valid cron schedule: {why}");
-    check_steps(schedule).map_err(invalid)?;
-    Cron::from_str(schedule.trim()).map_err(|e| invalid(e.to_string()))
-}
-
-/// Steps larger than their field's range (`*/61` minutes) are refused: a parser may accept them and
-/// run once an hour where the user meant something else, and a silent reading is worse than a refusal.
-fn check_steps(schedule: &str) -> Result<(), String> {
-    const FIELDS: [(&str, u32); 5] = [
-        ("minute", 59),
-        ("hour", 23),
-        ("day-of-month", 31),
-        ("month", 12),
-        ("day-of-week", 7),
-    ];
-    for ((name, max), field) in FIELDS.iter().zip(schedule.split_whitespace()) {
-        for part in field.split(',') {
-            if let Some((_, step)) = part.split_once('/') {
-                match step.parse::<u32>() {
-                    Ok(n) if (1..=*max).contains(&n) => {}
-                    _ => return Err(format!("the {name} step {step:?} must be between 1 and {max}")),
-                }
-            }
-        }
-    }
-    Ok(())
+    crate::cron_schedule::parse("spec.backup.schedule", schedule)
 }
 
 fn next_slot(cron: &Cron, after: Timestamp) -> Option<Timestamp> {
-    cron.find_next_occurrence(&after.to_zoned(TimeZone::UTC), false)
-        .ok()
-        .map(|z| z.timestamp())
+    crate::cron_schedule::next(cron, after, false)
 }
 
 /// The scheduled EtcdBackup's name for `slot`.
@@ -208,10 +178,7 @@ pub fn plan(
         }
     }
     if count == MAX_COUNTED_SLOTS {
-        latest = cron
-            .find_previous_occurrence(&now.to_zoned(TimeZone::UTC), true)
-            .ok()
-            .map(|z| z.timestamp());
+        latest = crate::cron_schedule::previous(&cron, now, true);
     }
     let running = backups
         .iter()

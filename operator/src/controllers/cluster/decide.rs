@@ -129,6 +129,9 @@ pub struct PodView {
     /// The quota its etcd runs with (`--quota-backend-bytes`), which lags the spec's until it is
     /// restarted with the new settings.
     pub quota_bytes: u64,
+    /// Its etcd's last exit was etcd's initial corruption check refusing the member's data: it
+    /// hashed its keyspace and found it differs from a peer's at the same revision and compaction.
+    pub data_refused: bool,
 }
 
 /// What one member answered to a status request.
@@ -281,7 +284,8 @@ pub enum RemoveReason {
     LearnerTimedOut,
     /// Its node has been lost for longer than `replaceAfterNodeLost`.
     NodeLost,
-    /// Its data failed etcd's corruption check (a CORRUPT alarm names it).
+    /// Its data failed etcd's corruption check: its keyspace hash differs from the agreeing rest's
+    /// (under a CORRUPT alarm, or when etcd refused its data at start).
     Corrupt,
     /// It runs other `spec.etcd` settings and its replacement has joined.
     Reconfigure,
@@ -628,6 +632,11 @@ fn dead_reason(o: &Observed, m: &MemberView) -> Option<RemoveReason> {
     match pod(o, &m.name) {
         None => Some(RemoveReason::PodGone),
         Some(p) if p.volume_lost => Some(RemoveReason::VolumeLost),
+        // etcd refused the member's data at start and every other voter agrees on one hash: the
+        // copy that differs is this one, proven now rather than after five restarts' back-off.
+        Some(p) if p.data_refused && m.health.is_none() && maintenance::refused_data_is_its_own(o, m) => {
+            Some(RemoveReason::Corrupt)
+        }
         Some(p) => match p.state {
             PodState::Terminated => Some(RemoveReason::PodTerminated),
             PodState::CrashLooping => Some(RemoveReason::CrashLooping),

@@ -88,6 +88,7 @@ impl Observed {
             settings_current: true,
             certificates_current: true,
             quota_bytes: 2 << 30,
+            data_refused: false,
         });
         let ms = self.membership.get_or_insert(Membership {
             leader: None,
@@ -261,6 +262,7 @@ fn a_starting_seed_is_awaited() {
         settings_current: true,
         certificates_current: true,
         quota_bytes: 2 << 30,
+        data_refused: false,
     });
     assert!(matches!(step(&o), Step::WaitForMembers { .. }));
 }
@@ -858,6 +860,7 @@ fn pods_first_a_refused_join_is_retried_with_the_same_pod_then_given_up() {
         settings_current: true,
         certificates_current: true,
         quota_bytes: 2 << 30,
+        data_refused: false,
     });
     assert_eq!(
         next_step(&o).step,
@@ -995,6 +998,7 @@ fn every_pod_gone_with_claims_restarts_each_member_in_order() {
         settings_current: true,
         certificates_current: true,
         quota_bytes: 2 << 30,
+        data_refused: false,
     });
     o.pods.push(PodView {
         name: "c-1".into(),

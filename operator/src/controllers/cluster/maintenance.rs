@@ -15,7 +15,7 @@
 //!   once every member's database is below [`DISARM_FRACTION`] of the quota. If the data itself
 //!   does not fit, say so and change nothing else;
 //! - defragmentation by threshold: one member at a time, in the same order, never one a backup
-//!   streams from.
+//!   streams from, and never while a restore drill of the cluster runs.
 
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct MaintenanceView {
     pub compacted_revision: Option<i64>,
     /// Members a backup is streaming from now.
     pub backup_sources: Vec<String>,
+    /// Backups whose restore drill runs now.
+    pub drills_running: Vec<String>,
     /// Members defragmented within [`DEFRAG_COOLDOWN`].
     pub recently_defragmented: Vec<String>,
     /// Each member's revision when the operator last defragmented it, by name (recorded on its pod).
@@ -58,8 +60,8 @@ pub struct MaintenanceView {
     /// Why no certificate set can be mounted by a new or restarted member (the Secrets are
     /// refused and no set in use passes the checks either), when none can.
     pub certificates_blocked: Option<String>,
-    /// Under a CORRUPT alarm: each voter's hash of its keyspace at one common revision, by member
-    /// ID (members that did not answer are absent).
+    /// Under a CORRUPT alarm, or while a member's etcd refuses its data at start: each voter's hash
+    /// of its keyspace at one common revision, by member ID (members that did not answer are absent).
     pub kv_hashes: Vec<(u64, KvHash)>,
 }
 
@@ -80,6 +82,7 @@ impl Default for MaintenanceView {
             defragmentation: None,
             compacted_revision: None,
             backup_sources: Vec::new(),
+            drills_running: Vec::new(),
             recently_defragmented: Vec::new(),
             defragmented_revisions: Vec::new(),
             certificate_problems: Vec::new(),
@@ -96,6 +99,53 @@ pub struct DefragThreshold {
     pub min_fragmentation_percent: u32,
     /// Smallest file worth defragmenting.
     pub min_database_bytes: u64,
+    /// Where its window stands now.
+    pub window: DefragWindow,
+}
+
+/// Where `spec.maintenance.defragmentation.window` stands at the time of the observation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DefragWindow {
+    /// No window: defragmentation by threshold may start any time.
+    Always,
+    /// Inside a window.
+    Open,
+    /// Between windows; the next one opens then (`None`: the schedule never fires again).
+    Closed {
+        /// When the next window opens.
+        opens: Option<jiff::Timestamp>,
+    },
+    /// The window cannot be read, and why: defragmentation by threshold is off until it is fixed.
+    Invalid(String),
+}
+
+/// The shortest window: a shorter one would open and close between two looks of the operator.
+pub const MIN_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// Where `window` stands at `now`.
+pub fn defrag_window(
+    window: Option<&ouroboros_crds::MaintenanceWindow>,
+    now: jiff::Timestamp,
+) -> DefragWindow {
+    use crate::cron_schedule::{WindowAt, parse, window_at};
+    let Some(w) = window else {
+        return DefragWindow::Always;
+    };
+    let cron = match parse("spec.maintenance.defragmentation.window.schedule", &w.schedule) {
+        Ok(c) => c,
+        Err(why) => return DefragWindow::Invalid(why),
+    };
+    let duration = ouroboros_crds::retention::parse_age(&w.duration).filter(|d| *d >= MIN_WINDOW);
+    let Some(duration) = duration else {
+        return DefragWindow::Invalid(format!(
+            "spec.maintenance.defragmentation.window.duration {:?} must be a duration of at least one minute, such as 2h",
+            w.duration
+        ));
+    };
+    match window_at(&cron, duration, now) {
+        WindowAt::Open { .. } => DefragWindow::Open,
+        WindowAt::Closed { opens } => DefragWindow::Closed { opens },
+    }
 }
 
 /// An etcd alarm: the member it is raised on and its kind.
@@ -186,6 +236,32 @@ fn db_size(m: &MemberView) -> u64 {
 
 fn mib(bytes: u64) -> u64 {
     bytes >> 20
+}
+
+/// Whether member `m`, whose etcd refused its data at start, is the copy that differs: every other
+/// voter (two at least) answered with the same keyspace hash at one revision and compaction. etcd's
+/// check fails on a difference from any one peer, so without this a member could be judged by a
+/// peer whose data is the bad one; with it, the peers agree with each other and not with `m`.
+pub fn refused_data_is_its_own(o: &Observed, m: &MemberView) -> bool {
+    let Some(ms) = o.membership.as_ref() else {
+        return false;
+    };
+    let others: Vec<&MemberView> = ms
+        .members
+        .iter()
+        .filter(|v| !v.is_learner && v.id != m.id)
+        .collect();
+    let hashes: Vec<KvHash> = others
+        .iter()
+        .filter_map(|v| {
+            o.maintenance
+                .kv_hashes
+                .iter()
+                .find(|(id, _)| *id == v.id)
+                .map(|(_, h)| *h)
+        })
+        .collect();
+    others.len() >= 2 && hashes.len() == others.len() && hashes.windows(2).all(|w| w[0] == w[1])
 }
 
 /// Defragment one of `candidates` (voters that need it): a follower first; the leader only after
@@ -487,11 +563,12 @@ pub fn settings_roll_step(
     })
 }
 
-/// Defragmentation by `spec.maintenance.defragmentation`, when every voter is healthy: the step,
-/// or `None` when no member needs it.
-pub fn threshold_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> Option<Step> {
-    let policy = o.maintenance.defragmentation.as_ref()?;
-    let candidates: Vec<&MemberView> = voters
+/// Voters past `spec.maintenance.defragmentation`'s threshold and not defragmented lately.
+fn past_threshold<'a>(o: &Observed, voters: &[&'a MemberView]) -> Vec<&'a MemberView> {
+    let Some(policy) = o.maintenance.defragmentation.as_ref() else {
+        return Vec::new();
+    };
+    voters
         .iter()
         .copied()
         .filter(|v| {
@@ -501,8 +578,20 @@ pub fn threshold_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> 
                 && free_bytes(v) * 100 >= size * u64::from(policy.min_fragmentation_percent)
                 && !o.maintenance.recently_defragmented.contains(&v.name)
         })
-        .collect();
+        .collect()
+}
+
+/// Defragmentation by `spec.maintenance.defragmentation`, when every voter is healthy: the step,
+/// or `None` when no member needs it now.
+pub fn threshold_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> Option<Step> {
+    let policy = o.maintenance.defragmentation.as_ref()?;
+    let candidates = past_threshold(o, voters);
     if candidates.is_empty() {
+        return None;
+    }
+    // Outside its window, or with a window that cannot be read, nothing starts (the Maintenance
+    // condition says which members wait, or what to fix).
+    if !matches!(policy.window, DefragWindow::Always | DefragWindow::Open) {
         return None;
     }
     // A backup streaming from a member would stall behind its defragmentation: that member waits
@@ -514,7 +603,50 @@ pub fn threshold_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> 
     if free.is_empty() || ms.leader.is_none() {
         return None;
     }
+    // A drill competes with a defragmentation for its node's disk, and drills are short: the
+    // threshold waits for them (a drill in turn waits for a defragmentation to end).
+    if !o.maintenance.drills_running.is_empty() {
+        return None;
+    }
     defragment_one(ms, voters, &free, "by spec.maintenance.defragmentation")
+}
+
+/// What the `Maintenance` condition says when no step runs but the window matters: a window that
+/// cannot be read (`True`: something to fix), or members past the threshold waiting for the next
+/// window (`False`: nothing runs).
+pub fn window_condition(o: &Observed) -> Option<(bool, &'static str, String)> {
+    let policy = o.maintenance.defragmentation.as_ref()?;
+    match &policy.window {
+        DefragWindow::Always | DefragWindow::Open => None,
+        DefragWindow::Invalid(why) => Some((
+            true,
+            "InvalidWindow",
+            format!("{why}; defragmentation by threshold is off until it is fixed"),
+        )),
+        DefragWindow::Closed { opens } => {
+            let ms = o.membership.as_ref()?;
+            let voters: Vec<&MemberView> = ms.members.iter().filter(|m| !m.is_learner).collect();
+            let waiting: Vec<String> = past_threshold(o, &voters)
+                .iter()
+                .map(|m| m.name.clone())
+                .collect();
+            if waiting.is_empty() {
+                return None;
+            }
+            Some((
+                false,
+                "WaitingForWindow",
+                format!(
+                    "{} past the defragmentation threshold; {}",
+                    waiting.join(", "),
+                    opens.map_or_else(
+                        || "spec.maintenance.defragmentation.window.schedule never fires again".to_owned(),
+                        |t| format!("the next window opens at {t}")
+                    )
+                ),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

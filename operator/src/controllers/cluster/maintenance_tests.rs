@@ -1,5 +1,5 @@
 use super::super::decide::{
-    DataHome, RemoveReason, Step, next_step,
+    DataHome, PodState, RemoveReason, Step, next_step,
     tests::{V36, world},
 };
 use super::*;
@@ -73,6 +73,7 @@ impl Observed {
         self.maintenance.defragmentation = Some(DefragThreshold {
             min_fragmentation_percent: percent,
             min_database_bytes: min_mib * MIB,
+            window: DefragWindow::Always,
         });
         self
     }
@@ -250,6 +251,56 @@ fn the_single_member_whose_hash_differs_from_all_others_is_removed_whatever_the_
     );
 }
 
+/// `c-2`'s etcd refused its data at start: it does not answer, and its pod says why.
+fn refused_at_start(hashes_of_others: &[(u64, u32)]) -> Observed {
+    let mut o = three();
+    let ms = o.membership.as_mut().unwrap();
+    ms.members[2].health = None;
+    let p = o.pods.iter_mut().find(|p| p.name == "c-2").unwrap();
+    p.data_refused = true;
+    p.state = PodState::Running;
+    o.maintenance.kv_hashes = hashes_of_others
+        .iter()
+        .map(|(id, h)| {
+            (
+                *id,
+                KvHash {
+                    hash: *h,
+                    compact_revision: 7,
+                },
+            )
+        })
+        .collect();
+    o
+}
+
+#[test]
+fn a_member_whose_data_etcd_refused_at_start_is_replaced_when_the_others_agree() {
+    let o = refused_at_start(&[(100, 5), (101, 5)]);
+    assert_eq!(
+        step(&o),
+        Step::RemoveMember {
+            id: 102,
+            name: "c-2".into(),
+            reason: RemoveReason::Corrupt
+        }
+    );
+    // The others disagree: the bad copy may be a peer's. Nothing is removed; c-2 is waited for
+    // (and, once it has crashed five times, treated as any crash-looping member).
+    let o = refused_at_start(&[(100, 5), (101, 6)]);
+    assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
+    // A peer's hash is missing, or taken over another compaction: not judged.
+    let o = refused_at_start(&[(100, 5)]);
+    assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
+    let mut o = refused_at_start(&[(100, 5), (101, 5)]);
+    o.maintenance.kv_hashes[1].1.compact_revision = 3;
+    assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
+    // Its pod ran etcd again (past the check): not refused now.
+    let mut o = refused_at_start(&[(100, 5), (101, 5)]);
+    o.pods.iter_mut().find(|p| p.name == "c-2").unwrap().data_refused = false;
+    assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
+}
+
 #[test]
 fn hashes_over_different_histories_are_not_judged() {
     // c-2 has not applied the compaction the others have: its hash differs while it is healthy.
@@ -386,6 +437,95 @@ fn defragmentation_skips_a_member_defragmented_lately_or_a_backup_source() {
             why: "by spec.maintenance.defragmentation".into()
         }
     );
+}
+
+#[test]
+fn defragmentation_by_threshold_waits_for_a_running_drill_but_nospace_does_not() {
+    let mut o = three().threshold(50, 100).db(2, 400, 100);
+    o.maintenance.drills_running = vec!["b-1".into()];
+    assert_eq!(step(&o), Step::Converged);
+    o.maintenance.drills_running.clear();
+    assert!(matches!(step(&o), Step::Defragment { .. }));
+    // Under NOSPACE writes are refused: recovery does not wait for a drill (a check of a backup).
+    let mut o = full().compacted_at(1000).db(0, 16, 2).db(1, 16, 2).db(2, 16, 2);
+    o.maintenance.drills_running = vec!["b-1".into()];
+    assert!(matches!(step(&o), Step::Defragment { name, .. } if name == "c-1"));
+}
+
+fn window(o: &mut Observed, w: DefragWindow) {
+    o.maintenance.defragmentation.as_mut().unwrap().window = w;
+}
+
+#[test]
+fn defragmentation_by_threshold_starts_only_inside_its_window() {
+    let opens: jiff::Timestamp = "2026-12-07T02:00:00Z".parse().unwrap();
+    let mut o = three().threshold(50, 100).db(2, 400, 100);
+    window(&mut o, DefragWindow::Open);
+    assert!(matches!(step(&o), Step::Defragment { name, .. } if name == "c-2"));
+    assert_eq!(window_condition(&o), None);
+
+    window(&mut o, DefragWindow::Closed { opens: Some(opens) });
+    assert_eq!(step(&o), Step::Converged);
+    assert_eq!(
+        window_condition(&o),
+        Some((
+            false,
+            "WaitingForWindow",
+            "c-2 past the defragmentation threshold; the next window opens at 2026-12-07T02:00:00Z".into()
+        ))
+    );
+    // Nobody past the threshold: nothing to say about the window.
+    let mut idle = three().threshold(50, 100);
+    window(&mut idle, DefragWindow::Closed { opens: Some(opens) });
+    assert_eq!(window_condition(&idle), None);
+
+    // A window that cannot be read turns the threshold off and says what to fix.
+    window(
+        &mut o,
+        DefragWindow::Invalid("spec.maintenance.defragmentation.window.schedule \"x\" is bad".into()),
+    );
+    assert_eq!(step(&o), Step::Converged);
+    let (active, reason, message) = window_condition(&o).unwrap();
+    assert!(active);
+    assert_eq!(reason, "InvalidWindow");
+    assert!(
+        message.ends_with("defragmentation by threshold is off until it is fixed"),
+        "{message}"
+    );
+
+    // NOSPACE recovery never waits for a window.
+    let mut o = full().compacted_at(1000).db(0, 16, 2).db(1, 16, 2).db(2, 16, 2);
+    o.maintenance.defragmentation = three().threshold(50, 100).maintenance.defragmentation;
+    window(&mut o, DefragWindow::Closed { opens: Some(opens) });
+    assert!(matches!(step(&o), Step::Defragment { name, .. } if name == "c-1"));
+}
+
+#[test]
+fn a_window_is_read_from_its_schedule_and_duration() {
+    let w = |schedule: &str, duration: &str| ouroboros_crds::MaintenanceWindow {
+        schedule: schedule.into(),
+        duration: duration.into(),
+    };
+    let now: jiff::Timestamp = "2026-12-06T03:00:00Z".parse().unwrap();
+    assert_eq!(defrag_window(None, now), DefragWindow::Always);
+    assert_eq!(
+        defrag_window(Some(&w("0 2 * * *", "2h")), now),
+        DefragWindow::Open
+    );
+    assert_eq!(
+        defrag_window(Some(&w("0 2 * * *", "1h")), now),
+        DefragWindow::Closed {
+            opens: Some("2026-12-07T02:00:00Z".parse().unwrap())
+        }
+    );
+    assert!(matches!(
+        defrag_window(Some(&w("0 */25 * * *", "2h")), now),
+        DefragWindow::Invalid(why) if why.contains("window.schedule") && why.contains("hour step")
+    ));
+    assert!(matches!(
+        defrag_window(Some(&w("0 2 * * *", "30s")), now),
+        DefragWindow::Invalid(why) if why.contains("window.duration \"30s\"")
+    ));
 }
 
 #[test]

@@ -138,6 +138,8 @@ pub struct KubeRead {
     /// Members a backup of this cluster is streaming from now (its status names the member and it
     /// has not finished).
     pub backup_sources: Vec<String>,
+    /// Backups of this cluster whose restore drill runs now.
+    pub drills_running: Vec<String>,
 }
 
 /// Reads pods, PVCs and etcd's view of `cluster`.
@@ -198,18 +200,27 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
     }
     let tls = crate::certificate_copies::read_inputs(client, cluster, &pods.items).await?;
     let boot = boot_endpoint(client, cluster).await?;
-    let backup_sources = Api::<ouroboros_crds::EtcdBackup>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(failed("EtcdBackups"))?
-        .items
-        .into_iter()
-        .filter(|b| b.spec.cluster_name == name)
+    let backups: Vec<ouroboros_crds::EtcdBackup> =
+        Api::<ouroboros_crds::EtcdBackup>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(failed("EtcdBackups"))?
+            .items
+            .into_iter()
+            .filter(|b| b.spec.cluster_name == name)
+            .collect();
+    let backup_sources = backups
+        .iter()
         .filter_map(|b| {
-            let s = b.status?;
+            let s = b.status.as_ref()?;
             let running = s.phase.is_none_or(|p| !p.is_terminal());
-            running.then_some(s.member?)
+            running.then(|| s.member.clone())?
         })
+        .collect();
+    let drills_running = backups
+        .iter()
+        .filter(|b| b.status.as_ref().and_then(|s| s.drill) == Some(ouroboros_crds::DrillPhase::Running))
+        .map(|b| b.name_any())
         .collect();
     Ok(KubeRead {
         pods: pods.items,
@@ -218,6 +229,7 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
         boot,
         nodes,
         backup_sources,
+        drills_running,
     })
 }
 
@@ -237,6 +249,7 @@ pub async fn assemble(
         boot,
         nodes,
         backup_sources,
+        drills_running,
     } = read;
     let name = cluster.name_any();
     let uses_pvc = cluster.spec.storage.persistent_volume_claim.is_some();
@@ -296,6 +309,7 @@ pub async fn assemble(
             volume_lost,
             voter_label: p.labels().get(vocabulary::LABEL_VOTER).cloned(),
             image_problem: image_problem(p),
+            data_refused: data_refused(p),
         });
     }
 
@@ -325,7 +339,9 @@ pub async fn assemble(
                     }
                 }
                 let statuses = statuses(etcd, &list.members, &endpoints, &named).await;
-                kv_hashes = hashes_under_corrupt(etcd, &statuses, &list.members, &endpoints, &named).await;
+                let refused = pod_views.iter().any(|p| p.data_refused);
+                kv_hashes =
+                    hashes_to_judge(etcd, &statuses, &list.members, &endpoints, &named, refused).await;
                 members = list.members.clone();
                 (
                     Some(membership(&list.members, &statuses, &named)),
@@ -367,6 +383,7 @@ pub async fn assemble(
         now,
     );
     maintenance.certificates_blocked = choice.and_then(|c| c.blocked);
+    maintenance.drills_running = drills_running;
     let observed = Observed {
         data,
         known_members: cluster
@@ -448,12 +465,14 @@ fn maintenance_view(
             .map(|d| DefragThreshold {
                 min_fragmentation_percent: u32::try_from(d.min_fragmentation_percent).unwrap_or(50),
                 min_database_bytes: u64::try_from(d.min_database_bytes).unwrap_or(0),
+                window: super::maintenance::defrag_window(d.window.as_ref(), now),
             }),
         compacted_revision: cluster
             .annotations()
             .get(vocabulary::ANNOTATION_COMPACTED_REVISION)
             .and_then(|r| r.parse().ok()),
         backup_sources,
+        drills_running: Vec::new(),
         recently_defragmented,
         defragmented_revisions,
         certificate_problems,
@@ -526,31 +545,37 @@ fn claim_views(pvcs: &[PersistentVolumeClaim]) -> Vec<ClaimView> {
         .collect()
 }
 
-/// Under a CORRUPT alarm only (hashing the keyspace reads all of it): every member's keyspace hash at
-/// the revision they all report, so that all hash the same history.
-async fn hashes_under_corrupt(
+/// Only when a copy must be judged (hashing the keyspace reads all of it): under a CORRUPT alarm,
+/// every member's keyspace hash at the revision they all report, so that all hash the same history;
+/// while a member's etcd refuses its data at start (`refused`), the answering voters' hashes at the
+/// lowest revision any of them reports, which each of them has.
+async fn hashes_to_judge(
     etcd: &dyn EtcdOps,
     statuses: &[(u64, Status)],
     members: &[crate::etcd::Member],
     endpoints: &[(String, Endpoint)],
     named: &(dyn Fn(&crate::etcd::Member) -> Option<String> + Sync),
+    refused: bool,
 ) -> Vec<(u64, crate::etcd::KvHash)> {
     let corrupt = statuses.iter().any(|(_, s)| {
         super::maintenance::parse_alarms(&s.errors)
             .iter()
             .any(|(_, kind)| kind == super::maintenance::AlarmKind::Corrupt.etcd_name())
     });
-    // Only when the decision can use them: every member answered, none is a learner, one revision.
+    // Only when the decision can use them: no learner, and (under the alarm) every member answered
+    // at one revision.
     let all_answer = members.iter().all(|m| statuses.iter().any(|(id, _)| *id == m.id));
     let no_learner = !members.iter().any(|m| m.is_learner);
     let revisions: std::collections::BTreeSet<i64> = statuses.iter().map(|(_, s)| s.revision).collect();
-    if !(corrupt && all_answer && no_learner && revisions.len() == 1) {
-        return Vec::new();
-    }
-    let Some(&revision) = revisions.first() else {
+    let usable = (corrupt && all_answer && revisions.len() == 1) || (refused && !corrupt);
+    let Some(&revision) = revisions.first().filter(|_| usable && no_learner) else {
         return Vec::new();
     };
-    let asks = members.iter().filter_map(|m| {
+    let members: Vec<&crate::etcd::Member> = members
+        .iter()
+        .filter(|m| statuses.iter().any(|(id, _)| *id == m.id))
+        .collect();
+    let asks = members.into_iter().filter_map(|m| {
         let name = named(m)?;
         let ep = endpoints.iter().find(|(n, _)| *n == name)?.1.clone();
         Some(async move { (m.id, etcd.hash_kv(&ep, revision).await) })
@@ -695,6 +720,34 @@ pub fn image_problem(p: &Pod) -> Option<String> {
             .contains(&reason)
             .then(|| format!("container {} cannot pull {}", c.name, c.image))
     })
+}
+
+/// What etcd says, in its log, when its initial corruption check refuses the member's data (3.5 and
+/// 3.6: `<id> found data inconsistency with peers`).
+const DATA_REFUSED: &str = "found data inconsistency with peers";
+
+/// The etcd container's last exit was its initial corruption check refusing the member's data (its
+/// termination message is the log's tail: `FallbackToLogsOnError`).
+pub fn data_refused(p: &Pod) -> bool {
+    let Some(c) = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "etcd"))
+    else {
+        return false;
+    };
+    // Running again means it got past the check (or the check is off): nothing to judge.
+    if c.state.as_ref().is_some_and(|s| s.running.is_some()) {
+        return false;
+    }
+    [c.state.as_ref(), c.last_state.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.terminated.as_ref())
+        .next()
+        .and_then(|t| t.message.as_deref())
+        .is_some_and(|m| m.contains(DATA_REFUSED))
 }
 
 /// The pod's lifecycle as the decision sees it.
@@ -850,6 +903,26 @@ mod tests {
                                    "state": {"waiting": {"reason": "CrashLoopBackOff"}}}],
         }});
         assert_eq!(pod_state(&pod(looping)), PodState::CrashLooping);
+    }
+
+    #[test]
+    fn etcd_refusing_its_data_at_start_is_read_from_its_last_words() {
+        let etcd = |state: serde_json::Value, last: serde_json::Value| {
+            pod(json!({"metadata": {"name": "a"}, "status": {"phase": "Running",
+                "containerStatuses": [{"name": "etcd", "ready": false, "restartCount": 1, "image": "x",
+                                       "imageID": "x", "state": state, "lastState": last}]}}))
+        };
+        // etcd 3.6.16's log tail when its initial check fails (FallbackToLogsOnError).
+        let words = "{\"level\":\"error\",\"msg\":\"checkInitialHashKV failed\",\"error\":\"8e9e05c52164694d found data inconsistency with peers\"}";
+        let refused = json!({"terminated": {"exitCode": 1, "reason": "Error", "message": words}});
+        let backoff = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+        assert!(data_refused(&etcd(backoff.clone(), refused.clone())));
+        assert!(data_refused(&etcd(refused.clone(), json!({}))));
+        // Running again (the check passed, or was turned off): not refused.
+        assert!(!data_refused(&etcd(json!({"running": {}}), refused)));
+        // Another exit: not this.
+        let other = json!({"terminated": {"exitCode": 1, "reason": "Error", "message": "bind: address already in use"}});
+        assert!(!data_refused(&etcd(backoff, other)));
     }
 
     #[test]

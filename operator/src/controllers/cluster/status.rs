@@ -200,7 +200,14 @@ pub fn compute(
 
     let (near, reason, message) = near_quota(obs, o.maintenance.quota_bytes);
     set(ct::DATABASE_NEAR_QUOTA, near, reason, message);
-    if let Some((active, reason, message)) = maintenance_condition(&decision.step) {
+    let maintenance = match maintenance_condition(&decision.step) {
+        // Nothing runs: the window may have something to say.
+        Some((false, ..)) => {
+            super::maintenance::window_condition(o).or(maintenance_condition(&decision.step))
+        }
+        other => other,
+    };
+    if let Some((active, reason, message)) = maintenance {
         set(ct::MAINTENANCE, active, reason, message);
     }
 
