@@ -9,19 +9,32 @@
 # because every file of a new clone is newer than anything in the copy (and their fingerprints name
 # the old checkout's paths). A plain copy, not hard links: rustc rewrites some outputs in place.
 #
-# Only the newest KEEP target dirs are kept (each clone at a new path leaves one, several GiB).
+# Only target dirs under $OUROBOROS_CACHE/cargo-target are seeded or pruned, and of those only
+# Cargo's own (CACHEDIR.TAG), unused for PRUNE_DAYS days, with no build holding their lock.
 source "$(dirname "$0")/lib.sh"
-KEEP=${KEEP:-3}
+PRUNE_DAYS=${PRUNE_DAYS:-3}
 
 target=$CARGO_TARGET_DIR
-parent=$(dirname "$target")
+parent=$OUROBOROS_CACHE/cargo-target
+if [ "$(dirname "$target")" != "$parent" ]; then
+  echo "cargo target $target is not under $parent; not seeding or pruning anything"
+  exit 0
+fi
+mkdir -p "$parent"
+
+# When a target dir was last used: the newest of itself, its release dir and its deps (Cargo adds
+# files there at every build that compiles something).
+last_used() {
+  stat -c %Y "$1" "$1/release" "$1/release/deps" 2>/dev/null | sort -n | tail -1
+}
+cargo_dirs() {
+  find "$parent" -mindepth 1 -maxdepth 1 -type d ! -name '*.seeding.*' -exec test -f '{}/CACHEDIR.TAG' ';' -print
+}
+
 if [ -d "$target" ]; then
   echo "cargo target $target exists; nothing to seed"
-elif [ "$parent" != "$OUROBOROS_CACHE/cargo-target" ]; then
-  echo "cargo target $target is not under $OUROBOROS_CACHE/cargo-target; not seeding it"
 else
-  # The most recently used sibling: its artifacts are the likeliest to match Cargo.lock.
-  seed=$(find "$parent" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 | cut -d' ' -f2-)
+  seed=$(cargo_dirs | while read -r d; do echo "$(last_used "$d") $d"; done | sort -rn | head -1 | cut -d' ' -f2-)
   if [ -z "$seed" ]; then
     echo "no other checkout's target dir to seed $target from: a cold build"
   else
@@ -33,13 +46,19 @@ else
   fi
 fi
 mkdir -p "$target"
-touch "$target"   # the newest used, for the next seed and for the pruning below
+touch "$target"
 
-# Leftovers of copies cut short, then every target dir past the newest KEEP.
-find "$parent" -mindepth 1 -maxdepth 1 -type d -name '*.seeding.*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true
-find "$parent" -mindepth 1 -maxdepth 1 -type d ! -name '*.seeding.*' -printf '%T@ %p\n' | sort -rn |
-  tail -n +$((KEEP + 1)) | cut -d' ' -f2- | while read -r old; do
-    [ "$old" = "$target" ] && continue
-    echo "removing the unused target dir $old"
-    rm -rf "$old"
-  done
+# Copies cut short, then Cargo's target dirs unused for PRUNE_DAYS days that no build holds.
+find "$parent" -mindepth 1 -maxdepth 1 -type d -name '*.seeding.*' -mmin +120 -exec rm -rf '{}' + 2>/dev/null || true
+now=$(date +%s)
+cargo_dirs | while read -r d; do
+  [ "$d" = "$target" ] && continue
+  age_days=$(( (now - $(last_used "$d")) / 86400 ))
+  [ "$age_days" -lt "$PRUNE_DAYS" ] && continue
+  lock="$d/release/.cargo-lock"
+  if [ -f "$lock" ] && ! flock -n "$lock" true; then
+    continue
+  fi
+  echo "removing the target dir $d, unused for $age_days days"
+  rm -rf "$d"
+done

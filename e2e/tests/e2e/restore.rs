@@ -325,13 +325,24 @@ async fn latest_keeps_to_the_lineage_and_two_restores_never_both_run() -> anyhow
 const RESERVED_FOR: &str = "reserved-by-e2e";
 
 /// Reserves every Available local volume except one on `keep_on` (pre-bound to a claim that never
-/// exists, which the scheduler will not bind anything else to); returns the names reserved.
+/// exists, which the scheduler will not bind anything else to); returns the names reserved. When it
+/// fails part way, what it reserved is handed back before the error is returned.
 async fn reserve_all_volumes_but_one(c: &Client, ns: &str, keep_on: &str) -> anyhow::Result<Vec<String>> {
+    let mut reserved = Vec::new();
+    match reserve_into(c, ns, keep_on, &mut reserved).await {
+        Ok(()) => Ok(reserved),
+        Err(e) => {
+            release_volumes(c, &reserved).await?;
+            Err(e)
+        }
+    }
+}
+
+async fn reserve_into(c: &Client, ns: &str, keep_on: &str, reserved: &mut Vec<String>) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::PersistentVolume;
     use kube::api::{Patch, PatchParams};
     let pvs: Api<PersistentVolume> = Api::all(c.clone());
     let mut kept = false;
-    let mut reserved = Vec::new();
     for pv in pvs
         .list(&ListParams::default().labels("ouroboros.dev/e2e=true"))
         .await?
@@ -352,7 +363,7 @@ async fn reserve_all_volumes_but_one(c: &Client, ns: &str, keep_on: &str) -> any
         reserved.push(pv.name_any());
     }
     ensure!(kept, "no Available local volume on {keep_on} for the snapshot");
-    Ok(reserved)
+    Ok(())
 }
 
 /// Hands back the volumes `reserve_all_volumes_but_one` took (only those still pre-bound by it).

@@ -93,6 +93,12 @@ fn drill_pod(p: &Pod) -> DrillPod {
         restore: of(&init, RESTORE_CONTAINER).and_then(|c| ended(c.state.as_ref())),
         check: of(&main, CHECK_CONTAINER).and_then(|c| ended(c.state.as_ref())),
         etcd_last: etcd.and_then(|c| ended(c.last_state.as_ref()).or_else(|| ended(c.state.as_ref()))),
+        unschedulable: super::super::unscheduled_message(p).filter(|_| {
+            p.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+                jiff::Timestamp::now().duration_since(t.0)
+                    >= jiff::SignedDuration::try_from(drill_plan::UNSCHEDULABLE_GRACE).unwrap_or_default()
+            })
+        }),
         failed: (status.phase.as_deref() == Some("Failed")).then(|| {
             [status.reason, status.message]
                 .into_iter()
@@ -128,10 +134,10 @@ async fn observe_job(ctx: &Context, ns: &str, name: &str) -> Result<Option<Drill
     }))
 }
 
-/// Another backup of the cluster that streams, whose drill runs, or whose drill waits and is of a
-/// newer backup: a drill waits for each, so it never competes with a backup for a member's node,
-/// drills of one cluster run one at a time, and the newest backup (the one `latest` restores wait
-/// for) is drilled first.
+/// Another backup of the cluster that has not finished, whose drill runs, or whose drill waits and
+/// is of a newer backup: a drill not yet holding the slot lets each go first, so backups are never
+/// starved by drills, drills of one cluster run one at a time, and the newest backup (the one
+/// `latest` restores wait for) is drilled first.
 fn busy_with(b: &EtcdBackup, all: &[EtcdBackup]) -> Option<String> {
     let order = |o: &EtcdBackup| {
         let s = o.status.as_ref();
@@ -145,8 +151,8 @@ fn busy_with(b: &EtcdBackup, all: &[EtcdBackup]) -> Option<String> {
         .filter(|o| o.uid() != b.uid() && o.spec.cluster_name == b.spec.cluster_name);
     for o in others {
         let s = o.status.as_ref();
-        if s.and_then(|s| s.phase) == Some(BackupPhase::Running) {
-            return Some(format!("backup {} of the cluster is streaming", o.name_any()));
+        if !s.and_then(|s| s.phase).is_some_and(BackupPhase::is_terminal) {
+            return Some(format!("backup {} of the cluster has not finished", o.name_any()));
         }
         match s.and_then(|s| s.drill) {
             Some(DrillPhase::Running) => return Some(format!("the drill of backup {} runs", o.name_any())),
@@ -214,13 +220,12 @@ pub async fn reconcile(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
     });
     let now = jiff::Timestamp::now();
     let phase = status.drill.unwrap_or(DrillPhase::Pending);
-    let busy = match busy_with(b, &all.items) {
-        Some(why) => Some(why),
-        // Only a drill about to start needs the members' pods.
-        None if phase == DrillPhase::Pending && cluster.is_some() => {
-            defragmenting_member(ctx, b, now).await?
-        }
-        None => None,
+    let busy = busy_with(b, &all.items);
+    // Only a drill about to start needs the members' pods.
+    let defragmenting = if phase == DrillPhase::Pending && cluster.is_some() {
+        defragmenting_member(ctx, b, now).await?
+    } else {
+        None
     };
     let slot = cluster
         .as_ref()
@@ -233,6 +238,7 @@ pub async fn reconcile(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
             .unwrap_or(0),
         cannot_build,
         busy,
+        defragmenting,
         slot,
         job,
         overdue,

@@ -47,7 +47,13 @@ pub struct DrillPod {
     pub etcd_last: Option<Ended>,
     /// The pod failed as a whole (evicted, past its deadline): why.
     pub failed: Option<String>,
+    /// The scheduler has found no node for the pod for [`UNSCHEDULABLE_GRACE`]: its words.
+    pub unschedulable: Option<String>,
 }
+
+/// How long a drill pod may wait for a node before the attempt counts as undecided: it holds the
+/// cluster's backup slot meanwhile, and backups wait behind it.
+pub const UNSCHEDULABLE_GRACE: Duration = Duration::from_secs(60);
 
 /// The attempt's Job.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,9 +73,12 @@ pub struct DrillView {
     pub attempts: u32,
     /// Why no drill can be made now or ever (its cluster is gone, the version does not parse).
     pub cannot_build: Option<String>,
-    /// A backup of the cluster that is streaming, another backup's drill that runs, or a member
-    /// being defragmented.
+    /// A backup of the cluster that has not finished, another backup's drill that runs, or a
+    /// newer backup's drill that waits: what a drill not yet holding the slot lets go first.
     pub busy: Option<String>,
+    /// A member of the cluster that may be defragmenting now: a drill waits for it even holding
+    /// the slot (a defragmentation does not take the slot; it yields to a drill that holds it).
+    pub defragmenting: Option<String>,
     /// The cluster's backup slot, which the drill holds while it runs (`None` once the cluster is
     /// gone, when `cannot_build` says so).
     pub slot: Option<Slot>,
@@ -199,13 +208,20 @@ pub fn drill_step(v: &DrillView) -> DrillStep {
             if let Some(why) = &v.cannot_build {
                 return DrillStep::Conclude(verdict(DrillOutcome::Inconclusive, why.clone()));
             }
-            if let Some(why) = &v.busy {
+            if let Some(why) = &v.defragmenting {
                 return DrillStep::Wait(format!("{why}; the drill waits for it"), 5);
             }
-            // The slot is taken last, once nothing else stands in the way, so its holder never
-            // waits for something else.
+            // The slot is taken last, once nothing else stands in the way; holding it, the drill
+            // starts (what `busy` names cannot start meanwhile: backups wait for the slot).
             match &v.slot {
                 Some(Slot::Mine) => DrillStep::Start,
+                Some(Slot::Free { .. }) if v.busy.is_some() => DrillStep::Wait(
+                    format!(
+                        "{}; the drill waits for it",
+                        v.busy.as_deref().unwrap_or_default()
+                    ),
+                    5,
+                ),
                 Some(Slot::Free { cluster_version }) => DrillStep::TakeSlot {
                     cluster_version: cluster_version.clone(),
                 },
@@ -225,6 +241,9 @@ pub fn drill_step(v: &DrillView) -> DrillStep {
             }
             if let Some(why) = &job.failed {
                 return inconclusive(format!("the drill Job failed: {why}"));
+            }
+            if let Some(why) = job.pod.as_ref().and_then(|p| p.unschedulable.as_ref()) {
+                return inconclusive(format!("no node can run the drill pod: {why}"));
             }
             if v.overdue {
                 return inconclusive("the drill did not finish in time".into());

@@ -16,6 +16,7 @@ fn view(phase: DrillPhase) -> DrillView {
         attempts: 1,
         cannot_build: None,
         busy: None,
+        defragmenting: None,
         slot: Some(Slot::Mine),
         job: None,
         overdue: false,
@@ -69,10 +70,19 @@ fn outcome(step: &DrillStep) -> Option<DrillOutcome> {
 fn a_pending_drill_starts_unless_a_backup_streams() {
     assert_eq!(drill_step(&view(DrillPhase::Pending)), DrillStep::Start);
     let busy = DrillView {
-        busy: Some("backup b2 of the cluster is streaming".into()),
+        busy: Some("backup b2 of the cluster has not finished".into()),
+        slot: Some(Slot::Free {
+            cluster_version: "7".into(),
+        }),
         ..view(DrillPhase::Pending)
     };
     assert!(matches!(drill_step(&busy), DrillStep::Wait(why, _) if why.contains("b2")));
+    // Holding the slot, nothing else can start: the drill goes on.
+    let holding = DrillView {
+        slot: Some(Slot::Mine),
+        ..busy
+    };
+    assert_eq!(drill_step(&holding), DrillStep::Start);
 }
 
 #[test]
@@ -94,16 +104,38 @@ fn a_drill_takes_the_slot_last_and_starts_only_holding_it() {
         drill_step(&with(Slot::HeldBy("EtcdBackup b9".into()))),
         DrillStep::Wait(why, _) if why.starts_with("EtcdBackup b9 holds the cluster's backup slot")
     ));
-    // Busy first: a drill never holds the slot while it waits for something else.
-    let busy = DrillView {
-        busy: Some("member m-1 is being defragmented".into()),
-        ..with(Slot::Free {
+    // A member that may be defragmenting is waited for, even holding the slot (a defragmentation
+    // that started before the drill took it does not see the hold).
+    for slot in [
+        Slot::Mine,
+        Slot::Free {
             cluster_version: "7".into(),
-        })
+        },
+    ] {
+        let defragmenting = DrillView {
+            defragmenting: Some("member m-1 is being defragmented".into()),
+            ..with(slot)
+        };
+        assert!(
+            matches!(drill_step(&defragmenting), DrillStep::Wait(why, _) if why.contains("m-1 is being defragmented"))
+        );
+    }
+}
+
+#[test]
+fn a_drill_pod_no_node_can_run_is_retried_then_inconclusive() {
+    let stuck = DrillPod {
+        unschedulable: Some("0/3 nodes are available: 3 Insufficient ephemeral-storage".into()),
+        ..Default::default()
     };
     assert!(
-        matches!(drill_step(&busy), DrillStep::Wait(why, _) if why.contains("m-1 is being defragmented"))
+        matches!(drill_step(&running(stuck.clone())), DrillStep::Retry(why) if why.contains("ephemeral-storage"))
     );
+    let last = DrillView {
+        attempts: MAX_ATTEMPTS,
+        ..running(stuck)
+    };
+    assert_eq!(outcome(&drill_step(&last)), Some(DrillOutcome::Inconclusive));
 }
 
 #[test]

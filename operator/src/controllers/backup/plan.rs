@@ -200,6 +200,26 @@ pub fn drill_holder(backup: &str, at: jiff::Timestamp) -> String {
     format!("{DRILL_HOLDER}{backup}@{at}")
 }
 
+/// The backup whose restore drill holds the cluster's slot now, if one does: a defragmentation by
+/// threshold yields to it.
+pub fn drill_holding(
+    cluster: &EtcdCluster,
+    backups: &[ouroboros_crds::EtcdBackup],
+    now: jiff::Timestamp,
+) -> Option<String> {
+    let holder = cluster
+        .annotations()
+        .get(crate::vocabulary::ANNOTATION_BACKUP_SLOT)?;
+    let rest = holder.strip_prefix(DRILL_HOLDER)?;
+    let name = rest.rsplit_once('@').map_or(rest, |(name, _)| name);
+    // Asked as a backup that holds nothing: held means the drill's hold counts.
+    matches!(
+        slot_of(cluster, SlotUser::Backup(""), backups, now),
+        Slot::HeldBy(_)
+    )
+    .then(|| name.to_owned())
+}
+
 /// The slot from the cluster's annotation and the namespace's EtcdBackups: a backup holds it while
 /// its EtcdBackup exists and has not finished; a drill while its drill runs (or, for
 /// [`DRILL_HOLD_GRACE`] after taking it, is about to).

@@ -70,6 +70,15 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    /// Reading whether a restore drill holds the backup slot failed (before a defragmentation).
+    #[error("reading {what} before defragmenting: {source}")]
+    ReadBeforeDefragment {
+        /// The cluster or its EtcdBackups.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
     /// No node can take a self-hosted member.
     #[error("placing self-hosted member {member}: {reason}")]
     NoPlacement {
@@ -385,6 +394,26 @@ async fn record_defragmentation(
             name,
         ))?;
     Ok(())
+}
+
+/// The backup whose restore drill holds the cluster's backup slot, read afresh (not from the
+/// observation this pass decided on).
+async fn drill_holding_now(ctx: &Context, cluster: &EtcdCluster) -> Result<Option<String>, ApplyError> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let failed = |what| move |source| ApplyError::ReadBeforeDefragment { what, source };
+    let fresh = Api::<EtcdCluster>::namespaced(ctx.client.clone(), &ns)
+        .get(&cluster.name_any())
+        .await
+        .map_err(failed("the EtcdCluster"))?;
+    let backups = Api::<ouroboros_crds::EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(failed("the EtcdBackups"))?;
+    Ok(crate::controllers::backup::plan::drill_holding(
+        &fresh,
+        &backups.items,
+        jiff::Timestamp::now(),
+    ))
 }
 
 /// Where an existing self-hosted member pod was placed, from its node and annotations.
@@ -865,6 +894,16 @@ pub async fn apply_step(
             // Recorded first: a defragmentation cut short (the member restarted under it) is not
             // tried again at once, and a member that cannot finish one is not held in a loop.
             record_defragmentation(ctx, cluster, name, DefragRecord::Started).await?;
+            // A drill checks for a recorded start before it takes the backup slot; this checks for
+            // a drill's hold after recording the start: each sees the other, so a drill and a
+            // defragmentation by threshold never run together. NOSPACE recovery does not yield.
+            if why == super::maintenance::BY_THRESHOLD
+                && let Some(drill) = drill_holding_now(ctx, cluster).await?
+            {
+                record_defragmentation(ctx, cluster, name, DefragRecord::Ended(None)).await?;
+                tracing::info!(member = %name, %drill, "defragmentation yields to a restore drill holding the backup slot");
+                return Ok(());
+            }
             let started = std::time::Instant::now();
             ctx.etcd.defragment(ep).await?;
             let took = started.elapsed();

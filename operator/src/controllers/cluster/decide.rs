@@ -131,7 +131,16 @@ pub struct PodView {
     pub quota_bytes: u64,
     /// Its etcd's last exit was etcd's initial corruption check refusing the member's data: it
     /// hashed its keyspace and found it differs from a peer's at the same revision and compaction.
-    pub data_refused: bool,
+    pub data_refused: Option<DataRefusal>,
+}
+
+/// What etcd said when its initial corruption check refused a member's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRefusal {
+    /// The member's compaction revision when it hashed (`local-member-compact-revision` in its
+    /// log), when its last words kept it: peers' hashes are comparable with the refusal only over
+    /// the same compaction.
+    pub compact_revision: Option<i64>,
 }
 
 /// What one member answered to a status request.
@@ -634,7 +643,10 @@ fn dead_reason(o: &Observed, m: &MemberView) -> Option<RemoveReason> {
         Some(p) if p.volume_lost => Some(RemoveReason::VolumeLost),
         // etcd refused the member's data at start and every other voter agrees on one hash: the
         // copy that differs is this one, proven now rather than after five restarts' back-off.
-        Some(p) if p.data_refused && m.health.is_none() && maintenance::refused_data_is_its_own(o, m) => {
+        Some(PodView {
+            data_refused: Some(refusal),
+            ..
+        }) if m.health.is_none() && maintenance::refused_data_is_its_own(o, m, *refusal) => {
             Some(RemoveReason::Corrupt)
         }
         Some(p) => match p.state {

@@ -88,7 +88,7 @@ impl Observed {
             settings_current: true,
             certificates_current: true,
             quota_bytes: 2 << 30,
-            data_refused: false,
+            data_refused: None,
         });
         let ms = self.membership.get_or_insert(Membership {
             leader: None,
@@ -262,7 +262,7 @@ fn a_starting_seed_is_awaited() {
         settings_current: true,
         certificates_current: true,
         quota_bytes: 2 << 30,
-        data_refused: false,
+        data_refused: None,
     });
     assert!(matches!(step(&o), Step::WaitForMembers { .. }));
 }
@@ -860,7 +860,7 @@ fn pods_first_a_refused_join_is_retried_with_the_same_pod_then_given_up() {
         settings_current: true,
         certificates_current: true,
         quota_bytes: 2 << 30,
-        data_refused: false,
+        data_refused: None,
     });
     assert_eq!(
         next_step(&o).step,
@@ -998,7 +998,7 @@ fn every_pod_gone_with_claims_restarts_each_member_in_order() {
         settings_current: true,
         certificates_current: true,
         quota_bytes: 2 << 30,
-        data_refused: false,
+        data_refused: None,
     });
     o.pods.push(PodView {
         name: "c-1".into(),

@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use super::decide::{MemberView, Membership, Observed, PodView, Step};
+use super::decide::{DataRefusal, MemberView, Membership, Observed, PodView, Step};
 
 /// Below this fraction of the quota after defragmentation, NOSPACE is disarmed; above it the data
 /// itself nearly fills the quota and writes would raise the alarm again at once.
@@ -118,6 +118,10 @@ pub enum DefragWindow {
     /// The window cannot be read, and why: defragmentation by threshold is off until it is fixed.
     Invalid(String),
 }
+
+/// Why a defragmentation by threshold runs (its Event says so); one that yields to a restore drill
+/// holding the cluster's backup slot is told apart by it.
+pub const BY_THRESHOLD: &str = "by spec.maintenance.defragmentation";
 
 /// The shortest window: a shorter one would open and close between two looks of the operator.
 pub const MIN_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
@@ -239,10 +243,12 @@ fn mib(bytes: u64) -> u64 {
 }
 
 /// Whether member `m`, whose etcd refused its data at start, is the copy that differs: every other
-/// voter (two at least) answered with the same keyspace hash at one revision and compaction. etcd's
-/// check fails on a difference from any one peer, so without this a member could be judged by a
-/// peer whose data is the bad one; with it, the peers agree with each other and not with `m`.
-pub fn refused_data_is_its_own(o: &Observed, m: &MemberView) -> bool {
+/// voter (two at least) answered with the same keyspace hash, over the compaction `m` hashed with
+/// when it refused. etcd's check fails on a difference from any one peer, so without this a member
+/// could be judged by a peer whose data is the bad one; with it, the peers agree with each other
+/// and not with `m`. Over another compaction (one ran since, or the refusal's words did not keep
+/// its compaction) nothing is judged: a compaction can remove the very history that differed.
+pub fn refused_data_is_its_own(o: &Observed, m: &MemberView, refusal: DataRefusal) -> bool {
     let Some(ms) = o.membership.as_ref() else {
         return false;
     };
@@ -261,7 +267,13 @@ pub fn refused_data_is_its_own(o: &Observed, m: &MemberView) -> bool {
                 .map(|(_, h)| *h)
         })
         .collect();
-    others.len() >= 2 && hashes.len() == others.len() && hashes.windows(2).all(|w| w[0] == w[1])
+    let Some(compaction) = refusal.compact_revision else {
+        return false;
+    };
+    others.len() >= 2
+        && hashes.len() == others.len()
+        && hashes.windows(2).all(|w| w[0] == w[1])
+        && hashes.iter().all(|h| h.compact_revision == compaction)
 }
 
 /// Defragment one of `candidates` (voters that need it): a follower first; the leader only after
@@ -608,7 +620,7 @@ pub fn threshold_step(o: &Observed, ms: &Membership, voters: &[&MemberView]) -> 
     if !o.maintenance.drills_running.is_empty() {
         return None;
     }
-    defragment_one(ms, voters, &free, "by spec.maintenance.defragmentation")
+    defragment_one(ms, voters, &free, BY_THRESHOLD)
 }
 
 /// What the `Maintenance` condition says when no step runs but the window matters: a window that

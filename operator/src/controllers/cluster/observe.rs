@@ -9,8 +9,9 @@ use kube::{Api, ResourceExt, api::ListParams};
 use ouroboros_crds::{EtcdCluster, EtcdVersion};
 
 use super::decide::{
-    BootView, CRASH_LOOP_RESTARTS, ClaimView, DEFAULT_REPLACE_AFTER_NODE_LOST, DataHome, DefragThreshold,
-    Desired, MaintenanceView, MemberHealth, MemberView, Membership, NodeLoss, Observed, PodState, PodView,
+    BootView, CRASH_LOOP_RESTARTS, ClaimView, DEFAULT_REPLACE_AFTER_NODE_LOST, DataHome, DataRefusal,
+    DefragThreshold, Desired, MaintenanceView, MemberHealth, MemberView, Membership, NodeLoss, Observed,
+    PodState, PodView,
 };
 use crate::{
     certificates::CertificateReport,
@@ -217,11 +218,19 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
             running.then(|| s.member.clone())?
         })
         .collect();
-    let drills_running = backups
+    // Drills that run, and one that holds the backup slot to start (it checked for a
+    // defragmentation before taking it; from now on the threshold yields to it).
+    let mut drills_running: Vec<String> = backups
         .iter()
         .filter(|b| b.status.as_ref().and_then(|s| s.drill) == Some(ouroboros_crds::DrillPhase::Running))
         .map(|b| b.name_any())
         .collect();
+    if let Some(holding) =
+        crate::controllers::backup::plan::drill_holding(cluster, &backups, jiff::Timestamp::now())
+        && !drills_running.contains(&holding)
+    {
+        drills_running.push(holding);
+    }
     Ok(KubeRead {
         pods: pods.items,
         pvcs,
@@ -339,7 +348,7 @@ pub async fn assemble(
                     }
                 }
                 let statuses = statuses(etcd, &list.members, &endpoints, &named).await;
-                let refused = pod_views.iter().any(|p| p.data_refused);
+                let refused = pod_views.iter().any(|p| p.data_refused.is_some());
                 kv_hashes =
                     hashes_to_judge(etcd, &statuses, &list.members, &endpoints, &named, refused).await;
                 members = list.members.clone();
@@ -567,7 +576,11 @@ async fn hashes_to_judge(
     let all_answer = members.iter().all(|m| statuses.iter().any(|(id, _)| *id == m.id));
     let no_learner = !members.iter().any(|m| m.is_learner);
     let revisions: std::collections::BTreeSet<i64> = statuses.iter().map(|(_, s)| s.revision).collect();
-    let usable = (corrupt && all_answer && revisions.len() == 1) || (refused && !corrupt);
+    // A refusal is judged only with three voters or more, all but one answering: fewer can give no
+    // verdict, and hashing reads the whole keyspace of a cluster already short of a member.
+    let all_but_one_answer = members.len() >= 3 && statuses.len() + 1 >= members.len();
+    let usable =
+        (corrupt && all_answer && revisions.len() == 1) || (refused && !corrupt && all_but_one_answer);
     let Some(&revision) = revisions.first().filter(|_| usable && no_learner) else {
         return Vec::new();
     };
@@ -726,28 +739,41 @@ pub fn image_problem(p: &Pod) -> Option<String> {
 /// 3.6: `<id> found data inconsistency with peers`).
 const DATA_REFUSED: &str = "found data inconsistency with peers";
 
+/// The field of etcd's "found different hash values from remote peer" warning that gives the
+/// compaction it hashed with.
+const REFUSED_COMPACTION: &str = "\"local-member-compact-revision\":";
+
 /// The etcd container's last exit was its initial corruption check refusing the member's data (its
-/// termination message is the log's tail: `FallbackToLogsOnError`).
-pub fn data_refused(p: &Pod) -> bool {
-    let Some(c) = p
+/// termination message is the log's tail: `FallbackToLogsOnError`), and with which compaction.
+pub fn data_refused(p: &Pod) -> Option<DataRefusal> {
+    let c = p
         .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "etcd"))
-    else {
-        return false;
-    };
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "etcd")?;
     // Running again means it got past the check (or the check is off): nothing to judge.
     if c.state.as_ref().is_some_and(|s| s.running.is_some()) {
-        return false;
+        return None;
     }
-    [c.state.as_ref(), c.last_state.as_ref()]
+    let words = [c.state.as_ref(), c.last_state.as_ref()]
         .into_iter()
         .flatten()
-        .filter_map(|s| s.terminated.as_ref())
-        .next()
-        .and_then(|t| t.message.as_deref())
-        .is_some_and(|m| m.contains(DATA_REFUSED))
+        .find_map(|s| s.terminated.as_ref())?
+        .message
+        .as_deref()?;
+    if !words.contains(DATA_REFUSED) {
+        return None;
+    }
+    let compact_revision = words.rfind(REFUSED_COMPACTION).and_then(|i| {
+        let digits: String = words[i + REFUSED_COMPACTION.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    });
+    Some(DataRefusal { compact_revision })
 }
 
 /// The pod's lifecycle as the decision sees it.
@@ -913,16 +939,28 @@ mod tests {
                                        "imageID": "x", "state": state, "lastState": last}]}}))
         };
         // etcd 3.6.16's log tail when its initial check fails (FallbackToLogsOnError).
-        let words = "{\"level\":\"error\",\"msg\":\"checkInitialHashKV failed\",\"error\":\"8e9e05c52164694d found data inconsistency with peers\"}";
+        let words = "{\"level\":\"warn\",\"msg\":\"found different hash values from remote peer\",\"local-member-revision\":40,\"local-member-compact-revision\":12,\"local-member-hash\":1}\n\
+                     {\"level\":\"error\",\"msg\":\"checkInitialHashKV failed\",\"error\":\"8e9e05c52164694d found data inconsistency with peers\"}";
         let refused = json!({"terminated": {"exitCode": 1, "reason": "Error", "message": words}});
         let backoff = json!({"waiting": {"reason": "CrashLoopBackOff"}});
-        assert!(data_refused(&etcd(backoff.clone(), refused.clone())));
-        assert!(data_refused(&etcd(refused.clone(), json!({}))));
+        let at_12 = Some(DataRefusal {
+            compact_revision: Some(12),
+        });
+        assert_eq!(data_refused(&etcd(backoff.clone(), refused.clone())), at_12);
+        assert_eq!(data_refused(&etcd(refused.clone(), json!({}))), at_12);
+        // The warning cut off the tail: refused, compaction unknown.
+        let cut = json!({"terminated": {"exitCode": 1, "message": "x found data inconsistency with peers"}});
+        assert_eq!(
+            data_refused(&etcd(backoff.clone(), cut)),
+            Some(DataRefusal {
+                compact_revision: None
+            })
+        );
         // Running again (the check passed, or was turned off): not refused.
-        assert!(!data_refused(&etcd(json!({"running": {}}), refused)));
+        assert_eq!(data_refused(&etcd(json!({"running": {}}), refused)), None);
         // Another exit: not this.
         let other = json!({"terminated": {"exitCode": 1, "reason": "Error", "message": "bind: address already in use"}});
-        assert!(!data_refused(&etcd(backoff, other)));
+        assert_eq!(data_refused(&etcd(backoff, other)), None);
     }
 
     #[test]
