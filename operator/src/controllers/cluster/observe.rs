@@ -766,12 +766,14 @@ pub fn data_refused(p: &Pod) -> Option<DataRefusal> {
     if !words.contains(DATA_REFUSED) {
         return None;
     }
+    // Never compacted is -1.
     let compact_revision = words.rfind(REFUSED_COMPACTION).and_then(|i| {
-        let digits: String = words[i + REFUSED_COMPACTION.len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
+        let rest = &words[i + REFUSED_COMPACTION.len()..];
+        let end = rest
+            .char_indices()
+            .find(|&(at, ch)| !(ch.is_ascii_digit() || (at == 0 && ch == '-')))
+            .map_or(rest.len(), |(at, _)| at);
+        rest[..end].parse().ok()
     });
     Some(DataRefusal { compact_revision })
 }
@@ -948,6 +950,15 @@ mod tests {
         });
         assert_eq!(data_refused(&etcd(backoff.clone(), refused.clone())), at_12);
         assert_eq!(data_refused(&etcd(refused.clone(), json!({}))), at_12);
+        // Never compacted: etcd says -1.
+        let never = json!({"terminated": {"exitCode": 1, "message":
+            "{\"local-member-compact-revision\":-1,\"local-member-hash\":4}\nx found data inconsistency with peers"}});
+        assert_eq!(
+            data_refused(&etcd(backoff.clone(), never)),
+            Some(DataRefusal {
+                compact_revision: Some(-1)
+            })
+        );
         // The warning cut off the tail: refused, compaction unknown.
         let cut = json!({"terminated": {"exitCode": 1, "message": "x found data inconsistency with peers"}});
         assert_eq!(
