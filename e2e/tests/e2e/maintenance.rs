@@ -389,21 +389,12 @@ async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim
         .run(|c, ns| async move {
             let spec =
                 "  storage: {persistentVolumeClaim: {size: 1Gi}}\n  etcd: {corruptionCheck: {period: 10s}}\n";
-            etcd_cluster::create(&c, &ns, &manifest(spec)).await?;
-            let status = etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
-            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
             let marker = b"ouroboros-corruption-marker-7f3a9c1e";
-            let mut e = etcd_at(&endpoint).await?;
-            e.put("/marker", &marker[..], None).await?;
-            let writer = Writer::start(&endpoint, "/corrupt").await?;
-            // bbolt commits its batch every 100 ms; give every member time to write the value out.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let victim = status
-                .members
-                .iter()
-                .find(|m| !m.is_leader)
-                .map(|m| m.name.clone())
-                .context("no follower")?;
+            let Marked {
+                mut e,
+                writer,
+                victim,
+            } = marked(&c, &ns, spec, marker, "/corrupt").await?;
             let db = member_db_file(&c, &ns, &victim).await?;
             let flipped = flip_marker(&db, marker)?;
             ensure!(flipped > 0, "the marker is not in {}", db.display());
@@ -428,6 +419,32 @@ async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim
             Ok(())
         })
         .await
+}
+
+/// A three-member cluster `m` holding `marker` under `/marker`, a writer under `prefix`, and the
+/// follower whose data the test changes.
+struct Marked {
+    e: etcd_client::Client,
+    writer: Writer,
+    victim: String,
+}
+
+async fn marked(c: &Client, ns: &str, spec: &str, marker: &[u8], prefix: &str) -> anyhow::Result<Marked> {
+    etcd_cluster::create(c, ns, &manifest(spec)).await?;
+    let status = etcd_cluster::wait(c, ns, "m", "3 members", T, converged(3, V)).await?;
+    let endpoint = etcd_cluster::client_endpoint(c, ns, "m").await?;
+    let mut e = etcd_at(&endpoint).await?;
+    e.put("/marker", marker, None).await?;
+    let writer = Writer::start(&endpoint, prefix).await?;
+    // bbolt commits its batch every 100 ms; give every member time to write the value out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let victim = status
+        .members
+        .iter()
+        .find(|m| !m.is_leader)
+        .map(|m| m.name.clone())
+        .context("no follower")?;
+    Ok(Marked { e, writer, victim })
 }
 
 /// Waits until `victim` is removed for its data and replaced, then checks its claim was kept,
@@ -482,21 +499,12 @@ async fn a_member_whose_data_etcd_refuses_at_start_is_replaced_and_its_claim_kep
         .await?
         .run(|c, ns| async move {
             let spec = "  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
-            etcd_cluster::create(&c, &ns, &manifest(spec)).await?;
-            let status = etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
-            let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
             let marker = b"ouroboros-corruption-marker-51b0d7e2";
-            let mut e = etcd_at(&endpoint).await?;
-            e.put("/marker", &marker[..], None).await?;
-            let writer = Writer::start(&endpoint, "/refused").await?;
-            // bbolt commits its batch every 100 ms; give every member time to write the value out.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let victim = status
-                .members
-                .iter()
-                .find(|m| !m.is_leader)
-                .map(|m| m.name.clone())
-                .context("no follower")?;
+            let Marked {
+                mut e,
+                writer,
+                victim,
+            } = marked(&c, &ns, spec, marker, "/refused").await?;
             let clusters = Api::<EtcdCluster>::namespaced(c.clone(), &ns);
             let paused = |on: bool| serde_json::json!({"spec": {"paused": on}});
             clusters

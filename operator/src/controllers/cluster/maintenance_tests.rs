@@ -251,9 +251,10 @@ fn the_single_member_whose_hash_differs_from_all_others_is_removed_whatever_the_
     );
 }
 
-/// `c-2`'s etcd refused its data at start: it does not answer, and its pod says why.
-fn refused_at_start(hashes_of_others: &[(u64, u32)]) -> Observed {
-    let mut o = three();
+/// `c-2`'s etcd refused its data at start (over compaction 7): it does not answer, its pod says
+/// why, and `c-0`, `c-1`... hashed to `hashes_of_others`.
+fn refused_at_start(hashes_of_others: &[u32]) -> Observed {
+    let mut o = three().hashes(hashes_of_others);
     let ms = o.membership.as_mut().unwrap();
     ms.members[2].health = None;
     let p = o.pods.iter_mut().find(|p| p.name == "c-2").unwrap();
@@ -261,24 +262,12 @@ fn refused_at_start(hashes_of_others: &[(u64, u32)]) -> Observed {
         compact_revision: Some(7),
     });
     p.state = PodState::Running;
-    o.maintenance.kv_hashes = hashes_of_others
-        .iter()
-        .map(|(id, h)| {
-            (
-                *id,
-                KvHash {
-                    hash: *h,
-                    compact_revision: 7,
-                },
-            )
-        })
-        .collect();
     o
 }
 
 #[test]
 fn a_member_whose_data_etcd_refused_at_start_is_replaced_when_the_others_agree() {
-    let o = refused_at_start(&[(100, 5), (101, 5)]);
+    let o = refused_at_start(&[5, 5]);
     assert_eq!(
         step(&o),
         Step::RemoveMember {
@@ -289,21 +278,21 @@ fn a_member_whose_data_etcd_refused_at_start_is_replaced_when_the_others_agree()
     );
     // The others disagree: the bad copy may be a peer's. Nothing is removed; c-2 is waited for
     // (and, once it has crashed five times, treated as any crash-looping member).
-    let o = refused_at_start(&[(100, 5), (101, 6)]);
+    let o = refused_at_start(&[5, 6]);
     assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
     // A peer's hash is missing, or taken over another compaction: not judged.
-    let o = refused_at_start(&[(100, 5)]);
+    let o = refused_at_start(&[5]);
     assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
-    let mut o = refused_at_start(&[(100, 5), (101, 5)]);
+    let mut o = refused_at_start(&[5, 5]);
     o.maintenance.kv_hashes[1].1.compact_revision = 3;
     assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
     // Its pod ran etcd again (past the check): not refused now.
-    let mut o = refused_at_start(&[(100, 5), (101, 5)]);
+    let mut o = refused_at_start(&[5, 5]);
     o.pods.iter_mut().find(|p| p.name == "c-2").unwrap().data_refused = None;
     assert!(!matches!(step(&o), Step::RemoveMember { .. }), "{:?}", step(&o));
     // The others agree, but over a compaction that ran after the refusal (it may have removed
     // the history that differed), or the refusal's words did not keep its compaction.
-    let mut o = refused_at_start(&[(100, 5), (101, 5)]);
+    let mut o = refused_at_start(&[5, 5]);
     o.pods.iter_mut().find(|p| p.name == "c-2").unwrap().data_refused = Some(DataRefusal {
         compact_revision: Some(3),
     });
