@@ -267,14 +267,21 @@ impl Metrics {
         self.database.fragmentation.get_or_create(&labels).set(ratio);
     }
 
-    /// Records a defragmentation of `member` of `cluster` (`namespace/name`) that took `took`.
-    pub fn record_defragmentation(&self, cluster: &str, member: &str, took: std::time::Duration) {
+    /// Records when `member` of `cluster` (`namespace/name`) was last defragmented, from the
+    /// operator's record on its pod: read at every pass, so a restarted operator reports it too.
+    pub fn record_last_defragmentation(&self, cluster: &str, member: &str, at: jiff::Timestamp) {
         let labels = MemberNameLabels {
             cluster: cluster.to_owned(),
             member: member.to_owned(),
         };
-        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
-        self.database.last_defragmentation.get_or_create(&labels).set(now);
+        self.database
+            .last_defragmentation
+            .get_or_create(&labels)
+            .set(at.as_millisecond() as f64 / 1000.0);
+    }
+
+    /// Records how long a defragmentation of a member of `cluster` (`namespace/name`) took.
+    pub fn record_defragmentation(&self, cluster: &str, took: std::time::Duration) {
         self.database
             .defragmentation_duration
             .get_or_create(&BackupLabels {

@@ -265,6 +265,8 @@ async fn fragmented_members_are_defragmented_one_at_a_time_the_leader_last() -> 
                 "{m} was not defragmented: {done:?}"
             );
         }
+        let starting = events_with_reason(&c, &ns, "Defragmenting").await?;
+        ensure!(starting.len() >= 3, "not every defragmentation said it was starting: {starting:?}");
         let moved = events_with_reason(&c, &ns, "LeaderMoved").await?;
         ensure!(
             moved.iter().any(|m| m.starts_with(&format!("moved leadership from {leader} "))),

@@ -366,6 +366,9 @@ enum DefragRecord {
     /// It ended well, at this revision of the member's when known (NOSPACE recovery defragments a
     /// member once per compaction, and retries one that failed).
     Ended(Option<i64>),
+    /// The start just recorded did not happen (it yielded to a restore drill): taken back, so
+    /// nothing waits for it and the member stays due.
+    Withdrawn,
 }
 
 async fn record_defragmentation(
@@ -380,6 +383,7 @@ async fn record_defragmentation(
         DefragRecord::Ended(None) => {
             serde_json::json!({vocabulary::ANNOTATION_DEFRAGMENTATION_ENDED_AT: now})
         }
+        DefragRecord::Withdrawn => serde_json::json!({vocabulary::ANNOTATION_DEFRAGMENTED_AT: null}),
         DefragRecord::Ended(Some(r)) => serde_json::json!({
             vocabulary::ANNOTATION_DEFRAGMENTATION_ENDED_AT: now,
             vocabulary::ANNOTATION_DEFRAGMENTED_REVISION: r.to_string()}),
@@ -900,10 +904,19 @@ pub async fn apply_step(
             if why == super::maintenance::BY_THRESHOLD
                 && let Some(drill) = drill_holding_now(ctx, cluster).await?
             {
-                record_defragmentation(ctx, cluster, name, DefragRecord::Ended(None)).await?;
+                record_defragmentation(ctx, cluster, name, DefragRecord::Withdrawn).await?;
                 tracing::info!(member = %name, %drill, "defragmentation yields to a restore drill holding the backup slot");
                 return Ok(());
             }
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "Defragmenting",
+                Some(name),
+                format!("defragmenting {name} {why}; it serves no request until it is done"),
+            )
+            .await;
             let started = std::time::Instant::now();
             ctx.etcd.defragment(ep).await?;
             let took = started.elapsed();
@@ -922,7 +935,7 @@ pub async fn apply_step(
                 cluster.namespace().unwrap_or_default(),
                 cluster.name_any()
             );
-            ctx.metrics.record_defragmentation(&key, name, took);
+            ctx.metrics.record_defragmentation(&key, took);
             let mib = |b: Option<i64>| b.map_or_else(|| "?".to_owned(), |b| (b >> 20).to_string());
             event(
                 ctx,

@@ -126,6 +126,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     report_degraded(&ctx, &cluster, &status).await;
     record_member_metrics(&ctx, &cluster, &status);
     record_certificate_metrics(&ctx, &cluster, &obs);
+    record_defragmentation_metrics(&ctx, &cluster, &obs);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
     let requeue = [wake, recovery_wake]
@@ -313,6 +314,24 @@ fn record_certificate_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observ
                 purpose: leaf.purpose.label(),
             })
             .set(leaf.not_after);
+    }
+}
+
+/// The last defragmentation of each member, as recorded on its pod.
+fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
+    let key = format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    );
+    for pod in &obs.pods {
+        let ended = pod
+            .annotations()
+            .get(crate::vocabulary::ANNOTATION_DEFRAGMENTATION_ENDED_AT)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        if let Some(at) = ended {
+            ctx.metrics.record_last_defragmentation(&key, &pod.name_any(), at);
+        }
     }
 }
 
