@@ -300,11 +300,7 @@ pub(super) fn already_reported(cluster: &EtcdCluster, type_: &str, reason: &str,
 }
 
 fn record_certificate_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
-    let key = format!(
-        "{}/{}",
-        cluster.namespace().unwrap_or_default(),
-        cluster.name_any()
-    );
+    let key = metrics_key(cluster);
     for leaf in obs.certificates.iter().flat_map(|r| &r.leaves) {
         ctx.metrics
             .certificate_expiry
@@ -317,13 +313,18 @@ fn record_certificate_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observ
     }
 }
 
-/// The last defragmentation of each member, as recorded on its pod.
-fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
-    let key = format!(
+/// How the cluster's metrics name it: `namespace/name`.
+fn metrics_key(cluster: &EtcdCluster) -> String {
+    format!(
         "{}/{}",
         cluster.namespace().unwrap_or_default(),
         cluster.name_any()
-    );
+    )
+}
+
+/// The last defragmentation of each member, as recorded on its pod.
+fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
+    let key = metrics_key(cluster);
     for pod in &obs.pods {
         let ended = pod
             .annotations()
@@ -336,11 +337,7 @@ fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &ob
 }
 
 fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
-    let key = format!(
-        "{}/{}",
-        cluster.namespace().unwrap_or_default(),
-        cluster.name_any()
-    );
+    let key = metrics_key(cluster);
     let count = |f: &dyn Fn(&ouroboros_crds::MemberStatus) -> bool| {
         status.members.iter().filter(|m| f(m)).count() as i64
     };
