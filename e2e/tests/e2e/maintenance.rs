@@ -392,11 +392,8 @@ async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim
             let spec =
                 "  storage: {persistentVolumeClaim: {size: 1Gi}}\n  etcd: {corruptionCheck: {period: 10s}}\n";
             let marker = b"ouroboros-corruption-marker-7f3a9c1e";
-            let Marked {
-                mut e,
-                writer,
-                victim,
-            } = marked(&c, &ns, spec, marker, "/corrupt").await?;
+            let setup = marked(&c, &ns, spec, marker, "/corrupt").await?;
+            let victim = setup.victim.clone();
             let db = member_db_file(&c, &ns, &victim).await?;
             let flipped = flip_marker(&db, marker)?;
             ensure!(flipped > 0, "the marker is not in {}", db.display());
@@ -411,14 +408,7 @@ async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim
                 !events_with_reason(&c, &ns, "AlarmDisarmed").await?.is_empty(),
                 "no AlarmDisarmed Event"
             );
-            let got = e.get("/marker", None).await?;
-            ensure!(
-                got.kvs().first().map(|kv| kv.value()) == Some(&marker[..]),
-                "the majority's value of the marker changed"
-            );
-            let (acked, failed) = writer.stop_and_verify().await?;
-            println!("{acked} writes acknowledged, {failed} refused or failed meanwhile, 0 lost");
-            Ok(())
+            setup.majority_intact_and_nothing_lost().await
         })
         .await
 }
@@ -427,8 +417,23 @@ async fn a_member_whose_data_differs_from_the_majority_is_replaced_and_its_claim
 /// follower whose data the test changes.
 struct Marked {
     e: etcd_client::Client,
+    marker: Vec<u8>,
     writer: Writer,
     victim: String,
+}
+
+impl Marked {
+    /// The majority still holds the marker as written, and every acknowledged write reads back.
+    async fn majority_intact_and_nothing_lost(mut self) -> anyhow::Result<()> {
+        let got = self.e.get("/marker", None).await?;
+        ensure!(
+            got.kvs().first().map(|kv| kv.value()) == Some(&self.marker[..]),
+            "the majority's value of the marker changed"
+        );
+        let (acked, failed) = self.writer.stop_and_verify().await?;
+        println!("{acked} writes acknowledged, {failed} refused or failed meanwhile, 0 lost");
+        Ok(())
+    }
 }
 
 async fn marked(c: &Client, ns: &str, spec: &str, marker: &[u8], prefix: &str) -> anyhow::Result<Marked> {
@@ -446,7 +451,12 @@ async fn marked(c: &Client, ns: &str, spec: &str, marker: &[u8], prefix: &str) -
         .find(|m| !m.is_leader)
         .map(|m| m.name.clone())
         .context("no follower")?;
-    Ok(Marked { e, writer, victim })
+    Ok(Marked {
+        e,
+        marker: marker.to_vec(),
+        writer,
+        victim,
+    })
 }
 
 /// Waits until `victim` is removed for its data and replaced, then checks its claim was kept,
@@ -502,11 +512,8 @@ async fn a_member_whose_data_etcd_refuses_at_start_is_replaced_and_its_claim_kep
         .run(|c, ns| async move {
             let spec = "  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
             let marker = b"ouroboros-corruption-marker-51b0d7e2";
-            let Marked {
-                mut e,
-                writer,
-                victim,
-            } = marked(&c, &ns, spec, marker, "/refused").await?;
+            let setup = marked(&c, &ns, spec, marker, "/refused").await?;
+            let victim = setup.victim.clone();
             let clusters = Api::<EtcdCluster>::namespaced(c.clone(), &ns);
             let paused = |on: bool| serde_json::json!({"spec": {"paused": on}});
             clusters
@@ -533,14 +540,7 @@ async fn a_member_whose_data_etcd_refuses_at_start_is_replaced_and_its_claim_kep
                 .await?;
 
             replaced_and_claim_kept(&c, &ns, &victim, t0).await?;
-            let got = e.get("/marker", None).await?;
-            ensure!(
-                got.kvs().first().map(|kv| kv.value()) == Some(&marker[..]),
-                "the majority's value of the marker changed"
-            );
-            let (acked, failed) = writer.stop_and_verify().await?;
-            println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
-            Ok(())
+            setup.majority_intact_and_nothing_lost().await
         })
         .await
 }

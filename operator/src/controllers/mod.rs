@@ -205,24 +205,21 @@ pub fn unscheduled_message(pod: &Pod) -> Option<String> {
         })
 }
 
+/// The RFC 3339 time the operator recorded in `pod`'s annotation `key`, if it is there and reads.
+pub fn annotated_time(pod: &Pod, key: &str) -> Option<jiff::Timestamp> {
+    pod.metadata.annotations.as_ref()?.get(key)?.parse().ok()
+}
+
 /// Whether the member of `pod` may be defragmenting now: the operator recorded a start within
 /// [`crate::etcd::MAINTENANCE_TIMEOUT`] and no end since. A call that timed out or failed may still
 /// run in etcd, so only a recorded end, or the bound, says it is over. A restore drill waits while
 /// any member of its cluster may be (it would compete with that member for its node's disk).
 pub fn defragmenting(pod: &Pod, now: jiff::Timestamp) -> bool {
     use crate::vocabulary::{ANNOTATION_DEFRAGMENTATION_ENDED_AT, ANNOTATION_DEFRAGMENTED_AT};
-    let at = |key: &str| {
-        pod.metadata
-            .annotations
-            .as_ref()?
-            .get(key)?
-            .parse::<jiff::Timestamp>()
-            .ok()
-    };
-    let Some(started) = at(ANNOTATION_DEFRAGMENTED_AT) else {
+    let Some(started) = annotated_time(pod, ANNOTATION_DEFRAGMENTED_AT) else {
         return false;
     };
-    let ended = at(ANNOTATION_DEFRAGMENTATION_ENDED_AT).is_some_and(|e| e >= started);
+    let ended = annotated_time(pod, ANNOTATION_DEFRAGMENTATION_ENDED_AT).is_some_and(|e| e >= started);
     let bound = jiff::SignedDuration::try_from(crate::etcd::MAINTENANCE_TIMEOUT).unwrap_or_default();
     !ended && now.duration_since(started) < bound
 }

@@ -215,10 +215,9 @@ pub async fn reconcile(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
         None => None,
     };
     let timeout = drill_plan::drill_timeout(status.raw_size.unwrap_or(0));
-    let overdue = started(&status).is_some_and(|t| {
-        jiff::Timestamp::now().duration_since(t) > jiff::SignedDuration::try_from(timeout).unwrap_or_default()
-    });
     let now = jiff::Timestamp::now();
+    let overdue = started(&status)
+        .is_some_and(|t| now.duration_since(t) > jiff::SignedDuration::try_from(timeout).unwrap_or_default());
     let phase = status.drill.unwrap_or(DrillPhase::Pending);
     let busy = busy_with(b, &all.items);
     // Only a drill about to start needs the members' pods.
@@ -258,14 +257,8 @@ pub async fn reconcile(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::requeue(Duration::from_secs(secs.max(1))))
         }
         DrillStep::TakeSlot { cluster_version } => {
-            super::claim_slot(
-                ctx,
-                b,
-                &super::plan::drill_holder(&b.name_any(), now),
-                &cluster_version,
-            )
-            .await?;
-            Ok(Action::requeue(Duration::from_millis(200)))
+            let holder = super::plan::drill_holder(&b.name_any(), now);
+            super::take_slot(ctx, b, &holder, &cluster_version).await
         }
         DrillStep::Start => match (&cluster, version) {
             (Some(cluster), Some(Ok(version))) => {

@@ -449,7 +449,9 @@ async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<A
             return pending(ctx, b, format!("{why}; deleted, a new one follows"), 2).await;
         }
         StartStep::Wait(why, retry) => return pending(ctx, b, why, retry).await,
-        StartStep::TakeSlot { cluster_version } => return take_slot(ctx, b, &cluster_version).await,
+        StartStep::TakeSlot { cluster_version } => {
+            return take_slot(ctx, b, &b.name_any(), &cluster_version).await;
+        }
         StartStep::Start {
             member,
             pod,
@@ -495,22 +497,16 @@ async fn apply_start(ctx: &Context, b: &EtcdBackup, step: StartStep) -> Result<A
     }
 }
 
-/// Takes the cluster's backup slot with a merge patch carrying the `resourceVersion` it was seen free
-/// at: refused with 409 Conflict if the cluster changed since (another backup may have taken it), in
-/// which case the next look decides again.
-async fn take_slot(ctx: &Context, b: &EtcdBackup, cluster_version: &str) -> Result<Action, Error> {
-    claim_slot(ctx, b, &b.name_any(), cluster_version).await?;
-    Ok(Action::requeue(Duration::from_millis(200)))
-}
-
-/// Writes `holder` into the slot of `b`'s cluster, conditional on `cluster_version`; `Ok(false)`
-/// when the cluster changed since (someone else may hold it now).
-pub(super) async fn claim_slot(
+/// Takes the cluster's backup slot for `holder` (the backup's name, or its drill's
+/// [`plan::drill_holder`]) with a merge patch carrying the `resourceVersion` it was seen free at:
+/// refused with 409 Conflict if the cluster changed since (another backup or drill may have taken
+/// it), in which case the next look decides again.
+async fn take_slot(
     ctx: &Context,
     b: &EtcdBackup,
     holder: &str,
     cluster_version: &str,
-) -> Result<bool, Error> {
+) -> Result<Action, Error> {
     let patch = serde_json::json!({"metadata": {
         "resourceVersion": cluster_version,
         "annotations": {vocabulary::ANNOTATION_BACKUP_SLOT: holder},
@@ -522,9 +518,8 @@ pub(super) async fn claim_slot(
             &Patch::Merge(&patch),
         )
         .await;
-    let taken = result.is_ok();
     super::conflict_is_done(result, "taking the cluster's backup slot")?;
-    Ok(taken)
+    Ok(Action::requeue(Duration::from_millis(200)))
 }
 
 /// Reads what polling a running backup looks at.

@@ -200,6 +200,54 @@ pub fn drill_holder(backup: &str, at: jiff::Timestamp) -> String {
     format!("{DRILL_HOLDER}{backup}@{at}")
 }
 
+/// Who the cluster's slot names, and whether that hold counts now: a backup while its EtcdBackup
+/// exists and has not finished; a drill while its drill runs (or, for [`DRILL_HOLD_GRACE`] after
+/// taking it, is about to).
+struct Holder<'a> {
+    /// The holder, as a [`SlotUser`].
+    user: SlotUser<'a>,
+    /// Its hold counts now.
+    holds: bool,
+}
+
+fn holder<'a>(
+    cluster: &'a EtcdCluster,
+    backups: &[ouroboros_crds::EtcdBackup],
+    now: jiff::Timestamp,
+) -> Option<Holder<'a>> {
+    use ouroboros_crds::DrillPhase;
+    let value = cluster
+        .annotations()
+        .get(crate::vocabulary::ANNOTATION_BACKUP_SLOT)?;
+    let of_cluster = |name: &str| {
+        backups
+            .iter()
+            .find(|b| b.name_any() == name && b.spec.cluster_name == cluster.name_any())
+    };
+    Some(match value.strip_prefix(DRILL_HOLDER) {
+        Some(rest) => {
+            let (name, taken) = rest.rsplit_once('@').unwrap_or((rest, ""));
+            let drill = of_cluster(name).and_then(|b| b.status.as_ref()?.drill);
+            let fresh = taken
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|t| now.duration_since(t) < DRILL_HOLD_GRACE);
+            Holder {
+                user: SlotUser::Drill(name),
+                holds: drill == Some(DrillPhase::Running) || (drill == Some(DrillPhase::Pending) && fresh),
+            }
+        }
+        None => Holder {
+            user: SlotUser::Backup(value),
+            holds: of_cluster(value).is_some_and(|b| {
+                !b.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_terminal())
+            }),
+        },
+    })
+}
+
 /// The backup whose restore drill holds the cluster's slot now, if one does: a defragmentation by
 /// threshold yields to it.
 pub fn drill_holding(
@@ -207,78 +255,37 @@ pub fn drill_holding(
     backups: &[ouroboros_crds::EtcdBackup],
     now: jiff::Timestamp,
 ) -> Option<String> {
-    let holder = cluster
-        .annotations()
-        .get(crate::vocabulary::ANNOTATION_BACKUP_SLOT)?;
-    let rest = holder.strip_prefix(DRILL_HOLDER)?;
-    let name = rest.rsplit_once('@').map_or(rest, |(name, _)| name);
-    // Asked as a backup that holds nothing: held means the drill's hold counts.
-    matches!(
-        slot_of(cluster, SlotUser::Backup(""), backups, now),
-        Slot::HeldBy(_)
-    )
-    .then(|| name.to_owned())
+    match holder(cluster, backups, now)? {
+        Holder {
+            user: SlotUser::Drill(name),
+            holds: true,
+        } => Some(name.to_owned()),
+        Holder { .. } => None,
+    }
 }
 
-/// The slot from the cluster's annotation and the namespace's EtcdBackups: a backup holds it while
-/// its EtcdBackup exists and has not finished; a drill while its drill runs (or, for
-/// [`DRILL_HOLD_GRACE`] after taking it, is about to).
+/// The slot as `me` sees it, from the cluster's annotation and the namespace's EtcdBackups (see
+/// [`holder`] for when a hold counts). A backup's own name stands even before its status says
+/// anything.
 pub fn slot_of(
     cluster: &EtcdCluster,
     me: SlotUser<'_>,
     backups: &[ouroboros_crds::EtcdBackup],
     now: jiff::Timestamp,
 ) -> Slot {
-    use ouroboros_crds::DrillPhase;
-    let holder = cluster
-        .annotations()
-        .get(crate::vocabulary::ANNOTATION_BACKUP_SLOT);
-    let of_cluster = |name: &str| {
-        backups
-            .iter()
-            .find(|b| b.name_any() == name && b.spec.cluster_name == cluster.name_any())
+    let free = || Slot::Free {
+        cluster_version: cluster.resource_version().unwrap_or_default(),
     };
-    let Some(holder) = holder else {
-        return Slot::Free {
-            cluster_version: cluster.resource_version().unwrap_or_default(),
-        };
+    let Some(Holder { user, holds }) = holder(cluster, backups, now) else {
+        return free();
     };
-    let (holds, mine, what) = match holder.strip_prefix(DRILL_HOLDER) {
-        Some(rest) => {
-            let (name, taken) = rest.rsplit_once('@').unwrap_or((rest, ""));
-            let drill = of_cluster(name).and_then(|b| b.status.as_ref()?.drill);
-            let fresh = taken
-                .parse::<jiff::Timestamp>()
-                .is_ok_and(|t| now.duration_since(t) < DRILL_HOLD_GRACE);
-            let holds = drill == Some(DrillPhase::Running) || (drill == Some(DrillPhase::Pending) && fresh);
-            (
-                holds,
-                me == SlotUser::Drill(name),
-                format!("the restore drill of EtcdBackup {name}"),
-            )
-        }
-        None => {
-            let unfinished = of_cluster(holder).is_some_and(|b| {
-                !b.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(|p| p.is_terminal())
-            });
-            (
-                unfinished,
-                me == SlotUser::Backup(holder),
-                format!("EtcdBackup {holder}"),
-            )
-        }
-    };
-    match (holds, mine) {
-        // A backup's own name stands even before its status says anything.
-        (_, true) if matches!(me, SlotUser::Backup(_)) => Slot::Mine,
-        (true, true) => Slot::Mine,
-        (true, false) => Slot::HeldBy(what),
-        (false, _) => Slot::Free {
-            cluster_version: cluster.resource_version().unwrap_or_default(),
-        },
+    let mine = user == me;
+    match user {
+        SlotUser::Backup(_) if mine => Slot::Mine,
+        _ if !holds => free(),
+        _ if mine => Slot::Mine,
+        SlotUser::Backup(name) => Slot::HeldBy(format!("EtcdBackup {name}")),
+        SlotUser::Drill(name) => Slot::HeldBy(format!("the restore drill of EtcdBackup {name}")),
     }
 }
 

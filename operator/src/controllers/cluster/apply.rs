@@ -930,12 +930,8 @@ pub async fn apply_step(
             )
             .await?;
             let after = ctx.etcd.status(ep).await.ok().map(|s| s.db_size);
-            let key = format!(
-                "{}/{}",
-                cluster.namespace().unwrap_or_default(),
-                cluster.name_any()
-            );
-            ctx.metrics.record_defragmentation(&key, took);
+            ctx.metrics
+                .record_defragmentation(&super::metrics_key(cluster), took);
             let mib = |b: Option<i64>| b.map_or_else(|| "?".to_owned(), |b| (b >> 20).to_string());
             event(
                 ctx,

@@ -249,7 +249,7 @@ fn mib(bytes: u64) -> u64 {
 /// and not with `m`. Over another compaction (one ran since, or the refusal's words did not keep
 /// its compaction) nothing is judged: a compaction can remove the very history that differed.
 pub fn refused_data_is_its_own(o: &Observed, m: &MemberView, refusal: DataRefusal) -> bool {
-    let Some(ms) = o.membership.as_ref() else {
+    let (Some(ms), Some(compaction)) = (o.membership.as_ref(), refusal.compact_revision) else {
         return false;
     };
     let others: Vec<&MemberView> = ms
@@ -267,9 +267,6 @@ pub fn refused_data_is_its_own(o: &Observed, m: &MemberView, refusal: DataRefusa
                 .map(|(_, h)| *h)
         })
         .collect();
-    let Some(compaction) = refusal.compact_revision else {
-        return false;
-    };
     others.len() >= 2
         && hashes.len() == others.len()
         && hashes.windows(2).all(|w| w[0] == w[1])

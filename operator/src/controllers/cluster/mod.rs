@@ -314,7 +314,7 @@ fn record_certificate_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observ
 }
 
 /// How the cluster's metrics name it: `namespace/name`.
-fn metrics_key(cluster: &EtcdCluster) -> String {
+pub(super) fn metrics_key(cluster: &EtcdCluster) -> String {
     format!(
         "{}/{}",
         cluster.namespace().unwrap_or_default(),
@@ -326,10 +326,8 @@ fn metrics_key(cluster: &EtcdCluster) -> String {
 fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
     let key = metrics_key(cluster);
     for pod in &obs.pods {
-        let ended = pod
-            .annotations()
-            .get(crate::vocabulary::ANNOTATION_DEFRAGMENTATION_ENDED_AT)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let ended =
+            crate::controllers::annotated_time(pod, crate::vocabulary::ANNOTATION_DEFRAGMENTATION_ENDED_AT);
         if let Some(at) = ended {
             ctx.metrics.record_last_defragmentation(&key, &pod.name_any(), at);
         }

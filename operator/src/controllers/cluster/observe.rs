@@ -445,9 +445,7 @@ fn maintenance_view(
     let recently_defragmented = pods
         .iter()
         .filter(|p| {
-            p.annotations()
-                .get(vocabulary::ANNOTATION_DEFRAGMENTED_AT)
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            crate::controllers::annotated_time(p, vocabulary::ANNOTATION_DEFRAGMENTED_AT)
                 .and_then(|t| Duration::try_from(now.duration_since(t)).ok())
                 .is_some_and(|ago| ago < super::maintenance::DEFRAG_COOLDOWN)
         })

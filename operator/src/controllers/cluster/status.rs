@@ -202,9 +202,7 @@ pub fn compute(
     set(ct::DATABASE_NEAR_QUOTA, near, reason, message);
     let maintenance = match maintenance_condition(&decision.step) {
         // Nothing runs: the window may have something to say.
-        Some((false, ..)) => {
-            super::maintenance::window_condition(o).or(maintenance_condition(&decision.step))
-        }
+        Some(idle @ (false, ..)) => super::maintenance::window_condition(o).or(Some(idle)),
         other => other,
     };
     if let Some((active, reason, message)) = maintenance {
