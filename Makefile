@@ -20,7 +20,7 @@ T := e2e/scripts/timed.sh
 # three (node2 and node3 in network namespaces of their own, docs/local-cluster.md).
 NODES ?= 1
 
-.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle multinode self-hosted-nodes undeploy clean-cache check-fresh-root
+.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle multinode self-hosted-nodes undeploy clean-cache check-fresh-root bench-chart
 
 help:
 	@echo "make demo    - build everything, start the local cluster, deploy the operator, create an EtcdCluster"
@@ -122,6 +122,11 @@ demo: deploy
 ## prerequisites (docs/local-cluster.md, "A fresh machine"). Not in `test`: its cold Cargo build is long.
 check-fresh-root:
 	@$(T) check-fresh-root e2e/scripts/check-fresh-root.sh build
+
+## bench-chart: docs/bench/backup-restore.svg from the rows the backup and restore benchmarks append
+## to docs/bench/*.csv (docs/benchmarks.md); the newest row of each size and method is drawn.
+bench-chart:
+	@$(T) bench-chart python3 e2e/bench/chart.py
 
 clean-cache:
 	rm -rf $(OUROBOROS_CACHE)

@@ -332,6 +332,7 @@ async fn run(
         cancel,
         member: job.member.clone(),
         compression_level: job.compression_level,
+        codec: job.codec,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
         encrypt_to,
     };

@@ -153,8 +153,19 @@ fn unpack(
     } else {
         Box::new(input)
     };
-    // Archives are concatenated gzip members: a single-member decoder would stop after the first MiB.
-    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(plain));
+    // The codec is told by the stream's first bytes, whatever the archive's name says. Archives are
+    // concatenated gzip members or zstd frames: a single-member decoder would stop after the first
+    // MiB; both decoders here read on to the end.
+    let mut plain = plain;
+    let mut head = [0u8; 4];
+    let n = read_full(&mut plain, &mut head).map_err(damaged)?;
+    let plain = std::io::Cursor::new(head[..n].to_vec()).chain(plain);
+    let decompressed: Box<dyn Read> = if head[..n] == ZSTD_MAGIC {
+        Box::new(zstd::stream::read::Decoder::new(plain).map_err(damaged)?)
+    } else {
+        Box::new(flate2::read::MultiGzDecoder::new(plain))
+    };
+    let mut tar = tar::Archive::new(decompressed);
     let mut manifest: Option<Manifest> = None;
     let mut digest: Option<String> = None;
     for entry in tar.entries().map_err(damaged)? {
@@ -172,13 +183,17 @@ fn unpack(
             _ => {}
         }
     }
-    // tar stops at its end-of-archive block, before the last gzip member's CRC and size are read:
-    // draining the decoder checks them, so damage anywhere in the file is refused.
+    // tar stops at its end-of-archive block, before the last gzip member's CRC and size (or zstd
+    // frame's checksum) are read: draining the decoder checks them, so damage anywhere in the file
+    // is refused.
     std::io::copy(&mut tar.into_inner(), &mut std::io::sink()).map_err(damaged)?;
     let digest = digest.ok_or(FetchError::Missing(SNAPSHOT_ENTRY))?;
     let manifest = manifest.ok_or(FetchError::Missing(MANIFEST_ENTRY))?;
     Ok((digest, manifest))
 }
+
+/// How a zstd frame begins.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Reads as many bytes as fit in `buf` (fewer only at the end).
 pub(crate) fn read_full(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -386,8 +401,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A complete archive of a `len`-byte database, as the pipeline writes it.
+    /// A complete gzip archive of a `len`-byte database, as the pipeline writes it.
     fn archive(len: usize) -> (Vec<u8>, String) {
+        archive_with(crate::archive::Codec::Gzip, len)
+    }
+
+    fn archive_with(codec: crate::archive::Codec, len: usize) -> (Vec<u8>, String) {
         use sha2::{Digest, Sha256};
         let db: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
         let digest = hex::encode(Sha256::digest(&db));
@@ -399,7 +418,7 @@ mod tests {
             raw_size: snapshot.len() as u64,
             ..Manifest::default()
         };
-        let gz = crate::archive::ParallelGzWriter::new(Vec::new(), 1, 2);
+        let gz = crate::archive::ParallelCompressor::new(Vec::new(), codec, 1, 2).unwrap();
         let mut tar = crate::archive::TarStream::start(gz, snapshot.len() as u64, 0).unwrap();
         tar.snapshot_bytes(&snapshot).unwrap();
         let json = serde_json::to_vec(&manifest).unwrap();
@@ -451,6 +470,24 @@ mod tests {
         let err = unpack_and_verify(chunks(pieces(bytes.len() - 100)), &dir, None, &[]).unwrap_err();
         assert!(matches!(err, FetchError::Damaged(_)), "{err}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "something was left");
+    }
+
+    #[test]
+    fn a_zstd_archive_verifies_and_damage_anywhere_in_it_is_refused() {
+        let (bytes, digest) = archive_with(crate::archive::Codec::Zstd, 2 * (1 << 20) + 99);
+        let whole = || vec![Ok(bytes::Bytes::copy_from_slice(&bytes))];
+        let dir = out_dir("zstd");
+        let m = unpack_and_verify(chunks(whole()), &dir, Some(&digest), &[]).unwrap();
+        assert_eq!(m.sha256, digest);
+        // One byte flipped in each place: the first frame, the middle, the last frame's checksum.
+        for at in [100, bytes.len() / 2, bytes.len() - 2] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x40;
+            let dir = out_dir("zstd-bad");
+            let err = unpack_and_verify(chunks(vec![Ok(bad.into())]), &dir, None, &[]).unwrap_err();
+            assert!(err.is_damage(), "at {at}: {err}");
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "something was left");
+        }
     }
 
     #[test]

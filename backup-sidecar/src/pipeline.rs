@@ -1,5 +1,5 @@
 //! One backup, end to end: etcd's snapshot stream → trailer check and revision scan → tar → parallel
-//! gzip → store, all overlapping, with bounded channels between the stages so memory does not grow
+//! gzip or zstd → store, all overlapping, with bounded channels between the stages so memory does not grow
 //! with the database. Any failure aborts the upload; the manifest is written only after the archive is
 //! complete, so nothing incomplete ever looks like a backup.
 
@@ -13,7 +13,7 @@ use ouroboros_crds::{
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    archive::{FORMAT_VERSION, Manifest, ParallelGzWriter, TarStream},
+    archive::{Codec, FORMAT_VERSION, Manifest, ParallelCompressor, TarStream},
     bbolt::{RevisionError, RevisionScanner, SnapshotRevisions},
     store::{Store, StoreError},
     verify::{TRAILER, TrailerVerifier, VerifyError},
@@ -33,8 +33,10 @@ pub struct Request {
     pub cancel: Cancel,
     /// The member (pod) the snapshot comes from.
     pub member: String,
-    /// gzip level, 0 (stored) to 9.
+    /// Compression level, 0 to 9 (gzip's 0 stores).
     pub compression_level: u32,
+    /// The codec.
+    pub codec: Codec,
     /// Compression threads.
     pub workers: usize,
     /// Encrypt the archive to these age recipients; `None` stores it unencrypted.
@@ -194,10 +196,11 @@ enum ToCompressor {
     Finish(Vec<u8>),
 }
 
-/// The compressor thread: tar and gzip (and encrypt) everything it is sent until `Finish`.
+/// The compressor thread: tar and compress (and encrypt) everything it is sent until `Finish`.
 fn compress(
     mut rx: mpsc::Receiver<ToCompressor>,
     out: mpsc::Sender<Vec<u8>>,
+    codec: Codec,
     level: u32,
     workers: usize,
     encrypt_to: Option<Vec<age::x25519::Recipient>>,
@@ -209,7 +212,7 @@ fn compress(
         ));
     };
     let sink = Sink::new(ChannelWriter(out), encrypt_to.as_deref())?;
-    let mut tar = TarStream::start(ParallelGzWriter::new(sink, level, workers), size, mtime)?;
+    let mut tar = TarStream::start(ParallelCompressor::new(sink, codec, level, workers)?, size, mtime)?;
     loop {
         match rx.blocking_recv() {
             Some(ToCompressor::Data(d)) => tar.snapshot_bytes(&d)?,
@@ -308,7 +311,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
         .unwrap_or_default();
     let etcd_version = status.version().to_owned();
     let encrypted = req.encrypt_to.is_some();
-    let mut archive_name = archive_name(start, &req.name);
+    let mut archive_name = archive_name(start, &req.name, req.codec.suffix());
     if encrypted {
         archive_name.push_str(ENCRYPTED_SUFFIX);
     }
@@ -316,9 +319,15 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
 
     let (to_compressor, from_feeder) = mpsc::channel::<ToCompressor>(64);
     let (to_uploader, mut from_compressor) = mpsc::channel::<Vec<u8>>(2);
-    let (level, workers, encrypt_to) = (req.compression_level, req.workers, req.encrypt_to.clone());
-    let compressor =
-        tokio::task::spawn_blocking(move || compress(from_feeder, to_uploader, level, workers, encrypt_to));
+    let (codec, level, workers, encrypt_to) = (
+        req.codec,
+        req.compression_level,
+        req.workers,
+        req.encrypt_to.clone(),
+    );
+    let compressor = tokio::task::spawn_blocking(move || {
+        compress(from_feeder, to_uploader, codec, level, workers, encrypt_to)
+    });
 
     let mut cancel = req.cancel.clone();
     let feeder = async move {

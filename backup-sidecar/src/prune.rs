@@ -25,14 +25,13 @@ pub async fn prune(
     for &i in &gone {
         let s = &stored[i];
         store.delete(&s.manifest()).await?;
-        // The archive is encrypted or not; the one listed is deleted (the plain name when neither
-        // is listed, as before encryption existed).
-        let [plain, encrypted] = s.archives();
-        let archive = if names.contains(&encrypted) {
-            encrypted
-        } else {
-            plain
-        };
+        // The archive is of either codec, encrypted or not; the one listed is deleted (the plain
+        // gzip name when none is listed, as before codecs and encryption existed).
+        let archive = s
+            .archives()
+            .into_iter()
+            .find(|a| names.contains(a))
+            .unwrap_or_else(|| s.archive());
         store.delete(&archive).await?;
         out.deleted.push(store.location(&archive));
     }

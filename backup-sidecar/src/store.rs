@@ -15,6 +15,17 @@ use tokio::io::AsyncWriteExt;
 
 const MARKER_SUFFIX: &str = ".uploading";
 
+/// The media type of an archive, by its name (an encrypted one is age's, whatever it holds).
+fn content_type(name: &str) -> &'static str {
+    if name.ends_with(ouroboros_crds::retention::ENCRYPTED_SUFFIX) {
+        "application/octet-stream"
+    } else if name.ends_with(ouroboros_crds::sidecar::Codec::Zstd.suffix()) {
+        "application/zstd"
+    } else {
+        "application/gzip"
+    }
+}
+
 /// The object that names an open multipart upload of `name`.
 fn upload_marker(name: &str) -> String {
     format!(".{name}{MARKER_SUFFIX}")
@@ -240,7 +251,7 @@ impl Store {
                     .create_multipart_upload()
                     .bucket(&config.bucket)
                     .key(&key)
-                    .content_type("application/gzip")
+                    .content_type(content_type(name))
                     .send()
                     .await
                     .map_err(|e| sdk_error("create multipart upload", &config.bucket, &key, e))?;

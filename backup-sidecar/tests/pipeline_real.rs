@@ -24,6 +24,7 @@ fn request(name: &str) -> Request {
         cancel: pipeline::Cancel::never(),
         member: "m0".into(),
         compression_level: 1,
+        codec: Default::default(),
         workers: 2,
         encrypt_to: None,
     }

@@ -146,9 +146,18 @@ pub struct EtcdRestoreStatus {
     /// The EtcdBackup chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_name: Option<String>,
-    /// The new seed member started from the snapshot (chosen once, past every ordinal in use).
+    /// The first member restored from the snapshot (chosen once, past every ordinal in use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_member: Option<String>,
+    /// Every member restored from the snapshot, started together as one new cluster. From an S3
+    /// archive that is `spec.size` members, each fetching and checking the archive itself; from a
+    /// `file` archive (a claim on one node) it is one seed the cluster controller grows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored_members: Vec<String>,
+    /// sha256 of the snapshot the verifying fetch checked; each restored member's own fetch must
+    /// find the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_sha256: Option<String>,
     /// Revision of the restored snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_revision: Option<i64>,
@@ -167,7 +176,8 @@ pub enum RestorePhase {
     Pending,
     /// Downloading the archive and checking its manifest and sha256. The old cluster is untouched.
     Verifying,
-    /// Stopping old members and restoring the seed member from the snapshot.
+    /// Stopping old members and restoring new ones from the snapshot (all of them together, or one
+    /// seed).
     Restoring,
     /// Growing the restored cluster to its size.
     Growing,

@@ -1,8 +1,8 @@
 //! Naming of stored backups and the retention rule, shared by the operator (which prunes EtcdBackup
 //! objects) and the sidecar (which prunes the store), so both always agree on what is kept.
 //!
-//! A stored backup is a pair: the archive `<time>-<backup>.tar.gz` (`.tar.gz.age` when encrypted)
-//! and, written last, the manifest
+//! A stored backup is a pair: the archive `<time>-<backup>.tar.gz` (`.tar.zst` with the zstd codec;
+//! `.age` appended when encrypted) and, written last, the manifest
 //! `<time>-r<revision>-<backup>.manifest.json`. Names sort by time and then by zero-padded revision,
 //! but listing never relies on string order: names are parsed and compared as values.
 
@@ -36,16 +36,22 @@ impl StoredName {
         )
     }
 
-    /// The archive's object name, unencrypted.
+    /// The archive's object name, gzip and unencrypted (the name of every archive made before
+    /// codecs and encryption existed).
     pub fn archive(&self) -> String {
-        archive_name(self.time, &self.backup)
+        archive_name(self.time, &self.backup, ARCHIVE_SUFFIXES[0])
     }
 
-    /// The names the archive may have: unencrypted and encrypted.
-    pub fn archives(&self) -> [String; 2] {
-        let plain = self.archive();
-        let encrypted = format!("{plain}{ENCRYPTED_SUFFIX}");
-        [plain, encrypted]
+    /// The names the archive may have: each codec's, unencrypted and encrypted.
+    pub fn archives(&self) -> Vec<String> {
+        ARCHIVE_SUFFIXES
+            .iter()
+            .flat_map(|suffix| {
+                let plain = archive_name(self.time, &self.backup, suffix);
+                let encrypted = format!("{plain}{ENCRYPTED_SUFFIX}");
+                [plain, encrypted]
+            })
+            .collect()
     }
 
     /// Parses a manifest name; `None` for anything else (archives, temporary files, foreign objects).
@@ -73,14 +79,20 @@ fn stamp(t: Timestamp) -> String {
     t.strftime(STAMP).to_string()
 }
 
-/// The archive's object name for a backup started at `start`.
-pub fn archive_name(start: Timestamp, backup: &str) -> String {
-    format!("{}-{backup}.tar.gz", stamp(start))
+/// The archive suffix of each codec: gzip's first (the default, and every older archive's).
+pub const ARCHIVE_SUFFIXES: [&str; 2] = [".tar.gz", ".tar.zst"];
+
+/// The archive's object name for a backup started at `start`, with its codec's `suffix` (one of
+/// [`ARCHIVE_SUFFIXES`]).
+pub fn archive_name(start: Timestamp, backup: &str, suffix: &str) -> String {
+    format!("{}-{backup}{suffix}", stamp(start))
 }
 
-/// Whether `name` is an archive (encrypted or not), as opposed to a manifest or marker.
+/// Whether `name` is an archive (of either codec, encrypted or not), as opposed to a manifest or
+/// marker.
 pub fn is_archive(name: &str) -> bool {
-    name.ends_with(".tar.gz") || name.ends_with(&format!(".tar.gz{ENCRYPTED_SUFFIX}"))
+    let name = name.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(name);
+    ARCHIVE_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
 /// What to keep. Both limits apply; neither ever removes the newest backup.

@@ -15,11 +15,13 @@
 #   openssl curl                         certificates and S3/HTTP calls in the scripts
 #   util-linux procps                    flock, setsid, mount; pkill in the cluster scripts
 #   age                                  the e2e opens encrypted backups with the age CLI, as a user would
+#   pigz zstd                            the backup benchmark's baselines: what a user would script
+#                                        with a parallel gzip, or with zstd (e2e/bench/backup.sh)
 source "$(dirname "$0")/lib.sh"
 
 PKGS=(protobuf-compiler libprotobuf-dev gcc libc6-dev python3 ca-certificates
       containerd runc containernetworking-plugins iptables conntrack ethtool socat
-      busybox-static catatonit iproute2 openssl curl kmod util-linux procps age)
+      busybox-static catatonit iproute2 openssl curl kmod util-linux procps age pigz zstd)
 
 # What a fresh machine must bring itself (README "Quick start"): the scripts cannot install these.
 check_prerequisites() {
@@ -56,7 +58,7 @@ check_installed() {
   local cmds=(protoc:protobuf-compiler cc:gcc python3:python3 containerd:containerd
     containerd-shim-runc-v2:containerd ctr:containerd runc:runc iptables:iptables conntrack:conntrack
     ethtool:ethtool socat:socat ip:iproute2 openssl:openssl curl:curl modprobe:kmod flock:util-linux
-    setsid:util-linux pkill:procps age:age age-keygen:age)
+    setsid:util-linux pkill:procps age:age age-keygen:age pigz:pigz zstd:zstd)
   for entry in "${files[@]}"; do
     what=${entry%%:*} pkg=${entry##*:}
     [ -e "$what" ] || bad+=("file $what (Debian package $pkg)")

@@ -59,3 +59,13 @@ wait_etcd_answers() {
     sleep 0.5
   done
 }
+
+# csv_row FILE HEADER FIELD...: appends the FIELDs as one comma-separated row to FILE (a benchmark's
+# machine-readable results, docs/benchmarks.md), writing HEADER first when FILE is new or empty.
+csv_row() {
+  local file=$1 header=$2; shift 2
+  mkdir -p "$(dirname "$file")"
+  [ -s "$file" ] || printf '%s\n' "$header" >"$file"
+  local IFS=,
+  printf '%s\n' "$*" >>"$file"
+}

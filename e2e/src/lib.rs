@@ -1340,6 +1340,7 @@ pub mod sidecar_auth {
             member: pod.into(),
             destination: destination.clone(),
             compression_level: 0,
+            codec: Default::default(),
             encryption: None,
         })?;
         let prune = serde_json::to_string(&PruneRequest {
@@ -1414,5 +1415,127 @@ pub mod sidecar_auth {
             to.addr, pod
         );
         Ok(())
+    }
+}
+
+pub mod probe {
+    //! A steady writer for latency benchmarks (`defrag-bench`, `put-probe`): it puts 1 KiB values back
+    //! to back through one etcd-client connected to every endpoint (round robin, as most clients
+    //! are) and records when each put started and how long it took. A put that takes longer than
+    //! [`PROBE_TIMEOUT`] counts as that long. Windows of the run are read from the samples afterwards,
+    //! so no window pays for a connection and a put that started in a window and finished after it
+    //! is counted in it.
+
+    use std::{
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use etcd_client::Client;
+
+    /// The longest a put is waited for; a slower one counts as this long.
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A running probe.
+    #[derive(Debug)]
+    pub struct Probe {
+        stop: Arc<AtomicBool>,
+        samples: Arc<Mutex<Vec<(Instant, Duration)>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Probe {
+        /// Connects to `endpoints`, makes one put, and puts until stopped.
+        pub async fn start(endpoints: &[String]) -> anyhow::Result<Probe> {
+            let stop = Arc::new(AtomicBool::new(false));
+            let samples = Arc::new(Mutex::new(Vec::new()));
+            let mut c = Client::connect(endpoints.to_vec(), None).await?;
+            c.put("/probe/warm", "1", None).await?;
+            let (s, out) = (stop.clone(), samples.clone());
+            let task = tokio::spawn(async move {
+                let value = vec![b'p'; 1024];
+                let mut i = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let put = c.put(format!("/probe/{}", i % 1000), value.clone(), None);
+                    let took = match tokio::time::timeout(PROBE_TIMEOUT, put).await {
+                        Ok(Ok(_)) => t.elapsed(),
+                        _ => PROBE_TIMEOUT,
+                    };
+                    if let Ok(mut v) = out.lock() {
+                        v.push((t, took));
+                    }
+                    i += 1;
+                }
+            });
+            Ok(Probe { stop, samples, task })
+        }
+
+        /// Stops (the put in flight finishes or times out first), and returns every put: when it
+        /// started and how long it took.
+        pub async fn stop(self) -> Vec<(Instant, Duration)> {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = self.task.await;
+            self.samples.lock().map(|v| v.clone()).unwrap_or_default()
+        }
+    }
+
+    /// Put latency over a window: how many puts, their median, 99th percentile and maximum.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Latency {
+        /// Puts.
+        pub n: usize,
+        /// Median.
+        pub p50: Duration,
+        /// 99th percentile.
+        pub p99: Duration,
+        /// Slowest.
+        pub max: Duration,
+    }
+
+    impl Latency {
+        /// Of these put durations.
+        pub fn of(mut v: Vec<Duration>) -> Latency {
+            v.sort();
+            let at = |q: f64| {
+                v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            Latency {
+                n: v.len(),
+                p50: at(0.5),
+                p99: at(0.99),
+                max: v.last().copied().unwrap_or_default(),
+            }
+        }
+
+        /// Of the puts in `samples` (as [`Probe::stop`] returns them) that started from `from` to
+        /// `to`, both included.
+        pub fn within(samples: &[(Instant, Duration)], from: Instant, to: Instant) -> Latency {
+            Latency::of(
+                samples
+                    .iter()
+                    .filter(|(t, _)| *t >= from && *t <= to)
+                    .map(|(_, d)| *d)
+                    .collect(),
+            )
+        }
+    }
+
+    impl std::fmt::Display for Latency {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "{} puts, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                self.n,
+                self.p50.as_secs_f64() * 1e3,
+                self.p99.as_secs_f64() * 1e3,
+                self.max.as_secs_f64() * 1e3
+            )
+        }
     }
 }

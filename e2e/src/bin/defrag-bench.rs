@@ -4,103 +4,16 @@
 //! Fragments the database (MiB of 64 KiB values written, every other key deleted, compacted), then
 //! defragments it the way the operator does (followers one at a time, then leadership moved and the
 //! former leader), fragments it again and runs what a user would otherwise run, `etcdctl defrag
-//! --cluster` (every member in turn, the leader where it falls). A probe puts 1 KiB values back to
-//! back through a client of all three endpoints the whole time; a put that takes longer than 5 s
-//! counts as 5 s. Prints per-member defragmentation times and put latency (p50, p99, max) idle and
-//! during each.
+//! --cluster` (every member in turn, the leader where it falls). A probe (`ouroboros_e2e::probe`,
+//! shared with `put-probe`) puts 1 KiB values back to back through a client of all three endpoints
+//! the whole time; a put that takes longer than 5 s counts as 5 s. Prints per-member
+//! defragmentation times and put latency (p50, p99, max) idle and during each.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use etcd_client::{Client, CompactionOptions, DeleteOptions};
-
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Puts until stopped through one client of every endpoint, recording when each put started and
-/// how long it took; the run's windows are read from it afterwards, so no window pays for a
-/// connection.
-struct Probe {
-    stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<(Instant, Duration)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Probe {
-    async fn start(endpoints: &[String]) -> anyhow::Result<Probe> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let mut c = Client::connect(endpoints.to_vec(), None).await?;
-        c.put("/probe/warm", "1", None).await?;
-        let (s, out) = (stop.clone(), samples.clone());
-        let task = tokio::spawn(async move {
-            let value = vec![b'p'; 1024];
-            let mut i = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let put = c.put(format!("/probe/{}", i % 1000), value.clone(), None);
-                let took = match tokio::time::timeout(PROBE_TIMEOUT, put).await {
-                    Ok(Ok(_)) => t.elapsed(),
-                    _ => PROBE_TIMEOUT,
-                };
-                if let Ok(mut v) = out.lock() {
-                    v.push((t, took));
-                }
-                i += 1;
-            }
-        });
-        Ok(Probe { stop, samples, task })
-    }
-
-    /// Stops, and returns every put: when it started and how long it took.
-    async fn stop(self) -> Vec<(Instant, Duration)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.samples.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
-struct Latency {
-    n: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Latency {
-    fn of(mut v: Vec<Duration>) -> Latency {
-        v.sort();
-        let at = |q: f64| {
-            v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-        };
-        Latency {
-            n: v.len(),
-            p50: at(0.5),
-            p99: at(0.99),
-            max: v.last().copied().unwrap_or_default(),
-        }
-    }
-}
-
-impl std::fmt::Display for Latency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} puts, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            self.n,
-            self.p50.as_secs_f64() * 1e3,
-            self.p99.as_secs_f64() * 1e3,
-            self.max.as_secs_f64() * 1e3
-        )
-    }
-}
+use ouroboros_e2e::probe::{Latency, PROBE_TIMEOUT, Probe};
 
 /// Writes `mib` MiB of incompressible 64 KiB values under `prefix`, deletes every other key and
 /// compacts: about half of each member's file is free afterwards.
@@ -261,13 +174,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(PROBE_TIMEOUT).await;
     let samples = probe.stop().await;
     for (what, from, to) in windows {
-        let lat = Latency::of(
-            samples
-                .iter()
-                .filter(|(t, _)| *t >= from && *t <= to)
-                .map(|(_, d)| *d)
-                .collect(),
-        );
+        let lat = Latency::within(&samples, from, to);
         println!("{what}; during it: {lat}");
     }
     Ok(())

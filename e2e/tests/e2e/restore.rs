@@ -45,7 +45,7 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
     TestNamespace::create(&c, "restore").await?.run(|c, ns| async move {
         minio_secret(&c, &ns).await?;
         let yaml = format!(
-            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: r}}\nspec:\n  size: 3\n  pod: {{antiAffinity: None}}\n  storage: {{persistentVolumeClaim: {{size: 1Gi}}}}\n  backup:\n    schedule: '0 0 1 1 *'\n    destination: {{s3: {{bucket: {}, prefix: e2e-restore/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: r}}\nspec:\n  size: 3\n  pod: {{antiAffinity: None}}\n  storage: {{persistentVolumeClaim: {{size: 1Gi}}}}\n  backup:\n    schedule: '0 0 1 1 *'\n    compression: {{codec: zstd}}\n    destination: {{s3: {{bucket: {}, prefix: e2e-restore/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
             s3::bucket()?,
             env("OUROBOROS_S3_ENDPOINT")?
         );
@@ -57,7 +57,9 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         }
 
         // A corrupted archive is refused, and the cluster is not touched.
+        // This cluster's archives are zstd (the others' gzip): every step below reads them.
         let b0 = backup(&c, &ns, "b0").await?;
+        ensure!(b0.location.as_deref().is_some_and(|l| l.ends_with(".tar.zst")), "location {:?}", b0.location);
         let key = b0.location.clone().unwrap().trim_start_matches(&format!("s3://{}/", s3::bucket()?)).to_owned();
         let tmp = std::env::temp_dir().join(format!("ouroboros-{ns}-b0.tar.gz"));
         s3::download(&key, &tmp)?;
@@ -103,6 +105,15 @@ async fn restore_after_losing_every_member_brings_back_exactly_the_backup() -> a
         ensure!(s.phase == Some(RestorePhase::Succeeded), "restore failed: {:?}", s.reason);
         let st = etcd_cluster::wait(&c, &ns, "r", "3 restored members", Duration::from_secs(180), converged(3, "3.6.16")).await?;
         ensure!(st.restored_from.as_ref().is_some_and(|r| r.name == "b1"), "restoredFrom: {:?}", st.restored_from);
+        // From S3 all three restore and start together, as etcd's disaster-recovery procedure does:
+        // every member of the restored cluster is one of them (none was grown as a learner).
+        ensure!(s.restored_members.len() == 3, "restored members: {:?}", s.restored_members);
+        let running: Vec<&str> = st.members.iter().map(|m| m.name.as_str()).collect();
+        ensure!(
+            running.iter().all(|m| s.restored_members.iter().any(|r| r == m)),
+            "members {running:?} are not the restored ones {:?}",
+            s.restored_members
+        );
 
         let mut e = etcd(&c, &ns, "r").await?;
         let got = e.get("/r/", Some(GetOptions::new().with_prefix())).await?;

@@ -398,6 +398,13 @@ async fn observe_start(
             .backup
             .as_ref()
             .map_or(1, |p| u32::try_from(p.compression_level).unwrap_or(1)),
+        codec: cluster
+            .spec
+            .backup
+            .as_ref()
+            .and_then(|p| p.compression.as_ref())
+            .map(|c| c.codec)
+            .unwrap_or_default(),
     })
 }
 

@@ -158,6 +158,8 @@ pub struct StartView {
     pub db_size: u64,
     /// The cluster's `spec.backup.compressionLevel`.
     pub compression_level: u32,
+    /// The cluster's `spec.backup.compression.codec`.
+    pub codec: ouroboros_crds::sidecar::Codec,
 }
 
 /// The cluster's backup slot, as a backup or a restore drill sees it. Backups and drills of a
@@ -420,6 +422,7 @@ pub fn start_step(v: StartView) -> StartStep {
             member: member.clone(),
             destination,
             compression_level: v.compression_level,
+            codec: v.codec,
             encryption,
         }),
         member,

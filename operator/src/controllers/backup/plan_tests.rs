@@ -79,6 +79,7 @@ fn view() -> StartView {
         writer: None,
         db_size: 3 << 30,
         compression_level: 1,
+        codec: Default::default(),
     }
 }
 

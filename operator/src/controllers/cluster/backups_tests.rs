@@ -13,6 +13,7 @@ fn policy(schedule: &str) -> BackupPolicy {
         destination: None,
         retention: None,
         compression_level: 1,
+        compression: None,
         encryption: None,
         drills: None,
     }

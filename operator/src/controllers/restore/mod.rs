@@ -5,10 +5,13 @@
 //!    check etcd's trailer, the manifest and the recorded sha256. The cluster is not touched; a bad
 //!    archive fails the restore here.
 //! 3. **Restoring**: the cluster is held (annotation), its member pods are deleted (claims are kept),
-//!    and a new seed member starts from the verified snapshot, restored by the etcd image's `etcdutl
-//!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID.
-//! 4. **Growing**: the hold is lifted and the cluster controller grows the seed to `spec.size` as
-//!    usual; once it is Available, the old members' claims and the snapshot claim are deleted.
+//!    and new members start from the verified snapshot, restored by the etcd image's `etcdutl
+//!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID. From S3, all of
+//!    `spec.size` restore and start together, each fetching and checking the archive itself (etcd's
+//!    own disaster-recovery procedure); from a `file` archive, one seed next to the snapshot claim.
+//! 4. **Growing**: the hold is lifted and the cluster controller grows the restored members to
+//!    `spec.size` as usual (nothing to grow after a parallel restore); once it is Available, the old
+//!    members' claims and the snapshot claim are deleted.
 
 use std::{sync::Arc, time::Duration};
 
@@ -269,37 +272,8 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
     else {
         // The backup is looked up once, before its fetch exists, as recorded when the restore
         // started; polls of the running fetch read nothing else.
-        let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_err("listing EtcdBackups"))?;
-        let lineage = Lineage::of(&cluster, &backups.items);
-        let chosen = match recorded_choice(r, status.source.as_deref(), &lineage, &backups.items) {
-            Ok(c) => c,
-            Err(why) => {
-                return advance(
-                    ctx,
-                    r,
-                    status,
-                    RestorePhase::Failed,
-                    format!("{why}; the cluster was not touched"),
-                )
-                .await;
-            }
-        };
-        // A key that is missing is named now, rather than by a fetch pod that cannot mount it. An
-        // archive not known to be encrypted needs no identity (a Secret may hold only the public
-        // key); one is mounted if there is one, since the fetch decides from the archive itself.
-        let key = match &decryption {
-            Some(e) => Some(
-                encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::IDENTITY_KEY)
-                    .await?
-                    .map(drop),
-            ),
-            None => None,
-        };
-        let identity = match plan::fetch_identity(decryption.as_ref(), key, &chosen) {
-            Ok(identity) => identity,
+        let (chosen, identity) = match archive_to_fetch(ctx, r, &cluster, &status).await? {
+            Ok(found) => found,
             Err(why) => return advance(ctx, r, status, RestorePhase::Failed, why).await,
         };
         create_fetch(ctx, r, &cluster, &chosen, identity.as_deref()).await?;
@@ -319,11 +293,12 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             let status = EtcdRestoreStatus {
                 restored_revision: status
                     .restored_revision
-                    .or_else(|| manifest.and_then(|m| i64::try_from(m.revision).ok())),
+                    .or_else(|| manifest.as_ref().and_then(|m| i64::try_from(m.revision).ok())),
+                snapshot_sha256: manifest.map(|m| m.sha256),
                 ..status
             };
             let reason = format!(
-                "{} verified; restoring a new seed member from it",
+                "{} verified; restoring the new members from it",
                 status.source.as_deref().unwrap_or("the archive")
             );
             advance(ctx, r, status, RestorePhase::Restoring, reason).await
@@ -347,6 +322,40 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             .await
         }
     }
+}
+
+/// The archive this restore chose when it started, and the Secret whose identity a fetch mounts; or
+/// why neither can be had (the message says the cluster was not touched, which holds when the
+/// caller has not touched it yet).
+async fn archive_to_fetch(
+    ctx: &Context,
+    r: &EtcdRestore,
+    cluster: &EtcdCluster,
+    status: &EtcdRestoreStatus,
+) -> Result<Result<(Chosen, Option<String>), String>, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let decryption = encryption::for_restore(r, Some(cluster));
+    let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing EtcdBackups"))?;
+    let lineage = Lineage::of(cluster, &backups.items);
+    let chosen = match recorded_choice(r, status.source.as_deref(), &lineage, &backups.items) {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(format!("{why}; the cluster was not touched"))),
+    };
+    // A key that is missing is named now, rather than by a fetch pod that cannot mount it. An
+    // archive not known to be encrypted needs no identity (a Secret may hold only the public
+    // key); one is mounted if there is one, since the fetch decides from the archive itself.
+    let key = match &decryption {
+        Some(e) => Some(
+            encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::IDENTITY_KEY)
+                .await?
+                .map(drop),
+        ),
+        None => None,
+    };
+    Ok(plan::fetch_identity(decryption.as_ref(), key, &chosen).map(|identity| (chosen, identity)))
 }
 
 /// Where the fetch Job is. The Job's own status lags its pod's by a second or more (the Job
@@ -508,40 +517,89 @@ async fn observe_restoring(
         .list(&selector)
         .await
         .map_err(kube_err("listing member pods"))?;
-    let claims = match &status.seed_member {
-        Some(_) => Vec::new(),
-        None => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+    let members = restored_members(status);
+    let claims = if members.is_empty() {
+        Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
             .list(&selector)
             .await
             .map_err(kube_err("listing claims"))?
             .items
             .iter()
             .map(|c| c.name_any())
-            .collect(),
+            .collect()
+    } else {
+        Vec::new()
     };
-    let seed_pod = match status
-        .seed_member
-        .as_ref()
-        .and_then(|seed| pods.items.iter().find(|p| p.name_any() == *seed))
-    {
-        None => plan::SeedPod::Absent,
-        Some(p) if is_ready(p) => plan::SeedPod::Ready,
-        Some(p) => match super::unscheduled_message(p) {
-            Some(why) => plan::SeedPod::Unschedulable(why),
-            None => plan::SeedPod::Starting,
-        },
-    };
+    let member_pods = members
+        .iter()
+        .map(|m| match pods.items.iter().find(|p| p.name_any() == *m) {
+            None => plan::MemberPod::Absent,
+            Some(p) if is_ready(p) => plan::MemberPod::Ready,
+            Some(p) => match (super::unscheduled_message(p), init_failure(p)) {
+                (Some(why), _) => plan::MemberPod::Unschedulable(why),
+                (None, Some(why)) => plan::MemberPod::Failing(why),
+                (None, None) => plan::MemberPod::Starting,
+            },
+        })
+        .collect();
     Ok(plan::RestoringView {
         restore: r.name_any(),
         cluster: name.clone(),
         holder,
         growing_other,
-        seed: status.seed_member.clone(),
+        restored_count: restored_count(cluster, status),
+        members,
         pods: pods.items.iter().map(|p| p.name_any()).collect(),
         claims,
         ordinal_floor: vocabulary::ordinal_floor(cluster),
-        seed_pod,
+        member_pods,
     })
+}
+
+/// The members this restore recorded (one seed in a status written before members were a list).
+fn restored_members(status: &EtcdRestoreStatus) -> Vec<String> {
+    match (&status.restored_members[..], &status.seed_member) {
+        ([], Some(seed)) => vec![seed.clone()],
+        (members, _) => members.to_vec(),
+    }
+}
+
+/// How many members start from the snapshot. From S3 every member fetches and checks the archive
+/// itself, so all of `spec.size` restore and start together (etcd's own disaster-recovery
+/// procedure; no member pays a snapshot transfer to join). A `file` archive lives on one claim,
+/// which node-local storage ties to one node: one seed restores next to the verified snapshot, and
+/// the cluster controller grows it.
+fn restored_count(cluster: &EtcdCluster, status: &EtcdRestoreStatus) -> u32 {
+    let from_s3 = status.source.as_deref().is_some_and(|s| s.starts_with("s3://"));
+    if from_s3 {
+        u32::try_from(cluster.spec.size).unwrap_or(1).max(1)
+    } else {
+        1
+    }
+}
+
+/// Why a pod's restore fails, once the kubelet has had to restart an init container for it: the
+/// container's termination message (the fetch writes its reason there), else the kubelet's reason.
+fn init_failure(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .filter(|c| c.restart_count > 0)
+        .find_map(|c| {
+            let last = c.last_state.as_ref()?.terminated.as_ref()?;
+            (last.exit_code != 0).then(|| {
+                let why = last
+                    .message
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .or(last.reason.as_deref())
+                    .unwrap_or("no message");
+                format!("its {} container exited {}: {why}", c.name, last.exit_code)
+            })
+        })
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -583,13 +641,19 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             }
             Ok(Action::requeue(STEP))
         }
-        plan::RestoringStep::ChooseSeed(seed) => {
-            // Recorded before the seed exists, like every member name: names never repeat.
-            cluster_writes::record_ordinal_taken(ctx, &cluster, &seed)
-                .await
-                .map_err(kube_err("recording the seed's ordinal on the EtcdCluster"))?;
+        plan::RestoringStep::ChooseMembers(members) => {
+            // Recorded before the members exist, like every member name: names never repeat. The
+            // highest ordinal covers the others.
+            if let Some(last) = members.last() {
+                cluster_writes::record_ordinal_taken(ctx, &cluster, last)
+                    .await
+                    .map_err(kube_err(
+                        "recording the restored members' ordinals on the EtcdCluster",
+                    ))?;
+            }
             let status = EtcdRestoreStatus {
-                seed_member: Some(seed),
+                seed_member: members.first().cloned(),
+                restored_members: members,
                 ..status
             };
             write_status(ctx, r, &status).await?;
@@ -616,39 +680,50 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             .await;
             Ok(Action::requeue(POLL))
         }
-        plan::RestoringStep::StartSeed(seed) => start_seed(ctx, r, &cluster, status, &seed).await,
-        plan::RestoringStep::WaitForSeed => Ok(Action::requeue(POLL)),
-        plan::RestoringStep::SeedUnschedulable { seed, why } => {
-            let claim = objects::snapshot_claim_name(r);
-            let why = why.trim_end_matches('.');
-            let reason = format!(
-                "seed {seed} is not scheduled yet: {why}. It mounts the verified snapshot's claim \
-                 {claim} (node-local storage ties it to that claim's node) and its own data claim; \
-                 it starts once a node can hold both. The old members are stopped, their claims kept"
-            );
-            if status.reason.as_deref() != Some(reason.as_str()) {
-                ctx.publish(
-                    &r.object_ref(&()),
-                    EventType::Warning,
-                    "SeedUnschedulable",
-                    format!("seed {seed} is not scheduled yet: {why}"),
-                    None,
-                )
-                .await;
-                let status = EtcdRestoreStatus {
-                    reason: Some(reason),
-                    ..status
-                };
-                write_status(ctx, r, &status).await?;
-            }
-            Ok(Action::requeue(POLL))
+        plan::RestoringStep::StartMembers(absent) => {
+            let members = restored_members(&status);
+            start_members(ctx, r, &cluster, status, &members, &absent).await
         }
-        plan::RestoringStep::Grow(seed) => {
-            // Growing is recorded before the hold is lifted (by `growing`): a restart in between must
-            // not come back here, where pods other than the seed count as old members, once the
-            // cluster grows again.
+        plan::RestoringStep::WaitForMembers => Ok(Action::requeue(POLL)),
+        plan::RestoringStep::MemberUnschedulable { member, why } => {
+            let why = why.trim_end_matches('.');
+            let reason = if restored_members(&status).len() == 1 {
+                let claim = objects::snapshot_claim_name(r);
+                format!(
+                    "seed {member} is not scheduled yet: {why}. It mounts the verified snapshot's claim \
+                     {claim} (node-local storage ties it to that claim's node) and its own data claim; \
+                     it starts once a node can hold both. The old members are stopped, their claims kept"
+                )
+            } else {
+                format!(
+                    "restored member {member} is not scheduled yet: {why}. It starts once a node can \
+                     hold its data claim; the others wait for it. The old members are stopped, their claims kept"
+                )
+            };
+            let event = format!("{member} is not scheduled yet: {why}");
+            report_waiting(ctx, r, status, "SeedUnschedulable", reason, event).await
+        }
+        plan::RestoringStep::MemberFailing { member, why } => {
             let reason = format!(
-                "seed {seed} runs the restored data; growing to {} members",
+                "restored member {member} cannot restore: {why}. The kubelet retries it; nothing is undone \
+                 (the old members are stopped, their claims kept). If the archive changed since it was \
+                 verified, delete this EtcdRestore and restore again"
+            );
+            let event = format!("{member} cannot restore: {why}");
+            report_waiting(ctx, r, status, "RestoredMemberFailing", reason, event).await
+        }
+        plan::RestoringStep::Grow(members) => {
+            // Growing is recorded before the hold is lifted (by `growing`): a restart in between must
+            // not come back here, where pods other than the restored members count as old members,
+            // once the cluster grows again.
+            let reason = format!(
+                "{} run the restored data; {} to {} members",
+                members.join(", "),
+                if members.len() as i64 >= i64::from(cluster.spec.size) {
+                    "waiting for the cluster to be Available with"
+                } else {
+                    "growing"
+                },
                 cluster.spec.size
             );
             advance(ctx, r, status, RestorePhase::Growing, reason).await
@@ -656,14 +731,37 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
     }
 }
 
-/// Creates the seed's claim (when storage asks for one) and its pod, which restores the verified
-/// snapshot before etcd starts.
-async fn start_seed(
+/// Says in status (and once in a Warning Event) why the restore waits, and polls on.
+async fn report_waiting(
+    ctx: &Context,
+    r: &EtcdRestore,
+    status: EtcdRestoreStatus,
+    event_reason: &str,
+    reason: String,
+    event: String,
+) -> Result<Action, Error> {
+    if status.reason.as_deref() != Some(reason.as_str()) {
+        ctx.publish(&r.object_ref(&()), EventType::Warning, event_reason, event, None)
+            .await;
+        let status = EtcdRestoreStatus {
+            reason: Some(reason),
+            ..status
+        };
+        write_status(ctx, r, &status).await?;
+    }
+    Ok(Action::requeue(POLL))
+}
+
+/// Creates the claims (when storage asks for them) and pods of the `absent` restored members, each
+/// of which restores the verified snapshot before etcd starts, with all of `members` as the initial
+/// cluster.
+async fn start_members(
     ctx: &Context,
     r: &EtcdRestore,
     cluster: &EtcdCluster,
     status: EtcdRestoreStatus,
-    seed: &str,
+    members: &[String],
+    absent: &[String],
 ) -> Result<Action, Error> {
     let ns = r.namespace().unwrap_or_default();
     let version: EtcdVersion = match cluster.spec.version.parse() {
@@ -672,17 +770,43 @@ async fn start_seed(
             return advance(ctx, r, status, RestorePhase::Failed, format!("spec.version: {e}")).await;
         }
     };
-    if let Some(pvc) = crate::objects::member_pvc(cluster, seed, version).transpose()? {
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        if pvcs
-            .get_opt(&vocabulary::pvc_name(seed))
+    // Members that fetch the archive themselves check it against the digest the verifying fetch
+    // found (and the one recorded with the backup, which the verifying fetch already matched).
+    let from_store = if members.len() > 1 {
+        match archive_to_fetch(ctx, r, cluster, &status).await? {
+            Ok((chosen, identity)) => Some((
+                Chosen {
+                    sha256: chosen.sha256.clone().or_else(|| status.snapshot_sha256.clone()),
+                    ..chosen
+                },
+                identity,
+            )),
+            Err(why) => {
+                let why = why.replace("; the cluster was not touched", "");
+                let reason = format!(
+                    "cannot start the restored members: {why}. The old members are stopped, their claims \
+                     kept; nothing else is done until this is fixed (or this EtcdRestore is deleted)"
+                );
+                return report_waiting(ctx, r, status, "RestoredMemberFailing", reason.clone(), reason).await;
+            }
+        }
+    } else {
+        None
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for member in absent {
+        let Some(pvc) = crate::objects::member_pvc(cluster, member, version).transpose()? else {
+            continue;
+        };
+        let exists = pvcs
+            .get_opt(&vocabulary::pvc_name(member))
             .await
-            .map_err(kube_err("reading the seed claim"))?
-            .is_none()
-        {
+            .map_err(kube_err("reading a restored member's claim"))?
+            .is_some();
+        if !exists {
             pvcs.create(&PostParams::default(), &pvc)
                 .await
-                .map_err(kube_err("creating the seed claim"))?;
+                .map_err(kube_err("creating a restored member's claim"))?;
         }
     }
     let token = format!(
@@ -690,10 +814,10 @@ async fn start_seed(
         r.spec.cluster_name,
         r.uid().unwrap_or_default().split('-').next().unwrap_or_default()
     );
-    // The seed pod mounts its sidecar's certificate; without the Secret it would sit in
+    // The pods mount their sidecars' certificate; without the Secret they would sit in
     // ContainerCreating, so it is made (or renewed) first, by the one code that issues it.
     if let Err(e) = cluster_writes::ensure_sidecar_tls(ctx, cluster).await {
-        let why = format!("waiting for the sidecars' certificate before starting the seed: {e}");
+        let why = format!("waiting for the sidecars' certificate before starting the restored members: {e}");
         let status = EtcdRestoreStatus {
             reason: Some(why),
             ..status
@@ -702,31 +826,41 @@ async fn start_seed(
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let claim = objects::snapshot_claim_name(r);
-    let mut pod = objects::seed_pod(cluster, &ctx.images(), seed, version, &claim, &token)?;
-    if let Err(e) = crate::certificate_copies::mount_accepted(&ctx.client, cluster, &mut pod).await {
-        let status = EtcdRestoreStatus {
-            reason: Some(format!(
-                "waiting for the certificates of spec.tls before starting the seed: {e}"
-            )),
-            ..status
-        };
-        write_status(ctx, r, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    }
-    match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .create(&PostParams::default(), &pod)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => {
-            return Err(Error::Kube(KubeCallError {
-                action: "creating the seed pod",
-                source: e,
-            }));
+    let from = match &from_store {
+        Some((chosen, identity)) => objects::SnapshotFrom::Store {
+            chosen,
+            identity_secret: identity.as_deref(),
+        },
+        None => objects::SnapshotFrom::Claim(&claim),
+    };
+    for member in absent {
+        let mut pod =
+            objects::restored_member_pod(cluster, &ctx.images(), member, members, version, &token, from)?;
+        if let Err(e) = crate::certificate_copies::mount_accepted(&ctx.client, cluster, &mut pod).await {
+            let status = EtcdRestoreStatus {
+                reason: Some(format!(
+                    "waiting for the certificates of spec.tls before starting the restored members: {e}"
+                )),
+                ..status
+            };
+            write_status(ctx, r, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
         }
+        match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .create(&PostParams::default(), &pod)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(Error::Kube(KubeCallError {
+                    action: "creating a restored member's pod",
+                    source: e,
+                }));
+            }
+        }
+        failpoints::hit("restore-after-seed-pod");
     }
-    failpoints::hit("restore-after-seed-pod");
     Ok(Action::requeue(POLL))
 }
 

@@ -93,6 +93,7 @@ pub fn fetch_job(
             image,
             out_volume: "snapshot",
             out_dir: "/snapshot",
+            unless_exists: None,
         },
     );
     let mut volumes =
@@ -116,31 +117,63 @@ pub fn fetch_job(
     )
 }
 
-/// The seed's pod: a new member whose init container restores the verified snapshot into its data
-/// directory (only when that directory is still empty, so a restarted pod does not restore twice).
-pub fn seed_pod(
+/// Where a restored member's init container finds the verified snapshot.
+#[derive(Clone, Copy, Debug)]
+pub enum SnapshotFrom<'a> {
+    /// The verified snapshot's claim, mounted read-only (on node-local storage this ties the pod to
+    /// that claim's node, so only a restore of one seed uses it).
+    Claim(&'a str),
+    /// The member fetches the archive itself into its own data volume, checked as the verifying
+    /// fetch checked it (etcd's trailer, the manifest, the recorded sha256), so every member of a
+    /// parallel restore is placed wherever its own claim is.
+    Store {
+        /// The archive.
+        chosen: &'a Chosen,
+        /// A Secret whose identity decrypts it.
+        identity_secret: Option<&'a str>,
+    },
+}
+
+/// Where a member's own fetch mounts its data volume (the etcd container mounts it at
+/// [`DATA_MOUNT`]); the snapshot lands at the volume's root, beside the `data` directory.
+const FETCH_MOUNT: &str = "/restore";
+
+/// A restored member's pod: a new member whose init containers restore the verified snapshot into
+/// its data directory with the whole restored membership `members` (only when that directory is
+/// still empty, so a pod that starts again does not restore twice, nor need the store to start).
+pub fn restored_member_pod(
     cluster: &EtcdCluster,
     images: &Images,
-    seed: &str,
+    member: &str,
+    members: &[String],
     version: EtcdVersion,
-    claim: &str,
     token: &str,
+    from: SnapshotFrom<'_>,
 ) -> Result<Pod, BuildError> {
     let mut pod = objects::member_pod(
         cluster,
         images,
-        seed,
+        member,
         version,
         InitialClusterState::New,
-        &[seed.to_owned()],
+        members,
     )?;
-    let peer = vocabulary::peer_url(cluster, seed);
+    let peer = vocabulary::peer_url(cluster, member);
+    let initial = objects::initial_cluster(cluster, members);
+    let (snapshot, cleanup) = match from {
+        SnapshotFrom::Claim(_) => ("/snapshot/snapshot.db".to_owned(), String::new()),
+        // The copy is removed once restored: the member's claim then holds only its data.
+        SnapshotFrom::Store { .. } => (
+            format!("{DATA_MOUNT}/snapshot.db"),
+            format!("; rm -f {DATA_MOUNT}/snapshot.db {DATA_MOUNT}/manifest.json"),
+        ),
+    };
     let script = format!(
-        "set -e; if [ -d {DATA_MOUNT}/data/member ]; then echo 'data already restored'; exit 0; fi; \
+        "set -e; if [ -d {DATA_MOUNT}/data/member ]; then echo 'data already restored'{cleanup}; exit 0; fi; \
          rm -rf {DATA_MOUNT}/data; \
-         etcdutl snapshot restore /snapshot/snapshot.db --data-dir {DATA_MOUNT}/data --name {seed} \
-         --initial-cluster {seed}={peer} --initial-advertise-peer-urls {peer} --initial-cluster-token {token} \
-         --bump-revision {BUMP_REVISION} --mark-compacted"
+         etcdutl snapshot restore {snapshot} --data-dir {DATA_MOUNT}/data --name {member} \
+         --initial-cluster {initial} --initial-advertise-peer-urls {peer} --initial-cluster-token {token} \
+         --bump-revision {BUMP_REVISION} --mark-compacted{cleanup}"
     );
     let etcd_image = vocabulary::etcd_image(cluster, images, version);
     let spec = pod.spec.as_mut().ok_or(BuildError {
@@ -152,21 +185,50 @@ pub fn seed_pod(
         .security_context
         .is_some()
         .then(objects::restricted_container_security);
-    let init: Container = to_object(
+    let mut mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT})];
+    let mut init = Vec::new();
+    match from {
+        SnapshotFrom::Claim(claim) => {
+            mounts.push(json!({"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}));
+            let vol: Volume = to_object(
+                "Volume",
+                json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+            )?;
+            spec.volumes.get_or_insert_with(Vec::new).push(vol);
+        }
+        SnapshotFrom::Store {
+            chosen,
+            identity_secret,
+        } => {
+            let done = format!("{FETCH_MOUNT}/data");
+            let fetch = objects::fetch_container(
+                cluster,
+                FetchTarget {
+                    chosen,
+                    identity_secret,
+                    image: &images.sidecar,
+                    out_volume: "data",
+                    out_dir: FETCH_MOUNT,
+                    unless_exists: Some(&done),
+                },
+            );
+            init.push(to_object::<Container>("Container", fetch.container)?);
+            for v in fetch.volumes {
+                spec.volumes
+                    .get_or_insert_with(Vec::new)
+                    .push(to_object("Volume", v)?);
+            }
+        }
+    }
+    init.push(to_object(
         "Container",
         json!({
             "name": "restore", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
             "command": ["sh", "-c", script],
             "securityContext": security,
-            "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT},
-                             {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}]
+            "volumeMounts": mounts
         }),
-    )?;
-    spec.init_containers = Some(vec![init]);
-    let vol: Volume = to_object(
-        "Volume",
-        json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
-    )?;
-    spec.volumes.get_or_insert_with(Vec::new).push(vol);
+    )?);
+    spec.init_containers = Some(init);
     Ok(pod)
 }

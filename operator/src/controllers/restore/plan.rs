@@ -1,8 +1,8 @@
 //! What a restore in its Restoring phase does next, from what was observed: a pure function, one
 //! step per reconcile, tested case by case. The order is the safety argument: the hold is taken
-//! (atomically) before anything is touched, the seed's name is recorded before its pod exists, old
-//! members are stopped (their claims kept) before the seed starts, and Growing is recorded only once
-//! the seed serves the restored data.
+//! (atomically) before anything is touched, the restored members' names are recorded before their
+//! pods exist, old members are stopped (their claims kept) before any restored member starts, and
+//! Growing is recorded only once every restored member serves the restored data.
 
 use ouroboros_crds::{ClusterPhase, EtcdClusterStatus};
 
@@ -14,15 +14,18 @@ use crate::{
     vocabulary::{ordinal, pvc_name},
 };
 
-/// The seed member's pod, as observed.
+/// A restored member's pod, as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SeedPod {
+pub enum MemberPod {
     /// Not created yet (or gone).
     Absent,
     /// Created, and the scheduler cannot place it; its message says why.
     Unschedulable(String),
     /// Created, not Ready yet.
     Starting,
+    /// Its restore failed and the kubelet retries it (a fetch that no longer checks out, say); the
+    /// container's message says why.
+    Failing(String),
     /// Ready: etcd serves the restored data.
     Ready,
 }
@@ -38,16 +41,20 @@ pub struct RestoringView {
     pub holder: Option<String>,
     /// Another restore of the same cluster already in Growing (it has lifted its hold).
     pub growing_other: Option<String>,
-    /// The seed's name, once recorded in status.
-    pub seed: Option<String>,
+    /// How many members are restored from the snapshot: `spec.size` when each member can fetch
+    /// the archive itself (all start together, as etcd's disaster-recovery procedure does), else
+    /// one seed the cluster controller grows.
+    pub restored_count: u32,
+    /// The restored members' names, once recorded in status (empty: not chosen yet).
+    pub members: Vec<String>,
     /// Names of the cluster's member pods.
     pub pods: Vec<String>,
     /// Names of the cluster's claims.
     pub claims: Vec<String>,
     /// The lowest ordinal a new member may take (recorded on the cluster).
     pub ordinal_floor: u32,
-    /// The seed's pod, when a seed is recorded.
-    pub seed_pod: SeedPod,
+    /// The restored members' pods, in the order of `members`.
+    pub member_pods: Vec<MemberPod>,
 }
 
 /// The one step of a Restoring reconcile.
@@ -57,24 +64,35 @@ pub enum RestoringStep {
     HeldByOther(String),
     /// Take the hold, on the cluster exactly as read (a concurrent restore loses the race).
     TakeHold,
-    /// Record this name for the seed (its ordinal first, then the restore's status).
-    ChooseSeed(String),
+    /// Record these names for the restored members (the highest ordinal first, then the restore's
+    /// status).
+    ChooseMembers(Vec<String>),
     /// Delete these member pods; their claims stay until the restored cluster is Available.
     StopOldMembers(Vec<String>),
-    /// Create the seed's claim and pod.
-    StartSeed(String),
-    /// The seed's pod is starting.
-    WaitForSeed,
-    /// The seed's pod waits for a node: say why in status and wait (nothing is undone; the old
-    /// members' claims are kept, and the seed starts once the scheduler can place it).
-    SeedUnschedulable {
-        /// The seed's name.
-        seed: String,
+    /// Create these restored members' claims and pods (all that are absent, at once: they form
+    /// one new cluster and only start serving together).
+    StartMembers(Vec<String>),
+    /// The restored members' pods are starting.
+    WaitForMembers,
+    /// A restored member's pod waits for a node: say why in status and wait (nothing is undone; the
+    /// old members' claims are kept, and the member starts once the scheduler can place it).
+    MemberUnschedulable {
+        /// The member's name.
+        member: String,
         /// The scheduler's message.
         why: String,
     },
-    /// The seed serves the restored data: record Growing (before the hold is lifted).
-    Grow(String),
+    /// A restored member's restore fails and is retried by the kubelet: say why in status and
+    /// wait. Nothing is undone (the old members' claims are kept); a person decides, as the reason
+    /// says.
+    MemberFailing {
+        /// The member's name.
+        member: String,
+        /// The container's message.
+        why: String,
+    },
+    /// Every restored member serves the restored data: record Growing (before the hold is lifted).
+    Grow(Vec<String>),
 }
 
 /// The next step of the Restoring phase.
@@ -93,27 +111,53 @@ pub fn next_restoring_step(v: &RestoringView) -> RestoringStep {
             };
         }
     }
-    let Some(seed) = &v.seed else {
-        return RestoringStep::ChooseSeed(seed_name(v));
-    };
-    let old: Vec<String> = v.pods.iter().filter(|p| *p != seed).cloned().collect();
+    if v.members.is_empty() {
+        return RestoringStep::ChooseMembers(member_names(v));
+    }
+    let old: Vec<String> = v
+        .pods
+        .iter()
+        .filter(|p| !v.members.contains(p))
+        .cloned()
+        .collect();
     if !old.is_empty() {
         return RestoringStep::StopOldMembers(old);
     }
-    match &v.seed_pod {
-        SeedPod::Absent => RestoringStep::StartSeed(seed.clone()),
-        SeedPod::Unschedulable(why) => RestoringStep::SeedUnschedulable {
-            seed: seed.clone(),
-            why: why.clone(),
-        },
-        SeedPod::Starting => RestoringStep::WaitForSeed,
-        SeedPod::Ready => RestoringStep::Grow(seed.clone()),
+    let state = |i: usize| v.member_pods.get(i).cloned().unwrap_or(MemberPod::Absent);
+    let absent: Vec<String> = (0..v.members.len())
+        .filter(|i| state(*i) == MemberPod::Absent)
+        .map(|i| v.members[i].clone())
+        .collect();
+    if !absent.is_empty() {
+        return RestoringStep::StartMembers(absent);
+    }
+    for (i, member) in v.members.iter().enumerate() {
+        match state(i) {
+            MemberPod::Unschedulable(why) => {
+                return RestoringStep::MemberUnschedulable {
+                    member: member.clone(),
+                    why,
+                };
+            }
+            MemberPod::Failing(why) => {
+                return RestoringStep::MemberFailing {
+                    member: member.clone(),
+                    why,
+                };
+            }
+            MemberPod::Absent | MemberPod::Starting | MemberPod::Ready => {}
+        }
+    }
+    if (0..v.members.len()).all(|i| state(i) == MemberPod::Ready) {
+        RestoringStep::Grow(v.members.clone())
+    } else {
+        RestoringStep::WaitForMembers
     }
 }
 
-/// The seed's name: past every ordinal in use by pods or claims (old claims stay until the end) and
-/// every ordinal ever recorded, so a name never repeats.
-fn seed_name(v: &RestoringView) -> String {
+/// The restored members' names: past every ordinal in use by pods or claims (old claims stay until
+/// the end) and every ordinal ever recorded, so a name never repeats.
+fn member_names(v: &RestoringView) -> Vec<String> {
     let highest = v
         .pods
         .iter()
@@ -121,8 +165,10 @@ fn seed_name(v: &RestoringView) -> String {
         .chain(v.claims.iter().map(|c| c.trim_end_matches("-data")))
         .filter_map(|n| ordinal(&v.cluster, n))
         .max();
-    let next = highest.map_or(0, |h| h + 1).max(v.ordinal_floor);
-    format!("{}-{next}", v.cluster)
+    let first = highest.map_or(0, |h| h + 1).max(v.ordinal_floor);
+    (first..first + v.restored_count.max(1))
+        .map(|o| format!("{}-{o}", v.cluster))
+        .collect()
 }
 
 /// The Secret whose identity the fetch mounts, or why the restore fails before it runs. `key` is
@@ -205,23 +251,28 @@ pub fn next_growing_step(v: &GrowingView) -> GrowingStep {
 mod tests {
     use super::*;
 
-    fn held(seed: Option<&str>, pods: &[&str], seed_pod: SeedPod) -> RestoringView {
+    fn held(members: &[&str], pods: &[&str], member_pods: &[MemberPod]) -> RestoringView {
         RestoringView {
             restore: "r".into(),
             cluster: "c".into(),
             holder: Some("r".into()),
             growing_other: None,
-            seed: seed.map(Into::into),
+            restored_count: 3,
+            members: members.iter().map(|p| p.to_string()).collect(),
             pods: pods.iter().map(|p| p.to_string()).collect(),
             claims: vec![],
             ordinal_floor: 0,
-            seed_pod,
+            member_pods: member_pods.to_vec(),
         }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|p| p.to_string()).collect()
     }
 
     #[test]
     fn nothing_is_touched_before_the_hold_is_this_restores() {
-        let mut v = held(None, &["c-0", "c-1"], SeedPod::Absent);
+        let mut v = held(&[], &["c-0", "c-1"], &[]);
         v.holder = None;
         assert_eq!(next_restoring_step(&v), RestoringStep::TakeHold);
         v.holder = Some("other".into());
@@ -233,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_restore_that_already_lifted_its_hold_and_grows_keeps_the_cluster() {
-        let mut v = held(None, &["c-3"], SeedPod::Absent);
+        let mut v = held(&[], &["c-3"], &[]);
         v.holder = None;
         v.growing_other = Some("earlier".into());
         assert_eq!(
@@ -243,52 +294,79 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_takes_an_ordinal_past_every_pod_claim_and_record() {
-        let mut v = held(None, &["c-0", "c-2"], SeedPod::Absent);
+    fn restored_members_take_ordinals_past_every_pod_claim_and_record() {
+        let mut v = held(&[], &["c-0", "c-2"], &[]);
         v.claims = vec!["c-0-data".into(), "c-4-data".into(), "c-backups".into()];
-        assert_eq!(next_restoring_step(&v), RestoringStep::ChooseSeed("c-5".into()));
-        v.ordinal_floor = 9;
-        assert_eq!(next_restoring_step(&v), RestoringStep::ChooseSeed("c-9".into()));
-        let empty = held(None, &[], SeedPod::Absent);
-        assert_eq!(
-            next_restoring_step(&empty),
-            RestoringStep::ChooseSeed("c-0".into())
-        );
-    }
-
-    #[test]
-    fn old_members_stop_before_the_seed_starts_and_the_seed_is_never_one_of_them() {
-        let v = held(Some("c-5"), &["c-0", "c-5", "c-1"], SeedPod::Starting);
         assert_eq!(
             next_restoring_step(&v),
-            RestoringStep::StopOldMembers(vec!["c-0".into(), "c-1".into()])
+            RestoringStep::ChooseMembers(names(&["c-5", "c-6", "c-7"]))
+        );
+        v.ordinal_floor = 9;
+        assert_eq!(
+            next_restoring_step(&v),
+            RestoringStep::ChooseMembers(names(&["c-9", "c-10", "c-11"]))
+        );
+        let mut one = held(&[], &[], &[]);
+        one.restored_count = 1;
+        assert_eq!(
+            next_restoring_step(&one),
+            RestoringStep::ChooseMembers(names(&["c-0"]))
         );
     }
 
     #[test]
-    fn the_seed_starts_then_grows_only_once_ready() {
+    fn old_members_stop_before_any_restored_member_starts_and_none_of_them_is_restored() {
+        let v = held(&["c-5", "c-6"], &["c-0", "c-5", "c-1"], &[MemberPod::Starting]);
         assert_eq!(
-            next_restoring_step(&held(Some("c-5"), &[], SeedPod::Absent)),
-            RestoringStep::StartSeed("c-5".into())
-        );
-        assert_eq!(
-            next_restoring_step(&held(Some("c-5"), &["c-5"], SeedPod::Starting)),
-            RestoringStep::WaitForSeed
-        );
-        assert_eq!(
-            next_restoring_step(&held(Some("c-5"), &["c-5"], SeedPod::Ready)),
-            RestoringStep::Grow("c-5".into())
+            next_restoring_step(&v),
+            RestoringStep::StopOldMembers(names(&["c-0", "c-1"]))
         );
     }
 
     #[test]
-    fn a_seed_the_scheduler_cannot_place_is_reported_and_never_replaced() {
+    fn every_absent_member_starts_at_once_and_growing_waits_for_all_to_be_ready() {
+        use MemberPod::*;
+        let m = ["c-5", "c-6", "c-7"];
+        assert_eq!(
+            next_restoring_step(&held(&m, &[], &[Absent, Absent, Absent])),
+            RestoringStep::StartMembers(names(&m))
+        );
+        // A pod gone while the others start is created again, alone (it restores on its own claim).
+        assert_eq!(
+            next_restoring_step(&held(&m, &["c-5", "c-7"], &[Starting, Absent, Ready])),
+            RestoringStep::StartMembers(names(&["c-6"]))
+        );
+        assert_eq!(
+            next_restoring_step(&held(&m, &m, &[Ready, Starting, Ready])),
+            RestoringStep::WaitForMembers
+        );
+        assert_eq!(
+            next_restoring_step(&held(&m, &m, &[Ready, Ready, Ready])),
+            RestoringStep::Grow(names(&m))
+        );
+        assert_eq!(
+            next_restoring_step(&held(&["c-5"], &["c-5"], &[Ready])),
+            RestoringStep::Grow(names(&["c-5"]))
+        );
+    }
+
+    #[test]
+    fn a_member_the_scheduler_cannot_place_or_whose_restore_fails_is_reported_and_never_replaced() {
+        use MemberPod::*;
         let why = "0/3 nodes are available: 1 node(s) didn't find available persistent volumes to bind";
+        let m = ["c-5", "c-6"];
         assert_eq!(
-            next_restoring_step(&held(Some("c-5"), &["c-5"], SeedPod::Unschedulable(why.into()))),
-            RestoringStep::SeedUnschedulable {
-                seed: "c-5".into(),
+            next_restoring_step(&held(&m, &m, &[Ready, Unschedulable(why.into())])),
+            RestoringStep::MemberUnschedulable {
+                member: "c-6".into(),
                 why: why.into()
+            }
+        );
+        assert_eq!(
+            next_restoring_step(&held(&m, &m, &[Failing("sha256 differs".into()), Starting])),
+            RestoringStep::MemberFailing {
+                member: "c-5".into(),
+                why: "sha256 differs".into()
             }
         );
     }

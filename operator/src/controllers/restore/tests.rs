@@ -1,7 +1,10 @@
 //! Restore tests: the seed pod and the fetch outcome.
 
 #![allow(clippy::unwrap_used)]
-use super::{objects::seed_pod, *};
+use super::{
+    objects::{SnapshotFrom, restored_member_pod},
+    *,
+};
 use crate::{
     backup_source::{Lineage, Proof, choose, choose_latest, recorded_choice, restore_awaits_drill},
     vocabulary::Images,
@@ -373,13 +376,14 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
         etcd_repository: "etcd".into(),
         sidecar: "sidecar:1".into(),
     };
-    let pod = seed_pod(
+    let pod = restored_member_pod(
         &cluster,
         &images,
         "main-3",
+        &["main-3".into()],
         "3.6.16".parse().unwrap(),
-        "r-snapshot",
         "main-restore-1",
+        SnapshotFrom::Claim("r-snapshot"),
     )
     .unwrap();
     let spec = pod.spec.unwrap();
@@ -402,6 +406,80 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
         .find(|v| v.name == "snapshot")
         .unwrap();
     assert_eq!(snapshot.persistent_volume_claim.unwrap().claim_name, "r-snapshot");
+}
+
+#[test]
+fn parallel_members_each_fetch_and_check_the_archive_then_restore_with_the_whole_membership() {
+    let cluster: EtcdCluster = serde_json::from_value(json!({
+        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": "main", "namespace": "ns", "uid": "u"},
+        "spec": {"size": 3, "backup": {"schedule": "0 * * * *", "destination": {"s3": {"bucket": "b", "endpoint": "http://minio:9000",
+                 "credentialsSecret": "creds"}}}},
+    }))
+    .unwrap();
+    let images = Images {
+        etcd_repository: "etcd".into(),
+        sidecar: "sidecar:1".into(),
+    };
+    let chosen = Chosen {
+        name: "b1".into(),
+        location: "s3://b/ns/main/x.tar.gz".into(),
+        sha256: Some("abc".into()),
+        revision: Some(7),
+        completed: None,
+        raw_size: 1 << 30,
+        destination: None,
+        encrypted: false,
+    };
+    let members: Vec<String> = vec!["main-3".into(), "main-4".into(), "main-5".into()];
+    let pod = restored_member_pod(
+        &cluster,
+        &images,
+        "main-4",
+        &members,
+        "3.6.16".parse().unwrap(),
+        "main-restore-1",
+        SnapshotFrom::Store {
+            chosen: &chosen,
+            identity_secret: None,
+        },
+    )
+    .unwrap();
+    let spec = pod.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    assert_eq!(init.len(), 2, "a fetch, then the restore");
+    let fetch = init[0].args.clone().unwrap().join(" ");
+    for part in [
+        "fetch",
+        "--location=s3://b/ns/main/x.tar.gz",
+        "--sha256=abc",
+        "--out=/restore",
+        // A pod that starts again on its restored data needs no store.
+        "--unless-exists=/restore/data",
+    ] {
+        assert!(fetch.contains(part), "{part} missing from {fetch}");
+    }
+    assert_eq!(init[0].image.as_deref(), Some("sidecar:1"));
+    let script = init[1].command.clone().unwrap().join(" ");
+    for part in [
+        "etcdutl snapshot restore /var/lib/etcd/snapshot.db",
+        "--name main-4",
+        "--initial-cluster main-3=http://main-3.main.ns.svc:2380,main-4=http://main-4.main.ns.svc:2380,\
+         main-5=http://main-5.main.ns.svc:2380",
+        "--initial-cluster-token main-restore-1",
+        "rm -f /var/lib/etcd/snapshot.db",
+    ] {
+        assert!(script.contains(part), "{part} missing from {script}");
+    }
+    // Nothing ties the member to the snapshot claim's node.
+    assert!(
+        !spec
+            .volumes
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.name == "snapshot")
+    );
 }
 
 fn with_drill(mut b: EtcdBackup, drill: ouroboros_crds::DrillPhase, verified: Option<bool>) -> EtcdBackup {
