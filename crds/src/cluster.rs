@@ -276,7 +276,7 @@ fn default_compression_level() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct Compression {
     /// `gzip` (the default: `.tar.gz`, which every tool reads) or `zstd` (`.tar.zst`, which GNU
-    /// `tar --zstd -xf` reads; several times less CPU per backup for a similar size, so a backup
+    /// `tar --zstd -xf` reads; about half the CPU of gzip per backup, so a backup
     /// competes less with etcd for the member's cores). Restores, drills and automatic recovery
     /// read either, whatever is set now. Needs sidecars of an operator that knows zstd.
     #[serde(default)]

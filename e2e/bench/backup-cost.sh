@@ -2,7 +2,8 @@
 # What a backup costs the cluster's writers: put latency (p50, p99, max) of a steady writer on a
 # 3-member etcd while the sidecar backs up a MIB (default 1024) MiB database from one follower,
 # against the same writer with no backup, in the same run, for each codec in CODECS (default
-# "gzip zstd").
+# "gzip zstd"; "save" is a bare `etcdctl snapshot save` from the same follower, what any backup must
+# at least do). CPU_LIMIT=<millicores> puts each sidecar under that CPU quota (a container limit).
 #
 # Plain etcd processes on loopback with the flags the operator gives members (an 8 GiB quota, as
 # defrag.sh, and the defaults of spec.etcd), filled with `etcd-fill`; `put-probe` puts 1 KiB values
@@ -86,22 +87,45 @@ until [ -e "$WORK/ready" ]; do
 done
 
 declare -A backup_ms
+# CPU_LIMIT=<millicores> runs each sidecar in a CPU cgroup with that quota (cgroup v1 cpu.cfs_quota_us,
+# what a container's CPU limit is), to show the trade-off between backup time and put latency.
+limited() { # PID
+  local g=/sys/fs/cgroup/cpu/ouroboros-bench-sidecar
+  mkdir -p "$g"
+  echo 100000 >"$g/cpu.cfs_period_us"
+  echo $((CPU_LIMIT * 100)) >"$g/cpu.cfs_quota_us"
+  echo "$1" >"$g/cgroup.procs"
+}
 for codec in $CODECS; do
-  OUROBOROS_SIDECAR_ADDR=127.0.0.1:${SIDECAR#*:} "$BIN/etcd-backup-sidecar" --api-tls-dir "$TLS" \
-    --etcd-endpoint "$(client "$follower")" >"$WORK/sidecar-$codec.log" 2>&1 &
-  sc_pid=$!; pids+=("$sc_pid")
-  for _ in $(seq 600); do scurl "https://$SIDECAR/healthz" >/dev/null && break; sleep 0.1; done
   id="cost-$MIB-$codec"
-  job=$(printf '{"id":"%s","name":"%s","clusterName":"bench","member":"m%s","compressionLevel":%s,"codec":"%s","destination":{"s3":{"bucket":"%s","prefix":"bench-cost/","endpoint":"%s","region":"us-east-1","force_path_style":true,"credentials":["%s","%s",null]}}}' \
-    "$id" "$id" "$follower" "${LEVEL:-1}" "$codec" "$BUCKET" "$OUROBOROS_S3_ENDPOINT" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY")
-  log "$codec: $IDLE s idle"
-  idle_from=$(now_ms)
-  sleep "$IDLE"
-  t0=$(now_ms)
-  scurl -X POST -H 'content-type: application/json' -d "$job" "https://$SIDECAR/v1/backups" >/dev/null
-  while st=$(scurl "https://$SIDECAR/v1/backups/$id") && [[ $st == *'"phase":"running"'* ]]; do sleep 0.25; done
-  t1=$(now_ms)
-  [[ $st == *'"phase":"succeeded"'* ]] || { log "sidecar backup ($codec) failed: $st"; exit 1; }
+  if [ "$codec" = save ]; then
+    # What every backup must at least do: the follower streams its snapshot (etcdctl to a file).
+    log "$codec: $IDLE s idle"
+    idle_from=$(now_ms)
+    sleep "$IDLE"
+    t0=$(now_ms)
+    "$ETCD/etcdctl" --endpoints "$(client "$follower")" snapshot save "$WORK/save.db" >/dev/null 2>&1
+    t1=$(now_ms)
+    rm -f "$WORK/save.db"
+  else
+    OUROBOROS_SIDECAR_ADDR=127.0.0.1:${SIDECAR#*:} "$BIN/etcd-backup-sidecar" --api-tls-dir "$TLS" \
+      --etcd-endpoint "$(client "$follower")" >"$WORK/sidecar-$codec.log" 2>&1 &
+    sc_pid=$!; pids+=("$sc_pid")
+    [ -z "${CPU_LIMIT:-}" ] || limited "$sc_pid"
+    for _ in $(seq 600); do scurl "https://$SIDECAR/healthz" >/dev/null && break; sleep 0.1; done
+    job=$(printf '{"id":"%s","name":"%s","clusterName":"bench","member":"m%s","compressionLevel":%s,"codec":"%s","destination":{"s3":{"bucket":"%s","prefix":"bench-cost/","endpoint":"%s","region":"us-east-1","force_path_style":true,"credentials":["%s","%s",null]}}}' \
+      "$id" "$id" "$follower" "${LEVEL:-1}" "$codec" "$BUCKET" "$OUROBOROS_S3_ENDPOINT" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY")
+    log "$codec: $IDLE s idle"
+    idle_from=$(now_ms)
+    sleep "$IDLE"
+    t0=$(now_ms)
+    scurl -X POST -H 'content-type: application/json' -d "$job" "https://$SIDECAR/v1/backups" >/dev/null
+    while st=$(scurl "https://$SIDECAR/v1/backups/$id") && [[ $st == *'"phase":"running"'* ]]; do sleep 0.25; done
+    t1=$(now_ms)
+    [[ $st == *'"phase":"succeeded"'* ]] || { log "sidecar backup ($codec) failed: $st"; exit 1; }
+    kill "$sc_pid"; wait "$sc_pid" 2>/dev/null || true
+    s3_delete_prefix bench-cost/ || true
+  fi
   took=$((t1 - t0)); backup_ms[$codec]=$took
   from=$((t0 - took))
   if [ "$from" -lt "$idle_from" ]; then
@@ -110,8 +134,6 @@ for codec in $CODECS; do
   fi
   printf '%s %s idle-%s\n%s %s backup-%s\n' "$from" "$t0" "$codec" "$t0" "$t1" "$codec" >>"$WORK/windows"
   log "$codec: backup $took ms"
-  kill "$sc_pid"; wait "$sc_pid" 2>/dev/null || true
-  s3_delete_prefix bench-cost/ || true
 done
 
 touch "$WORK/stop"
@@ -130,6 +152,8 @@ for codec in $CODECS; do
   IFS=$'\t' read -r _ bn bp50 bp99 bmax < <(grep "^backup-$codec"$'\t' "$WORK/probe.out")
   s=$(awk -v ms="${backup_ms[$codec]}" 'BEGIN {printf "%.2f", ms / 1000}')
   r=$(awk -v a="$bp99" -v b="$ip99" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "–"}')
-  echo "| $codec | $ip50 ms | $ip99 ms | $imax ms | $bp50 ms | $bp99 ms | $bmax ms | $r | $s s |"
-  csv_row "$CSV" "$HEADER" "$RUN_DATE" "$MIB" "$codec" "$s" "$in_" "$ip50" "$ip99" "$imax" "$bn" "$bp50" "$bp99" "$bmax"
+  echo "| $codec${CPU_LIMIT:+ (sidecar limited to ${CPU_LIMIT}m)} | $ip50 ms | $ip99 ms | $imax ms | $bp50 ms | $bp99 ms | $bmax ms | $r | $s s |"
+  label=$codec
+  [ "$codec" = save ] || [ -z "${CPU_LIMIT:-}" ] || label+="@${CPU_LIMIT}m"
+  csv_row "$CSV" "$HEADER" "$RUN_DATE" "$MIB" "$label" "$s" "$in_" "$ip50" "$ip99" "$imax" "$bn" "$bp50" "$bp99" "$bmax"
 done

@@ -7,8 +7,9 @@
 //! 3. **Restoring**: the cluster is held (annotation), its member pods are deleted (claims are kept),
 //!    and new members start from the verified snapshot, restored by the etcd image's `etcdutl
 //!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID. From S3, all of
-//!    `spec.size` restore and start together, each fetching and checking the archive itself (etcd's
-//!    own disaster-recovery procedure); from a `file` archive, one seed next to the snapshot claim.
+//!    `spec.size` restore and start together (etcd's own disaster-recovery procedure): the first
+//!    from the verified snapshot's claim, the others each fetching and checking the archive itself;
+//!    from a `file` archive, one seed next to the snapshot claim.
 //! 4. **Growing**: the hold is lifted and the cluster controller grows the restored members to
 //!    `spec.size` as usual (nothing to grow after a parallel restore); once it is Available, the old
 //!    members' claims and the snapshot claim are deleted.
@@ -687,7 +688,7 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         plan::RestoringStep::WaitForMembers => Ok(Action::requeue(POLL)),
         plan::RestoringStep::MemberUnschedulable { member, why } => {
             let why = why.trim_end_matches('.');
-            let reason = if restored_members(&status).len() == 1 {
+            let reason = if !plan::fetches_itself(&restored_members(&status), &member) {
                 let claim = objects::snapshot_claim_name(r);
                 format!(
                     "seed {member} is not scheduled yet: {why}. It mounts the verified snapshot's claim \
@@ -697,7 +698,9 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             } else {
                 format!(
                     "restored member {member} is not scheduled yet: {why}. It starts once a node can \
-                     hold its data claim; the others wait for it. The old members are stopped, their claims kept"
+                     hold its data claim (the first restored member mounts the verified snapshot's claim, \
+                     the others fetch the archive themselves); the others wait for it. The old members \
+                     are stopped, their claims kept"
                 )
             };
             let event = format!("{member} is not scheduled yet: {why}");
@@ -772,7 +775,7 @@ async fn start_members(
     };
     // Members that fetch the archive themselves check it against the digest the verifying fetch
     // found (and the one recorded with the backup, which the verifying fetch already matched).
-    let from_store = if members.len() > 1 {
+    let from_store = if absent.iter().any(|m| plan::fetches_itself(members, m)) {
         match archive_to_fetch(ctx, r, cluster, &status).await? {
             Ok((chosen, identity)) => Some((
                 Chosen {
@@ -826,14 +829,16 @@ async fn start_members(
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let claim = objects::snapshot_claim_name(r);
-    let from = match &from_store {
-        Some((chosen, identity)) => objects::SnapshotFrom::Store {
-            chosen,
-            identity_secret: identity.as_deref(),
-        },
-        None => objects::SnapshotFrom::Claim(&claim),
-    };
     for member in absent {
+        let from = match &from_store {
+            Some((chosen, identity)) if plan::fetches_itself(members, member) => {
+                objects::SnapshotFrom::Store {
+                    chosen,
+                    identity_secret: identity.as_deref(),
+                }
+            }
+            _ => objects::SnapshotFrom::Claim(&claim),
+        };
         let mut pod =
             objects::restored_member_pod(cluster, &ctx.images(), member, members, version, &token, from)?;
         if let Err(e) = crate::certificate_copies::mount_accepted(&ctx.client, cluster, &mut pod).await {
