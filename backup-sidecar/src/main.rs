@@ -79,10 +79,6 @@ struct FetchArgs {
     /// An age identity file (`AGE-SECRET-KEY-1...` lines) to decrypt an encrypted archive with.
     #[arg(long)]
     identity_file: Option<std::path::PathBuf>,
-    /// Do nothing (exit 0) when this path exists: a restored member's pod that starts again finds its
-    /// data already restored, and must not depend on the store being reachable to start on it.
-    #[arg(long)]
-    unless_exists: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,13 +150,7 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
         region,
         force_path_style,
         identity_file,
-        unless_exists,
     } = args;
-    // A path that cannot be looked at (another user's directory) is there, too.
-    if let Some(done) = unless_exists.filter(|p| p.try_exists().unwrap_or(true)) {
-        eprintln!("{} exists: nothing to fetch", done.display());
-        return Ok(());
-    }
     let result = async {
         let identities = match &identity_file {
             Some(f) => ouroboros_backup_sidecar::crypt::identities(f)?,

@@ -227,7 +227,7 @@ pub struct TlsSpec {
 }
 
 /// Scheduled backups and their retention.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicy {
     /// Cron schedule in the five-field form (`minute hour day-of-month month day-of-week`), in UTC, for
@@ -254,6 +254,12 @@ pub struct BackupPolicy {
     /// How archives are compressed (gzip unless set). `compressionLevel` applies to either codec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Resources of the backup sidecar container in every member pod (and of a backup's writer
+    /// pod), in place of the default: requests 10m CPU and 32Mi, a 256Mi memory limit, no CPU
+    /// limit. A CPU limit makes every backup slower and leaves more of the node to etcd while it
+    /// runs (docs/benchmarks.md measures both). Applies to member pods started afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
     /// Encrypt every archive of this cluster with age before it leaves the member (off when unset).
     /// Encrypted archives are named `.tar.gz.age`; restores and automatic recovery decrypt them
     /// with the same Secret's `identity` unless the EtcdRestore names another.

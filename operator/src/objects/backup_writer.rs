@@ -52,7 +52,7 @@ pub fn backup_writer_pod(
     sidecar
         .mounts
         .push(json!({"name": "backups", "mountPath": format!("{BACKUP_MOUNT}/{claim}")}));
-    let mut container = sidecar_container(images, SIDECAR_PORT, sidecar.args, sidecar.mounts);
+    let mut container = sidecar_container(cluster, images, SIDECAR_PORT, sidecar.args, sidecar.mounts);
     container["securityContext"] = restricted_container_security();
     let backup = w.backup;
     let pod = json!({

@@ -103,7 +103,6 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
             image: &images.sidecar,
             out_volume: "scratch",
             out_dir: SCRATCH,
-            unless_exists: None,
         },
     );
     let etcd_image = vocabulary::etcd_image(cluster, images, drill.version);

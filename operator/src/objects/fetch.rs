@@ -36,8 +36,6 @@ pub struct FetchTarget<'a> {
     pub out_volume: &'a str,
     /// ... mounted here.
     pub out_dir: &'a str,
-    /// Fetch nothing when this path exists (a restored member's data, on a later start).
-    pub unless_exists: Option<&'a str>,
 }
 
 /// The fetch container of `target`, from the store the backup named, else the cluster's.
@@ -50,9 +48,6 @@ pub fn fetch_container(cluster: &EtcdCluster, target: FetchTarget<'_>) -> FetchC
     ];
     if let Some(sha) = &chosen.sha256 {
         args.push(format!("--sha256={sha}"));
-    }
-    if let Some(done) = target.unless_exists {
-        args.push(format!("--unless-exists={done}"));
     }
     let mut env = Vec::new();
     let mut volumes = Vec::new();

@@ -260,7 +260,7 @@ fn build_member_pod(
                     // status: how the operator learns that etcd refused its data at start.
                     "terminationMessagePolicy": "FallbackToLogsOnError"
                 },
-                sidecar_container(images, ports.sidecar, sidecar.args, sidecar.mounts)
+                sidecar_container(cluster, images, ports.sidecar, sidecar.args, sidecar.mounts)
             ],
             "volumes": std::iter::once(data_volume).chain(volumes).collect::<Vec<_>>()
         }
@@ -327,13 +327,28 @@ impl SidecarParts {
     }
 }
 
-/// The backup sidecar container, serving on `port`.
+/// The backup sidecar's resources unless `spec.backup.resources` says otherwise: little requested
+/// (it idles between backups), memory bounded (its peak is measured at 41–59 MiB, whatever the
+/// database size), CPU not limited (a limit slows every backup; see docs/benchmarks.md for what it
+/// buys the writers).
+fn default_sidecar_resources() -> serde_json::Value {
+    json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}})
+}
+
+/// The backup sidecar container of `cluster`, serving on `port`.
 pub(crate) fn sidecar_container(
+    cluster: &EtcdCluster,
     images: &Images,
     port: u16,
     args: Vec<String>,
     mounts: Vec<serde_json::Value>,
 ) -> serde_json::Value {
+    let resources = cluster
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.resources.as_ref())
+        .map_or_else(default_sidecar_resources, |r| json!(r));
     json!({
         "name": SIDECAR_CONTAINER,
         "image": images.sidecar,
@@ -348,14 +363,19 @@ pub(crate) fn sidecar_container(
         "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"},
                 {"name": "MALLOC_MMAP_THRESHOLD_", "value": "4194304"}],
         "ports": [{"name": "sidecar", "containerPort": port}],
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": resources,
         "volumeMounts": mounts
     })
 }
 
 fn anti_affinity(cluster: &EtcdCluster) -> Option<serde_json::Value> {
-    let term = json!({"labelSelector": {"matchLabels": selector_labels(cluster)}, "topologyKey": "kubernetes.io/hostname"});
-    match cluster.spec.pod.anti_affinity {
+    spread_by(cluster.spec.pod.anti_affinity, &selector_labels(cluster))
+}
+
+/// Pod anti-affinity that spreads the pods matching `labels` across nodes as `mode` says.
+pub(crate) fn spread_by(mode: AntiAffinityMode, labels: &serde_json::Value) -> Option<serde_json::Value> {
+    let term = json!({"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"});
+    match mode {
         AntiAffinityMode::None => None,
         AntiAffinityMode::Required => {
             Some(json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}))

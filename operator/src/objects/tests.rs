@@ -414,6 +414,31 @@ fn backups_default_to_a_claim_beside_pvc_data_and_to_none_otherwise() {
 }
 
 #[test]
+fn the_sidecar_takes_spec_backup_resources_else_a_bounded_default() {
+    let v: ouroboros_crds::EtcdVersion = "3.6.16".parse().unwrap();
+    let sidecar_resources = |c: &EtcdCluster| {
+        let p = member_pod(c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]).unwrap();
+        let spec = p.spec.unwrap();
+        let sidecar = spec
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap();
+        serde_json::to_value(sidecar.resources.clone().unwrap()).unwrap()
+    };
+    assert_eq!(
+        sidecar_resources(&minimal()),
+        json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}})
+    );
+    let limited = cluster(json!({"size": 3, "backup": {"schedule": "0 * * * *",
+        "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "500m", "memory": "128Mi"}}}}));
+    assert_eq!(
+        sidecar_resources(&limited),
+        json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "500m", "memory": "128Mi"}})
+    );
+}
+
+#[test]
 fn pdb_keeps_quorum() {
     let c = minimal();
     let pdb = pod_disruption_budget(&c).unwrap();

@@ -14,6 +14,7 @@ fn policy(schedule: &str) -> BackupPolicy {
         retention: None,
         compression_level: 1,
         compression: None,
+        resources: None,
         encryption: None,
         drills: None,
     }

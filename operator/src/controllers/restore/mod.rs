@@ -2,14 +2,14 @@
 //!
 //! 1. **Pending**: pick the backup (by name, or the newest matching `latest`), or fail naming why.
 //! 2. **Verifying**: a Job runs `etcd-backup-sidecar fetch` into a fresh claim: download, unpack,
-//!    check etcd's trailer, the manifest and the recorded sha256. The cluster is not touched; a bad
-//!    archive fails the restore here.
+//!    check etcd's trailer, the manifest and the recorded sha256; one Job and claim per restored
+//!    member, spread as the members will be. The cluster is not touched; a bad archive fails the
+//!    restore here.
 //! 3. **Restoring**: the cluster is held (annotation), its member pods are deleted (claims are kept),
 //!    and new members start from the verified snapshot, restored by the etcd image's `etcdutl
-//!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID. From S3, all of
-//!    `spec.size` restore and start together (etcd's own disaster-recovery procedure): the first
-//!    from the verified snapshot's claim, the others each fetching and checking the archive itself;
-//!    from a `file` archive, one seed next to the snapshot claim.
+//!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID, each from its own
+//!    verified copy. From S3, all of `spec.size` restore and start together (etcd's own
+//!    disaster-recovery procedure); from a `file` archive, one seed.
 //! 4. **Growing**: the hold is lifted and the cluster controller grows the restored members to
 //!    `spec.size` as usual (nothing to grow after a parallel restore); once it is Available, the old
 //!    members' claims and the snapshot claim are deleted.
@@ -259,34 +259,61 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
 
 async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> Result<Action, Error> {
     let ns = r.namespace().unwrap_or_default();
-    let job_name = objects::fetch_job_name(r);
     let cluster = match target(ctx, r, &status).await? {
         Ok(c) => c,
         Err(action) => return Ok(action),
     };
     let decryption = encryption::for_restore(r, Some(&cluster));
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(job) = jobs
-        .get_opt(&job_name)
-        .await
-        .map_err(kube_err("reading the fetch Job"))?
-    else {
-        // The backup is looked up once, before its fetch exists, as recorded when the restore
-        // started; polls of the running fetch read nothing else.
-        let (chosen, identity) = match archive_to_fetch(ctx, r, &cluster, &status).await? {
-            Ok(found) => found,
-            Err(why) => return advance(ctx, r, status, RestorePhase::Failed, why).await,
+    // One verified copy per restored member, each fetched and checked on its own, all before
+    // anything is touched (see `restored_count`).
+    let copies = restored_count(&cluster, &status);
+    let mut outcomes = Vec::new();
+    let mut unscheduled = None;
+    for copy in 0..copies {
+        let job_name = objects::fetch_job_name(r, copy);
+        let Some(job) = jobs
+            .get_opt(&job_name)
+            .await
+            .map_err(kube_err("reading a fetch Job"))?
+        else {
+            // The backup is looked up once, before its fetches exist, as recorded when the restore
+            // started; polls of the running fetches read nothing else.
+            let (chosen, identity) = match archive_to_fetch(ctx, r, &cluster, &status).await? {
+                Ok(found) => found,
+                Err(why) => return advance(ctx, r, status, RestorePhase::Failed, why).await,
+            };
+            for copy in 0..copies {
+                create_fetch(ctx, r, &cluster, &chosen, identity.as_deref(), copy, copies).await?;
+            }
+            failpoints::hit("restore-after-fetch-job");
+            return Ok(Action::requeue(POLL));
         };
-        create_fetch(ctx, r, &cluster, &chosen, identity.as_deref()).await?;
-        failpoints::hit("restore-after-fetch-job");
-        return Ok(Action::requeue(POLL));
-    };
-    let pods = super::pods_of_job(&ctx.client, &job)
-        .await
-        .map_err(kube_err("listing the fetch Job's pods"))?;
-    match fetch_outcome(&job.status.unwrap_or_default(), &pods) {
-        FetchOutcome::Running => Ok(Action::requeue(POLL)),
-        FetchOutcome::Verified(message) => {
+        let pods = super::pods_of_job(&ctx.client, &job)
+            .await
+            .map_err(kube_err("listing a fetch Job's pods"))?;
+        if unscheduled.is_none() {
+            unscheduled = pods
+                .iter()
+                .find_map(super::unscheduled_message)
+                .map(|why| (job_name.clone(), why));
+        }
+        outcomes.push((job_name, fetch_outcome(&job.status.unwrap_or_default(), &pods)));
+    }
+    match all_copies(outcomes) {
+        (_, FetchOutcome::Running) => match unscheduled {
+            Some((job, why)) => {
+                let reason = format!(
+                    "fetch {job} is not scheduled yet: {}. Each restored member's copy of the archive \
+                     is fetched where that member will run, spread as the members are; the cluster \
+                     was not touched",
+                    why.trim_end_matches('.')
+                );
+                report_waiting(ctx, r, status, "FetchUnschedulable", reason.clone(), reason).await
+            }
+            None => Ok(Action::requeue(POLL)),
+        },
+        (_, FetchOutcome::Verified(message)) => {
             // The fetch leaves the verified manifest as its termination message: the revision of an
             // archive no EtcdBackup describes.
             let manifest =
@@ -304,7 +331,7 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             );
             advance(ctx, r, status, RestorePhase::Restoring, reason).await
         }
-        FetchOutcome::Refused(message) => {
+        (job_name, FetchOutcome::Refused(message)) => {
             let mut why = message.unwrap_or_else(|| format!("Job {job_name} failed"));
             if let Some(e) = decryption.filter(|_| why.contains("decrypting")) {
                 why.push_str(&format!(
@@ -323,6 +350,28 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             .await
         }
     }
+}
+
+/// Where the copies are, together: refused when any copy was refused (named by its Job), verified
+/// (with the first copy's message) only when every copy verified, else running.
+pub fn all_copies(outcomes: Vec<(String, FetchOutcome)>) -> (String, FetchOutcome) {
+    if let Some(refused) = outcomes
+        .iter()
+        .find(|(_, o)| matches!(o, FetchOutcome::Refused(_)))
+    {
+        return refused.clone();
+    }
+    if !outcomes.is_empty()
+        && outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, FetchOutcome::Verified(_)))
+    {
+        return outcomes
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| (String::new(), FetchOutcome::Running));
+    }
+    (String::new(), FetchOutcome::Running)
 }
 
 /// The archive this restore chose when it started, and the Secret whose identity a fetch mounts; or
@@ -401,26 +450,32 @@ async fn create_fetch(
     cluster: &EtcdCluster,
     chosen: &Chosen,
     identity_secret: Option<&str>,
+    copy: u32,
+    copies: u32,
 ) -> Result<(), Error> {
     let ns = r.namespace().unwrap_or_default();
-    let pvc = objects::snapshot_claim(r, cluster, chosen)?;
+    let pvc = objects::snapshot_claim(r, cluster, chosen, copy)?;
     let job = objects::fetch_job(
         r,
         cluster,
-        chosen,
-        identity_secret,
-        &ctx.config.backup_sidecar_image,
+        objects::FetchCopy {
+            chosen,
+            identity_secret,
+            image: &ctx.config.backup_sidecar_image,
+            copy,
+            spread: copies > 1,
+        },
     )?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     if pvcs
         .get_opt(&pvc.name_any())
         .await
-        .map_err(kube_err("reading the snapshot claim"))?
+        .map_err(kube_err("reading a snapshot claim"))?
         .is_none()
     {
         pvcs.create(&PostParams::default(), &pvc)
             .await
-            .map_err(kube_err("creating the snapshot claim"))?;
+            .map_err(kube_err("creating a snapshot claim"))?;
     }
     Api::<Job>::namespaced(ctx.client.clone(), &ns)
         .create(&PostParams::default(), &job)
@@ -430,7 +485,7 @@ async fn create_fetch(
             kube::Error::Api(s) if s.code == 409 => Ok(()),
             e => Err(e),
         })
-        .map_err(kube_err("creating the fetch Job"))?;
+        .map_err(kube_err("creating a fetch Job"))?;
     Ok(())
 }
 
@@ -557,6 +612,13 @@ async fn observe_restoring(
     })
 }
 
+/// Which verified copy of the snapshot restored member `member` restores from: its place among
+/// `members`.
+fn copy_of(members: &[String], member: &str) -> u32 {
+    let i = members.iter().position(|m| m == member).unwrap_or(0);
+    u32::try_from(i).unwrap_or(0)
+}
+
 /// The members this restore recorded (one seed in a status written before members were a list).
 fn restored_members(status: &EtcdRestoreStatus) -> Vec<String> {
     match (&status.restored_members[..], &status.seed_member) {
@@ -565,11 +627,11 @@ fn restored_members(status: &EtcdRestoreStatus) -> Vec<String> {
     }
 }
 
-/// How many members start from the snapshot. From S3 every member fetches and checks the archive
-/// itself, so all of `spec.size` restore and start together (etcd's own disaster-recovery
-/// procedure; no member pays a snapshot transfer to join). A `file` archive lives on one claim,
-/// which node-local storage ties to one node: one seed restores next to the verified snapshot, and
-/// the cluster controller grows it.
+/// How many members start from the snapshot, each from its own verified copy. From S3 one copy per
+/// member is fetched and checked at once (spread as the members will be), so all of `spec.size`
+/// restore and start together (etcd's own disaster-recovery procedure; no member pays a snapshot
+/// transfer to join). A `file` archive lives on one claim, which node-local storage ties to one
+/// node, so every copy would land there: one seed restores, and the cluster controller grows it.
 fn restored_count(cluster: &EtcdCluster, status: &EtcdRestoreStatus) -> u32 {
     let from_s3 = status.source.as_deref().is_some_and(|s| s.starts_with("s3://"));
     if from_s3 {
@@ -688,29 +750,21 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         plan::RestoringStep::WaitForMembers => Ok(Action::requeue(POLL)),
         plan::RestoringStep::MemberUnschedulable { member, why } => {
             let why = why.trim_end_matches('.');
-            let reason = if !plan::fetches_itself(&restored_members(&status), &member) {
-                let claim = objects::snapshot_claim_name(r);
-                format!(
-                    "seed {member} is not scheduled yet: {why}. It mounts the verified snapshot's claim \
-                     {claim} (node-local storage ties it to that claim's node) and its own data claim; \
-                     it starts once a node can hold both. The old members are stopped, their claims kept"
-                )
-            } else {
-                format!(
-                    "restored member {member} is not scheduled yet: {why}. It starts once a node can \
-                     hold its data claim (the first restored member mounts the verified snapshot's claim, \
-                     the others fetch the archive themselves); the others wait for it. The old members \
-                     are stopped, their claims kept"
-                )
-            };
+            let claim = objects::snapshot_claim_name(r, copy_of(&restored_members(&status), &member));
+            let reason = format!(
+                "restored member {member} is not scheduled yet: {why}. It mounts its verified copy of the \
+                 snapshot, claim {claim} (node-local storage ties it to that claim's node), and its own \
+                 data claim; it starts once a node can hold both. The old members are stopped, their \
+                 claims kept"
+            );
             let event = format!("{member} is not scheduled yet: {why}");
             report_waiting(ctx, r, status, "SeedUnschedulable", reason, event).await
         }
         plan::RestoringStep::MemberFailing { member, why } => {
             let reason = format!(
                 "restored member {member} cannot restore: {why}. The kubelet retries it; nothing is undone \
-                 (the old members are stopped, their claims kept). If the archive changed since it was \
-                 verified, delete this EtcdRestore and restore again"
+                 (the old members are stopped, their claims kept). If this does not pass, delete this \
+                 EtcdRestore (its copies go with it) and restore again"
             );
             let event = format!("{member} cannot restore: {why}");
             report_waiting(ctx, r, status, "RestoredMemberFailing", reason, event).await
@@ -773,29 +827,6 @@ async fn start_members(
             return advance(ctx, r, status, RestorePhase::Failed, format!("spec.version: {e}")).await;
         }
     };
-    // Members that fetch the archive themselves check it against the digest the verifying fetch
-    // found (and the one recorded with the backup, which the verifying fetch already matched).
-    let from_store = if absent.iter().any(|m| plan::fetches_itself(members, m)) {
-        match archive_to_fetch(ctx, r, cluster, &status).await? {
-            Ok((chosen, identity)) => Some((
-                Chosen {
-                    sha256: chosen.sha256.clone().or_else(|| status.snapshot_sha256.clone()),
-                    ..chosen
-                },
-                identity,
-            )),
-            Err(why) => {
-                let why = why.replace("; the cluster was not touched", "");
-                let reason = format!(
-                    "cannot start the restored members: {why}. The old members are stopped, their claims \
-                     kept; nothing else is done until this is fixed (or this EtcdRestore is deleted)"
-                );
-                return report_waiting(ctx, r, status, "RestoredMemberFailing", reason.clone(), reason).await;
-            }
-        }
-    } else {
-        None
-    };
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     for member in absent {
         let Some(pvc) = crate::objects::member_pvc(cluster, member, version).transpose()? else {
@@ -828,19 +859,12 @@ async fn start_members(
         write_status(ctx, r, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    let claim = objects::snapshot_claim_name(r);
     for member in absent {
-        let from = match &from_store {
-            Some((chosen, identity)) if plan::fetches_itself(members, member) => {
-                objects::SnapshotFrom::Store {
-                    chosen,
-                    identity_secret: identity.as_deref(),
-                }
-            }
-            _ => objects::SnapshotFrom::Claim(&claim),
-        };
+        // Member i restores from copy i, verified before anything was touched.
+        let copy = copy_of(members, member);
+        let claim = objects::snapshot_claim_name(r, copy);
         let mut pod =
-            objects::restored_member_pod(cluster, &ctx.images(), member, members, version, &token, from)?;
+            objects::restored_member_pod(cluster, &ctx.images(), member, members, version, &token, &claim)?;
         if let Err(e) = crate::certificate_copies::mount_accepted(&ctx.client, cluster, &mut pod).await {
             let status = EtcdRestoreStatus {
                 reason: Some(format!(
@@ -904,7 +928,8 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
             failpoints::hit("restore-after-hold-lifted");
             return Ok(Action::requeue(STEP));
         }
-        plan::GrowingStep::WaitForCluster => return Ok(Action::requeue(Duration::from_secs(3))),
+        // Someone waits for this restore, and a poll costs one GET and one LIST.
+        plan::GrowingStep::WaitForCluster => return Ok(Action::requeue(Duration::from_secs(1))),
         plan::GrowingStep::Finish { stale_claims } => stale_claims,
     };
     // The old members' claims, kept until now; then the fetch Job and the snapshot claim. A deletion
@@ -916,17 +941,19 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
         )?;
     }
     failpoints::hit("restore-after-old-claims-deleted");
-    delete_if_present(
-        Api::<Job>::namespaced(ctx.client.clone(), &ns)
-            .delete(&objects::fetch_job_name(r), &DeleteParams::background())
-            .await,
-        "deleting the fetch Job",
-    )?;
-    delete_if_present(
-        pvcs.delete(&objects::snapshot_claim_name(r), &DeleteParams::default())
-            .await,
-        "deleting the snapshot claim",
-    )?;
+    for copy in 0..u32::try_from(restored_members(&status).len().max(1)).unwrap_or(1) {
+        delete_if_present(
+            Api::<Job>::namespaced(ctx.client.clone(), &ns)
+                .delete(&objects::fetch_job_name(r, copy), &DeleteParams::background())
+                .await,
+            "deleting a fetch Job",
+        )?;
+        delete_if_present(
+            pvcs.delete(&objects::snapshot_claim_name(r, copy), &DeleteParams::default())
+                .await,
+            "deleting a snapshot claim",
+        )?;
+    }
     let reference = BackupReference {
         name: status.backup_name.clone().unwrap_or_default(),
         location: status.source.clone().unwrap_or_default(),

@@ -19,15 +19,25 @@ use crate::{
     vocabulary::{self, BUMP_REVISION, DATA_MOUNT, Images, InitialClusterState},
 };
 
-/// The claim the verified snapshot is fetched into.
-pub fn snapshot_claim_name(r: &EtcdRestore) -> String {
-    format!("{}-snapshot", r.name_any())
+/// The claim verified copy `copy` of the snapshot is fetched into (restored member `copy`
+/// restores from it).
+pub fn snapshot_claim_name(r: &EtcdRestore, copy: u32) -> String {
+    match copy {
+        0 => format!("{}-snapshot", r.name_any()),
+        n => format!("{}-snapshot-{n}", r.name_any()),
+    }
 }
 
-/// The Job that fetches and verifies the archive.
-pub fn fetch_job_name(r: &EtcdRestore) -> String {
-    format!("{}-fetch", r.name_any())
+/// The Job that fetches and verifies copy `copy` of the archive.
+pub fn fetch_job_name(r: &EtcdRestore, copy: u32) -> String {
+    match copy {
+        0 => format!("{}-fetch", r.name_any()),
+        n => format!("{}-fetch-{n}", r.name_any()),
+    }
 }
+
+/// Labels the fetch pods of a restore that spreads its copies, to spread them by.
+const LABEL_FETCH_OF: &str = "etcd.ouroboros.dev/restore-fetch";
 
 /// The restore as the controlling owner of what it creates (deleted with it).
 fn owner(r: &EtcdRestore) -> Result<OwnerReference, BuildError> {
@@ -58,6 +68,7 @@ pub fn snapshot_claim(
     r: &EtcdRestore,
     cluster: &EtcdCluster,
     chosen: &Chosen,
+    copy: u32,
 ) -> Result<PersistentVolumeClaim, BuildError> {
     let class = cluster
         .spec
@@ -69,78 +80,90 @@ pub fn snapshot_claim(
         "PersistentVolumeClaim",
         json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": snapshot_claim_name(r), "namespace": r.namespace(), "ownerReferences": [owner(r)?]},
+            "metadata": {"name": snapshot_claim_name(r, copy), "namespace": r.namespace(), "ownerReferences": [owner(r)?]},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
                      "resources": {"requests": {"storage": snapshot_claim_size(chosen.raw_size, cluster)}}}
         }),
     )
 }
 
-/// The Job that runs `etcd-backup-sidecar fetch` into the snapshot claim (see
+/// One verified copy of the archive to fetch.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchCopy<'a> {
+    /// The archive.
+    pub chosen: &'a Chosen,
+    /// A Secret whose identity decrypts it.
+    pub identity_secret: Option<&'a str>,
+    /// The sidecar image.
+    pub image: &'a str,
+    /// Which copy (restored member `copy` restores from it).
+    pub copy: u32,
+    /// Several copies are fetched: each lands where its member will run, so the fetch pods are
+    /// scheduled as members are (their node selector, tolerations and node affinity) and spread
+    /// across nodes as members are. On node-local storage a claim binds where its first pod runs,
+    /// and the member that mounts it later must run there too.
+    pub spread: bool,
+}
+
+/// The Job that runs `etcd-backup-sidecar fetch` into a snapshot claim (see
 /// [`objects::fetch_container`]).
-pub fn fetch_job(
-    r: &EtcdRestore,
-    cluster: &EtcdCluster,
-    chosen: &Chosen,
-    identity_secret: Option<&str>,
-    image: &str,
-) -> Result<Job, BuildError> {
+pub fn fetch_job(r: &EtcdRestore, cluster: &EtcdCluster, f: FetchCopy<'_>) -> Result<Job, BuildError> {
     let fetch = objects::fetch_container(
         cluster,
         FetchTarget {
-            chosen,
-            identity_secret,
-            image,
+            chosen: f.chosen,
+            identity_secret: f.identity_secret,
+            image: f.image,
             out_volume: "snapshot",
             out_dir: "/snapshot",
-            unless_exists: None,
         },
     );
-    let mut volumes =
-        vec![json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": snapshot_claim_name(r)}})];
+    let mut volumes = vec![
+        json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": snapshot_claim_name(r, f.copy)}}),
+    ];
     volumes.extend(fetch.volumes);
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "securityContext": objects::restricted_pod_security(),
+        "containers": [fetch.container],
+        "volumes": volumes
+    });
+    let mut labels = json!({});
+    if f.spread {
+        let pod = &cluster.spec.pod;
+        let mine = json!({LABEL_FETCH_OF: r.name_any()});
+        // A user's own affinity replaces the operator's spreading of members; its node part still
+        // says where members may run, and the copies are then spread by preference.
+        let mode = match pod.affinity {
+            Some(_) => ouroboros_crds::AntiAffinityMode::Preferred,
+            None => pod.anti_affinity,
+        };
+        let mut affinity = objects::spread_by(mode, &mine).unwrap_or_else(|| json!({}));
+        if let Some(node) = pod.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()) {
+            affinity["nodeAffinity"] = json!(node);
+        }
+        pod_spec["affinity"] = affinity;
+        pod_spec["nodeSelector"] = json!(pod.node_selector);
+        pod_spec["tolerations"] = json!(pod.tolerations);
+        labels = mine;
+    }
     to_object(
         "Job",
         json!({
             "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": fetch_job_name(r), "namespace": r.namespace(), "ownerReferences": [owner(r)?]},
+            "metadata": {"name": fetch_job_name(r, f.copy), "namespace": r.namespace(), "ownerReferences": [owner(r)?]},
             "spec": {
                 "backoffLimit": 0,
-                "template": {"spec": {
-                    "restartPolicy": "Never",
-                    "securityContext": objects::restricted_pod_security(),
-                    "containers": [fetch.container],
-                    "volumes": volumes
-                }}
+                "template": {"metadata": {"labels": labels}, "spec": pod_spec}
             }
         }),
     )
 }
 
-/// Where a restored member's init container finds the verified snapshot.
-#[derive(Clone, Copy, Debug)]
-pub enum SnapshotFrom<'a> {
-    /// The verified snapshot's claim, mounted read-only (on node-local storage this ties the pod to
-    /// that claim's node, so only a restore of one seed uses it).
-    Claim(&'a str),
-    /// The member fetches the archive itself into its own data volume, checked as the verifying
-    /// fetch checked it (etcd's trailer, the manifest, the recorded sha256), so every member of a
-    /// parallel restore is placed wherever its own claim is.
-    Store {
-        /// The archive.
-        chosen: &'a Chosen,
-        /// A Secret whose identity decrypts it.
-        identity_secret: Option<&'a str>,
-    },
-}
-
-/// Where a member's own fetch mounts its data volume (the etcd container mounts it at
-/// [`DATA_MOUNT`]); the snapshot lands at the volume's root, beside the `data` directory.
-const FETCH_MOUNT: &str = "/restore";
-
-/// A restored member's pod: a new member whose init containers restore the verified snapshot into
-/// its data directory with the whole restored membership `members` (only when that directory is
-/// still empty, so a pod that starts again does not restore twice, nor need the store to start).
+/// A restored member's pod: a new member whose init container restores its verified copy of the
+/// snapshot (mounted read-only from `claim`) into its data directory with the whole restored
+/// membership `members` (only when that directory is still empty, so a pod that starts again does
+/// not restore twice).
 pub fn restored_member_pod(
     cluster: &EtcdCluster,
     images: &Images,
@@ -148,7 +171,7 @@ pub fn restored_member_pod(
     members: &[String],
     version: EtcdVersion,
     token: &str,
-    from: SnapshotFrom<'_>,
+    claim: &str,
 ) -> Result<Pod, BuildError> {
     let mut pod = objects::member_pod(
         cluster,
@@ -160,20 +183,12 @@ pub fn restored_member_pod(
     )?;
     let peer = vocabulary::peer_url(cluster, member);
     let initial = objects::initial_cluster(cluster, members);
-    let (snapshot, cleanup) = match from {
-        SnapshotFrom::Claim(_) => ("/snapshot/snapshot.db".to_owned(), String::new()),
-        // The copy is removed once restored: the member's claim then holds only its data.
-        SnapshotFrom::Store { .. } => (
-            format!("{DATA_MOUNT}/snapshot.db"),
-            format!("; rm -f {DATA_MOUNT}/snapshot.db {DATA_MOUNT}/manifest.json"),
-        ),
-    };
     let script = format!(
-        "set -e; if [ -d {DATA_MOUNT}/data/member ]; then echo 'data already restored'{cleanup}; exit 0; fi; \
+        "set -e; if [ -d {DATA_MOUNT}/data/member ]; then echo 'data already restored'; exit 0; fi; \
          rm -rf {DATA_MOUNT}/data; \
-         etcdutl snapshot restore {snapshot} --data-dir {DATA_MOUNT}/data --name {member} \
+         etcdutl snapshot restore /snapshot/snapshot.db --data-dir {DATA_MOUNT}/data --name {member} \
          --initial-cluster {initial} --initial-advertise-peer-urls {peer} --initial-cluster-token {token} \
-         --bump-revision {BUMP_REVISION} --mark-compacted{cleanup}"
+         --bump-revision {BUMP_REVISION} --mark-compacted"
     );
     let etcd_image = vocabulary::etcd_image(cluster, images, version);
     let spec = pod.spec.as_mut().ok_or(BuildError {
@@ -185,50 +200,21 @@ pub fn restored_member_pod(
         .security_context
         .is_some()
         .then(objects::restricted_container_security);
-    let mut mounts = vec![json!({"name": "data", "mountPath": DATA_MOUNT})];
-    let mut init = Vec::new();
-    match from {
-        SnapshotFrom::Claim(claim) => {
-            mounts.push(json!({"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}));
-            let vol: Volume = to_object(
-                "Volume",
-                json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
-            )?;
-            spec.volumes.get_or_insert_with(Vec::new).push(vol);
-        }
-        SnapshotFrom::Store {
-            chosen,
-            identity_secret,
-        } => {
-            let done = format!("{FETCH_MOUNT}/data");
-            let fetch = objects::fetch_container(
-                cluster,
-                FetchTarget {
-                    chosen,
-                    identity_secret,
-                    image: &images.sidecar,
-                    out_volume: "data",
-                    out_dir: FETCH_MOUNT,
-                    unless_exists: Some(&done),
-                },
-            );
-            init.push(to_object::<Container>("Container", fetch.container)?);
-            for v in fetch.volumes {
-                spec.volumes
-                    .get_or_insert_with(Vec::new)
-                    .push(to_object("Volume", v)?);
-            }
-        }
-    }
-    init.push(to_object(
+    let init: Container = to_object(
         "Container",
         json!({
             "name": "restore", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
             "command": ["sh", "-c", script],
             "securityContext": security,
-            "volumeMounts": mounts
+            "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT},
+                             {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}]
         }),
-    )?);
-    spec.init_containers = Some(init);
+    )?;
+    spec.init_containers = Some(vec![init]);
+    let vol: Volume = to_object(
+        "Volume",
+        json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+    )?;
+    spec.volumes.get_or_insert_with(Vec::new).push(vol);
     Ok(pod)
 }

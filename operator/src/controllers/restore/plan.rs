@@ -155,14 +155,6 @@ pub fn next_restoring_step(v: &RestoringView) -> RestoringStep {
     }
 }
 
-/// Whether restored member `member` fetches the archive itself rather than mounting the claim the
-/// verifying fetch filled. The first does not: the verified copy is there already, and a second
-/// download would compete with the others' for the same cores. The others do, so that on
-/// node-local storage (where the claim ties its users to one node) anti-affinity can spread them.
-pub fn fetches_itself(members: &[String], member: &str) -> bool {
-    members.first().is_some_and(|first| first != member)
-}
-
 /// The restored members' names: past every ordinal in use by pods or claims (old claims stay until
 /// the end) and every ordinal ever recorded, so a name never repeats.
 fn member_names(v: &RestoringView) -> Vec<String> {
@@ -356,14 +348,6 @@ mod tests {
             next_restoring_step(&held(&["c-5"], &["c-5"], &[Ready])),
             RestoringStep::Grow(names(&["c-5"]))
         );
-    }
-
-    #[test]
-    fn the_first_restored_member_mounts_the_verified_copy_and_the_others_fetch_their_own() {
-        let m = names(&["c-5", "c-6", "c-7"]);
-        assert!(!fetches_itself(&m, "c-5"));
-        assert!(fetches_itself(&m, "c-6") && fetches_itself(&m, "c-7"));
-        assert!(!fetches_itself(&names(&["c-5"]), "c-5"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 use super::{
-    objects::{SnapshotFrom, restored_member_pod},
+    objects::{FetchCopy, fetch_job, restored_member_pod},
     *,
 };
 use crate::{
@@ -383,7 +383,7 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
         &["main-3".into()],
         "3.6.16".parse().unwrap(),
         "main-restore-1",
-        SnapshotFrom::Claim("r-snapshot"),
+        "r-snapshot",
     )
     .unwrap();
     let spec = pod.spec.unwrap();
@@ -409,19 +409,17 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
 }
 
 #[test]
-fn parallel_members_each_fetch_and_check_the_archive_then_restore_with_the_whole_membership() {
+fn parallel_copies_are_fetched_where_members_may_run_spread_as_members_and_each_member_restores_its_own() {
     let cluster: EtcdCluster = serde_json::from_value(json!({
         "apiVersion": "etcd.ouroboros.dev/v1alpha1",
         "kind": "EtcdCluster",
         "metadata": {"name": "main", "namespace": "ns", "uid": "u"},
-        "spec": {"size": 3, "backup": {"schedule": "0 * * * *", "destination": {"s3": {"bucket": "b", "endpoint": "http://minio:9000",
-                 "credentialsSecret": "creds"}}}},
+        "spec": {"size": 3, "pod": {"antiAffinity": "Required", "nodeSelector": {"disk": "ssd"},
+                 "tolerations": [{"key": "etcd", "operator": "Exists"}]}},
     }))
     .unwrap();
-    let images = Images {
-        etcd_repository: "etcd".into(),
-        sidecar: "sidecar:1".into(),
-    };
+    let mut r = restore(json!({"backupName": "b1"}));
+    r.metadata.uid = Some("ru".into());
     let chosen = Chosen {
         name: "b1".into(),
         location: "s3://b/ns/main/x.tar.gz".into(),
@@ -432,6 +430,52 @@ fn parallel_members_each_fetch_and_check_the_archive_then_restore_with_the_whole
         destination: None,
         encrypted: false,
     };
+    let copy = |copy: u32, spread: bool| {
+        fetch_job(
+            &r,
+            &cluster,
+            FetchCopy {
+                chosen: &chosen,
+                identity_secret: None,
+                image: "sidecar:1",
+                copy,
+                spread,
+            },
+        )
+        .unwrap()
+    };
+    let job = serde_json::to_value(copy(1, true)).unwrap();
+    assert_eq!(
+        job["metadata"]["name"],
+        json!(format!("{}-fetch-1", r.name_any()))
+    );
+    let pod = &job["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["etcd.ouroboros.dev/restore-fetch"],
+        json!(r.name_any())
+    );
+    let spread =
+        &pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"]["etcd.ouroboros.dev/restore-fetch"],
+        json!(r.name_any())
+    );
+    assert_eq!(pod["spec"]["nodeSelector"], json!({"disk": "ssd"}));
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], json!("etcd"));
+    let claim = &pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
+    assert_eq!(claim, &json!(format!("{}-snapshot-1", r.name_any())));
+    // One copy (a seed from a file archive) is placed as before: by its archive alone.
+    let single = serde_json::to_value(copy(0, false)).unwrap();
+    assert!(single["spec"]["template"]["spec"].get("affinity").is_none());
+    assert_eq!(
+        single["metadata"]["name"],
+        json!(format!("{}-fetch", r.name_any()))
+    );
+
+    let images = Images {
+        etcd_repository: "etcd".into(),
+        sidecar: "sidecar:1".into(),
+    };
     let members: Vec<String> = vec!["main-3".into(), "main-4".into(), "main-5".into()];
     let pod = restored_member_pod(
         &cluster,
@@ -440,46 +484,51 @@ fn parallel_members_each_fetch_and_check_the_archive_then_restore_with_the_whole
         &members,
         "3.6.16".parse().unwrap(),
         "main-restore-1",
-        SnapshotFrom::Store {
-            chosen: &chosen,
-            identity_secret: None,
-        },
+        "r-snapshot-1",
     )
     .unwrap();
     let spec = pod.spec.unwrap();
-    let init = spec.init_containers.unwrap();
-    assert_eq!(init.len(), 2, "a fetch, then the restore");
-    let fetch = init[0].args.clone().unwrap().join(" ");
+    let script = spec.init_containers.unwrap()[0]
+        .command
+        .clone()
+        .unwrap()
+        .join(" ");
     for part in [
-        "fetch",
-        "--location=s3://b/ns/main/x.tar.gz",
-        "--sha256=abc",
-        "--out=/restore",
-        // A pod that starts again on its restored data needs no store.
-        "--unless-exists=/restore/data",
-    ] {
-        assert!(fetch.contains(part), "{part} missing from {fetch}");
-    }
-    assert_eq!(init[0].image.as_deref(), Some("sidecar:1"));
-    let script = init[1].command.clone().unwrap().join(" ");
-    for part in [
-        "etcdutl snapshot restore /var/lib/etcd/snapshot.db",
         "--name main-4",
         "--initial-cluster main-3=http://main-3.main.ns.svc:2380,main-4=http://main-4.main.ns.svc:2380,\
          main-5=http://main-5.main.ns.svc:2380",
-        "--initial-cluster-token main-restore-1",
-        "rm -f /var/lib/etcd/snapshot.db",
+        "--initial-advertise-peer-urls http://main-4.main.ns.svc:2380",
     ] {
         assert!(script.contains(part), "{part} missing from {script}");
     }
-    // Nothing ties the member to the snapshot claim's node.
-    assert!(
-        !spec
-            .volumes
-            .unwrap_or_default()
-            .iter()
-            .any(|v| v.name == "snapshot")
+    let snapshot = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "snapshot")
+        .unwrap();
+    assert_eq!(
+        snapshot.persistent_volume_claim.unwrap().claim_name,
+        "r-snapshot-1"
     );
+}
+
+#[test]
+fn every_copy_must_verify_and_any_refusal_names_its_job() {
+    let v = |m: &str| FetchOutcome::Verified(Some(m.into()));
+    let ok = all_copies(vec![("f".into(), v("m0")), ("f-1".into(), v("m1"))]);
+    assert_eq!(ok, ("f".into(), v("m0")));
+    let running = all_copies(vec![("f".into(), v("m0")), ("f-1".into(), FetchOutcome::Running)]);
+    assert_eq!(running.1, FetchOutcome::Running);
+    let refused = all_copies(vec![
+        ("f".into(), FetchOutcome::Running),
+        ("f-1".into(), FetchOutcome::Refused(Some("sha256 differs".into()))),
+    ]);
+    assert_eq!(
+        refused,
+        ("f-1".into(), FetchOutcome::Refused(Some("sha256 differs".into())))
+    );
+    assert_eq!(all_copies(vec![]).1, FetchOutcome::Running);
 }
 
 fn with_drill(mut b: EtcdBackup, drill: ouroboros_crds::DrillPhase, verified: Option<bool>) -> EtcdBackup {
