@@ -39,6 +39,8 @@ pub const PEER_PORT: u16 = 2380;
 pub const METRICS_PORT: u16 = 2381;
 /// The backup sidecar's container in a member pod.
 pub const SIDECAR_CONTAINER: &str = "backup-sidecar";
+/// The etcd container of a member pod (and of a drill).
+pub const ETCD_CONTAINER: &str = "etcd";
 /// The backup sidecar's port.
 pub const SIDECAR_PORT: u16 = 8090;
 /// Where the data volume is mounted; etcd's data dir is `data/` inside it.

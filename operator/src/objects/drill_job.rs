@@ -23,7 +23,7 @@ use crate::{
 /// The container that restores the snapshot with etcdutl.
 pub const RESTORE_CONTAINER: &str = "restore";
 /// The etcd started on the restored data.
-pub const ETCD_CONTAINER: &str = "etcd";
+pub use crate::vocabulary::ETCD_CONTAINER;
 /// The container whose termination message is the verdict.
 pub const CHECK_CONTAINER: &str = "check";
 /// Labels a drill Job (and its pod) with the backup it drills.

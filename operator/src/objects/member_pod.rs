@@ -233,7 +233,7 @@ fn build_member_pod(
             "initContainers": (!init_containers.is_empty()).then_some(init_containers),
             "containers": [
                 {
-                    "name": "etcd",
+                    "name": ETCD_CONTAINER,
                     "image": etcd_image(cluster, images, version),
                     "imagePullPolicy": "IfNotPresent",
                     "command": command,
