@@ -154,10 +154,14 @@ pub struct EtcdRestoreStatus {
     /// `file` archive (a claim on one node) it is one seed the cluster controller grows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restored_members: Vec<String>,
-    /// sha256 of the snapshot the verifying fetch checked; each restored member's own fetch must
-    /// find the same.
+    /// sha256 of the snapshot every verified copy holds (the copies must agree on it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_sha256: Option<String>,
+    /// How many verified copies of the snapshot were fetched (one per restored member), recorded
+    /// when verification ends: the members restored are exactly these, whatever `spec.size` says
+    /// later. Absent in a status written before copies existed: one seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<u32>,
     /// Revision of the restored snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_revision: Option<i64>,

@@ -270,6 +270,7 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
     let copies = restored_count(&cluster, &status);
     let mut outcomes = Vec::new();
     let mut unscheduled = None;
+    let mut nodes = Vec::new();
     for copy in 0..copies {
         let job_name = objects::fetch_job_name(r, copy);
         let Some(job) = jobs
@@ -298,8 +299,20 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                 .find_map(super::unscheduled_message)
                 .map(|why| (job_name.clone(), why));
         }
+        nodes.push(
+            pods.iter()
+                .find_map(|p| p.spec.as_ref()?.node_name.clone())
+                .unwrap_or_default(),
+        );
         outcomes.push((job_name, fetch_outcome(&job.status.unwrap_or_default(), &pods)));
     }
+    let messages: Vec<Option<String>> = outcomes
+        .iter()
+        .map(|(_, o)| match o {
+            FetchOutcome::Verified(m) => m.clone(),
+            FetchOutcome::Running | FetchOutcome::Refused(_) => None,
+        })
+        .collect();
     match all_copies(outcomes) {
         (_, FetchOutcome::Running) => match unscheduled {
             Some((job, why)) => {
@@ -313,16 +326,34 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             }
             None => Ok(Action::requeue(POLL)),
         },
-        (_, FetchOutcome::Verified(message)) => {
-            // The fetch leaves the verified manifest as its termination message: the revision of an
-            // archive no EtcdBackup describes.
-            let manifest =
-                message.and_then(|m| serde_json::from_str::<ouroboros_crds::sidecar::Manifest>(&m).ok());
+        (_, FetchOutcome::Verified(_)) if members_must_spread(&cluster) && shared_node(&nodes).is_some() => {
+            // The scheduler does not count a finished fetch pod against a later one, so a copy
+            // scheduled late can share a node with another; the members that mount them could then
+            // never both run there.
+            let (a, b, node) = shared_node(&nodes).unwrap_or_default();
+            let why = format!(
+                "copies {a} and {b} of the snapshot were fetched on one node, {node}, and spec.pod.antiAffinity \
+                 Required keeps their members apart; restore again (a new EtcdRestore) to fetch them anew; \
+                 the cluster was not touched"
+            );
+            advance(ctx, r, status, RestorePhase::Failed, why).await
+        }
+        (_, FetchOutcome::Verified(_)) => {
+            // Every copy leaves its verified manifest as its termination message; copies fetched
+            // apart in time must be of one snapshot (an object can be overwritten in between).
+            let manifest = match copies_agree(&messages) {
+                Ok(m) => m,
+                Err(why) => {
+                    let why = format!("{why}; the cluster was not touched");
+                    return advance(ctx, r, status, RestorePhase::Failed, why).await;
+                }
+            };
             let status = EtcdRestoreStatus {
                 restored_revision: status
                     .restored_revision
                     .or_else(|| manifest.as_ref().and_then(|m| i64::try_from(m.revision).ok())),
                 snapshot_sha256: manifest.map(|m| m.sha256),
+                copies: Some(copies),
                 ..status
             };
             let reason = format!(
@@ -350,6 +381,61 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             .await
         }
     }
+}
+
+/// Whether members may never share a node (the operator's own spreading, required).
+fn members_must_spread(cluster: &EtcdCluster) -> bool {
+    cluster.spec.pod.affinity.is_none()
+        && cluster.spec.pod.anti_affinity == ouroboros_crds::AntiAffinityMode::Required
+}
+
+/// Two copies fetched on one node (their indexes and the node), if any; copies not placed yet
+/// (an empty name) share nothing.
+pub fn shared_node(nodes: &[String]) -> Option<(usize, usize, String)> {
+    nodes.iter().enumerate().find_map(|(i, a)| {
+        (!a.is_empty())
+            .then(|| nodes.iter().enumerate().skip(i + 1).find(|(_, b)| *b == a))
+            .flatten()
+            .map(|(j, _)| (i, j, a.clone()))
+    })
+}
+
+/// The manifest every verified copy reported (its termination message), or why the copies cannot
+/// be used together. One copy may have left no message (its pod is gone): nothing to compare. Two
+/// or more must all have one, with one sha256 and one revision: members restored from different
+/// snapshots would serve different data under one cluster ID.
+pub fn copies_agree(
+    messages: &[Option<String>],
+) -> Result<Option<ouroboros_crds::sidecar::Manifest>, String> {
+    let parse = |m: &Option<String>| {
+        m.as_deref()
+            .and_then(|m| serde_json::from_str::<ouroboros_crds::sidecar::Manifest>(m).ok())
+    };
+    if messages.len() <= 1 {
+        return Ok(messages.first().and_then(parse));
+    }
+    let manifests: Vec<_> = messages.iter().map(parse).collect();
+    let Some(Some(first)) = manifests.first() else {
+        return Err("the first verified copy left no manifest to compare the others with".into());
+    };
+    for (i, m) in manifests.iter().enumerate().skip(1) {
+        match m {
+            Some(m) if m.sha256 == first.sha256 && m.revision == first.revision => {}
+            Some(m) => {
+                return Err(format!(
+                    "the verified copies differ: copy 0 is revision {} (sha256 {}), copy {i} revision {} \
+                     (sha256 {}); the archive changed while it was fetched",
+                    first.revision, first.sha256, m.revision, m.sha256
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "verified copy {i} left no manifest to compare with copy 0"
+                ));
+            }
+        }
+    }
+    Ok(Some(first.clone()))
 }
 
 /// Where the copies are, together: refused when any copy was refused (named by its Job), verified
@@ -603,7 +689,8 @@ async fn observe_restoring(
         cluster: name.clone(),
         holder,
         growing_other,
-        restored_count: restored_count(cluster, status),
+        // Exactly the copies verified, whatever `spec.size` says now.
+        restored_count: status.copies.unwrap_or(1),
         members,
         pods: pods.items.iter().map(|p| p.name_any()).collect(),
         claims,
@@ -627,7 +714,8 @@ fn restored_members(status: &EtcdRestoreStatus) -> Vec<String> {
     }
 }
 
-/// How many members start from the snapshot, each from its own verified copy. From S3 one copy per
+/// How many copies of the snapshot Verifying fetches, one per member to restore (recorded in
+/// `status.copies` once all verified, and from then on the number of members restored). From S3 one copy per
 /// member is fetched and checked at once (spread as the members will be), so all of `spec.size`
 /// restore and start together (etcd's own disaster-recovery procedure; no member pays a snapshot
 /// transfer to join). A `file` archive lives on one claim, which node-local storage ties to one
@@ -764,7 +852,8 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             let reason = format!(
                 "restored member {member} cannot restore: {why}. The kubelet retries it; nothing is undone \
                  (the old members are stopped, their claims kept). If this does not pass, delete this \
-                 EtcdRestore (its copies go with it) and restore again"
+                 EtcdRestore (its copies go with it) and the annotation etcd.ouroboros.dev/restore-in-progress \
+                 on the EtcdCluster, then restore again"
             );
             let event = format!("{member} cannot restore: {why}");
             report_waiting(ctx, r, status, "RestoredMemberFailing", reason, event).await
@@ -941,7 +1030,11 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
         )?;
     }
     failpoints::hit("restore-after-old-claims-deleted");
-    for copy in 0..u32::try_from(restored_members(&status).len().max(1)).unwrap_or(1) {
+    let copies = status
+        .copies
+        .unwrap_or(1)
+        .max(u32::try_from(restored_members(&status).len()).unwrap_or(1));
+    for copy in 0..copies {
         delete_if_present(
             Api::<Job>::namespaced(ctx.client.clone(), &ns)
                 .delete(&objects::fetch_job_name(r, copy), &DeleteParams::background())

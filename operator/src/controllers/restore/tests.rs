@@ -514,6 +514,46 @@ fn parallel_copies_are_fetched_where_members_may_run_spread_as_members_and_each_
 }
 
 #[test]
+fn copies_on_one_node_are_found() {
+    let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(shared_node(&n(&["a", "b", "c"])), None);
+    assert_eq!(shared_node(&n(&["a", "b", "a"])), Some((0, 2, "a".into())));
+    assert_eq!(
+        shared_node(&n(&["", "b", ""])),
+        None,
+        "unplaced copies share nothing"
+    );
+}
+
+#[test]
+fn copies_restore_together_only_when_they_are_one_snapshot() {
+    let manifest = |sha: &str, revision: u64| {
+        Some(
+            serde_json::to_string(&ouroboros_crds::sidecar::Manifest {
+                sha256: sha.into(),
+                revision,
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    };
+    let same = copies_agree(&[manifest("aa", 7), manifest("aa", 7), manifest("aa", 7)]).unwrap();
+    assert_eq!(same.map(|m| (m.sha256, m.revision)), Some(("aa".into(), 7)));
+    // The object was overwritten between two downloads: refused, naming both.
+    let differ = copies_agree(&[manifest("aa", 7), manifest("bb", 9)]).unwrap_err();
+    assert!(differ.contains("copy 1") && differ.contains("bb"), "{differ}");
+    // A copy whose pod is gone left nothing to compare: refused rather than trusted.
+    assert!(copies_agree(&[manifest("aa", 7), None]).is_err());
+    assert!(copies_agree(&[None, manifest("aa", 7)]).is_err());
+    // One copy (a seed) has nothing to agree with; its manifest, if any, is the revision's source.
+    assert!(copies_agree(&[None]).unwrap().is_none());
+    assert_eq!(
+        copies_agree(&[manifest("aa", 7)]).unwrap().map(|m| m.revision),
+        Some(7)
+    );
+}
+
+#[test]
 fn every_copy_must_verify_and_any_refusal_names_its_job() {
     let v = |m: &str| FetchOutcome::Verified(Some(m.into()));
     let ok = all_copies(vec![("f".into(), v("m0")), ("f-1".into(), v("m1"))]);
