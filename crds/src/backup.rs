@@ -13,7 +13,7 @@ use crate::common::BackupDestination;
     version = "v1alpha1",
     kind = "EtcdBackup",
     namespaced,
-    doc = "One snapshot of an EtcdCluster, streamed by a member's backup sidecar into a verified tar.gz in S3 or on a volume.",
+    doc = "One snapshot of an EtcdCluster, streamed by a member's backup sidecar into a verified tar.gz (or tar.zst) in S3 or on a volume.",
     status = "EtcdBackupStatus",
     shortname = "etcdbackup",
     category = "ouroboros",
@@ -65,7 +65,7 @@ pub struct EtcdBackupStatus {
     /// Bytes of the snapshot as etcd sent it (database plus its sha256 trailer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_size: Option<i64>,
-    /// Bytes of the stored tar.gz.
+    /// Bytes of the stored archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed_size: Option<i64>,
     /// The compressed size, readable (`12.5MiB`).

@@ -49,7 +49,7 @@ pub struct Manifest {
     /// Bytes of the stored archive; absent inside the archive itself, which cannot know it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed_size: Option<u64>,
-    /// The archive is age-encrypted (named `.tar.gz.age`). Absent (false) in older manifests.
+    /// The archive is age-encrypted (named `.tar.gz.age` or `.tar.zst.age`). Absent (false) in older manifests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypted: bool,
     /// Archive object key or path, relative to the destination; absent inside the archive.
