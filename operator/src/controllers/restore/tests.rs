@@ -363,15 +363,20 @@ fn the_lineage_of_a_cluster_is_its_uid_and_the_one_it_was_restored_from() {
     );
 }
 
-#[test]
-fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
-    let cluster: EtcdCluster = serde_json::from_value(json!({
+/// The EtcdCluster `ns/main` with this spec.
+fn main_cluster(spec: serde_json::Value) -> EtcdCluster {
+    serde_json::from_value(json!({
         "apiVersion": "etcd.ouroboros.dev/v1alpha1",
         "kind": "EtcdCluster",
         "metadata": {"name": "main", "namespace": "ns", "uid": "u"},
-        "spec": {"size": 3},
+        "spec": spec,
     }))
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
+    let cluster = main_cluster(json!({"size": 3}));
     let images = Images {
         etcd_repository: "etcd".into(),
         sidecar: "sidecar:1".into(),
@@ -410,14 +415,10 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
 
 #[test]
 fn parallel_copies_are_fetched_where_members_may_run_spread_as_members_and_each_member_restores_its_own() {
-    let cluster: EtcdCluster = serde_json::from_value(json!({
-        "apiVersion": "etcd.ouroboros.dev/v1alpha1",
-        "kind": "EtcdCluster",
-        "metadata": {"name": "main", "namespace": "ns", "uid": "u"},
-        "spec": {"size": 3, "pod": {"antiAffinity": "Required", "nodeSelector": {"disk": "ssd"},
-                 "tolerations": [{"key": "etcd", "operator": "Exists"}]}},
-    }))
-    .unwrap();
+    let cluster = main_cluster(
+        json!({"size": 3, "pod": {"antiAffinity": "Required", "nodeSelector": {"disk": "ssd"},
+                 "tolerations": [{"key": "etcd", "operator": "Exists"}]}}),
+    );
     let mut r = restore(json!({"backupName": "b1"}));
     r.metadata.uid = Some("ru".into());
     let chosen = Chosen {
