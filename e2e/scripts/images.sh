@@ -2,7 +2,8 @@
 # Container images, built offline into OCI archives and imported into the cluster's containerd under
 # the names deploy/ and the operator use:
 #   localhost/ouroboros/pause:3.10                  the pod sandbox (catatonit in pause mode)
-#   localhost/ouroboros/etcd:v<version>             etcd, etcdctl, etcdutl and a busybox shell
+#   localhost/ouroboros/etcd:v<version>             etcd, etcdctl, etcdutl only, shaped like the
+#                                                   upstream images: no shell, no libc, no tools
 #   localhost/ouroboros/etcd-operator:<crate ver>   the operator (and :<ver>-failpoints for tests)
 #   localhost/ouroboros/etcd-backup-sidecar:<ver>   the backup sidecar
 #
@@ -13,7 +14,8 @@ OUT="$OUROBOROS_CACHE/images"
 MK="$SCRIPTS_DIR/mkimage.py"
 APP_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -1)
 RELEASE_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
-MEMBER_LOCK="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/x86_64-unknown-linux-gnu/release/member-lock"
+STATIC_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/x86_64-unknown-linux-gnu/release"
+MEMBER_LOCK="$STATIC_DIR/member-lock" RESTORE_ONCE="$STATIC_DIR/restore-once"
 mkdir -p "$OUT"
 
 BUSYBOX_APPLETS=(sh ls cat cp mv rm mkdir rmdir ln echo sleep test "[" env ps kill wget nslookup hostname df du find grep sed head tail wc tar gzip gunzip sha256sum date id true false)
@@ -49,11 +51,12 @@ build_pause() {
 build_etcd() {
   local v=$1 bin="$OUROBOROS_CACHE/etcd/$1/bin" out="$OUT/etcd-v$1.tar"
   [ -x "$bin/etcd" ] || { log "etcd $v not built; skipping its image"; return 0; }
-  stale "$out" "$bin/etcd" "$MK" || return 0
-  mapfile -t bb < <(busybox_entries)
+  stale "$out" "$bin/etcd" "$MK" "$SCRIPTS_DIR/images.sh" || return 0
+  # Nothing but the (static) binaries, as in etcd's and Kubernetes' published images: the e2e tiers
+  # prove that members, restores and drills need no shell or tools in the etcd image.
   python3 "$MK" "$out" "localhost/ouroboros/etcd:v$v" '["/usr/local/bin/etcd"]' \
     "$bin/etcd:/usr/local/bin/etcd" "$bin/etcdctl:/usr/local/bin/etcdctl" "$bin/etcdutl:/usr/local/bin/etcdutl" \
-    "${bb[@]}" "var/lib/etcd/"
+    "tmp/" "var/lib/etcd/"
 }
 
 # build_rust NAME [VARIANT [SRC:DEST...]]: the image of target/release/NAME[-VARIANT], tagged
@@ -80,9 +83,9 @@ build_all() {
   build_rust etcd-operator
   # Compiled with the `failpoints` feature, for the restart-proof e2e only; never deployed by deploy/.
   build_rust etcd-operator failpoints
-  # member-lock is static: self-hosted members copy it into etcd containers, whose images may have
-  # no libc (see backup-sidecar/member-lock).
-  build_rust etcd-backup-sidecar "" "$MEMBER_LOCK:/usr/local/bin/member-lock"
+  # member-lock and restore-once are static: self-hosted and restored members copy them into etcd
+  # containers, whose images may have no shell and no libc (see backup-sidecar/member-lock).
+  build_rust etcd-backup-sidecar "" "$MEMBER_LOCK:/usr/local/bin/member-lock" "$RESTORE_ONCE:/usr/local/bin/restore-once"
 }
 
 import_all() {

@@ -120,10 +120,13 @@ async fn smoke(c: Client, ns: String) -> anyhow::Result<()> {
     let client_pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "smoke-client"},
+        // One etcdctl per container: the etcd image has no shell (as upstream's).
         "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "etcdctl", "image": etcd_image(), "imagePullPolicy": "Never",
-            "command": ["sh", "-c", format!(
-                "etcdctl --endpoints {fqdn} endpoint health && etcdctl --endpoints {svc_name} get smoke-key --print-value-only")]
+            "name": "health", "image": etcd_image(), "imagePullPolicy": "Never",
+            "command": ["etcdctl", "--endpoints", fqdn, "endpoint", "health"]
+        }, {
+            "name": "get", "image": etcd_image(), "imagePullPolicy": "Never",
+            "command": ["etcdctl", "--endpoints", svc_name, "get", "smoke-key", "--print-value-only"]
         }]}
     }))?;
     pods.create(&PostParams::default(), &client_pod).await?;
@@ -132,7 +135,14 @@ async fn smoke(c: Client, ns: String) -> anyhow::Result<()> {
         Ok(phase.filter(|p| p == "Succeeded" || p == "Failed"))
     })
     .await?;
-    let logs = pods.logs("smoke-client", &Default::default()).await?;
+    let mut logs = String::new();
+    for container in ["health", "get"] {
+        let params = kube::api::LogParams {
+            container: Some(container.into()),
+            ..Default::default()
+        };
+        logs += &pods.logs("smoke-client", &params).await?;
+    }
     ensure!(phase == "Succeeded", "client pod {phase}: {logs}");
     ensure!(
         logs.contains(&format!("{fqdn} is healthy")),

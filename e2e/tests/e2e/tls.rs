@@ -52,17 +52,26 @@ async fn tls_cluster_serves_only_https_with_client_certificates() -> anyhow::Res
 
         // From inside a member: https with a client certificate works for every member...
         let member = &status.members[0].name;
-        let tls_flags = "--cacert /etc/etcd/tls/server/ca.crt --cert /etc/etcd/tls/server/tls.crt --key /etc/etcd/tls/server/tls.key";
-        let health = kubectl(&["-n", &ns, "exec", member, "-c", "etcd", "--", "sh", "-c",
-            &format!("etcdctl --endpoints https://{member}.tls.{ns}.svc:2379 {tls_flags} endpoint health --cluster")])?;
+        // etcdctl run directly: the etcd image has no shell (as upstream's).
+        let tls_flags = ["--cacert", "/etc/etcd/tls/server/ca.crt", "--cert", "/etc/etcd/tls/server/tls.crt",
+                         "--key", "/etc/etcd/tls/server/tls.key"];
+        let etcdctl = |args: &[&str]| {
+            let mut all = vec!["-n", ns.as_str(), "exec", member.as_str(), "-c", "etcd", "--", "etcdctl"];
+            all.extend_from_slice(args);
+            kubectl(&all)
+        };
+        let https = format!("https://{member}.tls.{ns}.svc:2379");
+        let http = format!("http://{member}.tls.{ns}.svc:2379");
+        let timeouts = ["--dial-timeout=3s", "--command-timeout=5s"];
+        let health = etcdctl(&[&["--endpoints", &https], &tls_flags[..], &["endpoint", "health", "--cluster"]].concat())?;
         ensure!(health.success, "https health failed: {}{}", health.stdout, health.stderr);
         ensure!(health.stdout.matches("is healthy").count() == 3, "not every member is healthy over https: {}", health.stdout);
         // ...while plain http and https without a client certificate are refused.
-        let plain = kubectl(&["-n", &ns, "exec", member, "-c", "etcd", "--", "sh", "-c",
-            &format!("etcdctl --endpoints http://{member}.tls.{ns}.svc:2379 --dial-timeout=3s --command-timeout=5s endpoint health")])?;
+        let plain = etcdctl(&[&["--endpoints", &http], &timeouts[..], &["endpoint", "health"]].concat())?;
         ensure!(!plain.success, "plain http was served: {}", plain.stdout);
-        let anonymous = kubectl(&["-n", &ns, "exec", member, "-c", "etcd", "--", "sh", "-c",
-            &format!("etcdctl --endpoints https://{member}.tls.{ns}.svc:2379 --cacert /etc/etcd/tls/server/ca.crt --dial-timeout=3s --command-timeout=5s endpoint health")])?;
+        let anonymous = etcdctl(
+            &[&["--endpoints", &https, "--cacert", "/etc/etcd/tls/server/ca.crt"], &timeouts[..], &["endpoint", "health"]].concat(),
+        )?;
         ensure!(!anonymous.success, "https without a client certificate was served: {}", anonymous.stdout);
 
         // A backup of a TLS cluster: the sidecar dials its member with the operator's client certificate.

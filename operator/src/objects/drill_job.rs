@@ -112,7 +112,8 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
     let bounded = |memory: &str, cpu: &str| json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": cpu, "memory": memory}});
     let restore = json!({
         "name": RESTORE_CONTAINER, "image": etcd_image, "imagePullPolicy": "IfNotPresent",
-        "command": ["etcdutl", "snapshot", "restore", format!("{SCRATCH}/snapshot.db"),
+        // Full paths: etcd images set no useful PATH when they have no shell (upstream ones).
+        "command": ["/usr/local/bin/etcdutl", "snapshot", "restore", format!("{SCRATCH}/snapshot.db"),
                     "--data-dir", data, "--name", "drill",
                     "--initial-cluster", format!("drill={PEER}"), "--initial-advertise-peer-urls", PEER],
         "volumeMounts": scratch_mount, "resources": bounded(&mapped, "1"),
@@ -130,7 +131,7 @@ pub fn drill_job(cluster: &EtcdCluster, images: &Images, drill: &Drill<'_>) -> R
         "name": ETCD_CONTAINER, "image": etcd_image, "imagePullPolicy": "IfNotPresent",
         // A native sidecar: started before the check, stopped once it ends, so the Job completes.
         "restartPolicy": "Always",
-        "command": ["etcd", "--name", "drill", "--data-dir", data,
+        "command": ["/usr/local/bin/etcd", "--name", "drill", "--data-dir", data,
                     "--listen-client-urls", CLIENT, "--advertise-client-urls", CLIENT,
                     "--listen-peer-urls", PEER, "--initial-advertise-peer-urls", PEER,
                     "--initial-cluster", format!("drill={PEER}"),

@@ -194,13 +194,7 @@ fn build_member_pod(
             MEMBER_LOCK_FILE.to_owned(),
             "/usr/local/bin/etcd".to_owned(),
         ];
-        init_containers.push(json!({
-            "name": "member-lock",
-            "image": images.sidecar,
-            "imagePullPolicy": "IfNotPresent",
-            "command": ["/bin/cp", "/usr/local/bin/member-lock", format!("{MEMBER_LOCK_DIR}/member-lock")],
-            "volumeMounts": [{"name": "member-lock", "mountPath": MEMBER_LOCK_DIR}]
-        }));
+        init_containers.push(copy_helper(images, "member-lock"));
         etcd_mounts.push(json!({"name": "member-lock", "mountPath": MEMBER_LOCK_DIR, "readOnly": true}));
         volumes.push(json!({"name": "member-lock", "emptyDir": {}}));
         labels.insert(LABEL_CHECKPOINT.to_owned(), "true".to_owned());
@@ -384,4 +378,18 @@ pub(crate) fn spread_by(mode: AntiAffinityMode, labels: &serde_json::Value) -> O
             "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]
         }})),
     }
+}
+
+/// An init container copying the static helper `binary` (`backup-sidecar/member-lock`) from the
+/// sidecar image into an emptyDir volume of the same name, which the container that runs it mounts
+/// read-only at [`MEMBER_LOCK_DIR`]: etcd images may have no shell and no libc (the upstream ones
+/// have neither), so what the operator runs inside an etcd container comes from its own image.
+pub(crate) fn copy_helper(images: &Images, binary: &str) -> serde_json::Value {
+    json!({
+        "name": binary,
+        "image": images.sidecar,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/cp", format!("/usr/local/bin/{binary}"), format!("{MEMBER_LOCK_DIR}/{binary}")],
+        "volumeMounts": [{"name": binary, "mountPath": MEMBER_LOCK_DIR}]
+    })
 }

@@ -735,7 +735,7 @@ fn a_drill_job_uses_the_etcd_image_as_published_and_reaches_only_the_store() {
     for c in &init[1..] {
         let command = c.command.as_ref().unwrap();
         assert!(
-            ["etcdutl", "etcd"].contains(&command[0].as_str()),
+            ["/usr/local/bin/etcdutl", "/usr/local/bin/etcd"].contains(&command[0].as_str()),
             "{command:?}: no shell"
         );
         assert!(

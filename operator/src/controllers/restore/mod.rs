@@ -26,7 +26,8 @@ use kube::{
     runtime::{controller::Action, events::EventType},
 };
 use ouroboros_crds::{
-    BackupReference, EtcdBackup, EtcdCluster, EtcdRestore, EtcdRestoreStatus, EtcdVersion, RestorePhase,
+    BackupEncryption, BackupReference, EtcdBackup, EtcdCluster, EtcdRestore, EtcdRestoreStatus, EtcdVersion,
+    RestorePhase,
 };
 use serde_json::json;
 
@@ -280,10 +281,11 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
         else {
             // The backup is looked up once, before its fetches exist, as recorded when the restore
             // started; polls of the running fetches read nothing else.
-            let (chosen, identity) = match archive_to_fetch(ctx, r, &cluster, &status).await? {
-                Ok(found) => found,
-                Err(why) => return advance(ctx, r, status, RestorePhase::Failed, why).await,
-            };
+            let (chosen, identity) =
+                match archive_to_fetch(ctx, r, &cluster, &status, decryption.as_ref()).await? {
+                    Ok(found) => found,
+                    Err(why) => return advance(ctx, r, status, RestorePhase::Failed, why).await,
+                };
             for copy in 0..copies {
                 create_fetch(ctx, r, &cluster, &chosen, identity.as_deref(), copy, copies).await?;
             }
@@ -460,17 +462,17 @@ pub fn all_copies(outcomes: Vec<(String, FetchOutcome)>) -> (String, FetchOutcom
     (String::new(), FetchOutcome::Running)
 }
 
-/// The archive this restore chose when it started, and the Secret whose identity a fetch mounts; or
-/// why neither can be had (the message says the cluster was not touched, which holds when the
+/// The archive this restore chose when it started, and the Secret whose identity a fetch mounts
+/// (`decryption`: where the restore's key is, [`encryption::for_restore`]); or why neither can be had (the message says the cluster was not touched, which holds when the
 /// caller has not touched it yet).
 async fn archive_to_fetch(
     ctx: &Context,
     r: &EtcdRestore,
     cluster: &EtcdCluster,
     status: &EtcdRestoreStatus,
+    decryption: Option<&BackupEncryption>,
 ) -> Result<Result<(Chosen, Option<String>), String>, Error> {
     let ns = r.namespace().unwrap_or_default();
-    let decryption = encryption::for_restore(r, Some(cluster));
     let backups = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await
@@ -483,7 +485,7 @@ async fn archive_to_fetch(
     // A key that is missing is named now, rather than by a fetch pod that cannot mount it. An
     // archive not known to be encrypted needs no identity (a Secret may hold only the public
     // key); one is mounted if there is one, since the fetch decides from the archive itself.
-    let key = match &decryption {
+    let key = match decryption {
         Some(e) => Some(
             encryption::read_key(&ctx.client, &ns, &e.secret_name, encryption::IDENTITY_KEY)
                 .await?
@@ -491,7 +493,7 @@ async fn archive_to_fetch(
         ),
         None => None,
     };
-    Ok(plan::fetch_identity(decryption.as_ref(), key, &chosen).map(|identity| (chosen, identity)))
+    Ok(plan::fetch_identity(decryption, key, &chosen).map(|identity| (chosen, identity)))
 }
 
 /// Where the fetch Job is. The Job's own status lags its pod's by a second or more (the Job

@@ -38,6 +38,8 @@ pub fn fetch_job_name(r: &EtcdRestore, copy: u32) -> String {
 
 /// Labels the fetch pods of a restore that spreads its copies, to spread them by.
 const LABEL_FETCH_OF: &str = "etcd.ouroboros.dev/restore-fetch";
+/// The static helper that restores a member's data once (`backup-sidecar/member-lock`).
+const RESTORE_ONCE: &str = "restore-once";
 
 /// The restore as the controlling owner of what it creates (deleted with it).
 fn owner(r: &EtcdRestore) -> Result<OwnerReference, BuildError> {
@@ -183,13 +185,29 @@ pub fn restored_member_pod(
     )?;
     let peer = vocabulary::peer_url(cluster, member);
     let initial = objects::initial_cluster(cluster, members);
-    let script = format!(
-        "set -e; if [ -d {DATA_MOUNT}/data/member ]; then echo 'data already restored'; exit 0; fi; \
-         rm -rf {DATA_MOUNT}/data; \
-         etcdutl snapshot restore /snapshot/snapshot.db --data-dir {DATA_MOUNT}/data --name {member} \
-         --initial-cluster {initial} --initial-advertise-peer-urls {peer} --initial-cluster-token {token} \
-         --bump-revision {BUMP_REVISION} --mark-compacted"
-    );
+    // No shell: upstream etcd images have none. `restore-once` skips a directory already restored
+    // (the pod started again) and renames the restored directory into place only when etcdutl
+    // succeeded, so a restore killed halfway starts over (backup-sidecar/member-lock).
+    let data = format!("{DATA_MOUNT}/data");
+    let restore = [
+        format!("{}/{RESTORE_ONCE}", vocabulary::MEMBER_LOCK_DIR),
+        data,
+        "/usr/local/bin/etcdutl".to_owned(),
+        "snapshot".to_owned(),
+        "restore".to_owned(),
+        "/snapshot/snapshot.db".to_owned(),
+        "--name".to_owned(),
+        member.to_owned(),
+        "--initial-cluster".to_owned(),
+        initial,
+        "--initial-advertise-peer-urls".to_owned(),
+        peer,
+        "--initial-cluster-token".to_owned(),
+        token.to_owned(),
+        "--bump-revision".to_owned(),
+        BUMP_REVISION.to_string(),
+        "--mark-compacted".to_owned(),
+    ];
     let etcd_image = vocabulary::etcd_image(cluster, images, version);
     let spec = pod.spec.as_mut().ok_or(BuildError {
         kind: "Pod",
@@ -200,17 +218,23 @@ pub fn restored_member_pod(
         .security_context
         .is_some()
         .then(objects::restricted_container_security);
+    let mut copy = objects::copy_helper(images, RESTORE_ONCE);
+    copy["securityContext"] = json!(security);
+    let copy: Container = to_object("Container", copy)?;
     let init: Container = to_object(
         "Container",
         json!({
             "name": "restore", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
-            "command": ["sh", "-c", script],
+            "command": restore,
             "securityContext": security,
             "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT},
-                             {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true}]
+                             {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true},
+                             {"name": RESTORE_ONCE, "mountPath": vocabulary::MEMBER_LOCK_DIR, "readOnly": true}]
         }),
     )?;
-    spec.init_containers = Some(vec![init]);
+    spec.init_containers
+        .get_or_insert_with(Vec::new)
+        .extend([copy, init]);
     // etcd's initial corruption check asks every peer for its hash before serving, waiting up to a
     // request timeout (about 7 s) for each; restored members all start at the same moment and none
     // answers yet, so each stalled about 16 s (measured, docs/benchmarks.md). Their copies were each
@@ -230,10 +254,13 @@ pub fn restored_member_pod(
                 );
         }
     }
-    let vol: Volume = to_object(
+    let snapshot: Volume = to_object(
         "Volume",
         json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
     )?;
-    spec.volumes.get_or_insert_with(Vec::new).push(vol);
+    let helper: Volume = to_object("Volume", json!({"name": RESTORE_ONCE, "emptyDir": {}}))?;
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .extend([snapshot, helper]);
     Ok(pod)
 }

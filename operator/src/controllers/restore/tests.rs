@@ -392,17 +392,34 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
     )
     .unwrap();
     let spec = pod.spec.unwrap();
-    let init = &spec.init_containers.unwrap()[0];
-    let script = init.command.clone().unwrap().join(" ");
+    // No shell (upstream etcd images have none): the static helper, copied from the sidecar image
+    // first, runs etcdutl once.
+    let inits = spec.init_containers.unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["restore-once", "restore"]);
+    assert_eq!(inits[0].image.as_deref(), Some("sidecar:1"));
+    let init = &inits[1];
+    let command = init.command.clone().unwrap();
+    assert_eq!(command[..2], ["/ouroboros/restore-once", "/var/lib/etcd/data"]);
+    let script = command.join(" ");
     for part in [
-        "if [ -d /var/lib/etcd/data/member ]",
-        "etcdutl snapshot restore /snapshot/snapshot.db",
+        "/usr/local/bin/etcdutl snapshot restore /snapshot/snapshot.db",
         "--bump-revision 1000000000 --mark-compacted",
         "--initial-cluster-token main-restore-1",
         "--name main-3",
     ] {
         assert!(script.contains(part), "{part} missing from {script}");
     }
+    assert!(
+        !script.contains("--data-dir"),
+        "restore-once names the directory: {script}"
+    );
+    let mounts = init.volume_mounts.clone().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == "restore-once" && m.mount_path == "/ouroboros")
+    );
     assert_eq!(init.image.as_deref(), Some("etcd:v3.6.16"));
     let snapshot = spec
         .volumes
@@ -489,7 +506,12 @@ fn parallel_copies_are_fetched_where_members_may_run_spread_as_members_and_each_
     )
     .unwrap();
     let spec = pod.spec.unwrap();
-    let script = spec.init_containers.unwrap()[0]
+    let script = spec
+        .init_containers
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "restore")
+        .unwrap()
         .command
         .clone()
         .unwrap()
