@@ -52,7 +52,10 @@ pub struct EtcdClusterSpec {
     #[schemars(regex(pattern = crate::version::VERSION_PATTERN))]
     pub version: String,
 
-    /// Image repository of the etcd image; the tag is `v<version>`. Empty uses the operator's
+    /// Image repository of the etcd image; the tag is `v<version>`, as the etcd project tags its
+    /// images (`gcr.io/etcd-development/etcd`, `quay.io/coreos/etcd`). Images with nothing but
+    /// `/usr/local/bin/etcd`, `etcdctl` and `etcdutl` work: what the operator runs inside an etcd
+    /// container comes from its own sidecar image. Empty uses the operator's
     /// `--etcd-image-repository` (default `localhost/ouroboros/etcd`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
