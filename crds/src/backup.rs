@@ -1,5 +1,6 @@
 //! `EtcdBackup`: one snapshot of one cluster, taken on demand or by the schedule.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +50,7 @@ pub struct EtcdBackupSpec {
 }
 
 /// The record of a backup. Written by the operator and the sidecar that took it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdBackupStatus {
     /// Where the backup is in its life.
@@ -156,6 +157,12 @@ pub struct EtcdBackupStatus {
     /// the store since), whatever `spec.drill` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill_request: Option<String>,
+    /// `Ready` and `Stalled`, derived from the phase for tools that read conditions (Argo CD,
+    /// Flux's kstatus): `Ready=True` once it succeeded, `Stalled=True` once it failed, both `False`
+    /// while it runs (reason: the phase).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 /// Where a backup's restore drill is. `Verified`, `Failed` and `Inconclusive` are final.

@@ -128,4 +128,10 @@ pub mod condition_types {
     pub const CERTIFICATES_EXPIRING: &str = "CertificatesExpiring";
     /// The temporary boot member of a self-hosted cluster has been removed.
     pub const BOOT_MEMBER_REMOVED: &str = "BootMemberRemoved";
+    /// On EtcdBackup and EtcdRestore: `True` once it succeeded; `False` while it runs (the reason is
+    /// its phase) and when it failed. What GitOps tools (Argo CD, Flux's kstatus) read as done.
+    pub const READY: &str = "Ready";
+    /// On EtcdBackup and EtcdRestore: `True` when it failed and will not be retried (the message
+    /// says why); `False` otherwise. What kstatus reads as failed, rather than still in progress.
+    pub const STALLED: &str = "Stalled";
 }

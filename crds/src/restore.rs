@@ -1,5 +1,6 @@
 //! `EtcdRestore`: rebuild a cluster from a stored backup.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +132,7 @@ pub struct BackupObject {
 }
 
 /// Progress of a restore.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdRestoreStatus {
     /// Where the restore is.
@@ -171,6 +172,12 @@ pub struct EtcdRestoreStatus {
     /// When it reached `Succeeded` or `Failed` (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<String>,
+    /// `Ready` and `Stalled`, derived from the phase for tools that read conditions (Argo CD,
+    /// Flux's kstatus): `Ready=True` once it succeeded, `Stalled=True` once it failed, both `False`
+    /// while it runs (reason: the phase).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 /// Lifecycle of a restore. `Succeeded` and `Failed` are terminal.

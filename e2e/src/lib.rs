@@ -863,14 +863,50 @@ pub async fn backup_finished(
     timeout: Duration,
 ) -> anyhow::Result<ouroboros_crds::EtcdBackupStatus> {
     let api: Api<ouroboros_crds::EtcdBackup> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("EtcdBackup {name} to finish"), timeout, || {
+    let s = wait_for(&format!("EtcdBackup {name} to finish"), timeout, || {
         let api = api.clone();
         async move {
             let s = api.get(name).await?.status.unwrap_or_default();
             Ok(s.phase.filter(|p| p.is_terminal()).map(|_| s))
         }
     })
-    .await
+    .await?;
+    outcome_conditions_agree(
+        &format!("EtcdBackup {name}"),
+        s.phase == Some(ouroboros_crds::BackupPhase::Succeeded),
+        &s.conditions,
+    )?;
+    Ok(s)
+}
+
+/// What a GitOps tool reads from a finished EtcdBackup or EtcdRestore agrees with its phase:
+/// `Ready=True` and `Stalled=False` when it succeeded, `Ready=False` and `Stalled=True` when it
+/// failed. Every e2e test that waits for one to finish checks this.
+pub fn outcome_conditions_agree(
+    what: &str,
+    succeeded: bool,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> anyhow::Result<()> {
+    use ouroboros_crds::condition_types::{READY, STALLED};
+    let status = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.status.as_str())
+    };
+    let expected = if succeeded {
+        (Some("True"), Some("False"))
+    } else {
+        (Some("False"), Some("True"))
+    };
+    anyhow::ensure!(
+        (status(READY), status(STALLED)) == expected,
+        "{what} {}: Ready={:?} Stalled={:?}",
+        if succeeded { "succeeded" } else { "failed" },
+        status(READY),
+        status(STALLED)
+    );
+    Ok(())
 }
 
 /// Takes the EtcdBackup `name` of `cluster` on demand and requires it to succeed within two minutes.
@@ -904,14 +940,20 @@ pub async fn restore_finished(
 ) -> anyhow::Result<ouroboros_crds::EtcdRestoreStatus> {
     use ouroboros_crds::RestorePhase;
     let api: Api<ouroboros_crds::EtcdRestore> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("EtcdRestore {name} to finish"), timeout, || {
+    let s = wait_for(&format!("EtcdRestore {name} to finish"), timeout, || {
         let api = api.clone();
         async move {
             let s = api.get(name).await?.status.unwrap_or_default();
             Ok(matches!(s.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(s))
         }
     })
-    .await
+    .await?;
+    outcome_conditions_agree(
+        &format!("EtcdRestore {name}"),
+        s.phase == Some(RestorePhase::Succeeded),
+        &s.conditions,
+    )?;
+    Ok(s)
 }
 
 /// Creates the Secret `name` with S3 credentials for the local MinIO: its access key and

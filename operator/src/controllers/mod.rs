@@ -17,6 +17,7 @@ use crate::{context::Context, http::Readiness};
 pub mod backup;
 pub mod cluster;
 pub mod encryption;
+pub mod outcome;
 pub mod restore;
 
 /// Number of watches `/readyz` waits for.

@@ -31,7 +31,10 @@ use ouroboros_crds::{
 };
 use serde_json::json;
 
-use super::{KubeCallError, ReportedError, delete_if_present, encryption, kube_err};
+use super::{
+    KubeCallError, ReportedError, delete_if_present, encryption, kube_err,
+    outcome::{Outcome, set_outcome_conditions},
+};
 use crate::{
     backup_source::{Chosen, Lineage, choose, recorded_choice, restore_awaits_drill},
     cluster_writes,
@@ -91,7 +94,24 @@ pub async fn reconcile(r: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action,
 
 async fn write_status(ctx: &Context, r: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<(), Error> {
     let api: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-    let status = serde_json::to_value(status)
+    let mut status = status.clone();
+    let outcome = match status.phase {
+        Some(RestorePhase::Succeeded) => Outcome::Succeeded,
+        Some(RestorePhase::Failed) => Outcome::Failed,
+        Some(RestorePhase::Pending) | None => Outcome::InProgress { phase: "Pending" },
+        Some(RestorePhase::Verifying) => Outcome::InProgress { phase: "Verifying" },
+        Some(RestorePhase::Restoring) => Outcome::InProgress { phase: "Restoring" },
+        Some(RestorePhase::Growing) => Outcome::InProgress { phase: "Growing" },
+    };
+    let message = status.reason.clone().unwrap_or_default();
+    set_outcome_conditions(
+        &mut status.conditions,
+        outcome,
+        &message,
+        r.metadata.generation,
+        jiff::Timestamp::now(),
+    );
+    let status = serde_json::to_value(&status)
         .map_err(|e| kube_err("writing EtcdRestore status")(kube::Error::SerdeError(e)))?;
     crate::cluster_writes::apply_status_of(&api, r, crate::FIELD_MANAGER, status)
         .await

@@ -1,0 +1,101 @@
+//! `Ready` and `Stalled` on one-shot objects (EtcdBackup, EtcdRestore), derived from their phase in
+//! one place, so tools that know nothing of these resources (Argo CD, Flux's kstatus) can tell done
+//! from failed from still running without a custom health check.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use ouroboros_crds::condition_types::{READY, STALLED};
+
+use super::cluster::status::set_condition;
+
+/// Where a one-shot object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Not finished; `phase` names where it is (`Pending`, `Running`, `Verifying`, ...).
+    InProgress {
+        phase: &'a str,
+    },
+    Succeeded,
+    Failed,
+}
+
+/// Sets `Ready` and `Stalled` for `outcome`, with `message` (the status's reason) on both, keeping
+/// each one's `lastTransitionTime` while its status holds.
+pub fn set_outcome_conditions(
+    conditions: &mut Vec<Condition>,
+    outcome: Outcome<'_>,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    let (ready, stalled, reason) = match outcome {
+        Outcome::InProgress { phase } => (false, false, phase),
+        Outcome::Succeeded => (true, false, "Succeeded"),
+        Outcome::Failed => (false, true, "Failed"),
+    };
+    for (type_, status) in [(READY, ready), (STALLED, stalled)] {
+        set_condition(
+            conditions,
+            type_,
+            status,
+            reason,
+            message.to_owned(),
+            generation,
+            now,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(c: &'a [Condition], type_: &str) -> &'a Condition {
+        c.iter().find(|c| c.type_ == type_).expect("condition")
+    }
+
+    #[test]
+    fn running_then_succeeded_then_failed_is_read_as_progress_done_and_stalled() {
+        let t0: jiff::Timestamp = "2026-12-06T18:00:00Z".parse().expect("time");
+        let t1: jiff::Timestamp = "2026-12-06T18:00:05Z".parse().expect("time");
+        let mut c = Vec::new();
+        set_outcome_conditions(
+            &mut c,
+            Outcome::InProgress { phase: "Pending" },
+            "queued",
+            Some(1),
+            t0,
+        );
+        set_outcome_conditions(
+            &mut c,
+            Outcome::InProgress { phase: "Running" },
+            "streaming",
+            Some(1),
+            t1,
+        );
+        let ready = get(&c, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Running")
+        );
+        assert_eq!(ready.message, "streaming");
+        // Still False: the transition time is when it first became False.
+        assert_eq!(ready.last_transition_time.0, t0);
+        assert_eq!(get(&c, STALLED).status, "False");
+
+        set_outcome_conditions(&mut c, Outcome::Succeeded, "stored", Some(1), t1);
+        assert_eq!(get(&c, READY).status, "True");
+        assert_eq!(get(&c, READY).last_transition_time.0, t1);
+        assert_eq!(get(&c, STALLED).status, "False");
+
+        let mut f = Vec::new();
+        set_outcome_conditions(&mut f, Outcome::Failed, "the archive was refused", None, t0);
+        assert_eq!(get(&f, READY).status, "False");
+        let stalled = get(&f, STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "Failed")
+        );
+        assert_eq!(stalled.message, "the archive was refused");
+        assert_eq!(f.len(), 2);
+    }
+}
