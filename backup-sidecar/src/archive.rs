@@ -422,17 +422,21 @@ fn pad<W: Write>(out: &mut W, len: u64) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// `len` bytes of xorshift64 from `state` (random to deflate, and reproducible).
+    fn random_bytes(state: &mut u64, len: usize) -> Vec<u8> {
+        (0..len / 8)
+            .flat_map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                state.to_le_bytes()
+            })
+            .collect()
+    }
+
     #[test]
     fn random_chunks_are_stored_and_text_is_compressed() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let random: Vec<u8> = (0..CHUNK / 8)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()
-            })
-            .collect();
+        let random = random_bytes(&mut 0x9e37_79b9_7f4a_7c15, CHUNK);
         let text: Vec<u8> = (0..CHUNK / 32)
             .flat_map(|i| format!("{{\"n\":{:024}}}\n", i).into_bytes())
             .collect();
@@ -511,21 +515,14 @@ mod tests {
     fn a_chunk_of_interleaved_values_stores_the_random_ones_and_compresses_the_rest() {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut chunk = vec![b'{'; 4096 + 100];
-        let mut random_bytes = 0;
+        let mut random_len = 0;
         while chunk.len() < CHUNK {
             let text: Vec<u8> = (0..(64 << 10) / 32)
                 .flat_map(|i| format!("{{\"uid\":\"{:020}\"}},\n", i * 7919).into_bytes())
                 .collect();
             chunk.extend_from_slice(&text);
-            let random: Vec<u8> = (0..(64 << 10) / 8)
-                .flat_map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()
-                })
-                .collect();
-            random_bytes += random.len();
+            let random = random_bytes(&mut x, 64 << 10);
+            random_len += random.len();
             chunk.extend_from_slice(&random);
         }
         chunk.truncate(CHUNK);
@@ -534,10 +531,10 @@ mod tests {
         // One run per value, alternating: without segments the chunk would be one member, all deflated.
         assert!((16..=40).contains(&members), "{members} runs");
         // The random half, stored, plus the text compressed to a fraction of its size.
-        let text_bytes = CHUNK - random_bytes.min(CHUNK);
+        let text_bytes = CHUNK - random_len.min(CHUNK);
         assert!(
-            packed.len() < random_bytes.min(CHUNK) + text_bytes / 2,
-            "{} bytes for {random_bytes} random and {text_bytes} text",
+            packed.len() < random_len.min(CHUNK) + text_bytes / 2,
+            "{} bytes for {random_len} random and {text_bytes} text",
             packed.len()
         );
         let mut out = Vec::new();
