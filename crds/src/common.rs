@@ -134,4 +134,7 @@ pub mod condition_types {
     /// On EtcdBackup and EtcdRestore: `True` when it failed and will not be retried (the message
     /// says why); `False` otherwise. What kstatus reads as failed, rather than still in progress.
     pub const STALLED: &str = "Stalled";
+    /// On EtcdBackup and EtcdRestore: `True` while it runs (the reason is its phase), `False` once
+    /// it succeeded or failed. What kstatus reads as still in progress.
+    pub const RECONCILING: &str = "Reconciling";
 }

@@ -172,9 +172,9 @@ pub struct EtcdRestoreStatus {
     /// When it reached `Succeeded` or `Failed` (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<String>,
-    /// `Ready` and `Stalled`, derived from the phase for tools that read conditions (Argo CD,
-    /// Flux's kstatus): `Ready=True` once it succeeded, `Stalled=True` once it failed, both `False`
-    /// while it runs (reason: the phase).
+    /// `Ready`, `Reconciling` and `Stalled`, derived from the phase for tools that read conditions
+    /// (Flux's kstatus, Argo CD health checks): while it runs `Reconciling=True` (reason: the
+    /// phase); once it succeeded `Ready=True`; once it failed `Stalled=True`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -881,13 +881,13 @@ pub async fn backup_finished(
 
 /// What a GitOps tool reads from a finished EtcdBackup or EtcdRestore agrees with its phase:
 /// `Ready=True` and `Stalled=False` when it succeeded, `Ready=False` and `Stalled=True` when it
-/// failed. Every e2e test that waits for one to finish checks this.
+/// failed, `Reconciling=False` either way. Every e2e test that waits for one to finish checks this.
 pub fn outcome_conditions_agree(
     what: &str,
     succeeded: bool,
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) -> anyhow::Result<()> {
-    use ouroboros_crds::condition_types::{READY, STALLED};
+    use ouroboros_crds::condition_types::{READY, RECONCILING, STALLED};
     let status = |t: &str| {
         conditions
             .iter()
@@ -900,11 +900,12 @@ pub fn outcome_conditions_agree(
         (Some("False"), Some("True"))
     };
     anyhow::ensure!(
-        (status(READY), status(STALLED)) == expected,
-        "{what} {}: Ready={:?} Stalled={:?}",
+        (status(READY), status(STALLED)) == expected && status(RECONCILING) == Some("False"),
+        "{what} {}: Ready={:?} Stalled={:?} Reconciling={:?}",
         if succeeded { "succeeded" } else { "failed" },
         status(READY),
-        status(STALLED)
+        status(STALLED),
+        status(RECONCILING)
     );
     Ok(())
 }

@@ -53,8 +53,14 @@ fn remove_if_present(dir: &Path) -> Result<(), String> {
 }
 
 fn restore_once(data: &Path, command: OsString, args: Vec<OsString>) -> Result<Outcome, String> {
-    if data.join("member").is_dir() {
-        return Ok(Outcome::AlreadyRestored);
+    // Only a member directory known to be absent is restored over: any other answer (EIO, EACCES)
+    // fails rather than removing what may be a live member's data.
+    let member = data.join("member");
+    match std::fs::symlink_metadata(&member) {
+        Ok(m) if m.is_dir() => return Ok(Outcome::AlreadyRestored),
+        Ok(_) => return Err(format!("{} exists and is not a directory", member.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("checking {}: {e}", member.display())),
     }
     let partial = partial_of(data);
     remove_if_present(data)?;

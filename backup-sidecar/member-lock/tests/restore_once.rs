@@ -89,3 +89,23 @@ fn a_failed_restore_leaves_no_member_directory_and_the_next_start_begins_again()
     assert!(data.join("member/db").exists() && !data.join("junk").exists());
     assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 2);
 }
+
+#[test]
+fn a_member_that_cannot_be_read_as_a_directory_is_never_removed() {
+    let d = dir();
+    let (data, log) = (d.0.join("data"), d.0.join("log"));
+    fs::create_dir_all(&data).expect("data dir");
+    fs::write(data.join("member"), "not a directory").expect("member file");
+    let out = run(&data, &log, 0);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a directory"),
+        "{out:?}"
+    );
+    // Nothing ran and nothing was removed.
+    assert!(!log.exists());
+    assert_eq!(
+        fs::read_to_string(data.join("member")).expect("kept"),
+        "not a directory"
+    );
+}

@@ -1,9 +1,12 @@
-//! `Ready` and `Stalled` on one-shot objects (EtcdBackup, EtcdRestore), derived from their phase in
-//! one place, so tools that know nothing of these resources (Argo CD, Flux's kstatus) can tell done
-//! from failed from still running without a custom health check.
+//! `Ready`, `Reconciling` and `Stalled` on one-shot objects (EtcdBackup, EtcdRestore), derived from
+//! their phase in one place, so tools that know nothing of these resources can tell done from
+//! failed from still running. kstatus (Flux, `kubectl wait`-style tools) reads only
+//! `Reconciling=True` as in progress and `Stalled=True` as failed, and anything else as done, so
+//! `Reconciling` must be `True` for as long as the object runs; `Ready` is what most people and
+//! Argo CD health scripts look at.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use ouroboros_crds::condition_types::{READY, STALLED};
+use ouroboros_crds::condition_types::{READY, RECONCILING, STALLED};
 
 use super::cluster::status::set_condition;
 
@@ -18,8 +21,8 @@ pub enum Outcome<'a> {
     Failed,
 }
 
-/// Sets `Ready` and `Stalled` for `outcome`, with `message` (the status's reason) on both, keeping
-/// each one's `lastTransitionTime` while its status holds.
+/// Sets `Ready`, `Reconciling` and `Stalled` for `outcome`, with `message` (the status's reason) on
+/// each, keeping each one's `lastTransitionTime` while its status holds.
 pub fn set_outcome_conditions(
     conditions: &mut Vec<Condition>,
     outcome: Outcome<'_>,
@@ -27,12 +30,12 @@ pub fn set_outcome_conditions(
     generation: Option<i64>,
     now: jiff::Timestamp,
 ) {
-    let (ready, stalled, reason) = match outcome {
-        Outcome::InProgress { phase } => (false, false, phase),
-        Outcome::Succeeded => (true, false, "Succeeded"),
-        Outcome::Failed => (false, true, "Failed"),
+    let (ready, reconciling, stalled, reason) = match outcome {
+        Outcome::InProgress { phase } => (false, true, false, phase),
+        Outcome::Succeeded => (true, false, false, "Succeeded"),
+        Outcome::Failed => (false, false, true, "Failed"),
     };
-    for (type_, status) in [(READY, ready), (STALLED, stalled)] {
+    for (type_, status) in [(READY, ready), (RECONCILING, reconciling), (STALLED, stalled)] {
         set_condition(
             conditions,
             type_,
@@ -81,8 +84,15 @@ mod tests {
         // Still False: the transition time is when it first became False.
         assert_eq!(ready.last_transition_time.0, t0);
         assert_eq!(get(&c, STALLED).status, "False");
+        // kstatus reads anything but Reconciling=True or Stalled=True as done.
+        let reconciling = get(&c, RECONCILING);
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
+            ("True", "Running")
+        );
 
         set_outcome_conditions(&mut c, Outcome::Succeeded, "stored", Some(1), t1);
+        assert_eq!(get(&c, RECONCILING).status, "False");
         assert_eq!(get(&c, READY).status, "True");
         assert_eq!(get(&c, READY).last_transition_time.0, t1);
         assert_eq!(get(&c, STALLED).status, "False");
@@ -96,6 +106,7 @@ mod tests {
             ("True", "Failed")
         );
         assert_eq!(stalled.message, "the archive was refused");
-        assert_eq!(f.len(), 2);
+        assert_eq!(get(&f, RECONCILING).status, "False");
+        assert_eq!(f.len(), 3);
     }
 }

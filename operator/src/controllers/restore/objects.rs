@@ -227,6 +227,8 @@ pub fn restored_member_pod(
             "name": "restore", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
             "command": restore,
             "securityContext": security,
+            // restore-once and etcdutl say why on stderr; the failing-member reason quotes it.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT},
                              {"name": "snapshot", "mountPath": "/snapshot", "readOnly": true},
                              {"name": RESTORE_ONCE, "mountPath": vocabulary::MEMBER_LOCK_DIR, "readOnly": true}]

@@ -414,6 +414,11 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
         !script.contains("--data-dir"),
         "restore-once names the directory: {script}"
     );
+    // Its stderr is what the failing-member reason quotes.
+    assert_eq!(
+        init.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
     let mounts = init.volume_mounts.clone().unwrap();
     assert!(
         mounts
