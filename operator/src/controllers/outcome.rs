@@ -6,7 +6,10 @@
 //! Argo CD health scripts look at.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use ouroboros_crds::condition_types::{READY, RECONCILING, STALLED};
+use ouroboros_crds::{
+    BackupPhase, EtcdBackupStatus, EtcdRestoreStatus, RestorePhase,
+    condition_types::{READY, RECONCILING, STALLED},
+};
 
 use super::cluster::status::set_condition;
 
@@ -19,6 +22,63 @@ pub enum Outcome<'a> {
     },
     Succeeded,
     Failed,
+}
+
+/// The status of a one-shot object: where it is, why, and its conditions.
+pub trait OneShotStatus {
+    fn outcome(&self) -> Outcome<'static>;
+    fn reason(&self) -> Option<&str>;
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+impl OneShotStatus for EtcdBackupStatus {
+    fn outcome(&self) -> Outcome<'static> {
+        match self.phase {
+            Some(BackupPhase::Succeeded) => Outcome::Succeeded,
+            Some(BackupPhase::Failed) => Outcome::Failed,
+            Some(BackupPhase::Running) => Outcome::InProgress { phase: "Running" },
+            Some(BackupPhase::Pending) | None => Outcome::InProgress { phase: "Pending" },
+        }
+    }
+    fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl OneShotStatus for EtcdRestoreStatus {
+    fn outcome(&self) -> Outcome<'static> {
+        match self.phase {
+            Some(RestorePhase::Succeeded) => Outcome::Succeeded,
+            Some(RestorePhase::Failed) => Outcome::Failed,
+            Some(RestorePhase::Pending) | None => Outcome::InProgress { phase: "Pending" },
+            Some(RestorePhase::Verifying) => Outcome::InProgress { phase: "Verifying" },
+            Some(RestorePhase::Restoring) => Outcome::InProgress { phase: "Restoring" },
+            Some(RestorePhase::Growing) => Outcome::InProgress { phase: "Growing" },
+        }
+    }
+    fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+/// `status` with its conditions set from its phase and reason, as every status write sends it.
+pub fn with_outcome_conditions<S: OneShotStatus + Clone>(status: &S, generation: Option<i64>) -> S {
+    let mut status = status.clone();
+    let (outcome, message) = (status.outcome(), status.reason().unwrap_or_default().to_owned());
+    set_outcome_conditions(
+        status.conditions_mut(),
+        outcome,
+        &message,
+        generation,
+        jiff::Timestamp::now(),
+    );
+    status
 }
 
 /// Sets `Ready`, `Reconciling` and `Stalled` for `outcome`, with `message` (the status's reason) on
@@ -108,5 +168,30 @@ mod tests {
         assert_eq!(stalled.message, "the archive was refused");
         assert_eq!(get(&f, RECONCILING).status, "False");
         assert_eq!(f.len(), 3);
+    }
+
+    #[test]
+    fn a_status_write_derives_the_conditions_from_its_phase_and_reason() {
+        let r = EtcdRestoreStatus {
+            phase: Some(RestorePhase::Growing),
+            reason: Some("waiting for 3 members".into()),
+            ..Default::default()
+        };
+        let c = with_outcome_conditions(&r, Some(2)).conditions;
+        let reconciling = get(&c, RECONCILING);
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
+            ("True", "Growing")
+        );
+        assert_eq!(reconciling.message, "waiting for 3 members");
+        assert_eq!(reconciling.observed_generation, Some(2));
+        let b = EtcdBackupStatus {
+            phase: Some(BackupPhase::Failed),
+            ..Default::default()
+        };
+        assert_eq!(
+            get(&with_outcome_conditions(&b, None).conditions, STALLED).status,
+            "True"
+        );
     }
 }

@@ -20,10 +20,7 @@ use ouroboros_crds::{
     sidecar::{JobEncryption, Manifest, server_identity},
 };
 
-use super::{
-    encryption, kube_err,
-    outcome::{Outcome, set_outcome_conditions},
-};
+use super::{encryption, kube_err, outcome::with_outcome_conditions};
 use crate::{
     context::Context,
     member_access,
@@ -84,21 +81,7 @@ pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, 
 
 async fn write_status(ctx: &Context, b: &EtcdBackup, status: &EtcdBackupStatus) -> Result<(), Error> {
     let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
-    let mut status = status.clone();
-    let outcome = match status.phase {
-        Some(BackupPhase::Succeeded) => Outcome::Succeeded,
-        Some(BackupPhase::Failed) => Outcome::Failed,
-        Some(BackupPhase::Running) => Outcome::InProgress { phase: "Running" },
-        Some(BackupPhase::Pending) | None => Outcome::InProgress { phase: "Pending" },
-    };
-    let message = status.reason.clone().unwrap_or_default();
-    set_outcome_conditions(
-        &mut status.conditions,
-        outcome,
-        &message,
-        b.metadata.generation,
-        jiff::Timestamp::now(),
-    );
+    let status = with_outcome_conditions(status, b.metadata.generation);
     let status = serde_json::to_value(&status)
         .map_err(|e| kube_err("writing EtcdBackup status")(kube::Error::SerdeError(e)))?;
     crate::cluster_writes::apply_status_of(&api, b, crate::FIELD_MANAGER, status)

@@ -32,8 +32,7 @@ use ouroboros_crds::{
 use serde_json::json;
 
 use super::{
-    KubeCallError, ReportedError, delete_if_present, encryption, kube_err,
-    outcome::{Outcome, set_outcome_conditions},
+    KubeCallError, ReportedError, delete_if_present, encryption, kube_err, outcome::with_outcome_conditions,
 };
 use crate::{
     backup_source::{Chosen, Lineage, choose, recorded_choice, restore_awaits_drill},
@@ -94,23 +93,7 @@ pub async fn reconcile(r: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action,
 
 async fn write_status(ctx: &Context, r: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<(), Error> {
     let api: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-    let mut status = status.clone();
-    let outcome = match status.phase {
-        Some(RestorePhase::Succeeded) => Outcome::Succeeded,
-        Some(RestorePhase::Failed) => Outcome::Failed,
-        Some(RestorePhase::Pending) | None => Outcome::InProgress { phase: "Pending" },
-        Some(RestorePhase::Verifying) => Outcome::InProgress { phase: "Verifying" },
-        Some(RestorePhase::Restoring) => Outcome::InProgress { phase: "Restoring" },
-        Some(RestorePhase::Growing) => Outcome::InProgress { phase: "Growing" },
-    };
-    let message = status.reason.clone().unwrap_or_default();
-    set_outcome_conditions(
-        &mut status.conditions,
-        outcome,
-        &message,
-        r.metadata.generation,
-        jiff::Timestamp::now(),
-    );
+    let status = with_outcome_conditions(status, r.metadata.generation);
     let status = serde_json::to_value(&status)
         .map_err(|e| kube_err("writing EtcdRestore status")(kube::Error::SerdeError(e)))?;
     crate::cluster_writes::apply_status_of(&api, r, crate::FIELD_MANAGER, status)
@@ -483,8 +466,9 @@ pub fn all_copies(outcomes: Vec<(String, FetchOutcome)>) -> (String, FetchOutcom
 }
 
 /// The archive this restore chose when it started, and the Secret whose identity a fetch mounts
-/// (`decryption`: where the restore's key is, [`encryption::for_restore`]); or why neither can be had (the message says the cluster was not touched, which holds when the
-/// caller has not touched it yet).
+/// (`decryption`: where the restore's key is, [`encryption::for_restore`]); or why neither can be
+/// had (the message says the cluster was not touched, which holds when the caller has not touched
+/// it yet).
 async fn archive_to_fetch(
     ctx: &Context,
     r: &EtcdRestore,
