@@ -52,13 +52,23 @@ pub struct EtcdClusterSpec {
     #[schemars(regex(pattern = crate::version::VERSION_PATTERN))]
     pub version: String,
 
-    /// Image repository of the etcd image; the tag is `v<version>`, as the etcd project tags its
-    /// images (`gcr.io/etcd-development/etcd`, `quay.io/coreos/etcd`). Images with nothing but
-    /// `/usr/local/bin/etcd`, `etcdctl` and `etcdutl` work: what the operator runs inside an etcd
-    /// container comes from its own sidecar image. Empty uses the operator's
-    /// `--etcd-image-repository` (default `localhost/ouroboros/etcd`).
+    /// Image repository of the etcd image; its tag is given by `imageTagFormat`. Images with
+    /// nothing but `/usr/local/bin/etcd`, `etcdctl` and `etcdutl` work (the etcd project's and
+    /// registry.k8s.io/etcd are such): what the operator runs inside an etcd container comes from
+    /// its own sidecar image. Empty uses the operator's `--etcd-image-repository` (default
+    /// `localhost/ouroboros/etcd`) with the operator's `--etcd-image-tag-format`. Changing it
+    /// restarts members one at a time on their data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+
+    /// Tag of the etcd image, `{version}` standing for `version`: `v{version}` as the etcd project
+    /// tags (`gcr.io/etcd-development/etcd`, `quay.io/coreos/etcd`; the default with a
+    /// `repository`), `{version}-0` as `registry.k8s.io/etcd` does. Without a `repository` it
+    /// defaults to the operator's `--etcd-image-tag-format`. Changing it restarts members one at a
+    /// time on their data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::version::TAG_FORMAT_PATTERN), length(max = 100))]
+    pub image_tag_format: Option<String>,
 
     /// Where members keep their data. Immutable after creation: moving data between volume kinds is
     /// a restore, not an edit.
@@ -415,7 +425,9 @@ pub struct EtcdClusterStatus {
     /// database is above 80 % of `spec.etcd.quotaBackendBytes`), `Maintenance` (a compaction,
     /// defragmentation or alarm disarm the operator runs or waits to run), `CertificatesValid` and
     /// `CertificatesExpiring` (with `spec.tls`: a certificate members could not use, naming the
-    /// Secret and the fault; one ending within 30 days), `BootMemberRemoved`.
+    /// Secret and the fault; one ending within 30 days), `MembersUpToDate` (`False` names the
+    /// members whose pods run another version, `spec.etcd` settings, pod template or certificates
+    /// than the spec gives now; they are restarted onto it one at a time), `BootMemberRemoved`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -126,6 +126,11 @@ pub mod condition_types {
     pub const CERTIFICATES_VALID: &str = "CertificatesValid";
     /// With `spec.tls`: a certificate its Secrets hold ends within 30 days.
     pub const CERTIFICATES_EXPIRING: &str = "CertificatesExpiring";
+    /// Every member pod runs what the spec and the operator give now: the etcd version, the
+    /// `spec.etcd` settings, the pod template (`spec.pod`, images, sidecar) and the certificates.
+    /// While `False`, the message names each outdated member and what is outdated; members are
+    /// restarted onto it on their own data, one at a time, while every member is healthy.
+    pub const MEMBERS_UP_TO_DATE: &str = "MembersUpToDate";
     /// The temporary boot member of a self-hosted cluster has been removed.
     pub const BOOT_MEMBER_REMOVED: &str = "BootMemberRemoved";
     /// On EtcdBackup and EtcdRestore: `True` once it succeeded; `False` while it runs (the reason is

@@ -33,6 +33,20 @@ impl std::error::Error for VersionError {}
 /// The schema pattern: the same rule as [`EtcdVersion::from_str`], enforced by the API server.
 pub const VERSION_PATTERN: &str = r"^3\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$";
 
+/// An image tag with `{version}` once in it and otherwise the characters an OCI tag allows, as the
+/// API server checks `spec.imageTagFormat`.
+pub const TAG_FORMAT_PATTERN: &str = r"^[A-Za-z0-9_.-]*\{version\}[A-Za-z0-9_.-]*$";
+
+/// Whether `format` is an image tag format: what [`TAG_FORMAT_PATTERN`] admits and at most 100
+/// characters (the CRD's bound), checked by hand for the operator's flag.
+pub fn valid_tag_format(format: &str) -> bool {
+    let allowed = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    format.len() <= 100
+        && format
+            .split_once("{version}")
+            .is_some_and(|(before, after)| allowed(before) && allowed(after))
+}
+
 impl FromStr for EtcdVersion {
     type Err = VersionError;
 
@@ -79,6 +93,29 @@ mod tests {
             }
         );
         assert_eq!("v3.5.35".parse::<EtcdVersion>().unwrap().minor, 5);
+    }
+
+    #[test]
+    fn tag_formats_need_the_version_once_and_tag_characters() {
+        for good in [
+            "v{version}",
+            "{version}-0",
+            "{version}",
+            "release_{version}.debian-12",
+        ] {
+            assert!(valid_tag_format(good), "{good}");
+        }
+        for bad in [
+            "v3.6.0",
+            "",
+            "{version}:latest",
+            "{version}{version}",
+            "v{ version}",
+            "{version}/x",
+        ] {
+            assert!(!valid_tag_format(bad), "{bad}");
+        }
+        assert!(!valid_tag_format(&format!("{}{{version}}", "a".repeat(92))));
     }
 
     #[test]

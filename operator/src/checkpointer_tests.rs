@@ -42,6 +42,7 @@ fn tls() -> EtcdCluster {
 fn member_pod(cluster: &EtcdCluster) -> Pod {
     let images = Images {
         etcd_repository: "localhost/ouroboros/etcd".into(),
+        etcd_tag_format: "v{version}".into(),
         sidecar: "localhost/ouroboros/etcd-backup-sidecar:1".into(),
     };
     let placement = Placement {

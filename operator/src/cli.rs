@@ -20,13 +20,19 @@ pub struct Args {
     #[arg(long, env = "OUROBOROS_WATCH_NAMESPACE", default_value = "")]
     pub watch_namespace: String,
 
-    /// Repository of etcd images; members run `<repository>:v<version>` unless a cluster overrides it.
+    /// Repository of etcd images; members run `<repository>:<tag>` unless a cluster names its own.
     #[arg(
         long,
         env = "OUROBOROS_ETCD_IMAGE_REPOSITORY",
         default_value = "localhost/ouroboros/etcd"
     )]
     pub etcd_image_repository: String,
+
+    /// Tag of that repository's images, `{version}` standing for the etcd version: `v{version}` as
+    /// the etcd project tags (gcr.io/etcd-development/etcd, quay.io/coreos/etcd), `{version}-0` as
+    /// registry.k8s.io/etcd does.
+    #[arg(long, env = "OUROBOROS_ETCD_IMAGE_TAG_FORMAT", default_value = "v{version}", value_parser = parse_tag_format)]
+    pub etcd_image_tag_format: String,
 
     /// Image of the backup sidecar added to every member pod.
     #[arg(long, env = "OUROBOROS_BACKUP_SIDECAR_IMAGE", default_value = concat!("localhost/ouroboros/etcd-backup-sidecar:", env!("CARGO_PKG_VERSION")))]
@@ -127,6 +133,16 @@ pub struct HandoverArgs {
     /// Seconds to wait for the CRD and then for the pivot.
     #[arg(long, default_value_t = 900)]
     pub timeout_seconds: u64,
+}
+
+fn parse_tag_format(s: &str) -> Result<String, String> {
+    if ouroboros_crds::version::valid_tag_format(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an image tag format: it needs {{version}} once and otherwise letters, digits, '_', '.' and '-' (as `v{{version}}` or `{{version}}-0`)"
+        ))
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -19,6 +19,8 @@ use crate::{
 pub struct OperatorConfig {
     /// Default repository of etcd images.
     pub etcd_image_repository: String,
+    /// Tag format of that repository's images.
+    pub etcd_image_tag_format: String,
     /// Image of the backup sidecar.
     pub backup_sidecar_image: String,
 }
@@ -27,6 +29,7 @@ impl From<&Args> for OperatorConfig {
     fn from(a: &Args) -> Self {
         Self {
             etcd_image_repository: a.etcd_image_repository.clone(),
+            etcd_image_tag_format: a.etcd_image_tag_format.clone(),
             backup_sidecar_image: a.backup_sidecar_image.clone(),
         }
     }
@@ -63,6 +66,7 @@ impl Context {
     pub fn images(&self) -> crate::vocabulary::Images {
         crate::vocabulary::Images {
             etcd_repository: self.config.etcd_image_repository.clone(),
+            etcd_tag_format: self.config.etcd_image_tag_format.clone(),
             sidecar: self.config.backup_sidecar_image.clone(),
         }
     }

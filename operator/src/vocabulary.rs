@@ -70,6 +70,12 @@ pub const MEMBER_LOCK_FILE: &str = "/var/lib/etcd/member.lock";
 /// A member whose pod records other flags than the spec gives now is rolled.
 pub const ANNOTATION_SETTINGS: &str = "etcd.ouroboros.dev/settings";
 
+/// On member pods: the digest of everything else the pod was built from that a user or an operator
+/// upgrade can change (`spec.pod`, the etcd repository and tag format, the sidecar image and its
+/// resources, the backup claim), [`crate::objects::template_digest`]. A member whose pod records
+/// another digest than the spec and the operator give now is rolled, one at a time.
+pub const ANNOTATION_TEMPLATE: &str = "etcd.ouroboros.dev/template";
+
 /// On an EtcdCluster: the revision the operator last compacted its history to (NOSPACE recovery).
 pub const ANNOTATION_COMPACTED_REVISION: &str = "etcd.ouroboros.dev/compacted-revision";
 
@@ -227,8 +233,11 @@ impl InitialClusterState {
 /// Images and defaults from the operator's configuration.
 #[derive(Clone, Debug)]
 pub struct Images {
-    /// Default etcd repository (`<repo>:v<version>`).
+    /// Default etcd repository, for clusters that name none.
     pub etcd_repository: String,
+    /// The tag of the default repository's images, `{version}` standing for the etcd version
+    /// (`v{version}` for the etcd project's, `{version}-0` for registry.k8s.io/etcd).
+    pub etcd_tag_format: String,
     /// The backup sidecar image.
     pub sidecar: String,
 }
@@ -425,13 +434,27 @@ pub fn backup_dir(cluster: &EtcdCluster, dest: &VolumeDestination) -> String {
     )
 }
 
-/// The image of an etcd version for this cluster.
+/// The tag format of the etcd project's images, which clusters naming a repository of their own
+/// use unless they set `spec.imageTagFormat`.
+pub const ETCD_PROJECT_TAG_FORMAT: &str = "v{version}";
+
+/// The image of an etcd version for this cluster: its own repository and tag format, or the
+/// operator's. A cluster's repository goes with the cluster's tag format (the etcd project's when
+/// it sets none), never with the operator's, which belongs to the operator's repository.
 pub fn etcd_image(cluster: &EtcdCluster, images: &Images, version: EtcdVersion) -> String {
-    let repo = cluster
-        .spec
-        .repository
-        .as_deref()
-        .filter(|r| !r.is_empty())
-        .unwrap_or(&images.etcd_repository);
-    format!("{repo}:v{version}")
+    etcd_image_pattern(cluster, images).replace("{version}", &version.to_string())
+}
+
+/// The etcd image of this cluster with `{version}` standing for the version (see [`etcd_image`]).
+pub fn etcd_image_pattern(cluster: &EtcdCluster, images: &Images) -> String {
+    let spec = &cluster.spec;
+    let format = spec.image_tag_format.as_deref().filter(|f| !f.is_empty());
+    let (repo, format) = match spec.repository.as_deref().filter(|r| !r.is_empty()) {
+        Some(repo) => (repo, format.unwrap_or(ETCD_PROJECT_TAG_FORMAT)),
+        None => (
+            images.etcd_repository.as_str(),
+            format.unwrap_or(&images.etcd_tag_format),
+        ),
+    };
+    format!("{repo}:{format}")
 }

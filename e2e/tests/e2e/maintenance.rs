@@ -4,6 +4,8 @@
 //!   defragmentation, disarm) and takes writes again;
 //! - new `spec.etcd` settings restart each member on its own claim, one at a time, keeping every
 //!   member ID; settings etcd would refuse are refused by the API server, naming the field;
+//! - a new pod template (`spec.pod.resources`) likewise, with `MembersUpToDate` naming the members
+//!   on the old one while it runs;
 //! - fragmented members wait outside `spec.maintenance.defragmentation.window`, then are
 //!   defragmented one at a time, the leader last after leadership moved away, with the writer's
 //!   put latency during each member's defragmentation printed beside idle.
@@ -139,64 +141,151 @@ async fn new_settings_restart_each_member_on_its_own_claim() -> anyhow::Result<(
             .context("an election timeout of 2.5 heartbeats was admitted")?;
         ensure!(refused.to_string().contains("five heartbeats"), "{refused}");
 
-        let endpoint = etcd_cluster::client_endpoint(&c, &ns, "m").await?;
-        let before = etcd_cluster::identity(&endpoint).await?;
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
-        let uids = |list: Vec<PersistentVolumeClaim>| {
-            let mut u: Vec<String> = list.into_iter().filter_map(|p| p.uid()).collect();
-            u.sort();
-            u
-        };
-        let claims_before = uids(claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
-        let writer = Writer::start(&endpoint, "/settings").await?;
-
-        let t0 = Instant::now();
         let good = serde_json::json!({"spec": {"etcd": {"heartbeatIntervalMillis": 150, "electionTimeoutMillis": 1500,
                                                         "quotaBackendBytes": 4294967296_i64}}});
-        api.patch("m", &PatchParams::default(), &Patch::Merge(&good)).await?;
-        ouroboros_e2e::wait_for("every member on the new settings", T, || {
-            let c = c.clone();
-            let ns = ns.clone();
-            async move {
-                let pods = member_pods(&c, &ns).await?;
-                let rolled = pods.len() == 3
-                    && pods.iter().all(|p| {
-                        p.annotations()
-                            .get("etcd.ouroboros.dev/settings")
-                            .is_some_and(|s| s.contains("--heartbeat-interval=150") && s.contains("--quota-backend-bytes=4294967296"))
-                    });
-                Ok(rolled.then_some(()))
-            }
-        })
-        .await?;
-        etcd_cluster::wait(&c, &ns, "m", "converged on the new settings", T, converged(3, V)).await?;
-        println!("rolled to the new settings in {:?}", t0.elapsed());
+        let rolled = |p: &Pod| {
+            p.annotations()
+                .get("etcd.ouroboros.dev/settings")
+                .is_some_and(|s| s.contains("--heartbeat-interval=150") && s.contains("--quota-backend-bytes=4294967296"))
+        };
+        roll_in_place(&c, &ns, "/settings", &good, rolled, "the spec.etcd settings").await?;
         for p in member_pods(&c, &ns).await? {
-            let args = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.iter().find(|c| c.name == "etcd"))
-                .and_then(|c| c.args.clone())
-                .unwrap_or_default();
+            let args = etcd_container(&p).and_then(|c| c.args.clone()).unwrap_or_default();
             ensure!(
                 args.iter().any(|a| a == "--election-timeout=1500"),
                 "{} runs {args:?}",
                 p.name_any()
             );
         }
-
-        let after = etcd_cluster::identity(&endpoint).await?;
-        ensure!(after == before, "members {before:x?} -> {after:x?}: replaced, not restarted");
-        let claims_after = uids(claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
-        ensure!(claims_after == claims_before, "claims {claims_before:?} -> {claims_after:?}");
-        let restarts = events_with_reason(&c, &ns, "MemberRestartingForSettings").await?;
-        ensure!(restarts.len() == 3, "restarts: {restarts:?}");
-        ensure!(events_with_reason(&c, &ns, "MemberRemoved").await?.is_empty(), "a member was removed");
-        let (acked, failed) = writer.stop_and_verify().await?;
-        println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
         Ok(())
     })
     .await
+}
+
+/// The acceptance of #24: a change of `spec.pod.resources` reaches every running member, each
+/// restarted on its own claim one at a time, quorum kept under a writer, 0 acknowledged writes lost;
+/// while members run the old template, `MembersUpToDate` is False and names them.
+#[tokio::test]
+async fn a_new_pod_template_restarts_each_member_on_its_own_claim() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "template")
+        .await?
+        .run(|c, ns| async move {
+            let storage = "  storage: {persistentVolumeClaim: {size: 1Gi}}\n";
+            etcd_cluster::create(&c, &ns, &manifest(storage)).await?;
+            etcd_cluster::wait(&c, &ns, "m", "3 members", T, converged(3, V)).await?;
+            let api: Api<EtcdCluster> = Api::namespaced(c.clone(), &ns);
+            let up_to_date =
+                |m: &EtcdCluster| etcd_cluster::condition(m, condition_types::MEMBERS_UP_TO_DATE);
+            let before = up_to_date(&api.get("m").await?);
+            ensure!(
+                before.as_ref().is_some_and(|(s, _, _)| s == "True"),
+                "MembersUpToDate before: {before:?}"
+            );
+
+            let resources = serde_json::json!({"spec": {"pod": {"resources": {
+            "requests": {"cpu": "150m", "memory": "96Mi"}, "limits": {"memory": "512Mi"}}}}});
+            let rolled = |p: &Pod| {
+                etcd_container(p)
+                    .and_then(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu").cloned())
+                    .is_some_and(|q| q.0 == "150m")
+            };
+            // The condition while the roll runs, sampled beside it.
+            let watch = {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    loop {
+                        if let Ok(m) = api.get("m").await
+                            && let Some((status, reason, message)) = up_to_date(&m)
+                            && status == "False"
+                        {
+                            return (reason, message);
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                })
+            };
+            roll_in_place(&c, &ns, "/template", &resources, rolled, "the pod template").await?;
+            let (reason, message) = tokio::time::timeout(Duration::from_secs(5), watch)
+                .await
+                .context("MembersUpToDate was never False during the roll")??;
+            ensure!(
+                reason == "Outdated" && message.contains("pod template") && message.contains("m-"),
+                "MembersUpToDate during the roll: {reason}: {message}"
+            );
+            println!("during the roll: MembersUpToDate=False {reason}: {message}");
+            let after = up_to_date(&api.get("m").await?);
+            ensure!(
+                after.as_ref().is_some_and(|(s, _, _)| s == "True"),
+                "MembersUpToDate after: {after:?}"
+            );
+            Ok(())
+        })
+        .await
+}
+
+fn etcd_container(p: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
+    p.spec.as_ref()?.containers.iter().find(|c| c.name == "etcd")
+}
+
+/// Applies `patch` to the converged three-member cluster `m` (on claims) under a writer of keys
+/// under `prefix`, waits until every member pod is `rolled`, and asserts that each member was
+/// restarted on its own data: the same member IDs and claims, one `MemberRestartingForSettings`
+/// Event per member naming `what`, no member removed, and every acknowledged write readable.
+async fn roll_in_place(
+    c: &Client,
+    ns: &str,
+    prefix: &str,
+    patch: &serde_json::Value,
+    rolled: impl Fn(&Pod) -> bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let api: Api<EtcdCluster> = Api::namespaced(c.clone(), ns);
+    let endpoint = etcd_cluster::client_endpoint(c, ns, "m").await?;
+    let before = etcd_cluster::identity(&endpoint).await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), ns);
+    let uids = |list: Vec<PersistentVolumeClaim>| {
+        let mut u: Vec<String> = list.into_iter().filter_map(|p| p.uid()).collect();
+        u.sort();
+        u
+    };
+    let claims_before = uids(claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
+    let writer = Writer::start(&endpoint, prefix).await?;
+
+    let t0 = Instant::now();
+    api.patch("m", &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    ouroboros_e2e::wait_for("every member pod rolled", T, || async {
+        let pods = member_pods(c, ns).await?;
+        Ok((pods.len() == 3 && pods.iter().all(&rolled)).then_some(()))
+    })
+    .await?;
+    etcd_cluster::wait(c, ns, "m", "converged after the roll", T, converged(3, V)).await?;
+    println!("rolled onto {what} in {:?}", t0.elapsed());
+
+    let after = etcd_cluster::identity(&endpoint).await?;
+    ensure!(
+        after == before,
+        "members {before:x?} -> {after:x?}: replaced, not restarted"
+    );
+    let claims_after = uids(claims.list(&ListParams::default().labels(SELECTOR)).await?.items);
+    ensure!(
+        claims_after == claims_before,
+        "claims {claims_before:?} -> {claims_after:?}"
+    );
+    let restarts = events_with_reason(c, ns, "MemberRestartingForSettings").await?;
+    ensure!(restarts.len() == 3, "restarts: {restarts:?}");
+    ensure!(
+        restarts.iter().all(|e| e.contains(what)),
+        "restart Events do not name {what}: {restarts:?}"
+    );
+    ensure!(
+        events_with_reason(c, ns, "MemberRemoved").await?.is_empty(),
+        "a member was removed"
+    );
+    let (acked, failed) = writer.stop_and_verify().await?;
+    println!("{acked} writes acknowledged, {failed} failed attempts, 0 lost");
+    Ok(())
 }
 
 #[tokio::test]

@@ -19,6 +19,31 @@ pub fn initial_cluster(cluster: &EtcdCluster, members: &[String]) -> String {
         .join(",")
 }
 
+/// Bumped when the operator builds member pods differently in a way that must reach running members
+/// (a probe, a mount, an environment variable), so that an upgraded operator rolls them.
+const TEMPLATE_REVISION: u32 = 1;
+
+/// The digest of what a member pod is built from, besides its identity, its etcd version (upgrades
+/// roll members their own way), its `spec.etcd` settings ([`ANNOTATION_SETTINGS`]) and its
+/// certificates (which have their own record): `spec.pod`, the etcd image repository and tag
+/// format, the sidecar image and resources, the backup claim members mount, and
+/// [`TEMPLATE_REVISION`]. Recorded on each pod as [`ANNOTATION_TEMPLATE`]; a pod recording another
+/// is restarted onto the new template, one member at a time.
+pub fn template_digest(cluster: &EtcdCluster, images: &Images) -> String {
+    use sha2::Digest as _;
+    let spec = &cluster.spec;
+    let inputs = json!({
+        "revision": TEMPLATE_REVISION,
+        "pod": spec.pod,
+        "etcdImage": etcd_image_pattern(cluster, images),
+        "sidecarImage": images.sidecar,
+        "sidecarResources": spec.backup.as_ref().and_then(|b| b.resources.as_ref()),
+        "backupClaim": member_backup_volume(cluster).map(|d| d.claim_name),
+    });
+    let digest = sha2::Sha256::digest(inputs.to_string().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A member pod. `initial_members` are the names in `--initial-cluster` (the member itself included).
 pub fn member_pod(
     cluster: &EtcdCluster,
@@ -178,6 +203,7 @@ fn build_member_pod(
         ANNOTATION_SETTINGS.to_owned(),
         super::etcd_settings::settings_annotation(&settings),
     );
+    annotations.insert(ANNOTATION_TEMPLATE.to_owned(), template_digest(cluster, images));
     let mut pod_spec = json!({
         "hostname": member,
         "subdomain": cluster.name_any(),

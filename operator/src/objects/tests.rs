@@ -43,6 +43,7 @@ fn a_claim_of_a_deleted_namesake_is_foreign() {
 fn images() -> Images {
     Images {
         etcd_repository: "localhost/ouroboros/etcd".into(),
+        etcd_tag_format: "v{version}".into(),
         sidecar: "sidecar:1".into(),
     }
 }
@@ -446,6 +447,89 @@ fn pdb_keeps_quorum() {
         pdb.spec.unwrap().min_available,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
     );
+}
+
+#[test]
+fn image_tags_follow_the_format_that_goes_with_the_repository() {
+    let v = "3.6.5".parse().unwrap();
+    let k8s = Images {
+        etcd_repository: "registry.k8s.io/etcd".into(),
+        etcd_tag_format: "{version}-0".into(),
+        ..images()
+    };
+    // The operator's repository with the operator's format.
+    assert_eq!(etcd_image(&minimal(), &k8s, v), "registry.k8s.io/etcd:3.6.5-0");
+    // A cluster's repository with the etcd project's format unless it names its own.
+    let own = cluster(json!({"size": 1, "repository": "quay.io/coreos/etcd"}));
+    assert_eq!(etcd_image(&own, &k8s, v), "quay.io/coreos/etcd:v3.6.5");
+    let own = cluster(json!({"size": 1, "repository": "mirror/etcd", "imageTagFormat": "{version}-0"}));
+    assert_eq!(etcd_image(&own, &images(), v), "mirror/etcd:3.6.5-0");
+    // A format alone applies to the operator's repository.
+    let own = cluster(json!({"size": 1, "imageTagFormat": "{version}-1"}));
+    assert_eq!(etcd_image(&own, &k8s, v), "registry.k8s.io/etcd:3.6.5-1");
+}
+
+#[test]
+fn the_template_digest_changes_with_the_pod_template_and_nothing_else() {
+    let base = json!({"size": 3, "version": "3.6.5", "storage": {"persistentVolumeClaim": {"size": "1Gi"}},
+                      "backup": {"schedule": "0 * * * *"}});
+    let digest = |patch: serde_json::Value, images: &Images| {
+        let mut spec = base.clone();
+        json_patch_merge(&mut spec, patch);
+        template_digest(&cluster(spec), images)
+    };
+    let d0 = digest(json!({}), &images());
+    assert_eq!(d0.len(), 16);
+    // What members are rolled for by other means, or what is no part of a pod, leaves it alone.
+    for same in [
+        json!({"size": 5}),
+        json!({"version": "3.6.6"}),
+        json!({"etcd": {"quotaBackendBytes": 4294967296_i64}}),
+        json!({"backup": {"schedule": "*/5 * * * *"}}),
+    ] {
+        assert_eq!(digest(same.clone(), &images()), d0, "{same}");
+    }
+    // What shapes the pod changes it.
+    for changed in [
+        json!({"pod": {"resources": {"requests": {"cpu": "200m"}}}}),
+        json!({"pod": {"labels": {"team": "a"}}}),
+        json!({"pod": {"antiAffinity": "Required"}}),
+        json!({"pod": {"priorityClassName": "system-cluster-critical"}}),
+        json!({"repository": "quay.io/coreos/etcd"}),
+        json!({"imageTagFormat": "{version}-0"}),
+        json!({"backup": {"resources": {"limits": {"memory": "512Mi"}}}}),
+    ] {
+        assert_ne!(digest(changed.clone(), &images()), d0, "{changed}");
+    }
+    let new_sidecar = Images {
+        sidecar: "sidecar:2".into(),
+        ..images()
+    };
+    assert_ne!(digest(json!({}), &new_sidecar), d0, "a new sidecar image");
+    // Every member pod records it.
+    let c = cluster(base.clone());
+    let p = member_pod(
+        &c,
+        &images(),
+        "c-1",
+        "3.6.5".parse().unwrap(),
+        InitialClusterState::Existing,
+        &["c-0".into(), "c-1".into()],
+    )
+    .unwrap();
+    assert_eq!(p.annotations().get(ANNOTATION_TEMPLATE), Some(&d0));
+}
+
+/// RFC 7386 merge of `patch` into `doc`.
+fn json_patch_merge(doc: &mut serde_json::Value, patch: serde_json::Value) {
+    match (doc, patch) {
+        (serde_json::Value::Object(d), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                json_patch_merge(d.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (d, p) => *d = p,
+    }
 }
 
 #[test]

@@ -847,14 +847,10 @@ pub async fn apply_step(
         }
         Step::RestartWithSettings { name } => {
             let view = obs.observed.pods.iter().find(|p| p.name == *name);
-            let onto = match (
-                view.is_some_and(|p| !p.settings_current),
-                view.is_some_and(|p| !p.certificates_current),
-            ) {
-                (true, true) => "the spec.etcd settings and the certificates the operator accepted",
-                (false, true) => "the certificates the operator accepted",
-                _ => "the spec.etcd settings",
-            };
+            let onto = view.map_or_else(
+                || "the spec.etcd settings".to_owned(),
+                super::status::outdated_parts,
+            );
             delete_member_pod(ctx, cluster, name, false).await?;
             event(
                 ctx,

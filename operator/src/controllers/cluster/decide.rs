@@ -124,6 +124,9 @@ pub struct PodView {
     pub image_problem: Option<String>,
     /// It was built with the `spec.etcd` settings the spec gives now.
     pub settings_current: bool,
+    /// It was built from the pod template (`spec.pod`, images, sidecar) the spec and the operator
+    /// give now ([`crate::objects::template_digest`]).
+    pub template_current: bool,
     /// It runs the certificate set the operator accepted (always, without TLS).
     pub certificates_current: bool,
     /// The quota its etcd runs with (`--quota-backend-bytes`), which lags the spec's until it is

@@ -209,10 +209,10 @@ pub fn alarms(ms: &Membership) -> Vec<(u64, String)> {
     all
 }
 
-/// A voter's pod was built with other `spec.etcd` settings, or other certificates, than the spec and
-/// the operator accepted: it is restarted onto them.
+/// A voter's pod was built with other `spec.etcd` settings, another pod template, or other
+/// certificates than the spec and the operator accepted: it is restarted onto them.
 pub fn settings_outdated(p: &PodView) -> bool {
-    !p.settings_current || !p.certificates_current
+    !p.settings_current || !p.template_current || !p.certificates_current
 }
 
 /// While no certificate set can be mounted (the Secrets are refused and no set in use would do), no
@@ -520,7 +520,8 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     }
 }
 
-/// A voter whose pod runs other `spec.etcd` settings (or, `with_certificates`, other certificates):
+/// A voter whose pod runs other `spec.etcd` settings or another pod template (or,
+/// `with_certificates`, other certificates):
 /// restart it on its data with the new ones (claims), or replace it (data that lives with the pod),
 /// followers first and the leader last after leadership moved. `None` when every voter is current.
 pub fn settings_roll_step(
@@ -530,7 +531,9 @@ pub fn settings_roll_step(
     with_certificates: bool,
 ) -> Option<Step> {
     let pod = |name: &str| o.pods.iter().find(|p| p.name == name);
-    let outdated_pod = |p: &PodView| !p.settings_current || (with_certificates && !p.certificates_current);
+    let outdated_pod = |p: &PodView| {
+        !p.settings_current || !p.template_current || (with_certificates && !p.certificates_current)
+    };
     let outdated: Vec<&MemberView> = voters
         .iter()
         .copied()

@@ -69,6 +69,14 @@ impl Observed {
             .settings_current = false;
         self
     }
+    fn old_template(mut self, n: u32) -> Self {
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == format!("c-{n}"))
+            .unwrap()
+            .template_current = false;
+        self
+    }
     fn threshold(mut self, percent: u32, min_mib: u64) -> Self {
         self.maintenance.defragmentation = Some(DefragThreshold {
             min_fragmentation_percent: percent,
@@ -377,6 +385,35 @@ fn new_settings_restart_members_on_their_claims_followers_first() {
             to_id: 101,
             to: "c-1".into()
         }
+    );
+}
+
+#[test]
+fn a_new_pod_template_restarts_members_on_their_claims_as_settings_do() {
+    let o = three().old_template(0).old_template(2);
+    assert_eq!(step(&o), Step::RestartWithSettings { name: "c-2".into() });
+    let o = three().old_template(0);
+    assert!(
+        matches!(step(&o), Step::MoveLeader { from, .. } if from == "c-0"),
+        "{:?}",
+        step(&o)
+    );
+    // Health first: an outdated template never restarts a member while another is down.
+    let o = three().old_template(1).unhealthy(2);
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+    // Data that lives with the pod: a member on the new template joins before an old one leaves.
+    let mut o = three().old_template(0).old_template(1).old_template(2);
+    o.data = DataHome::Pod;
+    assert!(
+        matches!(
+            step(&o),
+            Step::AddLearner {
+                for_upgrade: true,
+                ..
+            }
+        ),
+        "{:?}",
+        step(&o)
     );
 }
 

@@ -90,7 +90,15 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     if held_by != Some(decide::HeldBy::User) {
         apply::ensure_cluster_objects(&ctx, &cluster).await?;
     }
-    let obs = match observe::observe(&ctx.client, ctx.etcd.as_ref(), &cluster, now).await {
+    let obs = match observe::observe(
+        &ctx.client,
+        ctx.etcd.as_ref(),
+        &cluster,
+        &crate::objects::template_digest(&cluster, &ctx.images()),
+        now,
+    )
+    .await
+    {
         Ok(obs) => obs,
         // Nothing can be started without the certificates; say exactly what is missing and retry,
         // since creating the Secret is the fix and does not change the EtcdCluster.

@@ -148,10 +148,11 @@ pub async fn observe(
     client: &kube::Client,
     etcd: &dyn EtcdOps,
     cluster: &EtcdCluster,
+    template: &str,
     now: jiff::Timestamp,
 ) -> Result<Observation, ObserveError> {
     let read = read_kubernetes(client, cluster).await?;
-    assemble(etcd, cluster, read, now).await
+    assemble(etcd, cluster, read, template, now).await
 }
 
 /// The Kubernetes half of observing.
@@ -244,11 +245,13 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
 
 /// The etcd half of observing, over what was read from Kubernetes: asks the members (through
 /// `etcd`, a fake in tests) for the membership and their status, and puts together what the
-/// decision looks at.
+/// decision looks at. `template` is the digest member pods are built with now
+/// ([`crate::objects::template_digest`]).
 pub async fn assemble(
     etcd: &dyn EtcdOps,
     cluster: &EtcdCluster,
     read: KubeRead,
+    template: &str,
     now: jiff::Timestamp,
 ) -> Result<Observation, ObserveError> {
     let KubeRead {
@@ -307,8 +310,15 @@ pub async fn assemble(
         let quota_bytes = record
             .and_then(|r| crate::objects::recorded_quota(r))
             .unwrap_or(ouroboros_crds::settings::DEFAULT_QUOTA_BACKEND_BYTES as u64);
+        // A pod without a record was built by an operator from before templates were recorded: what
+        // it runs is unknown, so it is rolled like an outdated one.
+        let template_current = p
+            .annotations()
+            .get(vocabulary::ANNOTATION_TEMPLATE)
+            .is_some_and(|t| t == template);
         pod_views.push(PodView {
             settings_current,
+            template_current,
             certificates_current,
             quota_bytes,
             name: member,
@@ -1018,11 +1028,20 @@ mod tests {
             .unwrap()
         }
 
-        fn pod(c: &EtcdCluster, i: u64) -> Pod {
-            let images = Images {
+        fn images() -> Images {
+            Images {
                 etcd_repository: "etcd".into(),
+                etcd_tag_format: "v{version}".into(),
                 sidecar: "sidecar".into(),
-            };
+            }
+        }
+
+        fn template(c: &EtcdCluster) -> String {
+            objects::template_digest(c, &images())
+        }
+
+        fn pod(c: &EtcdCluster, i: u64) -> Pod {
+            let images = images();
             let members: Vec<String> = (0..3).map(|i| format!("c-{i}")).collect();
             let mut p = objects::member_pod(
                 c,
@@ -1111,7 +1130,7 @@ mod tests {
         async fn a_silent_member_has_no_health_and_an_alarm_is_kept_as_reported() {
             let c = cluster(false);
             let etcd = fake("http", &[0, 1], Some(1));
-            let obs = assemble(&etcd, &c, read(&c, false), jiff::Timestamp::now())
+            let obs = assemble(&etcd, &c, read(&c, false), &template(&c), jiff::Timestamp::now())
                 .await
                 .unwrap();
             let ms = obs.observed.membership.expect("two members answered");
@@ -1143,7 +1162,7 @@ mod tests {
         async fn when_no_member_answers_the_pods_are_still_seen_and_the_error_is_kept() {
             let c = cluster(false);
             let etcd = fake("http", &[], None);
-            let obs = assemble(&etcd, &c, read(&c, false), jiff::Timestamp::now())
+            let obs = assemble(&etcd, &c, read(&c, false), &template(&c), jiff::Timestamp::now())
                 .await
                 .unwrap();
             assert_eq!(obs.observed.membership, None);
@@ -1155,7 +1174,7 @@ mod tests {
         async fn a_tls_cluster_is_asked_over_https_with_each_members_dns_name() {
             let c = cluster(true);
             let etcd = fake("https", &[0, 1, 2], None);
-            let obs = assemble(&etcd, &c, read(&c, true), jiff::Timestamp::now())
+            let obs = assemble(&etcd, &c, read(&c, true), &template(&c), jiff::Timestamp::now())
                 .await
                 .unwrap();
             assert_eq!(obs.observed.membership.map(|m| m.members.len()), Some(3));

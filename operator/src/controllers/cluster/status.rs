@@ -7,7 +7,7 @@ use ouroboros_crds::{
 };
 
 use super::{
-    decide::{Decision, HeldBy, Step},
+    decide::{Decision, HeldBy, PodView, Step},
     observe::Observation,
 };
 use crate::{certificates::CertificateReport, vocabulary};
@@ -187,6 +187,9 @@ pub fn compute(
             _ => "a majority of voting members answers".to_owned(),
         },
     );
+
+    let (up_to_date, reason, message) = members_up_to_date(o);
+    set(ct::MEMBERS_UP_TO_DATE, up_to_date, reason, message);
 
     match alarm_condition(obs) {
         Some((reason, message)) => set(ct::ALARM, true, reason, message),
@@ -380,6 +383,63 @@ pub fn near_quota_condition(sizes: &[(String, i64, i64)], quota: u64) -> (bool, 
     )
 }
 
+/// What of a member pod is outdated, as a phrase: "the spec.etcd settings, the pod template".
+pub fn outdated_parts(p: &PodView) -> String {
+    let parts: Vec<&str> = [
+        (!p.settings_current, "the spec.etcd settings"),
+        (
+            !p.template_current,
+            "the pod template (spec.pod, images, sidecar)",
+        ),
+        (!p.certificates_current, "the certificates the operator accepted"),
+    ]
+    .into_iter()
+    .filter_map(|(outdated, part)| outdated.then_some(part))
+    .collect();
+    if parts.is_empty() {
+        "what the spec gives now".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `MembersUpToDate`: which member pods run another version, settings, pod template or
+/// certificates than the spec and the operator give now, and what of each.
+fn members_up_to_date(o: &super::decide::Observed) -> (bool, &'static str, String) {
+    let version = o.desired.version;
+    let outdated: Vec<String> = o
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let mut parts = Vec::new();
+            if p.version != version {
+                parts.push(format!("etcd {}", p.version));
+            }
+            if super::maintenance::settings_outdated(p) {
+                parts.push(outdated_parts(p));
+            }
+            (!parts.is_empty()).then(|| format!("{} ({})", p.name, parts.join("; ")))
+        })
+        .collect();
+    if outdated.is_empty() {
+        (
+            true,
+            "UpToDate",
+            "every member pod runs the current version, settings, pod template and certificates".to_owned(),
+        )
+    } else {
+        (
+            false,
+            "Outdated",
+            format!(
+                "outdated: {}; each is restarted onto the current spec on its own data (or replaced, when its data \
+                 lives with its pod), one at a time while every member is healthy",
+                outdated.join(", ")
+            ),
+        )
+    }
+}
+
 /// `Maintenance`: True while a maintenance step runs or is blocked, False once none is due. Steps
 /// that also serve other purposes (moving leadership, waiting for members) leave it as it was.
 fn maintenance_condition(step: &Step) -> Option<(bool, &'static str, String)> {
@@ -409,7 +469,7 @@ fn maintenance_condition(step: &Step) -> Option<(bool, &'static str, String)> {
         } => Some((
             true,
             "RollingSettings",
-            format!("removing {name}, which runs old spec.etcd settings; its replacement has joined"),
+            format!("removing {name}, whose pod is outdated (MembersUpToDate); its replacement has joined"),
         )),
         Step::Converged => Some((false, "Idle", "no maintenance is due".to_owned())),
         _ => None,
@@ -652,7 +712,9 @@ fn progress(step: &Step) -> (bool, &'static str, String) {
         Step::RestartWithSettings { name } => (
             true,
             "RollingSettings",
-            format!("restarting {name} on its own data with the spec.etcd settings"),
+            format!(
+                "restarting {name} on its own data onto the current spec (MembersUpToDate says what changed)"
+            ),
         ),
         Step::Compact { revision } => (
             true,
@@ -715,6 +777,28 @@ pub fn set_condition_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_up_to_date_names_each_outdated_member_and_what_of_it() {
+        use super::super::decide::tests::{V35, V36, world};
+        assert!(members_up_to_date(&world(3, V36).voter(0, V36).voter(1, V36).voter(2, V36)).0);
+        let mut o = world(3, V36).voter(0, V36).voter(1, V36).voter(2, V35);
+        o.pods[0].template_current = false;
+        o.pods[0].settings_current = false;
+        o.pods[1].certificates_current = false;
+        let (current, reason, message) = members_up_to_date(&o);
+        assert!(!current);
+        assert_eq!(reason, "Outdated");
+        assert!(
+            message.contains("c-0 (the spec.etcd settings, the pod template (spec.pod, images, sidecar))"),
+            "{message}"
+        );
+        assert!(
+            message.contains("c-1 (the certificates the operator accepted)"),
+            "{message}"
+        );
+        assert!(message.contains("c-2 (etcd 3.5.35)"), "{message}");
+    }
 
     #[test]
     fn alarms_are_read_from_etcd_status_errors() {

@@ -379,6 +379,7 @@ fn the_seed_restores_once_with_a_bumped_revision_and_new_identity() {
     let cluster = main_cluster(json!({"size": 3}));
     let images = Images {
         etcd_repository: "etcd".into(),
+        etcd_tag_format: "v{version}".into(),
         sidecar: "sidecar:1".into(),
     };
     let pod = restored_member_pod(
@@ -497,6 +498,7 @@ fn parallel_copies_are_fetched_where_members_may_run_spread_as_members_and_each_
 
     let images = Images {
         etcd_repository: "etcd".into(),
+        etcd_tag_format: "v{version}".into(),
         sidecar: "sidecar:1".into(),
     };
     let members: Vec<String> = vec!["main-3".into(), "main-4".into(), "main-5".into()];
