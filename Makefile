@@ -20,7 +20,7 @@ T := e2e/scripts/timed.sh
 # three (node2 and node3 in network namespaces of their own, docs/local-cluster.md).
 NODES ?= 1
 
-.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle multinode self-hosted-nodes undeploy clean-cache check-fresh-root bench-chart
+.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle helm multinode self-hosted-nodes undeploy clean-cache check-fresh-root bench-chart
 
 help:
 	@echo "make demo    - build everything, start the local cluster, deploy the operator, create an EtcdCluster"
@@ -59,9 +59,13 @@ lint: deps
 	@$(T) fmt cargo fmt --all --check
 	@$(T) clippy cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
-## unit: every test that needs no cluster (pure logic, CRD drift, HTTP endpoints, real etcd processes).
+## unit: every test that needs no cluster (pure logic, CRD drift, HTTP endpoints, real etcd processes),
+## the Helm chart against the kustomize base (helm lint, rendered objects compared), and the alert
+## rules' unit tests (promtool test rules).
 unit: deps
 	@$(T) unit-tests bash -c 'source <(e2e/cluster.sh env) && cargo test --release --workspace --locked --exclude ouroboros-e2e'
+	@$(T) helm-check e2e/scripts/helm-check.sh
+	@$(T) rules-check e2e/scripts/rules-check.sh
 
 images: build
 	@$(T) images e2e/scripts/images.sh build
@@ -102,6 +106,11 @@ self-hosted: e2e
 lifecycle: self-hosted
 	@$(T) cluster-lifecycle env NODES=$(NODES) e2e/scripts/check-lifecycle.sh
 
+## helm: the Helm chart installed, upgraded and uninstalled on the cluster `lifecycle` brought back
+## up empty (no other operator may run beside it), with an EtcdCluster under it.
+helm: lifecycle
+	@$(T) e2e-helm e2e/scripts/helm-tier.sh
+
 ## self-hosted-nodes: kuberception on three control-plane nodes, one member each, then power cycles
 ## of one node and of all; on a fresh cluster (`up` rebuilds one whose etcd was moved), and it moves
 ## the etcd again, so it runs last.
@@ -112,7 +121,7 @@ self-hosted-nodes: deps images
 
 ## test: every tier on the three-node cluster.
 test: NODES = 3
-test: lint unit e2e multinode self-hosted lifecycle self-hosted-nodes
+test: lint unit e2e multinode self-hosted lifecycle helm self-hosted-nodes
 	@echo "make test: all tiers passed"
 
 demo: deploy

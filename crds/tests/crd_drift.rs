@@ -19,6 +19,15 @@ fn committed_crds_match_the_types() {
             generated,
             "crds/{file} is stale: run `make crds` and commit the result"
         );
+        // The Helm chart ships its own copy, which must be the same.
+        let chart = std::fs::read_to_string(dir.join("../deploy/helm/ouroboros/crds").join(file))
+            .unwrap_or_else(|e| {
+                panic!("deploy/helm/ouroboros/crds/{file} is missing ({e}); run `make crds`")
+            });
+        assert!(
+            chart == generated,
+            "deploy/helm/ouroboros/crds/{file} is stale: run `make crds` and commit the result"
+        );
     }
 }
 

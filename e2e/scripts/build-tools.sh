@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the cluster's helpers from their Go modules: CoreDNS (pod DNS for headless Services) and MinIO
-# (S3 for backups). Neither module has replace directives, so plain `go install` works.
+# Builds the cluster's helpers from their Go modules: CoreDNS (pod DNS for headless Services), MinIO
+# (S3 for backups), Helm (the chart's checks, e2e/scripts/helm-check.sh) and promtool (alert rules,
+# e2e/scripts/rules-check.sh). None of these modules has replace directives, so plain `go install` works.
 source "$(dirname "$0")/lib.sh"
 
 install_tool() {
@@ -13,3 +14,8 @@ install_tool() {
 
 with_lock "$OUROBOROS_CACHE/tools.lock" install_tool coredns github.com/coredns/coredns "v$COREDNS_VERSION" -version
 with_lock "$OUROBOROS_CACHE/tools.lock" install_tool minio github.com/minio/minio "$MINIO_VERSION" --version
+with_lock "$OUROBOROS_CACHE/tools.lock" install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" version
+# promtool only checks and tests rule files: remove_all_sd (Prometheus' own build tag) leaves out the
+# cloud service discoveries and their SDKs, which rule checks never use.
+GOFLAGS="$GOFLAGS -tags=remove_all_sd" \
+  with_lock "$OUROBOROS_CACHE/tools.lock" install_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION" --version

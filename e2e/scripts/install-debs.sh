@@ -8,6 +8,8 @@
 #                                        import google/protobuf/descriptor.proto (only in -dev)
 #   gcc libc6-dev                        Rust links with `cc`; build scripts (ring) compile C
 #   python3                              e2e/scripts/mkimage.py builds the images offline
+#   python3-yaml                         e2e/scripts/helm-check.sh compares the chart's objects with
+#                                        the kustomize base's
 #   ca-certificates                      the Go module proxy and crates.io over HTTPS
 #   containerd runc containernetworking-plugins iptables conntrack ethtool socat kmod iproute2
 #                                        the local cluster's kubelet, runtime, CNI and kube-proxy
@@ -19,7 +21,7 @@
 #                                        with a parallel gzip, or with zstd (e2e/bench/backup.sh)
 source "$(dirname "$0")/lib.sh"
 
-PKGS=(protobuf-compiler libprotobuf-dev gcc libc6-dev python3 ca-certificates
+PKGS=(protobuf-compiler libprotobuf-dev gcc libc6-dev python3 python3-yaml ca-certificates
       containerd runc containernetworking-plugins iptables conntrack ethtool socat
       busybox-static catatonit iproute2 openssl curl kmod util-linux procps age pigz zstd)
 
@@ -54,6 +56,7 @@ check_installed() {
     "/bin/busybox:busybox-static"
     "/usr/bin/catatonit:catatonit"
     "/etc/ssl/certs/ca-certificates.crt:ca-certificates"
+    "/usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml"
   )
   local cmds=(protoc:protobuf-compiler cc:gcc python3:python3 containerd:containerd
     containerd-shim-runc-v2:containerd ctr:containerd runc:runc iptables:iptables conntrack:conntrack

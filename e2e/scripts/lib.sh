@@ -19,10 +19,13 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # timed NAME CMD...: runs CMD and prints how long it took, so CI output shows where time goes.
 timed() {
   local name=$1; shift
-  local start=$SECONDS
+  local start=$SECONDS rc=0
   log "stage $name: start"
-  "$@"
-  log "stage $name: done in $((SECONDS - start))s"
+  # The command's status is returned, not the log's: a caller's `timed ... || failed=1` runs it
+  # without errexit, and a failure must still reach it.
+  "$@" || rc=$?
+  log "stage $name: done in $((SECONDS - start))s$([ "$rc" = 0 ] || echo " (exit $rc)")"
+  return "$rc"
 }
 
 # One flock per build so two concurrent callers don't race on the same cache directory.

@@ -50,6 +50,15 @@ pub fn previous(cron: &Cron, at: Timestamp, inclusive: bool) -> Option<Timestamp
         .map(|z| z.timestamp())
 }
 
+/// The length of the gap between firings that `now` falls in (from the last firing at or before it
+/// to the next after it): what a backup's age is compared with, so an irregular schedule (weekdays
+/// only) is judged by the gap it is in. `None` when the schedule never fired or never fires again.
+pub fn interval_after(cron: &Cron, now: Timestamp) -> Option<SignedDuration> {
+    let last = previous(cron, now, true)?;
+    let next = next(cron, now, false)?;
+    Some(next.duration_since(last))
+}
+
 /// Where `now` stands against windows that open at each time of `cron` and last `duration`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowAt {
@@ -85,6 +94,19 @@ mod tests {
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_interval_is_the_gap_now_falls_in() {
+        let hourly = parse("s", "0 * * * *").unwrap();
+        let gap = |cron: &Cron, now: &str| interval_after(cron, at(now)).map(|d| d.as_secs());
+        assert_eq!(gap(&hourly, "2026-12-07T10:30:00Z"), Some(3600));
+        // At a firing, the gap that starts there.
+        assert_eq!(gap(&hourly, "2026-12-07T10:00:00Z"), Some(3600));
+        // Weekdays at 02:00: a Saturday is in the weekend's three-day gap, a Tuesday in a day's.
+        let weekdays = parse("s", "0 2 * * 1-5").unwrap();
+        assert_eq!(gap(&weekdays, "2026-12-05T12:00:00Z"), Some(3 * 86400));
+        assert_eq!(gap(&weekdays, "2026-12-08T12:00:00Z"), Some(86400));
     }
 
     #[test]

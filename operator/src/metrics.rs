@@ -66,6 +66,8 @@ pub struct DatabaseMetrics {
     pub fragmentation: Family<MemberNameLabels, FloatGauge>,
     /// Unix time of the member's last defragmentation by the operator.
     pub last_defragmentation: Family<MemberNameLabels, FloatGauge>,
+    /// The quota the member's etcd runs with (`--quota-backend-bytes`).
+    pub quota: Family<MemberNameLabels, Gauge>,
     /// Time each defragmentation took.
     pub defragmentation_duration: Family<BackupLabels, Histogram, fn() -> Histogram>,
 }
@@ -92,6 +94,8 @@ pub struct BackupMetrics {
     pub drills: Family<DrillLabels, Counter>,
     /// Unix time at which the newest verified backup's drill verified it.
     pub last_verified: Family<BackupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Seconds between two runs of `spec.backup.schedule`, for alerts on backups older than it.
+    pub schedule_interval: Family<BackupLabels, FloatGauge>,
 }
 
 /// Labels of restore drill metrics.
@@ -165,7 +169,13 @@ impl Default for Metrics {
             failures: Family::default(),
             drills: Family::default(),
             last_verified: Family::default(),
+            schedule_interval: Family::default(),
         };
+        registry.register(
+            "backup_schedule_interval_seconds",
+            "Seconds between two runs of each cluster's spec.backup.schedule (absent without one)",
+            backups.schedule_interval.clone(),
+        );
         registry.register(
             "backup_drills",
             "Restore drills of backups that reached a verdict, by verdict (Verified, Failed, Inconclusive)",
@@ -201,6 +211,7 @@ impl Default for Metrics {
             in_use: Family::default(),
             fragmentation: Family::default(),
             last_defragmentation: Family::default(),
+            quota: Family::default(),
             defragmentation_duration: Family::new_with_constructor(|| {
                 Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
             }),
@@ -209,6 +220,11 @@ impl Default for Metrics {
             "member_db_size_bytes",
             "Size of each member's database file, as it last reported it",
             database.size.clone(),
+        );
+        registry.register(
+            "member_db_quota_bytes",
+            "The quota each member's etcd runs with (--quota-backend-bytes), at which it raises NOSPACE",
+            database.quota.clone(),
         );
         registry.register(
             "member_db_size_in_use_bytes",
@@ -278,6 +294,46 @@ impl Metrics {
             .last_defragmentation
             .get_or_create(&labels)
             .set(at.as_millisecond() as f64 / 1000.0);
+    }
+
+    /// Records the quota `member` of `cluster` runs with.
+    pub fn record_quota(&self, cluster: &str, member: &str, bytes: u64) {
+        let labels = MemberNameLabels {
+            cluster: cluster.to_owned(),
+            member: member.to_owned(),
+        };
+        self.database
+            .quota
+            .get_or_create(&labels)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records the newest successful backup of `cluster` as its status records it: read at every
+    /// pass, so a restarted operator (or a new leader) reports it before the next backup. Never moves
+    /// the gauge back: a backup this process saw complete may be newer than status yet.
+    pub fn record_last_backup(&self, cluster: &str, at: jiff::Timestamp) {
+        let gauge = self.backups.last_success.get_or_create(&BackupLabels {
+            cluster: cluster.to_owned(),
+        });
+        let seconds = at.as_millisecond() as f64 / 1000.0;
+        if seconds > gauge.get() {
+            gauge.set(seconds);
+        }
+    }
+
+    /// Records the interval of `cluster`'s backup schedule, or removes it when it has none.
+    pub fn record_backup_schedule(&self, cluster: &str, interval: Option<f64>) {
+        let labels = BackupLabels {
+            cluster: cluster.to_owned(),
+        };
+        match interval {
+            Some(seconds) => {
+                self.backups.schedule_interval.get_or_create(&labels).set(seconds);
+            }
+            None => {
+                self.backups.schedule_interval.remove(&labels);
+            }
+        }
     }
 
     /// Records how long a defragmentation of a member of `cluster` (`namespace/name`) took.
@@ -358,6 +414,33 @@ mod tests {
         assert!(
             text.contains("ouroboros_reconcile_duration_seconds_count{controller=\"etcdcluster\"} 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_last_backup_from_status_never_moves_the_gauge_back() {
+        let m = Metrics::default();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        // A restarted operator learns the last backup from status...
+        m.record_last_backup("ns/c", at("2026-12-06T10:00:00Z"));
+        assert!(
+            m.render()
+                .contains(r#"ouroboros_backup_last_success_timestamp_seconds{cluster="ns/c"} 1796551200"#)
+        );
+        // ...and a status older than what it saw complete does not move it back.
+        m.record_last_backup("ns/c", at("2026-12-06T09:00:00Z"));
+        assert!(m.render().contains(r#"{cluster="ns/c"} 1796551200"#));
+        m.record_backup_schedule("ns/c", Some(3600.0));
+        assert!(
+            m.render()
+                .contains(r#"ouroboros_backup_schedule_interval_seconds{cluster="ns/c"} 3600"#)
+        );
+        m.record_backup_schedule("ns/c", None);
+        assert!(!m.render().contains("ouroboros_backup_schedule_interval_seconds{"));
+        m.record_quota("ns/c", "c-0", 2 << 30);
+        assert!(
+            m.render()
+                .contains(r#"ouroboros_member_db_quota_bytes{cluster="ns/c",member="c-0"} 2147483648"#)
         );
     }
 }

@@ -1,7 +1,10 @@
 //! Writes the CRD YAML of every Ouroboros resource into a directory (default: `crds/` next to this
-//! crate's manifest) and the API reference into `docs/api.md`, or with `--check` exits non-zero when the files there differ from the types.
+//! crate's manifest) and into the Helm chart's `crds/`, and the API reference into `docs/api.md`, or with `--check` exits non-zero when the files there differ from the types.
 
 use std::{path::PathBuf, process::ExitCode};
+
+/// The Helm chart's CRD directory, relative to this crate's.
+const HELM_CRDS: &str = "../deploy/helm/ouroboros/crds";
 
 fn main() -> ExitCode {
     let mut check = false;
@@ -23,16 +26,19 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let path = dir.join(file);
-        if check {
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                stale.push(path.display().to_string());
+        // The Helm chart installs the same CRDs from its own `crds/` (Helm reads no file outside
+        // the chart), so each is written twice.
+        for path in [dir.join(file), dir.join(HELM_CRDS).join(file)] {
+            if check {
+                if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                    stale.push(path.display().to_string());
+                }
+            } else if let Err(e) = std::fs::write(&path, &yaml) {
+                eprintln!("crdgen: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            } else {
+                println!("wrote {}", path.display());
             }
-        } else if let Err(e) = std::fs::write(&path, yaml) {
-            eprintln!("crdgen: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        } else {
-            println!("wrote {}", path.display());
         }
     }
     // The API reference sits in docs/ at the repository root, generated from the same schemas.

@@ -135,6 +135,11 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     record_member_metrics(&ctx, &cluster, &status);
     record_certificate_metrics(&ctx, &cluster, &obs);
     record_defragmentation_metrics(&ctx, &cluster, &obs);
+    for pod in &obs.observed.pods {
+        ctx.metrics
+            .record_quota(&metrics_key(&cluster), &pod.name, pod.quota_bytes);
+    }
+    record_backup_metrics(&ctx, &cluster, &status, now);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
     let requeue = [wake, recovery_wake]
@@ -340,6 +345,32 @@ fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &ob
             ctx.metrics.record_last_defragmentation(&key, &pod.name_any(), at);
         }
     }
+}
+
+/// What alerts on stale backups compare: the newest successful backup in status (so an operator
+/// that restarted since reports it) and the schedule's interval.
+fn record_backup_metrics(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    status: &ouroboros_crds::EtcdClusterStatus,
+    now: jiff::Timestamp,
+) {
+    let key = metrics_key(cluster);
+    let completed = status
+        .last_successful_backup
+        .as_ref()
+        .and_then(|b| b.completion_time.parse::<jiff::Timestamp>().ok());
+    if let Some(at) = completed {
+        ctx.metrics.record_last_backup(&key, at);
+    }
+    let interval = cluster
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| crate::cron_schedule::parse("spec.backup.schedule", &b.schedule).ok())
+        .and_then(|cron| crate::cron_schedule::interval_after(&cron, now))
+        .map(|d| d.as_secs_f64());
+    ctx.metrics.record_backup_schedule(&key, interval);
 }
 
 fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
