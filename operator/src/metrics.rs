@@ -27,8 +27,9 @@ pub struct FailureLabels {
 /// Labels of the member gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MemberLabels {
-    /// `namespace/name` of the cluster.
-    pub cluster: String,
+    /// The cluster's `namespace` and `name`.
+    #[prometheus(flatten)]
+    pub cluster: ClusterLabels,
     /// `healthy`, `unhealthy` or `learner`.
     pub state: &'static str,
 }
@@ -36,8 +37,9 @@ pub struct MemberLabels {
 /// Labels of per-member metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MemberNameLabels {
-    /// `namespace/name` of the cluster.
-    pub cluster: String,
+    /// The cluster's `namespace` and `name`.
+    #[prometheus(flatten)]
+    pub cluster: ClusterLabels,
     /// The member.
     pub member: String,
 }
@@ -47,8 +49,9 @@ type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 /// Labels of the certificate expiry gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
-    /// `namespace/name` of the cluster.
-    pub cluster: String,
+    /// The cluster's `namespace` and `name`.
+    #[prometheus(flatten)]
+    pub cluster: ClusterLabels,
     /// The Secret.
     pub secret: String,
     /// `peer`, `server` or `operator-client`.
@@ -69,40 +72,61 @@ pub struct DatabaseMetrics {
     /// The quota the member's etcd runs with (`--quota-backend-bytes`).
     pub quota: Family<MemberNameLabels, Gauge>,
     /// Time each defragmentation took.
-    pub defragmentation_duration: Family<BackupLabels, Histogram, fn() -> Histogram>,
+    pub defragmentation_duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
 }
 
-/// Labels of backup metrics.
+/// The labels naming an EtcdCluster, as kube-state-metrics names objects: `namespace` and `name`
+/// (scrape them with `honorLabels: true`, so the target's own `namespace` does not replace it).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BackupLabels {
-    /// `namespace/name` of the cluster.
-    pub cluster: String,
+pub struct ClusterLabels {
+    /// The cluster's namespace.
+    pub namespace: String,
+    /// The cluster's name.
+    pub name: String,
+}
+
+impl ClusterLabels {
+    /// The labels of the cluster `name` in `namespace`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// Labels of the build information gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The operator's version.
+    pub version: &'static str,
 }
 
 /// Backup metrics, per cluster.
 #[derive(Debug)]
 pub struct BackupMetrics {
     /// Unix time of the newest successful backup.
-    pub last_success: Family<BackupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub last_success: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Compressed size of the newest successful backup.
-    pub size: Family<BackupLabels, Gauge>,
+    pub size: Family<ClusterLabels, Gauge>,
     /// Time from start to stored, of successful backups.
-    pub duration: Family<BackupLabels, Histogram, fn() -> Histogram>,
+    pub duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
     /// Backups that failed.
-    pub failures: Family<BackupLabels, Counter>,
+    pub failures: Family<ClusterLabels, Counter>,
     /// Restore drills that reached a verdict, by verdict.
     pub drills: Family<DrillLabels, Counter>,
     /// Unix time at which the newest verified backup's drill verified it.
-    pub last_verified: Family<BackupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub last_verified: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Seconds between two runs of `spec.backup.schedule`, for alerts on backups older than it.
-    pub schedule_interval: Family<BackupLabels, FloatGauge>,
+    pub schedule_interval: Family<ClusterLabels, FloatGauge>,
 }
 
 /// Labels of restore drill metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DrillLabels {
-    /// `namespace/name` of the cluster.
-    pub cluster: String,
+    /// The cluster's `namespace` and `name`.
+    #[prometheus(flatten)]
+    pub cluster: ClusterLabels,
     /// `Verified`, `Failed` or `Inconclusive`.
     pub outcome: String,
 }
@@ -153,6 +177,17 @@ impl Default for Metrics {
             "cluster_members",
             "Members of each cluster by state",
             members.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The operator's build: 1, labelled with its version",
+            build_info,
         );
         let leader = Gauge::default();
         registry.register(
@@ -268,9 +303,9 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one member's database sizes.
-    pub fn record_database(&self, cluster: &str, member: &str, size: i64, in_use: i64) {
+    pub fn record_database(&self, cluster: &ClusterLabels, member: &str, size: i64, in_use: i64) {
         let labels = MemberNameLabels {
-            cluster: cluster.to_owned(),
+            cluster: cluster.clone(),
             member: member.to_owned(),
         };
         self.database.size.get_or_create(&labels).set(size);
@@ -285,9 +320,9 @@ impl Metrics {
 
     /// Records when `member` of `cluster` (`namespace/name`) was last defragmented, from the
     /// operator's record on its pod: read at every pass, so a restarted operator reports it too.
-    pub fn record_last_defragmentation(&self, cluster: &str, member: &str, at: jiff::Timestamp) {
+    pub fn record_last_defragmentation(&self, cluster: &ClusterLabels, member: &str, at: jiff::Timestamp) {
         let labels = MemberNameLabels {
-            cluster: cluster.to_owned(),
+            cluster: cluster.clone(),
             member: member.to_owned(),
         };
         self.database
@@ -297,9 +332,9 @@ impl Metrics {
     }
 
     /// Records the quota `member` of `cluster` runs with.
-    pub fn record_quota(&self, cluster: &str, member: &str, bytes: u64) {
+    pub fn record_quota(&self, cluster: &ClusterLabels, member: &str, bytes: u64) {
         let labels = MemberNameLabels {
-            cluster: cluster.to_owned(),
+            cluster: cluster.clone(),
             member: member.to_owned(),
         };
         self.database
@@ -311,10 +346,8 @@ impl Metrics {
     /// Records the newest successful backup of `cluster` as its status records it: read at every
     /// pass, so a restarted operator (or a new leader) reports it before the next backup. Never moves
     /// the gauge back: a backup this process saw complete may be newer than status yet.
-    pub fn record_last_backup(&self, cluster: &str, at: jiff::Timestamp) {
-        let gauge = self.backups.last_success.get_or_create(&BackupLabels {
-            cluster: cluster.to_owned(),
-        });
+    pub fn record_last_backup(&self, cluster: &ClusterLabels, at: jiff::Timestamp) {
+        let gauge = self.backups.last_success.get_or_create(cluster);
         let seconds = at.as_millisecond() as f64 / 1000.0;
         if seconds > gauge.get() {
             gauge.set(seconds);
@@ -322,10 +355,8 @@ impl Metrics {
     }
 
     /// Records the interval of `cluster`'s backup schedule, or removes it when it has none.
-    pub fn record_backup_schedule(&self, cluster: &str, interval: Option<f64>) {
-        let labels = BackupLabels {
-            cluster: cluster.to_owned(),
-        };
+    pub fn record_backup_schedule(&self, cluster: &ClusterLabels, interval: Option<f64>) {
+        let labels = cluster.clone();
         match interval {
             Some(seconds) => {
                 self.backups.schedule_interval.get_or_create(&labels).set(seconds);
@@ -337,12 +368,10 @@ impl Metrics {
     }
 
     /// Records how long a defragmentation of a member of `cluster` (`namespace/name`) took.
-    pub fn record_defragmentation(&self, cluster: &str, took: std::time::Duration) {
+    pub fn record_defragmentation(&self, cluster: &ClusterLabels, took: std::time::Duration) {
         self.database
             .defragmentation_duration
-            .get_or_create(&BackupLabels {
-                cluster: cluster.to_owned(),
-            })
+            .get_or_create(cluster)
             .observe(took.as_secs_f64());
     }
 
@@ -421,26 +450,22 @@ mod tests {
     fn the_last_backup_from_status_never_moves_the_gauge_back() {
         let m = Metrics::default();
         let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let c = ClusterLabels::new("ns", "c");
         // A restarted operator learns the last backup from status...
-        m.record_last_backup("ns/c", at("2026-12-06T10:00:00Z"));
-        assert!(
-            m.render()
-                .contains(r#"ouroboros_backup_last_success_timestamp_seconds{cluster="ns/c"} 1796551200"#)
-        );
+        m.record_last_backup(&c, at("2026-12-06T10:00:00Z"));
+        let series = r#"ouroboros_backup_last_success_timestamp_seconds{namespace="ns",name="c"} 1796551200"#;
+        assert!(m.render().contains(series), "{}", m.render());
         // ...and a status older than what it saw complete does not move it back.
-        m.record_last_backup("ns/c", at("2026-12-06T09:00:00Z"));
-        assert!(m.render().contains(r#"{cluster="ns/c"} 1796551200"#));
-        m.record_backup_schedule("ns/c", Some(3600.0));
-        assert!(
-            m.render()
-                .contains(r#"ouroboros_backup_schedule_interval_seconds{cluster="ns/c"} 3600"#)
-        );
-        m.record_backup_schedule("ns/c", None);
+        m.record_last_backup(&c, at("2026-12-06T09:00:00Z"));
+        assert!(m.render().contains(series));
+        m.record_backup_schedule(&c, Some(3600.0));
+        let interval = r#"ouroboros_backup_schedule_interval_seconds{namespace="ns",name="c"} 3600"#;
+        assert!(m.render().contains(interval));
+        m.record_backup_schedule(&c, None);
         assert!(!m.render().contains("ouroboros_backup_schedule_interval_seconds{"));
-        m.record_quota("ns/c", "c-0", 2 << 30);
-        assert!(
-            m.render()
-                .contains(r#"ouroboros_member_db_quota_bytes{cluster="ns/c",member="c-0"} 2147483648"#)
-        );
+        m.record_quota(&c, "c-0", 2 << 30);
+        let quota = r#"ouroboros_member_db_quota_bytes{namespace="ns",name="c",member="c-0"} 2147483648"#;
+        assert!(m.render().contains(quota));
+        assert!(m.render().contains(r#"ouroboros_build_info{version="0.1.0"} 1"#));
     }
 }

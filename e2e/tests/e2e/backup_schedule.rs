@@ -89,7 +89,7 @@ async fn scheduled_backups_are_kept_by_retention_and_reported() -> anyhow::Resul
             ensure!(events.contains(reason), "no {reason} Event in {events}");
         }
         let metrics = operator_metrics()?;
-        let label = format!("{{cluster=\"{ns}/s\"}}");
+        let label = format!("{{namespace=\"{ns}\",name=\"s\"}}");
         for name in ["ouroboros_backup_last_success_timestamp_seconds", "ouroboros_backup_size_bytes", "ouroboros_backup_duration_seconds_count"] {
             ensure!(
                 metrics.lines().any(|l| l.starts_with(&format!("{name}{label} ")) && !l.ends_with(" 0")),

@@ -130,7 +130,7 @@ async fn rotated_certificates_reach_every_member_and_unusable_ones_are_refused()
                     .lines()
                     .find(|l| {
                         l.starts_with("ouroboros_certificate_expiry_timestamp_seconds")
-                            && l.contains(&format!("cluster=\"{ns}/rot\""))
+                            && l.contains(&format!("namespace=\"{ns}\",name=\"rot\""))
                             && l.contains(&format!("purpose=\"{purpose}\""))
                     })
                     .with_context(|| format!("no expiry metric for {purpose}"))?;

@@ -171,7 +171,7 @@ async fn drills_verify_backups_and_restores_and_retention_follow_their_verdicts(
         .await?;
         let metrics = operator_metrics()?;
         for outcome in ["Verified", "Failed"] {
-            let series = format!("ouroboros_backup_drills_total{{cluster=\"{ns}/{CLUSTER}\",outcome=\"{outcome}\"}}");
+            let series = format!("ouroboros_backup_drills_total{{namespace=\"{ns}\",name=\"{CLUSTER}\",outcome=\"{outcome}\"}}");
             ensure!(metrics.lines().any(|l| l.starts_with(&series)), "no {series} in the metrics");
         }
 

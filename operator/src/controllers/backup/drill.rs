@@ -416,7 +416,7 @@ async fn conclude(
     // (ttlSecondsAfterFinished) or with its backup.
     delete_job(ctx, b).await?;
     let m = &ctx.metrics.backups;
-    let cluster = labels(b).cluster;
+    let cluster = labels(b);
     m.drills
         .get_or_create(&DrillLabels {
             cluster,

@@ -24,7 +24,7 @@ use super::{encryption, kube_err, outcome::with_outcome_conditions};
 use crate::{
     context::Context,
     member_access,
-    metrics::BackupLabels,
+    metrics::ClusterLabels,
     objects::{self, BackupWriter},
     sidecar::SidecarAddr,
     vocabulary::{
@@ -213,10 +213,8 @@ async fn create_writer(
     .await
 }
 
-fn labels(b: &EtcdBackup) -> BackupLabels {
-    BackupLabels {
-        cluster: format!("{}/{}", b.namespace().unwrap_or_default(), b.spec.cluster_name),
-    }
+fn labels(b: &EtcdBackup) -> ClusterLabels {
+    ClusterLabels::new(&b.namespace().unwrap_or_default(), &b.spec.cluster_name)
 }
 
 fn sidecar_addr(pod: &MemberPod) -> SidecarAddr {

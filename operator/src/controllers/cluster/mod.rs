@@ -327,12 +327,8 @@ fn record_certificate_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observ
 }
 
 /// How the cluster's metrics name it: `namespace/name`.
-pub(super) fn metrics_key(cluster: &EtcdCluster) -> String {
-    format!(
-        "{}/{}",
-        cluster.namespace().unwrap_or_default(),
-        cluster.name_any()
-    )
+pub(super) fn metrics_key(cluster: &EtcdCluster) -> crate::metrics::ClusterLabels {
+    crate::metrics::ClusterLabels::new(&cluster.namespace().unwrap_or_default(), &cluster.name_any())
 }
 
 /// The last defragmentation of each member, as recorded on its pod.
