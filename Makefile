@@ -20,7 +20,7 @@ T := e2e/scripts/timed.sh
 # three (node2 and node3 in network namespaces of their own, docs/local-cluster.md).
 NODES ?= 1
 
-.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle helm multinode self-hosted-nodes undeploy clean-cache check-fresh-root bench-chart
+.PHONY: help demo test deps build crds lint unit cluster-up cluster-down images deploy e2e self-hosted lifecycle helm containerfile-check multinode self-hosted-nodes undeploy clean-cache check-fresh-root bench-chart
 
 help:
 	@echo "make demo    - build everything, start the local cluster, deploy the operator, create an EtcdCluster"
@@ -69,6 +69,12 @@ unit: deps
 
 images: build
 	@$(T) images e2e/scripts/images.sh build
+
+## containerfile-check: images/*.Containerfile built by buildah (from Debian) from the release binaries,
+## their labels, user and files checked, and each binary run inside its image.
+containerfile-check: build
+	@$(T) containerfile-check e2e/scripts/containerfile-check.sh
+
 
 ## cluster-up retries once after a clean `down`: the first `up` over the leftovers of a killed session
 ## (processes gone, state and shims left) was seen to time out once, and the retry came up in 8 s.
@@ -121,7 +127,7 @@ self-hosted-nodes: deps images
 
 ## test: every tier on the three-node cluster.
 test: NODES = 3
-test: lint unit e2e multinode self-hosted lifecycle helm self-hosted-nodes
+test: lint unit containerfile-check e2e multinode self-hosted lifecycle helm self-hosted-nodes
 	@echo "make test: all tiers passed"
 
 demo: deploy

@@ -10,29 +10,11 @@
 #   images.sh build            builds pause and etcd images (and the Rust ones when built in release)
 #   images.sh import SOCKET    builds what is missing and imports everything into containerd
 source "$(dirname "$0")/lib.sh"
+# shellcheck source=image-files.sh
+source "$SCRIPTS_DIR/image-files.sh"
 OUT="$OUROBOROS_CACHE/images"
 MK="$SCRIPTS_DIR/mkimage.py"
-APP_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -1)
-RELEASE_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
-STATIC_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/x86_64-unknown-linux-gnu/release"
-MEMBER_LOCK="$STATIC_DIR/member-lock" RESTORE_ONCE="$STATIC_DIR/restore-once"
 mkdir -p "$OUT"
-
-BUSYBOX_APPLETS=(sh ls cat cp mv rm mkdir rmdir ln echo sleep test "[" env ps kill wget nslookup hostname df du find grep sed head tail wc tar gzip gunzip sha256sum date id true false)
-
-busybox_entries() {
-  echo "/bin/busybox:/bin/busybox"
-  for a in "${BUSYBOX_APPLETS[@]}"; do echo "bin/$a@busybox"; done
-  echo "tmp/"
-}
-
-# Shared libraries a dynamically linked binary needs, as SRC:DEST entries at the same paths.
-lib_entries() {
-  # mawk has no \s: match the loader line by its leading tab instead.
-  ldd "$1" | awk '/=> \// {print $3} /^[ \t]*\// {print $1}' | sort -u | while read -r lib; do
-    echo "$(readlink -f "$lib"):$lib"
-  done
-}
 
 # newer_than ARCHIVE INPUT...: true when the archive is missing or older than any input.
 stale() {
@@ -69,11 +51,9 @@ build_rust() {
   for e in "${extra[@]}"; do
     [ -x "${e%%:*}" ] || { log "${e%%:*} not built (make build); skipping the $name image"; return 0; }
   done
-  stale "$out" "$bin" "$MK" "$SCRIPTS_DIR/images.sh" "${extra[@]%%:*}" || return 0
-  mapfile -t libs < <(lib_entries "$bin")
-  mapfile -t bb < <(busybox_entries)
-  python3 "$MK" "$out" "localhost/ouroboros/$name:$APP_VERSION$variant" "[\"/usr/local/bin/$name\"]" \
-    "$bin:/usr/local/bin/$name" "${libs[@]}" "${bb[@]}" "${extra[@]}"
+  stale "$out" "$bin" "$MK" "$SCRIPTS_DIR/images.sh" "$SCRIPTS_DIR/image-files.sh" "${extra[@]%%:*}" || return 0
+  local entries; mapfile -t entries < <(rust_image_entries "$bin" "$name" "${extra[@]}")
+  python3 "$MK" "$out" "localhost/ouroboros/$name:$APP_VERSION$variant" "[\"/usr/local/bin/$name\"]" "${entries[@]}"
 }
 
 build_all() {
@@ -83,9 +63,7 @@ build_all() {
   build_rust etcd-operator
   # Compiled with the `failpoints` feature, for the restart-proof e2e only; never deployed by deploy/.
   build_rust etcd-operator failpoints
-  # member-lock and restore-once are static: self-hosted and restored members copy them into etcd
-  # containers, whose images may have no shell and no libc (see backup-sidecar/member-lock).
-  build_rust etcd-backup-sidecar "" "$MEMBER_LOCK:/usr/local/bin/member-lock" "$RESTORE_ONCE:/usr/local/bin/restore-once"
+  build_rust etcd-backup-sidecar "" "${SIDECAR_HELPERS[@]}"
 }
 
 import_all() {

@@ -19,11 +19,14 @@
 #   age                                  the e2e opens encrypted backups with the age CLI, as a user would
 #   pigz zstd                            the backup benchmark's baselines: what a user would script
 #                                        with a parallel gzip, or with zstd (e2e/bench/backup.sh)
+#   buildah                              e2e/scripts/containerfile-check.sh builds images/*.Containerfile
+#                                        as `docker build` would; rootful with the vfs driver it needs
+#                                        no fuse-overlayfs, and `buildah run` uses runc (listed above)
 source "$(dirname "$0")/lib.sh"
 
 PKGS=(protobuf-compiler libprotobuf-dev gcc libc6-dev python3 python3-yaml ca-certificates
       containerd runc containernetworking-plugins iptables conntrack ethtool socat
-      busybox-static catatonit iproute2 openssl curl kmod util-linux procps age pigz zstd)
+      busybox-static catatonit iproute2 openssl curl kmod util-linux procps age pigz zstd buildah)
 
 # What a fresh machine must bring itself (README "Quick start"): the scripts cannot install these.
 check_prerequisites() {
@@ -57,11 +60,12 @@ check_installed() {
     "/usr/bin/catatonit:catatonit"
     "/etc/ssl/certs/ca-certificates.crt:ca-certificates"
     "/usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml"
+    "/etc/containers/policy.json:golang-github-containers-common"
   )
   local cmds=(protoc:protobuf-compiler cc:gcc python3:python3 containerd:containerd
     containerd-shim-runc-v2:containerd ctr:containerd runc:runc iptables:iptables conntrack:conntrack
     ethtool:ethtool socat:socat ip:iproute2 openssl:openssl curl:curl modprobe:kmod flock:util-linux
-    setsid:util-linux pkill:procps age:age age-keygen:age pigz:pigz zstd:zstd)
+    setsid:util-linux pkill:procps age:age age-keygen:age pigz:pigz zstd:zstd buildah:buildah)
   for entry in "${files[@]}"; do
     what=${entry%%:*} pkg=${entry##*:}
     [ -e "$what" ] || bad+=("file $what (Debian package $pkg)")
