@@ -46,6 +46,8 @@ pub struct Api {
     pub jobs: Arc<Mutex<HashMap<String, JobState>>>,
     /// The way to stop each running job, by ID.
     pub cancels: Arc<Mutex<HashMap<String, Canceller>>>,
+    /// How far each running job is, by ID.
+    pub progress: Arc<Mutex<HashMap<String, Arc<pipeline::Progress>>>>,
 }
 
 impl Api {
@@ -56,6 +58,7 @@ impl Api {
             tls,
             jobs: Default::default(),
             cancels: Default::default(),
+            progress: Default::default(),
         }
     }
 
@@ -72,7 +75,7 @@ impl Api {
                 .lock()
                 .await
                 .values()
-                .any(|s| matches!(s, JobState::Running))
+                .any(|s| matches!(s, JobState::Running { .. }))
             {
                 return;
             }
@@ -174,7 +177,19 @@ pub async fn serve(
 }
 
 async fn state(State(api): State<Api>, Path(id): Path<String>) -> impl IntoResponse {
-    match api.jobs.lock().await.get(&id) {
+    let state = api.jobs.lock().await.get(&id).cloned();
+    let state = match state {
+        // A running job says how far it is.
+        Some(JobState::Running { .. }) => {
+            let (streamed, total) = api.progress.lock().await.get(&id).map_or((0, None), |p| p.read());
+            Some(JobState::Running {
+                bytes_streamed: Some(streamed),
+                total_bytes: total,
+            })
+        }
+        other => other,
+    };
+    match state {
         Some(s) => (StatusCode::OK, Json(serde_json::to_value(s).unwrap_or_default())),
         None => (
             StatusCode::NOT_FOUND,
@@ -207,19 +222,27 @@ async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoRespons
                 Json(serde_json::to_value(existing).unwrap_or_default()),
             );
         }
-        if jobs.values().any(|s| matches!(s, JobState::Running)) {
+        if jobs.values().any(|s| matches!(s, JobState::Running { .. })) {
             return (
                 StatusCode::CONFLICT,
                 Json(serde_json::json!({"error": "another backup is running"})),
             );
         }
-        jobs.insert(job.id.clone(), JobState::Running);
+        jobs.insert(
+            job.id.clone(),
+            JobState::Running {
+                bytes_streamed: None,
+                total_bytes: None,
+            },
+        );
     }
     let id = job.id.clone();
     let (canceller, cancel) = Cancel::new();
     api.cancels.lock().await.insert(id.clone(), canceller);
+    let progress = Arc::new(pipeline::Progress::default());
+    api.progress.lock().await.insert(id.clone(), progress.clone());
     tokio::spawn(async move {
-        let result = run(&api.etcd_endpoint, api.tls.as_deref(), &job, cancel).await;
+        let result = run(&api.etcd_endpoint, api.tls.as_deref(), &job, cancel, progress).await;
         let state = match result {
             Ok(outcome) => JobState::Succeeded {
                 manifest: Box::new(outcome.manifest),
@@ -230,6 +253,7 @@ async fn start(State(api): State<Api>, Json(job): Json<Job>) -> impl IntoRespons
         tracing::info!(backup = %job.name, state = ?state, "backup finished");
         api.jobs.lock().await.insert(job.id.clone(), state);
         api.cancels.lock().await.remove(&job.id);
+        api.progress.lock().await.remove(&job.id);
     });
     (
         StatusCode::ACCEPTED,
@@ -243,7 +267,7 @@ async fn prune(State(api): State<Api>, Json(req): Json<PruneRequest>) -> impl In
         .lock()
         .await
         .values()
-        .any(|s| matches!(s, JobState::Running))
+        .any(|s| matches!(s, JobState::Running { .. }))
     {
         return (
             StatusCode::CONFLICT,
@@ -304,6 +328,7 @@ async fn run(
     tls: Option<&ClientTls>,
     job: &Job,
     cancel: Cancel,
+    progress: Arc<pipeline::Progress>,
 ) -> Result<pipeline::Outcome, String> {
     // A recipient that does not parse fails the job before anything is read or written.
     let encrypt_to = job
@@ -335,6 +360,7 @@ async fn run(
         codec: job.codec,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
         encrypt_to,
+        progress,
     };
     pipeline::run(&mut client, &store, &req)
         .await

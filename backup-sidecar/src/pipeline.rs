@@ -41,6 +41,34 @@ pub struct Request {
     pub workers: usize,
     /// Encrypt the archive to these age recipients; `None` stores it unencrypted.
     pub encrypt_to: Option<Vec<age::x25519::Recipient>>,
+    /// How far it is, for the API to report while it runs.
+    pub progress: std::sync::Arc<Progress>,
+}
+
+/// How much of the snapshot a running backup has read from etcd, of the size etcd announced with
+/// its first message. Written by the backup, read by the API's state requests.
+#[derive(Debug, Default)]
+pub struct Progress {
+    streamed: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// Bytes read so far, and the expected total once etcd announced it.
+    pub fn read(&self) -> (u64, Option<u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.total.load(Relaxed);
+        (self.streamed.load(Relaxed), (total > 0).then_some(total))
+    }
+
+    fn announce(&self, total: u64) {
+        self.total.store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn add(&self, bytes: usize) {
+        self.streamed
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A way to stop a running backup, with the reason it reports.
@@ -330,6 +358,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
     });
 
     let mut cancel = req.cancel.clone();
+    let progress = req.progress.clone();
     let feeder = async move {
         let mut stream = etcd
             .snapshot()
@@ -353,6 +382,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
             if !started {
                 // The first message tells the database size: everything sent plus what remains.
                 let size = msg.remaining_bytes() + blob.len() as u64 + TRAILER as u64;
+                progress.announce(size);
                 started = true;
                 if to_compressor.send(ToCompressor::Start(size)).await.is_err() {
                     break;
@@ -360,6 +390,7 @@ pub async fn run(etcd: &mut Client, store: &Store, req: &Request) -> Result<Outc
             }
             verifier.update(&blob);
             scanner.feed(&blob);
+            progress.add(blob.len());
             if to_compressor.send(ToCompressor::Data(blob)).await.is_err() {
                 break;
             }

@@ -27,6 +27,7 @@ fn request(name: &str) -> Request {
         codec: Default::default(),
         workers: 2,
         encrypt_to: None,
+        progress: Default::default(),
     }
 }
 
@@ -96,6 +97,9 @@ async fn an_encrypted_backup_restores_only_with_its_identity() {
     };
     let store = Store::Dir(dir.clone());
     let outcome = pipeline::run(&mut c, &store, &req).await.unwrap();
+    // Progress ends at the size etcd announced, which is what was read.
+    let raw = outcome.manifest.raw_size;
+    assert_eq!(req.progress.read(), (raw, Some(raw)));
     let name = outcome.manifest.archive.clone().unwrap();
     assert!(
         name.ends_with(".tar.gz.age") && outcome.manifest.encrypted,

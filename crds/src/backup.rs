@@ -157,12 +157,33 @@ pub struct EtcdBackupStatus {
     /// the store since), whatever `spec.drill` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill_request: Option<String>,
+    /// While the snapshot streams: how much of it the sidecar has read from etcd, of the size etcd
+    /// announced. Recorded at most every 10 seconds; gone once the backup succeeded or failed
+    /// (`rawSize` then says what was read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<BackupProgress>,
     /// `Ready`, `Reconciling` and `Stalled`, derived from the phase for tools that read conditions
     /// (Flux's kstatus, Argo CD health checks): while it runs `Reconciling=True` (reason: the
     /// phase); once it succeeded `Ready=True`; once it failed `Stalled=True`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// How far a running backup's snapshot has streamed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupProgress {
+    /// Bytes of the snapshot read from etcd so far.
+    pub bytes_streamed: i64,
+    /// The snapshot's size as etcd announced it with its first message (database plus its sha256
+    /// trailer); absent until it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<i64>,
+    /// Both, readable: `512.0MiB of 1.0GiB (50%)`.
+    pub summary: String,
+    /// When this was recorded (RFC 3339).
+    pub update_time: String,
 }
 
 /// Where a backup's restore drill is. `Verified`, `Failed` and `Inconclusive` are final.

@@ -206,7 +206,14 @@ pub struct JobEncryption {
 #[serde(rename_all = "camelCase", tag = "phase")]
 pub enum JobState {
     /// Streaming.
-    Running,
+    Running {
+        /// Snapshot bytes read from etcd so far (absent from sidecars that predate it).
+        #[serde(default, rename = "bytesStreamed", skip_serializing_if = "Option::is_none")]
+        bytes_streamed: Option<u64>,
+        /// The snapshot's size as etcd announced it with its first message.
+        #[serde(default, rename = "totalBytes", skip_serializing_if = "Option::is_none")]
+        total_bytes: Option<u64>,
+    },
     /// Stored and verified.
     Succeeded {
         /// The manifest.

@@ -35,16 +35,22 @@ pub const VERSION_PATTERN: &str = r"^3\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$";
 
 /// An image tag with `{version}` once in it and otherwise the characters an OCI tag allows, as the
 /// API server checks `spec.imageTagFormat`.
-pub const TAG_FORMAT_PATTERN: &str = r"^[A-Za-z0-9_.-]*\{version\}[A-Za-z0-9_.-]*$";
+pub const TAG_FORMAT_PATTERN: &str = r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)?\{version\}[A-Za-z0-9_.-]*$";
 
 /// Whether `format` is an image tag format: what [`TAG_FORMAT_PATTERN`] admits and at most 100
 /// characters (the CRD's bound), checked by hand for the operator's flag.
 pub fn valid_tag_format(format: &str) -> bool {
     let allowed = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    // An OCI tag starts with a letter, a digit or '_' (a version starts with a digit).
+    let starts_well = |s: &str| {
+        s.chars()
+            .next()
+            .is_none_or(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
     format.len() <= 100
         && format
             .split_once("{version}")
-            .is_some_and(|(before, after)| allowed(before) && allowed(after))
+            .is_some_and(|(before, after)| starts_well(before) && allowed(before) && allowed(after))
 }
 
 impl FromStr for EtcdVersion {

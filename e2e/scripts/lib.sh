@@ -21,9 +21,12 @@ timed() {
   local name=$1; shift
   local start=$SECONDS rc=0
   log "stage $name: start"
-  # The command's status is returned, not the log's: a caller's `timed ... || failed=1` runs it
-  # without errexit, and a failure must still reach it.
-  "$@" || rc=$?
+  # The command's status is returned, not the log's: a caller's `timed ... || failed=1` (where
+  # errexit is off anyway) must see a failure. Not `"$@" || rc=$?`: that would switch errexit off
+  # inside every function timed runs, so a plain `timed stage fn` would no longer stop at fn's first
+  # failing command.
+  "$@"
+  rc=$?
   log "stage $name: done in $((SECONDS - start))s$([ "$rc" = 0 ] || echo " (exit $rc)")"
   return "$rc"
 }

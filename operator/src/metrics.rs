@@ -143,6 +143,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// Members of each cluster by state.
     pub members: Family<MemberLabels, Gauge>,
+    /// 1 while a cluster's `QuorumLost` condition is True.
+    pub quorum_lost: Family<ClusterLabels, Gauge>,
     /// 1 while this replica holds the leader Lease (or runs without election), else 0.
     pub leader: Gauge,
     /// Backups.
@@ -188,6 +190,12 @@ impl Default for Metrics {
             "build_info",
             "The operator's build: 1, labelled with its version",
             build_info,
+        );
+        let quorum_lost = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_quorum_lost",
+            "1 while a majority of the cluster's voters does not answer (its QuorumLost condition); an etcd alarm is not that",
+            quorum_lost.clone(),
         );
         let leader = Gauge::default();
         registry.register(
@@ -296,6 +304,7 @@ impl Default for Metrics {
             failures,
             reconcile_duration,
             members,
+            quorum_lost,
             leader,
         }
     }

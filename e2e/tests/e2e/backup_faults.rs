@@ -179,3 +179,68 @@ async fn deleting_the_cluster_fails_its_backup_and_aborts_the_upload() -> anyhow
     })
     .await
 }
+
+/// A running backup shows how far its snapshot has streamed (#24), throttled to one status write per
+/// 10 s, and the record is gone once it succeeded. The sidecar's CPU is limited and the data is
+/// compressible, so deflate keeps the backup running for tens of seconds.
+#[tokio::test]
+async fn a_running_backup_reports_its_progress() -> anyhow::Result<()> {
+    let c = client().await?;
+    TestNamespace::create(&c, "bprogress").await?.run(|c, ns| async move {
+        minio_secret(&c, &ns).await?;
+        let yaml = format!(
+            "apiVersion: etcd.ouroboros.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: f}}\nspec:\n  size: 1\n  backup:\n    schedule: '0 0 1 1 *'\n    compressionLevel: 9\n    resources: {{limits: {{cpu: 100m, memory: 256Mi}}, requests: {{cpu: 10m, memory: 32Mi}}}}\n    destination: {{s3: {{bucket: {}, prefix: e2e-progress/, endpoint: '{}', forcePathStyle: true, credentialsSecret: minio}}}}\n",
+            s3::bucket()?,
+            env("OUROBOROS_S3_ENDPOINT")?
+        );
+        etcd_cluster::create(&c, &ns, &yaml).await?;
+        etcd_cluster::wait(&c, &ns, "f", "1 member", Duration::from_secs(180), converged(1, "3.6.16")).await?;
+        // 48 MiB of words from a small vocabulary: deflate works on every byte.
+        let mut e = ouroboros_e2e::etcd_at(&etcd_cluster::client_endpoint(&c, &ns, "f").await?).await?;
+        let words = ["etcd", "raft", "member", "learner", "quorum", "snapshot", "revision", "lease"];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..48 {
+            let mut v = String::with_capacity(1 << 20);
+            while v.len() < (1 << 20) - 16 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v.push_str(words[(x % 8) as usize]);
+                v.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
+            }
+            e.put(format!("/text/{i}"), v, None).await?;
+        }
+
+        start_backup(&c, &ns, "watched").await?;
+        let api: Api<EtcdBackup> = Api::namespaced(c.clone(), &ns);
+        let mut seen = Vec::new();
+        let finished = loop {
+            let s = api.get("watched").await?.status.unwrap_or_default();
+            if matches!(s.phase, Some(BackupPhase::Succeeded | BackupPhase::Failed)) {
+                break s;
+            }
+            if let Some(p) = s.progress.filter(|p| seen.last() != Some(p)) {
+                seen.push(p);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        ensure!(finished.phase == Some(BackupPhase::Succeeded), "{:?}", finished.reason);
+        ensure!(finished.progress.is_none(), "progress left on a finished backup: {:?}", finished.progress);
+        let raw = finished.raw_size.context("no rawSize")?;
+        println!("progress seen while it ran: {seen:#?}; rawSize {raw}");
+        ensure!(!seen.is_empty(), "no progress was recorded while the backup ran");
+        for p in &seen {
+            ensure!(p.total_bytes == Some(raw), "total {:?} is not the snapshot's size {raw}", p.total_bytes);
+            ensure!(p.bytes_streamed <= raw && p.summary.contains('%'), "{p:?}");
+        }
+        ensure!(seen.iter().any(|p| p.bytes_streamed > 0), "nothing streamed in {seen:?}");
+        for pair in seen.windows(2) {
+            let at = |p: &ouroboros_crds::backup::BackupProgress| p.update_time.parse::<jiff::Timestamp>();
+            let gap = at(&pair[1])?.duration_since(at(&pair[0])?);
+            ensure!(gap.as_secs() >= 10, "progress written {gap} apart: {pair:?}");
+            ensure!(pair[1].bytes_streamed >= pair[0].bytes_streamed, "progress went back: {pair:?}");
+        }
+        Ok(())
+    })
+    .await
+}

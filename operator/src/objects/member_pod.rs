@@ -44,6 +44,20 @@ pub fn template_digest(cluster: &EtcdCluster, images: &Images) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a member pod built before the template record runs the images it would be built with now:
+/// its etcd container the image of its `version`, its sidecar the operator's sidecar image. What
+/// can be seen of such a pod; the rest of its template is taken to be current.
+pub fn pod_images_current(pod: &Pod, cluster: &EtcdCluster, images: &Images, version: EtcdVersion) -> bool {
+    let image = |name: &str| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == name))
+            .and_then(|c| c.image.clone())
+    };
+    image(ETCD_CONTAINER).is_some_and(|i| i == etcd_image(cluster, images, version))
+        && image(SIDECAR_CONTAINER).is_some_and(|i| i == images.sidecar)
+}
+
 /// A member pod. `initial_members` are the names in `--initial-cluster` (the member itself included).
 pub fn member_pod(
     cluster: &EtcdCluster,

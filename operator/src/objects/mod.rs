@@ -28,7 +28,9 @@ pub use drill_job::{
 pub use etcd_settings::{legacy_pod_current, recorded_quota, settings_annotation, settings_args};
 pub use fetch::{FETCH_CONTAINER, FetchContainer, FetchTarget, fetch_container};
 pub(crate) use member_pod::{copy_helper, spread_by};
-pub use member_pod::{initial_cluster, member_pod, self_hosted_member_pod, template_digest};
+pub use member_pod::{
+    initial_cluster, member_pod, pod_images_current, self_hosted_member_pod, template_digest,
+};
 pub use security::{restricted_container_security, restricted_pod_security, run_as_root};
 pub use services::{client_service, headless_service, pod_disruption_budget};
 

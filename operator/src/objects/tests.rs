@@ -520,6 +520,27 @@ fn the_template_digest_changes_with_the_pod_template_and_nothing_else() {
     assert_eq!(p.annotations().get(ANNOTATION_TEMPLATE), Some(&d0));
 }
 
+#[test]
+fn a_pod_without_a_template_record_is_judged_by_its_images() {
+    let c = cluster(json!({"size": 1, "version": "3.6.5"}));
+    let v = "3.6.5".parse().unwrap();
+    let mut p = member_pod(&c, &images(), "c-0", v, InitialClusterState::New, &["c-0".into()]).unwrap();
+    p.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(ANNOTATION_TEMPLATE);
+    assert!(pod_images_current(&p, &c, &images(), v));
+    // A new sidecar image (an operator upgrade) or another etcd repository is seen.
+    let newer = Images {
+        sidecar: "sidecar:2".into(),
+        ..images()
+    };
+    assert!(!pod_images_current(&p, &c, &newer, v));
+    let moved = cluster(json!({"size": 1, "version": "3.6.5", "repository": "quay.io/coreos/etcd"}));
+    assert!(!pod_images_current(&p, &moved, &images(), v));
+}
+
 /// RFC 7386 merge of `patch` into `doc`.
 fn json_patch_merge(doc: &mut serde_json::Value, patch: serde_json::Value) {
     match (doc, patch) {

@@ -1,6 +1,8 @@
 {{/*
-Names are fixed, as in deploy/base: the operator is one per cluster (cluster-scoped RBAC, CRDs), and
-fixed names let a release take over from a `kubectl apply -k deploy/base` install.
+Names are fixed, as in deploy/base: the operator is one per cluster (cluster-scoped RBAC, CRDs).
+Helm refuses to install over objects of a `kubectl apply -k deploy/base` install (they carry no
+release annotations): delete that install's Deployment, ServiceAccount and RBAC first (the CRDs and
+the clusters stay), or annotate them for adoption (chart README, "Moving from kustomize").
 */}}
 
 {{/* Helm's standard labels, on every object the chart creates. */}}

@@ -117,6 +117,7 @@ async fn fail(ctx: &Context, b: &EtcdBackup, reason: String) -> Result<Action, E
         reason: Some(reason.clone()),
         location: None,
         completion_time: Some(now()),
+        progress: None,
         ..current
     };
     write_status(ctx, b, &status).await?;
@@ -582,7 +583,21 @@ async fn observe_poll(ctx: &Context, b: &EtcdBackup) -> Result<plan::PollView, E
 async fn poll(b: &EtcdBackup, ctx: &Context) -> Result<Action, Error> {
     match plan::poll_step(observe_poll(ctx, b).await?) {
         PollStep::Fail(why) => fail(ctx, b, why).await,
-        PollStep::Wait(secs) => Ok(Action::requeue(Duration::from_secs(secs))),
+        PollStep::Wait { secs, progress } => {
+            let now = jiff::Timestamp::now();
+            let current = b.status.clone().unwrap_or_default();
+            let due = progress.and_then(|(streamed, total)| {
+                plan::progress_due(current.progress.as_ref(), streamed, total, now)
+            });
+            if let Some(progress) = due {
+                let status = EtcdBackupStatus {
+                    progress: Some(progress),
+                    ..current
+                };
+                write_status(ctx, b, &status).await?;
+            }
+            Ok(Action::requeue(Duration::from_secs(secs)))
+        }
         PollStep::Abort(addr, why) => {
             let aborted = match ctx.sidecar.stop(&addr, &b.uid().unwrap_or_default()).await {
                 Ok(()) => "the upload was aborted".to_owned(),
@@ -648,6 +663,7 @@ async fn succeed(
         drill,
         verification_reason: drill.map(|_| "the restore drill waits to run".to_owned()),
         completion_time: Some(completion.clone()),
+        progress: None,
         ..current
     };
     write_status(ctx, b, &status).await?;

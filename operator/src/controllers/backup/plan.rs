@@ -9,6 +9,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use ouroboros_crds::{
     EtcdCluster,
+    backup::BackupProgress,
     sidecar::{Job, JobDestination, JobEncryption, JobState, Manifest},
 };
 
@@ -512,8 +513,14 @@ pub enum PollStep {
     Fail(String),
     /// Stop the upload at this sidecar (its cluster is going), then fail saying why.
     Abort(SidecarAddr, String),
-    /// Look again after this many seconds.
-    Wait(u64),
+    /// Look again after some seconds; a running job's progress (bytes streamed, of the expected
+    /// total) goes into status meanwhile.
+    Wait {
+        /// Seconds until the next look.
+        secs: u64,
+        /// Bytes streamed and the expected total, when the sidecar reports them.
+        progress: Option<(u64, Option<u64>)>,
+    },
     /// Stored and verified: apply retention, then record it.
     Succeed {
         /// The sidecar that took it (retention runs through it).
@@ -523,6 +530,44 @@ pub enum PollStep {
         /// Its location.
         location: String,
     },
+}
+
+/// How often a running backup's progress is written to its status at most: each write is an update
+/// every watcher of EtcdBackups receives.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The progress to record now, or `None` while the recorded one is recent or says the same.
+pub fn progress_due(
+    recorded: Option<&BackupProgress>,
+    streamed: u64,
+    total: Option<u64>,
+    now: jiff::Timestamp,
+) -> Option<BackupProgress> {
+    let bytes_streamed = i64::try_from(streamed).unwrap_or(i64::MAX);
+    let total_bytes = total.and_then(|t| i64::try_from(t).ok());
+    if let Some(r) = recorded {
+        let recent = r.update_time.parse::<jiff::Timestamp>().is_ok_and(|at| {
+            now.duration_since(at) < jiff::SignedDuration::try_from(PROGRESS_EVERY).unwrap_or_default()
+        });
+        if recent || (r.bytes_streamed == bytes_streamed && r.total_bytes == total_bytes) {
+            return None;
+        }
+    }
+    let summary = match total {
+        Some(t) if t > 0 => format!(
+            "{} of {} ({}%)",
+            human(streamed),
+            human(t),
+            (streamed.min(t) * 100) / t
+        ),
+        _ => format!("{} streamed", human(streamed)),
+    };
+    Some(BackupProgress {
+        bytes_streamed,
+        total_bytes,
+        summary,
+        update_time: now.to_string(),
+    })
 }
 
 /// The next step of polling a running backup.
@@ -538,12 +583,18 @@ pub fn poll_step(v: PollView) -> PollStep {
     match state {
         // Its cluster is going: the members' pods go with it, and the upload is stopped now rather
         // than cut off half-written when they do.
-        Ok(JobState::Running) if v.gone.is_some() => PollStep::Abort(addr, v.gone.unwrap_or_default()),
-        Ok(JobState::Running) if v.overdue => PollStep::Fail(format!(
+        Ok(JobState::Running { .. }) if v.gone.is_some() => PollStep::Abort(addr, v.gone.unwrap_or_default()),
+        Ok(JobState::Running { .. }) if v.overdue => PollStep::Fail(format!(
             "still running at its deadline {}; nothing was committed",
             v.deadline.as_deref().unwrap_or("(none recorded)")
         )),
-        Ok(JobState::Running) => PollStep::Wait(2),
+        Ok(JobState::Running {
+            bytes_streamed,
+            total_bytes,
+        }) => PollStep::Wait {
+            secs: 2,
+            progress: bytes_streamed.map(|streamed| (streamed, total_bytes)),
+        },
         Ok(JobState::Failed { reason }) => PollStep::Fail(reason),
         Ok(JobState::Succeeded { manifest, location }) => PollStep::Succeed {
             addr,
@@ -555,7 +606,10 @@ pub fn poll_step(v: PollView) -> PollStep {
         )),
         Err(e) if v.overdue => PollStep::Fail(e.to_string()),
         // Unreachable for a moment (a restarting container, the network): the deadline bounds it.
-        Err(_) => PollStep::Wait(5),
+        Err(_) => PollStep::Wait {
+            secs: 5,
+            progress: None,
+        },
     }
 }
 

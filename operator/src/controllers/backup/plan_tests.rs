@@ -218,19 +218,18 @@ fn polled(state: Option<Result<JobState, SidecarError>>, overdue: bool, gone: Op
 #[test]
 fn a_running_backup_ends_as_its_sidecar_says_and_never_past_its_deadline() {
     assert_eq!(
-        polled(Some(Ok(JobState::Running)), false, None),
-        PollStep::Wait(2)
+        polled(Some(Ok(running())), false, None),
+        PollStep::Wait {
+            secs: 2,
+            progress: Some((10, Some(100)))
+        }
     );
-    match polled(Some(Ok(JobState::Running)), true, None) {
+    match polled(Some(Ok(running())), true, None) {
         PollStep::Fail(why) => assert!(why.contains("deadline 2026-12-01T12:00:00Z"), "{why}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        polled(
-            Some(Ok(JobState::Running)),
-            false,
-            Some("its EtcdCluster was deleted")
-        ),
+        polled(Some(Ok(running())), false, Some("its EtcdCluster was deleted")),
         PollStep::Abort(addr(), "its EtcdCluster was deleted".into())
     );
     match polled(None, false, None) {
@@ -243,7 +242,13 @@ fn a_running_backup_ends_as_its_sidecar_says_and_never_past_its_deadline() {
     }
     // A sidecar that does not answer for a moment is waited for, until the deadline.
     let unreachable = || Some(Err(SidecarError::Unreachable("a".into(), "refused".into())));
-    assert_eq!(polled(unreachable(), false, None), PollStep::Wait(5));
+    assert_eq!(
+        polled(unreachable(), false, None),
+        PollStep::Wait {
+            secs: 5,
+            progress: None
+        }
+    );
     assert!(matches!(polled(unreachable(), true, None), PollStep::Fail(_)));
     let done = JobState::Succeeded {
         manifest: Box::new(Manifest::default()),
@@ -589,4 +594,34 @@ fn a_writer_gone_mid_backup_fails_it() {
         PollStep::Fail(why) => assert!(why.contains("writer pod b-writer went away"), "{why}"),
         other => panic!("{other:?}"),
     }
+}
+
+fn running() -> JobState {
+    JobState::Running {
+        bytes_streamed: Some(10),
+        total_bytes: Some(100),
+    }
+}
+
+#[test]
+fn progress_is_recorded_at_most_every_ten_seconds_and_only_when_it_moved() {
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let first = progress_due(None, 512 << 20, Some(1 << 30), at("2026-12-06T10:00:00Z")).unwrap();
+    assert_eq!(first.summary, "512.0MiB of 1.0GiB (50%)");
+    assert_eq!(first.update_time, "2026-12-06T10:00:00Z");
+    // Within ten seconds nothing is written, whatever moved.
+    assert_eq!(
+        progress_due(Some(&first), 600 << 20, Some(1 << 30), at("2026-12-06T10:00:09Z")),
+        None
+    );
+    // After them, a change is written; no change is not.
+    let later = progress_due(Some(&first), 600 << 20, Some(1 << 30), at("2026-12-06T10:00:10Z")).unwrap();
+    assert_eq!(later.bytes_streamed, 600 << 20);
+    assert_eq!(
+        progress_due(Some(&later), 600 << 20, Some(1 << 30), at("2026-12-06T10:01:00Z")),
+        None
+    );
+    // Before etcd announced its size, the bytes alone.
+    let early = progress_due(None, 0, None, at("2026-12-06T10:00:00Z")).unwrap();
+    assert_eq!(early.summary, "0B streamed");
 }

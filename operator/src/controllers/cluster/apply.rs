@@ -328,6 +328,39 @@ pub async fn sync_voter_labels(
     Ok(())
 }
 
+/// Writes the template record onto member pods built before it existed whose images are the current
+/// ones: they were judged current by what can be seen of them, and from now on a change of
+/// `spec.pod` or the images is seen on them as on every other pod. A metadata patch; nothing restarts.
+pub async fn record_templates(
+    ctx: &Context,
+    cluster: &EtcdCluster,
+    obs: &Observation,
+) -> Result<(), ApplyError> {
+    let unrecorded: Vec<&str> = obs
+        .observed
+        .pods
+        .iter()
+        .filter(|p| !p.template_recorded && p.template_current)
+        .map(|p| p.name.as_str())
+        .collect();
+    if unrecorded.is_empty() {
+        return Ok(());
+    }
+    let digest = objects::template_digest(cluster, &ctx.images());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"annotations": {vocabulary::ANNOTATION_TEMPLATE: digest}}});
+    for name in unrecorded {
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(cluster_writes::kube_failed(
+                "recording the template on",
+                "Pod",
+                name.to_owned(),
+            ))?;
+    }
+    Ok(())
+}
+
 /// Records on the cluster, before the member's pod or claim exists, that its ordinal is taken: a
 /// member name is never used twice, so a replacement is never mistaken for the member it replaced
 /// (in Events, metrics, runbooks), and a self-hosted member never finds an older member's data

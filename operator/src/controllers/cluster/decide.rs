@@ -127,6 +127,8 @@ pub struct PodView {
     /// It was built from the pod template (`spec.pod`, images, sidecar) the spec and the operator
     /// give now ([`crate::objects::template_digest`]).
     pub template_current: bool,
+    /// It records the template it was built from (pods built before the record judge by images).
+    pub template_recorded: bool,
     /// It runs the certificate set the operator accepted (always, without TLS).
     pub certificates_current: bool,
     /// The quota its etcd runs with (`--quota-backend-bytes`), which lags the spec's until it is
@@ -698,7 +700,7 @@ fn counts_for_quorum(o: &Observed, m: &MemberView) -> bool {
 }
 
 /// Healthy enough for the membership to change around it: it counts for quorum and has no alarm.
-fn is_healthy(o: &Observed, m: &MemberView) -> bool {
+pub(super) fn is_healthy(o: &Observed, m: &MemberView) -> bool {
     counts_for_quorum(o, m) && m.health.as_ref().is_some_and(|h| !h.has_errors())
 }
 
@@ -887,6 +889,10 @@ fn membership_step(o: &Observed, version: EtcdVersion) -> Step {
         })
         .collect();
     if !sick.is_empty() {
+        let ours: Vec<&MemberView> = voters.iter().copied().filter(|m| Some(m.id) != boot_id).collect();
+        if let Some(step) = maintenance::stuck_outdated_step(o, &ours) {
+            return step;
+        }
         return Step::WaitForMembers {
             reason: format!("waiting for {} to become healthy", sick.join(", ")),
         };

@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use super::decide::{DataRefusal, MemberView, Membership, Observed, PodView, Step};
+use super::decide::{DataRefusal, MemberView, Membership, Observed, PodState, PodView, Step};
 
 /// Below this fraction of the quota after defragmentation, NOSPACE is disarmed; above it the data
 /// itself nearly fills the quota and writes would raise the alarm again at once.
@@ -440,8 +440,9 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     let m = &o.maintenance;
     // A raised quota is what fixes a database that does not fit: it rolls out first, where members
     // restart on their data (a surge member would only add a member under the alarm).
-    // Only the settings: a certificate roll waits for the alarm to clear, and while a certificate
-    // is refused nothing is restarted (compaction and defragmentation go on regardless).
+    // Only the settings: a certificate or pod-template roll waits for the alarm to clear (restarting
+    // every member of a cluster that refuses writes helps nothing), and while a certificate is
+    // refused nothing is restarted (compaction and defragmentation go on regardless).
     if matches!(o.data, super::decide::DataHome::Claims(_))
         && o.maintenance.certificates_blocked.is_none()
         && let Some(step) = settings_roll_step(o, ms, voters, false)
@@ -520,20 +521,19 @@ fn nospace_step(o: &Observed, ms: &Membership, voters: &[&MemberView], alarmed: 
     }
 }
 
-/// A voter whose pod runs other `spec.etcd` settings or another pod template (or,
-/// `with_certificates`, other certificates):
+/// A voter whose pod runs other `spec.etcd` settings (or, `whole_pod`, another pod template or other
+/// certificates):
 /// restart it on its data with the new ones (claims), or replace it (data that lives with the pod),
 /// followers first and the leader last after leadership moved. `None` when every voter is current.
 pub fn settings_roll_step(
     o: &Observed,
     ms: &Membership,
     voters: &[&MemberView],
-    with_certificates: bool,
+    whole_pod: bool,
 ) -> Option<Step> {
     let pod = |name: &str| o.pods.iter().find(|p| p.name == name);
-    let outdated_pod = |p: &PodView| {
-        !p.settings_current || !p.template_current || (with_certificates && !p.certificates_current)
-    };
+    let outdated_pod =
+        |p: &PodView| !p.settings_current || (whole_pod && (!p.template_current || !p.certificates_current));
     let outdated: Vec<&MemberView> = voters
         .iter()
         .copied()
@@ -573,6 +573,32 @@ pub fn settings_roll_step(
     Some(Step::RestartWithSettings {
         name: first.name.clone(),
     })
+}
+
+/// A voter that does not answer and whose pod is outdated: built from settings or a template the
+/// spec no longer gives, as when a roll put it onto an image that does not exist or requests that do
+/// not fit, and the spec has been fixed since. Restarting it on its own claim onto the current spec
+/// harms nothing (it serves nothing now) and is the only way it comes back: a roll waits for every
+/// member to be healthy and would otherwise wait for it for ever. Only on claims, only while the
+/// other voters hold quorum, and not while no certificate set can be mounted.
+pub fn stuck_outdated_step(o: &Observed, voters: &[&MemberView]) -> Option<Step> {
+    if !matches!(o.data, super::decide::DataHome::Claims(_)) || certificates_block(o).is_some() {
+        return None;
+    }
+    let healthy = voters.iter().filter(|m| super::decide::is_healthy(o, m)).count();
+    if healthy < voters.len() / 2 + 1 {
+        return None;
+    }
+    let stuck = |m: &&&MemberView| {
+        m.health.is_none()
+            && o.pods.iter().find(|p| p.name == m.name).is_some_and(|p| {
+                settings_outdated(p) && !matches!(p.state, PodState::Ready | PodState::Deleting)
+            })
+    };
+    voters
+        .iter()
+        .find(stuck)
+        .map(|m| Step::RestartWithSettings { name: m.name.clone() })
 }
 
 /// Voters past `spec.maintenance.defragmentation`'s threshold and not defragmented lately.

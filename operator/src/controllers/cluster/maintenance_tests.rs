@@ -194,6 +194,13 @@ fn a_raised_quota_rolls_out_before_anything_else_under_nospace() {
 }
 
 #[test]
+fn a_new_pod_template_waits_for_nospace_to_be_recovered_from() {
+    // An operator upgrade under NOSPACE: restarting every member helps nothing; compaction first.
+    let o = full().old_template(0).old_template(1).old_template(2);
+    assert_eq!(step(&o), Step::Compact { revision: 1000 });
+}
+
+#[test]
 fn nospace_with_a_silent_voter_waits_for_it() {
     let o = full().unhealthy(2);
     assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
@@ -412,6 +419,30 @@ fn a_new_pod_template_restarts_members_on_their_claims_as_settings_do() {
                 ..
             }
         ),
+        "{:?}",
+        step(&o)
+    );
+}
+
+#[test]
+fn a_member_stuck_on_an_outdated_pod_is_restarted_onto_the_fixed_spec() {
+    // c-2 was rolled onto a template whose image does not exist: its pod never starts. The spec is
+    // fixed, so its pod is outdated again; it is restarted onto the fix rather than waited for.
+    let mut o = three().old_template(2).pod_state(2, PodState::Starting);
+    o.membership.as_mut().unwrap().members[2].health = None;
+    assert_eq!(step(&o), Step::RestartWithSettings { name: "c-2".into() });
+    // Its pod current (the roll just made it): waited for, never restarted in a loop.
+    let mut o = three().pod_state(2, PodState::Starting);
+    o.membership.as_mut().unwrap().members[2].health = None;
+    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
+    // Without quorum among the others nothing is restarted.
+    let mut o = three()
+        .old_template(2)
+        .pod_state(2, PodState::Starting)
+        .unhealthy(1);
+    o.membership.as_mut().unwrap().members[2].health = None;
+    assert!(
+        !matches!(step(&o), Step::RestartWithSettings { .. }),
         "{:?}",
         step(&o)
     );

@@ -90,15 +90,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     if held_by != Some(decide::HeldBy::User) {
         apply::ensure_cluster_objects(&ctx, &cluster).await?;
     }
-    let obs = match observe::observe(
-        &ctx.client,
-        ctx.etcd.as_ref(),
-        &cluster,
-        &crate::objects::template_digest(&cluster, &ctx.images()),
-        now,
-    )
-    .await
-    {
+    let obs = match observe::observe(&ctx.client, ctx.etcd.as_ref(), &cluster, &ctx.images(), now).await {
         Ok(obs) => obs,
         // Nothing can be started without the certificates; say exactly what is missing and retry,
         // since creating the Secret is the fix and does not change the EtcdCluster.
@@ -124,6 +116,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     let applied = apply::apply_step(&ctx, &cluster, &obs, &decision.step).await;
     if obs.observed.desired.held_by.is_none() {
         apply::sync_voter_labels(&ctx, &cluster, &obs).await?;
+        apply::record_templates(&ctx, &cluster, &obs).await?;
     }
     let mut status = status::compute(&cluster, &obs, &decision, now);
     let wake = backups::run(&ctx, &cluster, &mut status, now).await?;
@@ -367,6 +360,16 @@ fn record_backup_metrics(
         .and_then(|cron| crate::cron_schedule::interval_after(&cron, now))
         .map(|d| d.as_secs_f64());
     ctx.metrics.record_backup_schedule(&key, interval);
+    if cluster.spec.backup.is_some() {
+        // Failure counters exist at 0 before the first failure: `increase()` sees a series appear
+        // at its first value, so a counter born at 1 would never show its first failure.
+        let m = &ctx.metrics.backups;
+        drop(m.failures.get_or_create(&key));
+        drop(m.drills.get_or_create(&crate::metrics::DrillLabels {
+            cluster: key.clone(),
+            outcome: "Failed".to_owned(),
+        }));
+    }
 }
 
 fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboros_crds::EtcdClusterStatus) {
@@ -387,6 +390,14 @@ fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboro
             })
             .set(n);
     }
+    let quorum_lost = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ouroboros_crds::condition_types::QUORUM_LOST && c.status == "True");
+    ctx.metrics
+        .quorum_lost
+        .get_or_create(&key)
+        .set(i64::from(quorum_lost));
     for m in &status.members {
         if let (Some(size), Some(in_use)) = (m.db_size_bytes, m.db_size_in_use_bytes) {
             ctx.metrics.record_database(&key, &m.name, size, in_use);

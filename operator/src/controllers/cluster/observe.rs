@@ -17,7 +17,7 @@ use crate::{
     certificates::CertificateReport,
     etcd::{Endpoint, EtcdError, EtcdOps, Status},
     member_access,
-    vocabulary::{self, LABEL_VERSION},
+    vocabulary::{self, Images, LABEL_VERSION},
 };
 
 /// What was observed, with the raw details status reports on.
@@ -148,11 +148,11 @@ pub async fn observe(
     client: &kube::Client,
     etcd: &dyn EtcdOps,
     cluster: &EtcdCluster,
-    template: &str,
+    images: &Images,
     now: jiff::Timestamp,
 ) -> Result<Observation, ObserveError> {
     let read = read_kubernetes(client, cluster).await?;
-    assemble(etcd, cluster, read, template, now).await
+    assemble(etcd, cluster, read, images, now).await
 }
 
 /// The Kubernetes half of observing.
@@ -245,13 +245,12 @@ pub async fn read_kubernetes(client: &kube::Client, cluster: &EtcdCluster) -> Re
 
 /// The etcd half of observing, over what was read from Kubernetes: asks the members (through
 /// `etcd`, a fake in tests) for the membership and their status, and puts together what the
-/// decision looks at. `template` is the digest member pods are built with now
-/// ([`crate::objects::template_digest`]).
+/// decision looks at. `images` are the operator's, which member pods are built with now.
 pub async fn assemble(
     etcd: &dyn EtcdOps,
     cluster: &EtcdCluster,
     read: KubeRead,
-    template: &str,
+    images: &Images,
     now: jiff::Timestamp,
 ) -> Result<Observation, ObserveError> {
     let KubeRead {
@@ -264,6 +263,7 @@ pub async fn assemble(
         drills_running,
     } = read;
     let name = cluster.name_any();
+    let template = crate::objects::template_digest(cluster, images);
     let uses_pvc = cluster.spec.storage.persistent_volume_claim.is_some();
     let self_hosted = cluster.spec.self_hosted.is_some();
     let desired_version: EtcdVersion = cluster
@@ -310,15 +310,19 @@ pub async fn assemble(
         let quota_bytes = record
             .and_then(|r| crate::objects::recorded_quota(r))
             .unwrap_or(ouroboros_crds::settings::DEFAULT_QUOTA_BACKEND_BYTES as u64);
-        // A pod without a record was built by an operator from before templates were recorded: what
-        // it runs is unknown, so it is rolled like an outdated one.
-        let template_current = p
-            .annotations()
-            .get(vocabulary::ANNOTATION_TEMPLATE)
-            .is_some_and(|t| t == template);
+        let template_record = p.annotations().get(vocabulary::ANNOTATION_TEMPLATE);
+        let template_current = match template_record {
+            Some(t) => *t == template,
+            // Built by an operator from before the record: a missing record is no evidence that
+            // anything differs, so the pod is judged by what can be seen of it, its images (a new
+            // sidecar image after an operator upgrade rolls it), and the record is then written
+            // onto it (`apply::record_templates`) so that later changes are seen.
+            None => crate::objects::pod_images_current(p, cluster, images, version),
+        };
         pod_views.push(PodView {
             settings_current,
             template_current,
+            template_recorded: template_record.is_some(),
             certificates_current,
             quota_bytes,
             name: member,
@@ -1036,10 +1040,6 @@ mod tests {
             }
         }
 
-        fn template(c: &EtcdCluster) -> String {
-            objects::template_digest(c, &images())
-        }
-
         fn pod(c: &EtcdCluster, i: u64) -> Pod {
             let images = images();
             let members: Vec<String> = (0..3).map(|i| format!("c-{i}")).collect();
@@ -1130,7 +1130,7 @@ mod tests {
         async fn a_silent_member_has_no_health_and_an_alarm_is_kept_as_reported() {
             let c = cluster(false);
             let etcd = fake("http", &[0, 1], Some(1));
-            let obs = assemble(&etcd, &c, read(&c, false), &template(&c), jiff::Timestamp::now())
+            let obs = assemble(&etcd, &c, read(&c, false), &images(), jiff::Timestamp::now())
                 .await
                 .unwrap();
             let ms = obs.observed.membership.expect("two members answered");
@@ -1162,7 +1162,7 @@ mod tests {
         async fn when_no_member_answers_the_pods_are_still_seen_and_the_error_is_kept() {
             let c = cluster(false);
             let etcd = fake("http", &[], None);
-            let obs = assemble(&etcd, &c, read(&c, false), &template(&c), jiff::Timestamp::now())
+            let obs = assemble(&etcd, &c, read(&c, false), &images(), jiff::Timestamp::now())
                 .await
                 .unwrap();
             assert_eq!(obs.observed.membership, None);
@@ -1174,7 +1174,7 @@ mod tests {
         async fn a_tls_cluster_is_asked_over_https_with_each_members_dns_name() {
             let c = cluster(true);
             let etcd = fake("https", &[0, 1, 2], None);
-            let obs = assemble(&etcd, &c, read(&c, true), &template(&c), jiff::Timestamp::now())
+            let obs = assemble(&etcd, &c, read(&c, true), &images(), jiff::Timestamp::now())
                 .await
                 .unwrap();
             assert_eq!(obs.observed.membership.map(|m| m.members.len()), Some(3));
