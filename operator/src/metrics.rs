@@ -77,7 +77,7 @@ pub struct DatabaseMetrics {
 
 /// The labels naming an EtcdCluster, as kube-state-metrics names objects: `namespace` and `name`
 /// (scrape them with `honorLabels: true`, so the target's own `namespace` does not replace it).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct ClusterLabels {
     /// The cluster's namespace.
     pub namespace: String,
@@ -153,6 +153,16 @@ pub struct Metrics {
     pub database: DatabaseMetrics,
     /// End of validity of each certificate of `spec.tls`, as Unix time.
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// The members and certificates each cluster's series were recorded for, so that a deleted
+    /// cluster's series can all be removed.
+    recorded: std::sync::Mutex<std::collections::BTreeMap<ClusterLabels, Recorded>>,
+}
+
+/// What was recorded of one cluster, beyond the series its `namespace` and `name` alone label.
+#[derive(Debug, Default)]
+struct Recorded {
+    members: std::collections::BTreeSet<String>,
+    certificates: std::collections::BTreeSet<(String, &'static str)>,
 }
 
 impl Default for Metrics {
@@ -306,13 +316,106 @@ impl Default for Metrics {
             members,
             quorum_lost,
             leader,
+            recorded: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    fn recorded(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<ClusterLabels, Recorded>> {
+        // A panic elsewhere while it was held leaves nothing half-written that matters here.
+        self.recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes that `cluster` exists with these `members` (each pass of its reconcile).
+    pub fn record_cluster<'a>(&self, cluster: &ClusterLabels, members: impl Iterator<Item = &'a str>) {
+        let mut recorded = self.recorded();
+        let entry = recorded.entry(cluster.clone()).or_default();
+        entry.members.extend(members.map(str::to_owned));
+    }
+
+    /// Records when a certificate of `cluster` (its Secret and purpose) stops being valid.
+    pub fn record_certificate_expiry(
+        &self,
+        cluster: &ClusterLabels,
+        secret: &str,
+        purpose: &'static str,
+        at: i64,
+    ) {
+        self.recorded()
+            .entry(cluster.clone())
+            .or_default()
+            .certificates
+            .insert((secret.to_owned(), purpose));
+        self.certificate_expiry
+            .get_or_create(&CertificateLabels {
+                cluster: cluster.clone(),
+                secret: secret.to_owned(),
+                purpose,
+            })
+            .set(at);
+    }
+
+    /// Removes every series of the clusters not in `live` (deleted clusters).
+    pub fn forget_clusters_except(&self, live: &std::collections::BTreeSet<ClusterLabels>) {
+        let mut recorded = self.recorded();
+        let gone: Vec<ClusterLabels> = recorded.keys().filter(|k| !live.contains(*k)).cloned().collect();
+        for cluster in gone {
+            let Some(r) = recorded.remove(&cluster) else {
+                continue;
+            };
+            for state in ["healthy", "unhealthy", "learner"] {
+                self.members.remove(&MemberLabels {
+                    cluster: cluster.clone(),
+                    state,
+                });
+            }
+            self.quorum_lost.remove(&cluster);
+            let b = &self.backups;
+            b.last_success.remove(&cluster);
+            b.size.remove(&cluster);
+            b.duration.remove(&cluster);
+            b.failures.remove(&cluster);
+            b.last_verified.remove(&cluster);
+            b.schedule_interval.remove(&cluster);
+            for outcome in ["Verified", "Failed", "Inconclusive"] {
+                b.drills.remove(&DrillLabels {
+                    cluster: cluster.clone(),
+                    outcome: outcome.to_owned(),
+                });
+            }
+            self.database.defragmentation_duration.remove(&cluster);
+            for member in r.members {
+                let labels = MemberNameLabels {
+                    cluster: cluster.clone(),
+                    member,
+                };
+                let d = &self.database;
+                d.size.remove(&labels);
+                d.in_use.remove(&labels);
+                d.fragmentation.remove(&labels);
+                d.last_defragmentation.remove(&labels);
+                d.quota.remove(&labels);
+            }
+            for (secret, purpose) in r.certificates {
+                self.certificate_expiry.remove(&CertificateLabels {
+                    cluster: cluster.clone(),
+                    secret,
+                    purpose,
+                });
+            }
+        }
+    }
+
     /// Records one member's database sizes.
     pub fn record_database(&self, cluster: &ClusterLabels, member: &str, size: i64, in_use: i64) {
+        self.recorded()
+            .entry(cluster.clone())
+            .or_default()
+            .members
+            .insert(member.to_owned());
         let labels = MemberNameLabels {
             cluster: cluster.clone(),
             member: member.to_owned(),
@@ -330,6 +433,11 @@ impl Metrics {
     /// Records when `member` of `cluster` (`namespace/name`) was last defragmented, from the
     /// operator's record on its pod: read at every pass, so a restarted operator reports it too.
     pub fn record_last_defragmentation(&self, cluster: &ClusterLabels, member: &str, at: jiff::Timestamp) {
+        self.recorded()
+            .entry(cluster.clone())
+            .or_default()
+            .members
+            .insert(member.to_owned());
         let labels = MemberNameLabels {
             cluster: cluster.clone(),
             member: member.to_owned(),
@@ -342,6 +450,11 @@ impl Metrics {
 
     /// Records the quota `member` of `cluster` runs with.
     pub fn record_quota(&self, cluster: &ClusterLabels, member: &str, bytes: u64) {
+        self.recorded()
+            .entry(cluster.clone())
+            .or_default()
+            .members
+            .insert(member.to_owned());
         let labels = MemberNameLabels {
             cluster: cluster.clone(),
             member: member.to_owned(),
@@ -476,5 +589,35 @@ mod tests {
         let quota = r#"ouroboros_member_db_quota_bytes{namespace="ns",name="c",member="c-0"} 2147483648"#;
         assert!(m.render().contains(quota));
         assert!(m.render().contains(r#"ouroboros_build_info{version="0.1.0"} 1"#));
+    }
+
+    #[test]
+    fn a_deleted_clusters_series_are_all_removed_and_the_others_kept() {
+        let m = Metrics::default();
+        let gone = ClusterLabels::new("ns", "gone");
+        let kept = ClusterLabels::new("ns", "kept");
+        for c in [&gone, &kept] {
+            m.record_cluster(c, ["m-0"].into_iter());
+            m.record_database(c, "m-0", 10, 5);
+            m.record_quota(c, "m-0", 100);
+            m.record_last_backup(c, jiff::Timestamp::UNIX_EPOCH);
+            m.record_certificate_expiry(c, "peer", "peer", 1);
+            m.quorum_lost.get_or_create(c).set(0);
+        }
+        m.forget_clusters_except(&[kept.clone()].into_iter().collect());
+        let text = m.render();
+        assert!(!text.contains(r#"name="gone""#), "{text}");
+        for series in [
+            "ouroboros_member_db_size_bytes",
+            "ouroboros_member_db_quota_bytes",
+            "ouroboros_backup_last_success_timestamp_seconds",
+            "ouroboros_certificate_expiry_timestamp_seconds",
+            "ouroboros_cluster_quorum_lost",
+        ] {
+            assert!(
+                text.contains(&format!(r#"{series}{{namespace="ns",name="kept""#)),
+                "{series}: {text}"
+            );
+        }
     }
 }

@@ -63,6 +63,7 @@ pub async fn run_all(
         .owns(pods, ours.clone())
         .owns(pvcs, ours)
         .watches(backups.clone(), all(), backup_of_cluster);
+    tokio::spawn(forget_deleted_clusters(ctx.clone(), clusters.store()));
     tokio::join!(
         drive(
             "etcdcluster",
@@ -89,6 +90,28 @@ pub async fn run_all(
             restore::reconcile
         ),
     );
+}
+
+/// Removes the metric series of clusters that no longer exist, once a minute: clusters are deleted
+/// without the operator being told (their objects go by owner references), and a deleted cluster's
+/// series would otherwise stay, and its alerts (no recent backup, certificates expiring) fire, until
+/// the operator restarts.
+async fn forget_deleted_clusters(ctx: Arc<Context>, store: reflector::Store<EtcdCluster>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Only over a synced store: an empty one before the first list would forget every cluster.
+        // A short wait, as in `drive`: a long one on the store's readiness may never be woken.
+        let synced = tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await;
+        if !matches!(synced, Ok(Ok(()))) {
+            continue;
+        }
+        let live = store
+            .state()
+            .iter()
+            .map(|c| crate::controllers::cluster::metrics_key(c))
+            .collect();
+        ctx.metrics.forget_clusters_except(&live);
+    }
 }
 
 /// One controller loop with shared error policy and result reporting.

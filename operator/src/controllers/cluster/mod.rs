@@ -309,18 +309,12 @@ fn record_certificate_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observ
     let key = metrics_key(cluster);
     for leaf in obs.certificates.iter().flat_map(|r| &r.leaves) {
         ctx.metrics
-            .certificate_expiry
-            .get_or_create(&crate::metrics::CertificateLabels {
-                cluster: key.clone(),
-                secret: leaf.secret.clone(),
-                purpose: leaf.purpose.label(),
-            })
-            .set(leaf.not_after);
+            .record_certificate_expiry(&key, &leaf.secret, leaf.purpose.label(), leaf.not_after);
     }
 }
 
 /// How the cluster's metrics name it: `namespace/name`.
-pub(super) fn metrics_key(cluster: &EtcdCluster) -> crate::metrics::ClusterLabels {
+pub(crate) fn metrics_key(cluster: &EtcdCluster) -> crate::metrics::ClusterLabels {
     crate::metrics::ClusterLabels::new(&cluster.namespace().unwrap_or_default(), &cluster.name_any())
 }
 
@@ -390,6 +384,8 @@ fn record_member_metrics(ctx: &Context, cluster: &EtcdCluster, status: &ouroboro
             })
             .set(n);
     }
+    ctx.metrics
+        .record_cluster(&key, status.members.iter().map(|m| m.name.as_str()));
     let quorum_lost = status
         .conditions
         .iter()
