@@ -329,6 +329,19 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The labels of `member` of `cluster`, noted so that its series go when the cluster does.
+    fn member_labels(&self, cluster: &ClusterLabels, member: &str) -> MemberNameLabels {
+        self.recorded()
+            .entry(cluster.clone())
+            .or_default()
+            .members
+            .insert(member.to_owned());
+        MemberNameLabels {
+            cluster: cluster.clone(),
+            member: member.to_owned(),
+        }
+    }
+
     /// Notes that `cluster` exists with these `members` (each pass of its reconcile).
     pub fn record_cluster<'a>(&self, cluster: &ClusterLabels, members: impl Iterator<Item = &'a str>) {
         let mut recorded = self.recorded();
@@ -411,15 +424,7 @@ impl Metrics {
 
     /// Records one member's database sizes.
     pub fn record_database(&self, cluster: &ClusterLabels, member: &str, size: i64, in_use: i64) {
-        self.recorded()
-            .entry(cluster.clone())
-            .or_default()
-            .members
-            .insert(member.to_owned());
-        let labels = MemberNameLabels {
-            cluster: cluster.clone(),
-            member: member.to_owned(),
-        };
+        let labels = self.member_labels(cluster, member);
         self.database.size.get_or_create(&labels).set(size);
         self.database.in_use.get_or_create(&labels).set(in_use);
         let ratio = if size > 0 {
@@ -433,15 +438,7 @@ impl Metrics {
     /// Records when `member` of `cluster` (`namespace/name`) was last defragmented, from the
     /// operator's record on its pod: read at every pass, so a restarted operator reports it too.
     pub fn record_last_defragmentation(&self, cluster: &ClusterLabels, member: &str, at: jiff::Timestamp) {
-        self.recorded()
-            .entry(cluster.clone())
-            .or_default()
-            .members
-            .insert(member.to_owned());
-        let labels = MemberNameLabels {
-            cluster: cluster.clone(),
-            member: member.to_owned(),
-        };
+        let labels = self.member_labels(cluster, member);
         self.database
             .last_defragmentation
             .get_or_create(&labels)
@@ -450,15 +447,7 @@ impl Metrics {
 
     /// Records the quota `member` of `cluster` runs with.
     pub fn record_quota(&self, cluster: &ClusterLabels, member: &str, bytes: u64) {
-        self.recorded()
-            .entry(cluster.clone())
-            .or_default()
-            .members
-            .insert(member.to_owned());
-        let labels = MemberNameLabels {
-            cluster: cluster.clone(),
-            member: member.to_owned(),
-        };
+        let labels = self.member_labels(cluster, member);
         self.database
             .quota
             .get_or_create(&labels)
