@@ -111,6 +111,22 @@ async fn pending(ctx: &Context, b: &EtcdBackup, reason: String, retry: u64) -> R
 }
 
 async fn fail(ctx: &Context, b: &EtcdBackup, reason: String) -> Result<Action, Error> {
+    // A backup that already ended keeps its verdict: a pass over a cached copy older than its end
+    // (its writer already deleted, so "went away") must never turn a stored backup into a failed one.
+    let fresh = Api::<EtcdBackup>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .get_opt(&b.name_any())
+        .await
+        .map_err(kube_err("reading the EtcdBackup"))?;
+    let ended = fresh
+        .filter(|f| f.metadata.uid == b.metadata.uid)
+        .is_some_and(|f| {
+            f.status
+                .and_then(|s| s.phase)
+                .is_some_and(|p| matches!(p, BackupPhase::Succeeded | BackupPhase::Failed))
+        });
+    if ended {
+        return Ok(Action::await_change());
+    }
     let current = b.status.clone().unwrap_or_default();
     let status = EtcdBackupStatus {
         phase: Some(BackupPhase::Failed),

@@ -350,13 +350,21 @@ pub async fn record_templates(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let patch = serde_json::json!({"metadata": {"annotations": {vocabulary::ANNOTATION_TEMPLATE: digest}}});
     for name in unrecorded {
-        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        match pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(cluster_writes::kube_failed(
-                "recording the template on",
-                "Pod",
-                name.to_owned(),
-            ))?;
+        {
+            // Gone since it was observed (this pass's step deleted it): its successor is built
+            // with the record.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            r => {
+                r.map_err(cluster_writes::kube_failed(
+                    "recording the template on",
+                    "Pod",
+                    name.to_owned(),
+                ))?;
+            }
+        }
     }
     Ok(())
 }

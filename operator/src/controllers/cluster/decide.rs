@@ -129,6 +129,8 @@ pub struct PodView {
     pub template_current: bool,
     /// It records the template it was built from (pods built before the record judge by images).
     pub template_recorded: bool,
+    /// The scheduler cannot place it (`PodScheduled=False`, `Unschedulable`): it never ran here.
+    pub unschedulable: bool,
     /// It runs the certificate set the operator accepted (always, without TLS).
     pub certificates_current: bool,
     /// The quota its etcd runs with (`--quota-backend-bytes`), which lags the spec's until it is

@@ -575,30 +575,34 @@ pub fn settings_roll_step(
     })
 }
 
-/// A voter that does not answer and whose pod is outdated: built from settings or a template the
-/// spec no longer gives, as when a roll put it onto an image that does not exist or requests that do
-/// not fit, and the spec has been fixed since. Restarting it on its own claim onto the current spec
-/// harms nothing (it serves nothing now) and is the only way it comes back: a roll waits for every
-/// member to be healthy and would otherwise wait for it for ever. Only on claims, only while the
-/// other voters hold quorum, and not while no certificate set can be mounted.
+/// The one voter that is down, on an outdated pod that never ran: its image cannot be pulled or the
+/// scheduler cannot place it, as when a roll put it onto an image that does not exist or requests
+/// that do not fit, and the spec has been fixed since. Restarting it on its own claim onto the
+/// current spec harms nothing (its etcd never started) and is the only way it comes back: a roll
+/// waits for every member to be healthy and would otherwise wait for it for ever. A member that is
+/// merely restarting (its container ran) is never touched, nor one of several down voters; only on
+/// claims, only while the others hold quorum, not while no certificate set can be mounted.
 pub fn stuck_outdated_step(o: &Observed, voters: &[&MemberView]) -> Option<Step> {
     if !matches!(o.data, super::decide::DataHome::Claims(_)) || certificates_block(o).is_some() {
         return None;
     }
-    let healthy = voters.iter().filter(|m| super::decide::is_healthy(o, m)).count();
-    if healthy < voters.len() / 2 + 1 {
+    let sick: Vec<&&MemberView> = voters
+        .iter()
+        .filter(|m| !super::decide::is_healthy(o, m))
+        .collect();
+    let [only] = sick.as_slice() else {
+        return None;
+    };
+    if voters.len() - 1 < voters.len() / 2 + 1 || only.health.is_some() {
         return None;
     }
-    let stuck = |m: &&&MemberView| {
-        m.health.is_none()
-            && o.pods.iter().find(|p| p.name == m.name).is_some_and(|p| {
-                settings_outdated(p) && !matches!(p.state, PodState::Ready | PodState::Deleting)
-            })
-    };
-    voters
-        .iter()
-        .find(stuck)
-        .map(|m| Step::RestartWithSettings { name: m.name.clone() })
+    let pod = o.pods.iter().find(|p| p.name == only.name)?;
+    let never_ran = pod.image_problem.is_some() || pod.unschedulable;
+    (settings_outdated(pod) && never_ran && !matches!(pod.state, PodState::Ready | PodState::Deleting)).then(
+        || Step::RestartWithSettings {
+            name: only.name.clone(),
+        },
+    )
 }
 
 /// Voters past `spec.maintenance.defragmentation`'s threshold and not defragmented lately.

@@ -428,19 +428,28 @@ fn a_new_pod_template_restarts_members_on_their_claims_as_settings_do() {
 fn a_member_stuck_on_an_outdated_pod_is_restarted_onto_the_fixed_spec() {
     // c-2 was rolled onto a template whose image does not exist: its pod never starts. The spec is
     // fixed, so its pod is outdated again; it is restarted onto the fix rather than waited for.
-    let mut o = three().old_template(2).pod_state(2, PodState::Starting);
-    o.membership.as_mut().unwrap().members[2].health = None;
+    let stuck = |o: Observed, problem: bool| {
+        let mut o = o.pod_state(2, PodState::Starting).unhealthy(2);
+        o.pods[2].image_problem = problem.then(|| "container etcd cannot pull etcd:v9".to_owned());
+        o
+    };
+    assert_eq!(
+        step(&stuck(three().old_template(2), true)),
+        Step::RestartWithSettings { name: "c-2".into() }
+    );
+    // So is one the scheduler cannot place.
+    let mut o = stuck(three().old_template(2), false);
+    o.pods[2].unschedulable = true;
     assert_eq!(step(&o), Step::RestartWithSettings { name: "c-2".into() });
     // Its pod current (the roll just made it): waited for, never restarted in a loop.
-    let mut o = three().pod_state(2, PodState::Starting);
-    o.membership.as_mut().unwrap().members[2].health = None;
-    assert!(matches!(step(&o), Step::WaitForMembers { .. }), "{:?}", step(&o));
-    // Without quorum among the others nothing is restarted.
-    let mut o = three()
-        .old_template(2)
-        .pod_state(2, PodState::Starting)
-        .unhealthy(1);
-    o.membership.as_mut().unwrap().members[2].health = None;
+    assert!(matches!(step(&stuck(three(), true)), Step::WaitForMembers { .. }));
+    // A member that is merely restarting (its container ran) is waited for, outdated or not.
+    assert!(matches!(
+        step(&stuck(three().old_template(2), false)),
+        Step::WaitForMembers { .. }
+    ));
+    // Nor while another voter is down too.
+    let o = stuck(three().old_template(2), true).unhealthy(1);
     assert!(
         !matches!(step(&o), Step::RestartWithSettings { .. }),
         "{:?}",

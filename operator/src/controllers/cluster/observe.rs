@@ -332,6 +332,7 @@ pub async fn assemble(
             volume_lost,
             voter_label: p.labels().get(vocabulary::LABEL_VOTER).cloned(),
             image_problem: image_problem(p),
+            unschedulable: unschedulable(p),
             data_refused: data_refused(p),
         });
     }
@@ -745,6 +746,18 @@ pub fn image_problem(p: &Pod) -> Option<String> {
             .contains(&reason)
             .then(|| format!("container {} cannot pull {}", c.name, c.image))
     })
+}
+
+/// The scheduler said it cannot place the pod.
+fn unschedulable(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        })
 }
 
 /// What etcd says, in its log, when its initial corruption check refuses the member's data (3.5 and
