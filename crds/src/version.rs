@@ -118,6 +118,8 @@ mod tests {
             "{version}{version}",
             "v{ version}",
             "{version}/x",
+            "-{version}",
+            ".{version}",
         ] {
             assert!(!valid_tag_format(bad), "{bad}");
         }

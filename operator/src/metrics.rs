@@ -127,8 +127,8 @@ pub struct DrillLabels {
     /// The cluster's `namespace` and `name`.
     #[prometheus(flatten)]
     pub cluster: ClusterLabels,
-    /// `Verified`, `Failed` or `Inconclusive`.
-    pub outcome: String,
+    /// `Verified`, `Failed` or `Inconclusive` ([`ouroboros_crds::sidecar::DrillOutcome::label`]).
+    pub outcome: &'static str,
 }
 
 /// Every metric the operator exports.
@@ -393,10 +393,10 @@ impl Metrics {
             b.failures.remove(&cluster);
             b.last_verified.remove(&cluster);
             b.schedule_interval.remove(&cluster);
-            for outcome in ["Verified", "Failed", "Inconclusive"] {
+            for outcome in ouroboros_crds::sidecar::DrillOutcome::ALL {
                 b.drills.remove(&DrillLabels {
                     cluster: cluster.clone(),
-                    outcome: outcome.to_owned(),
+                    outcome: outcome.label(),
                 });
             }
             self.database.defragmentation_duration.remove(&cluster);
@@ -467,13 +467,12 @@ impl Metrics {
 
     /// Records the interval of `cluster`'s backup schedule, or removes it when it has none.
     pub fn record_backup_schedule(&self, cluster: &ClusterLabels, interval: Option<f64>) {
-        let labels = cluster.clone();
         match interval {
             Some(seconds) => {
-                self.backups.schedule_interval.get_or_create(&labels).set(seconds);
+                self.backups.schedule_interval.get_or_create(cluster).set(seconds);
             }
             None => {
-                self.backups.schedule_interval.remove(&labels);
+                self.backups.schedule_interval.remove(cluster);
             }
         }
     }

@@ -420,7 +420,7 @@ async fn conclude(
     m.drills
         .get_or_create(&DrillLabels {
             cluster,
-            outcome: format!("{:?}", verdict.outcome),
+            outcome: verdict.outcome.label(),
         })
         .inc();
     let (type_, reason) = match verdict.outcome {

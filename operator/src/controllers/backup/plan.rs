@@ -534,7 +534,7 @@ pub enum PollStep {
 
 /// How often a running backup's progress is written to its status at most: each write is an update
 /// every watcher of EtcdBackups receives.
-pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const PROGRESS_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
 /// The progress to record now, or `None` while the recorded one is recent or says the same.
 pub fn progress_due(
@@ -546,9 +546,10 @@ pub fn progress_due(
     let bytes_streamed = i64::try_from(streamed).unwrap_or(i64::MAX);
     let total_bytes = total.and_then(|t| i64::try_from(t).ok());
     if let Some(r) = recorded {
-        let recent = r.update_time.parse::<jiff::Timestamp>().is_ok_and(|at| {
-            now.duration_since(at) < jiff::SignedDuration::try_from(PROGRESS_EVERY).unwrap_or_default()
-        });
+        let recent = r
+            .update_time
+            .parse::<jiff::Timestamp>()
+            .is_ok_and(|at| now.duration_since(at) < PROGRESS_EVERY);
         if recent || (r.bytes_streamed == bytes_streamed && r.total_bytes == total_bytes) {
             return None;
         }

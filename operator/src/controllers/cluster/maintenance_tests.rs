@@ -61,20 +61,15 @@ impl Observed {
         self.maintenance.compacted_revision = Some(revision);
         self
     }
+    fn pod_of(&mut self, n: u32) -> &mut PodView {
+        self.pods.iter_mut().find(|p| p.name == format!("c-{n}")).unwrap()
+    }
     fn old_settings(mut self, n: u32) -> Self {
-        self.pods
-            .iter_mut()
-            .find(|p| p.name == format!("c-{n}"))
-            .unwrap()
-            .settings_current = false;
+        self.pod_of(n).settings_current = false;
         self
     }
     fn old_template(mut self, n: u32) -> Self {
-        self.pods
-            .iter_mut()
-            .find(|p| p.name == format!("c-{n}"))
-            .unwrap()
-            .template_current = false;
+        self.pod_of(n).template_current = false;
         self
     }
     fn threshold(mut self, percent: u32, min_mib: u64) -> Self {

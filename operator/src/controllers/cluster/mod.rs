@@ -127,11 +127,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     report_degraded(&ctx, &cluster, &status).await;
     record_member_metrics(&ctx, &cluster, &status);
     record_certificate_metrics(&ctx, &cluster, &obs);
-    record_defragmentation_metrics(&ctx, &cluster, &obs);
-    for pod in &obs.observed.pods {
-        ctx.metrics
-            .record_quota(&metrics_key(&cluster), &pod.name, pod.quota_bytes);
-    }
+    record_pod_metrics(&ctx, &cluster, &obs);
     record_backup_metrics(&ctx, &cluster, &status, now);
     write_status(&ctx, &cluster, &status).await?;
     applied?;
@@ -318,8 +314,8 @@ pub(crate) fn metrics_key(cluster: &EtcdCluster) -> crate::metrics::ClusterLabel
     crate::metrics::ClusterLabels::new(&cluster.namespace().unwrap_or_default(), &cluster.name_any())
 }
 
-/// The last defragmentation of each member, as recorded on its pod.
-fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
+/// What each member's pod records: its last defragmentation, and the quota its etcd runs with.
+fn record_pod_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &observe::Observation) {
     let key = metrics_key(cluster);
     for pod in &obs.pods {
         let ended =
@@ -327,6 +323,9 @@ fn record_defragmentation_metrics(ctx: &Context, cluster: &EtcdCluster, obs: &ob
         if let Some(at) = ended {
             ctx.metrics.record_last_defragmentation(&key, &pod.name_any(), at);
         }
+    }
+    for pod in &obs.observed.pods {
+        ctx.metrics.record_quota(&key, &pod.name, pod.quota_bytes);
     }
 }
 
@@ -361,7 +360,7 @@ fn record_backup_metrics(
         drop(m.failures.get_or_create(&key));
         drop(m.drills.get_or_create(&crate::metrics::DrillLabels {
             cluster: key.clone(),
-            outcome: "Failed".to_owned(),
+            outcome: ouroboros_crds::sidecar::DrillOutcome::Failed.label(),
         }));
     }
 }
