@@ -9,6 +9,12 @@
 //! - `POST /v1/prune` with a [`PruneRequest`] applies retention to a destination and removes what
 //!   interrupted backups left there, answering a [`PruneOutcome`] (409 while a backup runs here).
 //!
+//! - `PUT /v1/continuous` with a [`FollowRequest`] follows the member's history after a full backup
+//!   as a chain of delta chunks (202; the same request again changes nothing, another one ends the
+//!   current follow first); `GET /v1/continuous` reports it: [`FollowState`] (404: none since this
+//!   sidecar started); `DELETE /v1/continuous` ends it (202). A chunk is written in one request, so
+//!   ending a follow at any moment leaves no part of one.
+//!
 //! Every `/v1` call is the operator's alone: it is served over TLS ([`serve`]) and answered 401
 //! without a client certificate and 403 with one that is not the operator's (see [`crate::tls`]).
 //! `/healthz` says nothing but "ok" and stays open.
@@ -27,7 +33,9 @@ use hyper_util::rt::TokioIo;
 use ouroboros_crds::retention::Rules;
 use tokio::sync::Mutex;
 
-pub use ouroboros_crds::sidecar::{Job, JobDestination, JobState, PruneOutcome, PruneRequest};
+pub use ouroboros_crds::sidecar::{
+    FollowPosition, FollowRequest, FollowState, Job, JobDestination, JobState, PruneOutcome, PruneRequest,
+};
 
 use crate::{
     pipeline::{self, Cancel, Canceller},
@@ -48,6 +56,37 @@ pub struct Api {
     pub cancels: Arc<Mutex<HashMap<String, Canceller>>>,
     /// How far each running job is, by ID.
     pub progress: Arc<Mutex<HashMap<String, Arc<pipeline::Progress>>>>,
+    /// The chain this sidecar follows, or followed last.
+    pub follow: Arc<Mutex<Option<Follow>>>,
+}
+
+/// A follow of the member's history (continuous backups).
+#[derive(Debug)]
+pub struct Follow {
+    request: FollowRequest,
+    position: tokio::sync::watch::Receiver<FollowPosition>,
+    /// Why it ended, and whether at a gap; `None` while it runs.
+    ended: Arc<std::sync::Mutex<Option<(String, bool)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follow {
+    fn state(&self) -> FollowState {
+        let ended = self.ended.lock().map(|e| e.clone()).unwrap_or(None);
+        FollowState {
+            request: self.request.clone(),
+            position: *self.position.borrow(),
+            gap: ended.as_ref().is_some_and(|(_, gap)| *gap),
+            ended: ended.map(|(why, _)| why),
+        }
+    }
+
+    fn end(&self, why: &str) {
+        self.task.abort();
+        if let Ok(mut e) = self.ended.lock() {
+            e.get_or_insert_with(|| (why.to_owned(), false));
+        }
+    }
 }
 
 impl Api {
@@ -59,12 +98,16 @@ impl Api {
             jobs: Default::default(),
             cancels: Default::default(),
             progress: Default::default(),
+            follow: Default::default(),
         }
     }
 
     /// Stops every running backup with `reason` and waits up to `wait` for their uploads to be
     /// aborted: a sidecar that is shutting down must not leave a half-written upload behind.
     pub async fn stop_all(&self, reason: &str, wait: std::time::Duration) {
+        if let Some(f) = self.follow.lock().await.as_ref() {
+            f.end(reason);
+        }
         for c in self.cancels.lock().await.values() {
             c.cancel(reason);
         }
@@ -105,6 +148,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/backups", post(start))
         .route("/v1/backups/{id}", get(state).delete(stop))
         .route("/v1/prune", post(prune))
+        .route(
+            "/v1/continuous",
+            get(follow_state).put(follow_start).delete(follow_stop),
+        )
         .route_layer(middleware::from_fn(authorize))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(api)
@@ -338,18 +385,7 @@ async fn run(
         .transpose()
         .map_err(|e| e.to_string())?;
     let store = open_store(&job.destination).await;
-    let options = tls.map(|t| {
-        let mut o = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(&t.ca))
-            .identity(etcd_client::Identity::from_pem(&t.cert, &t.key));
-        if let Some(name) = &t.server_name {
-            o = o.domain_name(name.clone());
-        }
-        etcd_client::ConnectOptions::new().with_tls(o)
-    });
-    let mut client = etcd_client::Client::connect([endpoint], options)
-        .await
-        .map_err(|e| format!("connecting to the local member at {endpoint}: {e}"))?;
+    let mut client = connect(endpoint, tls).await?;
     let req = pipeline::Request {
         name: job.name.clone(),
         cluster_name: job.cluster_name.clone(),
@@ -365,4 +401,112 @@ async fn run(
     pipeline::run(&mut client, &store, &req)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// A client of the local member, with its client certificate when it requires one.
+async fn connect(endpoint: &str, tls: Option<&ClientTls>) -> Result<etcd_client::Client, String> {
+    let options = tls.map(|t| {
+        let mut o = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&t.ca))
+            .identity(etcd_client::Identity::from_pem(&t.cert, &t.key));
+        if let Some(name) = &t.server_name {
+            o = o.domain_name(name.clone());
+        }
+        etcd_client::ConnectOptions::new().with_tls(o)
+    });
+    etcd_client::Client::connect([endpoint], options)
+        .await
+        .map_err(|e| format!("connecting to the local member at {endpoint}: {e}"))
+}
+
+fn no_follow() -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": "this sidecar has followed no chain since it started"})),
+    )
+}
+
+async fn follow_state(State(api): State<Api>) -> impl IntoResponse {
+    match api.follow.lock().await.as_ref() {
+        Some(f) => (
+            StatusCode::OK,
+            Json(serde_json::to_value(f.state()).unwrap_or_default()),
+        ),
+        None => no_follow(),
+    }
+}
+
+async fn follow_stop(State(api): State<Api>) -> impl IntoResponse {
+    match api.follow.lock().await.as_ref() {
+        Some(f) => {
+            f.end("the operator ended this follow");
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::to_value(f.state()).unwrap_or_default()),
+            )
+        }
+        None => no_follow(),
+    }
+}
+
+async fn follow_start(State(api): State<Api>, Json(req): Json<FollowRequest>) -> impl IntoResponse {
+    if req.period_seconds == 0 || req.max_bytes == 0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "periodSeconds and maxBytes must be above 0"})),
+        );
+    }
+    let mut slot = api.follow.lock().await;
+    if let Some(f) = slot.as_ref() {
+        if f.request == req && !f.task.is_finished() {
+            // Idempotent: the operator repeats its request every time it looks.
+            return (
+                StatusCode::ACCEPTED,
+                Json(serde_json::to_value(f.state()).unwrap_or_default()),
+            );
+        }
+        f.end("the operator asked for another chain");
+    }
+    let (tx, position) = tokio::sync::watch::channel(FollowPosition {
+        stored_revision: req.stored,
+        ..Default::default()
+    });
+    let ended: Arc<std::sync::Mutex<Option<(String, bool)>>> = Default::default();
+    let task = tokio::spawn({
+        let (api, req, ended) = (api.clone(), req.clone(), ended.clone());
+        async move {
+            let settings = crate::delta::follow::FollowSettings {
+                backup: req.backup.clone(),
+                stored: req.stored,
+                period: std::time::Duration::from_secs(req.period_seconds),
+                max_bytes: usize::try_from(req.max_bytes).unwrap_or(usize::MAX),
+            };
+            let result = match connect(&api.etcd_endpoint, api.tls.as_deref()).await {
+                Ok(client) => {
+                    let store = open_store(&req.destination).await;
+                    match crate::delta::follow::follow(&client, &store, &settings, &tx).await {
+                        Err(e @ crate::delta::follow::FollowError::Gap { .. }) => (e.to_string(), true),
+                        Err(e) => (e.to_string(), false),
+                    }
+                }
+                Err(e) => (e, false),
+            };
+            tracing::warn!(backup = %req.backup, reason = %result.0, gap = result.1, "the follow ended");
+            if let Ok(mut e) = ended.lock() {
+                e.get_or_insert(result);
+            }
+        }
+    });
+    let follow = Follow {
+        request: req,
+        position,
+        ended,
+        task,
+    };
+    let state = follow.state();
+    *slot = Some(follow);
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::to_value(state).unwrap_or_default()),
+    )
 }

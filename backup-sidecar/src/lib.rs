@@ -5,6 +5,7 @@ pub mod api;
 pub mod archive;
 pub mod bbolt;
 pub mod crypt;
+pub mod delta;
 pub mod drill;
 pub mod fetch;
 pub mod pipeline;

@@ -1,7 +1,11 @@
 //! Retention in the store. The manifest is deleted before its archive: a backup stops existing the
 //! moment its manifest is gone, so an interrupted prune never leaves something that looks complete.
+//! A backup's delta chain goes with it, after it, first chunk first: a chain is never cut in its
+//! middle while its backup lives, and what an interrupted prune leaves is a chain without a
+//! backup, which the next prune removes.
 
 use ouroboros_crds::{
+    delta::ChunkName,
     retention::{Rules, StoredName, doomed, is_archive},
     sidecar::PruneOutcome,
 };
@@ -42,6 +46,23 @@ pub async fn prune(
     for name in names.iter().filter(|n| is_archive(n) && !complete.contains(*n)) {
         store.delete(name).await?;
         out.leftovers_removed += 1;
+    }
+    // Chains whose backup is gone (now, or by an earlier prune that was interrupted).
+    let live: std::collections::HashSet<&str> = stored
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone.contains(i))
+        .map(|(_, s)| s.backup.as_str())
+        .collect();
+    let mut orphans: Vec<ChunkName> = names
+        .iter()
+        .filter_map(|n| ChunkName::parse(n))
+        .filter(|c| !live.contains(c.backup.as_str()))
+        .collect();
+    orphans.sort();
+    for chunk in orphans {
+        store.delete(&chunk.object()).await?;
+        out.chunks_removed += 1;
     }
     Ok(out)
 }
@@ -86,6 +107,21 @@ mod tests {
         touch(&tmp, "20261121T010000Z-orphan.tar.gz").await;
         touch(&tmp, ".20261121T020000Z-running.tar.gz.partial").await;
         touch(&tmp, "README").await;
+        // Chains: of the backup that goes (two chunks), of one that stays, of one already gone.
+        let chunk = |b: &str, first: u64, last: u64| ChunkName {
+            backup: b.into(),
+            first,
+            last,
+        };
+        let kept_chunk = chunk("b20", 21, 29);
+        for c in [
+            chunk("b10", 11, 15),
+            chunk("b10", 16, 19),
+            kept_chunk.clone(),
+            chunk("b5", 6, 9),
+        ] {
+            touch(&tmp, &c.object()).await;
+        }
 
         let store = Store::Dir(tmp.clone());
         let rules = Rules::new(Some(2), None).unwrap();
@@ -95,12 +131,13 @@ mod tests {
         assert_eq!(out.deleted, vec![store.location(&backups[0].archive())]);
         assert_eq!(out.kept, 2);
         assert_eq!(out.leftovers_removed, 2);
+        assert_eq!(out.chunks_removed, 3);
         let mut left = store.list().await.unwrap();
         left.sort();
         let mut want: Vec<String> = backups[1..]
             .iter()
             .flat_map(|b| [b.archive(), b.manifest()])
-            .chain(["README".to_owned()])
+            .chain(["README".to_owned(), kept_chunk.object()])
             .collect();
         want.sort();
         assert_eq!(left, want);

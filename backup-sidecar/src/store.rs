@@ -305,6 +305,38 @@ impl Store {
 }
 
 impl Store {
+    /// Reads a small object (a delta chunk) whole.
+    pub async fn get_small(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Store::Dir(dir) => {
+                let path = dir.join(name);
+                tokio::fs::read(&path).await.map_err(|source| StoreError::Io {
+                    action: "reading",
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+            Store::S3 { client, config } => {
+                let key = format!("{}{name}", config.prefix);
+                let got = client
+                    .get_object()
+                    .bucket(&config.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("get", &config.bucket, &key, e))?;
+                let body = got
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| s3_error("get", &config.bucket, &key, e))?;
+                Ok(body.into_bytes().to_vec())
+            }
+        }
+    }
+}
+
+impl Store {
     /// Names of the complete objects in the destination (the directory's files, or the keys under the
     /// prefix with the prefix removed). Temporary files are left out.
     pub async fn list(&self) -> Result<Vec<String>, StoreError> {

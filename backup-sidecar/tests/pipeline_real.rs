@@ -185,38 +185,6 @@ async fn an_encrypted_backup_restores_only_with_its_identity() {
     assert!(!dir.join(&name).exists(), "the encrypted archive was left behind");
 }
 
-/// Restores `snapshot` with etcdutl, as etcd's documentation does, and starts etcd on it alone.
-fn restore(snapshot: &[u8]) -> Proc {
-    let dir = temp_dir("restore");
-    let file = dir.join("snapshot.db");
-    std::fs::write(&file, snapshot).unwrap();
-    let data = dir.join("data");
-    let peer = free_port();
-    let out = Command::new(etcd_bin("etcdutl"))
-        .args(["snapshot", "restore"])
-        .arg(&file)
-        .args(["--data-dir"])
-        .arg(&data)
-        .args([
-            "--name",
-            "restored",
-            "--initial-cluster",
-            &format!("restored=http://127.0.0.1:{peer}"),
-        ])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "etcdutl snapshot restore refused the archive: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    start_etcd_on("restored", data)
-}
-
 async fn restore_and_read(snapshot: &[u8]) -> BTreeMap<String, Vec<u8>> {
     let etcd = restore(snapshot);
     let mut c = connect(&etcd.endpoint).await;

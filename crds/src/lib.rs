@@ -6,6 +6,7 @@ pub mod backup;
 pub mod cluster;
 pub mod common;
 pub mod crd;
+pub mod delta;
 pub mod restore;
 pub mod retention;
 pub mod settings;

@@ -275,6 +275,9 @@ pub struct PruneOutcome {
     /// Leftovers of interrupted backups removed: incomplete multipart uploads, partial files, archives
     /// without a manifest.
     pub leftovers_removed: u32,
+    /// Delta chunks removed with the chains of the backups deleted (or of backups already gone).
+    #[serde(default)]
+    pub chunks_removed: u32,
 }
 
 #[cfg(test)]
@@ -289,4 +292,54 @@ mod tests {
             assert_eq!(outcome.label(), format!("{outcome:?}"));
         }
     }
+}
+
+/// `PUT /v1/continuous`: follow the member's history after a full backup, as a chain of delta
+/// chunks in `destination` (see [`crate::delta`]). A sidecar follows one chain at a time; a
+/// request for another chain ends the current one first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowRequest {
+    /// The full backup (EtcdBackup name) the chain extends.
+    pub backup: String,
+    /// The last revision already stored: the backup's, or the chain's last chunk's.
+    pub stored: u64,
+    /// How often a chunk is written when there is anything new.
+    pub period_seconds: u64,
+    /// A chunk is written once it holds this many bytes, whatever the period.
+    pub max_bytes: u64,
+    /// Where the chain goes: the full backup's destination.
+    pub destination: JobDestination,
+}
+
+/// Where a follow stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowPosition {
+    /// The last revision stored in a chunk (or the full backup's).
+    pub stored_revision: u64,
+    /// Every write committed before this instant (Unix ms) is stored: the recovery point. 0 until
+    /// the first confirmation.
+    pub recovery_point_ms: i64,
+    /// Chunks written by this follow.
+    pub chunks: u64,
+    /// Their bytes, compressed.
+    pub bytes: u64,
+}
+
+/// `GET /v1/continuous`: the follow this sidecar runs or ran last (404: none since it started).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowState {
+    /// What was asked.
+    pub request: FollowRequest,
+    /// How far it got.
+    pub position: FollowPosition,
+    /// Why it ended; absent while it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// It ended at a gap in etcd's history (compacted): the chain cannot be continued, only closed
+    /// by a new full backup.
+    #[serde(default)]
+    pub gap: bool,
 }

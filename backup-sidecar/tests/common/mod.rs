@@ -81,6 +81,38 @@ pub fn start_etcd(name: &str) -> Proc {
     start_etcd_on(name, temp_dir(name).join("data"))
 }
 
+/// Restores `snapshot` with etcdutl, as etcd's documentation does, and starts etcd on it alone.
+pub fn restore(snapshot: &[u8]) -> Proc {
+    let dir = temp_dir("restore");
+    let file = dir.join("snapshot.db");
+    std::fs::write(&file, snapshot).unwrap();
+    let data = dir.join("data");
+    let peer = free_port();
+    let out = Command::new(etcd_bin("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(&file)
+        .args(["--data-dir"])
+        .arg(&data)
+        .args([
+            "--name",
+            "restored",
+            "--initial-cluster",
+            &format!("restored=http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdutl snapshot restore refused the archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start_etcd_on("restored", data)
+}
+
 pub async fn connect(endpoint: &str) -> Client {
     for _ in 0..100 {
         if let Ok(mut c) = Client::connect([endpoint], None).await

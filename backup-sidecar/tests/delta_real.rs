@@ -1,0 +1,235 @@
+//! Continuous backups against real etcd processes: a chain followed while a writer runs (puts,
+//! multi-key transactions, range deletes, leased keys whose short leases expire) replays on the
+//! full backup to exactly the source's history at any chosen revision (etcd's own `HashKV`,
+//! which covers every key's value, lease, create revision, version and the deletions, agrees),
+//! and a history compacted past the chain's end is a gap, never bridged.
+
+// A panic with its message is how this test reports a failure, helpers included.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proc, connect, restore, start_etcd, temp_dir};
+use etcd_client::{Client, CompactionOptions, DeleteOptions, PutOptions, Txn, TxnOp};
+use ouroboros_backup_sidecar::{
+    delta::{
+        follow::{FollowError, FollowSettings, Position, follow},
+        format::Chunk,
+        replay::{KeepAlive, replay},
+    },
+    store::Store,
+};
+use ouroboros_crds::delta::{ChunkName, chain_to};
+
+const BACKUP: &str = "base-1";
+
+async fn revision(c: &mut Client) -> u64 {
+    let r = c.get("\0", None).await.unwrap();
+    u64::try_from(r.header().unwrap().revision()).unwrap()
+}
+
+async fn snapshot(c: &mut Client) -> Vec<u8> {
+    let mut stream = c.snapshot().await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(msg.blob());
+    }
+    bytes
+}
+
+/// Every shape of write a revision can hold; returns nothing, the source's history is the record.
+async fn write_history(c: &mut Client, rounds: u32) {
+    let short = c.lease_grant(2, None).await.unwrap().id();
+    let long = c.lease_grant(600, None).await.unwrap().id();
+    for i in 0..rounds {
+        match i % 6 {
+            0 => {
+                // A transaction of three keys: one revision, three events.
+                let ops = (0..3)
+                    .map(|j| TxnOp::put(format!("txn/{i}/{j}"), format!("v{i}"), None))
+                    .collect::<Vec<_>>();
+                c.txn(Txn::new().and_then(ops)).await.unwrap();
+            }
+            1 if i > 12 => {
+                // A range delete of what an earlier transaction wrote: one revision, many events.
+                c.delete(
+                    format!("txn/{}/", i - 7),
+                    Some(DeleteOptions::new().with_prefix()),
+                )
+                .await
+                .unwrap();
+            }
+            2 => {
+                let lease = if i % 4 == 0 { short } else { long };
+                c.put(
+                    format!("leased/{i}"),
+                    "x",
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .unwrap();
+            }
+            _ => {
+                // Overwrites: versions climb.
+                c.put(
+                    format!("key/{}", i % 17),
+                    vec![b'v'; (i as usize % 5) * 300],
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// Waits until the follow has stored `target` and confirmed a recovery point after `after_ms`.
+async fn stored_up_to(
+    position: &mut tokio::sync::watch::Receiver<Position>,
+    target: u64,
+    after_ms: i64,
+) -> Position {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let p = *position.borrow_and_update();
+            if p.stored_revision >= target && p.recovery_point_ms > after_ms {
+                return p;
+            }
+            position.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the follow did not reach revision {target}: {:?}",
+            *position.borrow()
+        )
+    })
+}
+
+async fn stored_chunks(store: &Store) -> Vec<ChunkName> {
+    store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|n| ChunkName::parse(n))
+        .collect()
+}
+
+/// The full backup restored without a revision bump, the chain replayed on it up to `target`.
+async fn replayed(
+    store: &Store,
+    base_snapshot: &[u8],
+    base: u64,
+    target: Option<u64>,
+) -> (Proc, Client, KeepAlive, u64) {
+    let names = stored_chunks(store).await;
+    let chain = chain_to(BACKUP, base, &names, target).unwrap();
+    let mut chunks = Vec::new();
+    for name in &chain.chunks {
+        let body = store.get_small(&name.object()).await.unwrap();
+        chunks.push(Chunk::decode(name, &body).unwrap());
+    }
+    let etcd = restore(base_snapshot);
+    let mut c = connect(&etcd.endpoint).await;
+    let keeper = KeepAlive::start(&mut c).await.unwrap();
+    let done = replay(&mut c, &keeper, chunks, base, chain.end).await.unwrap();
+    assert_eq!(done.revision, chain.end);
+    (etcd, c, keeper, chain.end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_chain_replays_to_exactly_the_source_at_any_revision() {
+    let source = start_etcd("delta-source");
+    let mut c = connect(&source.endpoint).await;
+    write_history(&mut c, 40).await;
+    let base = revision(&mut c).await;
+    let base_snapshot = snapshot(&mut c).await;
+
+    let dir = temp_dir("delta-store");
+    let store = Store::Dir(dir.clone());
+    let settings = FollowSettings {
+        backup: BACKUP.into(),
+        stored: base,
+        period: Duration::from_millis(200),
+        // Small, so size-bound chunks and period-bound chunks both occur.
+        max_bytes: 16 << 10,
+    };
+    let (tx, mut position) = tokio::sync::watch::channel(Position::default());
+    let follower = {
+        let (c, store, settings) = (c.clone(), store.clone(), settings.clone());
+        tokio::spawn(async move { follow(&c, &store, &settings, &tx).await })
+    };
+    write_history(&mut c, 600).await;
+    // Long enough for the short lease to expire: its keys' deletions are revisions too.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let end = revision(&mut c).await;
+    let wrote_ms = jiff::Timestamp::now().as_millisecond();
+    let p = stored_up_to(&mut position, end, wrote_ms).await;
+    assert!(p.chunks >= 3, "{p:?}");
+    follower.abort();
+    assert!(
+        stored_chunks(&store).await.iter().any(|n| n.first < n.last),
+        "every chunk held one revision"
+    );
+
+    // The end of the chain, and a revision in the middle of it (inside a chunk), are each
+    // exactly the source at that revision.
+    for target in [None, Some(base + (end - base) / 2)] {
+        let (_etcd, mut restored, keeper, reached) = replayed(&store, &base_snapshot, base, target).await;
+        let want = c.hash_kv(i64::try_from(reached).unwrap()).await.unwrap();
+        let got = restored.hash_kv(0).await.unwrap();
+        assert_eq!(
+            (got.hash(), revision(&mut restored).await),
+            (want.hash(), reached),
+            "replayed to {reached} (target {target:?}), base {base}, source end {end}"
+        );
+        keeper.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_compacted_past_the_chain_is_a_gap() {
+    let source = start_etcd("delta-compacted");
+    let mut c = connect(&source.endpoint).await;
+    write_history(&mut c, 30).await;
+    let stored = revision(&mut c).await;
+    write_history(&mut c, 30).await;
+    let now = revision(&mut c).await;
+    c.compact(
+        i64::try_from(now).unwrap(),
+        Some(CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir("delta-gap");
+    let settings = FollowSettings {
+        backup: BACKUP.into(),
+        stored,
+        period: Duration::from_millis(200),
+        max_bytes: 1 << 20,
+    };
+    let (tx, _position) = tokio::sync::watch::channel(Position::default());
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        follow(&c, &Store::Dir(dir.clone()), &settings, &tx),
+    )
+    .await
+    .expect("a compacted start must end the follow");
+    match result {
+        Err(FollowError::Gap { from, stored: s, why }) => {
+            assert_eq!((from, s), (stored + 1, stored));
+            assert!(why.contains("compacted"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        stored_chunks(&Store::Dir(dir.clone())).await.is_empty(),
+        "a chunk was written across the gap"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
