@@ -37,7 +37,10 @@ pub use ouroboros_crds::sidecar::{
     FollowPosition, FollowRequest, FollowState, Job, JobDestination, JobState, PruneOutcome, PruneRequest,
 };
 
+use ouroboros_crds::delta::{ChunkName, chain_to};
+
 use crate::{
+    delta::follow::{FollowError, FollowSettings, follow},
     pipeline::{self, Cancel, Canceller},
     store::{S3Config, Store},
     tls::{Caller, ReloadingConfig, caller},
@@ -475,7 +478,7 @@ async fn follow_start(State(api): State<Api>, Json(req): Json<FollowRequest>) ->
     let task = tokio::spawn({
         let (api, req, ended) = (api.clone(), req.clone(), ended.clone());
         async move {
-            let settings = crate::delta::follow::FollowSettings {
+            let settings = FollowSettings {
                 backup: req.backup.clone(),
                 stored: req.stored,
                 period: std::time::Duration::from_secs(req.period_seconds),
@@ -484,10 +487,7 @@ async fn follow_start(State(api): State<Api>, Json(req): Json<FollowRequest>) ->
             let result = match connect(&api.etcd_endpoint, api.tls.as_deref()).await {
                 Ok(client) => {
                     let store = open_store(&req.destination).await;
-                    match crate::delta::follow::follow(&client, &store, &settings, &tx).await {
-                        Err(e @ crate::delta::follow::FollowError::Gap { .. }) => (e.to_string(), true),
-                        Err(e) => (e.to_string(), false),
-                    }
+                    follow_on(&client, &store, settings, &tx).await
                 }
                 Err(e) => (e, false),
             };
@@ -509,4 +509,27 @@ async fn follow_start(State(api): State<Api>, Json(req): Json<FollowRequest>) ->
         StatusCode::ACCEPTED,
         Json(serde_json::to_value(state).unwrap_or_default()),
     )
+}
+
+/// Follows after what the store already holds of the chain (a follow that ended, on this sidecar
+/// or another, wrote some of it), until it ends; says why, and whether at a gap.
+async fn follow_on(
+    client: &etcd_client::Client,
+    store: &Store,
+    mut settings: FollowSettings,
+    position: &tokio::sync::watch::Sender<FollowPosition>,
+) -> (String, bool) {
+    let names = match store.list().await {
+        Ok(names) => names,
+        Err(e) => return (format!("listing the chain: {e}"), false),
+    };
+    let stored: Vec<ChunkName> = names.iter().filter_map(|n| ChunkName::parse(n)).collect();
+    match chain_to(&settings.backup, settings.stored, &stored, None) {
+        Ok(chain) => settings.stored = chain.end,
+        Err(e) => return (e.to_string(), true),
+    }
+    match follow(client, store, &settings, position).await {
+        Err(e @ FollowError::Gap { .. }) => (e.to_string(), true),
+        Err(e) => (e.to_string(), false),
+    }
 }

@@ -242,6 +242,7 @@ pub struct TlsSpec {
 /// Scheduled backups and their retention.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.continuous) || !has(self.encryption)").message("continuous backups of an encrypted cluster are not supported yet (their chunks would be stored unencrypted): remove spec.backup.continuous or spec.backup.encryption"))]
 pub struct BackupPolicy {
     /// Cron schedule in the five-field form (`minute hour day-of-month month day-of-week`), in UTC, for
     /// example `0 */6 * * *`. A schedule the operator cannot parse sets `BackupHealthy=False` with the
@@ -284,6 +285,29 @@ pub struct BackupPolicy {
     /// `allowUnverified`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drills: Option<bool>,
+    /// Continuous backups (off when unset): after each full backup, one member's sidecar (a
+    /// follower where possible) follows etcd's history and stores every revision in delta chunks
+    /// beside the backup, so the recovery point stays about `period` old instead of a schedule
+    /// interval. Needs a destination the members' sidecars write themselves (S3, or a volume the
+    /// members mount). `status.continuous` shows the chain and its recovery point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<ContinuousBackup>,
+}
+
+/// How continuous backups store the history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContinuousBackup {
+    /// How often new revisions are stored, for example `10s` (the default) or `1m`: the recovery
+    /// point stays about this old. At least `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub period: Option<String>,
+    /// A chunk is stored as soon as it holds this many bytes, whatever the period (16 MiB by
+    /// default): what bounds the sidecar's memory under a burst of writes. 1 MiB to 256 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1048576 && self <= 268435456").message("maxBytes must be between 1048576 (1 MiB) and 268435456 (256 MiB)"))]
+    pub max_bytes: Option<i64>,
 }
 
 fn default_compression_level() -> i32 {
@@ -450,6 +474,35 @@ pub struct EtcdClusterStatus {
     /// The last restore `spec.recovery.policy: Automatic` started, and the data it could not bring back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_recovery: Option<AutomaticRecovery>,
+    /// Continuous backups (`spec.backup.continuous`): the chain being written and its recovery point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<ContinuousStatus>,
+}
+
+/// The delta chain of continuous backups.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContinuousStatus {
+    /// The full backup (EtcdBackup) the chain extends.
+    pub backup: String,
+    /// Its revision: the chain holds the revisions after it.
+    pub base_revision: i64,
+    /// The member whose sidecar follows the history; absent while none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// The newest revision stored, in the full backup or a chunk.
+    pub stored_revision: i64,
+    /// Every write committed before this time is stored (RFC 3339): the recovery point. Its age
+    /// is the metric `ouroboros_backup_recovery_point_age_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<String>,
+    /// Chunks the current follow stored.
+    #[serde(default)]
+    pub chunks: i64,
+    /// Why the chain is not being extended right now (closed at a gap in etcd's history, no
+    /// member to follow from, a destination sidecars cannot write); absent while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// An automatic restore after a loss of quorum, and its data-loss window: everything written after

@@ -15,9 +15,10 @@ pub mod version;
 
 pub use backup::{BackupPhase, DrillPhase, EtcdBackup, EtcdBackupSpec, EtcdBackupStatus};
 pub use cluster::{
-    AntiAffinityMode, AutomaticRecovery, BackupPolicy, ClusterPhase, EmptyDirStorage, EtcdCluster,
-    EtcdClusterSpec, EtcdClusterStatus, MemberStatus, PersistentVolumeClaimStorage, PodPolicy,
-    RecoveryPolicy, RecoverySpec, RetentionPolicy, SelfHostedSpec, StorageMedium, StorageSpec, TlsSpec,
+    AntiAffinityMode, AutomaticRecovery, BackupPolicy, ClusterPhase, ContinuousBackup, ContinuousStatus,
+    EmptyDirStorage, EtcdCluster, EtcdClusterSpec, EtcdClusterStatus, MemberStatus,
+    PersistentVolumeClaimStorage, PodPolicy, RecoveryPolicy, RecoverySpec, RetentionPolicy, SelfHostedSpec,
+    StorageMedium, StorageSpec, TlsSpec,
 };
 pub use common::{
     BackupDestination, BackupEncryption, BackupReference, S3Destination, VolumeDestination, condition_types,

@@ -302,7 +302,9 @@ mod tests {
 pub struct FollowRequest {
     /// The full backup (EtcdBackup name) the chain extends.
     pub backup: String,
-    /// The last revision already stored: the backup's, or the chain's last chunk's.
+    /// The full backup's revision. The sidecar continues after the chunks already stored for it
+    /// (by an earlier follow, here or on another member), and ends at once with `gap` when those
+    /// have a hole.
     pub stored: u64,
     /// How often a chunk is written when there is anything new.
     pub period_seconds: u64,

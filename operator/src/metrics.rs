@@ -119,6 +119,11 @@ pub struct BackupMetrics {
     pub last_verified: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Seconds between two runs of `spec.backup.schedule`, for alerts on backups older than it.
     pub schedule_interval: Family<ClusterLabels, FloatGauge>,
+    /// With continuous backups: Unix time before which every write is stored (the recovery point).
+    pub recovery_point: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// With continuous backups: the period they are configured with, for alerts on a recovery
+    /// point older than a few of them.
+    pub continuous_period: Family<ClusterLabels, FloatGauge>,
 }
 
 /// Labels of restore drill metrics.
@@ -223,7 +228,20 @@ impl Default for Metrics {
             drills: Family::default(),
             last_verified: Family::default(),
             schedule_interval: Family::default(),
+            recovery_point: Family::default(),
+            continuous_period: Family::default(),
         };
+        registry.register(
+            "backup_recovery_point_timestamp_seconds",
+            "With continuous backups: Unix time before which every write of each cluster is stored \
+             (time() minus it is the data a disaster would lose)",
+            backups.recovery_point.clone(),
+        );
+        registry.register(
+            "backup_continuous_period_seconds",
+            "spec.backup.continuous.period of each cluster in seconds (absent when continuous backups are off)",
+            backups.continuous_period.clone(),
+        );
         registry.register(
             "backup_schedule_interval_seconds",
             "Seconds between two runs of each cluster's spec.backup.schedule (absent without one)",
@@ -393,6 +411,8 @@ impl Metrics {
             b.failures.remove(&cluster);
             b.last_verified.remove(&cluster);
             b.schedule_interval.remove(&cluster);
+            b.recovery_point.remove(&cluster);
+            b.continuous_period.remove(&cluster);
             for outcome in ouroboros_crds::sidecar::DrillOutcome::ALL {
                 b.drills.remove(&DrillLabels {
                     cluster: cluster.clone(),
@@ -473,6 +493,31 @@ impl Metrics {
             }
             None => {
                 self.backups.schedule_interval.remove(cluster);
+            }
+        }
+    }
+
+    /// Records continuous backups of `cluster`: their period and recovery point, or (`None`) that
+    /// they are off.
+    pub fn record_continuous(&self, cluster: &ClusterLabels, state: Option<(f64, Option<jiff::Timestamp>)>) {
+        let b = &self.backups;
+        match state {
+            Some((period, point)) => {
+                b.continuous_period.get_or_create(cluster).set(period);
+                match point {
+                    Some(t) => {
+                        b.recovery_point
+                            .get_or_create(cluster)
+                            .set(t.as_millisecond() as f64 / 1000.0);
+                    }
+                    None => {
+                        b.recovery_point.remove(cluster);
+                    }
+                }
+            }
+            None => {
+                b.continuous_period.remove(cluster);
+                b.recovery_point.remove(cluster);
             }
         }
     }
@@ -573,6 +618,19 @@ mod tests {
         assert!(m.render().contains(interval));
         m.record_backup_schedule(&c, None);
         assert!(!m.render().contains("ouroboros_backup_schedule_interval_seconds{"));
+        m.record_continuous(&c, Some((10.0, Some(at("2026-12-06T10:00:00Z")))));
+        let point =
+            r#"ouroboros_backup_recovery_point_timestamp_seconds{namespace="ns",name="c"} 1796551200"#;
+        assert!(m.render().contains(point), "{}", m.render());
+        assert!(
+            m.render()
+                .contains(r#"ouroboros_backup_continuous_period_seconds{namespace="ns",name="c"} 10"#)
+        );
+        m.record_continuous(&c, None);
+        assert!(
+            !m.render()
+                .contains("ouroboros_backup_recovery_point_timestamp_seconds{")
+        );
         m.record_quota(&c, "c-0", 2 << 30);
         let quota = r#"ouroboros_member_db_quota_bytes{namespace="ns",name="c",member="c-0"} 2147483648"#;
         assert!(m.render().contains(quota));

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
-use ouroboros_crds::sidecar::{Job, JobState, PruneOutcome, PruneRequest};
+use ouroboros_crds::sidecar::{FollowRequest, FollowState, Job, JobState, PruneOutcome, PruneRequest};
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
@@ -255,6 +255,49 @@ impl SidecarClient {
         match self.call(req, to).await? {
             (202, _) => Ok(()),
             (404, _) => Err(SidecarError::UnknownJob(addr.to_owned())),
+            (s, b) => Err(unexpected(addr, s, &b)),
+        }
+    }
+
+    /// Asks the sidecar at `to` to follow its member's history as `req` says (continuous backups).
+    /// Repeating the request it follows already changes nothing.
+    pub async fn follow(&self, to: &SidecarAddr, req: &FollowRequest) -> Result<FollowState, SidecarError> {
+        let addr = to.addr.as_str();
+        let body = serde_json::to_vec(req).unwrap_or_default();
+        let req = http::Request::put("/v1/continuous")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 0, e.to_string()))?;
+        match self.call(req, to).await? {
+            (202, b) => serde_json::from_slice(&b)
+                .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 202, format!("bad state: {e}"))),
+            (s, b) => Err(unexpected(addr, s, &b)),
+        }
+    }
+
+    /// The follow the sidecar at `to` runs or ran last; `None` when it has run none since it started.
+    pub async fn follow_state(&self, to: &SidecarAddr) -> Result<Option<FollowState>, SidecarError> {
+        let addr = to.addr.as_str();
+        let req = http::Request::get("/v1/continuous")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 0, e.to_string()))?;
+        match self.call(req, to).await? {
+            (200, b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 200, format!("bad state: {e}"))),
+            (404, _) => Ok(None),
+            (s, b) => Err(unexpected(addr, s, &b)),
+        }
+    }
+
+    /// Ends the follow of the sidecar at `to`, if it runs one.
+    pub async fn end_follow(&self, to: &SidecarAddr) -> Result<(), SidecarError> {
+        let addr = to.addr.as_str();
+        let req = http::Request::delete("/v1/continuous")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| SidecarError::Unexpected(addr.to_owned(), 0, e.to_string()))?;
+        match self.call(req, to).await? {
+            (202 | 404, _) => Ok(()),
             (s, b) => Err(unexpected(addr, s, &b)),
         }
     }

@@ -32,6 +32,10 @@ use crate::{
     },
 };
 
+pub mod continuous;
+pub mod continuous_plan;
+#[cfg(test)]
+mod continuous_tests;
 mod destination;
 mod drill;
 pub mod drill_plan;
@@ -243,8 +247,22 @@ fn sidecar_addr(pod: &MemberPod) -> SidecarAddr {
 
 /// The pod of `member` of the backup's cluster, unless it is gone, going, or has no IP yet.
 async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Option<MemberPod>, Error> {
-    let ns = b.namespace().unwrap_or_default();
-    let ns = ns.as_str();
+    member_pod_of(
+        ctx,
+        &b.namespace().unwrap_or_default(),
+        &b.spec.cluster_name,
+        member,
+    )
+    .await
+}
+
+/// The pod of `member` of `cluster` in `ns`, unless it is gone, going, or has no IP yet.
+async fn member_pod_of(
+    ctx: &Context,
+    ns: &str,
+    cluster: &str,
+    member: &str,
+) -> Result<Option<MemberPod>, Error> {
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .get_opt(member)
         .await
@@ -277,7 +295,7 @@ async fn member_pod(ctx: &Context, b: &EtcdBackup, member: &str) -> Result<Optio
                 .and_then(|v| v.secret.as_ref()?.secret_name.clone());
             Some(MemberPod {
                 client_tls_secret,
-                sidecar_identity: server_identity(ns, &b.spec.cluster_name),
+                sidecar_identity: server_identity(ns, cluster),
                 sidecar_serves_tls,
                 runs_as_root,
                 ports: ports_of(&p),

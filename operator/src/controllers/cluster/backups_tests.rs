@@ -17,6 +17,7 @@ fn policy(schedule: &str) -> BackupPolicy {
         resources: None,
         encryption: None,
         drills: None,
+        continuous: None,
     }
 }
 
