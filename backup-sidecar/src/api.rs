@@ -75,7 +75,11 @@ pub struct Follow {
 
 impl Follow {
     fn state(&self) -> FollowState {
-        let ended = self.ended.lock().map(|e| e.clone()).unwrap_or(None);
+        let ended = match self.ended.lock().map(|e| e.clone()).unwrap_or(None) {
+            // A task that ended without saying why panicked: report it, so the operator asks again.
+            None if self.task.is_finished() => Some(("the follow stopped unexpectedly".to_owned(), false)),
+            ended => ended,
+        };
         FollowState {
             request: self.request.clone(),
             position: *self.position.borrow(),

@@ -270,11 +270,17 @@ impl Store {
         }
     }
 
-    /// Writes a small object (the manifest) in one request.
+    /// Writes a small object (a manifest, a delta chunk) in one request: complete or absent.
     pub async fn put_small(&self, name: &str, body: Vec<u8>) -> Result<(), StoreError> {
         match self {
             Store::Dir(dir) => {
-                let tmp = dir.join(format!(".{name}.partial"));
+                // Its own temporary file: two writers of the same name (two sidecars following
+                // one chain for a moment) must not write into one file; the rename is atomic.
+                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Sidecars are all pid 1 in their pods: the clock tells them apart.
+                let unique = format!("{}-{n}", jiff::Timestamp::now().as_nanosecond());
+                let tmp = dir.join(format!(".{name}.{unique}.partial"));
                 let dest = dir.join(name);
                 let io = |action, path: &PathBuf| {
                     let path = path.display().to_string();

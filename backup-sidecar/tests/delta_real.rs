@@ -163,7 +163,19 @@ async fn a_followed_chain_replays_to_exactly_the_source_at_any_revision() {
         let (c, store, settings) = (c.clone(), store.clone(), settings.clone());
         tokio::spawn(async move { follow(&c, &store, &settings, &tx).await })
     };
-    write_history(&mut c, 600).await;
+    write_history(&mut c, 300).await;
+    // One revision of 1,500 events: a range delete far past etcd's default 128 operations per
+    // transaction, which replay must still apply as one.
+    for i in 0..15 {
+        let ops = (0..100)
+            .map(|j| TxnOp::put(format!("bulk/{i:02}/{j:03}"), vec![b'b'; 200], None))
+            .collect::<Vec<_>>();
+        c.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    c.delete("bulk/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    write_history(&mut c, 300).await;
     // Long enough for the short lease to expire: its keys' deletions are revisions too.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let end = revision(&mut c).await;

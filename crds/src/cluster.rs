@@ -492,8 +492,8 @@ pub struct ContinuousStatus {
     pub member: Option<String>,
     /// The newest revision stored, in the full backup or a chunk.
     pub stored_revision: i64,
-    /// Every write committed before this time is stored (RFC 3339): the recovery point. Its age
-    /// is the metric `ouroboros_backup_recovery_point_age_seconds`.
+    /// Every write acknowledged before this time is stored (RFC 3339): the recovery point, also
+    /// the metric `ouroboros_backup_recovery_point_timestamp_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<String>,
     /// Chunks the current follow stored.

@@ -65,6 +65,18 @@ pub enum ChainError {
         /// Last missing revision.
         to: u64,
     },
+    /// The target is older than the full backup: another (older) backup is what reaches it.
+    #[error(
+        "revision {target} is before backup {backup} (revision {base}): restore an older backup to reach it"
+    )]
+    BeforeBase {
+        /// The backup.
+        backup: String,
+        /// Its revision.
+        base: u64,
+        /// The revision asked for.
+        target: u64,
+    },
     /// The chain stops before the target.
     #[error(
         "the delta chain of backup {backup} reaches revision {end}, not the target {target}: later \
@@ -102,6 +114,13 @@ pub fn chain_to(
     stored: &[ChunkName],
     target: Option<u64>,
 ) -> Result<Chain, ChainError> {
+    if let Some(target) = target.filter(|&t| t < base_revision) {
+        return Err(ChainError::BeforeBase {
+            backup: backup.to_owned(),
+            base: base_revision,
+            target,
+        });
+    }
     let mut mine: Vec<&ChunkName> = stored.iter().filter(|c| c.backup == backup).collect();
     mine.sort();
     let mut next = base_revision + 1;
@@ -216,6 +235,18 @@ mod tests {
 
     fn gap_message_names_the_range(e: &ChainError) -> bool {
         e.to_string().contains("21..=30")
+    }
+
+    #[test]
+    fn a_target_before_the_backup_is_refused() {
+        assert!(matches!(
+            chain_to("b", 10, &[c("b", 11, 20)], Some(9)),
+            Err(ChainError::BeforeBase {
+                base: 10,
+                target: 9,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -3,11 +3,17 @@
 //! etcd never splits one revision's events over two watch responses (unless fragments are asked
 //! for, which they are not), so every chunk holds whole revisions. The position is the events'
 //! revisions, never a response header (during catch-up a header is the store's current revision).
-//! A chunk is written when a progress notification says every revision up to the store's current
-//! one has arrived, asked for every `period`, or as soon as the chunk reaches its byte bound: so
-//! memory holds at most about one bound plus one watch response. A compacted start or a revision
-//! missing from the stream ends the follow with [`FollowError::Gap`]: the chain is closed there
-//! and never bridged.
+//! A chunk is written when a progress notification says every revision up to the followed
+//! member's current one has arrived (asked for every `period`), or as soon as the chunk reaches its
+//! byte bound: so memory holds at most about one bound plus one watch response. A compacted start
+//! or a revision missing from the stream ends the follow with [`FollowError::Gap`]: the chain is
+//! closed there and never bridged.
+//!
+//! The recovery point is claimed from the cluster's side, not the member's: every period the time
+//! is taken and then a linearizable read asks the cluster for its newest revision (a follower may
+//! lag behind writes the leader already acknowledged; a read through ReadIndex cannot). That time
+//! becomes the recovery point only once a chunk up to that revision is stored: every write
+//! acknowledged before it has a revision at or below the one read.
 
 use std::collections::HashSet;
 
@@ -34,6 +40,10 @@ pub enum FollowError {
         /// What happened.
         why: String,
     },
+    /// The watch went silent for several periods without an error (a connection that hangs):
+    /// following may resume from the stored position.
+    #[error("the watch answered nothing for {0:?}")]
+    Silent(std::time::Duration),
     /// etcd failed (a connection lost); following may resume from the stored position.
     #[error("{action}: {source}")]
     Etcd {
@@ -104,16 +114,34 @@ pub async fn follow(
     let mut tick = tokio::time::interval(settings.period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut created = false;
-    // The earliest progress request not answered yet: etcd drops requests while the watch catches
-    // up, so one is sent every period until an answer comes.
-    let mut asked_ms: Option<i64> = None;
+    // A recovery point not confirmed yet: the time taken and the cluster's revision read after it.
+    let mut pending: Option<(i64, u64)> = None;
+    // etcd answers every progress request of a synced watch, and an unsynced one sends events:
+    // this long without anything means the stream hangs.
+    let silent_after = (settings.period * 3).max(std::time::Duration::from_secs(30));
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick(), if created => {
+                if last_heard.elapsed() > silent_after {
+                    return Err(FollowError::Silent(last_heard.elapsed()));
+                }
+                if pending.is_none() {
+                    let asked = now_ms();
+                    // A member cut off from the leader cannot answer a linearizable read: bounded,
+                    // so a partition ends the follow rather than freezing it.
+                    let read = tokio::time::timeout(silent_after, leases_client.get("\0", None))
+                        .await
+                        .map_err(|_| FollowError::Silent(silent_after))?
+                        .map_err(etcd("reading the cluster's revision"))?;
+                    let revision = read.header().map(|h| h.revision()).unwrap_or_default();
+                    pending = Some((asked, u64::try_from(revision).unwrap_or_default()));
+                }
+                // Dropped while the watch catches up, so asked again every period.
                 stream.request_progress().await.map_err(etcd("asking for progress"))?;
-                asked_ms.get_or_insert_with(now_ms);
             }
             message = stream.message() => {
+                last_heard = tokio::time::Instant::now();
                 let resp = message
                     .map_err(etcd("reading the watch"))?
                     .ok_or_else(|| FollowError::Etcd {
@@ -128,10 +156,10 @@ pub async fn follow(
                     });
                 }
                 if resp.canceled() {
-                    return Err(FollowError::Gap {
-                        from: buffer.next,
-                        stored: buffer.stored,
-                        why: format!("etcd cancelled the watch ({})", resp.cancel_reason()),
+                    // Not a gap (that is a compaction, above): permissions, a member shutting down.
+                    return Err(FollowError::Etcd {
+                        action: "watching",
+                        source: etcd_client::Error::WatchError(format!("etcd cancelled the watch: {}", resp.cancel_reason())),
                     });
                 }
                 if resp.created() {
@@ -139,18 +167,19 @@ pub async fn follow(
                     continue;
                 }
                 if resp.events().is_empty() {
-                    // Progress: every revision up to the store's current one has arrived.
-                    if !buffer.chunk.revisions.is_empty() {
+                    // Progress: every revision up to the member's current one has arrived.
+                    store_chunk(store, settings, &mut buffer, position).await?;
+                } else {
+                    buffer.add(resp.events(), &mut leases_client).await?;
+                    if buffer.bytes >= settings.max_bytes {
                         store_chunk(store, settings, &mut buffer, position).await?;
                     }
-                    if let Some(asked) = asked_ms.take() {
-                        position.send_modify(|p| p.recovery_point_ms = p.recovery_point_ms.max(asked));
-                    }
-                    continue;
                 }
-                buffer.add(resp.events(), &mut leases_client).await?;
-                if buffer.chunk.encoded_len() >= settings.max_bytes {
-                    store_chunk(store, settings, &mut buffer, position).await?;
+                if let Some((asked, revision)) = pending
+                    && buffer.stored >= revision
+                {
+                    pending = None;
+                    position.send_modify(|p| p.recovery_point_ms = p.recovery_point_ms.max(asked));
                 }
             }
         }
@@ -178,6 +207,7 @@ async fn store_chunk(
     buffer.stored = name.last;
     buffer.chunk = Chunk::default();
     buffer.leases.clear();
+    buffer.bytes = 0;
     position.send_modify(|p| {
         p.stored_revision = name.last;
         p.chunks += 1;
@@ -191,6 +221,8 @@ struct Buffer {
     chunk: Chunk,
     /// Leases already recorded in `chunk`.
     leases: HashSet<i64>,
+    /// `chunk`'s encoded size, kept as events arrive (measuring it each time would cost the square).
+    bytes: usize,
     /// The next revision expected.
     next: u64,
     /// The last revision stored.
@@ -202,6 +234,7 @@ impl Buffer {
         Buffer {
             chunk: Chunk::default(),
             leases: HashSet::new(),
+            bytes: 0,
             next: stored + 1,
             stored,
         }
@@ -227,6 +260,7 @@ impl Buffer {
                     seen_ms,
                     events: Vec::new(),
                 });
+                self.bytes += super::format::REVISION_HEADER_LEN;
                 self.next = revision + 1;
             }
             let kind = match e.event_type() {
@@ -243,16 +277,19 @@ impl Buffer {
                     id: kv.lease(),
                     granted_ttl,
                 });
+                self.bytes += super::format::LEASE_LEN;
             }
             if let Some(r) = self.chunk.revisions.last_mut() {
-                r.events.push(Event {
+                let event = Event {
                     kind,
                     key: kv.key().to_vec(),
                     value: kv.value().to_vec(),
                     lease: kv.lease(),
                     create_revision: kv.create_revision(),
                     version: kv.version(),
-                });
+                };
+                self.bytes += super::format::event_len(&event);
+                r.events.push(event);
             }
         }
         Ok(())

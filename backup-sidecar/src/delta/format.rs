@@ -137,9 +137,9 @@ impl Chunk {
         z.compress(&out).map_err(FormatError::Compress)
     }
 
-    /// About how many bytes [`Chunk::encode`] writes before compression: what bounds a chunk.
+    /// How many bytes [`Chunk::encode`] writes before compression: what bounds a chunk.
     pub fn encoded_len(&self) -> usize {
-        let leases = self.leases.len() * 16;
+        let leases = self.leases.len() * LEASE_LEN;
         let revisions: usize = self.revisions.iter().map(revision_len).sum();
         MAGIC.len() + 8 + leases + revisions + 32
     }
@@ -183,13 +183,19 @@ impl Chunk {
     }
 }
 
+/// The encoded size of a lease.
+pub const LEASE_LEN: usize = 16;
+/// The encoded size of a revision without its events.
+pub const REVISION_HEADER_LEN: usize = 20;
+
+/// The encoded size of one event.
+pub fn event_len(e: &Event) -> usize {
+    1 + 8 + e.key.len() + e.value.len() + 24
+}
+
 /// The encoded size of one revision.
 pub fn revision_len(r: &Revision) -> usize {
-    20 + r
-        .events
-        .iter()
-        .map(|e| 1 + 8 + e.key.len() + e.value.len() + 24)
-        .sum::<usize>()
+    REVISION_HEADER_LEN + r.events.iter().map(event_len).sum::<usize>()
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {

@@ -2,12 +2,20 @@
 //! bump: each stored revision becomes one transaction, so revision `n` of the source is revision
 //! `n` again, and the result is checked revision by revision. Anything else (an expired lease
 //! deleting keys, a write from elsewhere) shows as a revision out of step and stops the replay.
+//!
+//! One revision can hold any number of events (a range delete, a lease expiring with its keys),
+//! and a revision cannot be split: the private etcd runs with [`REPLAY_ETCD_FLAGS`], far above
+//! etcd's defaults of 128 operations and 1.5 MiB per transaction.
 
 use std::collections::{HashMap, HashSet};
 
 use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 
 use super::format::{Chunk, EventKind};
+
+/// Flags the private replay etcd must run with, so that a revision of any size replays as one
+/// transaction.
+pub const REPLAY_ETCD_FLAGS: [&str; 2] = ["--max-txn-ops=10000000", "--max-request-bytes=1073741824"];
 
 /// Leases with a granted TTL up to this are kept alive while the replay runs: the private etcd
 /// counts their TTL from its start, and one expiring would delete keys mid-replay. Longer ones

@@ -66,6 +66,8 @@ pub fn start_etcd_on(name: &str, data_dir: PathBuf) -> Proc {
             &format!("http://127.0.0.1:{peer}"),
         ])
         .args(["--initial-cluster", &format!("{name}=http://127.0.0.1:{peer}")])
+        // What a replay needs (a revision of any size is one transaction); harmless elsewhere.
+        .args(ouroboros_backup_sidecar::delta::replay::REPLAY_ETCD_FLAGS)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

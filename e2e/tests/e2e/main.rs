@@ -9,6 +9,7 @@ mod backup_faults;
 mod backup_schedule;
 mod certificates;
 mod cluster_smoke;
+mod continuous;
 mod drill;
 mod durability;
 mod encryption;

@@ -22,54 +22,97 @@ use crate::{
 };
 
 /// Observes, decides, applies one step and records it in `status`; returns when to look again.
+/// A failure is reported in `status.continuous.message` and the log, never returned: continuous
+/// backups are an addition, and the rest of the cluster's pass (automatic recovery above all) must
+/// not wait on them.
 pub async fn run(
     ctx: &Context,
     cluster: &EtcdCluster,
     status: &mut EtcdClusterStatus,
     now: Timestamp,
-) -> Result<Option<Duration>, KubeCallError> {
-    let view = observe(ctx, cluster, status).await?;
+) -> Option<Duration> {
+    let policy = cluster
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.continuous.as_ref())
+        .and_then(|c| plan::policy(c).ok());
+    let wake = policy.map(|p| p.period.max(Duration::from_secs(5)));
+    let view = match observe(ctx, cluster, status).await {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.name_any(), error = %e, "observing continuous backups failed");
+            if let Some(c) = status.continuous.as_mut() {
+                c.message = Some(format!("observing continuous backups failed: {e}"));
+            }
+            return wake;
+        }
+    };
     let step = plan::next_step(&view, &cluster.name_any());
     if !matches!(step, Step::Off { end_on: None }) {
         tracing::info!(cluster = %cluster.name_any(), step = ?step, "continuous backups");
     }
-    apply(ctx, cluster, &step).await?;
+    for stray in plan::strays(&view, &step) {
+        if let Err(e) = ctx.sidecar.end_follow(&stray.addr).await {
+            tracing::warn!(member = %stray.member, error = %e, "ending another member's follow failed; asked again next pass");
+        }
+    }
+    let failed = match apply(ctx, cluster, &step).await {
+        Ok(failed) => failed,
+        Err(e) => Some(e.to_string()),
+    };
     status.continuous = plan::status_after(&view, &step);
+    if let (Some(c), Some(why)) = (status.continuous.as_mut(), failed) {
+        c.message = Some(why);
+    }
     let key = ClusterLabels::new(&cluster.namespace().unwrap_or_default(), &cluster.name_any());
-    let policy = view.policy.clone().and_then(Result::ok);
+    // Without a confirmed recovery point yet, the full backup is the newest stored state.
     let point = status
         .continuous
         .as_ref()
         .and_then(|c| c.recovery_point.as_deref())
-        .and_then(|t| t.parse::<Timestamp>().ok());
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .or_else(|| view.base.as_ref().and_then(|b| b.completed));
     ctx.metrics
         .record_continuous(&key, policy.map(|p| (p.period.as_secs_f64(), point)));
     if let (Some(p), Some(c), Some(base)) = (policy, &status.continuous, &view.base)
         && let Some(why) = plan::behind(&p, c, base, now)
     {
-        mark_unhealthy(status, cluster.metadata.generation, &why, now);
+        mark_unhealthy(cluster, status, &why, now);
     }
-    Ok(policy.map(|p| p.period.max(Duration::from_secs(5))))
+    wake
 }
 
 /// `BackupHealthy` False with the recovery point's reason, unless it is already False for another.
-fn mark_unhealthy(status: &mut EtcdClusterStatus, generation: Option<i64>, why: &str, now: Timestamp) {
+/// The scheduled backups' pass set it first (to True when they are fine), so the transition time
+/// is carried over from the last recorded status while the recovery point stays behind.
+fn mark_unhealthy(cluster: &EtcdCluster, status: &mut EtcdClusterStatus, why: &str, now: Timestamp) {
     use ouroboros_crds::condition_types as ct;
+    const REASON: &str = "RecoveryPointBehind";
     let already_false = status
         .conditions
         .iter()
-        .any(|c| c.type_ == ct::BACKUP_HEALTHY && c.status == "False");
-    if !already_false {
-        crate::controllers::cluster::status::set_condition(
-            &mut status.conditions,
-            ct::BACKUP_HEALTHY,
-            false,
-            "RecoveryPointBehind",
-            why.to_owned(),
-            generation,
-            now,
-        );
+        .any(|c| c.type_ == ct::BACKUP_HEALTHY && c.status == "False" && c.reason != REASON);
+    if already_false {
+        return;
     }
+    let since = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == ct::BACKUP_HEALTHY))
+        .filter(|c| c.status == "False" && c.reason == REASON)
+        .and_then(|c| Timestamp::from_second(c.last_transition_time.0.as_second()).ok())
+        .unwrap_or(now);
+    status.conditions.retain(|c| c.type_ != ct::BACKUP_HEALTHY);
+    crate::controllers::cluster::status::set_condition(
+        &mut status.conditions,
+        ct::BACKUP_HEALTHY,
+        false,
+        REASON,
+        why.to_owned(),
+        cluster.metadata.generation,
+        since,
+    );
 }
 
 async fn observe(
@@ -97,22 +140,33 @@ async fn observe(
             base: None,
             destination: None,
             recorded,
+            running_elsewhere: Vec::new(),
             candidates,
             seen: None,
             closing: None,
         });
     };
-    let base = status.last_successful_backup.as_ref().map(|b| Base {
-        name: b.name.clone(),
-        revision: u64::try_from(b.revision).unwrap_or_default(),
-        completed: b.completion_time.parse().ok(),
-    });
+    // Written by the backup controller under its own field manager: the computed status leaves it out.
+    let base = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.last_successful_backup.as_ref())
+        .map(|b| Base {
+            name: b.name.clone(),
+            revision: u64::try_from(b.revision).unwrap_or_default(),
+            completed: b.completion_time.parse().ok(),
+        });
     let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let destination = match &base {
         None => None,
         Some(base) => match backups.get_opt(&base.name).await.map_err(kube_err("reading the base EtcdBackup"))? {
             None => Some(Err(format!(
                 "EtcdBackup {} (the newest full backup) is gone; the next full backup starts a chain",
+                base.name
+            ))),
+            Some(b) if b.status.as_ref().is_some_and(|s| s.encrypted) => Some(Err(format!(
+                "backup {} is encrypted, and continuous backups of encrypted backups are not supported yet \
+                 (their chunks would be stored unencrypted); the next unencrypted full backup starts a chain",
                 base.name
             ))),
             Some(b) => Some(
@@ -142,6 +196,16 @@ async fn observe(
             Err(e) => Seen::Unreachable(e.to_string()),
         }),
     };
+    let mut running_elsewhere = Vec::new();
+    for c in &candidates {
+        let recorded_here = recorded.as_ref().and_then(|r| r.member.as_ref()) == Some(&c.member);
+        if !recorded_here
+            && let Ok(Some(s)) = ctx.sidecar.follow_state(&c.addr).await
+            && s.ended.is_none()
+        {
+            running_elsewhere.push(c.clone());
+        }
+    }
     let closing = match &base {
         None => None,
         Some(base) => backups
@@ -160,11 +224,14 @@ async fn observe(
         recorded,
         candidates,
         seen,
+        running_elsewhere,
         closing,
     })
 }
 
-async fn apply(ctx: &Context, cluster: &EtcdCluster, step: &Step) -> Result<(), KubeCallError> {
+/// Carries out `step`; a sidecar that refused or did not answer is the returned message (for
+/// `status.continuous.message`), a failed Kubernetes call the error.
+async fn apply(ctx: &Context, cluster: &EtcdCluster, step: &Step) -> Result<Option<String>, KubeCallError> {
     match step {
         Step::Off { end_on } => {
             if let Some(c) = end_on
@@ -172,9 +239,9 @@ async fn apply(ctx: &Context, cluster: &EtcdCluster, step: &Step) -> Result<(), 
             {
                 tracing::warn!(member = %c.member, error = %e, "ending a follow failed; it ends with its pod");
             }
-            Ok(())
+            Ok(None)
         }
-        Step::Wait(_) | Step::Record(_) => Ok(()),
+        Step::Wait(_) | Step::Record(_) => Ok(None),
         Step::Follow { to, request, end_on } => {
             if let Some(c) = end_on
                 && let Err(e) = ctx.sidecar.end_follow(&c.addr).await
@@ -185,14 +252,18 @@ async fn apply(ctx: &Context, cluster: &EtcdCluster, step: &Step) -> Result<(), 
             match ctx.sidecar.follow(&to.addr, request).await {
                 Ok(_) => {
                     tracing::info!(member = %to.member, backup = %request.backup, "asked to follow the history");
+                    Ok(None)
                 }
                 Err(e) => {
                     tracing::warn!(member = %to.member, error = %e, "asking a sidecar to follow failed");
+                    Ok(Some(format!(
+                        "asking the sidecar of {} to follow the history failed: {e}",
+                        to.member
+                    )))
                 }
             }
-            Ok(())
         }
-        Step::CloseChain { name, why } => close_chain(ctx, cluster, name, why).await,
+        Step::CloseChain { name, why } => close_chain(ctx, cluster, name, why).await.map(|()| None),
     }
 }
 

@@ -110,6 +110,9 @@ pub struct View {
     pub candidates: Vec<Candidate>,
     /// What the recorded member's sidecar said, when it is a candidate.
     pub seen: Option<Seen>,
+    /// Other candidates whose sidecar runs a follow (one replaced while it could not be reached,
+    /// or asked by an operator that died before recording it): they are ended.
+    pub running_elsewhere: Vec<Candidate>,
     /// The backup closing the recorded chain, if one was created.
     pub closing: Option<Closing>,
 }
@@ -241,6 +244,23 @@ pub fn next_step(v: &View, cluster: &str) -> Step {
             Some(_) => follow(&current, None),
         },
     }
+}
+
+/// The follows to end besides the step's own: every other running one, so that one sidecar
+/// alone extends the chain.
+pub fn strays(v: &View, step: &Step) -> Vec<Candidate> {
+    let kept = match step {
+        Step::Follow { to, .. } => Some(to.member.clone()),
+        Step::Record(_) | Step::Wait(_) | Step::CloseChain { .. } => {
+            v.recorded.as_ref().and_then(|r| r.member.clone())
+        }
+        Step::Off { .. } => None,
+    };
+    v.running_elsewhere
+        .iter()
+        .filter(|c| Some(&c.member) != kept.as_ref())
+        .cloned()
+        .collect()
 }
 
 /// `status.continuous` after `step`.

@@ -85,6 +85,7 @@ fn view() -> View {
         recorded: Some(recorded("b1", Some("c-1"))),
         candidates: vec![candidate("c-1"), candidate("c-0")],
         seen: Some(state("b1", None, false)),
+        running_elsewhere: vec![],
         closing: None,
     }
 }
@@ -360,4 +361,26 @@ fn closing_names_are_valid_object_names_for_long_backup_names() {
     let name = closing_name("c", &long);
     assert!(name.len() <= 253 && name.starts_with("c-chain-"), "{name}");
     assert_ne!(name, closing_name("c", &"b".repeat(251)));
+}
+
+#[test]
+fn other_running_follows_are_ended_whatever_the_step() {
+    let v = View {
+        running_elsewhere: vec![candidate("c-0"), candidate("c-2")],
+        ..view()
+    };
+    let names = |c: Vec<Candidate>| c.into_iter().map(|c| c.member).collect::<Vec<_>>();
+    // Recording c-1's follow: both others end.
+    assert_eq!(names(strays(&v, &next_step(&v, "c"))), ["c-0", "c-2"]);
+    // Handing over to c-0 (c-1 unreachable): c-0 is kept, c-2 ends.
+    let unreachable = View {
+        seen: Some(Seen::Unreachable("timed out".into())),
+        ..v.clone()
+    };
+    let step = next_step(&unreachable, "c");
+    assert_eq!(follow_to(&step).0, "c-0");
+    assert_eq!(names(strays(&unreachable, &step)), ["c-2"]);
+    // Off: every one ends.
+    let off = View { policy: None, ..v };
+    assert_eq!(names(strays(&off, &next_step(&off, "c"))), ["c-0", "c-2"]);
 }

@@ -31,9 +31,6 @@ pub enum Error {
     /// Observing or creating scheduled backups failed.
     #[error("scheduled backups: {0}")]
     Backups(#[from] backups::BackupsError),
-    /// Observing or steering continuous backups failed.
-    #[error("continuous backups: {0}")]
-    Continuous(#[source] crate::controllers::KubeCallError),
     /// Reading backups and restores, or starting the automatic restore, failed.
     #[error("automatic recovery: {action}: {source}")]
     Recovery {
@@ -64,7 +61,6 @@ impl ReportedError for Error {
             Error::Apply(apply::ApplyError::Etcd(_)) => "apply_etcd",
             Error::Apply(_) => "apply_kubernetes",
             Error::Backups(_) => "scheduled_backups",
-            Error::Continuous(_) => "continuous_backups",
             Error::Recovery { .. } => "automatic_recovery",
             Error::Build(_) => "build",
             Error::PatchStatus { .. } => "patch_status",
@@ -76,7 +72,6 @@ impl ReportedError for Error {
             Error::Observe(_)
             | Error::Apply(_)
             | Error::Backups(_)
-            | Error::Continuous(_)
             | Error::Recovery { .. }
             | Error::PatchStatus { .. } => false,
         }
@@ -125,9 +120,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     }
     let mut status = status::compute(&cluster, &obs, &decision, now);
     let wake = backups::run(&ctx, &cluster, &mut status, now).await?;
-    let continuous_wake = crate::controllers::backup::continuous::run(&ctx, &cluster, &mut status, now)
-        .await
-        .map_err(Error::Continuous)?;
+    let continuous_wake = crate::controllers::backup::continuous::run(&ctx, &cluster, &mut status, now).await;
     let recovery_wake = recovery::run(&ctx, &cluster, &mut status, &decision.step, now).await?;
     for (type_, when, reason) in WARN_ONCE {
         warn_once(&ctx, &cluster, &status, type_, when, reason).await;
