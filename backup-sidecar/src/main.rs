@@ -54,6 +54,53 @@ enum Command {
     /// verdict (JSON) goes to stdout and the container's termination message; the exit code is 0
     /// whenever a verdict was reached, whatever it is.
     DrillCheck(DrillCheckArgs),
+    /// Take a fetched full backup's `--snapshot` to a point of its delta chain (continuous
+    /// backups): the chain is checked whole up to the point first (a hole or a damaged chunk is
+    /// refused before anything is written), replayed on a private etcd, and the snapshot at the
+    /// point written to `--out`. The point reached (JSON) goes to stdout and the termination
+    /// message.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The full backup's snapshot.
+    #[arg(long)]
+    snapshot: std::path::PathBuf,
+    /// Where the snapshot at the point goes (may be `--snapshot`).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// The full backup (EtcdBackup name) the chain extends.
+    #[arg(long)]
+    backup: String,
+    /// Its revision.
+    #[arg(long)]
+    base_revision: u64,
+    /// The store holding the chain: `s3://bucket/prefix/` or `file:///dir/` (the backup's
+    /// location without its name).
+    #[arg(long)]
+    chain: String,
+    /// Stop at exactly this revision (default: the chain's end).
+    #[arg(long, conflicts_with = "to_time")]
+    to_revision: Option<u64>,
+    /// Stop at the last revision seen at or before this time (RFC 3339).
+    #[arg(long)]
+    to_time: Option<jiff::Timestamp>,
+    /// Directory with `etcd` and `etcdutl`.
+    #[arg(long, default_value = "/usr/local/bin")]
+    etcd_bin_dir: std::path::PathBuf,
+    /// Scratch space for the private etcd (emptied first).
+    #[arg(long)]
+    scratch: std::path::PathBuf,
+    /// S3 endpoint for S3-compatible stores. Credentials come from the AWS environment.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Path-style S3 addressing.
+    #[arg(long)]
+    force_path_style: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +185,80 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Fetch(args) => fetch_command(args).await,
         Command::DrillCheck(args) => drill_check(args).await,
+        Command::Replay(args) => replay_command(args).await,
+    }
+}
+
+/// The store a chain URL names (`s3://bucket/prefix/` or `file:///dir/`).
+async fn chain_store(
+    url: &str,
+    endpoint: Option<String>,
+    region: String,
+    force_path_style: bool,
+) -> anyhow::Result<Store> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(!bucket.is_empty(), "{url:?} names no bucket");
+        let mut prefix = prefix.to_owned();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        return Ok(Store::s3(S3Config {
+            bucket: bucket.to_owned(),
+            prefix,
+            endpoint,
+            region,
+            force_path_style,
+            credentials: None,
+        })
+        .await);
+    }
+    match url.strip_prefix("file://") {
+        Some(dir) if dir.starts_with('/') => Ok(Store::Dir(dir.into())),
+        _ => anyhow::bail!("{url:?}: a chain is s3://<bucket>/<prefix>/ or file:///<dir>/"),
+    }
+}
+
+async fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
+    use ouroboros_backup_sidecar::delta::point::{PointRequest, Target, to_point};
+    let target = match (args.to_revision, args.to_time) {
+        (Some(r), _) => Target::Revision(r),
+        (None, Some(t)) => Target::Time(t.as_millisecond()),
+        (None, None) => Target::End,
+    };
+    let result = async {
+        let store = chain_store(
+            &args.chain,
+            args.endpoint.clone(),
+            args.region.clone(),
+            args.force_path_style,
+        )
+        .await?;
+        let req = PointRequest {
+            snapshot: &args.snapshot,
+            out: &args.out,
+            backup: &args.backup,
+            base: args.base_revision,
+            store: &store,
+            target,
+            etcd_bin_dir: &args.etcd_bin_dir,
+            scratch: &args.scratch,
+        };
+        Ok::<_, anyhow::Error>(to_point(&req).await?)
+    }
+    .await;
+    match result {
+        Ok(reached) => {
+            let json = serde_json::to_string(&reached)?;
+            termination_message(&json);
+            println!("{json}");
+            Ok(())
+        }
+        Err(e) => {
+            let message = format!("replaying the chain of {}: {e:#}", args.backup);
+            termination_message(&message);
+            anyhow::bail!(message)
+        }
     }
 }
 

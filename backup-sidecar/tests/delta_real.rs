@@ -245,3 +245,104 @@ async fn a_history_compacted_past_the_chain_is_a_gap() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A backup's snapshot taken to the chain's end, to a revision and to a time, by the same code a
+/// restore runs (`etcd-backup-sidecar replay`): each is exactly the source there. A chain with a
+/// chunk removed, or a damaged one, is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_taken_to_the_end_a_revision_or_a_time_and_a_broken_chain_is_refused() {
+    use ouroboros_backup_sidecar::delta::point::{PointError, PointRequest, Target, to_point};
+
+    let source = start_etcd("point-source");
+    let mut c = connect(&source.endpoint).await;
+    write_history(&mut c, 30).await;
+    let base = revision(&mut c).await;
+    let dir = temp_dir("point-store");
+    let base_file = dir.join("base.db");
+    std::fs::write(&base_file, snapshot(&mut c).await).unwrap();
+    let store = Store::Dir(dir.join("store"));
+    std::fs::create_dir_all(dir.join("store")).unwrap();
+    let settings = FollowSettings {
+        backup: BACKUP.into(),
+        stored: base,
+        period: Duration::from_millis(200),
+        max_bytes: 8 << 10,
+    };
+    let (tx, mut position) = tokio::sync::watch::channel(Position::default());
+    let follower = {
+        let (c, store, settings) = (c.clone(), store.clone(), settings.clone());
+        tokio::spawn(async move { follow(&c, &store, &settings, &tx).await })
+    };
+    write_history(&mut c, 120).await;
+    let before_time = revision(&mut c).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at = jiff::Timestamp::now().as_millisecond();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.put("after-the-time", "x", None).await.unwrap();
+    let after_rev = revision(&mut c).await;
+    write_history(&mut c, 120).await;
+    let end = revision(&mut c).await;
+    stored_up_to(&mut position, end, jiff::Timestamp::now().as_millisecond()).await;
+    follower.abort();
+
+    let bin_dir = common::etcd_bin("etcd").parent().unwrap().to_path_buf();
+    let scratch = dir.join("scratch");
+    let request = |target, out| PointRequest {
+        snapshot: &base_file,
+        out,
+        backup: BACKUP,
+        base,
+        store: &store,
+        target,
+        etcd_bin_dir: &bin_dir,
+        scratch: &scratch,
+    };
+    let outs: Vec<std::path::PathBuf> = ["end", "mid", "time", "broken"]
+        .iter()
+        .map(|tag| dir.join(format!("{tag}.db")))
+        .collect();
+    let mid = base + (end - base) / 2;
+    for (target, want, tag, out) in [
+        (Target::End, end, "end", &outs[0]),
+        (Target::Revision(mid), mid, "mid", &outs[1]),
+        (Target::Time(at), before_time, "time", &outs[2]),
+    ] {
+        let reached = to_point(&request(target, out)).await.unwrap();
+        assert_eq!((reached.revision, reached.chain_end), (want, end), "{tag}: {reached:?}");
+        let restored = restore(&std::fs::read(out).unwrap());
+        let mut r = connect(&restored.endpoint).await;
+        let want_hash = c.hash_kv(i64::try_from(want).unwrap()).await.unwrap().hash();
+        assert_eq!(r.hash_kv(0).await.unwrap().hash(), want_hash, "{tag}: not the source at {want}");
+        assert_eq!(revision(&mut r).await, want);
+        let after = r.get("after-the-time", None).await.unwrap().kvs().len();
+        assert_eq!(after, usize::from(want >= after_rev), "{tag}: the write after the time");
+    }
+
+    // A chunk in the middle removed: refused, naming the missing revisions, nothing written.
+    let mut names = stored_chunks(&store).await;
+    names.sort();
+    let gone = names[names.len() / 2].clone();
+    let body = store.get_small(&gone.object()).await.unwrap();
+    store.delete(&gone.object()).await.unwrap();
+    let out = &outs[3];
+    let _ = std::fs::remove_dir_all(&scratch);
+    match to_point(&request(Target::End, out)).await {
+        Err(PointError::Chain(e)) => {
+            let why = e.to_string();
+            assert!(why.contains(&format!("{}..=", gone.first)), "{why}");
+        }
+        other => panic!("a chain with a hole was not refused: {other:?}"),
+    }
+    assert!(!out.exists() && !scratch.exists(), "something was written");
+    // The same chunk put back damaged: refused as damaged.
+    let mut damaged = body;
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    store.put_small(&gone.object(), damaged).await.unwrap();
+    assert!(matches!(
+        to_point(&request(Target::End, out)).await,
+        Err(PointError::Format(_))
+    ));
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -17,11 +17,11 @@ use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams},
 };
-use ouroboros_backup_sidecar::delta::{
-    format::Chunk,
-    replay::{KeepAlive, REPLAY_ETCD_FLAGS, replay},
+use ouroboros_backup_sidecar::{
+    delta::point::{PointRequest, Reached, Target, to_point},
+    store::{S3Config, Store},
 };
-use ouroboros_crds::{ContinuousStatus, EtcdCluster, delta::ChunkName};
+use ouroboros_crds::{ContinuousStatus, EtcdCluster};
 use ouroboros_e2e::{
     TestNamespace, backup_succeeded, client, env, etcd_at,
     etcd_cluster::{self, converged},
@@ -99,7 +99,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Restores `snapshot` without a revision bump (the chain continues its revisions) and starts etcd on it.
+/// Restores `snapshot` as it is and starts etcd on it, to read what it holds.
 fn restore_locally(snapshot: &Path, dir: &Path) -> anyhow::Result<LocalEtcd> {
     let (client, peer) = (free_port()?, free_port()?);
     let peer_url = format!("http://127.0.0.1:{peer}");
@@ -139,7 +139,6 @@ fn restore_locally(snapshot: &Path, dir: &Path) -> anyhow::Result<LocalEtcd> {
             &peer_url,
         ])
         .args(["--initial-cluster", &format!("replay={peer_url}")])
-        .args(REPLAY_ETCD_FLAGS)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -147,46 +146,37 @@ fn restore_locally(snapshot: &Path, dir: &Path) -> anyhow::Result<LocalEtcd> {
     Ok(LocalEtcd { child, endpoint })
 }
 
-/// Downloads the full backup `backup` (at `location`) and its chain, replays the chain on it to
-/// its end on a local etcd, and returns that etcd with the revision reached.
-async fn replay_chain(
-    ns: &str,
-    backup: &str,
-    location: &str,
-    base: u64,
-    dir: &Path,
-) -> anyhow::Result<(LocalEtcd, u64, usize)> {
+/// Downloads the full backup `backup` (at `location`), takes it to the end of its chain in MinIO
+/// with the code a restore runs (`etcd-backup-sidecar replay`), and starts a local etcd on the
+/// result; returns it with the point reached.
+async fn replay_chain(ns: &str, backup: &str, location: &str, base: u64, dir: &Path) -> anyhow::Result<(LocalEtcd, Reached)> {
     let bucket = s3::bucket()?;
-    let prefix = format!("e2e/{ns}/{CLUSTER}/");
     let archive = dir.join("base.tar.gz");
     s3::download(location.trim_start_matches(&format!("s3://{bucket}/")), &archive)?;
-    let st = Command::new("tar")
-        .arg("xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(dir)
-        .status()?;
+    let st = Command::new("tar").arg("xzf").arg(&archive).arg("-C").arg(dir).status()?;
     ensure!(st.success(), "tar xzf {archive:?} failed");
-    let names: Vec<ChunkName> = s3::keys(&prefix)?
-        .iter()
-        .filter_map(|k| ChunkName::parse(k.trim_start_matches(&prefix)))
-        .collect();
-    let chain = ouroboros_crds::delta::chain_to(backup, base, &names, None)?;
-    let mut chunks = Vec::new();
-    for name in &chain.chunks {
-        let file = dir.join(name.object());
-        s3::download(&format!("{prefix}{}", name.object()), &file)?;
-        chunks.push(Chunk::decode(name, &std::fs::read(&file)?)?);
-    }
-    let etcd = restore_locally(&dir.join("snapshot.db"), &dir.join("restored"))?;
-    let mut c = wait_for("the local etcd", Duration::from_secs(30), || async {
-        Ok(etcd_at(&etcd.endpoint).await.ok())
+    let store = Store::s3(S3Config {
+        bucket,
+        prefix: format!("e2e/{ns}/{CLUSTER}/"),
+        endpoint: Some(env("OUROBOROS_S3_ENDPOINT")?),
+        region: "us-east-1".into(),
+        force_path_style: true,
+        credentials: Some((env("AWS_ACCESS_KEY_ID")?, env("AWS_SECRET_ACCESS_KEY")?, None)),
+    })
+    .await;
+    let (snapshot, out, bin) = (dir.join("snapshot.db"), dir.join("at-the-end.db"), etcd_tool("etcd"));
+    let reached = to_point(&PointRequest {
+        snapshot: &snapshot,
+        out: &out,
+        backup,
+        base,
+        store: &store,
+        target: Target::End,
+        etcd_bin_dir: bin.parent().context("no etcd directory")?,
+        scratch: &dir.join("scratch"),
     })
     .await?;
-    let keeper = KeepAlive::start(&mut c).await?;
-    let done = replay(&mut c, &keeper, chunks, base, chain.end).await?;
-    keeper.stop().await;
-    Ok((etcd, done.revision, chain.chunks.len()))
+    Ok((restore_locally(&out, &dir.join("restored"))?, reached))
 }
 
 /// Every key `<prefix>/<seq>` for `seq < acked` reads back with its value from `endpoint`.
@@ -243,10 +233,10 @@ async fn a_followed_chain_holds_every_acknowledged_write_and_a_gap_closes_it() -
         let base = u64::try_from(full.revision.context("no revision")?)?;
         let location = full.location.clone().context("no location")?;
         let dir = scratch(&ns, "first")?;
-        let (local, reached, chunks) = replay_chain(&ns, "full-1", &location, base, &dir).await?;
-        ensure!(reached >= u64::try_from(wrote_to)?, "the chain reaches {reached}, the writer wrote to {wrote_to}");
+        let (local, reached) = replay_chain(&ns, "full-1", &location, base, &dir).await?;
+        ensure!(reached.revision >= u64::try_from(wrote_to)?, "the chain reaches {reached:?}, the writer wrote to {wrote_to}");
         holds_every_write(&local.endpoint, "first", acked).await?;
-        println!("replayed {chunks} chunks from {base} to {reached}: all {acked} acknowledged writes present");
+        println!("replayed the chain from {base}: {reached:?}; all {acked} acknowledged writes present");
         drop(local);
 
         // The following member's pod is deleted mid-write: the chain goes on (the same member once
@@ -261,10 +251,10 @@ async fn a_followed_chain_holds_every_acknowledged_write_and_a_gap_closes_it() -
         let (stopped, wrote_to) = (jiff::Timestamp::now(), revision_of(&endpoint).await?);
         let s = stored_past(&c, &ns, "full-1", wrote_to, stopped).await?;
         let dir = scratch(&ns, "second")?;
-        let (local, reached, chunks) = replay_chain(&ns, "full-1", &location, base, &dir).await?;
+        let (local, reached) = replay_chain(&ns, "full-1", &location, base, &dir).await?;
         holds_every_write(&local.endpoint, "first", acked).await?;
         holds_every_write(&local.endpoint, "second", acked2).await?;
-        println!("after deleting {follower}'s pod: {s:?}; {chunks} chunks to {reached} hold all {acked2} later writes too");
+        println!("after deleting {follower}'s pod: {s:?}; the chain to {reached:?} holds all {acked2} later writes too");
         drop(local);
 
         // A gap on purpose: with a period too long to store them, writes are made and compacted
