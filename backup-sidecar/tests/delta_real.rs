@@ -308,14 +308,26 @@ async fn a_snapshot_is_taken_to_the_end_a_revision_or_a_time_and_a_broken_chain_
         (Target::Time(at), before_time, "time", &outs[2]),
     ] {
         let reached = to_point(&request(target, out)).await.unwrap();
-        assert_eq!((reached.revision, reached.chain_end), (want, end), "{tag}: {reached:?}");
+        assert_eq!(
+            (reached.revision, reached.chain_end),
+            (want, end),
+            "{tag}: {reached:?}"
+        );
         let restored = restore(&std::fs::read(out).unwrap());
         let mut r = connect(&restored.endpoint).await;
         let want_hash = c.hash_kv(i64::try_from(want).unwrap()).await.unwrap().hash();
-        assert_eq!(r.hash_kv(0).await.unwrap().hash(), want_hash, "{tag}: not the source at {want}");
+        assert_eq!(
+            r.hash_kv(0).await.unwrap().hash(),
+            want_hash,
+            "{tag}: not the source at {want}"
+        );
         assert_eq!(revision(&mut r).await, want);
         let after = r.get("after-the-time", None).await.unwrap().kvs().len();
-        assert_eq!(after, usize::from(want >= after_rev), "{tag}: the write after the time");
+        assert_eq!(
+            after,
+            usize::from(want >= after_rev),
+            "{tag}: the write after the time"
+        );
     }
 
     // A chunk in the middle removed: refused, naming the missing revisions, nothing written.

@@ -133,53 +133,10 @@ pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
     };
 
     // 2. The snapshot restored as it was taken, a private etcd on it.
-    let _ = tokio::fs::remove_dir_all(req.scratch).await;
-    tokio::fs::create_dir_all(req.scratch)
-        .await
-        .map_err(|e| step("creating the scratch directory")(e.to_string()))?;
-    let data = req.scratch.join("data");
-    let (client_port, peer_port) = (free_port()?, free_port()?);
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let endpoint = format!("http://127.0.0.1:{client_port}");
-    let restored = tokio::process::Command::new(req.etcd_bin_dir.join("etcdutl"))
-        .args(["snapshot", "restore"])
-        .arg(req.snapshot)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--name", "replay", "--initial-cluster", &format!("replay={peer}")])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .output()
-        .await
-        .map_err(|e| step("running etcdutl snapshot restore")(e.to_string()))?;
-    if !restored.status.success() {
-        return Err(step("etcdutl snapshot restore")(
-            String::from_utf8_lossy(&restored.stderr).into_owned(),
-        ));
-    }
-    let mut etcd = tokio::process::Command::new(req.etcd_bin_dir.join("etcd"))
-        .args(["--name", "replay", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("replay={peer}")])
-        .args(REPLAY_ETCD_FLAGS)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| step("starting the replay etcd")(e.to_string()))?;
+    let etcd = PrivateEtcd::start(req.snapshot, req.scratch, req.etcd_bin_dir, &REPLAY_ETCD_FLAGS).await?;
+    let endpoint = etcd.endpoint.clone();
     let result = replay_and_snapshot(req, &endpoint, chunks, end).await;
-    let _ = etcd.kill().await;
+    etcd.stop().await;
     let (revision, seen_ms, applied) = result?;
     Ok(Reached {
         revision,
@@ -188,6 +145,83 @@ pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
         chunks: chain.chunks.len(),
         chain_end,
     })
+}
+
+/// An etcd of its own on a snapshot restored as it was taken (no revision bump), on loopback
+/// ports; killed when dropped.
+#[derive(Debug)]
+pub struct PrivateEtcd {
+    child: tokio::process::Child,
+    /// Its client URL.
+    pub endpoint: String,
+}
+
+impl PrivateEtcd {
+    /// Restores `snapshot` into `scratch` (emptied first) with `etcdutl` from `bin_dir` and starts
+    /// `etcd` on it with `flags`.
+    pub async fn start(
+        snapshot: &Path,
+        scratch: &Path,
+        bin_dir: &Path,
+        flags: &[&str],
+    ) -> Result<Self, PointError> {
+        let _ = tokio::fs::remove_dir_all(scratch).await;
+        tokio::fs::create_dir_all(scratch)
+            .await
+            .map_err(|e| step("creating the scratch directory")(e.to_string()))?;
+        let data = scratch.join("data");
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let restored = tokio::process::Command::new(bin_dir.join("etcdutl"))
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--name", "replay", "--initial-cluster", &format!("replay={peer}")])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .output()
+            .await
+            .map_err(|e| step("running etcdutl snapshot restore")(e.to_string()))?;
+        if !restored.status.success() {
+            return Err(step("etcdutl snapshot restore")(
+                String::from_utf8_lossy(&restored.stderr).into_owned(),
+            ));
+        }
+        let child = tokio::process::Command::new(bin_dir.join("etcd"))
+            .args(["--name", "replay", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("replay={peer}")])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| step("starting the replay etcd")(e.to_string()))?;
+        Ok(Self { child, endpoint })
+    }
+
+    /// A client, once it answers.
+    pub async fn client(&self) -> Result<etcd_client::Client, PointError> {
+        connect(&self.endpoint).await
+    }
+
+    /// Stops it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
 }
 
 async fn replay_and_snapshot(

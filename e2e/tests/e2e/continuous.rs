@@ -7,7 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -18,7 +18,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
 };
 use ouroboros_backup_sidecar::{
-    delta::point::{PointRequest, Reached, Target, to_point},
+    delta::point::{PointRequest, PrivateEtcd, Reached, Target, to_point},
     store::{S3Config, Store},
 };
 use ouroboros_crds::{ContinuousStatus, EtcdCluster};
@@ -82,78 +82,25 @@ async fn revision_of(endpoint: &str) -> anyhow::Result<i64> {
     Ok(r.header().context("no header")?.revision())
 }
 
-/// A local etcd process on a restored data directory, killed when dropped.
-struct LocalEtcd {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for LocalEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Restores `snapshot` as it is and starts etcd on it, to read what it holds.
-fn restore_locally(snapshot: &Path, dir: &Path) -> anyhow::Result<LocalEtcd> {
-    let (client, peer) = (free_port()?, free_port()?);
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let data = dir.join("data");
-    let out = Command::new(etcd_tool("etcdutl"))
-        .args(["snapshot", "restore"])
-        .arg(snapshot)
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--name",
-            "replay",
-            "--initial-cluster",
-            &format!("replay={peer_url}"),
-        ])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "etcdutl snapshot restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let child = Command::new(etcd_tool("etcd"))
-        .args(["--name", "replay", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("replay={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting a local etcd")?;
-    Ok(LocalEtcd { child, endpoint })
-}
-
 /// Downloads the full backup `backup` (at `location`), takes it to the end of its chain in MinIO
 /// with the code a restore runs (`etcd-backup-sidecar replay`), and starts a local etcd on the
 /// result; returns it with the point reached.
-async fn replay_chain(ns: &str, backup: &str, location: &str, base: u64, dir: &Path) -> anyhow::Result<(LocalEtcd, Reached)> {
+async fn replay_chain(
+    ns: &str,
+    backup: &str,
+    location: &str,
+    base: u64,
+    dir: &Path,
+) -> anyhow::Result<(PrivateEtcd, Reached)> {
     let bucket = s3::bucket()?;
     let archive = dir.join("base.tar.gz");
     s3::download(location.trim_start_matches(&format!("s3://{bucket}/")), &archive)?;
-    let st = Command::new("tar").arg("xzf").arg(&archive).arg("-C").arg(dir).status()?;
+    let st = Command::new("tar")
+        .arg("xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(dir)
+        .status()?;
     ensure!(st.success(), "tar xzf {archive:?} failed");
     let store = Store::s3(S3Config {
         bucket,
@@ -164,7 +111,11 @@ async fn replay_chain(ns: &str, backup: &str, location: &str, base: u64, dir: &P
         credentials: Some((env("AWS_ACCESS_KEY_ID")?, env("AWS_SECRET_ACCESS_KEY")?, None)),
     })
     .await;
-    let (snapshot, out, bin) = (dir.join("snapshot.db"), dir.join("at-the-end.db"), etcd_tool("etcd"));
+    let (snapshot, out, bin) = (
+        dir.join("snapshot.db"),
+        dir.join("at-the-end.db"),
+        etcd_tool("etcd"),
+    );
     let reached = to_point(&PointRequest {
         snapshot: &snapshot,
         out: &out,
@@ -176,12 +127,19 @@ async fn replay_chain(ns: &str, backup: &str, location: &str, base: u64, dir: &P
         scratch: &dir.join("scratch"),
     })
     .await?;
-    Ok((restore_locally(&out, &dir.join("restored"))?, reached))
+    let etcd = PrivateEtcd::start(
+        &out,
+        &dir.join("restored"),
+        bin.parent().context("no etcd directory")?,
+        &[],
+    )
+    .await?;
+    Ok((etcd, reached))
 }
 
 /// Every key `<prefix>/<seq>` for `seq < acked` reads back with its value from `endpoint`.
-async fn holds_every_write(endpoint: &str, prefix: &str, acked: u64) -> anyhow::Result<()> {
-    let mut c = etcd_at(endpoint).await?;
+async fn holds_every_write(etcd: &PrivateEtcd, prefix: &str, acked: u64) -> anyhow::Result<()> {
+    let mut c = etcd.client().await?;
     let r = c
         .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
         .await?;
@@ -235,7 +193,7 @@ async fn a_followed_chain_holds_every_acknowledged_write_and_a_gap_closes_it() -
         let dir = scratch(&ns, "first")?;
         let (local, reached) = replay_chain(&ns, "full-1", &location, base, &dir).await?;
         ensure!(reached.revision >= u64::try_from(wrote_to)?, "the chain reaches {reached:?}, the writer wrote to {wrote_to}");
-        holds_every_write(&local.endpoint, "first", acked).await?;
+        holds_every_write(&local, "first", acked).await?;
         println!("replayed the chain from {base}: {reached:?}; all {acked} acknowledged writes present");
         drop(local);
 
@@ -252,8 +210,8 @@ async fn a_followed_chain_holds_every_acknowledged_write_and_a_gap_closes_it() -
         let s = stored_past(&c, &ns, "full-1", wrote_to, stopped).await?;
         let dir = scratch(&ns, "second")?;
         let (local, reached) = replay_chain(&ns, "full-1", &location, base, &dir).await?;
-        holds_every_write(&local.endpoint, "first", acked).await?;
-        holds_every_write(&local.endpoint, "second", acked2).await?;
+        holds_every_write(&local, "first", acked).await?;
+        holds_every_write(&local, "second", acked2).await?;
         println!("after deleting {follower}'s pod: {s:?}; the chain to {reached:?} holds all {acked2} later writes too");
         drop(local);
 

@@ -6,19 +6,14 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{ObjectMeta, PostParams},
-    runtime::events::EventType,
-};
-use ouroboros_crds::{EtcdBackup, EtcdBackupSpec, EtcdCluster, EtcdClusterStatus};
+use kube::{Api, Resource, ResourceExt, runtime::events::EventType};
+use ouroboros_crds::{EtcdBackup, EtcdCluster, EtcdClusterStatus};
 
 use super::continuous_plan::{self as plan, Base, Candidate, Closing, Seen, Step, View};
 use crate::{
     context::Context,
     controllers::{KubeCallError, kube_err},
     metrics::ClusterLabels,
-    vocabulary::LABEL_CLUSTER,
 };
 
 /// Observes, decides, applies one step and records it in `status`; returns when to look again.
@@ -274,29 +269,11 @@ async fn close_chain(
     name: &str,
     why: &str,
 ) -> Result<(), KubeCallError> {
-    let ns = cluster.namespace().unwrap_or_default();
-    let backup = EtcdBackup {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(ns.clone()),
-            labels: Some([(LABEL_CLUSTER.to_owned(), cluster.name_any())].into()),
-            ..Default::default()
-        },
-        spec: EtcdBackupSpec {
-            cluster_name: cluster.name_any(),
-            destination: None,
-            encryption: None,
-            drill: None,
-        },
-        status: None,
-    };
-    match Api::<EtcdBackup>::namespaced(ctx.client.clone(), &ns)
-        .create(&PostParams::default(), &backup)
+    let created = crate::controllers::cluster::backups::create_backup(&ctx.client, cluster, name, false)
         .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
-        Err(e) => return Err(kube_err("creating the chain-closing EtcdBackup")(e)),
+        .map_err(kube_err("creating the chain-closing EtcdBackup"))?;
+    if !created {
+        return Ok(());
     }
     ctx.publish(
         &cluster.object_ref(&()),

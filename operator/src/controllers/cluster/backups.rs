@@ -412,20 +412,25 @@ fn set_condition(
     );
 }
 
-/// Creates the due backup; an existing one of that name means an earlier pass already did.
-pub async fn create(ctx: &Context, cluster: &EtcdCluster, due: &Due) -> Result<(), BackupsError> {
+/// Creates the EtcdBackup `name` of `cluster`, which takes the cluster's own destination,
+/// encryption and drills when it runs; `Ok(false)` when one of that name exists already (an earlier
+/// pass made it). `scheduled` labels it as the schedule's.
+pub async fn create_backup(
+    client: &kube::Client,
+    cluster: &EtcdCluster,
+    name: &str,
+    scheduled: bool,
+) -> Result<bool, kube::Error> {
     let ns = cluster.namespace().unwrap_or_default();
+    let mut labels = std::collections::BTreeMap::from([(LABEL_CLUSTER.to_owned(), cluster.name_any())]);
+    if scheduled {
+        labels.insert(LABEL_SCHEDULED.to_owned(), "true".to_owned());
+    }
     let backup = EtcdBackup {
         metadata: ObjectMeta {
-            name: Some(due.name.clone()),
+            name: Some(name.to_owned()),
             namespace: Some(ns.clone()),
-            labels: Some(
-                [
-                    (LABEL_CLUSTER.to_owned(), cluster.name_any()),
-                    (LABEL_SCHEDULED.to_owned(), "true".to_owned()),
-                ]
-                .into(),
-            ),
+            labels: Some(labels),
             ..Default::default()
         },
         spec: EtcdBackupSpec {
@@ -438,10 +443,19 @@ pub async fn create(ctx: &Context, cluster: &EtcdCluster, due: &Due) -> Result<(
         },
         status: None,
     };
-    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<EtcdBackup> = Api::namespaced(client.clone(), &ns);
     match api.create(&PostParams::default(), &backup).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the due backup; an existing one of that name means an earlier pass already did.
+pub async fn create(ctx: &Context, cluster: &EtcdCluster, due: &Due) -> Result<(), BackupsError> {
+    match create_backup(&ctx.client, cluster, &due.name, true).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
         Err(source) => {
             return Err(BackupsError {
                 action: "creating the scheduled EtcdBackup",
