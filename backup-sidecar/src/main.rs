@@ -62,6 +62,34 @@ enum Command {
     Replay(ReplayArgs),
 }
 
+/// How to reach an S3 store; credentials come from the AWS environment.
+#[derive(Debug, clap::Args)]
+struct S3Args {
+    /// S3 endpoint for S3-compatible stores.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Path-style S3 addressing.
+    #[arg(long)]
+    force_path_style: bool,
+}
+
+impl S3Args {
+    async fn store(&self, bucket: String, prefix: String) -> Store {
+        Store::s3(S3Config {
+            bucket,
+            prefix,
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            force_path_style: self.force_path_style,
+            credentials: None,
+        })
+        .await
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct ReplayArgs {
     /// The full backup's snapshot.
@@ -92,15 +120,8 @@ struct ReplayArgs {
     /// Scratch space for the private etcd (emptied first).
     #[arg(long)]
     scratch: std::path::PathBuf,
-    /// S3 endpoint for S3-compatible stores. Credentials come from the AWS environment.
-    #[arg(long)]
-    endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
-    /// Path-style S3 addressing.
-    #[arg(long)]
-    force_path_style: bool,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,15 +135,8 @@ struct FetchArgs {
     /// sha256 recorded when the backup was taken.
     #[arg(long)]
     sha256: Option<String>,
-    /// S3 endpoint for S3-compatible stores. Credentials come from the AWS environment.
-    #[arg(long)]
-    endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
-    /// Path-style S3 addressing.
-    #[arg(long)]
-    force_path_style: bool,
+    #[command(flatten)]
+    s3: S3Args,
     /// An age identity file (`AGE-SECRET-KEY-1...` lines) to decrypt an encrypted archive with.
     #[arg(long)]
     identity_file: Option<std::path::PathBuf>,
@@ -190,12 +204,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
 }
 
 /// The store a chain URL names (`s3://bucket/prefix/` or `file:///dir/`).
-async fn chain_store(
-    url: &str,
-    endpoint: Option<String>,
-    region: String,
-    force_path_style: bool,
-) -> anyhow::Result<Store> {
+async fn chain_store(url: &str, s3: &S3Args) -> anyhow::Result<Store> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         anyhow::ensure!(!bucket.is_empty(), "{url:?} names no bucket");
@@ -203,15 +212,7 @@ async fn chain_store(
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        return Ok(Store::s3(S3Config {
-            bucket: bucket.to_owned(),
-            prefix,
-            endpoint,
-            region,
-            force_path_style,
-            credentials: None,
-        })
-        .await);
+        return Ok(s3.store(bucket.to_owned(), prefix).await);
     }
     match url.strip_prefix("file://") {
         Some(dir) if dir.starts_with('/') => Ok(Store::Dir(dir.into())),
@@ -227,13 +228,7 @@ async fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
         (None, None) => Target::End,
     };
     let result = async {
-        let store = chain_store(
-            &args.chain,
-            args.endpoint.clone(),
-            args.region.clone(),
-            args.force_path_style,
-        )
-        .await?;
+        let store = chain_store(&args.chain, &args.s3).await?;
         let req = PointRequest {
             snapshot: &args.snapshot,
             out: &args.out,
@@ -267,9 +262,7 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
         location,
         out,
         sha256,
-        endpoint,
-        region,
-        force_path_style,
+        s3,
         identity_file,
     } = args;
     let result = async {
@@ -279,18 +272,7 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
         };
         let (store, name) = match location.parse::<Location>().map_err(anyhow::Error::msg)? {
             Location::File { dir, name } => (Store::Dir(dir), name),
-            Location::S3 { bucket, key } => (
-                Store::s3(S3Config {
-                    bucket,
-                    prefix: String::new(),
-                    endpoint,
-                    region,
-                    force_path_style,
-                    credentials: None,
-                })
-                .await,
-                key,
-            ),
+            Location::S3 { bucket, key } => (s3.store(bucket, String::new()).await, key),
         };
         Ok::<_, anyhow::Error>(fetch(&store, &name, &out, sha256.as_deref(), &identities).await?)
     }
