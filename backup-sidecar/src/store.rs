@@ -291,7 +291,13 @@ impl Store {
                     .map_err(io("creating", &tmp))?;
                 f.write_all(&body).await.map_err(io("writing", &tmp))?;
                 f.sync_all().await.map_err(io("syncing", &tmp))?;
-                tokio::fs::rename(&tmp, &dest).await.map_err(io("renaming", &tmp))
+                tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .map_err(io("renaming", &tmp))?;
+                // The rename is durable once the directory is synced.
+                let dir = dest.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+                let parent = tokio::fs::File::open(&dir).await.map_err(io("opening", &dir))?;
+                parent.sync_all().await.map_err(io("syncing", &dir))
             }
             Store::S3 { client, config } => {
                 let key = format!("{}{name}", config.prefix);
@@ -630,7 +636,13 @@ impl Upload {
                 };
                 file.sync_all().await.map_err(io("syncing", &tmp))?;
                 drop(file);
-                tokio::fs::rename(&tmp, &dest).await.map_err(io("renaming", &tmp))
+                tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .map_err(io("renaming", &tmp))?;
+                // The rename is durable once the directory is synced.
+                let dir = dest.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+                let parent = tokio::fs::File::open(&dir).await.map_err(io("opening", &dir))?;
+                parent.sync_all().await.map_err(io("syncing", &dir))
             }
             Upload::S3 {
                 client,

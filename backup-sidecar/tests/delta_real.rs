@@ -268,6 +268,7 @@ async fn a_snapshot_is_taken_to_the_end_a_revision_or_a_time_and_a_broken_chain_
         period: Duration::from_millis(200),
         max_bytes: 8 << 10,
     };
+    let before_follow = jiff::Timestamp::now().as_millisecond();
     let (tx, mut position) = tokio::sync::watch::channel(Position::default());
     let follower = {
         let (c, store, settings) = (c.clone(), store.clone(), settings.clone());
@@ -329,6 +330,15 @@ async fn a_snapshot_is_taken_to_the_end_a_revision_or_a_time_and_a_broken_chain_
             "{tag}: the write after the time"
         );
     }
+
+    // A time before the chain's first revision: the backup itself may hold later writes, refused.
+    match to_point(&request(Target::Time(before_follow), &outs[3])).await {
+        Err(PointError::Step { detail, .. }) => {
+            assert!(detail.contains("restore an older backup"), "{detail}")
+        }
+        other => panic!("a time before the chain was not refused: {other:?}"),
+    }
+    assert!(!outs[3].exists() && !scratch.exists(), "something was left");
 
     // A chunk in the middle removed: refused, naming the missing revisions, nothing written.
     let mut names = stored_chunks(&store).await;

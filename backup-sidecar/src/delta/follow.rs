@@ -26,6 +26,8 @@ use crate::store::{Store, StoreError};
 /// A watch response may carry up to 1,000 revisions while catching up; etcd's default request
 /// bound is 1.5 MiB per revision, far past the client's default 4 MiB decoding bound.
 const MAX_WATCH_MESSAGE: usize = 256 << 20;
+/// How long one chunk's PUT or one lease lookup may take before the follow ends (and is resumed).
+const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Why following stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +42,9 @@ pub enum FollowError {
         /// What happened.
         why: String,
     },
-    /// The watch went silent for several periods without an error (a connection that hangs):
-    /// following may resume from the stored position.
-    #[error("the watch answered nothing for {0:?}")]
+    /// The watch, the store or etcd went silent for too long without an error (a connection that
+    /// hangs): following may resume from the stored position.
+    #[error("nothing answered for {0:?}")]
     Silent(std::time::Duration),
     /// etcd failed (a connection lost); following may resume from the stored position.
     #[error("{action}: {source}")]
@@ -122,9 +124,13 @@ pub async fn follow(
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick(), if created => {
+            // Always armed, so that a watch that never even confirms its creation is noticed.
+            _ = tick.tick() => {
                 if last_heard.elapsed() > silent_after {
                     return Err(FollowError::Silent(last_heard.elapsed()));
+                }
+                if !created {
+                    continue;
                 }
                 if pending.is_none() {
                     let asked = now_ms();
@@ -134,8 +140,16 @@ pub async fn follow(
                         .await
                         .map_err(|_| FollowError::Silent(silent_after))?
                         .map_err(etcd("reading the cluster's revision"))?;
-                    let revision = read.header().map(|h| h.revision()).unwrap_or_default();
-                    pending = Some((asked, u64::try_from(revision).unwrap_or_default()));
+                    // Without the revision nothing can be claimed (0 would claim at once).
+                    let revision = read
+                        .header()
+                        .and_then(|h| u64::try_from(h.revision()).ok())
+                        .filter(|r| *r > 0)
+                        .ok_or_else(|| FollowError::Etcd {
+                            action: "reading the cluster's revision",
+                            source: etcd_client::Error::InvalidArgs("the answer carries no revision".into()),
+                        })?;
+                    pending = Some((asked, revision));
                 }
                 // Dropped while the watch catches up, so asked again every period.
                 stream.request_progress().await.map_err(etcd("asking for progress"))?;
@@ -149,6 +163,8 @@ pub async fn follow(
                         source: etcd_client::Error::WatchError("the watch stream ended".into()),
                     })?;
                 if resp.compact_revision() > 0 {
+                    // What arrived before is whole and contiguous: stored, it makes the gap smaller.
+                    let _ = store_chunk(store, settings, &mut buffer, position).await;
                     return Err(FollowError::Gap {
                         from: buffer.next,
                         stored: buffer.stored,
@@ -197,9 +213,10 @@ async fn store_chunk(
     };
     let body = buffer.chunk.encode()?;
     let len = body.len() as u64;
-    store
-        .put_small(&name.object(), body)
+    // A store that hangs must end the follow (it resumes from what is stored), not freeze it.
+    tokio::time::timeout(STORE_TIMEOUT, store.put_small(&name.object(), body))
         .await
+        .map_err(|_| FollowError::Silent(STORE_TIMEOUT))?
         .map_err(|source| FollowError::Store {
             name: name.object(),
             source,
@@ -268,11 +285,12 @@ impl Buffer {
                 EventType::Delete => EventKind::Delete,
             };
             if kind == EventKind::Put && kv.lease() != 0 && self.leases.insert(kv.lease()) {
-                let granted_ttl = leases
-                    .lease_time_to_live(kv.lease(), None)
-                    .await
-                    .map_err(etcd("reading a lease's TTL"))?
-                    .granted_ttl();
+                let granted_ttl =
+                    tokio::time::timeout(STORE_TIMEOUT, leases.lease_time_to_live(kv.lease(), None))
+                        .await
+                        .map_err(|_| FollowError::Silent(STORE_TIMEOUT))?
+                        .map_err(etcd("reading a lease's TTL"))?
+                        .granted_ttl();
                 self.chunk.leases.push(Lease {
                     id: kv.lease(),
                     granted_ttl,

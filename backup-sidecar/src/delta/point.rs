@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use ouroboros_crds::delta::{ChainError, ChunkName, chain_to};
+use ouroboros_crds::delta::{Chain, ChainError, ChunkName, chain_to};
 
 use super::{
     format::{Chunk, FormatError},
@@ -100,9 +100,20 @@ fn step(action: &'static str) -> impl FnOnce(String) -> PointError {
     move |detail| PointError::Step { action, detail }
 }
 
-/// Makes the snapshot at `req.target`.
+/// Makes the snapshot at `req.target`. The scratch directory is removed afterwards, whatever the
+/// outcome.
 pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
-    // 1. The chain, whole and undamaged up to the point, before anything is started.
+    // `scratch` is emptied: the input and the output must not live in it.
+    for (what, path) in [("--snapshot", req.snapshot), ("--out", req.out)] {
+        if path.starts_with(req.scratch) {
+            return Err(step("checking the paths")(format!(
+                "{what} {} is inside the scratch directory {}, which is emptied",
+                path.display(),
+                req.scratch.display()
+            )));
+        }
+    }
+    // 1. The chain, whole up to the point, before anything is written.
     let names: Vec<ChunkName> = req
         .store
         .list()
@@ -116,27 +127,8 @@ pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
         Target::End | Target::Time(_) => whole.clone()?,
     };
     let chain_end = whole.map_or(chain.end, |w| w.end);
-    let mut chunks = Vec::with_capacity(chain.chunks.len());
-    for name in &chain.chunks {
-        let body = req.store.get_small(&name.object()).await?;
-        chunks.push(Chunk::decode(name, &body)?);
-    }
-    let end = match req.target {
-        Target::Time(ms) => chunks
-            .iter()
-            .flat_map(|c| &c.revisions)
-            .take_while(|r| r.seen_ms <= ms)
-            .map(|r| r.revision)
-            .last()
-            .unwrap_or(req.base),
-        Target::End | Target::Revision(_) => chain.end,
-    };
-
-    // 2. The snapshot restored as it was taken, a private etcd on it.
-    let etcd = PrivateEtcd::start(req.snapshot, req.scratch, req.etcd_bin_dir, &REPLAY_ETCD_FLAGS).await?;
-    let endpoint = etcd.endpoint.clone();
-    let result = replay_and_snapshot(req, &endpoint, chunks, end).await;
-    etcd.stop().await;
+    let result = in_scratch(req, &chain).await;
+    let _ = tokio::fs::remove_dir_all(req.scratch).await;
     let (revision, seen_ms, applied) = result?;
     Ok(Reached {
         revision,
@@ -147,6 +139,67 @@ pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
     })
 }
 
+/// Downloads and checks every chunk (kept compressed on disk, so memory holds one at a time),
+/// finds the point's revision, and replays up to it on a private etcd.
+async fn in_scratch(req: &PointRequest<'_>, chain: &Chain) -> Result<(u64, Option<i64>, u64), PointError> {
+    let _ = tokio::fs::remove_dir_all(req.scratch).await;
+    let chunk_dir = req.scratch.join("chunks");
+    tokio::fs::create_dir_all(&chunk_dir)
+        .await
+        .map_err(|e| step("creating the scratch directory")(e.to_string()))?;
+    let mut seen: Vec<(u64, i64)> = Vec::new();
+    for name in &chain.chunks {
+        let body = req.store.get_small(&name.object()).await?;
+        let chunk = Chunk::decode(name, &body)?;
+        // Overlapping chunks (a follow resumed elsewhere) repeat revisions: each counts once.
+        let last = seen.last().map_or(req.base, |(r, _)| *r);
+        seen.extend(
+            chunk
+                .revisions
+                .iter()
+                .filter(|r| r.revision > last)
+                .map(|r| (r.revision, r.seen_ms)),
+        );
+        tokio::fs::write(chunk_dir.join(name.object()), body)
+            .await
+            .map_err(|e| step("keeping a chunk in scratch space")(e.to_string()))?;
+    }
+    let end = match req.target {
+        Target::Time(ms) => match seen.first() {
+            Some((_, first)) if *first > ms => {
+                return Err(step("choosing the revision at the time")(format!(
+                    "the chain's first revision was seen after {}; backup {} itself may hold writes \
+                     made after that time: restore an older backup",
+                    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string()),
+                    req.backup
+                )));
+            }
+            _ => seen
+                .iter()
+                .take_while(|(_, at)| *at <= ms)
+                .last()
+                .map_or(req.base, |(r, _)| *r),
+        },
+        Target::End | Target::Revision(_) => chain.end,
+    };
+    let etcd = PrivateEtcd::start(
+        req.snapshot,
+        &req.scratch.join("etcd"),
+        req.etcd_bin_dir,
+        &REPLAY_ETCD_FLAGS,
+    )
+    .await?;
+    // Decoded again one at a time as the replay goes; they were checked above, so a failure here
+    // leaves a hole that the replay refuses.
+    let chunks = chain
+        .chunks
+        .iter()
+        .filter_map(|name| Chunk::decode(name, &std::fs::read(chunk_dir.join(name.object())).ok()?).ok());
+    let result = replay_and_snapshot(req, &etcd, chunks, end).await;
+    etcd.stop().await;
+    result
+}
+
 /// An etcd of its own on a snapshot restored as it was taken (no revision bump), on loopback
 /// ports; killed when dropped.
 #[derive(Debug)]
@@ -154,6 +207,8 @@ pub struct PrivateEtcd {
     child: tokio::process::Child,
     /// Its client URL.
     pub endpoint: String,
+    /// Its log, quoted when it does not come up.
+    log: PathBuf,
 }
 
 impl PrivateEtcd {
@@ -188,6 +243,9 @@ impl PrivateEtcd {
                 String::from_utf8_lossy(&restored.stderr).into_owned(),
             ));
         }
+        let log = scratch.join("etcd.log");
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| step("creating the etcd log")(e.to_string()))?;
         let child = tokio::process::Command::new(bin_dir.join("etcd"))
             .args(["--name", "replay", "--data-dir"])
             .arg(&data)
@@ -206,16 +264,28 @@ impl PrivateEtcd {
             .args(["--initial-cluster", &format!("replay={peer}")])
             .args(flags)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| step("starting the replay etcd")(e.to_string()))?;
-        Ok(Self { child, endpoint })
+        Ok(Self { child, endpoint, log })
     }
 
-    /// A client, once it answers.
+    /// A client, once it answers; the end of etcd's log says why when it does not.
     pub async fn client(&self) -> Result<etcd_client::Client, PointError> {
-        connect(&self.endpoint).await
+        connect(&self.endpoint).await.map_err(|e| {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            step("waiting for the replay etcd")(format!("{e}; its log ends with:\n{tail}"))
+        })
     }
 
     /// Stops it.
@@ -226,11 +296,11 @@ impl PrivateEtcd {
 
 async fn replay_and_snapshot(
     req: &PointRequest<'_>,
-    endpoint: &str,
-    chunks: Vec<Chunk>,
+    etcd: &PrivateEtcd,
+    chunks: impl IntoIterator<Item = Chunk>,
     end: u64,
 ) -> Result<(u64, Option<i64>, u64), PointError> {
-    let mut client = connect(endpoint).await?;
+    let mut client = etcd.client().await?;
     let keeper = KeepAlive::start(&mut client).await?;
     // The keeper runs until the snapshot is taken: a lease expiring before would delete keys.
     let outcome = async {
@@ -249,7 +319,8 @@ async fn replay_and_snapshot(
     Ok((end, replayed.seen_ms, replayed.applied))
 }
 
-async fn connect(endpoint: &str) -> Result<etcd_client::Client, PointError> {
+/// A client of `endpoint` once it answers, or the last error after [`START_TIMEOUT`].
+async fn connect(endpoint: &str) -> Result<etcd_client::Client, String> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         let last = match etcd_client::Client::connect([endpoint], None).await {
@@ -260,7 +331,7 @@ async fn connect(endpoint: &str) -> Result<etcd_client::Client, PointError> {
             Err(e) => e.to_string(),
         };
         if tokio::time::Instant::now() > deadline {
-            return Err(step("waiting for the replay etcd")(last));
+            return Err(last);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -269,10 +340,26 @@ async fn connect(endpoint: &str) -> Result<etcd_client::Client, PointError> {
 /// Streams the etcd's snapshot to `out` (through a temporary file) and returns its revision, read
 /// from its bytes.
 async fn write_snapshot(client: &mut etcd_client::Client, out: &Path) -> Result<u64, PointError> {
-    use tokio::io::AsyncWriteExt as _;
     let tmp: PathBuf = out.with_extension("partial");
+    let written = stream_snapshot(client, &tmp).await;
+    match written {
+        Ok(revision) => {
+            tokio::fs::rename(&tmp, out)
+                .await
+                .map_err(|e| step("renaming the snapshot")(e.to_string()))?;
+            Ok(revision)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+async fn stream_snapshot(client: &mut etcd_client::Client, to: &Path) -> Result<u64, PointError> {
+    use tokio::io::AsyncWriteExt as _;
     let io = |action: &'static str| move |e: std::io::Error| step(action)(e.to_string());
-    let mut file = tokio::fs::File::create(&tmp)
+    let mut file = tokio::fs::File::create(to)
         .await
         .map_err(io("creating the snapshot"))?;
     let mut scanner = crate::bbolt::RevisionScanner::new();
@@ -291,14 +378,9 @@ async fn write_snapshot(client: &mut etcd_client::Client, out: &Path) -> Result<
             .map_err(io("writing the snapshot"))?;
     }
     file.sync_all().await.map_err(io("syncing the snapshot"))?;
-    drop(file);
-    let revision = scanner
+    scanner
         .revision()
-        .map_err(|e| step("reading the snapshot's revision")(e.to_string()))?;
-    tokio::fs::rename(&tmp, out)
-        .await
-        .map_err(io("renaming the snapshot"))?;
-    Ok(revision)
+        .map_err(|e| step("reading the snapshot's revision")(e.to_string()))
 }
 
 fn free_port() -> Result<u16, PointError> {

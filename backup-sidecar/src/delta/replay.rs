@@ -13,9 +13,14 @@ use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 
 use super::format::{Chunk, EventKind};
 
-/// Flags the private replay etcd must run with, so that a revision of any size replays as one
-/// transaction.
-pub const REPLAY_ETCD_FLAGS: [&str; 2] = ["--max-txn-ops=10000000", "--max-request-bytes=1073741824"];
+/// Flags the private replay etcd must run with: a revision of any size replays as one
+/// transaction, and the database may grow to etcd's largest supported size (the cluster's own
+/// quota may be above the 2 GiB default, and the replay keeps the chain's history).
+pub const REPLAY_ETCD_FLAGS: [&str; 3] = [
+    "--max-txn-ops=10000000",
+    "--max-request-bytes=1073741824",
+    "--quota-backend-bytes=8589934592",
+];
 
 /// Leases with a granted TTL up to this are kept alive while the replay runs: the private etcd
 /// counts their TTL from its start, and one expiring would delete keys mid-replay. Longer ones

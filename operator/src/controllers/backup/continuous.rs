@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::{Api, Resource, ResourceExt, runtime::events::EventType};
-use ouroboros_crds::{EtcdBackup, EtcdCluster, EtcdClusterStatus};
+use ouroboros_crds::{ContinuousStatus, EtcdBackup, EtcdCluster, EtcdClusterStatus};
 
 use super::continuous_plan::{self as plan, Base, Candidate, Closing, Seen, Step, View};
 use crate::{
@@ -40,6 +40,12 @@ pub async fn run(
             if let Some(c) = status.continuous.as_mut() {
                 c.message = Some(format!("observing continuous backups failed: {e}"));
             }
+            // The recovery point recorded still says how far behind it is.
+            if let (Some(p), Some(c), Some(base)) = (policy, &status.continuous, &newest_backup(cluster))
+                && let Some(why) = plan::behind(&p, c, base, now)
+            {
+                mark_unhealthy(cluster, status, &why, now);
+            }
             return wake;
         }
     };
@@ -47,19 +53,32 @@ pub async fn run(
     if !matches!(step, Step::Off { end_on: None }) {
         tracing::info!(cluster = %cluster.name_any(), step = ?step, "continuous backups");
     }
+    let mut stray_failed = None;
     for stray in plan::strays(&view, &step) {
         if let Err(e) = ctx.sidecar.end_follow(&stray.addr).await {
             tracing::warn!(member = %stray.member, error = %e, "ending another member's follow failed; asked again next pass");
+            stray_failed = Some(format!(
+                "ending the follow of {} failed: {e}; asked again",
+                stray.member
+            ));
         }
     }
     let failed = match apply(ctx, cluster, &step).await {
         Ok(failed) => failed,
         Err(e) => Some(e.to_string()),
     };
-    status.continuous = plan::status_after(&view, &step);
-    if let (Some(c), Some(why)) = (status.continuous.as_mut(), failed) {
-        c.message = Some(why);
-    }
+    status.continuous = match (&step, failed.or(stray_failed)) {
+        // Turning off: the status stays until every follow has been ended, so the next pass
+        // still looks for them.
+        (Step::Off { .. }, Some(why)) => view.recorded.clone().map(|r| ContinuousStatus {
+            message: Some(why),
+            ..r
+        }),
+        (_, failed) => plan::status_after(&view, &step).map(|c| ContinuousStatus {
+            message: failed.or(c.message.clone()),
+            ..c
+        }),
+    };
     let key = ClusterLabels::new(&cluster.namespace().unwrap_or_default(), &cluster.name_any());
     // Without a confirmed recovery point yet, the full backup is the newest stored state.
     let point = status
@@ -110,6 +129,17 @@ fn mark_unhealthy(cluster: &EtcdCluster, status: &mut EtcdClusterStatus, why: &s
     );
 }
 
+/// The newest full backup, as the cluster's recorded status has it: written by the backup
+/// controller under its own field manager, the status computed in this pass leaves it out.
+fn newest_backup(cluster: &EtcdCluster) -> Option<Base> {
+    let b = cluster.status.as_ref()?.last_successful_backup.as_ref()?;
+    Some(Base {
+        name: b.name.clone(),
+        revision: u64::try_from(b.revision).unwrap_or_default(),
+        completed: b.completion_time.parse().ok(),
+    })
+}
+
 async fn observe(
     ctx: &Context,
     cluster: &EtcdCluster,
@@ -129,28 +159,33 @@ async fn observe(
             });
         }
     }
+    // Every follow but the recorded one, while continuous backups are on and on the pass that
+    // turns them off (the status is cleared only once every follow was ended); clusters that never
+    // had them are not asked.
+    let mut running_elsewhere = Vec::new();
+    let asked = spec.is_some() || recorded.is_some();
+    for c in candidates.iter().filter(|_| asked) {
+        let recorded_here = recorded.as_ref().and_then(|r| r.member.as_ref()) == Some(&c.member);
+        if !recorded_here
+            && let Ok(Some(s)) = ctx.sidecar.follow_state(&c.addr).await
+            && s.ended.is_none()
+        {
+            running_elsewhere.push(c.clone());
+        }
+    }
     let Some(spec) = spec else {
         return Ok(View {
             policy: None,
             base: None,
             destination: None,
             recorded,
-            running_elsewhere: Vec::new(),
+            running_elsewhere,
             candidates,
             seen: None,
             closing: None,
         });
     };
-    // Written by the backup controller under its own field manager: the computed status leaves it out.
-    let base = cluster
-        .status
-        .as_ref()
-        .and_then(|s| s.last_successful_backup.as_ref())
-        .map(|b| Base {
-            name: b.name.clone(),
-            revision: u64::try_from(b.revision).unwrap_or_default(),
-            completed: b.completion_time.parse().ok(),
-        });
+    let base = newest_backup(cluster);
     let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let destination = match &base {
         None => None,
@@ -191,16 +226,6 @@ async fn observe(
             Err(e) => Seen::Unreachable(e.to_string()),
         }),
     };
-    let mut running_elsewhere = Vec::new();
-    for c in &candidates {
-        let recorded_here = recorded.as_ref().and_then(|r| r.member.as_ref()) == Some(&c.member);
-        if !recorded_here
-            && let Ok(Some(s)) = ctx.sidecar.follow_state(&c.addr).await
-            && s.ended.is_none()
-        {
-            running_elsewhere.push(c.clone());
-        }
-    }
     let closing = match &base {
         None => None,
         Some(base) => backups
@@ -232,7 +257,11 @@ async fn apply(ctx: &Context, cluster: &EtcdCluster, step: &Step) -> Result<Opti
             if let Some(c) = end_on
                 && let Err(e) = ctx.sidecar.end_follow(&c.addr).await
             {
-                tracing::warn!(member = %c.member, error = %e, "ending a follow failed; it ends with its pod");
+                tracing::warn!(member = %c.member, error = %e, "ending a follow failed; asked again next pass");
+                return Ok(Some(format!(
+                    "ending the follow of {} failed: {e}; asked again",
+                    c.member
+                )));
             }
             Ok(None)
         }
