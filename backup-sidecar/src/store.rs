@@ -3,7 +3,7 @@
 //! written last: a backup exists only once its manifest does. A failed upload is aborted, so nothing
 //! left behind can be taken for a complete backup.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::{
     Client,
@@ -36,6 +36,28 @@ async fn delete_marker(client: &Client, bucket: &str, key: &str) {
         // Harmless: the next prune removes it.
         tracing::warn!(%bucket, %key, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "deleting an upload marker failed");
     }
+}
+
+/// An I/O error of `action` on `path`.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.display().to_string();
+    move |source| StoreError::Io { action, path, source }
+}
+
+/// Makes the fully written temporary `file` at `tmp` the object `dest`: synced, renamed, and the
+/// directory synced, so that after a crash the object is complete or absent and, once this
+/// returns, there.
+async fn commit_file(file: tokio::fs::File, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+    file.sync_all().await.map_err(io_error("syncing", tmp))?;
+    drop(file);
+    tokio::fs::rename(tmp, dest)
+        .await
+        .map_err(io_error("renaming", tmp))?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let parent = tokio::fs::File::open(dir)
+        .await
+        .map_err(io_error("opening", dir))?;
+    parent.sync_all().await.map_err(io_error("syncing", dir))
 }
 
 /// Bytes per S3 part (S3 requires at least 5 MiB for every part but the last).
@@ -281,23 +303,11 @@ impl Store {
                 // Sidecars are all pid 1 in their pods: the clock tells them apart.
                 let unique = format!("{}-{n}", jiff::Timestamp::now().as_nanosecond());
                 let tmp = dir.join(format!(".{name}.{unique}.partial"));
-                let dest = dir.join(name);
-                let io = |action, path: &PathBuf| {
-                    let path = path.display().to_string();
-                    move |source| StoreError::Io { action, path, source }
-                };
                 let mut f = tokio::fs::File::create(&tmp)
                     .await
-                    .map_err(io("creating", &tmp))?;
-                f.write_all(&body).await.map_err(io("writing", &tmp))?;
-                f.sync_all().await.map_err(io("syncing", &tmp))?;
-                tokio::fs::rename(&tmp, &dest)
-                    .await
-                    .map_err(io("renaming", &tmp))?;
-                // The rename is durable once the directory is synced.
-                let dir = dest.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-                let parent = tokio::fs::File::open(&dir).await.map_err(io("opening", &dir))?;
-                parent.sync_all().await.map_err(io("syncing", &dir))
+                    .map_err(io_error("creating", &tmp))?;
+                f.write_all(&body).await.map_err(io_error("writing", &tmp))?;
+                commit_file(f, &tmp, &dir.join(name)).await
             }
             Store::S3 { client, config } => {
                 let key = format!("{}{name}", config.prefix);
@@ -322,11 +332,7 @@ impl Store {
         match self {
             Store::Dir(dir) => {
                 let path = dir.join(name);
-                tokio::fs::read(&path).await.map_err(|source| StoreError::Io {
-                    action: "reading",
-                    path: path.display().to_string(),
-                    source,
-                })
+                tokio::fs::read(&path).await.map_err(io_error("reading", &path))
             }
             Store::S3 { client, config } => {
                 let key = format!("{}{name}", config.prefix);
@@ -629,21 +635,7 @@ impl Upload {
         }
         self.settle().await?;
         match self {
-            Upload::Dir { file, tmp, dest } => {
-                let io = |action: &'static str, p: &PathBuf| {
-                    let path = p.display().to_string();
-                    move |source| StoreError::Io { action, path, source }
-                };
-                file.sync_all().await.map_err(io("syncing", &tmp))?;
-                drop(file);
-                tokio::fs::rename(&tmp, &dest)
-                    .await
-                    .map_err(io("renaming", &tmp))?;
-                // The rename is durable once the directory is synced.
-                let dir = dest.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-                let parent = tokio::fs::File::open(&dir).await.map_err(io("opening", &dir))?;
-                parent.sync_all().await.map_err(io("syncing", &dir))
-            }
+            Upload::Dir { file, tmp, dest } => commit_file(file, &tmp, &dest).await,
             Upload::S3 {
                 client,
                 bucket,
