@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use anyhow::Context as _;
 use clap::Parser;
 use ouroboros_backup_sidecar::{
     api::{Api, ClientTls, router, serve},
@@ -108,15 +109,8 @@ struct ReplayArgs {
     /// location without its name).
     #[arg(long)]
     chain: String,
-    /// Stop at exactly this revision (default: the chain's end).
-    #[arg(long, conflicts_with = "to_time")]
-    to_revision: Option<u64>,
-    /// Stop at the last revision seen at or before this time (RFC 3339).
-    #[arg(long)]
-    to_time: Option<jiff::Timestamp>,
-    /// Directory with `etcd` and `etcdutl`.
-    #[arg(long, default_value = "/usr/local/bin")]
-    etcd_bin_dir: std::path::PathBuf,
+    #[command(flatten)]
+    point: PointArgs,
     /// Scratch space for the private etcd (emptied first).
     #[arg(long)]
     scratch: std::path::PathBuf,
@@ -140,6 +134,41 @@ struct FetchArgs {
     /// An age identity file (`AGE-SECRET-KEY-1...` lines) to decrypt an encrypted archive with.
     #[arg(long)]
     identity_file: Option<std::path::PathBuf>,
+    /// Then take the snapshot along this backup's delta chain (continuous backups), stored beside
+    /// the archive: the verified snapshot is replaced by the one at the point, and the point
+    /// reached is added to the report.
+    #[arg(long, requires = "base_revision")]
+    chain_of: Option<String>,
+    /// The backup's revision, where its chain starts.
+    #[arg(long, requires = "chain_of")]
+    base_revision: Option<u64>,
+    #[command(flatten)]
+    point: PointArgs,
+}
+
+/// Where along a chain to stop, and the etcd that replays it.
+#[derive(Debug, clap::Args)]
+struct PointArgs {
+    /// Stop at exactly this revision (default: the chain's end).
+    #[arg(long, conflicts_with = "to_time")]
+    to_revision: Option<u64>,
+    /// Stop at the last revision seen at or before this time (RFC 3339).
+    #[arg(long)]
+    to_time: Option<jiff::Timestamp>,
+    /// Directory with `etcd` and `etcdutl`.
+    #[arg(long, default_value = "/usr/local/bin")]
+    etcd_bin_dir: std::path::PathBuf,
+}
+
+impl PointArgs {
+    fn target(&self) -> ouroboros_backup_sidecar::delta::point::Target {
+        use ouroboros_backup_sidecar::delta::point::Target;
+        match (self.to_revision, self.to_time) {
+            (Some(r), _) => Target::Revision(r),
+            (None, Some(t)) => Target::Time(t.as_millisecond()),
+            (None, None) => Target::End,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -221,12 +250,8 @@ async fn chain_store(url: &str, s3: &S3Args) -> anyhow::Result<Store> {
 }
 
 async fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
-    use ouroboros_backup_sidecar::delta::point::{PointRequest, Target, to_point};
-    let target = match (args.to_revision, args.to_time) {
-        (Some(r), _) => Target::Revision(r),
-        (None, Some(t)) => Target::Time(t.as_millisecond()),
-        (None, None) => Target::End,
-    };
+    use ouroboros_backup_sidecar::delta::point::{PointRequest, to_point};
+    let target = args.point.target();
     let result = async {
         let store = chain_store(&args.chain, &args.s3).await?;
         let req = PointRequest {
@@ -236,7 +261,7 @@ async fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
             base: args.base_revision,
             store: &store,
             target,
-            etcd_bin_dir: &args.etcd_bin_dir,
+            etcd_bin_dir: &args.point.etcd_bin_dir,
             scratch: &args.scratch,
         };
         Ok::<_, anyhow::Error>(to_point(&req).await?)
@@ -257,6 +282,37 @@ async fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Takes the verified snapshot in `out` along the chain of `backup` (stored beside the archive at
+/// `location`) to the point `point` names, in place; scratch space is beside it.
+async fn along_chain(
+    location: &str,
+    out: &std::path::Path,
+    backup: &str,
+    base: u64,
+    point: &PointArgs,
+    s3: &S3Args,
+) -> anyhow::Result<ouroboros_backup_sidecar::delta::point::Reached> {
+    use ouroboros_backup_sidecar::delta::point::{PointRequest, to_point};
+    let (dir, _) = location
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("{location:?} has no directory for a chain"))?;
+    let store = chain_store(&format!("{dir}/"), s3).await?;
+    let snapshot = out.join("snapshot.db");
+    let req = PointRequest {
+        snapshot: &snapshot,
+        out: &snapshot,
+        backup,
+        base,
+        store: &store,
+        target: point.target(),
+        etcd_bin_dir: &point.etcd_bin_dir,
+        scratch: &out.join(".point"),
+    };
+    to_point(&req)
+        .await
+        .with_context(|| format!("taking backup {backup} along its delta chain"))
+}
+
 async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
     let FetchArgs {
         location,
@@ -264,6 +320,9 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
         sha256,
         s3,
         identity_file,
+        chain_of,
+        base_revision,
+        point,
     } = args;
     let result = async {
         let identities = match &identity_file {
@@ -274,12 +333,17 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
             Location::File { dir, name } => (Store::Dir(dir), name),
             Location::S3 { bucket, key } => (s3.store(bucket, String::new()).await, key),
         };
-        Ok::<_, anyhow::Error>(fetch(&store, &name, &out, sha256.as_deref(), &identities).await?)
+        let manifest = fetch(&store, &name, &out, sha256.as_deref(), &identities).await?;
+        let point = match chain_of.zip(base_revision) {
+            Some((backup, base)) => Some(along_chain(&location, &out, &backup, base, &point, &s3).await?),
+            None => None,
+        };
+        Ok::<_, anyhow::Error>(ouroboros_crds::sidecar::FetchReport { manifest, point })
     }
     .await;
     match result {
-        Ok(manifest) => {
-            let json = serde_json::to_string(&manifest)?;
+        Ok(report) => {
+            let json = serde_json::to_string(&report)?;
             // The restore reads the revision from the termination message when no EtcdBackup names it.
             termination_message(&json);
             println!("{json}");

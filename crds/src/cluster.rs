@@ -533,6 +533,11 @@ pub struct AutomaticRecovery {
     /// since writes after the last record are not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revisions_lost: Option<i64>,
+    /// The cluster takes continuous backups: the restore replays the backup's delta chain to its
+    /// end, so the loss is what the chain had not stored (the restore's `status.point` says where
+    /// it ended) and `revisionsLost` is not set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub along_chain: bool,
 }
 
 /// Coarse lifecycle state of a cluster.

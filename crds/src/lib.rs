@@ -23,7 +23,9 @@ pub use cluster::{
 pub use common::{
     BackupDestination, BackupEncryption, BackupReference, S3Destination, VolumeDestination, condition_types,
 };
-pub use restore::{EtcdRestore, EtcdRestoreSpec, EtcdRestoreStatus, RestorePhase, RestoreSource};
+pub use restore::{
+    EtcdRestore, EtcdRestoreSpec, EtcdRestoreStatus, PointTarget, RestorePhase, RestoreSource, RestoredPoint,
+};
 pub use settings::{
     AutoCompactionMode, CorruptionCheck, DefragmentationPolicy, EtcdSettings, MaintenanceSpec,
     MaintenanceWindow,

@@ -20,6 +20,7 @@ use crate::{cluster::EtcdClusterSpec, common::BackupDestination};
     category = "ouroboros",
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterName"}"#,
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.source"}"#,
+    printcolumn = r#"{"name":"Point","type":"integer","jsonPath":".status.point.revision"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -91,12 +92,16 @@ fn drop_transition_rules(value: &mut serde_json::Value) {
 }
 
 /// A backup to restore. Set exactly one of `backupName`, `object`, `latest`; `notAfter` and
-/// `maxRevision` narrow `latest`.
+/// `maxRevision` narrow `latest`. `revision` or `time` restores a point of a continuous backup's
+/// delta chain; without them a backup whose cluster has `spec.backup.continuous` is restored to
+/// the end of its chain.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.backupName) ? 1 : 0) + (has(self.object) ? 1 : 0) + (has(self.latest) && self.latest ? 1 : 0) == 1").message("set exactly one of backupName, object or latest"))]
 #[x_kube(validation = Rule::new("!(has(self.notAfter) || has(self.maxRevision)) || (has(self.latest) && self.latest)").message("notAfter and maxRevision only apply with latest: true"))]
 #[x_kube(validation = Rule::new("!has(self.allowUnverified) || (has(self.latest) && self.latest)").message("allowUnverified only applies with latest: true"))]
+#[x_kube(validation = Rule::new("!(has(self.revision) && has(self.time))").message("set at most one of revision and time"))]
+#[x_kube(validation = Rule::new("!(has(self.revision) || has(self.time)) || !has(self.object)").message("revision and time restore a point of a backup's delta chain, which source.object does not name: use backupName or latest"))]
 pub struct RestoreSource {
     /// Name of a Succeeded EtcdBackup in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,6 +123,19 @@ pub struct RestoreSource {
     /// and waits while a newer one's drill runs. Backups whose drill failed are never chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_unverified: Option<bool>,
+    /// Restore exactly this revision: a full backup at or below it (with `latest`, the newest one)
+    /// taken along its continuous-backup delta chain to this revision. A chain that does not reach
+    /// it, or has a hole below it, fails the restore before the cluster is touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("revision must be at least 1"))]
+    pub revision: Option<i64>,
+    /// Restore the last revision the continuous backup saw at or before this time (RFC 3339): a
+    /// full backup completed at or before it (with `latest`, the newest one) taken along its delta
+    /// chain. Times are when the following sidecar received each change, within a second or so of
+    /// the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("time must be an RFC 3339 time, like 2026-12-07T03:00:00Z"))]
+    pub time: Option<String>,
 }
 
 /// One archive in a store.
@@ -166,6 +184,15 @@ pub struct EtcdRestoreStatus {
     /// Revision of the restored snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_revision: Option<i64>,
+    /// Decided when the restore starts: the backup is taken along its continuous-backup delta
+    /// chain to this point (neither field set: to the chain's end). Absent: the archive is
+    /// restored as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_target: Option<PointTarget>,
+    /// The point of the continuous-backup delta chain restored, and what the chain held after it.
+    /// Absent when no chain was taken (the archive was restored as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<RestoredPoint>,
     /// When the restore started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
@@ -178,6 +205,53 @@ pub struct EtcdRestoreStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Where along its delta chain a restore takes its backup: a revision, a time, or (neither) the
+/// chain's end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PointTarget {
+    /// Exactly this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// The last revision seen at or before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+impl PointTarget {
+    /// The point, in words.
+    pub fn describe(&self) -> String {
+        match (self.revision, &self.time) {
+            (Some(r), _) => format!("revision {r}"),
+            (None, Some(t)) => format!("the last revision seen at or before {t}"),
+            (None, None) => "the end of its delta chain".to_owned(),
+        }
+    }
+}
+
+/// The point a restore took its backup to along the delta chain, and its data-loss window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredPoint {
+    /// The revision restored (before the restore's revision bump).
+    pub revision: i64,
+    /// When the following sidecar saw that revision (RFC 3339); absent when it is the full
+    /// backup's own revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Revisions replayed on the full backup.
+    pub applied: i64,
+    /// The chain's last stored revision when the restore read it.
+    pub chain_end: i64,
+    /// When the sidecar saw `chainEnd` (RFC 3339), when the chunks read reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_end_time: Option<String>,
+    /// Revisions the chain holds after the point, left out by the target chosen. Writes after
+    /// `chainEnd` were never stored: with the recovery point in the cluster's status, that is the
+    /// whole data-loss window.
+    pub revisions_left_out: i64,
 }
 
 /// Lifecycle of a restore. `Succeeded` and `Failed` are terminal.

@@ -72,6 +72,39 @@ pub struct Manifest {
     pub kv_hash_unavailable: Option<String>,
 }
 
+/// The point of a delta chain a restore's snapshot was taken to (continuous backups).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PointReached {
+    /// Its revision.
+    pub revision: u64,
+    /// When the sidecar saw that revision (Unix ms); absent when it is the full backup's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_ms: Option<i64>,
+    /// Revisions replayed on the full backup.
+    pub applied: u64,
+    /// Chunks read.
+    pub chunks: usize,
+    /// The chain's last stored revision: what a restore to this point leaves out is after it.
+    pub chain_end: u64,
+    /// When the sidecar saw `chain_end` (Unix ms), when the chain has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_end_seen_ms: Option<i64>,
+}
+
+/// What a restore's fetch verified, as its termination message: the archive's manifest and, when
+/// it took the snapshot along a delta chain, the point reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchReport {
+    /// The archive's manifest.
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    /// The point of the chain the snapshot now holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<PointReached>,
+}
+
 /// A `HashKV` answer, with what it was computed over: the hash depends on both revisions, so a
 /// restored copy matches it only when its own answer names the same two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

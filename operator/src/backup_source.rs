@@ -4,8 +4,8 @@
 
 use kube::ResourceExt;
 use ouroboros_crds::{
-    BackupPhase, DrillPhase, EtcdBackup, EtcdCluster, EtcdRestore, restore::BackupObject,
-    retention::ENCRYPTED_SUFFIX,
+    BackupPhase, DrillPhase, EtcdBackup, EtcdCluster, EtcdRestore, PointTarget, RestoreSource,
+    restore::BackupObject, retention::ENCRYPTED_SUFFIX,
 };
 
 use crate::vocabulary::BACKUP_MOUNT;
@@ -327,17 +327,80 @@ pub fn recorded_choice(
 /// What `source.latest` of `src` is narrowed by.
 fn latest_filters(src: &ouroboros_crds::restore::RestoreSource) -> Result<Filters, String> {
     let not_after = match &src.not_after {
-        Some(t) => Some(
-            t.parse::<jiff::Timestamp>()
-                .map_err(|e| format!("source.notAfter {t:?} is not an RFC 3339 time: {e}"))?,
-        ),
+        Some(t) => Some(parse_time("source.notAfter", t)?),
+        None => None,
+    };
+    // A point of a chain starts from a full backup at or before it.
+    let point_time = match &src.time {
+        Some(t) => Some(parse_time("source.time", t)?),
         None => None,
     };
     Ok(Filters {
-        not_after,
-        max_revision: src.max_revision,
+        not_after: lower(not_after, point_time),
+        max_revision: lower(src.max_revision, src.revision),
         proof: Proof::from_allow_unverified(src.allow_unverified == Some(true)),
     })
+}
+
+/// The lower of two bounds, either of which may be absent.
+fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn parse_time(field: &str, t: &str) -> Result<jiff::Timestamp, String> {
+    t.parse::<jiff::Timestamp>()
+        .map_err(|e| format!("{field} {t:?} is not an RFC 3339 time: {e}"))
+}
+
+/// Where along its delta chain a restore takes the backup it chose: `source.revision` or
+/// `source.time` when set, else the end of the chain when the cluster takes continuous backups
+/// (`continuous`); none for `source.object` (its chain is not known by name) or a cluster without
+/// continuous backups (the archive is restored as it is).
+pub fn point_target(src: &RestoreSource, continuous: bool) -> Option<PointTarget> {
+    if src.object.is_some() {
+        return None;
+    }
+    let target = PointTarget {
+        revision: src.revision,
+        time: src.time.clone(),
+    };
+    (continuous || target.revision.is_some() || target.time.is_some()).then_some(target)
+}
+
+/// Whether the chosen backup can start the chain to `target`: it must be at or before the point
+/// (a backup named by `backupName` may not be), and its revision must be known (where its chain
+/// starts).
+pub fn check_base(chosen: &Chosen, target: &PointTarget) -> Result<u64, String> {
+    let Some(revision) = chosen.revision.and_then(|r| u64::try_from(r).ok()) else {
+        return Err(format!(
+            "{} records no revision, where its delta chain would start",
+            chosen.describe()
+        ));
+    };
+    if let Some(t) = target.revision.filter(|&t| t < chosen.revision.unwrap_or(0)) {
+        return Err(format!(
+            "{} is after source.revision {t}: restore an older backup, or use latest",
+            chosen.describe()
+        ));
+    }
+    if let Some(t) = &target.time {
+        let at = parse_time("source.time", t)?;
+        let completed = chosen
+            .completed
+            .as_deref()
+            .and_then(|c| c.parse::<jiff::Timestamp>().ok());
+        if completed.is_none_or(|c| c > at) {
+            return Err(format!(
+                "{} did not complete by source.time {t}, so it may hold later writes: restore an older \
+                 backup, or use latest",
+                chosen.describe()
+            ));
+        }
+    }
+    Ok(revision)
 }
 
 /// Why a `latest` restore should wait before choosing (see [`awaiting_drill`]); never for other

@@ -55,21 +55,8 @@ pub struct PointRequest<'a> {
     pub scratch: &'a Path,
 }
 
-/// The point reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Reached {
-    /// Its revision.
-    pub revision: u64,
-    /// When the sidecar saw that revision (Unix ms); absent when it is the backup's own.
-    pub seen_ms: Option<i64>,
-    /// Revisions replayed.
-    pub applied: u64,
-    /// Chunks read.
-    pub chunks: usize,
-    /// The chain's last stored revision: what a restore to this point leaves out is after it.
-    pub chain_end: u64,
-}
+/// The point reached (shared with the operator, which reads it from a restore's fetch).
+pub use ouroboros_crds::sidecar::PointReached as Reached;
 
 /// Why no snapshot at the point was made.
 #[derive(Debug, thiserror::Error)]
@@ -129,19 +116,26 @@ pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
     let chain_end = whole.map_or(chain.end, |w| w.end);
     let result = in_scratch(req, &chain).await;
     let _ = tokio::fs::remove_dir_all(req.scratch).await;
-    let (revision, seen_ms, applied) = result?;
+    let (revision, seen_ms, applied, last_seen_ms) = result?;
     Ok(Reached {
         revision,
         seen_ms,
         applied,
         chunks: chain.chunks.len(),
         chain_end,
+        // Known when the chunks read reach the chain's end (a target below it reads fewer).
+        chain_end_seen_ms: last_seen_ms.filter(|_| chain.end == chain_end),
     })
 }
 
 /// Downloads and checks every chunk (kept compressed on disk, so memory holds one at a time),
-/// finds the point's revision, and replays up to it on a private etcd.
-async fn in_scratch(req: &PointRequest<'_>, chain: &Chain) -> Result<(u64, Option<i64>, u64), PointError> {
+/// finds the point's revision, and replays up to it on a private etcd. Returns the revision
+/// reached, when it was seen, how many revisions were applied, and when the last revision read was
+/// seen.
+async fn in_scratch(
+    req: &PointRequest<'_>,
+    chain: &Chain,
+) -> Result<(u64, Option<i64>, u64, Option<i64>), PointError> {
     let _ = tokio::fs::remove_dir_all(req.scratch).await;
     let chunk_dir = req.scratch.join("chunks");
     tokio::fs::create_dir_all(&chunk_dir)
@@ -182,6 +176,15 @@ async fn in_scratch(req: &PointRequest<'_>, chain: &Chain) -> Result<(u64, Optio
         },
         Target::End | Target::Revision(_) => chain.end,
     };
+    if end == req.base {
+        // Nothing to replay (no chunk is stored yet): the full backup is the point, as it is.
+        if req.snapshot != req.out {
+            tokio::fs::copy(req.snapshot, req.out)
+                .await
+                .map_err(|e| step("copying the snapshot")(e.to_string()))?;
+        }
+        return Ok((req.base, None, 0, None));
+    }
     let etcd = PrivateEtcd::start(
         req.snapshot,
         &req.scratch.join("etcd"),
@@ -197,7 +200,8 @@ async fn in_scratch(req: &PointRequest<'_>, chain: &Chain) -> Result<(u64, Optio
         .filter_map(|name| Chunk::decode(name, &std::fs::read(chunk_dir.join(name.object())).ok()?).ok());
     let result = replay_and_snapshot(req, &etcd, chunks, end).await;
     etcd.stop().await;
-    result
+    let last_seen_ms = seen.last().map(|(_, at)| *at);
+    result.map(|(revision, seen_ms, applied)| (revision, seen_ms, applied, last_seen_ms))
 }
 
 /// An etcd of its own on a snapshot restored as it was taken (no revision bump), on loopback

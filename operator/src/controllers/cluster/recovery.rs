@@ -163,8 +163,11 @@ pub fn decide(i: &Input) -> Recovery {
         Err(why) => return Recovery::NoBackup { why },
     };
     let status = c.status.clone().unwrap_or_default();
+    // The restore takes the backup along its delta chain (see `backup_source::point_target`).
+    let along_chain = c.spec.backup.as_ref().is_some_and(|b| b.continuous.is_some());
     let revisions_lost = status
         .last_seen_revision
+        .filter(|_| !along_chain)
         .map(|seen| seen.saturating_sub(backup.revision.unwrap_or(0)).max(0));
     let record = AutomaticRecovery {
         restore_name: name.clone(),
@@ -176,6 +179,7 @@ pub fn decide(i: &Input) -> Recovery {
         last_seen_revision: status.last_seen_revision,
         last_seen_time: status.last_seen_revision_time.clone(),
         revisions_lost,
+        along_chain,
     };
     Recovery::Start {
         restore: name,
@@ -194,6 +198,22 @@ pub fn window(r: &AutomaticRecovery) -> String {
             .map(|t| format!(", {t}"))
             .unwrap_or_default()
     );
+    let seen_at = r
+        .last_seen_time
+        .as_deref()
+        .map(|t| format!(" (at {t})"))
+        .unwrap_or_default();
+    if r.along_chain {
+        let seen = r
+            .last_seen_revision
+            .map(|s| format!("; the newest revision seen before the loss was {s}{seen_at}"))
+            .unwrap_or_default();
+        return format!(
+            "restoring {backup} and its continuous-backup delta chain to its end{seen}: what the chain \
+             had not stored is lost; EtcdRestore {}'s status.point says where the chain ended",
+            r.restore_name
+        );
+    }
     match (r.last_seen_revision, r.revisions_lost) {
         (Some(seen), Some(lost)) => format!(
             "restoring {backup}; the newest revision seen before the loss was {seen}{}: at least {lost} revisions written after the backup are lost",

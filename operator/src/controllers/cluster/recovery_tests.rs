@@ -155,6 +155,27 @@ fn after_the_grace_period_the_newest_backup_is_restored_and_the_loss_recorded() 
         words.contains("at least 400 revisions") && words.contains("new"),
         "{words}"
     );
+    assert!(!record.along_chain);
+}
+
+#[test]
+fn with_continuous_backups_recovery_restores_along_the_chain_and_claims_no_loss_from_the_backup() {
+    let backups = [backup("new", 500, "2026-11-22T09:00:00Z")];
+    let c = cluster(json!({
+        "recovery": {"policy": "Automatic", "gracePeriod": "2m"},
+        "backup": {"schedule": "0 * * * *", "continuous": {}},
+    }));
+    let Recovery::Start { record, .. } = decide_at(&c, "2026-11-22T10:02:01Z", &backups, &[]) else {
+        panic!("no restore started");
+    };
+    assert!(record.along_chain);
+    // The chain brings back some of the 400 revisions after the backup: no count is claimed.
+    assert_eq!(record.revisions_lost, None);
+    let words = window(&record);
+    assert!(
+        words.contains("delta chain to its end") && words.contains("status.point") && !words.contains("400"),
+        "{words}"
+    );
 }
 
 #[test]

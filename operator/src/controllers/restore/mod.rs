@@ -4,7 +4,11 @@
 //! 2. **Verifying**: a Job runs `etcd-backup-sidecar fetch` into a fresh claim: download, unpack,
 //!    check etcd's trailer, the manifest and the recorded sha256; one Job and claim per restored
 //!    member, spread as the members will be. The cluster is not touched; a bad archive fails the
-//!    restore here.
+//!    restore here. A restore to a point of a continuous backup's delta chain (`source.revision`,
+//!    `source.time`, or the chain's end for a cluster with `spec.backup.continuous`) has one Job
+//!    that also checks the chain whole up to the point and replays it on the snapshot with the
+//!    cluster's own etcd (`fetch --chain-of`); a hole or a damaged chunk fails it here too. Its
+//!    one seed is grown by the cluster controller.
 //! 3. **Restoring**: the cluster is held (annotation), its member pods are deleted (claims are kept),
 //!    and new members start from the verified snapshot, restored by the etcd image's `etcdutl
 //!    snapshot restore --bump-revision --mark-compacted` under a new cluster ID, each from its own
@@ -35,7 +39,9 @@ use super::{
     KubeCallError, ReportedError, delete_if_present, encryption, kube_err, outcome::with_outcome_conditions,
 };
 use crate::{
-    backup_source::{Chosen, Lineage, choose, recorded_choice, restore_awaits_drill},
+    backup_source::{
+        Chosen, Lineage, check_base, choose, point_target, recorded_choice, restore_awaits_drill,
+    },
     cluster_writes,
     context::Context,
     failpoints,
@@ -249,13 +255,31 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
             .await
         }
         Ok(chosen) => {
+            let continuous = cluster
+                .spec
+                .backup
+                .as_ref()
+                .is_some_and(|b| b.continuous.is_some());
+            let point_target = point_target(&r.spec.source, continuous);
+            if let Some(why) = point_target.as_ref().and_then(|t| check_base(&chosen, t).err()) {
+                let why = format!("{why}; the cluster was not touched");
+                return advance(ctx, r, status, RestorePhase::Failed, why).await;
+            }
+            let along = point_target
+                .as_ref()
+                .map(|t| format!(" and taking it to {} ", t.describe()))
+                .unwrap_or_else(|| " ".to_owned());
+            let reason = format!(
+                "verifying {}{along}before touching the cluster",
+                chosen.describe()
+            );
             let status = EtcdRestoreStatus {
                 source: Some(chosen.location.clone()),
                 restored_revision: chosen.revision,
                 backup_name: (src_is_backup(r)).then(|| chosen.name.clone()),
+                point_target,
                 ..status
             };
-            let reason = format!("verifying {} before touching the cluster", chosen.describe());
             advance(ctx, r, status, RestorePhase::Verifying, reason).await
         }
     }
@@ -270,8 +294,14 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
     let decryption = encryption::for_restore(r, Some(&cluster));
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     // One verified copy per restored member, each fetched and checked on its own, all before
-    // anything is touched (see `restored_count`).
-    let copies = restored_count(&cluster, &status);
+    // anything is touched (see `restored_count`). A snapshot taken along a delta chain is made
+    // once: copies replayed apart in time could reach different ends of a chain that still grows,
+    // and their bytes differ even at one revision. Its one seed is grown by the cluster controller.
+    let copies = if status.point_target.is_some() {
+        1
+    } else {
+        restored_count(&cluster, &status)
+    };
     let mut outcomes = Vec::new();
     let mut unscheduled = None;
     let mut nodes = Vec::new();
@@ -289,8 +319,40 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                     Ok(found) => found,
                     Err(why) => return advance(ctx, r, status, RestorePhase::Failed, why).await,
                 };
+            // The chain is replayed by the etcd the members run.
+            let along = status.point_target.as_ref().map(|t| {
+                let base = check_base(&chosen, t)?;
+                let version = cluster
+                    .spec
+                    .version
+                    .parse::<EtcdVersion>()
+                    .map_err(|e| format!("spec.version: {e}"))?;
+                Ok::<_, String>((t, base, vocabulary::etcd_image(&cluster, &ctx.images(), version)))
+            });
+            let along = match along.transpose() {
+                Ok(a) => a,
+                Err(why) => {
+                    let why = format!("{why}; the cluster was not touched");
+                    return advance(ctx, r, status, RestorePhase::Failed, why).await;
+                }
+            };
+            let point = along
+                .as_ref()
+                .map(|(target, base_revision, image)| objects::FetchPoint {
+                    target,
+                    base_revision: *base_revision,
+                    etcd_image: image,
+                });
             for copy in 0..copies {
-                create_fetch(ctx, r, &cluster, &chosen, identity.as_deref(), copy, copies).await?;
+                let f = objects::FetchCopy {
+                    chosen: &chosen,
+                    identity_secret: identity.as_deref(),
+                    image: &ctx.config.backup_sidecar_image,
+                    copy,
+                    spread: copies > 1,
+                    point,
+                };
+                create_fetch(ctx, r, &cluster, f).await?;
             }
             failpoints::hit("restore-after-fetch-job");
             return Ok(Action::requeue(POLL));
@@ -353,18 +415,31 @@ async fn verifying(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
                     return advance(ctx, r, status, RestorePhase::Failed, why).await;
                 }
             };
+            let reached = match (&status.point_target, plan::reached_point(&messages)) {
+                (None, _) => None,
+                (Some(_), Ok(p)) => Some(p),
+                (Some(_), Err(why)) => {
+                    let why = format!("{why}; the cluster was not touched");
+                    return advance(ctx, r, status, RestorePhase::Failed, why).await;
+                }
+            };
+            let source = status.source.clone().unwrap_or_else(|| "the archive".to_owned());
+            let reason = match &reached {
+                Some(p) => format!(
+                    "{source} verified and taken along its delta chain: {}; restoring the new members from it",
+                    plan::describe_point(p)
+                ),
+                None => format!("{source} verified; restoring the new members from it"),
+            };
             let status = EtcdRestoreStatus {
-                restored_revision: status
+                restored_revision: reached.as_ref().map(|p| p.revision).or(status
                     .restored_revision
-                    .or_else(|| manifest.as_ref().and_then(|m| i64::try_from(m.revision).ok())),
+                    .or_else(|| manifest.as_ref().and_then(|m| i64::try_from(m.revision).ok()))),
                 snapshot_sha256: manifest.map(|m| m.sha256),
                 copies: Some(copies),
+                point: reached,
                 ..status
             };
-            let reason = format!(
-                "{} verified; restoring the new members from it",
-                status.source.as_deref().unwrap_or("the archive")
-            );
             advance(ctx, r, status, RestorePhase::Restoring, reason).await
         }
         (job_name, FetchOutcome::Refused(message)) => {
@@ -536,28 +611,16 @@ pub fn fetch_outcome(job: &k8s_openapi::api::batch::v1::JobStatus, pods: &[Pod])
     }
 }
 
+/// Creates the snapshot claim and the fetch Job of copy `f`.
 async fn create_fetch(
     ctx: &Context,
     r: &EtcdRestore,
     cluster: &EtcdCluster,
-    chosen: &Chosen,
-    identity_secret: Option<&str>,
-    copy: u32,
-    copies: u32,
+    f: objects::FetchCopy<'_>,
 ) -> Result<(), Error> {
     let ns = r.namespace().unwrap_or_default();
-    let pvc = objects::snapshot_claim(r, cluster, chosen, copy)?;
-    let job = objects::fetch_job(
-        r,
-        cluster,
-        objects::FetchCopy {
-            chosen,
-            identity_secret,
-            image: &ctx.config.backup_sidecar_image,
-            copy,
-            spread: copies > 1,
-        },
-    )?;
+    let pvc = objects::snapshot_claim(r, cluster, f.chosen, f.copy, f.point.is_some())?;
+    let job = objects::fetch_job(r, cluster, f)?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     if pvcs
         .get_opt(&pvc.name_any())
@@ -1062,9 +1125,14 @@ async fn growing(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) -> R
     crate::cluster_writes::apply_status_of(&api, &cluster, MANAGER, json!({"restoredFrom": reference}))
         .await
         .map_err(kube_err("recording the restore on the EtcdCluster"))?;
+    let along = status
+        .point
+        .as_ref()
+        .map(|p| format!(" taken along its delta chain to {}", plan::describe_point(p)))
+        .unwrap_or_else(|| format!(" at revision {}", reference.revision));
     let reason = format!(
-        "{name} is Available with {} members, restored from {} at revision {} (revisions bumped by {BUMP_REVISION})",
-        view.size, reference.location, reference.revision
+        "{name} is Available with {} members, restored from {}{along} (revisions bumped by {BUMP_REVISION})",
+        view.size, reference.location
     );
     advance(ctx, r, status, RestorePhase::Succeeded, reason).await
 }

@@ -50,14 +50,25 @@ fn owner(r: &EtcdRestore) -> Result<OwnerReference, BuildError> {
 }
 
 /// Room for the snapshot with some slack, at least 1Gi; when its size is unknown (`source.object`),
-/// as much as a member's claim, which no snapshot of a member can outgrow.
-pub fn snapshot_claim_size(raw_size: i64, cluster: &EtcdCluster) -> String {
+/// as much as a member's claim, which no snapshot of a member can outgrow. Taken along a delta
+/// chain (`along_chain`), three times that: the fetched snapshot, the private etcd's data that
+/// replays the chain on it, and the snapshot at the point.
+pub fn snapshot_claim_size(raw_size: i64, cluster: &EtcdCluster, along_chain: bool) -> String {
     let member_claim = cluster.spec.storage.persistent_volume_claim.as_ref();
+    let times = if along_chain { 3 } else { 1 };
     match (raw_size, member_claim) {
+        (0, Some(p)) if along_chain => {
+            let q = &p.size.0;
+            let digits = q.trim_end_matches(|c: char| !c.is_ascii_digit());
+            match digits.parse::<u64>() {
+                Ok(n) => format!("{}{}", n * times, &q[digits.len()..]),
+                Err(_) => q.clone(),
+            }
+        }
         (0, Some(p)) => p.size.0.clone(),
-        (0, None) => "8Gi".to_owned(),
+        (0, None) => format!("{}Gi", 8 * times),
         (raw, _) => {
-            let gib = (u64::try_from(raw).unwrap_or(0) * 12 / 10)
+            let gib = (u64::try_from(raw).unwrap_or(0) * 12 * times / 10)
                 .div_ceil(1 << 30)
                 .max(1);
             format!("{gib}Gi")
@@ -71,6 +82,7 @@ pub fn snapshot_claim(
     cluster: &EtcdCluster,
     chosen: &Chosen,
     copy: u32,
+    along_chain: bool,
 ) -> Result<PersistentVolumeClaim, BuildError> {
     let class = cluster
         .spec
@@ -84,7 +96,7 @@ pub fn snapshot_claim(
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": snapshot_claim_name(r, copy), "namespace": r.namespace(), "ownerReferences": [owner(r)?]},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
-                     "resources": {"requests": {"storage": snapshot_claim_size(chosen.raw_size, cluster)}}}
+                     "resources": {"requests": {"storage": snapshot_claim_size(chosen.raw_size, cluster, along_chain)}}}
         }),
     )
 }
@@ -105,6 +117,38 @@ pub struct FetchCopy<'a> {
     /// across nodes as members are. On node-local storage a claim binds where its first pod runs,
     /// and the member that mounts it later must run there too.
     pub spread: bool,
+    /// Take the verified snapshot along the backup's delta chain to a point.
+    pub point: Option<FetchPoint<'a>>,
+}
+
+/// A point of a delta chain a fetch takes its snapshot to.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchPoint<'a> {
+    /// The point.
+    pub target: &'a ouroboros_crds::PointTarget,
+    /// The backup's revision, where its chain starts.
+    pub base_revision: u64,
+    /// The cluster's etcd image: its `etcd` and `etcdutl` replay the chain (the sidecar image has
+    /// no etcd, and a replay must run the version the members run).
+    pub etcd_image: &'a str,
+}
+
+/// Where the fetch finds `etcd` and `etcdutl` when it replays a chain.
+const ETCD_TOOLS: &str = "/etcd-tools";
+
+/// Hands the fetch container the etcd image's binaries: upstream etcd images have no shell or
+/// `cp`, so the sidecar image's static busybox is copied first and does the copying there.
+fn etcd_tool_copiers(sidecar_image: &str, etcd_image: &str) -> [serde_json::Value; 2] {
+    let mount = json!([{"name": "etcd-tools", "mountPath": ETCD_TOOLS}]);
+    let security = objects::restricted_container_security();
+    [
+        json!({"name": "busybox", "image": sidecar_image, "imagePullPolicy": "IfNotPresent",
+               "command": ["/bin/cp", "/bin/busybox", format!("{ETCD_TOOLS}/busybox")],
+               "securityContext": security, "volumeMounts": mount}),
+        json!({"name": "etcd-tools", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
+               "command": [format!("{ETCD_TOOLS}/busybox"), "cp", "/usr/local/bin/etcd", "/usr/local/bin/etcdutl", format!("{ETCD_TOOLS}/")],
+               "securityContext": security, "volumeMounts": mount}),
+    ]
 }
 
 /// The Job that runs `etcd-backup-sidecar fetch` into a snapshot claim (see
@@ -124,10 +168,39 @@ pub fn fetch_job(r: &EtcdRestore, cluster: &EtcdCluster, f: FetchCopy<'_>) -> Re
         json!({"name": "snapshot", "persistentVolumeClaim": {"claimName": snapshot_claim_name(r, f.copy)}}),
     ];
     volumes.extend(fetch.volumes);
+    let mut container = fetch.container;
+    let mut init = Vec::new();
+    if let Some(p) = f.point {
+        let mut args = vec![
+            format!("--chain-of={}", f.chosen.name),
+            format!("--base-revision={}", p.base_revision),
+            format!("--etcd-bin-dir={ETCD_TOOLS}"),
+        ];
+        if let Some(rev) = p.target.revision {
+            args.push(format!("--to-revision={rev}"));
+        } else if let Some(t) = &p.target.time {
+            args.push(format!("--to-time={t}"));
+        }
+        let missing = || BuildError {
+            kind: "Job",
+            source: serde::de::Error::custom("the fetch container has no args or mounts"),
+        };
+        container["args"]
+            .as_array_mut()
+            .ok_or_else(missing)?
+            .extend(args.into_iter().map(serde_json::Value::from));
+        container["volumeMounts"]
+            .as_array_mut()
+            .ok_or_else(missing)?
+            .push(json!({"name": "etcd-tools", "mountPath": ETCD_TOOLS, "readOnly": true}));
+        init.extend(etcd_tool_copiers(f.image, p.etcd_image));
+        volumes.push(json!({"name": "etcd-tools", "emptyDir": {}}));
+    }
     let mut pod_spec = json!({
         "restartPolicy": "Never",
         "securityContext": objects::restricted_pod_security(),
-        "containers": [fetch.container],
+        "initContainers": init,
+        "containers": [container],
         "volumes": volumes
     });
     let mut labels = json!({});

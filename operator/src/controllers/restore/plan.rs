@@ -4,7 +4,7 @@
 //! pods exist, old members are stopped (their claims kept) before any restored member starts, and
 //! Growing is recorded only once every restored member serves the restored data.
 
-use ouroboros_crds::{ClusterPhase, EtcdClusterStatus};
+use ouroboros_crds::{ClusterPhase, EtcdClusterStatus, RestoredPoint, sidecar::FetchReport};
 
 use ouroboros_crds::BackupEncryption;
 
@@ -194,6 +194,51 @@ pub fn fetch_identity(
             IDENTITY_KEY
         )),
         (None, _) | (Some(_), None) => Ok(None),
+    }
+}
+
+/// The point of the delta chain the one fetch took its snapshot to, from its report (its
+/// termination message), or why it cannot be known (then nothing may be restored from it).
+pub fn reached_point(messages: &[Option<String>]) -> Result<RestoredPoint, String> {
+    let report = messages
+        .first()
+        .and_then(Option::as_deref)
+        .and_then(|m| serde_json::from_str::<FetchReport>(m).ok());
+    let Some(p) = report.and_then(|r| r.point) else {
+        return Err(
+            "the fetch left no report of the point of the delta chain it reached \
+                    (its pod is gone?): restore again"
+                .into(),
+        );
+    };
+    let time = |ms: i64| jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_string());
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Ok(RestoredPoint {
+        revision: int(p.revision),
+        time: p.seen_ms.and_then(time),
+        applied: int(p.applied),
+        chain_end: int(p.chain_end),
+        chain_end_time: p.chain_end_seen_ms.and_then(time),
+        revisions_left_out: int(p.chain_end.saturating_sub(p.revision)),
+    })
+}
+
+/// The point restored and what the chain held after it, in words.
+pub fn describe_point(p: &RestoredPoint) -> String {
+    let at = |t: &Option<String>| t.as_deref().map(|t| format!(", seen at {t}")).unwrap_or_default();
+    let point = format!(
+        "revision {}{} ({} revisions replayed on the full backup)",
+        p.revision,
+        at(&p.time),
+        p.applied
+    );
+    match p.revisions_left_out {
+        0 => format!("{point}, the chain's last stored revision"),
+        n => format!(
+            "{point}; the chain holds {n} later revisions, to {}{}, which are not restored",
+            p.chain_end,
+            at(&p.chain_end_time)
+        ),
     }
 }
 
@@ -481,5 +526,55 @@ mod tests {
         assert_eq!(fetch_identity(None, None, &chosen(false)), Ok(None));
         let why = fetch_identity(None, None, &chosen(true)).unwrap_err();
         assert!(why.contains("spec.encryption.secretName"), "{why}");
+    }
+
+    fn report(point: Option<ouroboros_crds::sidecar::PointReached>) -> Option<String> {
+        serde_json::to_string(&FetchReport {
+            manifest: ouroboros_crds::sidecar::Manifest {
+                revision: 10,
+                sha256: "ab".into(),
+                ..Default::default()
+            },
+            point,
+        })
+        .ok()
+    }
+
+    #[test]
+    fn the_point_reached_and_what_the_chain_held_after_it_come_from_the_fetch_report() {
+        let reached = ouroboros_crds::sidecar::PointReached {
+            revision: 40,
+            seen_ms: Some(1_800_000_000_000),
+            applied: 30,
+            chunks: 2,
+            chain_end: 55,
+            chain_end_seen_ms: None,
+        };
+        let p = reached_point(&[report(Some(reached))]).unwrap();
+        assert_eq!(
+            (p.revision, p.applied, p.chain_end, p.revisions_left_out),
+            (40, 30, 55, 15)
+        );
+        assert_eq!(p.time.as_deref(), Some("2027-01-15T08:00:00Z"));
+        let words = describe_point(&p);
+        assert!(
+            words.contains("15 later revisions, to 55") && words.contains("not restored"),
+            "{words}"
+        );
+        let end = reached_point(&[report(Some(ouroboros_crds::sidecar::PointReached {
+            chain_end: 40,
+            ..reached
+        }))])
+        .unwrap();
+        assert!(describe_point(&end).contains("the chain's last stored revision"));
+        // A fetch that reports no point (or no report at all) restores nothing.
+        for m in [report(None), None, Some("not json".into())] {
+            let why = reached_point(&[m]).unwrap_err();
+            assert!(why.contains("restore again"), "{why}");
+        }
+        // The manifest the copies are compared by still reads from a report with a point.
+        let m: ouroboros_crds::sidecar::Manifest =
+            serde_json::from_str(&report(Some(reached)).unwrap()).unwrap();
+        assert_eq!(m.revision, 10);
     }
 }

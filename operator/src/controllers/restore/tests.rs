@@ -6,7 +6,10 @@ use super::{
     *,
 };
 use crate::{
-    backup_source::{Lineage, Proof, choose, choose_latest, recorded_choice, restore_awaits_drill},
+    backup_source::{
+        Lineage, Proof, check_base, choose, choose_latest, point_target, recorded_choice,
+        restore_awaits_drill,
+    },
     vocabulary::Images,
 };
 use ouroboros_crds::BackupPhase;
@@ -464,6 +467,7 @@ fn parallel_copies_are_fetched_where_members_may_run_spread_as_members_and_each_
                 image: "sidecar:1",
                 copy,
                 spread,
+                point: None,
             },
         )
         .unwrap()
@@ -698,4 +702,159 @@ fn latest_waits_while_the_newest_backups_drill_has_not_ended() {
     backups[1] = with_drill(backups[1].clone(), DrillPhase::Failed, Some(false));
     assert_eq!(restore_awaits_drill(&latest, &mine(), &backups), None);
     assert_eq!(choose(&latest, &mine(), &backups).unwrap().name, "proven");
+}
+
+#[test]
+fn a_point_target_comes_from_revision_or_time_or_a_continuous_cluster_and_never_from_an_object() {
+    let src = |v: serde_json::Value| restore(v).spec.source;
+    let target = |revision: Option<i64>, time: Option<&str>| ouroboros_crds::PointTarget {
+        revision,
+        time: time.map(str::to_owned),
+    };
+    // A cluster without continuous backups restores the archive as it is, unless a point is asked.
+    assert_eq!(point_target(&src(json!({"backupName": "b"})), false), None);
+    assert_eq!(
+        point_target(&src(json!({"backupName": "b"})), true),
+        Some(target(None, None))
+    );
+    assert_eq!(
+        point_target(&src(json!({"latest": true, "revision": 42})), false),
+        Some(target(Some(42), None))
+    );
+    assert_eq!(
+        point_target(
+            &src(json!({"latest": true, "time": "2026-11-21T00:30:00Z"})),
+            false
+        ),
+        Some(target(None, Some("2026-11-21T00:30:00Z")))
+    );
+    let object = json!({"object": {"destination": {"s3": {"bucket": "b"}}, "key": "x.tar.gz"}});
+    assert_eq!(point_target(&src(object), true), None);
+}
+
+#[test]
+fn latest_to_a_point_starts_from_the_newest_backup_at_or_before_it() {
+    let all = all();
+    let pick = |source: serde_json::Value| choose(&restore(source), &mine(), &all).map(|c| c.name);
+    assert_eq!(pick(json!({"latest": true, "revision": 499})), Ok("old".into()));
+    assert_eq!(pick(json!({"latest": true, "revision": 500})), Ok("newer".into()));
+    assert_eq!(
+        pick(json!({"latest": true, "time": "2026-11-20T23:59:59Z"})),
+        Ok("old".into())
+    );
+    assert_eq!(
+        pick(json!({"latest": true, "time": "2026-11-21T00:00:00Z"})),
+        Ok("newer".into())
+    );
+    // The tighter of maxRevision and revision decides.
+    assert_eq!(
+        pick(json!({"latest": true, "revision": 600, "maxRevision": 200})),
+        Ok("old".into())
+    );
+    assert!(pick(json!({"latest": true, "revision": 50})).is_err());
+}
+
+#[test]
+fn a_named_backup_after_the_point_or_without_a_revision_cannot_start_its_chain() {
+    let chosen = |revision: Option<i64>, completed: Option<&str>| Chosen {
+        name: "b1".into(),
+        location: "s3://b/x/b1.tar.gz".into(),
+        sha256: None,
+        revision,
+        completed: completed.map(str::to_owned),
+        raw_size: 0,
+        destination: None,
+        encrypted: false,
+    };
+    let at = |revision: Option<i64>, time: Option<&str>| ouroboros_crds::PointTarget {
+        revision,
+        time: time.map(str::to_owned),
+    };
+    let done = Some("2026-11-21T00:00:00Z");
+    assert_eq!(check_base(&chosen(Some(7), done), &at(None, None)), Ok(7));
+    assert_eq!(check_base(&chosen(Some(7), done), &at(Some(7), None)), Ok(7));
+    let why = check_base(&chosen(Some(7), done), &at(Some(6), None)).unwrap_err();
+    assert!(why.contains("after source.revision 6"), "{why}");
+    assert!(check_base(&chosen(Some(7), done), &at(None, Some("2026-11-21T00:00:00Z"))).is_ok());
+    let why = check_base(&chosen(Some(7), done), &at(None, Some("2026-11-20T23:00:00Z"))).unwrap_err();
+    assert!(why.contains("did not complete by source.time"), "{why}");
+    let why = check_base(&chosen(None, done), &at(None, None)).unwrap_err();
+    assert!(why.contains("records no revision"), "{why}");
+}
+
+#[test]
+fn a_fetch_to_a_point_replays_with_the_clusters_etcd_on_a_claim_with_room_for_it() {
+    let cluster = main_cluster(json!({"size": 3}));
+    let mut r = restore(json!({"latest": true, "revision": 90}));
+    r.metadata.uid = Some("ru".into());
+    let chosen = Chosen {
+        name: "b1".into(),
+        location: "s3://b/ns/main/b1.tar.gz".into(),
+        sha256: Some("abc".into()),
+        revision: Some(7),
+        completed: None,
+        raw_size: 1 << 30,
+        destination: None,
+        encrypted: false,
+    };
+    let target = ouroboros_crds::PointTarget {
+        revision: Some(90),
+        time: None,
+    };
+    let job = fetch_job(
+        &r,
+        &cluster,
+        FetchCopy {
+            chosen: &chosen,
+            identity_secret: None,
+            image: "sidecar:1",
+            copy: 0,
+            spread: false,
+            point: Some(objects::FetchPoint {
+                target: &target,
+                base_revision: 7,
+                etcd_image: "etcd:v3.6.16",
+            }),
+        },
+    )
+    .unwrap();
+    let pod = serde_json::to_value(&job).unwrap()["spec"]["template"]["spec"].clone();
+    let args: Vec<String> = serde_json::from_value(pod["containers"][0]["args"].clone()).unwrap();
+    for a in [
+        "--chain-of=b1",
+        "--base-revision=7",
+        "--to-revision=90",
+        "--etcd-bin-dir=/etcd-tools",
+    ] {
+        assert!(args.iter().any(|x| x == a), "{a} not in {args:?}");
+    }
+    assert!(args.iter().all(|a| !a.starts_with("--to-time")), "{args:?}");
+    // The etcd image has no cp: the sidecar's busybox is handed to it first.
+    assert_eq!(pod["initContainers"][0]["image"], json!("sidecar:1"));
+    assert_eq!(pod["initContainers"][1]["image"], json!("etcd:v3.6.16"));
+    assert_eq!(
+        pod["initContainers"][1]["command"][0],
+        json!("/etcd-tools/busybox")
+    );
+    // A plain fetch has none of it.
+    let plain = fetch_job(
+        &r,
+        &cluster,
+        FetchCopy {
+            chosen: &chosen,
+            identity_secret: None,
+            image: "sidecar:1",
+            copy: 0,
+            spread: false,
+            point: None,
+        },
+    )
+    .unwrap();
+    let plain = serde_json::to_value(&plain).unwrap()["spec"]["template"]["spec"].clone();
+    assert_eq!(plain["initContainers"], json!([]));
+    // Room for the snapshot, the replaying etcd's data and the snapshot at the point.
+    assert_eq!(objects::snapshot_claim_size(1 << 30, &cluster, false), "2Gi");
+    assert_eq!(objects::snapshot_claim_size(1 << 30, &cluster, true), "4Gi");
+    let pvc = main_cluster(json!({"size": 3, "storage": {"persistentVolumeClaim": {"size": "5Gi"}}}));
+    assert_eq!(objects::snapshot_claim_size(0, &pvc, true), "15Gi");
 }
