@@ -155,6 +155,11 @@ struct PointArgs {
     /// Stop at the last revision seen at or before this time (RFC 3339).
     #[arg(long)]
     to_time: Option<jiff::Timestamp>,
+    /// With `--to-time`: the full backup completed at or before that time (the operator chooses it
+    /// so), so a chain first seen after it leaves the backup itself as the point; without it that
+    /// is refused, since the backup might hold later writes.
+    #[arg(long, requires = "to_time")]
+    base_completed_by_time: bool,
     /// Directory with `etcd` and `etcdutl`.
     #[arg(long, default_value = "/usr/local/bin")]
     etcd_bin_dir: std::path::PathBuf,
@@ -165,6 +170,7 @@ impl PointArgs {
         use ouroboros_backup_sidecar::delta::point::Target;
         match (self.to_revision, self.to_time) {
             (Some(r), _) => Target::Revision(r),
+            (None, Some(t)) if self.base_completed_by_time => Target::TimeAfterBase(t.as_millisecond()),
             (None, Some(t)) => Target::Time(t.as_millisecond()),
             (None, None) => Target::End,
         }
@@ -335,7 +341,15 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
         };
         let manifest = fetch(&store, &name, &out, sha256.as_deref(), &identities).await?;
         let point = match chain_of.zip(base_revision) {
-            Some((backup, base)) => Some(along_chain(&location, &out, &backup, base, &point, &s3).await?),
+            Some((backup, base)) => {
+                // The chain continues the snapshot's own revision, or it is another backup's.
+                anyhow::ensure!(
+                    manifest.revision == base,
+                    "the archive's snapshot is at revision {}, not {base} where the chain of {backup} starts",
+                    manifest.revision
+                );
+                Some(along_chain(&location, &out, &backup, base, &point, &s3).await?)
+            }
             None => None,
         };
         Ok::<_, anyhow::Error>(ouroboros_crds::sidecar::FetchReport { manifest, point })

@@ -101,6 +101,13 @@ pub struct Chain {
     pub end: u64,
 }
 
+/// The revision a chain continues from a full backup at `revision`. A snapshot of a store nobody
+/// wrote to reads 0 (no key holds a revision; `etcdutl snapshot status` says 0 too), but etcd is
+/// then at revision 1, which no event ever carries: its first change is revision 2.
+pub fn effective_base(revision: u64) -> u64 {
+    revision.max(1)
+}
+
 /// Walks the chain of `backup` (taken at `base_revision`) through `stored` (chunk names of any
 /// backup; the others are ignored) up to `target`, or to the chain's end without one.
 ///
@@ -114,6 +121,7 @@ pub fn chain_to(
     stored: &[ChunkName],
     target: Option<u64>,
 ) -> Result<Chain, ChainError> {
+    let base_revision = effective_base(base_revision);
     if let Some(target) = target.filter(|&t| t < base_revision) {
         return Err(ChainError::BeforeBase {
             backup: backup.to_owned(),
@@ -269,5 +277,12 @@ mod tests {
         let chain = chain_to("b", 10, &stored, None).unwrap();
         assert_eq!(chain.chunks, vec![c("b", 11, 30), c("b", 26, 40), c("b", 41, 41)]);
         assert_eq!(chain.end, 41);
+    }
+
+    #[test]
+    fn a_backup_of_an_empty_store_reads_revision_0_and_its_chain_starts_at_2() {
+        assert_eq!(chain_to("b", 0, &[], None).unwrap().end, 1);
+        let chain = chain_to("b", 0, &[c("b", 2, 9)], None).unwrap();
+        assert_eq!((chain.end, chain.chunks.len()), (9, 1));
     }
 }

@@ -134,7 +134,8 @@ pub struct RestoreSource {
     /// chain. Times are when the following sidecar received each change, within a second or so of
     /// the write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("time must be an RFC 3339 time, like 2026-12-07T03:00:00Z"))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')").message("time must be an RFC 3339 time, like 2026-12-07T03:00:00Z"))]
+    #[schemars(length(max = 64))]
     pub time: Option<String>,
 }
 
@@ -173,7 +174,8 @@ pub struct EtcdRestoreStatus {
     /// `file` archive (a claim on one node) it is one seed the cluster controller grows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restored_members: Vec<String>,
-    /// sha256 of the snapshot every verified copy holds (the copies must agree on it).
+    /// sha256 of the archive's snapshot every verified copy holds (the copies must agree on it);
+    /// a restore to a point of a delta chain restores the snapshot made from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_sha256: Option<String>,
     /// How many verified copies of the snapshot were fetched (one per restored member), recorded

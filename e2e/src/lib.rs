@@ -602,6 +602,20 @@ pub mod writer {
             self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
         }
 
+        /// How many of the first writes were acknowledged by `t` (writes are acknowledged in
+        /// order, one at a time).
+        pub fn acked_by(&self, t: SystemTime) -> u64 {
+            let puts = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+            puts.iter().take_while(|p| p.sent + p.took <= t).count() as u64
+        }
+
+        /// Stops writing at once, without reading anything back (the cluster may be gone); a
+        /// write in flight may still be committed unacknowledged.
+        pub fn abort(self) {
+            self.stop.store(true, Ordering::SeqCst);
+            self.task.abort();
+        }
+
         /// Writes acknowledged so far.
         pub fn acked(&self) -> u64 {
             self.acked.load(Ordering::SeqCst)
@@ -852,6 +866,11 @@ pub mod s3 {
     pub fn download(key: &str, to: &std::path::Path) -> anyhow::Result<()> {
         let to = to.to_string_lossy().into_owned();
         curl(key, &["-o", &to]).map(drop)
+    }
+
+    /// Deletes `key`.
+    pub fn delete(key: &str) -> anyhow::Result<()> {
+        curl(key, &["-X", "DELETE"]).map(drop)
     }
 }
 

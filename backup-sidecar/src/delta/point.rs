@@ -32,6 +32,10 @@ pub enum Target {
     Revision(u64),
     /// The last revision the sidecar saw at or before this instant (Unix ms).
     Time(i64),
+    /// The same, for a full backup known to have completed at or before the instant (the operator
+    /// chooses it so): a chain first seen after it leaves the backup itself as the point, where
+    /// [`Target::Time`] refuses (the backup might hold later writes).
+    TimeAfterBase(i64),
 }
 
 /// What to take where.
@@ -90,6 +94,10 @@ fn step(action: &'static str) -> impl FnOnce(String) -> PointError {
 /// Makes the snapshot at `req.target`. The scratch directory is removed afterwards, whatever the
 /// outcome.
 pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
+    let req = &PointRequest {
+        base: ouroboros_crds::delta::effective_base(req.base),
+        ..*req
+    };
     // `scratch` is emptied: the input and the output must not live in it.
     for (what, path) in [("--snapshot", req.snapshot), ("--out", req.out)] {
         if path.starts_with(req.scratch) {
@@ -109,12 +117,24 @@ pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
         .filter_map(|n| ChunkName::parse(n))
         .collect();
     let whole = chain_to(req.backup, req.base, &names, None);
-    let chain = match req.target {
-        Target::Revision(r) => chain_to(req.backup, req.base, &names, Some(r))?,
-        Target::End | Target::Time(_) => whole.clone()?,
+    let (chain, hole) = match (req.target, &whole) {
+        (Target::Revision(r), _) => (chain_to(req.backup, req.base, &names, Some(r))?, None),
+        (Target::End, _) => (whole.clone()?, None),
+        (Target::Time(_) | Target::TimeAfterBase(_), Ok(w)) => (w.clone(), None),
+        // A hole above a time's point does not matter: the part of the chain before it is read,
+        // and the point is refused if it may lie in the hole (see `in_scratch`).
+        (Target::Time(_) | Target::TimeAfterBase(_), Err(ChainError::Gap { from, .. }))
+            if *from > req.base + 1 =>
+        {
+            (
+                chain_to(req.backup, req.base, &names, Some(from - 1))?,
+                whole.clone().err(),
+            )
+        }
+        (Target::Time(_) | Target::TimeAfterBase(_), Err(e)) => return Err(e.clone().into()),
     };
     let chain_end = whole.map_or(chain.end, |w| w.end);
-    let result = in_scratch(req, &chain).await;
+    let result = in_scratch(req, &chain, hole).await;
     let _ = tokio::fs::remove_dir_all(req.scratch).await;
     let (revision, seen_ms, applied, last_seen_ms) = result?;
     Ok(Reached {
@@ -135,6 +155,7 @@ pub async fn to_point(req: &PointRequest<'_>) -> Result<Reached, PointError> {
 async fn in_scratch(
     req: &PointRequest<'_>,
     chain: &Chain,
+    hole: Option<ChainError>,
 ) -> Result<(u64, Option<i64>, u64, Option<i64>), PointError> {
     let _ = tokio::fs::remove_dir_all(req.scratch).await;
     let chunk_dir = req.scratch.join("chunks");
@@ -158,8 +179,15 @@ async fn in_scratch(
             .await
             .map_err(|e| step("keeping a chunk in scratch space")(e.to_string()))?;
     }
+    if let (Target::Time(ms) | Target::TimeAfterBase(ms), Some(hole)) = (req.target, hole) {
+        // Every revision before the hole was seen by then: the point may be in the hole or after.
+        if seen.last().is_none_or(|(_, at)| *at <= ms) {
+            return Err(hole.into());
+        }
+    }
     let end = match req.target {
-        Target::Time(ms) => match seen.first() {
+        Target::TimeAfterBase(ms) if seen.first().is_some_and(|(_, first)| *first > ms) => req.base,
+        Target::Time(ms) | Target::TimeAfterBase(ms) => match seen.first() {
             Some((_, first)) if *first > ms => {
                 return Err(step("choosing the revision at the time")(format!(
                     "the chain's first revision was seen after {}; backup {} itself may hold writes \
@@ -177,7 +205,8 @@ async fn in_scratch(
         Target::End | Target::Revision(_) => chain.end,
     };
     if end == req.base {
-        // Nothing to replay (no chunk is stored yet): the full backup is the point, as it is.
+        // Nothing to replay (no chunk is stored yet, or the chain starts after the time): the full
+        // backup is the point, as it is.
         if req.snapshot != req.out {
             tokio::fs::copy(req.snapshot, req.out)
                 .await

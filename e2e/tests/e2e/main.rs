@@ -18,6 +18,7 @@ mod lifecycle;
 mod maintenance;
 mod multinode;
 mod operator_deployment;
+mod point_in_time;
 mod restore;
 mod self_hosted;
 mod self_hosted_nodes;

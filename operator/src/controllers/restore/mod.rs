@@ -590,6 +590,28 @@ pub enum FetchOutcome {
 
 /// Decides [`FetchOutcome`] from the Job's status and its pods (there is one: `backoffLimit` is 0).
 pub fn fetch_outcome(job: &k8s_openapi::api::batch::v1::JobStatus, pods: &[Pod]) -> FetchOutcome {
+    // A point restore's init containers copy etcd out of the cluster's etcd image: one that fails
+    // (no etcdutl in a custom image) is named, not reported as an archive that did not verify.
+    let init_failed = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.init_container_statuses.as_ref())
+        .flatten()
+        .find_map(|c| {
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            (t.exit_code != 0).then(|| {
+                let why = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+                format!(
+                    "its {} container ({}) exited {}: {}",
+                    c.name,
+                    c.image,
+                    t.exit_code,
+                    why.or(t.reason.as_deref()).unwrap_or("no message")
+                )
+            })
+        });
+    if let Some(why) = init_failed {
+        return FetchOutcome::Refused(Some(why));
+    }
     let exited = pods
         .iter()
         .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
@@ -932,12 +954,12 @@ async fn restoring(r: &EtcdRestore, ctx: &Context, status: EtcdRestoreStatus) ->
             // not come back here, where pods other than the restored members count as old members,
             // once the cluster grows again.
             let reason = format!(
-                "{} run the restored data; {} to {} members",
+                "{} run the restored data; {} {} members",
                 members.join(", "),
                 if members.len() as i64 >= i64::from(cluster.spec.size) {
                     "waiting for the cluster to be Available with"
                 } else {
-                    "growing"
+                    "growing to"
                 },
                 cluster.spec.size
             );

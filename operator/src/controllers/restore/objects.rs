@@ -56,24 +56,39 @@ fn owner(r: &EtcdRestore) -> Result<OwnerReference, BuildError> {
 pub fn snapshot_claim_size(raw_size: i64, cluster: &EtcdCluster, along_chain: bool) -> String {
     let member_claim = cluster.spec.storage.persistent_volume_claim.as_ref();
     let times = if along_chain { 3 } else { 1 };
+    let gib = |bytes: u64| format!("{}Gi", bytes.div_ceil(1 << 30).max(1));
     match (raw_size, member_claim) {
-        (0, Some(p)) if along_chain => {
-            let q = &p.size.0;
-            let digits = q.trim_end_matches(|c: char| !c.is_ascii_digit());
-            match digits.parse::<u64>() {
-                Ok(n) => format!("{}{}", n * times, &q[digits.len()..]),
-                Err(_) => q.clone(),
-            }
-        }
+        (0, Some(p)) if along_chain => match quantity_bytes(&p.size.0) {
+            Some(b) => gib(b.saturating_mul(times)),
+            None => p.size.0.clone(),
+        },
         (0, Some(p)) => p.size.0.clone(),
         (0, None) => format!("{}Gi", 8 * times),
-        (raw, _) => {
-            let gib = (u64::try_from(raw).unwrap_or(0) * 12 * times / 10)
-                .div_ceil(1 << 30)
-                .max(1);
-            format!("{gib}Gi")
-        }
+        (raw, _) => gib(u64::try_from(raw).unwrap_or(0) * 12 * times / 10),
     }
+}
+
+/// Bytes of a storage quantity such as `10Gi`, `1.5Gi`, `500M` or `1073741824` (the forms a claim
+/// size takes); `None` for anything else.
+fn quantity_bytes(q: &str) -> Option<u64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let unit: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        _ => return None,
+    };
+    let bytes = number.parse::<f64>().ok()? * unit;
+    (bytes.is_finite() && bytes >= 0.0).then_some(bytes.ceil() as u64)
 }
 
 /// The snapshot claim, in the member claims' storage class.
@@ -144,8 +159,9 @@ fn etcd_tool_copiers(sidecar_image: &str, etcd_image: &str) -> [serde_json::Valu
     [
         json!({"name": "busybox", "image": sidecar_image, "imagePullPolicy": "IfNotPresent",
                "command": ["/bin/cp", "/bin/busybox", format!("{ETCD_TOOLS}/busybox")],
-               "securityContext": security, "volumeMounts": mount}),
-        json!({"name": "etcd-tools", "image": etcd_image, "imagePullPolicy": "IfNotPresent",
+               "securityContext": security, "volumeMounts": mount,
+               "terminationMessagePolicy": "FallbackToLogsOnError"}),
+        json!({"name": "etcd-tools", "image": etcd_image, "terminationMessagePolicy": "FallbackToLogsOnError", "imagePullPolicy": "IfNotPresent",
                "command": [format!("{ETCD_TOOLS}/busybox"), "cp", "/usr/local/bin/etcd", "/usr/local/bin/etcdutl", format!("{ETCD_TOOLS}/")],
                "securityContext": security, "volumeMounts": mount}),
     ]
@@ -179,7 +195,9 @@ pub fn fetch_job(r: &EtcdRestore, cluster: &EtcdCluster, f: FetchCopy<'_>) -> Re
         if let Some(rev) = p.target.revision {
             args.push(format!("--to-revision={rev}"));
         } else if let Some(t) = &p.target.time {
+            // The base was chosen completed by then (`backup_source::check_base`).
             args.push(format!("--to-time={t}"));
+            args.push("--base-completed-by-time".to_owned());
         }
         let missing = || BuildError {
             kind: "Job",
@@ -204,23 +222,30 @@ pub fn fetch_job(r: &EtcdRestore, cluster: &EtcdCluster, f: FetchCopy<'_>) -> Re
         "volumes": volumes
     });
     let mut labels = json!({});
-    if f.spread {
+    // Where the copy lands its member restores from it (a claim on node-local storage binds where
+    // its first pod runs): several copies, and the one copy of a point restore (from S3, so nothing
+    // ties it to a node), are placed as members are. A copy from a `file` archive runs where the
+    // archive's claim is, as before.
+    if f.spread || f.point.is_some() {
         let pod = &cluster.spec.pod;
-        let mine = json!({LABEL_FETCH_OF: r.name_any()});
-        // A user's own affinity replaces the operator's spreading of members; its node part still
-        // says where members may run, and the copies are then spread by preference.
-        let mode = match pod.affinity {
-            Some(_) => ouroboros_crds::AntiAffinityMode::Preferred,
-            None => pod.anti_affinity,
-        };
-        let mut affinity = objects::spread_by(mode, &mine).unwrap_or_else(|| json!({}));
+        let mut affinity = json!({});
+        if f.spread {
+            let mine = json!({LABEL_FETCH_OF: r.name_any()});
+            // A user's own affinity replaces the operator's spreading of members; its node part
+            // still says where members may run, and the copies are then spread by preference.
+            let mode = match pod.affinity {
+                Some(_) => ouroboros_crds::AntiAffinityMode::Preferred,
+                None => pod.anti_affinity,
+            };
+            affinity = objects::spread_by(mode, &mine).unwrap_or_else(|| json!({}));
+            labels = mine;
+        }
         if let Some(node) = pod.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()) {
             affinity["nodeAffinity"] = json!(node);
         }
         pod_spec["affinity"] = affinity;
         pod_spec["nodeSelector"] = json!(pod.node_selector);
         pod_spec["tolerations"] = json!(pod.tolerations);
-        labels = mine;
     }
     to_object(
         "Job",

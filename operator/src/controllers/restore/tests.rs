@@ -784,7 +784,7 @@ fn a_named_backup_after_the_point_or_without_a_revision_cannot_start_its_chain()
 
 #[test]
 fn a_fetch_to_a_point_replays_with_the_clusters_etcd_on_a_claim_with_room_for_it() {
-    let cluster = main_cluster(json!({"size": 3}));
+    let cluster = main_cluster(json!({"size": 3, "pod": {"nodeSelector": {"disk": "ssd"}}}));
     let mut r = restore(json!({"latest": true, "revision": 90}));
     r.metadata.uid = Some("ru".into());
     let chosen = Chosen {
@@ -836,6 +836,13 @@ fn a_fetch_to_a_point_replays_with_the_clusters_etcd_on_a_claim_with_room_for_it
         pod["initContainers"][1]["command"][0],
         json!("/etcd-tools/busybox")
     );
+    // The one copy lands where members may run (its claim may bind there), with nothing to spread.
+    assert_eq!(pod["nodeSelector"], json!({"disk": "ssd"}));
+    assert!(
+        pod["affinity"].get("podAntiAffinity").is_none(),
+        "{}",
+        pod["affinity"]
+    );
     // A plain fetch has none of it.
     let plain = fetch_job(
         &r,
@@ -857,4 +864,7 @@ fn a_fetch_to_a_point_replays_with_the_clusters_etcd_on_a_claim_with_room_for_it
     assert_eq!(objects::snapshot_claim_size(1 << 30, &cluster, true), "4Gi");
     let pvc = main_cluster(json!({"size": 3, "storage": {"persistentVolumeClaim": {"size": "5Gi"}}}));
     assert_eq!(objects::snapshot_claim_size(0, &pvc, true), "15Gi");
+    let odd = main_cluster(json!({"size": 3, "storage": {"persistentVolumeClaim": {"size": "1.5Gi"}}}));
+    assert_eq!(objects::snapshot_claim_size(0, &odd, true), "5Gi");
+    assert_eq!(objects::snapshot_claim_size(0, &odd, false), "1.5Gi");
 }
