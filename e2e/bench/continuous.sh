@@ -150,6 +150,6 @@ print(f"| replay the chain on the full snapshot (\`etcd-backup-sidecar replay\`)
 print(f"| then \`etcdutl snapshot restore\` of the result | {$restore_point_ms/1000:.1f} s |")
 print(f"| **total, chain** | **{($replay_ms + $restore_point_ms)/1000:.1f} s** |")
 print(f"| floor: \`etcdutl snapshot restore\` of a full snapshot taken at that very point | {$restore_full_ms/1000:.1f} s |")
-print()
-print("replay: $reached")
 EOF
+echo
+echo "replay: $reached"

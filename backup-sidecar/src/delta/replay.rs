@@ -15,11 +15,15 @@ use super::format::{Chunk, EventKind};
 
 /// Flags the private replay etcd must run with: a revision of any size replays as one
 /// transaction, and the database may grow to etcd's largest supported size (the cluster's own
-/// quota may be above the 2 GiB default, and the replay keeps the chain's history).
-pub const REPLAY_ETCD_FLAGS: [&str; 3] = [
+/// quota may be above the 2 GiB default, and the replay keeps the chain's history). It syncs
+/// nothing to disk: it is scratch, thrown away whatever happens, and its result is read through
+/// its snapshot API, which serves what it committed; one fsync per replayed revision was most of
+/// the replay's time (docs/benchmarks.md).
+pub const REPLAY_ETCD_FLAGS: [&str; 4] = [
     "--max-txn-ops=10000000",
     "--max-request-bytes=1073741824",
     "--quota-backend-bytes=8589934592",
+    "--unsafe-no-fsync",
 ];
 
 /// Leases with a granted TTL up to this are kept alive while the replay runs: the private etcd
