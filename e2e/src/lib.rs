@@ -269,6 +269,19 @@ pub mod etcd_cluster {
     use kube::{Api, Client, api::PostParams};
     use ouroboros_crds::{EtcdCluster, EtcdClusterStatus};
 
+    /// `status.continuous` of cluster `name` (continuous backups), if it has one yet.
+    pub async fn continuous(
+        client: &Client,
+        ns: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<ouroboros_crds::ContinuousStatus>> {
+        Ok(Api::<EtcdCluster>::namespaced(client.clone(), ns)
+            .get(name)
+            .await?
+            .status
+            .and_then(|s| s.continuous))
+    }
+
     /// The condition `type_` of `cluster`, as (status, reason, message).
     pub fn condition(cluster: &EtcdCluster, type_: &str) -> Option<(String, String, String)> {
         cluster

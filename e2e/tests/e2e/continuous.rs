@@ -43,11 +43,7 @@ fn manifest() -> anyhow::Result<String> {
 }
 
 async fn continuous(c: &Client, ns: &str) -> anyhow::Result<Option<ContinuousStatus>> {
-    Ok(Api::<EtcdCluster>::namespaced(c.clone(), ns)
-        .get(CLUSTER)
-        .await?
-        .status
-        .and_then(|s| s.continuous))
+    etcd_cluster::continuous(c, ns, CLUSTER).await
 }
 
 /// Waits until the chain of `backup` has stored `revision` and its recovery point is past `after`.

@@ -23,7 +23,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
 };
-use ouroboros_crds::{ContinuousStatus, EtcdCluster, EtcdRestore, EtcdRestoreStatus, RestorePhase};
+use ouroboros_crds::{ContinuousStatus, EtcdRestore, EtcdRestoreStatus, RestorePhase};
 use ouroboros_e2e::{
     TestNamespace, backup_succeeded, client, env, etcd_at,
     etcd_cluster::{self, converged},
@@ -48,11 +48,7 @@ fn manifest() -> anyhow::Result<String> {
 }
 
 async fn continuous(c: &Client, ns: &str) -> anyhow::Result<Option<ContinuousStatus>> {
-    Ok(Api::<EtcdCluster>::namespaced(c.clone(), ns)
-        .get(CLUSTER)
-        .await?
-        .status
-        .and_then(|s| s.continuous))
+    etcd_cluster::continuous(c, ns, CLUSTER).await
 }
 
 /// Creates an EtcdRestore of the cluster with `source` (YAML flow mapping) and waits for its end.
@@ -93,8 +89,9 @@ async fn restored(
     Ok((s, e))
 }
 
-/// The writer's keys under `prefix` that `e` holds, as sequence numbers (values checked).
-async fn seqs(e: &mut etcd_client::Client, prefix: &str) -> anyhow::Result<BTreeSet<u64>> {
+/// The writer's keys under `prefix` that `e` holds, as sequence numbers with the revision that
+/// wrote each (their values checked).
+async fn revisions(e: &mut etcd_client::Client, prefix: &str) -> anyhow::Result<BTreeMap<u64, i64>> {
     let r = e
         .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
         .await?;
@@ -107,25 +104,14 @@ async fn seqs(e: &mut etcd_client::Client, prefix: &str) -> anyhow::Result<BTree
                 "{prefix}/{seq} holds {:?}",
                 kv.value_str()
             );
-            Ok(seq)
+            Ok((seq, kv.mod_revision()))
         })
         .collect()
 }
 
-/// The writer's keys under `prefix` with the revision that wrote each.
-async fn revisions(e: &mut etcd_client::Client, prefix: &str) -> anyhow::Result<BTreeMap<u64, i64>> {
-    let r = e
-        .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
-        .await?;
-    r.kvs()
-        .iter()
-        .map(|kv| {
-            Ok((
-                kv.key_str()?.trim_start_matches(&format!("{prefix}/")).parse()?,
-                kv.mod_revision(),
-            ))
-        })
-        .collect()
+/// The writer's keys under `prefix` that `e` holds, as sequence numbers.
+async fn seqs(e: &mut etcd_client::Client, prefix: &str) -> anyhow::Result<BTreeSet<u64>> {
+    Ok(revisions(e, prefix).await?.into_keys().collect())
 }
 
 #[tokio::test]
