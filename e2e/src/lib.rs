@@ -623,8 +623,8 @@ pub mod writer {
         }
 
         /// Stops writing at once, without reading anything back (the cluster may be gone); a
-        /// write in flight may still be committed unacknowledged.
-        pub fn abort(self) {
+        /// write in flight may still be committed unacknowledged. The counts stay readable.
+        pub fn abort(&self) {
             self.stop.store(true, Ordering::SeqCst);
             self.task.abort();
         }

@@ -27,7 +27,7 @@ use ouroboros_crds::{ContinuousStatus, EtcdRestore, EtcdRestoreStatus, RestorePh
 use ouroboros_e2e::{
     TestNamespace, backup_succeeded, client, env, etcd_at,
     etcd_cluster::{self, converged},
-    member_uids, minio_secret, restore_finished, s3,
+    member_uids, minio_secret, restore_finished, s3, wait_for,
     writer::Writer,
 };
 
@@ -125,6 +125,12 @@ async fn restores_reach_the_end_a_revision_or_a_time_of_the_chain_and_a_broken_c
         let endpoint = etcd_cluster::client_endpoint(&c, &ns, CLUSTER).await?;
         let full = backup_succeeded(&c, &ns, CLUSTER, "full-1").await?;
         let base = full.revision.context("no revision")?;
+        // Revisions are timed by when the follow receives them: it must be running before the
+        // writes the time target is about.
+        wait_for("the follow of full-1", Duration::from_secs(120), || async {
+            Ok(continuous(&c, &ns).await?.filter(|s| s.backup == "full-1" && s.member.is_some() && s.recovery_point.is_some()))
+        })
+        .await?;
 
         // Writer a, a pause with the time target in its middle, then writer b until the disaster.
         let a = Writer::start(&endpoint, "a").await?;
@@ -159,9 +165,9 @@ async fn restores_reach_the_end_a_revision_or_a_time_of_the_chain_and_a_broken_c
             .await?;
         // What must survive: every write b had acknowledged one period (and a second for the
         // chunk's flush) before the disaster.
+        b.abort();
         let must_hold_b = b.acked_by(disaster - PERIOD - Duration::from_secs(1));
         let acked_b = b.acked();
-        b.abort();
         println!("full-1 at {base}; a wrote {acked_a} (revision target {revision_target}, a/{mid_seq:08}); b {acked_b}, {must_hold_b} of them a period before the disaster");
 
         // 1. To the end of the chain: the backup by name, on a cluster with continuous backups.
