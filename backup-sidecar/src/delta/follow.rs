@@ -149,6 +149,15 @@ pub async fn follow(
                             action: "reading the cluster's revision",
                             source: etcd_client::Error::InvalidArgs("the answer carries no revision".into()),
                         })?;
+                    if revision <= buffer.stored {
+                        // Nothing was committed after what is stored: the claim holds now. etcd
+                        // sends no progress for a watch that starts after its current revision
+                        // (an idle cluster right after its backup), so waiting for one would
+                        // never claim, and the silence would end the follow over and over.
+                        last_heard = tokio::time::Instant::now();
+                        position.send_modify(|p| p.recovery_point_ms = p.recovery_point_ms.max(asked));
+                        continue;
+                    }
                     pending = Some((asked, revision));
                 }
                 // Dropped while the watch catches up, so asked again every period.
