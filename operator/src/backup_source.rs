@@ -355,9 +355,19 @@ fn parse_time(field: &str, t: &str) -> Result<jiff::Timestamp, String> {
         .map_err(|e| format!("{field} {t:?} is not an RFC 3339 time: {e}"))
 }
 
+/// Whether a restore of `cluster` without a target goes to the end of its backup's delta chain
+/// (a user's and automatic recovery's alike): it takes continuous backups.
+pub fn restores_along_chain(cluster: &EtcdCluster) -> bool {
+    cluster
+        .spec
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.continuous.is_some())
+}
+
 /// Where along its delta chain a restore takes the backup it chose: `source.revision` or
 /// `source.time` when set, else the end of the chain when the cluster takes continuous backups
-/// (`continuous`); none for `source.object` (its chain is not known by name) or a cluster without
+/// (`continuous`, [`restores_along_chain`]); none for `source.object` (its chain is not known by name) or a cluster without
 /// continuous backups (the archive is restored as it is).
 pub fn point_target(src: &RestoreSource, continuous: bool) -> Option<PointTarget> {
     if src.object.is_some() {

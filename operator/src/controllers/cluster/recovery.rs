@@ -164,7 +164,7 @@ pub fn decide(i: &Input) -> Recovery {
     };
     let status = c.status.clone().unwrap_or_default();
     // The restore takes the backup along its delta chain (see `backup_source::point_target`).
-    let along_chain = c.spec.backup.as_ref().is_some_and(|b| b.continuous.is_some());
+    let along_chain = backup_source::restores_along_chain(c);
     let revisions_lost = status
         .last_seen_revision
         .filter(|_| !along_chain)

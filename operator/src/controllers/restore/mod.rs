@@ -41,6 +41,7 @@ use super::{
 use crate::{
     backup_source::{
         Chosen, Lineage, check_base, choose, point_target, recorded_choice, restore_awaits_drill,
+        restores_along_chain,
     },
     cluster_writes,
     context::Context,
@@ -255,12 +256,7 @@ async fn pending(r: &EtcdRestore, ctx: &Context) -> Result<Action, Error> {
             .await
         }
         Ok(chosen) => {
-            let continuous = cluster
-                .spec
-                .backup
-                .as_ref()
-                .is_some_and(|b| b.continuous.is_some());
-            let point_target = point_target(&r.spec.source, continuous);
+            let point_target = point_target(&r.spec.source, restores_along_chain(&cluster));
             if let Some(why) = point_target.as_ref().and_then(|t| check_base(&chosen, t).err()) {
                 let why = format!("{why}; the cluster was not touched");
                 return advance(ctx, r, status, RestorePhase::Failed, why).await;
