@@ -64,6 +64,11 @@ fn invalid_samples_are_refused_with_readable_messages() -> anyhow::Result<()> {
             "defrag-window-duration.yaml",
             "spec.maintenance.defragmentation.window.duration: Invalid value",
         ),
+        (
+            "restore-revision-and-time.yaml",
+            "set at most one of revision and time",
+        ),
+        ("restore-time-format.yaml", "time must be an RFC 3339 time"),
     ];
     for (file, expected) in cases {
         let out = kubectl(&[
